@@ -1,0 +1,219 @@
+//! The message model: `{channel, id, data}` with `data` held as compact JSON text.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::{Channel, MessageId};
+
+/// Why a publish body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("body is not valid JSON")]
+    InvalidJson,
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Message data before it is published: always valid, compact JSON (no whitespace outside
+/// strings), so that every line-based transport can write it on one line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Box<str>);
+
+impl Payload {
+    /// A body declared as JSON. The number spelling is kept exactly (no float round trip).
+    pub fn from_json(body: &[u8]) -> Result<Payload, PayloadError> {
+        let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(|_| PayloadError::InvalidJson)?;
+        Ok(Payload(compact(raw.get()).into()))
+    }
+
+    /// A body of any other type: UTF-8 text, which becomes a JSON string.
+    pub fn from_text(body: &[u8]) -> Result<Payload, PayloadError> {
+        let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
+        Ok(Payload::string(text))
+    }
+
+    pub fn string(text: &str) -> Payload {
+        // Serialising a &str cannot fail.
+        Payload(serde_json::to_string(text).unwrap().into())
+    }
+
+    /// From a JSON value already parsed elsewhere (e.g. a Bayeux message's `data`).
+    pub fn from_value(value: &serde_json::Value) -> Payload {
+        // Serialising a Value cannot fail: its map keys are strings.
+        Payload(serde_json::to_string(value).unwrap().into())
+    }
+
+    /// The compact JSON text.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+
+    /// The text form used by text transports: a string as-is, anything else as compact JSON.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        if self.0.starts_with('"') {
+            // A Payload is valid JSON, so a leading quote means a well-formed string.
+            std::borrow::Cow::Owned(serde_json::from_str::<String>(&self.0).unwrap())
+        } else {
+            std::borrow::Cow::Borrowed(&self.0)
+        }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({})", self.0)
+    }
+}
+
+/// Drops whitespace outside strings from valid JSON text.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A published message. Shared (`Arc<Message>`) by every subscriber it is delivered to; the wire
+/// encodings each transport needs are computed once, on first use, and then shared too.
+pub struct Message {
+    pub channel: Channel,
+    pub id: MessageId,
+    pub data: Payload,
+    object: OnceLock<Bytes>,
+    text: OnceLock<Box<str>>,
+    sse: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub fn new(channel: Channel, id: MessageId, data: Payload) -> Message {
+        Message {
+            channel,
+            id,
+            data,
+            object: OnceLock::new(),
+            text: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// `{"channel":…,"id":…,"data":…}` as compact JSON.
+    pub fn json_object(&self) -> &Bytes {
+        self.object.get_or_init(|| {
+            let channel = serde_json::to_string(self.channel.as_str()).unwrap();
+            Bytes::from(format!(
+                r#"{{"channel":{channel},"id":"{}","data":{}}}"#,
+                self.id,
+                self.data.json()
+            ))
+        })
+    }
+
+    /// The data as text: a string as-is, anything else as compact JSON (DESIGN.md §2).
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| self.data.text().into())
+    }
+
+    /// The data as one line: [`Message::text`] unless the text holds a line break, in which case
+    /// the compact JSON (where line breaks are escaped) keeps one message on one line.
+    pub fn line(&self) -> &str {
+        let text = self.text();
+        if text.contains(['\n', '\r']) {
+            self.data.json()
+        } else {
+            text
+        }
+    }
+
+    /// The Server-Sent Events frame: `id:` then one `data:` line per line of text.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let text = self.text();
+            let mut frame = String::with_capacity(text.len() + 40);
+            frame.push_str("id: ");
+            frame.push_str(&self.id.to_string());
+            frame.push('\n');
+            for line in text.split('\n') {
+                frame.push_str("data: ");
+                frame.push_str(line.strip_suffix('\r').unwrap_or(line));
+                frame.push('\n');
+            }
+            frame.push('\n');
+            Bytes::from(frame)
+        })
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("channel", &self.channel)
+            .field("id", &self.id)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_json(body: &str, expected: Result<&str, PayloadError>) {
+        let got = Payload::from_json(body.as_bytes());
+        assert_eq!(got.as_ref().map(|p| p.json()), expected.as_ref().map(|s| *s), "{body:?}");
+    }
+
+    #[test]
+    fn json_payloads() {
+        check_json(r#" { "a" : [1, 2 ] } "#, Ok(r#"{"a":[1,2]}"#));
+        check_json(r#""x y\"z""#, Ok(r#""x y\"z""#));
+        check_json("12345678901234567890123", Ok("12345678901234567890123"));
+        check_json("{\"a\":\"line\\nbreak\"}\n", Ok("{\"a\":\"line\\nbreak\"}"));
+        check_json("{", Err(PayloadError::InvalidJson));
+        check_json("", Err(PayloadError::InvalidJson));
+        check_json("1 2", Err(PayloadError::InvalidJson));
+        assert_eq!(Payload::from_json(b"\xff"), Err(PayloadError::NotUtf8));
+    }
+
+    #[test]
+    fn text_payloads() {
+        let p = Payload::from_text("héllo \"you\"".as_bytes()).unwrap();
+        assert_eq!(p.json(), r#""héllo \"you\"""#);
+        assert_eq!(p.text(), "héllo \"you\"");
+        assert_eq!(Payload::from_text(b"\xc3"), Err(PayloadError::NotUtf8));
+        assert_eq!(Payload::from_json(b"[1]").unwrap().text(), "[1]");
+    }
+
+    fn message(data: Payload) -> Message {
+        Message::new(Channel::parse("/a/b").unwrap(), MessageId::new(10, 7), data)
+    }
+
+    #[test]
+    fn encodings() {
+        let m = message(Payload::string("one\ntwo"));
+        assert_eq!(&m.json_object()[..], br#"{"channel":"/a/b","id":"a-7","data":"one\ntwo"}"#);
+        assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: one\ndata: two\n\n");
+        assert_eq!(m.line(), r#""one\ntwo""#);
+        let m = message(Payload::from_json(b"{\"k\": 1}").unwrap());
+        assert_eq!(m.line(), r#"{"k":1}"#);
+        assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: {\"k\":1}\n\n");
+    }
+}
