@@ -1,0 +1,61 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+
+/// A broker could not do its job; the message (or the resume) did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store cannot be reached. Publishing must fail rather than pretend.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many channels (limit {0})")]
+    TooManyChannels(usize),
+}
+
+/// Messages owed to a resuming subscriber.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// In id order, at most the replay limit.
+    pub messages: Vec<Arc<Message>>,
+    /// True when history could not cover everything after the id: it was evicted, truncated,
+    /// lost with a restart (another epoch) or the id is not one this broker issued.
+    pub gap: bool,
+}
+
+/// A channel with history, for listings.
+#[derive(Debug, Clone)]
+pub struct ChannelEntry {
+    pub channel: Channel,
+    pub last_id: Option<MessageId>,
+}
+
+/// Where messages get their ids and history lives, and how they reach every node's [`Hub`].
+///
+/// Contract: `publish` assigns an id greater than every id issued before it in this epoch
+/// (across all channels), stores the message in history, and makes sure every node's hub —
+/// this one's included — receives it via [`Hub::deliver`] in id order. Returning `Ok` means
+/// the message was accepted; a broker that cannot guarantee that returns an error instead.
+///
+/// [`Hub`]: crate::Hub
+/// [`Hub::deliver`]: crate::Hub::deliver
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes and returns the message with its id and how many local subscribers got it.
+    async fn publish(&self, channel: Channel, data: Payload)
+    -> Result<(Arc<Message>, usize), BrokerError>;
+
+    /// Everything after `after` on channels matching `pattern`, oldest first.
+    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError>;
+
+    /// The position now: a subscriber that resumes from it is owed only later messages.
+    async fn cursor(&self) -> Result<MessageId, BrokerError>;
+
+    /// Channels with history whose name starts with `prefix`.
+    async fn channels(&self, prefix: &str) -> Result<Vec<ChannelEntry>, BrokerError>;
+
+    /// Whether the backing store is reachable (for `/healthz`).
+    fn healthy(&self) -> bool {
+        true
+    }
+}

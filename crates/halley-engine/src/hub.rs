@@ -1,0 +1,279 @@
+//! The local subscriber registry and the per-subscriber bounded queues.
+//!
+//! Invariant: no lock here is held across an `.await`, and the registry lock is never taken while
+//! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
+//! way), so there is no lock-order cycle.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use halley_proto::{Channel, Message, MessageId, Pattern};
+use tokio::sync::Notify;
+
+use crate::Stats;
+
+type Subscribers = HashMap<u64, Arc<Subscriber>>;
+
+#[derive(Default)]
+struct Registry {
+    exact: HashMap<Channel, Subscribers>,
+    wildcard: HashMap<Pattern, Subscribers>,
+}
+
+struct HubShared {
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+    stats: Arc<Stats>,
+}
+
+/// This process's subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<HubShared>,
+}
+
+struct Subscriber {
+    state: Mutex<Queue>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Arc<Message>>,
+    lagged: bool,
+}
+
+/// What a subscription yields next.
+#[derive(Debug)]
+pub enum Event {
+    Message(Arc<Message>),
+    /// The subscriber fell more than the queue capacity behind and was cut off. The transport
+    /// should end the response; the client resumes from its last id.
+    Lagged,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, stats: Arc<Stats>) -> Hub {
+        Hub {
+            shared: Arc::new(HubShared {
+                registry: RwLock::default(),
+                next_id: AtomicU64::new(1),
+                queue_capacity: queue_capacity.max(1),
+                stats,
+            }),
+        }
+    }
+
+    /// Hands `message` to every local subscriber whose pattern matches; returns how many.
+    /// Brokers call this in id order (see [`crate::Broker`]).
+    pub fn deliver(&self, message: &Arc<Message>) -> usize {
+        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        let mut cut_off = Vec::new();
+        let exact_key = Pattern::Exact(message.channel.clone());
+        let exact = registry.exact.get(&message.channel).map(|s| (&exact_key, s));
+        let wild = registry
+            .wildcard
+            .iter()
+            .filter(|(p, _)| p.matches(&message.channel));
+        for (pattern, subscribers) in exact.into_iter().chain(wild) {
+            for (id, sub) in subscribers {
+                match self.push(sub, message) {
+                    true => count += 1,
+                    false => cut_off.push((pattern.clone(), *id)),
+                }
+            }
+        }
+        drop(registry);
+        Stats::add(&self.shared.stats.delivered, count as u64);
+        if !cut_off.is_empty() {
+            // Lagging subscribers leave the registry now, so they cost no further work; their
+            // Subscription handle still exists and reports Lagged.
+            for (pattern, id) in cut_off {
+                self.unregister(&pattern, id);
+            }
+        }
+        count
+    }
+
+    /// Queues one message; false when the subscriber is (now) cut off.
+    fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> bool {
+        let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.lagged {
+            return false;
+        }
+        if queue.messages.len() >= self.shared.queue_capacity {
+            let dropped = queue.messages.len() as u64 + 1;
+            queue.messages = VecDeque::new();
+            queue.lagged = true;
+            drop(queue);
+            Stats::add(&self.shared.stats.dropped, dropped);
+            Stats::add(&self.shared.stats.lagged, 1);
+            sub.notify.notify_one();
+            return false;
+        }
+        queue.messages.push_back(message.clone());
+        drop(queue);
+        sub.notify.notify_one();
+        true
+    }
+
+    /// Registers a subscriber; messages delivered from now on are queued for it.
+    pub(crate) fn register(&self, pattern: Pattern) -> Subscription {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber {
+            state: Mutex::default(),
+            notify: Notify::new(),
+        });
+        let mut registry = self.shared.registry.write().unwrap_or_else(|e| e.into_inner());
+        let map = match &pattern {
+            Pattern::Exact(c) => registry.exact.entry(c.clone()).or_default(),
+            _ => registry.wildcard.entry(pattern.clone()).or_default(),
+        };
+        map.insert(id, sub.clone());
+        drop(registry);
+        Stats::add(&self.shared.stats.subscriptions, 1);
+        Subscription {
+            hub: self.clone(),
+            id,
+            pattern,
+            sub,
+            replay: VecDeque::new(),
+            floor: None,
+            gap: false,
+            position: None,
+        }
+    }
+
+    fn unregister(&self, pattern: &Pattern, id: u64) {
+        let mut registry = self.shared.registry.write().unwrap_or_else(|e| e.into_inner());
+        match pattern {
+            Pattern::Exact(c) => remove_from(&mut registry.exact, c, id),
+            p => remove_from(&mut registry.wildcard, p, id),
+        }
+    }
+
+    /// Subscriber counts per subscribed name (exact channels and wildcard patterns).
+    pub fn counts(&self, prefix: &str) -> Vec<(String, usize)> {
+        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        let exact = registry.exact.iter().map(|(c, s)| (c.to_string(), s.len()));
+        let wild = registry.wildcard.iter().map(|(p, s)| (p.to_string(), s.len()));
+        exact
+            .chain(wild)
+            .filter(|(name, n)| *n > 0 && name.starts_with(prefix))
+            .collect()
+    }
+
+    /// Local subscribers of exactly this channel.
+    pub fn subscribers(&self, channel: &Channel) -> usize {
+        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        registry.exact.get(channel).map_or(0, HashMap::len)
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Subscribers>, key: &K, id: u64) {
+    if let Some(subscribers) = map.get_mut(key) {
+        subscribers.remove(&id);
+        if subscribers.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// One subscriber's handle. Dropping it unsubscribes.
+pub struct Subscription {
+    hub: Hub,
+    id: u64,
+    pattern: Pattern,
+    sub: Arc<Subscriber>,
+    /// History owed on resume, delivered before anything queued.
+    replay: VecDeque<Arc<Message>>,
+    /// Highest id already handed out; queued messages at or below it are duplicates of the
+    /// replay (they were published between registering and reading history).
+    floor: Option<MessageId>,
+    gap: bool,
+    position: Option<MessageId>,
+}
+
+impl Subscription {
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// True when the resume could not be served without loss (DESIGN.md §2).
+    pub fn gap(&self) -> bool {
+        self.gap
+    }
+
+    /// A position the client can resume from if it receives nothing: the broker's cursor at
+    /// subscribe time, or the id it resumed from.
+    pub fn position(&self) -> Option<MessageId> {
+        self.position
+    }
+
+    pub(crate) fn set_resume(
+        &mut self,
+        replay: Vec<Arc<Message>>,
+        floor: Option<MessageId>,
+        gap: bool,
+        position: Option<MessageId>,
+    ) {
+        self.floor = replay.last().map(|m| m.id).or(floor);
+        self.replay = replay.into();
+        self.gap = gap;
+        self.position = position;
+    }
+
+    /// The next message, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if let Some(m) = self.replay.pop_front() {
+            return Some(Event::Message(m));
+        }
+        loop {
+            let mut queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.lagged {
+                return Some(Event::Lagged);
+            }
+            let message = queue.messages.pop_front()?;
+            drop(queue);
+            match self.floor {
+                Some(floor) if message.id.epoch == floor.epoch && message.id <= floor => continue,
+                _ => {
+                    self.floor = None;
+                    return Some(Event::Message(message));
+                }
+            }
+        }
+    }
+
+    /// The next message, waiting for one. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.try_next() {
+                return event;
+            }
+            // notify_one stores a permit when nobody waits, so a message queued between
+            // try_next and here still wakes us.
+            self.sub.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.pattern, self.id);
+        self.hub
+            .shared
+            .stats
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subscription({} #{})", self.pattern, self.id)
+    }
+}

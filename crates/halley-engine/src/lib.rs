@@ -1,0 +1,33 @@
+//! Halley's engine: who is subscribed to what, and what they are owed.
+//!
+//! - [`Engine`] is the cheap-to-clone facade the transports use: [`Engine::publish`] and
+//!   [`Engine::subscribe`]. It owns a [`Hub`] and a [`Broker`].
+//! - [`Hub`] is this process's registry of local subscribers (exact channels and wildcard
+//!   patterns), each with a bounded queue. [`Hub::deliver`] fans a message out to them.
+//! - [`Broker`] is where messages get their ids and history lives. [`MemoryBroker`] keeps both in
+//!   this process; a Redis broker keeps them in Redis and fans out between nodes. Either way the
+//!   broker hands every message to each node's hub, so nothing above the engine changes.
+//! - [`Subscription`] is one subscriber's handle: the replayed history it is owed on resume, then
+//!   live messages, deduplicated by id, or [`Event::Lagged`] when it fell too far behind.
+//!
+//! Invariant: the engine knows nothing about HTTP or Redis.
+//!
+//! Slow subscribers: every subscriber queue holds at most
+//! [`EngineConfig::queue_capacity`] messages. A subscriber whose queue is full is *cut off*: its
+//! queue is freed, it is removed from the hub, and its next event is [`Event::Lagged`]. The
+//! transport ends the response; the client reconnects with its last id and the history fills the
+//! hole (or the server reports a gap). Nothing is dropped silently and nothing grows unbounded.
+
+mod broker;
+mod config;
+mod engine;
+mod hub;
+mod memory;
+mod stats;
+
+pub use broker::{Broker, BrokerError, ChannelEntry, Replay};
+pub use config::EngineConfig;
+pub use engine::{ChannelInfo, Engine, EngineError, Published};
+pub use hub::{Event, Hub, Subscription};
+pub use memory::MemoryBroker;
+pub use stats::Stats;

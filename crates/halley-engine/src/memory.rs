@@ -1,0 +1,198 @@
+//! The in-memory broker: ids, history and fan-out for a single node.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use tokio::time::Instant;
+
+use crate::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Replay};
+
+/// How often expired history is swept and empty channels forgotten, when nobody publishes to
+/// them. Expiry on publish keeps busy channels tidy; this catches the quiet ones.
+pub const HISTORY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+struct History {
+    messages: VecDeque<(Instant, Arc<Message>)>,
+    /// Highest offset evicted from this channel; a resume from below it has a gap.
+    evicted: u64,
+    last: MessageId,
+}
+
+struct State {
+    offset: u64,
+    channels: HashMap<Channel, History>,
+    /// Highest offset ever held by a channel that has since been forgotten entirely. A resume
+    /// from below it may have missed that channel's messages, so it is reported as a gap.
+    forgotten: u64,
+}
+
+/// Single-node broker: one lock orders every publish, which is what makes ids grow in the same
+/// order messages reach subscribers (so a wildcard subscriber can resume from one id).
+pub struct MemoryBroker {
+    hub: Hub,
+    epoch: u64,
+    config: EngineConfig,
+    state: Mutex<State>,
+}
+
+impl MemoryBroker {
+    /// A broker with a fresh random epoch, so ids from a previous run are recognised as
+    /// foreign. Starts the history sweeper when called inside a tokio runtime.
+    pub fn spawn(hub: Hub, config: EngineConfig) -> Arc<MemoryBroker> {
+        let broker = Arc::new(MemoryBroker {
+            hub,
+            // Never 0, so that "0-0" is never a valid current-epoch id by accident.
+            epoch: rand::random::<u64>() | 1,
+            config,
+            state: Mutex::new(State {
+                offset: 0,
+                channels: HashMap::new(),
+                forgotten: 0,
+            }),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&broker)));
+        }
+        broker
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn expire(&self, state: &mut State, now: Instant) {
+        let ttl = self.config.history_ttl;
+        let mut forgotten = state.forgotten;
+        state.channels.retain(|_, history| {
+            evict_old(history, now, ttl);
+            let keep = !history.messages.is_empty();
+            if !keep {
+                forgotten = forgotten.max(history.last.offset);
+            }
+            keep
+        });
+        state.forgotten = forgotten;
+    }
+}
+
+fn evict_old(history: &mut History, now: Instant, ttl: Duration) {
+    while let Some((at, m)) = history.messages.front() {
+        if now.duration_since(*at) < ttl {
+            break;
+        }
+        history.evicted = m.id.offset;
+        history.messages.pop_front();
+    }
+}
+
+async fn sweep(broker: Weak<MemoryBroker>) {
+    let mut tick = tokio::time::interval(HISTORY_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let mut state = broker.state.lock().unwrap_or_else(|e| e.into_inner());
+        broker.expire(&mut state, Instant::now());
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(
+        &self,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<(Arc<Message>, usize), BrokerError> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State {
+            offset, channels, ..
+        } = &mut *state;
+        if !channels.contains_key(&channel) && channels.len() >= self.config.max_channels {
+            return Err(BrokerError::TooManyChannels(self.config.max_channels));
+        }
+        *offset += 1;
+        let id = MessageId::new(self.epoch, *offset);
+        let message = Arc::new(Message::new(channel.clone(), id, data));
+        let history = channels.entry(channel).or_insert_with(|| History {
+            messages: VecDeque::new(),
+            evicted: 0,
+            last: id,
+        });
+        history.last = id;
+        history.messages.push_back((now, message.clone()));
+        while history.messages.len() > self.config.history_size {
+            if let Some((_, m)) = history.messages.pop_front() {
+                history.evicted = m.id.offset;
+            }
+        }
+        evict_old(history, now, self.config.history_ttl);
+        // Delivered under the lock: the next publish cannot overtake this one.
+        let count = self.hub.deliver(&message);
+        Ok((message, count))
+    }
+
+    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gap = after.epoch != self.epoch || after.offset > state.offset;
+        let from = if after.epoch == self.epoch {
+            after.offset.min(state.offset)
+        } else {
+            0
+        };
+        let mut messages: Vec<Arc<Message>> = Vec::new();
+        let mut collect = |history: &History| {
+            if history.evicted > from {
+                gap = true;
+            }
+            let start = history.messages.partition_point(|(_, m)| m.id.offset <= from);
+            messages.extend(history.messages.range(start..).map(|(_, m)| m.clone()));
+        };
+        match pattern.exact() {
+            Some(channel) => {
+                if let Some(history) = state.channels.get(channel) {
+                    collect(history);
+                }
+            }
+            None => {
+                for (channel, history) in &state.channels {
+                    if pattern.matches(channel) {
+                        collect(history);
+                    }
+                }
+            }
+        }
+        if state.forgotten > from && after.epoch == self.epoch {
+            gap = true;
+        }
+        drop(state);
+        messages.sort_unstable_by_key(|m| m.id.offset);
+        if messages.len() > self.config.replay_limit {
+            messages.drain(..messages.len() - self.config.replay_limit);
+            gap = true;
+        }
+        Ok(Replay { messages, gap })
+    }
+
+    async fn cursor(&self) -> Result<MessageId, BrokerError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(MessageId::new(self.epoch, state.offset))
+    }
+
+    async fn channels(&self, prefix: &str) -> Result<Vec<ChannelEntry>, BrokerError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state
+            .channels
+            .iter()
+            .filter(|(c, _)| c.as_str().starts_with(prefix))
+            .map(|(c, h)| ChannelEntry {
+                channel: c.clone(),
+                last_id: Some(h.last),
+            })
+            .collect())
+    }
+}

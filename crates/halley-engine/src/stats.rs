@@ -1,0 +1,26 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters the engine keeps for `/metrics`. Relaxed atomics: they are statistics, not
+/// synchronisation.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Messages discarded because their subscriber was cut off for lagging.
+    pub dropped: AtomicU64,
+    /// Subscribers cut off because their queue was full.
+    pub lagged: AtomicU64,
+    /// Resumes that could not be served without loss.
+    pub gaps: AtomicU64,
+    pub subscriptions: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,205 @@
+//! Behaviour of the engine with the in-memory broker: delivery, wildcards, resume, gaps, lag.
+
+use std::time::Duration;
+
+use halley_engine::{Engine, EngineConfig, EngineError, Event, Subscription};
+use halley_proto::{Channel, MessageId, Pattern, Payload};
+
+fn engine(config: EngineConfig) -> Engine {
+    Engine::in_memory(config)
+}
+
+fn ch(name: &str) -> Channel {
+    Channel::parse(name).unwrap()
+}
+
+async fn publish(e: &Engine, channel: &str, text: &str) -> MessageId {
+    e.publish(ch(channel), Payload::string(text)).await.unwrap().message.id
+}
+
+async fn sub(e: &Engine, pattern: &str, resume: Option<MessageId>) -> Subscription {
+    e.subscribe(Pattern::parse(pattern).unwrap(), resume)
+        .await
+        .unwrap()
+}
+
+/// Everything available now, as text.
+fn drain(s: &mut Subscription) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(event) = s.try_next() {
+        match event {
+            Event::Message(m) => out.push(m.text().to_string()),
+            Event::Lagged => {
+                out.push("LAGGED".into());
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn exact_and_wildcard_delivery() {
+    let e = engine(EngineConfig::default());
+    let mut exact = sub(&e, "/chat/a", None).await;
+    let mut children = sub(&e, "/chat/*", None).await;
+    let mut deep = sub(&e, "/**", None).await;
+    publish(&e, "/chat/a", "1").await;
+    publish(&e, "/chat/a/b", "2").await;
+    let published = e.publish(ch("/other"), Payload::string("3")).await.unwrap();
+    assert_eq!(published.subscribers, 1);
+    assert_eq!(drain(&mut exact), ["1"]);
+    assert_eq!(drain(&mut children), ["1"]);
+    assert_eq!(drain(&mut deep), ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn resume_replays_in_order_without_duplicates() {
+    let e = engine(EngineConfig::default());
+    let first = publish(&e, "/a", "1").await;
+    publish(&e, "/b", "x").await;
+    publish(&e, "/a", "2").await;
+    let mut s = sub(&e, "/a", Some(first)).await;
+    assert!(!s.gap());
+    publish(&e, "/a", "3").await;
+    assert_eq!(drain(&mut s), ["2", "3"]);
+}
+
+#[tokio::test]
+async fn wildcard_resume_spans_channels() {
+    let e = engine(EngineConfig::default());
+    let start = publish(&e, "/r/a", "0").await;
+    publish(&e, "/r/a", "1").await;
+    publish(&e, "/r/b", "2").await;
+    publish(&e, "/s", "no").await;
+    publish(&e, "/r/a", "3").await;
+    let mut s = sub(&e, "/r/*", Some(start)).await;
+    assert!(!s.gap());
+    assert_eq!(drain(&mut s), ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn gap_when_history_evicted() {
+    let e = engine(EngineConfig {
+        history_size: 2,
+        ..EngineConfig::default()
+    });
+    let first = publish(&e, "/a", "1").await;
+    for text in ["2", "3", "4"] {
+        publish(&e, "/a", text).await;
+    }
+    let mut s = sub(&e, "/a", Some(first)).await;
+    assert!(s.gap());
+    assert_eq!(drain(&mut s), ["3", "4"]);
+    assert_eq!(halley_engine::Stats::get(&e.stats().gaps), 1);
+}
+
+#[tokio::test]
+async fn gap_for_foreign_epoch_and_future_ids() {
+    let e = engine(EngineConfig::default());
+    let id = publish(&e, "/a", "1").await;
+    let foreign = MessageId::new(id.epoch ^ 2, id.offset);
+    let mut s = sub(&e, "/a", Some(foreign)).await;
+    assert!(s.gap(), "an id from another epoch is a gap");
+    assert_eq!(drain(&mut s), ["1"], "what history holds is still delivered");
+    let future = MessageId::new(id.epoch, id.offset + 100);
+    assert!(sub(&e, "/a", Some(future)).await.gap());
+    assert!(!sub(&e, "/a", Some(id)).await.gap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn gap_when_history_expired() {
+    let e = engine(EngineConfig {
+        history_ttl: Duration::from_secs(60),
+        ..EngineConfig::default()
+    });
+    let first = publish(&e, "/a", "1").await;
+    publish(&e, "/a", "2").await;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    publish(&e, "/a", "3").await;
+    let mut s = sub(&e, "/a", Some(first)).await;
+    assert!(s.gap());
+    assert_eq!(drain(&mut s), ["3"]);
+}
+
+#[tokio::test]
+async fn stalled_subscriber_is_cut_off_at_queue_capacity() {
+    let e = engine(EngineConfig {
+        queue_capacity: 4,
+        ..EngineConfig::default()
+    });
+    let mut slow = sub(&e, "/a", None).await;
+    let mut fine = sub(&e, "/a", None).await;
+    for i in 0..4 {
+        publish(&e, "/a", &i.to_string()).await;
+    }
+    assert_eq!(drain(&mut fine), ["0", "1", "2", "3"]);
+    let p = e.publish(ch("/a"), Payload::string("4")).await.unwrap();
+    assert_eq!(p.subscribers, 1, "the lagging subscriber no longer counts");
+    assert_eq!(drain(&mut slow), ["LAGGED"]);
+    assert_eq!(drain(&mut fine), ["4"]);
+    assert_eq!(halley_engine::Stats::get(&e.stats().dropped), 5);
+    // Once cut off it is out of the hub: later publishes do not touch it.
+    publish(&e, "/a", "5").await;
+    assert_eq!(drain(&mut slow), ["LAGGED"]);
+}
+
+#[tokio::test]
+async fn next_waits_for_a_message() {
+    let e = engine(EngineConfig::default());
+    let mut s = sub(&e, "/a", None).await;
+    let e2 = e.clone();
+    let publisher = tokio::spawn(async move { publish(&e2, "/a", "hi").await });
+    match s.next().await {
+        Event::Message(m) => assert_eq!(m.text(), "hi"),
+        Event::Lagged => panic!("lagged"),
+    }
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn reserved_channels_refused() {
+    let e = engine(EngineConfig::default());
+    for name in ["/meta/connect", "/service/echo"] {
+        let err = e.publish(ch(name), Payload::string("x")).await.unwrap_err();
+        assert!(matches!(err, EngineError::Reserved(_)), "{name}");
+    }
+    let err = e
+        .subscribe(Pattern::parse("/meta/subscribe").unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Reserved(_)));
+}
+
+#[tokio::test]
+async fn too_many_channels_refused() {
+    let e = engine(EngineConfig {
+        max_channels: 2,
+        ..EngineConfig::default()
+    });
+    publish(&e, "/a", "1").await;
+    publish(&e, "/b", "1").await;
+    publish(&e, "/a", "2").await;
+    assert!(e.publish(ch("/c"), Payload::string("x")).await.is_err());
+}
+
+#[tokio::test]
+async fn listing_merges_history_and_subscribers() {
+    let e = engine(EngineConfig::default());
+    let _s1 = sub(&e, "/room/a", None).await;
+    let _s2 = sub(&e, "/room/a", None).await;
+    let _s3 = sub(&e, "/room/**", None).await;
+    let id = publish(&e, "/room/b", "x").await;
+    let rows = e.channels("/room/").await.unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.subscribers, r.last_id))
+        .collect();
+    assert_eq!(
+        got,
+        [("/room/**", 1, None), ("/room/a", 2, None), ("/room/b", 0, Some(id))]
+    );
+    drop(_s1);
+    drop(_s2);
+    assert_eq!(e.channels("/room/a").await.unwrap().len(), 0);
+}
