@@ -1,0 +1,110 @@
+//! Shared state of the HTTP layer and request routing.
+
+use std::sync::Arc;
+
+use halley_engine::Engine;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::cors::{self, Origins};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::{HttpConfig, ops, publish, rupy, transport};
+
+/// What every request handler can reach.
+pub struct App {
+    pub engine: Engine,
+    pub config: HttpConfig,
+    pub origins: Origins,
+    pub metrics: Arc<Metrics>,
+    /// Ticks every heartbeat interval; every open stream watches it (one timer for all).
+    pub heartbeat: watch::Receiver<()>,
+    /// Cancelled when the server starts draining: held responses end with reconnect advice.
+    pub shutdown: CancellationToken,
+    /// Tasks that outlive their HTTP connection (upgraded WebSockets) and the connections
+    /// themselves, so that a drain can wait for them.
+    pub tracker: tokio_util::task::TaskTracker,
+}
+
+impl App {
+    /// Checks the publish key, when one is configured.
+    pub fn authorize_publish(
+        &self,
+        headers: &hyper::HeaderMap,
+        query: &crate::query::Query,
+    ) -> Result<(), ApiError> {
+        let Some(key) = &self.config.publish_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get("x-halley-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| query.get("key"));
+        match given {
+            Some(g) if g == key => Ok(()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let verdict = match app.origins.check(request.headers()) {
+        Ok(v) => v,
+        Err(e) => return reject(&app, e),
+    };
+    if request.method() == Method::OPTIONS {
+        return cors::preflight(request.headers(), &verdict);
+    }
+    let mut response = match route(&app, request).await {
+        Ok(r) => r,
+        Err(e) => reject(&app, e),
+    };
+    cors::decorate(&mut response, &verdict);
+    response
+        .headers_mut()
+        .entry("x-content-type-options")
+        .or_insert(HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn reject(app: &App, error: ApiError) -> Response<Body> {
+    if error.status().is_client_error() {
+        app.metrics
+            .bad_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::debug!(%error, "request refused");
+    error.into_response()
+}
+
+async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    if let Some(channel) = path.strip_prefix("/pub") {
+        return match method {
+            Method::POST | Method::PUT => publish::publish(app, channel, request).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    if let Some(channel) = path.strip_prefix("/sub") {
+        return match method {
+            Method::GET => transport::subscribe(app, channel, request).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    match (method, path.as_str()) {
+        (Method::GET | Method::POST, "/push") => rupy::push(app, request).await,
+        (Method::GET, "/pull") => rupy::pull(app, request).await,
+        (Method::GET, "/healthz") => Ok(ops::healthz(app)),
+        (Method::GET, "/metrics") => Ok(ops::metrics(app)),
+        (Method::GET, "/api/channels") => ops::channels(app, &request).await,
+        (_, "/push" | "/pull" | "/healthz" | "/metrics" | "/api/channels") => {
+            Err(ApiError::MethodNotAllowed)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}

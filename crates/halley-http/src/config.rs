@@ -1,0 +1,68 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The HTTP layer's settings and budgets. Each budget says why its default and what happens at
+/// the limit; README.md lists them for operators.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// How long a long-poll or JSONP request is held with nothing to deliver before it is
+    /// answered with an empty batch. 25 s stays under the 30 s idle timeouts common in proxies
+    /// and load balancers.
+    pub hold_timeout: Duration,
+    /// How often open streams get a heartbeat (SSE comment, blank line, WebSocket ping), so that
+    /// gateways with idle timeouts do not cut them.
+    pub heartbeat_interval: Duration,
+    /// Time allowed to send a request's headers (slowloris guard), separate from the hold
+    /// timeout. The connection is closed when it runs out.
+    pub header_timeout: Duration,
+    /// Most connections open at once. The process has 20,000 file descriptors here; the rest
+    /// are kept for the listener, logs and broker connections. Over the cap a connection gets
+    /// a 503 and is closed.
+    pub max_connections: usize,
+    /// Largest request body (and WebSocket message) accepted; larger gets 413.
+    pub body_limit: usize,
+    /// Origins allowed to use Halley from a browser (CORS, JSONP, iframe, WebSocket). Empty or
+    /// containing `*` means any origin (without credentials).
+    pub allowed_origins: Vec<String>,
+    /// When set, publishing (`/pub`, `/push`, WebSocket frames) requires this key in the
+    /// `X-Halley-Key` header or the `key` query parameter; otherwise 401.
+    pub publish_key: Option<String>,
+    /// On shutdown, how long open connections get to end before they are dropped.
+    pub drain_timeout: Duration,
+    /// The reconnect delay SSE clients are told to use (`retry:`), and long-poll clients after a
+    /// shutdown (`Retry-After`).
+    pub retry: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            hold_timeout: Duration::from_secs(25),
+            heartbeat_interval: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 19_500,
+            body_limit: 64 * 1024,
+            allowed_origins: Vec::new(),
+            publish_key: None,
+            drain_timeout: Duration::from_secs(5),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Longest request head (request line plus headers) accepted, in bytes. Browsers send a few
+/// hundred; cookies can push it to several KiB. Longer gets 431 and the connection is closed.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most messages in one long-poll or JSONP answer. A client far behind gets the rest on its
+/// next poll; this bounds the size of one response.
+pub const MAX_BATCH: usize = 1000;
+
+/// Longest `name` accepted by the rupy endpoints.
+pub const MAX_NAME: usize = 64;
+
+/// Bytes of padding before the first forever-iframe message: older browsers (and some proxies)
+/// render nothing until they have about 1 KiB, so the first script would otherwise wait.
+pub const IFRAME_PADDING: usize = 1100;

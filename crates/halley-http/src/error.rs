@@ -1,0 +1,73 @@
+//! The one place where errors become HTTP responses.
+
+use bytes::Bytes;
+use halley_engine::{BrokerError, EngineError};
+use halley_proto::{ChannelError, PayloadError};
+use hyper::StatusCode;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+
+use crate::body::{Body, full};
+
+/// A request that cannot be served, with the status it earns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("bad channel: {0}")]
+    Channel(#[from] ChannelError),
+    #[error("bad body: {0}")]
+    Payload(#[from] PayloadError),
+    #[error("missing or wrong publish key")]
+    Unauthorized,
+    #[error("origin not allowed")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Reserved(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Reserved(_) => ApiError::Reserved(e.to_string()),
+            EngineError::Broker(BrokerError::TooManyChannels(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            EngineError::Broker(b) => ApiError::Unavailable(b.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Channel(_) | ApiError::Payload(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Reserved(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn into_response(self) -> hyper::Response<Body> {
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut response = hyper::Response::new(full(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}

@@ -1,0 +1,29 @@
+//! Halley's HTTP layer: every transport and endpoint of DESIGN.md §3 on one port.
+//!
+//! - [`Server`] binds, accepts (under a connection cap), reads each request head under a
+//!   timeout, and serves HTTP/1.1 with hyper; [`Server::run`] drains on shutdown.
+//! - [`HttpConfig`] holds the budgets: hold timeout, heartbeat, header timeout, connection cap,
+//!   body limit, origin allowlist, publish key.
+//! - `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
+//!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, WebSocket);
+//!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`.
+//! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
+//!
+//! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
+//! [`halley_engine::Engine`].
+
+mod app;
+mod body;
+mod config;
+mod cors;
+mod error;
+mod metrics;
+mod ops;
+mod publish;
+mod query;
+mod rupy;
+mod server;
+mod transport;
+
+pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_NAME};
+pub use server::Server;

@@ -1,0 +1,84 @@
+//! Connection counters by transport, for `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Every way a subscriber can be connected; `/metrics` reports each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    LongPoll,
+    Jsonp,
+    Stream,
+    Iframe,
+    Multipart,
+    Sse,
+    WebSocket,
+    Pull,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::LongPoll,
+        Kind::Jsonp,
+        Kind::Stream,
+        Kind::Iframe,
+        Kind::Multipart,
+        Kind::Sse,
+        Kind::WebSocket,
+        Kind::Pull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::LongPoll => "longpoll",
+            Kind::Jsonp => "jsonp",
+            Kind::Stream => "stream",
+            Kind::Iframe => "iframe",
+            Kind::Multipart => "multipart",
+            Kind::Sse => "sse",
+            Kind::WebSocket => "websocket",
+            Kind::Pull => "pull",
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Open TCP connections.
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections refused with 503 because the connection cap was reached.
+    pub rejected: AtomicU64,
+    /// Requests answered with a 4xx because of bad input.
+    pub bad_requests: AtomicU64,
+    subscribers: [AtomicI64; 8],
+}
+
+impl Metrics {
+    pub fn subscribers(&self, kind: Kind) -> i64 {
+        self.subscribers[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open subscriber of a transport for as long as it lives.
+pub struct Open {
+    metrics: Arc<Metrics>,
+    kind: Kind,
+}
+
+impl Open {
+    pub fn new(metrics: &Arc<Metrics>, kind: Kind) -> Open {
+        metrics.subscribers[kind as usize].fetch_add(1, Ordering::Relaxed);
+        Open {
+            metrics: metrics.clone(),
+            kind,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.subscribers[self.kind as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,72 @@
+//! `POST|PUT /pub/{channel}`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use halley_engine::Published;
+use halley_proto::{Channel, Payload};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response};
+
+use crate::app::App;
+use crate::body::{Body, full};
+use crate::error::ApiError;
+use crate::query::Query;
+
+pub async fn publish(
+    app: &Arc<App>,
+    channel: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    app.authorize_publish(request.headers(), &query)?;
+    let channel = Channel::parse(channel)?;
+    let is_json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+    let body = read_body(app, request).await?;
+    let payload = if is_json {
+        Payload::from_json(&body)?
+    } else {
+        Payload::from_text(&body)?
+    };
+    let published = app.engine.publish(channel, payload).await?;
+    Ok(published_response(&published))
+}
+
+/// Reads a request body, refusing (413) anything over the body limit before reading it when
+/// `Content-Length` says so, and while reading it otherwise.
+pub async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = app.config.body_limit;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!("could not read body: {e}"))),
+    }
+}
+
+pub fn published_response(published: &Published) -> Response<Body> {
+    let body = serde_json::json!({
+        "channel": published.message.channel.as_str(),
+        "id": published.message.id.to_string(),
+        "subscribers": published.subscribers,
+    });
+    let mut response = Response::new(full(body.to_string()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,101 @@
+//! rupy compatibility: `/push?name=&message=` and the Comet Stream `/pull?name=`.
+//!
+//! A push publishes `{"name":N,"message":M}` to the channel (default `/talk`), so the same
+//! message reaches every other transport as an object. A pull is a chunked stream with one
+//! message per `\n`-terminated line (the object as compact JSON), never the puller's own.
+//! With the request header `Head: less` the stream has no status line and no headers at all
+//! (see `server.rs`, which spots such requests before HTTP parsing).
+
+use std::sync::Arc;
+
+use halley_proto::{Channel, Pattern, Payload};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response};
+
+use crate::app::App;
+use crate::body::Body;
+use crate::config::MAX_NAME;
+use crate::error::ApiError;
+use crate::metrics::Kind;
+use crate::publish::{published_response, read_body};
+use crate::query::Query;
+use crate::transport::{Wire, stream_response};
+
+/// The channel rupy's talk uses when the request names none.
+pub const DEFAULT_CHANNEL: &str = "/talk";
+
+pub async fn push(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let mut query = Query::parse(request.uri().query());
+    let headers = request.headers().clone();
+    if request.method() == Method::POST {
+        let is_form = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let body = read_body(app, request).await?;
+        if is_form {
+            query.extend_form(&body);
+        }
+    }
+    app.authorize_publish(&headers, &query)?;
+    let name = name(&query)?;
+    let message = query
+        .get("message")
+        .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
+    let channel = Channel::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
+    // Built by hand so that "name" comes first: pullers recognise their own messages by
+    // that prefix without parsing every message (see `own_prefix`).
+    let data = format!(
+        "{}\"message\":{}}}",
+        own_prefix(name),
+        serde_json::to_string(message).unwrap()
+    );
+    // The text above is JSON by construction.
+    let payload = Payload::from_json(data.as_bytes()).unwrap();
+    let published = app.engine.publish(channel, payload).await?;
+    Ok(published_response(&published))
+}
+
+fn name(query: &Query) -> Result<&str, ApiError> {
+    match query.get("name") {
+        Some(n) if !n.is_empty() && n.len() <= MAX_NAME => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "name is required (1 to {MAX_NAME} bytes)"
+        ))),
+    }
+}
+
+/// The prefix of a pushed message's JSON that identifies its sender.
+pub fn own_prefix(name: &str) -> String {
+    // Serialising a &str cannot fail.
+    format!("{{\"name\":{},", serde_json::to_string(name).unwrap())
+}
+
+/// The subscription and wire format of a pull, shared by the HTTP and the headerless form.
+pub async fn open_pull(
+    app: &App,
+    query: &Query,
+) -> Result<(halley_engine::Subscription, Wire), ApiError> {
+    let name = name(query)?;
+    let pattern = Pattern::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
+    let resume = match query.get("last_id").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| ApiError::BadRequest(format!("malformed last_id {text:?}")))?,
+        ),
+    };
+    let sub = app.engine.subscribe(pattern, resume).await?;
+    let wire = Wire::Lines {
+        json: false,
+        skip: Some(own_prefix(name)),
+    };
+    Ok((sub, wire))
+}
+
+pub async fn pull(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let (sub, wire) = open_pull(app, &query).await?;
+    Ok(stream_response(app, sub, wire, Kind::Pull))
+}

@@ -1,0 +1,266 @@
+//! The streaming transports: SSE, chunked lines, forever-iframe, multipart, and rupy's pull.
+//! One loop serves them all; [`Wire`] is the only thing that differs.
+
+
+use bytes::{BufMut, Bytes, BytesMut};
+use halley_engine::{Event, Subscription};
+use halley_proto::Message;
+use hyper::Response;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::body::{Body, streaming};
+use crate::config::IFRAME_PADDING;
+use crate::metrics::{Kind, Open};
+
+/// Most queued messages coalesced into one write. Batching what is already queued saves a
+/// syscall per message under load; the cap keeps one chunk from growing large.
+const COALESCE: usize = 64;
+
+const BOUNDARY: &str = "halley";
+
+/// A transport's wire format.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    Sse { json: bool },
+    /// One message per `\n`-terminated line. `skip` drops messages whose JSON starts with that
+    /// prefix (rupy's "never your own messages").
+    Lines { json: bool, skip: Option<String> },
+    Iframe { callback: String },
+    Multipart,
+}
+
+impl Wire {
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Wire::Sse { .. } => "text/event-stream",
+            Wire::Lines { json: true, .. } => "application/x-ndjson",
+            Wire::Lines { json: false, .. } => "text/plain; charset=utf-8",
+            Wire::Iframe { .. } => "text/html; charset=utf-8",
+            Wire::Multipart => "multipart/x-mixed-replace; boundary=halley",
+        }
+    }
+
+    /// What opens the stream: SSE's `retry:`, the iframe's page and padding, and the gap
+    /// signal when the resume has one.
+    pub fn preamble(&self, sub: &Subscription, retry_ms: u128) -> Bytes {
+        let mut out = BytesMut::new();
+        match self {
+            Wire::Sse { .. } => out.put_slice(format!("retry: {retry_ms}\n\n").as_bytes()),
+            Wire::Iframe { .. } => {
+                out.put_slice(b"<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>");
+                out.put_slice(b"<!--");
+                out.put_bytes(b' ', IFRAME_PADDING);
+                out.put_slice(b"-->\n");
+            }
+            _ => {}
+        }
+        if sub.gap() {
+            self.control("gap", &super::gap_object(sub), &mut out);
+        }
+        out.freeze()
+    }
+
+    /// A control object (`{"event":…}`) in this wire's framing; raw lines have none.
+    fn control(&self, event: &str, object: &str, out: &mut BytesMut) {
+        match self {
+            Wire::Sse { .. } => {
+                out.put_slice(format!("event: {event}\ndata: {object}\n\n").as_bytes());
+            }
+            Wire::Lines { json: true, .. } => {
+                out.put_slice(object.as_bytes());
+                out.put_u8(b'\n');
+            }
+            Wire::Lines { json: false, .. } => {}
+            Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
+            Wire::Multipart => part(object.as_bytes(), out),
+        }
+    }
+
+    pub fn message(&self, m: &Message, out: &mut BytesMut) {
+        match self {
+            Wire::Sse { json: false } => out.put_slice(m.sse_frame()),
+            Wire::Sse { json: true } => {
+                out.put_slice(format!("id: {}\ndata: ", m.id).as_bytes());
+                out.put_slice(m.json_object());
+                out.put_slice(b"\n\n");
+            }
+            Wire::Lines { json, skip } => {
+                if skip.as_ref().is_some_and(|s| m.data.json().starts_with(s.as_str())) {
+                    return;
+                }
+                match json {
+                    true => out.put_slice(m.json_object()),
+                    false => out.put_slice(m.line().as_bytes()),
+                }
+                out.put_u8(b'\n');
+            }
+            Wire::Iframe { callback } => script(callback, m.json_object(), out),
+            Wire::Multipart => part(m.json_object(), out),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Bytes {
+        match self {
+            Wire::Sse { .. } => Bytes::from_static(b":\n\n"),
+            Wire::Lines { .. } | Wire::Iframe { .. } => Bytes::from_static(b"\n"),
+            Wire::Multipart => {
+                let mut out = BytesMut::new();
+                part(br#"{"event":"heartbeat"}"#, &mut out);
+                out.freeze()
+            }
+        }
+    }
+
+    /// The last words of a stream: after lagging, or on shutdown (with reconnect advice).
+    pub fn farewell(&self, event: &str, retry_ms: u128, out: &mut BytesMut) {
+        if let Wire::Sse { .. } = self {
+            out.put_slice(format!("retry: {retry_ms}\n").as_bytes());
+        }
+        self.control(
+            event,
+            &format!(r#"{{"event":"{event}","retry":{retry_ms}}}"#),
+            out,
+        );
+        if let Wire::Multipart = self {
+            out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        }
+    }
+}
+
+fn script(callback: &str, json: &[u8], out: &mut BytesMut) {
+    out.put_slice(b"<script>parent.");
+    out.put_slice(callback.as_bytes());
+    out.put_u8(b'(');
+    // In JSON '<' only occurs inside strings, where \u003c means the same; this keeps a
+    // message from closing the script element.
+    for &b in json {
+        if b == b'<' {
+            out.put_slice(b"\\u003c");
+        } else {
+            out.put_u8(b);
+        }
+    }
+    out.put_slice(b")</script>\n");
+}
+
+fn part(body: &[u8], out: &mut BytesMut) {
+    out.put_slice(format!("--{BOUNDARY}\r\nContent-Type: application/json\r\n\r\n").as_bytes());
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+struct Stream {
+    sub: Subscription,
+    wire: Wire,
+    heartbeat: watch::Receiver<()>,
+    shutdown: CancellationToken,
+    retry_ms: u128,
+    preamble: Option<Bytes>,
+    done: bool,
+    _open: Open,
+}
+
+impl Stream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(p) = self.preamble.take().filter(|p| !p.is_empty()) {
+            return Some(p);
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            let mut out = BytesMut::new();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    self.done = true;
+                    self.wire.farewell("reconnect", self.retry_ms, &mut out);
+                }
+                event = self.sub.next() => self.take(event, &mut out),
+                changed = self.heartbeat.changed() => {
+                    if changed.is_err() {
+                        self.done = true;
+                    }
+                    return Some(self.wire.heartbeat());
+                }
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+        }
+    }
+
+    /// Writes `event` and whatever else is already queued (up to [`COALESCE`]).
+    fn take(&mut self, mut event: Event, out: &mut BytesMut) {
+        for _ in 0..COALESCE {
+            match event {
+                Event::Message(m) => self.wire.message(&m, out),
+                Event::Lagged => {
+                    self.done = true;
+                    self.wire.farewell("lagged", self.retry_ms, out);
+                    return;
+                }
+            }
+            match self.sub.try_next() {
+                Some(next) => event = next,
+                None => return,
+            }
+        }
+    }
+}
+
+/// The chunks of a stream for `sub` in `wire`'s format: preamble, messages, heartbeats, and
+/// a farewell on lag or shutdown.
+pub fn chunks(
+    app: &App,
+    sub: Subscription,
+    wire: Wire,
+    kind: Kind,
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    let retry_ms = app.config.retry.as_millis();
+    let stream = Stream {
+        preamble: Some(wire.preamble(&sub, retry_ms)),
+        sub,
+        wire,
+        heartbeat: fresh(&app.heartbeat),
+        shutdown: app.shutdown.clone(),
+        retry_ms,
+        done: false,
+        _open: Open::new(&app.metrics, kind),
+    };
+    futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((chunk, s))
+    })
+}
+
+/// A held streaming response for `sub` in `wire`'s format.
+pub fn stream_response(app: &App, sub: Subscription, wire: Wire, kind: Kind) -> Response<Body> {
+    let gap = sub.gap();
+    let content_type = wire.content_type();
+    let body = streaming(chunks(app, sub, wire, kind));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    held_headers(headers, gap);
+    response
+}
+
+/// Headers every held response carries so that proxies pass it through unbuffered.
+pub fn held_headers(headers: &mut hyper::HeaderMap, gap: bool) {
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if gap {
+        headers.insert("x-halley-gap", HeaderValue::from_static("true"));
+    }
+}
+
+/// A heartbeat receiver that waits for the *next* tick, not one that happened before it existed.
+pub fn fresh(heartbeat: &watch::Receiver<()>) -> watch::Receiver<()> {
+    let mut receiver = heartbeat.clone();
+    receiver.borrow_and_update();
+    receiver
+}

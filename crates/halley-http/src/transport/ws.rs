@@ -1,0 +1,187 @@
+//! WebSocket on `/sub/{channel}`: one text frame per message (the message object), pings as
+//! heartbeats, and — when publishing is allowed — text frames from the client published to the
+//! channel it is on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use halley_engine::{Event, Subscription};
+use halley_proto::{Channel, MessageId, Pattern, Payload};
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+
+use crate::app::App;
+use crate::body::{Body, empty};
+use crate::error::ApiError;
+use crate::metrics::{Kind, Open};
+use crate::query::Query;
+
+/// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
+/// biggest cost of an idle subscriber. Clients send little (an occasional publish), so 4 KiB.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Most bytes queued for a client that is not reading, beyond which writes fail and the
+/// connection is closed. The subscriber queue bounds messages; this bounds bytes.
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
+pub async fn upgrade(
+    app: &Arc<App>,
+    pattern: Pattern,
+    resume: Option<MessageId>,
+    mut request: Request<Incoming>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let headers = request.headers();
+    if headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
+        return Err(ApiError::BadRequest("WebSocket version 13 required".into()));
+    }
+    let key = headers
+        .get("sec-websocket-key")
+        .ok_or_else(|| ApiError::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let publish_to = match pattern.exact() {
+        Some(channel) if app.authorize_publish(headers, query).is_ok() => Some(channel.clone()),
+        _ => None,
+    };
+    // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
+    // between the handshake and the first read is missed.
+    let sub = app.engine.subscribe(pattern, resume).await?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    // The connection's slot under the cap moves with the socket into the WebSocket task.
+    let slot = request.extensions_mut().remove::<Arc<crate::server::Slot>>();
+    let task_app = app.clone();
+    let open = Open::new(&app.metrics, Kind::WebSocket);
+    app.tracker.spawn(async move {
+        let _held = (open, slot);
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(READ_BUFFER)
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(MAX_WRITE_BUFFER)
+                    .max_message_size(Some(task_app.config.body_limit))
+                    .max_frame_size(Some(task_app.config.body_limit));
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                        .await;
+                run(&task_app, ws, sub, publish_to).await;
+            }
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    // derive_accept_key yields base64, always a valid header value.
+    h.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).unwrap());
+    Ok(response)
+}
+
+fn text(bytes: &Bytes) -> Frame {
+    // Message encodings are built from Rust strings, so they are UTF-8.
+    Frame::Text(Utf8Bytes::try_from(bytes.clone()).unwrap())
+}
+
+fn close(code: CloseCode, reason: &'static str) -> Frame {
+    Frame::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+async fn run<S>(
+    app: &App,
+    ws: WebSocketStream<S>,
+    mut sub: Subscription,
+    publish_to: Option<Channel>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let mut heartbeat = super::stream::fresh(&app.heartbeat);
+    if sub.gap() {
+        let gap = Bytes::from(super::gap_object(&sub));
+        if tx.send(text(&gap)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                let _ = tx.send(close(CloseCode::Away, "server shutting down; reconnect")).await;
+                break;
+            }
+            event = sub.next() => {
+                let mut event = Some(event);
+                let mut lagged = false;
+                while let Some(e) = event.take() {
+                    match e {
+                        Event::Message(m) => {
+                            if tx.feed(text(m.json_object())).await.is_err() {
+                                return;
+                            }
+                            event = sub.try_next();
+                        }
+                        Event::Lagged => lagged = true,
+                    }
+                }
+                if lagged {
+                    let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
+                    let _ = tx.feed(text(&notice)).await;
+                    let _ = tx.send(close(CloseCode::Again, "fell behind; resume from your last id")).await;
+                    break;
+                }
+                if tx.flush().await.is_err() {
+                    return;
+                }
+            }
+            changed = heartbeat.changed() => {
+                if changed.is_err() || tx.send(Frame::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+            frame = rx.next() => match frame {
+                Some(Ok(Frame::Text(body))) => {
+                    let reply = publish(app, publish_to.as_ref(), body.as_str()).await;
+                    if let Some(reply) = reply
+                        && tx.send(text(&Bytes::from(reply))).await.is_err() {
+                            break;
+                        }
+                }
+                Some(Ok(Frame::Binary(_))) => {
+                    let _ = tx.send(close(CloseCode::Unsupported, "text frames only")).await;
+                    break;
+                }
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
+/// Returns an error object to send back, if any.
+async fn publish(app: &App, channel: Option<&Channel>, body: &str) -> Option<String> {
+    let Some(channel) = channel else {
+        return Some(
+            r#"{"event":"error","error":"publishing is not allowed on this connection (wildcard subscription or missing publish key)"}"#
+                .into(),
+        );
+    };
+    let payload = Payload::from_json(body.as_bytes())
+        .unwrap_or_else(|_| Payload::string(body));
+    match app.engine.publish(channel.clone(), payload).await {
+        Ok(_) => None,
+        Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),
+    }
+}

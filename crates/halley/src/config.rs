@@ -1,0 +1,176 @@
+//! Command line, environment and config file, merged with flags > env > file > defaults.
+//!
+//! clap reads each flag or its `HALLEY_*` variable (flag first); whatever neither gave is taken
+//! from the TOML file named by `--config`, and the rest from the defaults of the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use halley_engine::EngineConfig;
+use halley_http::HttpConfig;
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "halley", version, about = "Halley: a Comet server with every transport in one binary.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `halley` alone means `halley serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// Every option; each has a HALLEY_* environment variable and a key in the TOML file.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (keys as the long flags, e.g. hold-timeout = 25).
+    #[arg(long, env = "HALLEY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "HALLEY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Seconds a long-poll or JSONP request is held with nothing to say [default: 25].
+    #[arg(long, env = "HALLEY_HOLD_TIMEOUT")]
+    pub hold_timeout: Option<u64>,
+    /// Seconds between heartbeats on open streams [default: 15].
+    #[arg(long, env = "HALLEY_HEARTBEAT")]
+    pub heartbeat: Option<u64>,
+    /// Seconds allowed to send request headers (slowloris guard) [default: 10].
+    #[arg(long, env = "HALLEY_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Most open connections; more get 503 [default: 19500; the fd limit here is 20000].
+    #[arg(long, env = "HALLEY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest request body or WebSocket message in bytes; larger gets 413 [default: 65536].
+    #[arg(long, env = "HALLEY_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Comma-separated origins allowed from browsers (CORS, JSONP, iframe, WebSocket);
+    /// empty or * allows any [default: any].
+    #[arg(long, env = "HALLEY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Require this key (X-Halley-Key header or key= parameter) to publish [default: none].
+    #[arg(long, env = "HALLEY_PUBLISH_KEY")]
+    pub publish_key: Option<String>,
+    /// Seconds open connections get to end on SIGTERM/SIGINT [default: 5].
+    #[arg(long, env = "HALLEY_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<u64>,
+    /// Messages kept per channel for resume [default: 1000].
+    #[arg(long, env = "HALLEY_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a message stays in history [default: 600].
+    #[arg(long, env = "HALLEY_HISTORY_TTL")]
+    pub history_ttl: Option<u64>,
+    /// Messages buffered per subscriber before it is cut off as too slow [default: 1024].
+    #[arg(long, env = "HALLEY_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Most channels with history; publishing to a new one beyond gets 503 [default: 100000].
+    #[arg(long, env = "HALLEY_MAX_CHANNELS")]
+    pub max_channels: Option<usize>,
+}
+
+pub struct Settings {
+    pub http: HttpConfig,
+    pub engine: EngineConfig,
+}
+
+macro_rules! merge {
+    ($cli:ident, $file:ident, $($field:ident),*) => {
+        $( if $cli.$field.is_none() { $cli.$field = $file.$field.take(); } )*
+    };
+}
+
+impl ServeArgs {
+    /// Fills what flags and environment left open from the config file, then the defaults.
+    pub fn resolve(mut self) -> anyhow::Result<Settings> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let mut file: ServeArgs = toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            merge!(
+                self, file, listen, hold_timeout, heartbeat, header_timeout, max_connections,
+                body_limit, allowed_origins, publish_key, drain_timeout, history_size,
+                history_ttl, queue_capacity, max_channels
+            );
+        }
+        let secs = Duration::from_secs;
+        let h = HttpConfig::default();
+        let http = HttpConfig {
+            listen: self.listen.unwrap_or(h.listen),
+            hold_timeout: self.hold_timeout.map_or(h.hold_timeout, secs),
+            heartbeat_interval: self.heartbeat.map_or(h.heartbeat_interval, secs),
+            header_timeout: self.header_timeout.map_or(h.header_timeout, secs),
+            max_connections: self.max_connections.unwrap_or(h.max_connections),
+            body_limit: self.body_limit.unwrap_or(h.body_limit),
+            allowed_origins: self.allowed_origins.unwrap_or(h.allowed_origins),
+            publish_key: self.publish_key.or(h.publish_key).filter(|k| !k.is_empty()),
+            drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
+            retry: h.retry,
+        };
+        anyhow::ensure!(http.heartbeat_interval > Duration::ZERO, "heartbeat must be at least 1 second");
+        let e = EngineConfig::default();
+        let engine = EngineConfig {
+            history_size: self.history_size.unwrap_or(e.history_size),
+            history_ttl: self.history_ttl.map_or(e.history_ttl, secs),
+            queue_capacity: self.queue_capacity.unwrap_or(e.queue_capacity),
+            replay_limit: e.replay_limit,
+            max_channels: self.max_channels.unwrap_or(e.max_channels),
+        };
+        Ok(Settings { http, engine })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("halley-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9001\"\nhold-timeout = 7\nhistory-size = 5\n")
+            .unwrap();
+        let cli = Cli::try_parse_from([
+            "halley",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--hold-timeout",
+            "3",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected");
+        };
+        let settings = args.resolve().unwrap();
+        assert_eq!(settings.http.listen.port(), 9001);
+        assert_eq!(settings.http.hold_timeout, Duration::from_secs(3));
+        assert_eq!(settings.engine.history_size, 5);
+        assert_eq!(settings.http.body_limit, 64 * 1024);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("halley-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9001\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+}
