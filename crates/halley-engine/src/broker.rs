@@ -42,8 +42,11 @@ pub struct ChannelEntry {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes and returns the message with its id and how many local subscribers got it.
-    async fn publish(&self, channel: Channel, data: Payload)
-    -> Result<(Arc<Message>, usize), BrokerError>;
+    async fn publish(
+        &self,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<(Arc<Message>, usize), BrokerError>;
 
     /// Everything after `after` on channels matching `pattern`, oldest first.
     async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError>;

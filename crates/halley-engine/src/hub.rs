@@ -69,11 +69,18 @@ impl Hub {
     /// Hands `message` to every local subscriber whose pattern matches; returns how many.
     /// Brokers call this in id order (see [`crate::Broker`]).
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
-        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut count = 0;
         let mut cut_off = Vec::new();
         let exact_key = Pattern::Exact(message.channel.clone());
-        let exact = registry.exact.get(&message.channel).map(|s| (&exact_key, s));
+        let exact = registry
+            .exact
+            .get(&message.channel)
+            .map(|s| (&exact_key, s));
         let wild = registry
             .wildcard
             .iter()
@@ -127,7 +134,11 @@ impl Hub {
             state: Mutex::default(),
             notify: Notify::new(),
         });
-        let mut registry = self.shared.registry.write().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let map = match &pattern {
             Pattern::Exact(c) => registry.exact.entry(c.clone()).or_default(),
             _ => registry.wildcard.entry(pattern.clone()).or_default(),
@@ -148,7 +159,11 @@ impl Hub {
     }
 
     fn unregister(&self, pattern: &Pattern, id: u64) {
-        let mut registry = self.shared.registry.write().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         match pattern {
             Pattern::Exact(c) => remove_from(&mut registry.exact, c, id),
             p => remove_from(&mut registry.wildcard, p, id),
@@ -157,9 +172,16 @@ impl Hub {
 
     /// Subscriber counts per subscribed name (exact channels and wildcard patterns).
     pub fn counts(&self, prefix: &str) -> Vec<(String, usize)> {
-        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let exact = registry.exact.iter().map(|(c, s)| (c.to_string(), s.len()));
-        let wild = registry.wildcard.iter().map(|(p, s)| (p.to_string(), s.len()));
+        let wild = registry
+            .wildcard
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.len()));
         exact
             .chain(wild)
             .filter(|(name, n)| *n > 0 && name.starts_with(prefix))
@@ -168,7 +190,11 @@ impl Hub {
 
     /// Local subscribers of exactly this channel.
     pub fn subscribers(&self, channel: &Channel) -> usize {
-        let registry = self.shared.registry.read().unwrap_or_else(|e| e.into_inner());
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         registry.exact.get(channel).map_or(0, HashMap::len)
     }
 }

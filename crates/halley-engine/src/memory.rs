@@ -149,7 +149,9 @@ impl Broker for MemoryBroker {
             if history.evicted > from {
                 gap = true;
             }
-            let start = history.messages.partition_point(|(_, m)| m.id.offset <= from);
+            let start = history
+                .messages
+                .partition_point(|(_, m)| m.id.offset <= from);
             messages.extend(history.messages.range(start..).map(|(_, m)| m.clone()));
         };
         match pattern.exact() {

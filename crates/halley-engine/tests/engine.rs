@@ -14,7 +14,11 @@ fn ch(name: &str) -> Channel {
 }
 
 async fn publish(e: &Engine, channel: &str, text: &str) -> MessageId {
-    e.publish(ch(channel), Payload::string(text)).await.unwrap().message.id
+    e.publish(ch(channel), Payload::string(text))
+        .await
+        .unwrap()
+        .message
+        .id
 }
 
 async fn sub(e: &Engine, pattern: &str, resume: Option<MessageId>) -> Subscription {
@@ -101,7 +105,11 @@ async fn gap_for_foreign_epoch_and_future_ids() {
     let foreign = MessageId::new(id.epoch ^ 2, id.offset);
     let mut s = sub(&e, "/a", Some(foreign)).await;
     assert!(s.gap(), "an id from another epoch is a gap");
-    assert_eq!(drain(&mut s), ["1"], "what history holds is still delivered");
+    assert_eq!(
+        drain(&mut s),
+        ["1"],
+        "what history holds is still delivered"
+    );
     let future = MessageId::new(id.epoch, id.offset + 100);
     assert!(sub(&e, "/a", Some(future)).await.gap());
     assert!(!sub(&e, "/a", Some(id)).await.gap());
@@ -197,7 +205,11 @@ async fn listing_merges_history_and_subscribers() {
         .collect();
     assert_eq!(
         got,
-        [("/room/**", 1, None), ("/room/a", 2, None), ("/room/b", 0, Some(id))]
+        [
+            ("/room/**", 1, None),
+            ("/room/a", 2, None),
+            ("/room/b", 0, Some(id))
+        ]
     );
     drop(_s1);
     drop(_s2);

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use halley_engine::Engine;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response};
 use tokio::sync::watch;
@@ -51,7 +51,7 @@ impl App {
     }
 }
 
-pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle<B: RequestBody>(app: Arc<App>, request: Request<B>) -> Response<Body> {
     let verdict = match app.origins.check(request.headers()) {
         Ok(v) => v,
         Err(e) => return reject(&app, e),
@@ -81,7 +81,10 @@ fn reject(app: &App, error: ApiError) -> Response<Body> {
     error.into_response()
 }
 
-async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     if let Some(channel) = path.strip_prefix("/pub") {

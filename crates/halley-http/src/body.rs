@@ -22,3 +22,19 @@ pub fn streaming(stream: impl Stream<Item = Bytes> + Send + 'static) -> Body {
     use futures_util::StreamExt;
     StreamBody::new(stream.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync()
 }
+
+/// Any request body the handlers accept: hyper's `Incoming` on the hyper path, an empty body on
+/// the lean path (`server.rs`).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<T> RequestBody for T where
+    T: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}

@@ -29,7 +29,11 @@ impl Origins {
     pub fn new(list: &[String]) -> Origins {
         let any = list.is_empty() || list.iter().any(|o| o == "*");
         Origins {
-            allowed: (!any).then(|| list.iter().map(|o| o.trim_end_matches('/').to_string()).collect()),
+            allowed: (!any).then(|| {
+                list.iter()
+                    .map(|o| o.trim_end_matches('/').to_string())
+                    .collect()
+            }),
         }
     }
 
@@ -97,7 +101,10 @@ pub fn decorate(response: &mut Response<Body>, verdict: &Verdict) {
     if let Verdict::Allowed(origin) = verdict {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE),
+        );
         if origin != "*" {
             headers.append(header::VARY, HeaderValue::from_static("Origin"));
         }
@@ -118,7 +125,10 @@ pub fn preflight(request: &HeaderMap, verdict: &Verdict) -> Response<Body> {
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("Content-Type, Last-Event-ID, X-Halley-Key"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
     decorate(&mut response, verdict);
     response
 }
@@ -146,16 +156,34 @@ mod tests {
     fn origin_verdicts() {
         check(&[], Some("http://a.example"), "h:1", Ok("*"));
         check(&["*"], None, "h:1", Ok("-"));
-        check(&["http://a.example"], Some("http://a.example"), "h:1", Ok("echo"));
-        check(&["http://a.example/"], Some("http://a.example"), "h:1", Ok("echo"));
-        check(&["http://a.example"], Some("http://b.example"), "h:1", Err(()));
+        check(
+            &["http://a.example"],
+            Some("http://a.example"),
+            "h:1",
+            Ok("echo"),
+        );
+        check(
+            &["http://a.example/"],
+            Some("http://a.example"),
+            "h:1",
+            Ok("echo"),
+        );
+        check(
+            &["http://a.example"],
+            Some("http://b.example"),
+            "h:1",
+            Err(()),
+        );
         check(&["http://a.example"], Some("http://h:1"), "h:1", Ok("echo"));
         check(&["http://a.example"], Some("null"), "h:1", Err(()));
     }
 
     #[test]
     fn referer_origins() {
-        assert_eq!(origin_of("http://a.example:8080/page?x=1"), Some("http://a.example:8080"));
+        assert_eq!(
+            origin_of("http://a.example:8080/page?x=1"),
+            Some("http://a.example:8080")
+        );
         assert_eq!(origin_of("https://a.example"), Some("https://a.example"));
         assert_eq!(origin_of("nonsense"), None);
     }

@@ -3,8 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::body::RequestBody;
 use halley_engine::Stats;
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
@@ -24,9 +24,8 @@ fn json(body: String) -> Response<Body> {
 
 pub fn healthz(app: &App) -> Response<Body> {
     let healthy = app.engine.healthy();
-    let mut response = json(
-        serde_json::json!({ "status": if healthy { "ok" } else { "degraded" } }).to_string(),
-    );
+    let mut response =
+        json(serde_json::json!({ "status": if healthy { "ok" } else { "degraded" } }).to_string());
     if !healthy {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
@@ -38,24 +37,82 @@ pub fn healthz(app: &App) -> Response<Body> {
 pub fn metrics(app: &App) -> Response<Body> {
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, value: i64| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
     };
     let m = &app.metrics;
     let s = app.engine.stats();
     let counter = |c: &std::sync::atomic::AtomicU64| Stats::get(c) as i64;
-    metric("halley_connections", "gauge", "Open TCP connections.", m.connections.load(Ordering::Relaxed));
-    metric("halley_connections_accepted_total", "counter", "TCP connections accepted.", counter(&m.accepted));
-    metric("halley_connections_rejected_total", "counter", "Connections refused at the connection cap.", counter(&m.rejected));
-    metric("halley_bad_requests_total", "counter", "Requests refused with a 4xx.", counter(&m.bad_requests));
-    metric("halley_subscriptions", "gauge", "Open engine subscriptions.", counter(&s.subscriptions));
-    metric("halley_messages_published_total", "counter", "Messages published.", counter(&s.published));
-    metric("halley_messages_delivered_total", "counter", "Messages queued for local subscribers.", counter(&s.delivered));
-    metric("halley_messages_dropped_total", "counter", "Queued messages discarded when their subscriber was cut off.", counter(&s.dropped));
-    metric("halley_subscribers_lagged_total", "counter", "Subscribers cut off for falling behind.", counter(&s.lagged));
-    metric("halley_resume_gaps_total", "counter", "Resumes that history could not cover.", counter(&s.gaps));
+    metric(
+        "halley_connections",
+        "gauge",
+        "Open TCP connections.",
+        m.connections.load(Ordering::Relaxed),
+    );
+    metric(
+        "halley_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        counter(&m.accepted),
+    );
+    metric(
+        "halley_connections_rejected_total",
+        "counter",
+        "Connections refused at the connection cap.",
+        counter(&m.rejected),
+    );
+    metric(
+        "halley_bad_requests_total",
+        "counter",
+        "Requests refused with a 4xx.",
+        counter(&m.bad_requests),
+    );
+    metric(
+        "halley_subscriptions",
+        "gauge",
+        "Open engine subscriptions.",
+        counter(&s.subscriptions),
+    );
+    metric(
+        "halley_messages_published_total",
+        "counter",
+        "Messages published.",
+        counter(&s.published),
+    );
+    metric(
+        "halley_messages_delivered_total",
+        "counter",
+        "Messages queued for local subscribers.",
+        counter(&s.delivered),
+    );
+    metric(
+        "halley_messages_dropped_total",
+        "counter",
+        "Queued messages discarded when their subscriber was cut off.",
+        counter(&s.dropped),
+    );
+    metric(
+        "halley_subscribers_lagged_total",
+        "counter",
+        "Subscribers cut off for falling behind.",
+        counter(&s.lagged),
+    );
+    metric(
+        "halley_resume_gaps_total",
+        "counter",
+        "Resumes that history could not cover.",
+        counter(&s.gaps),
+    );
     out.push_str("# HELP halley_subscribers Open subscribers by transport.\n# TYPE halley_subscribers gauge\n");
     for kind in Kind::ALL {
-        let _ = writeln!(out, "halley_subscribers{{transport=\"{}\"}} {}", kind.name(), m.subscribers(kind));
+        let _ = writeln!(
+            out,
+            "halley_subscribers{{transport=\"{}\"}} {}",
+            kind.name(),
+            m.subscribers(kind)
+        );
     }
     let mut response = Response::new(full(out));
     response.headers_mut().insert(
@@ -65,9 +122,15 @@ pub fn metrics(app: &App) -> Response<Body> {
     response
 }
 
-pub async fn channels(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn channels<B: RequestBody>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    let rows = app.engine.channels(query.get("prefix").unwrap_or("")).await?;
+    let rows = app
+        .engine
+        .channels(query.get("prefix").unwrap_or(""))
+        .await?;
     let rows: Vec<_> = rows
         .into_iter()
         .map(|r| {

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use halley_engine::Published;
 use halley_proto::{Channel, Payload};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
 
@@ -15,10 +15,10 @@ use crate::body::{Body, full};
 use crate::error::ApiError;
 use crate::query::Query;
 
-pub async fn publish(
+pub async fn publish<B: RequestBody>(
     app: &Arc<App>,
     channel: &str,
-    request: Request<Incoming>,
+    request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     app.authorize_publish(request.headers(), &query)?;
@@ -27,7 +27,13 @@ pub async fn publish(
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
     let body = read_body(app, request).await?;
     let payload = if is_json {
@@ -41,7 +47,7 @@ pub async fn publish(
 
 /// Reads a request body, refusing (413) anything over the body limit before reading it when
 /// `Content-Length` says so, and while reading it otherwise.
-pub async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub async fn read_body<B: RequestBody>(app: &App, request: Request<B>) -> Result<Bytes, ApiError> {
     let limit = app.config.body_limit;
     let declared = request
         .headers()

@@ -14,12 +14,16 @@ impl Query {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Adds the pairs of a form body after the query's own.
     pub fn extend_form(&mut self, body: &[u8]) {
-        self.0.extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+        self.0
+            .extend(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
     }
 }
 
@@ -41,7 +45,16 @@ mod tests {
         for ok in ["f", "_x", "$", "jQuery123_456", "a.b.c", &"a".repeat(64)] {
             assert!(valid_callback(ok), "{ok}");
         }
-        for bad in ["", "1f", "a(b)", "a;alert(1)", "a b", "<script>", &"a".repeat(65), "é"] {
+        for bad in [
+            "",
+            "1f",
+            "a(b)",
+            "a;alert(1)",
+            "a b",
+            "<script>",
+            &"a".repeat(65),
+            "é",
+        ] {
             assert!(!valid_callback(bad), "{bad}");
         }
     }

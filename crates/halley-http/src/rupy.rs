@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use halley_proto::{Channel, Pattern, Payload};
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response};
 
@@ -25,7 +25,10 @@ use crate::transport::{Wire, stream_response};
 /// The channel rupy's talk uses when the request names none.
 pub const DEFAULT_CHANNEL: &str = "/talk";
 
-pub async fn push(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn push<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let mut query = Query::parse(request.uri().query());
     let headers = request.headers().clone();
     if request.method() == Method::POST {
@@ -94,7 +97,10 @@ pub async fn open_pull(
     Ok((sub, wire))
 }
 
-pub async fn pull(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn pull<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let (sub, wire) = open_pull(app, &query).await?;
     Ok(stream_response(app, sub, wire, Kind::Pull))

@@ -17,10 +17,13 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use halley_engine::Engine;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Method, Request, Response, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{self, App};
+use crate::body::Body;
 use crate::config::MAX_HEAD;
 use crate::cors::Origins;
 use crate::metrics::{Kind, Metrics};
@@ -194,36 +198,124 @@ async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Head {
         .unwrap_or(Head::Gone)
 }
 
-/// Whether the head is `GET /pull… ` with `Head: less`; returns the query string if so.
-fn headless_pull(head: &[u8]) -> Option<String> {
+/// What a request head asks for.
+enum Route {
+    /// rupy's `Head: less` pull, with its query string.
+    HeadlessPull(String),
+    /// A bodiless subscriber `GET` served on the lean path.
+    Lean {
+        request: Box<Request<Empty<Bytes>>>,
+        keep_alive: bool,
+        http10: bool,
+    },
+    /// Everything else: hyper serves the rest of the connection.
+    Hyper,
+}
+
+fn classify(head: &[u8]) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    request.parse(head).ok()?;
-    let path = request.path?;
-    let (route, query) = path.split_once('?').unwrap_or((path, ""));
-    let less = request
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("head") && h.value.eq_ignore_ascii_case(b"less"));
-    (request.method == Some("GET") && route == "/pull" && less).then(|| query.to_string())
+    let mut parsed = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = parsed.parse(head) else {
+        return Route::Hyper;
+    };
+    let (Some("GET"), Some(path), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Route::Hyper;
+    };
+    let route = path.split_once('?').map_or(path, |(r, _)| r);
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if route == "/pull" && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less")) {
+        return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
+    }
+    let lean_route = route.starts_with("/sub/") || route == "/pull";
+    let has_body = header("content-length").is_some_and(|v| v != b"0")
+        || header("transfer-encoding").is_some();
+    // Bytes after the head (a pipelined request) stay with hyper, which handles pipelining.
+    if !lean_route || has_body || header("upgrade").is_some() || len != head.len() {
+        return Route::Hyper;
+    }
+    let connection = header("connection").map(|v| v.to_ascii_lowercase());
+    let has = |token: &[u8]| {
+        connection
+            .as_ref()
+            .is_some_and(|c| c.split(|b| *b == b',').any(|t| t.trim_ascii() == token))
+    };
+    let http10 = version == 0;
+    let keep_alive = if http10 {
+        has(b"keep-alive")
+    } else {
+        !has(b"close")
+    };
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .version(if http10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        });
+    for h in parsed.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    match builder.body(Empty::new()) {
+        Ok(request) => Route::Lean {
+            request: Box::new(request),
+            keep_alive,
+            http10,
+        },
+        // A header or URI that the http types refuse: let hyper give the proper error.
+        Err(_) => Route::Hyper,
+    }
 }
 
 async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
     let _ = stream.set_nodelay(true);
-    let head = match read_head(&mut stream, app.config.header_timeout).await {
-        Head::Gone => return,
-        Head::TooLarge => {
-            let _ = stream
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 38\r\n\r\n{\"error\":\"request head is too large\"}\n")
-                .await;
-            return;
+    let head = loop {
+        // Each step is boxed: tokio stores a task's whole future, sized for its largest state,
+        // for as long as the connection lives; unboxed, hyper's connection and every handler
+        // would make each idle subscriber carry ~6 KiB of space it never uses.
+        let head = match Box::pin(read_head(&mut stream, app.config.header_timeout)).await {
+            Head::Gone => return,
+            Head::TooLarge => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 38\r\n\r\n{\"error\":\"request head is too large\"}\n")
+                    .await;
+                return;
+            }
+            Head::Complete(head) => head,
+        };
+        match classify(&head) {
+            Route::HeadlessPull(query) => return Box::pin(raw_pull(&app, stream, &query)).await,
+            Route::Lean {
+                request,
+                keep_alive,
+                http10,
+            } => {
+                drop(head);
+                let handling = Box::pin(app::handle(app.clone(), *request));
+                let Some(response) = until_peer_closes(&stream, handling).await else {
+                    return;
+                };
+                let keep_alive = keep_alive && !app.shutdown.is_cancelled();
+                match Box::pin(write_response(&mut stream, response, keep_alive, http10)).await {
+                    Ok(true) if !app.shutdown.is_cancelled() => continue,
+                    _ => return,
+                }
+            }
+            Route::Hyper => break head,
         }
-        Head::Complete(head) => head,
     };
-    if let Some(query) = headless_pull(&head) {
-        raw_pull(&app, stream, &query).await;
-        return;
-    }
+    Box::pin(serve_hyper(app, stream, head, slot)).await;
+}
+
+/// Hands the connection to hyper, with the head already read put back in front.
+async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc<Slot>) {
     let io = TokioIo::new(Rewind {
         prefix: head.freeze(),
         inner: stream,
@@ -251,6 +343,104 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
             let _ = conn.await;
         }
     }
+}
+
+/// Resolves when the peer has closed its side (or the socket failed). Pending forever once
+/// the peer sends data instead (a pipelined request): that is read after the response.
+async fn peer_closed(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes).
+async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        _ = peer_closed(stream) => None,
+    }
+}
+
+/// The status line and headers of a lean-path response. Consumes the parts so that nothing of
+/// them stays alive while the body streams.
+fn encode_head(
+    parts: hyper::http::response::Parts,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+) -> BytesMut {
+    let mut head = BytesMut::with_capacity(512);
+    let status = parts.status;
+    head.put_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in &parts.headers {
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    match length {
+        Some(n) => head.put_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None if chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    head.put_slice(if keep_alive {
+        &b"\r\n"[..]
+    } else {
+        &b"connection: close\r\n\r\n"[..]
+    });
+    head
+}
+
+/// Writes a response on the lean path: `Content-Length` for whole bodies, chunked (or, for
+/// HTTP/1.0, close-delimited) for streams. Returns whether the connection may be reused.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response<Body>,
+    keep_alive: bool,
+    http10: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let length = body.size_hint().exact();
+    let chunked = length.is_none() && !http10;
+    let keep_alive = keep_alive && (length.is_some() || chunked);
+    let head = encode_head(parts, length, chunked, keep_alive);
+    stream.write_all(&head).await?;
+    drop(head);
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = peer_closed(stream) => return Ok(false),
+        };
+        let Some(Ok(frame)) = frame else { break };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let mut chunk = BytesMut::with_capacity(data.len() + 12);
+            chunk.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            chunk.put_slice(&data);
+            chunk.put_slice(b"\r\n");
+            stream.write_all(&chunk).await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(keep_alive)
 }
 
 /// rupy's `Head: less` pull: message lines straight onto the socket, no HTTP framing.
@@ -346,16 +536,111 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
-    #[test]
-    fn spots_headless_pulls() {
-        let check = |head: &str, expected: Option<&str>| {
-            assert_eq!(headless_pull(head.as_bytes()).as_deref(), expected, "{head:?}");
+    fn check(head: &str, expected: &str) {
+        let got = match classify(head.as_bytes()) {
+            Route::HeadlessPull(q) => format!("headless {q}"),
+            Route::Lean {
+                keep_alive, http10, ..
+            } => format!("lean keep_alive={keep_alive} http10={http10}"),
+            Route::Hyper => "hyper".to_string(),
         };
-        check("GET /pull?name=a HTTP/1.1\r\nHead: less\r\n\r\n", Some("name=a"));
-        check("GET /pull?name=a HTTP/1.1\r\nhead: LESS\r\n\r\n", Some("name=a"));
-        check("GET /pull?name=a HTTP/1.1\r\nHost: x\r\n\r\n", None);
-        check("GET /pullx HTTP/1.1\r\nHead: less\r\n\r\n", None);
-        check("POST /pull HTTP/1.1\r\nHead: less\r\n\r\n", None);
-        check("garbage\r\n\r\n", None);
+        assert_eq!(got, expected, "{head:?}");
+    }
+
+    #[test]
+    fn routes_request_heads() {
+        check(
+            "GET /pull?name=a HTTP/1.1\r\nHead: less\r\n\r\n",
+            "headless name=a",
+        );
+        check(
+            "GET /pull?name=a HTTP/1.1\r\nhead: LESS\r\n\r\n",
+            "headless name=a",
+        );
+        check(
+            "GET /pull?name=a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "lean keep_alive=true http10=false",
+        );
+        check("GET /pullx HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
+        check("POST /pull HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
+        check(
+            "GET /sub/a HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "lean keep_alive=false http10=false",
+        );
+        check(
+            "GET /sub/a HTTP/1.0\r\n\r\n",
+            "lean keep_alive=false http10=true",
+        );
+        check(
+            "GET /sub/a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            "lean keep_alive=true http10=true",
+        );
+        check("GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "hyper");
+        check("GET /sub/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n", "hyper");
+        check(
+            "GET /sub/a HTTP/1.1\r\n\r\nGET /sub/b HTTP/1.1\r\n\r\n",
+            "hyper",
+        );
+        check("GET /pub/a HTTP/1.1\r\n\r\n", "hyper");
+        check("GET /healthz HTTP/1.1\r\n\r\n", "hyper");
+        check("garbage\r\n\r\n", "hyper");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Regression: with hyper's connection and the handlers inline, the per-connection future
+    /// was 6.3 KiB, paid by every idle subscriber (16 KiB per idle SSE subscriber in all). The
+    /// sizes are a property of the compiled types, not of timing; the bound leaves room for
+    /// compiler changes while catching an unboxed hyper path.
+    #[tokio::test]
+    async fn idle_subscriber_futures_stay_small() {
+        let server = Server::bind(
+            HttpConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..HttpConfig::default()
+            },
+            halley_engine::Engine::in_memory(Default::default()),
+        )
+        .await
+        .unwrap();
+        let app = server.app.clone();
+        let mut client = TcpStream::connect(server.local_addr()).await.unwrap();
+        let slot = Arc::new(Slot {
+            _permit: server.slots.clone().try_acquire_owned().unwrap(),
+            metrics: app.metrics.clone(),
+        });
+        let response = Response::new(crate::body::empty());
+        let writer = write_response(&mut client, response, true, false);
+        assert!(
+            std::mem::size_of_val(&writer) < 1024,
+            "write_response: {}",
+            std::mem::size_of_val(&writer)
+        );
+        drop(writer);
+        let conn = connection(app.clone(), client, slot);
+        assert!(
+            std::mem::size_of_val(&conn) < 1024,
+            "connection: {}",
+            std::mem::size_of_val(&conn)
+        );
+        let sub = app
+            .engine
+            .subscribe(halley_proto::Pattern::parse("/a").unwrap(), None)
+            .await
+            .unwrap();
+        let chunks = crate::transport::chunks(
+            &app,
+            sub,
+            crate::transport::Wire::Sse { json: false },
+            Kind::Sse,
+        );
+        assert!(
+            std::mem::size_of_val(&chunks) < 1024,
+            "chunks: {}",
+            std::mem::size_of_val(&chunks)
+        );
     }
 }

@@ -38,7 +38,10 @@ impl FromStr for MessageId {
     fn from_str(s: &str) -> Result<MessageId, IdError> {
         let (epoch, offset) = s.split_once('-').ok_or(IdError)?;
         // from_str_radix accepts a leading '+', which would make two spellings of one id.
-        if epoch.is_empty() || offset.is_empty() || epoch.starts_with('+') || offset.starts_with('+')
+        if epoch.is_empty()
+            || offset.is_empty()
+            || epoch.starts_with('+')
+            || offset.starts_with('+')
         {
             return Err(IdError);
         }
@@ -54,7 +57,10 @@ mod tests {
     use super::*;
 
     fn check(text: &str, expected: Option<(u64, u64)>) {
-        let got = text.parse::<MessageId>().ok().map(|id| (id.epoch, id.offset));
+        let got = text
+            .parse::<MessageId>()
+            .ok()
+            .map(|id| (id.epoch, id.offset));
         assert_eq!(got, expected, "{text:?}");
         if let Some((e, o)) = expected {
             assert_eq!(MessageId::new(e, o).to_string(), text.to_ascii_lowercase());
@@ -65,7 +71,10 @@ mod tests {
     fn parse_and_print() {
         check("ff-10", Some((255, 10)));
         check("0-0", Some((0, 0)));
-        check("ffffffffffffffff-18446744073709551615", Some((u64::MAX, u64::MAX)));
+        check(
+            "ffffffffffffffff-18446744073709551615",
+            Some((u64::MAX, u64::MAX)),
+        );
         check("", None);
         check("-1", None);
         check("1-", None);

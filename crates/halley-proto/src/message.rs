@@ -178,7 +178,11 @@ mod tests {
 
     fn check_json(body: &str, expected: Result<&str, PayloadError>) {
         let got = Payload::from_json(body.as_bytes());
-        assert_eq!(got.as_ref().map(|p| p.json()), expected.as_ref().map(|s| *s), "{body:?}");
+        assert_eq!(
+            got.as_ref().map(|p| p.json()),
+            expected.as_ref().map(|s| *s),
+            "{body:?}"
+        );
     }
 
     #[test]
@@ -209,7 +213,10 @@ mod tests {
     #[test]
     fn encodings() {
         let m = message(Payload::string("one\ntwo"));
-        assert_eq!(&m.json_object()[..], br#"{"channel":"/a/b","id":"a-7","data":"one\ntwo"}"#);
+        assert_eq!(
+            &m.json_object()[..],
+            br#"{"channel":"/a/b","id":"a-7","data":"one\ntwo"}"#
+        );
         assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: one\ndata: two\n\n");
         assert_eq!(m.line(), r#""one\ntwo""#);
         let m = message(Payload::from_json(b"{\"k\": 1}").unwrap());

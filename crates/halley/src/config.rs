@@ -14,7 +14,11 @@ use halley_http::HttpConfig;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
-#[command(name = "halley", version, about = "Halley: a Comet server with every transport in one binary.")]
+#[command(
+    name = "halley",
+    version,
+    about = "Halley: a Comet server with every transport in one binary."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -99,9 +103,21 @@ impl ServeArgs {
             let mut file: ServeArgs = toml::from_str(&text)
                 .with_context(|| format!("parsing config file {}", path.display()))?;
             merge!(
-                self, file, listen, hold_timeout, heartbeat, header_timeout, max_connections,
-                body_limit, allowed_origins, publish_key, drain_timeout, history_size,
-                history_ttl, queue_capacity, max_channels
+                self,
+                file,
+                listen,
+                hold_timeout,
+                heartbeat,
+                header_timeout,
+                max_connections,
+                body_limit,
+                allowed_origins,
+                publish_key,
+                drain_timeout,
+                history_size,
+                history_ttl,
+                queue_capacity,
+                max_channels
             );
         }
         let secs = Duration::from_secs;
@@ -118,7 +134,10 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
             retry: h.retry,
         };
-        anyhow::ensure!(http.heartbeat_interval > Duration::ZERO, "heartbeat must be at least 1 second");
+        anyhow::ensure!(
+            http.heartbeat_interval > Duration::ZERO,
+            "heartbeat must be at least 1 second"
+        );
         let e = EngineConfig::default();
         let engine = EngineConfig {
             history_size: self.history_size.unwrap_or(e.history_size),
@@ -140,8 +159,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("halley-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("halley.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9001\"\nhold-timeout = 7\nhistory-size = 5\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9001\"\nhold-timeout = 7\nhistory-size = 5\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
             "halley",
             "serve",

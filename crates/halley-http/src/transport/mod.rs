@@ -13,8 +13,8 @@ mod ws;
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use halley_proto::{MessageId, Pattern};
-use hyper::body::Incoming;
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
 use hyper::{Request, Response};
 
@@ -26,10 +26,10 @@ use crate::query::{Query, valid_callback};
 
 pub use stream::{Wire, chunks, stream_response};
 
-pub async fn subscribe(
+pub async fn subscribe<B: RequestBody>(
     app: &Arc<App>,
     channel: &str,
-    request: Request<Incoming>,
+    request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let pattern = Pattern::parse(channel)?;
@@ -68,8 +68,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         return Ok(Kind::WebSocket);
     }
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    if accept.is_some_and(|a| a.contains("text/event-stream")) && query.get("transport").is_none()
-    {
+    if accept.is_some_and(|a| a.contains("text/event-stream")) && query.get("transport").is_none() {
         return Ok(Kind::Sse);
     }
     Ok(match query.get("transport") {

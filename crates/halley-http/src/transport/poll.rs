@@ -23,7 +23,11 @@ pub async fn hold(
     resume: Option<MessageId>,
     callback: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
-    let kind = if callback.is_some() { Kind::Jsonp } else { Kind::LongPoll };
+    let kind = if callback.is_some() {
+        Kind::Jsonp
+    } else {
+        Kind::LongPoll
+    };
     let _open = Open::new(&app.metrics, kind);
     let mut sub = app.engine.subscribe(pattern, resume).await?;
     let mut batch = BytesMut::from(&b"["[..]);

@@ -1,7 +1,6 @@
 //! The streaming transports: SSE, chunked lines, forever-iframe, multipart, and rupy's pull.
 //! One loop serves them all; [`Wire`] is the only thing that differs.
 
-
 use bytes::{BufMut, Bytes, BytesMut};
 use halley_engine::{Event, Subscription};
 use halley_proto::Message;
@@ -24,11 +23,18 @@ const BOUNDARY: &str = "halley";
 /// A transport's wire format.
 #[derive(Debug, Clone)]
 pub enum Wire {
-    Sse { json: bool },
+    Sse {
+        json: bool,
+    },
     /// One message per `\n`-terminated line. `skip` drops messages whose JSON starts with that
     /// prefix (rupy's "never your own messages").
-    Lines { json: bool, skip: Option<String> },
-    Iframe { callback: String },
+    Lines {
+        json: bool,
+        skip: Option<String>,
+    },
+    Iframe {
+        callback: String,
+    },
     Multipart,
 }
 
@@ -88,7 +94,10 @@ impl Wire {
                 out.put_slice(b"\n\n");
             }
             Wire::Lines { json, skip } => {
-                if skip.as_ref().is_some_and(|s| m.data.json().starts_with(s.as_str())) {
+                if skip
+                    .as_ref()
+                    .is_some_and(|s| m.data.json().starts_with(s.as_str()))
+                {
                     return;
                 }
                 match json {
