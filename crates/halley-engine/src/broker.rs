@@ -57,6 +57,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Channels with history whose name starts with `prefix`.
     async fn channels(&self, prefix: &str) -> Result<Vec<ChannelEntry>, BrokerError>;
 
+    /// Subscriber counts on *other* nodes, by subscribed name (a channel or a wildcard pattern)
+    /// starting with `prefix`, for listings. The engine adds this node's own counts. A
+    /// single-node broker has no other nodes.
+    async fn remote_subscribers(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
     /// Whether the backing store is reachable (for `/healthz`).
     fn healthy(&self) -> bool {
         true

@@ -113,6 +113,7 @@ impl Engine {
     }
 
     /// Channels with history or subscribers whose name starts with `prefix`, sorted by name.
+    /// Subscriber counts are cluster-wide when the broker knows other nodes' counts.
     pub async fn channels(&self, prefix: &str) -> Result<Vec<ChannelInfo>, EngineError> {
         let mut rows: BTreeMap<String, ChannelInfo> = BTreeMap::new();
         for entry in self.shared.broker.channels(prefix).await? {
@@ -126,14 +127,15 @@ impl Engine {
                 },
             );
         }
-        for (name, n) in self.shared.hub.counts(prefix) {
+        let remote = self.shared.broker.remote_subscribers(prefix).await?;
+        for (name, n) in self.shared.hub.counts(prefix).into_iter().chain(remote) {
             rows.entry(name.clone())
                 .or_insert(ChannelInfo {
                     name,
                     subscribers: 0,
                     last_id: None,
                 })
-                .subscribers = n;
+                .subscribers += n;
         }
         Ok(rows.into_values().collect())
     }

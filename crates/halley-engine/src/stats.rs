@@ -13,6 +13,9 @@ pub struct Stats {
     /// Resumes that could not be served without loss.
     pub gaps: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Operations on the backing store (Redis) that failed: publishes and resumes refused as
+    /// unavailable, lost connections, failed reconnects. Always 0 with the in-memory broker.
+    pub broker_errors: AtomicU64,
 }
 
 impl Stats {
