@@ -1,0 +1,580 @@
+//! [`RedisBroker`]: the [`Broker`] trait on Redis. Requests (publish, replay, listings) run on
+//! the shared command connection; the fan-out and housekeeping run in `node`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Replay, Stats};
+use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::reply::{self, Entry};
+use crate::scripts::Scripts;
+use crate::{ECHO_TIMEOUT, RedisConfig};
+
+/// Channels read per page when scanning the registry (wildcard resume, listings). Keeps each
+/// reply small; the total is bounded by `max_channels`.
+const SCAN_PAGE: usize = 1000;
+
+/// History reads sent per pipeline during a wildcard resume.
+const REPLAY_PIPELINE: usize = 256;
+
+/// Key names. Streams carry the epoch in their names (see `scripts`).
+pub(crate) struct Keys {
+    pub prefix: String,
+    pub seq: String,
+    pub last: String,
+    pub nodes: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+            seq: format!("{prefix}seq"),
+            last: format!("{prefix}last"),
+            nodes: format!("{prefix}nodes"),
+        }
+    }
+
+    pub fn log(&self, epoch: u64) -> String {
+        format!("{}log:{epoch:x}", self.prefix)
+    }
+
+    pub fn history(&self, epoch: u64, channel: &str) -> String {
+        format!("{}h:{epoch:x}:{channel}", self.prefix)
+    }
+
+    pub fn presence(&self, node: u64) -> String {
+        format!("{}presence:{node:x}", self.prefix)
+    }
+}
+
+/// What the fan-out reader has delivered to the hub, and who is waiting for it.
+#[derive(Default)]
+pub(crate) struct Delivery {
+    /// The last id handed to the hub (or where the reader started). Every later message of
+    /// this epoch will be handed to the hub after now, which makes it a valid cursor.
+    pub position: Option<MessageId>,
+    /// Publishes of this node waiting for their message to come back, by local sequence.
+    pub waiters: HashMap<u64, oneshot::Sender<usize>>,
+}
+
+pub(crate) struct Shared {
+    pub hub: Hub,
+    pub stats: Arc<Stats>,
+    pub engine: EngineConfig,
+    pub config: RedisConfig,
+    pub client: redis::Client,
+    /// This node's random id: names its presence key and marks the messages it published.
+    pub node: u64,
+    pub keys: Keys,
+    pub scripts: Scripts,
+    /// The command connection, present while Redis is reachable. Cloned for each request
+    /// (a multiplexed connection pipelines concurrent requests); never held across an await.
+    pub conn: Mutex<Option<MultiplexedConnection>>,
+    /// True while connected; also what `connected()` waits on.
+    pub healthy: watch::Sender<bool>,
+    pub delivery: Mutex<Delivery>,
+    pub next_seq: AtomicU64,
+    /// Bumped on every successful (re)connect, so presence is rewritten into a Redis that may
+    /// have lost it.
+    pub generation: AtomicU64,
+}
+
+impl Shared {
+    pub fn error(&self) {
+        self.stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the failure and turns it into the error publishers and resumers see.
+    pub fn unavailable(&self, e: impl std::fmt::Display) -> BrokerError {
+        self.error();
+        BrokerError::Unavailable(e.to_string())
+    }
+
+    pub fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        conn.ok_or_else(|| self.unavailable("not connected to Redis"))
+    }
+
+    fn position(&self) -> Option<MessageId> {
+        self.delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .position
+    }
+}
+
+/// The Redis broker. Dropping it (or [`RedisBroker::shutdown`]) stops its background task and
+/// closes its connections; its presence then expires on its own.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Removes a publish's waiter however the publish ends (error, timeout, or its caller gave up).
+struct WaiterGuard<'a> {
+    shared: &'a Shared,
+    seq: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut delivery = self
+            .shared
+            .delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        delivery.waiters.remove(&self.seq);
+    }
+}
+
+impl RedisBroker {
+    /// Starts the broker: its supervisor connects in the background (see
+    /// [`RedisBroker::connected`]) and delivers every message to `hub`. Fails only on a
+    /// malformed URL.
+    pub fn spawn(
+        config: RedisConfig,
+        engine: EngineConfig,
+        hub: Hub,
+        stats: Arc<Stats>,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let shared = Arc::new(Shared {
+            hub,
+            stats,
+            engine,
+            keys: Keys::new(&config.prefix),
+            config,
+            client,
+            node: rand::random::<u64>() | 1,
+            scripts: Scripts::new(),
+            conn: Mutex::new(None),
+            healthy: watch::Sender::new(false),
+            delivery: Mutex::new(Delivery::default()),
+            next_seq: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::node::supervise(shared.clone(), cancel.clone()));
+        tokio::spawn(crate::node::housekeeping(shared.clone(), cancel.clone()));
+        Ok(Arc::new(RedisBroker { shared, cancel }))
+    }
+
+    /// Waits up to `within` for the connection to Redis; true once connected.
+    pub async fn connected(&self, within: Duration) -> bool {
+        let mut rx = self.shared.healthy.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops the background task and drops the connections, as a crash would: nothing is
+    /// cleaned up in Redis (presence expires by its TTL).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// This node's id (hex in its presence key name).
+    pub fn node(&self) -> u64 {
+        self.shared.node
+    }
+
+    async fn seq(&self, conn: &mut MultiplexedConnection) -> Result<Seq, BrokerError> {
+        let s = &self.shared;
+        let (time, seq): (redis::Value, redis::Value) = redis::pipe()
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(&s.keys.seq)
+            .arg(&["epoch", "offset", "forgotten"])
+            .query_async(conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let parse = || -> Result<Seq, reply::Malformed> {
+            let mut time = reply::array(time)?.into_iter();
+            let (Some(secs), Some(micros)) = (time.next(), time.next()) else {
+                return Err(reply::Malformed("TIME"));
+            };
+            let now_ms = reply::number(secs)? * 1000 + reply::number(micros)? / 1000;
+            let mut seq = reply::array(seq)?.into_iter();
+            let epoch = match seq.next().map(reply::optional_text).transpose()?.flatten() {
+                Some(hex) => {
+                    Some(u64::from_str_radix(&hex, 16).map_err(|_| reply::Malformed("epoch"))?)
+                }
+                None => None,
+            };
+            let mut number = || -> Result<u64, reply::Malformed> {
+                match seq.next().map(reply::optional_text).transpose()?.flatten() {
+                    Some(n) => n.parse().map_err(|_| reply::Malformed("offset")),
+                    None => Ok(0),
+                }
+            };
+            let offset = number()?;
+            let forgotten = number()?;
+            Ok(Seq {
+                now_ms,
+                epoch,
+                offset,
+                forgotten,
+            })
+        };
+        parse().map_err(|e| s.unavailable(e))
+    }
+
+    /// Channels (with their last offsets) whose last message is after `from`, newest last.
+    async fn changed_since(
+        &self,
+        conn: &mut MultiplexedConnection,
+        from: u64,
+    ) -> Result<Vec<(String, u64)>, BrokerError> {
+        let s = &self.shared;
+        let mut out = Vec::new();
+        let mut floor = from;
+        while out.len() < s.engine.max_channels {
+            let page: redis::Value = redis::cmd("ZRANGEBYSCORE")
+                .arg(&s.keys.last)
+                .arg(format!("({floor}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SCAN_PAGE)
+                .query_async(conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            let page = reply::pairs(page).map_err(|e| s.unavailable(e))?;
+            let full = page.len() == SCAN_PAGE;
+            // Scores are unique (each is the offset of a different message), so paging by
+            // score neither skips nor repeats a channel.
+            if let Some((_, score)) = page.last() {
+                floor = *score;
+            }
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sequence hash and Redis's clock, read together.
+struct Seq {
+    now_ms: u64,
+    epoch: Option<u64>,
+    offset: u64,
+    forgotten: u64,
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<(Arc<Message>, usize), BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        s.delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiters
+            .insert(seq, tx);
+        let _guard = WaiterGuard { shared: s, seq };
+        let reply: redis::Value = s
+            .scripts
+            .publish
+            .arg(&s.keys.prefix)
+            .arg(channel.as_str())
+            .arg(data.json())
+            .arg(format!("{:x}", rand::random::<u64>() | 1))
+            .arg(s.engine.history_size)
+            .arg(s.engine.history_ttl.as_millis().max(1) as u64)
+            .arg(s.engine.max_channels)
+            .arg(s.config.log_len)
+            .arg(format!("{:x}:{seq}", s.node))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        if let redis::Value::Int(0) = reply {
+            return Err(BrokerError::TooManyChannels(s.engine.max_channels));
+        }
+        let id = (|| {
+            let mut parts = reply::array(reply)?.into_iter();
+            let (Some(epoch), Some(offset)) = (parts.next(), parts.next()) else {
+                return Err(reply::Malformed("publish reply"));
+            };
+            let epoch = u64::from_str_radix(&reply::text(epoch)?, 16)
+                .map_err(|_| reply::Malformed("epoch"))?;
+            Ok(MessageId::new(epoch, reply::number(offset)?))
+        })()
+        .map_err(|e| s.unavailable(e))?;
+        // The message is in Redis now; whatever happens next, the publish happened. Waiting
+        // for our own copy gives a real local count and keeps one publisher's messages in
+        // order for local subscribers; if it does not come (the reader is reconnecting), the
+        // other nodes still deliver it.
+        let subscribers = match tokio::time::timeout(ECHO_TIMEOUT, rx).await {
+            Ok(Ok(n)) => n,
+            _ => {
+                tracing::warn!(%id, "published, but this node's fan-out did not echo it in time");
+                0
+            }
+        };
+        Ok((Arc::new(Message::new(channel, id, data)), subscribers))
+    }
+
+    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let seq = self.seq(&mut conn).await?;
+        let Some(epoch) = seq.epoch else {
+            // Redis has no epoch: its data is gone and nothing was published since.
+            return Ok(Replay {
+                messages: Vec::new(),
+                gap: true,
+            });
+        };
+        let same_epoch = after.epoch == epoch;
+        let mut gap = !same_epoch || after.offset > seq.offset;
+        let from = if same_epoch {
+            after.offset.min(seq.offset)
+        } else {
+            0
+        };
+        if same_epoch && seq.forgotten > from {
+            gap = true;
+        }
+        let candidates: Vec<(String, u64)> = match pattern.exact() {
+            Some(channel) => {
+                let last: Option<u64> = redis::cmd("ZSCORE")
+                    .arg(&s.keys.last)
+                    .arg(channel.as_str())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| s.unavailable(e))?;
+                last.filter(|l| *l > from)
+                    .map(|l| (channel.to_string(), l))
+                    .into_iter()
+                    .collect()
+            }
+            None => self
+                .changed_since(&mut conn, from)
+                .await?
+                .into_iter()
+                .filter(|(name, _)| Channel::parse(name).is_ok_and(|c| pattern.matches(&c)))
+                .collect(),
+        };
+        let limit = s.engine.replay_limit;
+        let oldest_ms = seq
+            .now_ms
+            .saturating_sub(s.engine.history_ttl.as_millis() as u64);
+        let mut messages: Vec<Arc<Message>> = Vec::new();
+        for chunk in candidates.chunks(REPLAY_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (name, _) in chunk {
+                pipe.cmd("XREVRANGE")
+                    .arg(s.keys.history(epoch, name))
+                    .arg("+")
+                    .arg(format!("(0-{from}"))
+                    .arg("COUNT")
+                    .arg(limit + 1);
+            }
+            let replies: Vec<redis::Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            for ((name, _last), value) in chunk.iter().zip(replies) {
+                let entries = reply::entries(value).map_err(|e| s.unavailable(e))?;
+                let channel = Channel::parse(name).map_err(|e| s.unavailable(e))?;
+                gap |= collect(
+                    &channel,
+                    epoch,
+                    from,
+                    oldest_ms,
+                    limit,
+                    entries,
+                    &mut messages,
+                );
+            }
+        }
+        messages.sort_unstable_by_key(|m| m.id.offset);
+        if messages.len() > limit {
+            messages.drain(..messages.len() - limit);
+            gap = true;
+        }
+        Ok(Replay { messages, gap })
+    }
+
+    async fn cursor(&self) -> Result<MessageId, BrokerError> {
+        if let Some(position) = self.shared.position() {
+            return Ok(position);
+        }
+        let mut conn = self.shared.connection()?;
+        let seq = self.seq(&mut conn).await?;
+        let epoch = seq
+            .epoch
+            .ok_or_else(|| self.shared.unavailable("Redis has no epoch yet"))?;
+        Ok(MessageId::new(epoch, seq.offset))
+    }
+
+    async fn channels(&self, prefix: &str) -> Result<Vec<ChannelEntry>, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let Some(epoch) = self.seq(&mut conn).await?.epoch else {
+            return Ok(Vec::new());
+        };
+        let mut rows = Vec::new();
+        let mut cursor = 0u64;
+        // Bounded: the registry holds at most max_channels (plus a sweep's lag) members.
+        for _ in 0..=(s.engine.max_channels / SCAN_PAGE + 10) {
+            let (next, page): (u64, redis::Value) = redis::cmd("ZSCAN")
+                .arg(&s.keys.last)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", glob_escape(prefix)))
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            for (name, offset) in reply::pairs(page).map_err(|e| s.unavailable(e))? {
+                if let Ok(channel) = Channel::parse(&name) {
+                    rows.push(ChannelEntry {
+                        channel,
+                        last_id: Some(MessageId::new(epoch, offset)),
+                    });
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn remote_subscribers(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&s.keys.nodes)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let me = format!("{:x}", s.node);
+        let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HGETALL")
+                .arg(format!("{}presence:{node}", s.keys.prefix));
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let mut totals: BTreeMap<String, usize> = BTreeMap::new();
+        let mut dead = Vec::new();
+        for (node, value) in others.iter().zip(replies) {
+            let counts = reply::pairs(value).map_err(|e| s.unavailable(e))?;
+            if counts.is_empty() {
+                // Expired (the node died) or nobody subscribed there; a node that gains
+                // subscribers adds itself back.
+                dead.push(node.as_str());
+            }
+            for (name, n) in counts {
+                if name.starts_with(prefix) {
+                    *totals.entry(name).or_default() += n as usize;
+                }
+            }
+        }
+        if !dead.is_empty() {
+            let _: Result<(), _> = redis::cmd("SREM")
+                .arg(&s.keys.nodes)
+                .arg(&dead)
+                .query_async(&mut conn)
+                .await;
+        }
+        Ok(totals.into_iter().collect())
+    }
+
+    fn healthy(&self) -> bool {
+        *self.shared.healthy.borrow()
+    }
+}
+
+/// Adds one channel's replayable history (entries newest first) to `out`; true on a gap.
+fn collect(
+    channel: &Channel,
+    epoch: u64,
+    from: u64,
+    oldest_ms: u64,
+    limit: usize,
+    entries: Vec<Entry>,
+    out: &mut Vec<Arc<Message>>,
+) -> bool {
+    // The channel has messages after `from` (that is why it is a candidate), so no entry at
+    // all means its history expired before the sweep forgot it.
+    let Some(newest) = entries.first() else {
+        return true;
+    };
+    let mut gap = newest.number("e").unwrap_or(u64::MAX) > from || entries.len() > limit;
+    for entry in entries.iter().take(limit) {
+        if entry.number("t").unwrap_or(0) < oldest_ms {
+            // Older than the history TTL: evicted, like the in-memory broker does it.
+            gap = true;
+            continue;
+        }
+        let Some(data) = entry.field("d").and_then(|d| Payload::from_json(d).ok()) else {
+            gap = true;
+            continue;
+        };
+        out.push(Arc::new(Message::new(
+            channel.clone(),
+            MessageId::new(epoch, entry.offset),
+            data,
+        )));
+    }
+    gap
+}
+
+/// Escapes Redis glob metacharacters so that a user-supplied prefix matches literally.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_literally() {
+        let check = |input: &str, expected: &str| assert_eq!(glob_escape(input), expected);
+        check("/chat/", "/chat/");
+        check("/a*b?[c]\\", "/a\\*b\\?\\[c\\]\\\\");
+    }
+}

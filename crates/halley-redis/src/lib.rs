@@ -1,0 +1,134 @@
+//! Halley on Redis: many nodes behave as one server.
+//!
+//! - [`RedisBroker`] implements [`halley_engine::Broker`] on a Redis server: it assigns ids,
+//!   keeps history, fans every message out to every node's [`Hub`], and shares presence
+//!   (subscriber counts) between nodes. [`RedisBroker::spawn`] starts its background task.
+//! - [`RedisConfig`] holds its address and budgets; [`engine`] builds an
+//!   [`halley_engine::Engine`] over it.
+//!
+//! Invariant: this is the only crate that knows Redis.
+//!
+//! # Data model (all keys under [`RedisConfig::prefix`], default `halley:`)
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below) |
+//! | `log` | stream | the fan-out log: every message, id `0-<offset>`, trimmed to ~[`RedisConfig::log_len`] |
+//! | `h:<channel>` | stream | the channel's history, id `0-<offset>`, at most `history_size`, TTL `history_ttl` |
+//! | `last` | zset | channel → offset of its last message (registry, `max_channels`, wildcard resume) |
+//! | `expiry` | zset | channel → when its history expires (the sweep forgets it then) |
+//! | `nodes` | set | node ids that have published presence |
+//! | `presence:<node>` | hash | that node's subscriber counts by name; TTL [`RedisConfig::presence_ttl`] |
+//!
+//! # Why these choices
+//!
+//! **Ids and order.** One Lua script per publish takes the next offset (`HINCRBY seq offset`),
+//! appends to the channel's history and to the fan-out log. Redis runs scripts one at a time,
+//! so execution order is id order, across all channels and all nodes: the engine's invariant
+//! (ids grow in the order messages reach subscribers) holds cluster-wide, and a wildcard
+//! subscriber can resume from a single id.
+//!
+//! **Fan-out by a stream, not pub/sub.** Every node reads the one `log` stream with a blocking
+//! `XREAD` on a dedicated connection and hands each entry to its hub in log order. Pub/sub
+//! would be as fast but forgets what it sent while a node was disconnected; with the log, a
+//! node that reconnects continues from the last offset it delivered and its subscribers miss
+//! nothing (as long as the log still holds it; the log's offsets are contiguous, so a hole is
+//! detected, logged and counted). The trade-off: every node receives every message, also for
+//! channels it has no subscriber of. Routing per channel (a pub/sub channel per Halley channel,
+//! pattern subscriptions for wildcards) would spare that traffic but gives up the single total
+//! order a wildcard resume relies on, and loses messages across reconnects. One node handles
+//! the whole cluster's message rate anyway when a `/**` subscriber is connected to it.
+//!
+//! **Epochs.** The epoch is created with `HSETNX` by whoever needs it first. If Redis loses
+//! its data (a restart without persistence), the next publish or reconnect creates a new
+//! epoch, and ids from the old one are answered with a gap — never silently.
+//!
+//! **Publish waits for its own copy.** [`Broker::publish`] returns once this node's reader has
+//! delivered the message to the local hub, so the reported subscriber count is real and one
+//! client's consecutive publishes reach local subscribers in order.
+//!
+//! **Failure.** All Redis traffic goes through connections owned by one supervisor task. When
+//! Redis is unreachable, publish and resume fail with [`BrokerError::Unavailable`] (HTTP 503),
+//! [`Broker::healthy`] is false, subscribers stay connected, and the supervisor reconnects
+//! with backoff ([`RECONNECT_MIN`] doubling to [`RECONNECT_MAX`]), then resumes the fan-out
+//! from the last delivered offset by itself. Every failure counts in
+//! [`Stats::broker_errors`](halley_engine::Stats).
+//!
+//! **Presence.** Each node writes its subscriber counts to `presence:<node>` whenever they
+//! change (checked every [`RedisConfig::presence_interval`]) and refreshes that key's TTL; a
+//! node that dies stops refreshing, and its counts vanish after [`RedisConfig::presence_ttl`].
+//!
+//! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
+//! fan-out log is one key by design) and Sentinel discovery. A single Redis (optionally with
+//! replicas and a failover that keeps its address) is the supported setup.
+//!
+//! [`Hub`]: halley_engine::Hub
+//! [`Broker::publish`]: halley_engine::Broker::publish
+//! [`Broker::healthy`]: halley_engine::Broker::healthy
+//! [`BrokerError::Unavailable`]: halley_engine::BrokerError::Unavailable
+
+mod broker;
+mod node;
+mod reply;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
+
+pub use broker::RedisBroker;
+pub use node::{
+    COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK, RECONNECT_MAX,
+    RECONNECT_MIN,
+};
+
+/// Where Redis is, and the budgets of the Redis broker.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` (also `redis://:password@host:port/db`).
+    pub url: String,
+    /// Prefix of every key Halley writes, so that several Halley clusters (or other
+    /// applications) can share one Redis.
+    pub prefix: String,
+    /// How often a node checks whether its subscriber counts changed and refreshes its
+    /// presence key. `/api/channels` on another node is at most this stale.
+    pub presence_interval: Duration,
+    /// How long a node's presence outlives its last refresh: after a node dies, its
+    /// subscribers disappear from listings within this time. Several intervals, so that a
+    /// slow refresh does not make a live node flicker.
+    pub presence_ttl: Duration,
+    /// How often expired channels are forgotten (removed from the registry, so that they no
+    /// longer count against `max_channels`).
+    pub sweep_interval: Duration,
+    /// Approximate length of the fan-out log. It only has to cover a node's read lag and
+    /// reconnect time: at 10,000 messages a second that is one second, which is plenty for a
+    /// reader that takes 512 at a time. Longer costs Redis memory (messages are stored in full);
+    /// a node that falls further behind misses messages (logged and counted as broker errors).
+    pub log_len: usize,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            prefix: "halley:".into(),
+            presence_interval: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(10),
+            log_len: 10_000,
+        }
+    }
+}
+
+/// An engine whose broker is Redis. The broker starts connecting in the background; see
+/// [`RedisBroker::connected`] to wait for it.
+pub fn engine(
+    config: RedisConfig,
+    engine: EngineConfig,
+) -> Result<(Engine, Arc<RedisBroker>), BrokerError> {
+    let stats = Arc::new(Stats::default());
+    let hub = Hub::new(engine.queue_capacity, stats.clone());
+    let broker = RedisBroker::spawn(config, engine, hub.clone(), stats.clone())?;
+    Ok((Engine::with_broker(hub, broker.clone(), stats), broker))
+}

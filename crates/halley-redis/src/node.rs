@@ -1,0 +1,317 @@
+//! The broker's background work: the supervisor that owns the connections and runs the fan-out
+//! reader, and the housekeeping task (presence, history sweep).
+//!
+//! Invariant: only the reader calls [`Hub::deliver`](halley_engine::Hub::deliver), one log
+//! entry at a time, in log (= id) order, and it moves `Delivery::position` only *after* the
+//! hub has the message — so a subscriber that registers and then reads the cursor misses
+//! nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use halley_proto::{Channel, Message, MessageId, Payload};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Shared;
+use crate::reply::{self, Entry};
+
+/// First delay before reconnecting after Redis became unreachable. Short, because most
+/// outages are a restart or a failover that is over in well under a second.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+
+/// Longest delay between reconnect attempts (the delay doubles from [`RECONNECT_MIN`]). Five
+/// seconds bounds how long a node stays degraded after Redis is back, while a node left alone
+/// with a dead Redis makes one cheap attempt every few seconds.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Time allowed to open a connection to Redis; a failed attempt then backs off.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time allowed for one command's reply. A Redis that answers nothing for this long counts as
+/// unreachable (publish gets 503) rather than holding requests open.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one `XREAD` blocks waiting for new messages. Also how soon a node notices an epoch
+/// change that happened without a disconnect (someone flushed Redis).
+pub const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// Most log entries taken per `XREAD`: under load the reader catches up in large steps
+/// instead of one round trip per message; each step's messages are delivered one by one.
+pub const READ_BATCH: usize = 512;
+
+/// How long a publish waits for its own message to come back through the fan-out before it
+/// answers with a local count of 0 (the message is in Redis by then and reaches other nodes).
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Expired channels forgotten per sweep call; the sweep repeats while there are more, up to
+/// [`SWEEP_ROUNDS`] calls per run, so that one run never blocks Redis for long.
+const SWEEP_BATCH: usize = 500;
+const SWEEP_ROUNDS: usize = 100;
+
+/// Owns the connections: connects, runs the reader until the connection fails, backs off,
+/// reconnects — until cancelled.
+pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let error = tokio::select! {
+            _ = cancel.cancelled() => break,
+            e = session(&shared, &mut backoff) => e,
+        };
+        disconnected(&shared);
+        shared.error();
+        tracing::warn!(%error, retry_in = ?backoff, "redis broker: connection lost or refused");
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+    disconnected(&shared);
+}
+
+fn disconnected(shared: &Shared) {
+    *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    shared.healthy.send_replace(false);
+}
+
+async fn connect(shared: &Shared, response: Duration) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response));
+    shared
+        .client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Creates the epoch if needed; returns (epoch, offset).
+async fn ensure_epoch(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<(u64, u64)> {
+    let (epoch, offset): (String, u64) = shared
+        .scripts
+        .ensure_epoch
+        .arg(&shared.keys.prefix)
+        .arg(format!("{:x}", rand::random::<u64>() | 1))
+        .invoke_async(conn)
+        .await?;
+    let epoch = u64::from_str_radix(&epoch, 16).map_err(|_| {
+        redis::RedisError::from((redis::ErrorKind::Parse, "epoch is not hex", epoch))
+    })?;
+    Ok((epoch, offset))
+}
+
+/// One connected life: returns only with the error that ended it.
+async fn session(shared: &Shared, backoff: &mut Duration) -> redis::RedisError {
+    match run_session(shared, backoff).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Never> {
+    let mut commands = connect(shared, COMMAND_TIMEOUT).await?;
+    // The reader's own connection: a blocked XREAD would stall every request multiplexed
+    // behind it.
+    let mut reader = connect(shared, READ_BLOCK + COMMAND_TIMEOUT).await?;
+    let (epoch, offset) = ensure_epoch(shared, &mut commands).await?;
+    let mut position = {
+        let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let position = match delivery.position {
+            // Same epoch: continue after the last message delivered; the log still holds what
+            // was published while we were away.
+            Some(p) if p.epoch == epoch && p.offset <= offset => p,
+            Some(p) if p.epoch == epoch => {
+                tracing::error!(
+                    was = %p, now = offset,
+                    "redis broker: Redis's offset went backwards (restored from an old snapshot?)"
+                );
+                shared.error();
+                MessageId::new(epoch, offset)
+            }
+            // A new epoch (Redis lost its data): deliver it from its start, so that local
+            // subscribers get what other nodes published since.
+            Some(_) => MessageId::new(epoch, 0),
+            // First connection: only what is published from now on.
+            None => MessageId::new(epoch, offset),
+        };
+        delivery.position = Some(position);
+        position
+    };
+    *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands.clone());
+    shared.generation.fetch_add(1, Ordering::Relaxed);
+    shared.healthy.send_replace(true);
+    *backoff = RECONNECT_MIN;
+    tracing::info!(epoch = %format!("{epoch:x}"), %position, "redis broker: connected");
+    loop {
+        let reply: redis::Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(shared.keys.log(position.epoch))
+            .arg(format!("0-{}", position.offset))
+            .query_async(&mut reader)
+            .await?;
+        let entries = reply::read_reply(reply).map_err(malformed)?;
+        if entries.is_empty() {
+            // Nothing new: check that the epoch is still ours (Redis flushed without a
+            // disconnect would otherwise leave us waiting on a dead log).
+            let (epoch, _) = ensure_epoch(shared, &mut commands).await?;
+            if epoch != position.epoch {
+                tracing::warn!(epoch = %format!("{epoch:x}"), "redis broker: new epoch");
+                position = MessageId::new(epoch, 0);
+                set_position(shared, position);
+            }
+            continue;
+        }
+        for entry in entries {
+            if entry.offset != position.offset + 1 {
+                // The log was trimmed past us: those messages never reach local subscribers.
+                tracing::error!(
+                    from = position.offset + 1,
+                    to = entry.offset - 1,
+                    "redis broker: fell behind the fan-out log; messages were missed"
+                );
+                shared.error();
+            }
+            position = MessageId::new(position.epoch, entry.offset);
+            deliver(shared, position, &entry);
+        }
+    }
+}
+
+fn malformed(e: reply::Malformed) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Parse, "malformed reply", e.to_string()))
+}
+
+fn set_position(shared: &Shared, position: MessageId) {
+    shared
+        .delivery
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .position = Some(position);
+}
+
+/// Hands one log entry to the hub, then records the position and answers the publish that
+/// waits for it, if it is ours.
+fn deliver(shared: &Shared, id: MessageId, entry: &Entry) {
+    let decoded = (|| {
+        let channel = Channel::parse(std::str::from_utf8(entry.field("c")?).ok()?).ok()?;
+        let data = Payload::from_json(entry.field("d")?).ok()?;
+        Some(Arc::new(Message::new(channel, id, data)))
+    })();
+    let count = match &decoded {
+        Some(message) => shared.hub.deliver(message),
+        None => {
+            tracing::error!(%id, "redis broker: undecodable log entry skipped");
+            shared.error();
+            0
+        }
+    };
+    let mine = entry
+        .field("o")
+        .and_then(|o| std::str::from_utf8(o).ok())
+        .and_then(|o| o.split_once(':'))
+        .filter(|(node, _)| u64::from_str_radix(node, 16).ok() == Some(shared.node))
+        .and_then(|(_, seq)| seq.parse::<u64>().ok());
+    let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
+    delivery.position = Some(id);
+    if let Some(waiter) = mine.and_then(|seq| delivery.waiters.remove(&seq)) {
+        let _ = waiter.send(count);
+    }
+}
+
+/// Presence and sweep, on their own clocks, through the command connection. Failures are
+/// counted and retried next tick; reconnecting is the supervisor's job.
+pub(crate) async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut presence_tick = tokio::time::interval(shared.config.presence_interval);
+    let mut sweep_tick = tokio::time::interval(shared.config.sweep_interval);
+    presence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What was last written, and in which connection generation.
+    let mut written: Option<(u64, Vec<(String, usize)>)> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = presence_tick.tick() => {
+                let Ok(mut conn) = shared.conn.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(()) else {
+                    continue;
+                };
+                if let Err(e) = presence(&shared, &mut conn, &mut written).await {
+                    shared.error();
+                    tracing::debug!(error = %e, "redis broker: presence update failed");
+                }
+            }
+            _ = sweep_tick.tick() => {
+                let Ok(mut conn) = shared.conn.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(()) else {
+                    continue;
+                };
+                if let Err(e) = sweep(&shared, &mut conn).await {
+                    shared.error();
+                    tracing::debug!(error = %e, "redis broker: history sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// Writes this node's counts when they changed (or after a reconnect), else refreshes the TTL.
+async fn presence(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    written: &mut Option<(u64, Vec<(String, usize)>)>,
+) -> redis::RedisResult<()> {
+    let generation = shared.generation.load(Ordering::Relaxed);
+    let mut counts = shared.hub.counts("");
+    counts.sort_unstable();
+    let key = shared.keys.presence(shared.node);
+    let ttl = shared.config.presence_ttl.as_millis().max(1) as u64;
+    let unchanged = written
+        .as_ref()
+        .is_some_and(|(g, c)| *g == generation && *c == counts);
+    let mut pipe = redis::pipe();
+    if unchanged {
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+    } else {
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        if !counts.is_empty() {
+            pipe.cmd("HSET").arg(&key);
+            for (name, n) in &counts {
+                pipe.arg(name).arg(*n);
+            }
+            pipe.ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+            pipe.cmd("SADD")
+                .arg(&shared.keys.nodes)
+                .arg(format!("{:x}", shared.node))
+                .ignore();
+        }
+    }
+    pipe.query_async::<()>(conn).await?;
+    *written = Some((generation, counts));
+    Ok(())
+}
+
+async fn sweep(shared: &Shared, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    for _ in 0..SWEEP_ROUNDS {
+        let forgotten: usize = shared
+            .scripts
+            .sweep
+            .arg(&shared.keys.prefix)
+            .arg(SWEEP_BATCH)
+            .invoke_async(conn)
+            .await?;
+        if forgotten < SWEEP_BATCH {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Several Halley nodes on one real Redis behave as one server (issue 5): fan-out across nodes
+//! on every transport, resume anywhere, cluster-wide presence, and Redis failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, Redis, WAIT, eventually, parse_id, ws_json};
+use hyper::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_on_a_reaches_sse_on_b_and_websocket_wildcard_on_c() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+    );
+    let mut sse = b.sse("/room/x", None).await;
+    let mut ws = c.ws("/sub/room/**").await;
+
+    let first = a.publish("/room/x", "hello").await;
+    assert_eq!(first["subscribers"], 0, "A has no subscriber of its own");
+    let second = b.publish("/room/y", "elsewhere").await;
+    assert_eq!(
+        second["subscribers"], 0,
+        "B's subscriber is of /room/x only"
+    );
+    let third = b.publish("/room/x", "from b").await;
+    assert_eq!(
+        third["subscribers"], 1,
+        "the count is of this node's subscribers"
+    );
+    let fourth = c.publish("/room/x", "from c").await;
+    assert_eq!(fourth["subscribers"], 1);
+
+    let ids: Vec<&str> = [&first, &second, &third, &fourth]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let offsets: Vec<(u64, u64)> = ids.iter().map(|id| parse_id(id)).collect();
+    assert!(
+        offsets
+            .windows(2)
+            .all(|w| w[0].0 == w[1].0 && w[0].1 < w[1].1),
+        "ids from different nodes share one epoch and grow: {ids:?}"
+    );
+
+    for (id, data) in [(ids[0], "hello"), (ids[2], "from b"), (ids[3], "from c")] {
+        let event = sse.next().await;
+        assert_eq!(event.id.as_deref(), Some(id));
+        assert_eq!(event.data, data);
+    }
+    for (id, channel, data) in [
+        (ids[0], "/room/x", "hello"),
+        (ids[1], "/room/y", "elsewhere"),
+        (ids[2], "/room/x", "from b"),
+        (ids[3], "/room/x", "from c"),
+    ] {
+        let frame = ws_json(&mut ws).await;
+        assert_eq!(frame["id"], id);
+        assert_eq!(frame["channel"], channel);
+        assert_eq!(frame["data"], data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_c_with_ids_from_a_and_b() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+    );
+    let id1 = a.publish_id("/r/a", "1").await;
+    let id2 = b.publish_id("/r/b", "2").await;
+    let id3 = a.publish_id("/r/a", "3").await;
+    let id4 = c.publish_id("/r/b", "4").await;
+
+    // One channel, resumed on another node than the one that issued the id.
+    let path = format!("/sub/r/a?transport=stream&format=json&last_id={id1}");
+    let mut exact = c.stream(&path, &[]).await;
+    assert_eq!(exact.header("x-halley-gap"), None);
+    let m = exact.json_line().await;
+    assert_eq!(
+        (m["id"].as_str(), m["data"].as_str()),
+        (Some(&*id3), Some("3"))
+    );
+
+    // A wildcard resumes from a single id across channels, in id order.
+    let mut ws = c.ws(&format!("/sub/r/**?last_id={id1}")).await;
+    for (id, data) in [(&id2, "2"), (&id3, "3"), (&id4, "4")] {
+        let frame = ws_json(&mut ws).await;
+        assert_eq!(
+            (frame["id"].as_str(), frame["data"].as_str()),
+            (Some(&**id), Some(data))
+        );
+    }
+
+    // SSE's own resume header, on a third node, then the live flow without a seam.
+    let mut sse = b.sse("/r/**", Some(&id3)).await;
+    let event = sse.next().await;
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some(&*id4), "4")
+    );
+    let id5 = a.publish_id("/r/a", "5").await;
+    let event = sse.next().await;
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some(&*id5), "5")
+    );
+    let m = exact.json_line().await;
+    assert_eq!(m["id"].as_str(), Some(&*id5));
+    let frame = ws_json(&mut ws).await;
+    assert_eq!(frame["id"].as_str(), Some(&*id5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_limits_are_shared_and_report_gaps() {
+    let redis = Redis::start().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| {
+        e.history_size = 2;
+        e.max_channels = 3;
+    };
+    let a = Node::with(&redis, tweak).await;
+    let b = Node::with(&redis, tweak).await;
+    let first = a.publish_id("/h/a", "1").await;
+    b.publish_id("/h/a", "2").await;
+    let id3 = a.publish_id("/h/a", "3").await;
+    let id4 = b.publish_id("/h/a", "4").await;
+
+    // History keeps the last 2: resuming from the first is owed 2, 3, 4 but gets 3, 4 + gap.
+    let mut s = b
+        .stream(
+            &format!("/sub/h/a?transport=stream&format=json&last_id={first}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+    assert_eq!(s.json_line().await["event"], "gap");
+    assert_eq!(s.json_line().await["id"].as_str(), Some(&*id3));
+    assert_eq!(s.json_line().await["id"].as_str(), Some(&*id4));
+
+    // From within history: no gap.
+    let s = a
+        .stream(
+            &format!("/sub/h/a?transport=stream&format=json&last_id={id3}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), None);
+
+    // max_channels counts channels in Redis, whichever node created them.
+    a.publish_id("/h/b", "x").await;
+    b.publish_id("/h/c", "x").await;
+    let refused = a.post("/pub/h/d", "x").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"].is_string());
+    b.publish_id("/h/a", "an existing channel is fine").await;
+
+    // Every node lists every channel with history.
+    let listed = b.get("/api/channels?prefix=/h/").await.json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["/h/a", "/h/b", "/h/c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_channels_sees_other_nodes_until_they_die() {
+    let redis = Redis::start().await;
+    let a = Node::start(&redis).await;
+    let mut b = Node::start(&redis).await;
+    let _own = a.sse("/p/x", None).await;
+    let _s1 = b.sse("/p/x", None).await;
+    let _s2 = b.sse("/p/x", None).await;
+    let _w = b.ws("/sub/p/**").await;
+
+    a.wait_subscribers("/p/x", 3).await;
+    a.wait_subscribers("/p/**", 1).await;
+    b.wait_subscribers("/p/x", 3).await;
+
+    // B dies without a word: its presence stays until its TTL runs out, then goes.
+    b.broker.shutdown();
+    assert_eq!(a.subscribers("/p/x").await, 3);
+    a.wait_subscribers("/p/x", 1).await;
+    a.wait_subscribers("/p/**", 0).await;
+    b.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_503_then_delivery_resumes_and_old_ids_get_a_gap() {
+    let mut redis = Redis::start().await;
+    let a = Node::start(&redis).await;
+    let b = Node::start(&redis).await;
+    let mut sse = b.sse("/o/x", None).await;
+    let old = a.publish_id("/o/x", "before").await;
+    assert_eq!(sse.next().await.id.as_deref(), Some(&*old));
+    assert_eq!(a.broker_errors(), 0);
+
+    redis.kill();
+    // Never a 2xx for a message that goes nowhere.
+    let refused = a.post("/pub/o/x", "during").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"].is_string());
+    for node in [&a, &b] {
+        eventually(WAIT, "healthz degraded", || async {
+            (node.health().await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        })
+        .await;
+    }
+    let degraded = a.get("/healthz").await.json();
+    assert_eq!(degraded["status"], "degraded");
+    assert!(a.broker_errors() > 0);
+
+    // Redis comes back empty: both nodes reconnect by themselves (backoff is at most 5 s).
+    redis.start_again().await;
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(20), "healthz ok again", || async {
+            (node.health().await == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    let new = a.publish_id("/o/x", "after").await;
+    assert_ne!(parse_id(&new).0, parse_id(&old).0, "data lost → new epoch");
+    // The subscriber held through the outage gets it on the same stream.
+    let event = sse.next().await;
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some(&*new), "after")
+    );
+
+    // An id from before is answered with an explicit gap, then what history has.
+    let mut s = b
+        .stream(
+            &format!("/sub/o/x?transport=stream&format=json&last_id={old}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+    assert_eq!(s.json_line().await["event"], "gap");
+    assert_eq!(s.json_line().await["id"].as_str(), Some(&*new));
+}
