@@ -81,11 +81,38 @@ pub struct ServeArgs {
     /// Most channels with history; publishing to a new one beyond gets 503 [default: 100000].
     #[arg(long, env = "HALLEY_MAX_CHANNELS")]
     pub max_channels: Option<usize>,
+    /// Where messages, history and presence live: `memory` (this process only) or
+    /// `redis://host:port[/db]` to share them with every node on that Redis [default: memory].
+    #[arg(long, env = "HALLEY_BROKER")]
+    pub broker: Option<String>,
+}
+
+/// Which broker the engine runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerChoice {
+    Memory,
+    /// A `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+impl BrokerChoice {
+    fn parse(text: &str) -> anyhow::Result<BrokerChoice> {
+        match text.trim() {
+            "" | "memory" => Ok(BrokerChoice::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(BrokerChoice::Redis(url.to_owned()))
+            }
+            other => {
+                anyhow::bail!("unknown broker {other:?}: use memory or redis://host:port[/db]")
+            }
+        }
+    }
 }
 
 pub struct Settings {
     pub http: HttpConfig,
     pub engine: EngineConfig,
+    pub broker: BrokerChoice,
 }
 
 macro_rules! merge {
@@ -117,7 +144,8 @@ impl ServeArgs {
                 history_size,
                 history_ttl,
                 queue_capacity,
-                max_channels
+                max_channels,
+                broker
             );
         }
         let secs = Duration::from_secs;
@@ -146,7 +174,12 @@ impl ServeArgs {
             replay_limit: e.replay_limit,
             max_channels: self.max_channels.unwrap_or(e.max_channels),
         };
-        Ok(Settings { http, engine })
+        let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
+        Ok(Settings {
+            http,
+            engine,
+            broker,
+        })
     }
 }
 
@@ -181,6 +214,38 @@ mod tests {
         assert_eq!(settings.http.hold_timeout, Duration::from_secs(3));
         assert_eq!(settings.engine.history_size, 5);
         assert_eq!(settings.http.body_limit, 64 * 1024);
+        assert_eq!(settings.broker, BrokerChoice::Memory);
+    }
+
+    #[test]
+    fn broker_choices() {
+        let check = |text: &str, expected: Option<BrokerChoice>| {
+            assert_eq!(BrokerChoice::parse(text).ok(), expected, "{text:?}");
+        };
+        check("memory", Some(BrokerChoice::Memory));
+        check("", Some(BrokerChoice::Memory));
+        check(
+            "redis://127.0.0.1:6379/2",
+            Some(BrokerChoice::Redis("redis://127.0.0.1:6379/2".into())),
+        );
+        check("postgres://x", None);
+        check("127.0.0.1:6379", None);
+    }
+
+    #[test]
+    fn broker_from_file() {
+        let dir = std::env::temp_dir().join(format!("halley-config-broker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(&path, "broker = \"redis://127.0.0.1:7000\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            args.resolve().unwrap().broker,
+            BrokerChoice::Redis("redis://127.0.0.1:7000".into())
+        );
     }
 
     #[test]

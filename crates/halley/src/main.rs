@@ -3,12 +3,19 @@
 
 mod config;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Parser;
 use halley_engine::Engine;
 use halley_http::Server;
 
-use crate::config::{Cli, Command};
+use crate::config::{BrokerChoice, Cli, Command};
+
+/// How long startup waits for Redis before serving anyway. A node that cannot reach Redis
+/// still starts (degraded: `/healthz` says so, publishing gets 503) and connects as soon as
+/// Redis is there, exactly as after an outage.
+const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -31,7 +38,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: config::Settings) -> anyhow::Result<()> {
-    let engine = Engine::in_memory(settings.engine);
+    // Kept until the server has drained, so the broker outlives every connection.
+    let mut redis = None;
+    let engine = match &settings.broker {
+        BrokerChoice::Memory => Engine::in_memory(settings.engine),
+        BrokerChoice::Redis(url) => {
+            let (engine, broker) =
+                halley_redis::engine(halley_redis::RedisConfig::new(url), settings.engine)
+                    .context("configuring the Redis broker")?;
+            let redis_at = without_password(url);
+            if broker.connected(REDIS_STARTUP_WAIT).await {
+                tracing::info!(redis = %redis_at, "broker: redis");
+            } else {
+                tracing::warn!(redis = %redis_at, "broker: redis unreachable; serving degraded until it is");
+            }
+            redis = Some(broker);
+            engine
+        }
+    };
     let server = Server::bind(settings.http.clone(), engine)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
@@ -43,8 +67,17 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     server.run().await;
+    drop(redis);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The URL for logs: a password in it (`redis://:secret@host`) must not end up there.
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_owned(),
+    }
 }
 
 async fn wait_for_signal() {
