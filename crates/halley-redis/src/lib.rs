@@ -13,12 +13,18 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below) |
-//! | `log` | stream | the fan-out log: every message, id `0-<offset>`, trimmed to ~[`RedisConfig::log_len`] |
-//! | `h:<channel>` | stream | the channel's history, id `0-<offset>`, at most `history_size`, TTL `history_ttl` |
+//! | `log:<epoch>` | stream | the fan-out log: every message, id `0-<offset>`, ~[`RedisConfig::log_len`] long |
+//! | `h:<epoch>:<channel>` | stream | a channel's history, id `0-<offset>`, ≤ `history_size`, TTL `history_ttl` |
 //! | `last` | zset | channel → offset of its last message (registry, `max_channels`, wildcard resume) |
-//! | `expiry` | zset | channel → when its history expires (the sweep forgets it then) |
-//! | `nodes` | set | node ids that have published presence |
+//! | `expiry` | zset | channel → when its history expires; the sweep then forgets it and raises `forgotten` |
+//! | `nodes` | set | ids of nodes that have written presence |
 //! | `presence:<node>` | hash | that node's subscriber counts by name; TTL [`RedisConfig::presence_ttl`] |
+//!
+//! Streams carry the epoch in their names, so a new epoch never appends to an old stream.
+//! A history entry holds the data, its time, and `e`: the highest offset the channel had lost
+//! (trimmed or expired) when it was added — a resume from below `e` has a gap. Entries older
+//! than `history_ttl` are treated as evicted at replay. Redis must not evict these keys on its
+//! own (`maxmemory-policy noeviction`, the default): a silently evicted key is a silent loss.
 //!
 //! # Why these choices
 //!
@@ -102,9 +108,11 @@ pub struct RedisConfig {
     /// longer count against `max_channels`).
     pub sweep_interval: Duration,
     /// Approximate length of the fan-out log. It only has to cover a node's read lag and
-    /// reconnect time: at 10,000 messages a second that is one second, which is plenty for a
-    /// reader that takes 512 at a time. Longer costs Redis memory (messages are stored in full);
-    /// a node that falls further behind misses messages (logged and counted as broker errors).
+    /// reconnect time while *other* nodes keep publishing (when Redis itself is down nobody
+    /// publishes): at 1,000 messages a second that is 10 s, twice the longest reconnect
+    /// backoff. Messages are stored in full, so this costs Redis about `log_len` × message
+    /// size of memory. A node that falls further behind misses messages, which it logs and
+    /// counts as broker errors.
     pub log_len: usize,
 }
 

@@ -77,28 +77,44 @@ fn disconnected(shared: &Shared) {
     shared.healthy.send_replace(false);
 }
 
-async fn connect(shared: &Shared, response: Duration) -> redis::RedisResult<MultiplexedConnection> {
+/// Opens a connection named `halley-<node>-<role>`, so that `CLIENT LIST` shows whose it is.
+async fn connect(
+    shared: &Shared,
+    response: Duration,
+    role: &str,
+) -> redis::RedisResult<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(response));
-    shared
+    let mut conn = shared
         .client
         .get_multiplexed_async_connection_with_config(&config)
-        .await
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(format!("halley-{:x}-{role}", shared.node))
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
-/// Creates the epoch if needed; returns (epoch, offset).
+/// Creates the epoch if needed (or a new one if Redis went back in time behind `known`, the
+/// last id this node delivered); returns (epoch, offset).
 async fn ensure_epoch(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
+    known: Option<MessageId>,
 ) -> redis::RedisResult<(u64, u64)> {
-    let (epoch, offset): (String, u64) = shared
-        .scripts
-        .ensure_epoch
+    let mut invocation = shared.scripts.ensure_epoch.prepare_invoke();
+    invocation
         .arg(&shared.keys.prefix)
-        .arg(format!("{:x}", rand::random::<u64>() | 1))
-        .invoke_async(conn)
-        .await?;
+        .arg(format!("{:x}", rand::random::<u64>() | 1));
+    if let Some(known) = known {
+        invocation
+            .arg(format!("{:x}", known.epoch))
+            .arg(known.offset);
+    }
+    let (epoch, offset): (String, u64) = invocation.invoke_async(conn).await?;
     let epoch = u64::from_str_radix(&epoch, 16).map_err(|_| {
         redis::RedisError::from((redis::ErrorKind::Parse, "epoch is not hex", epoch))
     })?;
@@ -116,34 +132,27 @@ async fn session(shared: &Shared, backoff: &mut Duration) -> redis::RedisError {
 enum Never {}
 
 async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Never> {
-    let mut commands = connect(shared, COMMAND_TIMEOUT).await?;
+    let mut commands = connect(shared, COMMAND_TIMEOUT, "commands").await?;
     // The reader's own connection: a blocked XREAD would stall every request multiplexed
     // behind it.
-    let mut reader = connect(shared, READ_BLOCK + COMMAND_TIMEOUT).await?;
-    let (epoch, offset) = ensure_epoch(shared, &mut commands).await?;
-    let mut position = {
-        let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
-        let position = match delivery.position {
-            // Same epoch: continue after the last message delivered; the log still holds what
-            // was published while we were away.
-            Some(p) if p.epoch == epoch && p.offset <= offset => p,
-            Some(p) if p.epoch == epoch => {
-                tracing::error!(
-                    was = %p, now = offset,
-                    "redis broker: Redis's offset went backwards (restored from an old snapshot?)"
-                );
-                shared.error();
-                MessageId::new(epoch, offset)
-            }
-            // A new epoch (Redis lost its data): deliver it from its start, so that local
-            // subscribers get what other nodes published since.
-            Some(_) => MessageId::new(epoch, 0),
-            // First connection: only what is published from now on.
-            None => MessageId::new(epoch, offset),
-        };
-        delivery.position = Some(position);
-        position
+    let mut reader = connect(shared, READ_BLOCK + COMMAND_TIMEOUT, "fanout").await?;
+    let known = shared
+        .delivery
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .position;
+    let (epoch, offset) = ensure_epoch(shared, &mut commands, known).await?;
+    let mut position = match known {
+        // Same epoch: continue after the last message delivered; the log still holds what
+        // was published while we were away.
+        Some(p) if p.epoch == epoch => p,
+        // A new epoch (Redis lost its data, or went back in time): deliver it from its start,
+        // so that local subscribers get what other nodes published since.
+        Some(_) => MessageId::new(epoch, 0),
+        // First connection: only what is published from now on.
+        None => MessageId::new(epoch, offset),
     };
+    set_position(shared, position);
     *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands.clone());
     shared.generation.fetch_add(1, Ordering::Relaxed);
     shared.healthy.send_replace(true);
@@ -164,7 +173,7 @@ async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisRes
         if entries.is_empty() {
             // Nothing new: check that the epoch is still ours (Redis flushed without a
             // disconnect would otherwise leave us waiting on a dead log).
-            let (epoch, _) = ensure_epoch(shared, &mut commands).await?;
+            let (epoch, _) = ensure_epoch(shared, &mut commands, Some(position)).await?;
             if epoch != position.epoch {
                 tracing::warn!(epoch = %format!("{epoch:x}"), "redis broker: new epoch");
                 position = MessageId::new(epoch, 0);

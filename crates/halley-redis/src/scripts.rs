@@ -11,14 +11,20 @@ use redis::Script;
 /// older one (keys named with their epoch expire by themselves) must not be listed or count
 /// against `max_channels`.
 ///
-/// ARGV: key prefix, a fresh random epoch (hex), used only if none exists.
+/// Also starts a new epoch when Redis went back in time within the caller's epoch — its offset
+/// is below one the caller already delivered (a failover to a replica that lacks the last
+/// writes, a restore from an old snapshot) — since the same ids would otherwise be issued twice.
+///
+/// ARGV: key prefix, a fresh random epoch (hex), optionally the caller's epoch (hex) and the
+/// last offset it delivered.
 const ENSURE_EPOCH: &str = r"
 local seq = ARGV[1] .. 'seq'
-if redis.call('HSETNX', seq, 'epoch', ARGV[2]) == 1 then
-  redis.call('HSET', seq, 'offset', 0, 'forgotten', 0)
-  redis.call('DEL', ARGV[1] .. 'last', ARGV[1] .. 'expiry')
-end
 local v = redis.call('HMGET', seq, 'epoch', 'offset')
+if (not v[1]) or (ARGV[3] and v[1] == ARGV[3] and tonumber(v[2] or '0') < tonumber(ARGV[4])) then
+  redis.call('HSET', seq, 'epoch', ARGV[2], 'offset', 0, 'forgotten', 0)
+  redis.call('DEL', ARGV[1] .. 'last', ARGV[1] .. 'expiry')
+  v = redis.call('HMGET', seq, 'epoch', 'offset')
+end
 return {v[1], v[2]}
 ";
 

@@ -150,6 +150,42 @@ impl Redis {
         )
     }
 
+    /// Sends one command (RESP array of bulk strings) and returns the raw reply.
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut s = within(
+            "redis connect",
+            TcpStream::connect(("127.0.0.1", self.port)),
+        )
+        .await
+        .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut reply = String::new();
+        within("redis reply", s.read_to_string(&mut reply))
+            .await
+            .unwrap();
+        reply
+    }
+
+    /// Closes the Redis connections of one node (as a network blip would), leaving the rest.
+    pub async fn disconnect(&self, node: u64) {
+        let list = self.command(&["CLIENT", "LIST"]).await;
+        let name = format!("name=halley-{node:x}-");
+        let ids: Vec<&str> = list
+            .lines()
+            .filter(|line| line.contains(&name))
+            .filter_map(|line| line.strip_prefix("id=")?.split(' ').next())
+            .collect();
+        assert!(!ids.is_empty(), "no connections of node {node:x} in {list}");
+        for id in ids {
+            self.command(&["CLIENT", "KILL", "ID", id]).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -199,6 +235,13 @@ impl Node {
     }
 
     pub async fn with(redis: &Redis, tweak: impl FnOnce(&mut EngineConfig)) -> Node {
+        // HALLEY_TEST_LOG=debug shows the nodes' logs (interleaved) when a test fails.
+        if let Ok(filter) = std::env::var("HALLEY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let http = HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             hold_timeout: Duration::from_millis(500),
