@@ -59,6 +59,11 @@ impl Engine {
         }
     }
 
+    /// A subscriber with no patterns yet, for protocols that subscribe piecemeal (Bayeux).
+    pub fn subscriber(&self) -> Subscription {
+        self.shared.hub.subscriber()
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }

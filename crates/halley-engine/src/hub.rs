@@ -127,35 +127,42 @@ impl Hub {
         true
     }
 
-    /// Registers a subscriber; messages delivered from now on are queued for it.
+    /// Registers a subscriber for `pattern`; messages delivered from now on are queued for it.
     pub(crate) fn register(&self, pattern: Pattern) -> Subscription {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let sub = Arc::new(Subscriber {
-            state: Mutex::default(),
-            notify: Notify::new(),
-        });
-        let mut registry = self
-            .shared
-            .registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let map = match &pattern {
-            Pattern::Exact(c) => registry.exact.entry(c.clone()).or_default(),
-            _ => registry.wildcard.entry(pattern.clone()).or_default(),
-        };
-        map.insert(id, sub.clone());
-        drop(registry);
+        let mut subscription = self.subscriber();
+        subscription.add(pattern);
+        subscription
+    }
+
+    /// A subscriber with no patterns yet (a Bayeux session adds and removes them).
+    pub(crate) fn subscriber(&self) -> Subscription {
         Stats::add(&self.shared.stats.subscriptions, 1);
         Subscription {
             hub: self.clone(),
-            id,
-            pattern,
-            sub,
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            patterns: Vec::new(),
+            sub: Arc::new(Subscriber {
+                state: Mutex::default(),
+                notify: Notify::new(),
+            }),
             replay: VecDeque::new(),
             floor: None,
             gap: false,
             position: None,
         }
+    }
+
+    fn insert(&self, pattern: &Pattern, id: u64, sub: &Arc<Subscriber>) {
+        let mut registry = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let map = match pattern {
+            Pattern::Exact(c) => registry.exact.entry(c.clone()).or_default(),
+            _ => registry.wildcard.entry(pattern.clone()).or_default(),
+        };
+        map.insert(id, sub.clone());
     }
 
     fn unregister(&self, pattern: &Pattern, id: u64) {
@@ -208,24 +215,60 @@ fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Subscribers>, key: 
     }
 }
 
-/// One subscriber's handle. Dropping it unsubscribes.
+/// One subscriber's handle: one queue, fed by one or more patterns. Dropping it unsubscribes.
 pub struct Subscription {
     hub: Hub,
     id: u64,
-    pattern: Pattern,
+    patterns: Vec<Pattern>,
     sub: Arc<Subscriber>,
     /// History owed on resume, delivered before anything queued.
     replay: VecDeque<Arc<Message>>,
-    /// Highest id already handed out; queued messages at or below it are duplicates of the
-    /// replay (they were published between registering and reading history).
+    /// Highest id already handed out. Queued messages at or below it are duplicates: of the
+    /// replay (published between registering and reading history), or of a message matched by
+    /// two of this subscriber's patterns. Ids reach a hub in increasing order, so one
+    /// comparison finds them.
     floor: Option<MessageId>,
     gap: bool,
     position: Option<MessageId>,
 }
 
 impl Subscription {
+    /// The first pattern (the only one, except for Bayeux sessions).
     pub fn pattern(&self) -> &Pattern {
-        &self.pattern
+        &self.patterns[0]
+    }
+
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Adds a pattern; false if it was already there.
+    pub fn add(&mut self, pattern: Pattern) -> bool {
+        if self.patterns.contains(&pattern) {
+            return false;
+        }
+        self.hub.insert(&pattern, self.id, &self.sub);
+        self.patterns.push(pattern);
+        true
+    }
+
+    /// Removes a pattern; false if it was not there.
+    pub fn remove(&mut self, pattern: &Pattern) -> bool {
+        let Some(i) = self.patterns.iter().position(|p| p == pattern) else {
+            return false;
+        };
+        self.patterns.swap_remove(i);
+        self.hub.unregister(pattern, self.id);
+        true
+    }
+
+    /// Whether this subscriber was cut off for lagging.
+    pub fn lagged(&self) -> bool {
+        self.sub
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lagged
     }
 
     /// True when the resume could not be served without loss (DESIGN.md §2).
@@ -255,6 +298,7 @@ impl Subscription {
     /// The next message, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
         if let Some(m) = self.replay.pop_front() {
+            self.floor = Some(m.id);
             return Some(Event::Message(m));
         }
         loop {
@@ -267,7 +311,7 @@ impl Subscription {
             match self.floor {
                 Some(floor) if message.id.epoch == floor.epoch && message.id <= floor => continue,
                 _ => {
-                    self.floor = None;
+                    self.floor = Some(message.id);
                     return Some(Event::Message(message));
                 }
             }
@@ -289,7 +333,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unregister(&self.pattern, self.id);
+        for pattern in &self.patterns {
+            self.hub.unregister(pattern, self.id);
+        }
         self.hub
             .shared
             .stats
@@ -300,6 +346,6 @@ impl Drop for Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Subscription({} #{})", self.pattern, self.id)
+        write!(f, "Subscription({:?} #{})", self.patterns, self.id)
     }
 }

@@ -10,6 +10,9 @@
 //! - [`Subscription`] is one subscriber's handle: the replayed history it is owed on resume, then
 //!   live messages, deduplicated by id, or [`Event::Lagged`] when it fell too far behind.
 //!
+//! - [`bayeux::Bayeux`] runs Bayeux 1.0 sessions (handshake, connect, subscribe, publish, the ack
+//!   and timesync extensions) over the engine, for any transport.
+//!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
 //! Slow subscribers: every subscriber queue holds at most
@@ -18,6 +21,7 @@
 //! transport ends the response; the client reconnects with its last id and the history fills the
 //! hole (or the server reports a gap). Nothing is dropped silently and nothing grows unbounded.
 
+pub mod bayeux;
 mod broker;
 mod config;
 mod engine;

@@ -215,3 +215,23 @@ async fn listing_merges_history_and_subscribers() {
     drop(_s2);
     assert_eq!(e.channels("/room/a").await.unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn overlapping_patterns_deliver_once() {
+    let e = engine(EngineConfig::default());
+    let mut s = sub(&e, "/a/*", None).await;
+    assert!(s.add(Pattern::parse("/a/b").unwrap()));
+    assert!(
+        !s.add(Pattern::parse("/a/b").unwrap()),
+        "adding twice is a no-op"
+    );
+    assert!(s.add(Pattern::parse("/**").unwrap()));
+    publish(&e, "/a/b", "1").await;
+    publish(&e, "/c", "2").await;
+    assert_eq!(drain(&mut s), ["1", "2"]);
+    assert!(s.remove(&Pattern::parse("/**").unwrap()));
+    assert!(!s.remove(&Pattern::parse("/**").unwrap()));
+    publish(&e, "/c", "3").await;
+    publish(&e, "/a/x", "4").await;
+    assert_eq!(drain(&mut s), ["4"]);
+}

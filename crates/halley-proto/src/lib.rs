@@ -7,10 +7,13 @@
 //!   offset in that epoch. Clients treat its text form as opaque.
 //! - [`Message`] is `{channel, id, data}` with `data` kept as compact JSON text, so that fan-out to
 //!   thousands of subscribers encodes nothing twice; [`Payload`] is the data before it has an id.
+//! - [`bayeux`] is the Bayeux 1.0 message model ([`bayeux::BayeuxMessage`]), batch parsing and
+//!   the `code:args:message` errors.
 //!
 //! Invariant: this crate does no I/O and knows nothing of tokio, hyper or Redis, so that everything
 //! in it can be unit-tested and fuzzed in isolation.
 
+pub mod bayeux;
 mod channel;
 mod id;
 mod message;

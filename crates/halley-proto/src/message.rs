@@ -151,9 +151,11 @@ impl Message {
             frame.push_str("id: ");
             frame.push_str(&self.id.to_string());
             frame.push('\n');
-            for line in text.split('\n') {
+            // SSE ends a line at CRLF, LF or a lone CR; each becomes its own data: line so
+            // that EventSource rebuilds the text with '\n' between them.
+            for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
                 frame.push_str("data: ");
-                frame.push_str(line.strip_suffix('\r').unwrap_or(line));
+                frame.push_str(line);
                 frame.push('\n');
             }
             frame.push('\n');
@@ -222,5 +224,10 @@ mod tests {
         let m = message(Payload::from_json(b"{\"k\": 1}").unwrap());
         assert_eq!(m.line(), r#"{"k":1}"#);
         assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: {\"k\":1}\n\n");
+        let m = message(Payload::string("a\rb\r\nc"));
+        assert_eq!(
+            &m.sse_frame()[..],
+            b"id: a-7\ndata: a\ndata: b\ndata: c\n\n"
+        );
     }
 }

@@ -1,0 +1,238 @@
+//! One Bayeux client's session: its subscriptions (one bounded queue), the held `/meta/connect`,
+//! and the ack extension's unacknowledged batches.
+//!
+//! Invariant: at most one `/meta/connect` is held per session. A newer connect preempts the held
+//! one, which is then answered at once (empty); it is never answered twice, and a connect whose
+//! requester went away simply drops its future (guards restore the counters).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use halley_proto::{Message, Pattern};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{Event, Subscription};
+
+/// What a wait for messages ended with.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<Arc<Message>>,
+    /// The session was cut off (queue or unacknowledged messages over budget) or closed.
+    pub ended: bool,
+}
+
+struct Acks {
+    /// The batch that messages sent now belong to; a connect reply closes it.
+    open: u64,
+    /// Sent but not yet acknowledged, oldest first, with their batch.
+    unacked: VecDeque<(u64, Arc<Message>)>,
+}
+
+pub struct Session {
+    id: String,
+    ack_enabled: bool,
+    /// The most unacknowledged messages kept for redelivery; more cuts the session off.
+    unacked_limit: usize,
+    sub: tokio::sync::Mutex<Subscription>,
+    acks: Mutex<Acks>,
+    last_active: Mutex<Instant>,
+    /// Connects currently held; a session with one is never expired.
+    held: AtomicUsize,
+    preempt: Notify,
+    closed: AtomicBool,
+    close_notify: Notify,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.id)
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: String,
+        sub: Subscription,
+        ack_enabled: bool,
+        unacked_limit: usize,
+    ) -> Session {
+        Session {
+            id,
+            ack_enabled,
+            unacked_limit,
+            sub: tokio::sync::Mutex::new(sub),
+            acks: Mutex::new(Acks {
+                open: 1,
+                unacked: VecDeque::new(),
+            }),
+            last_active: Mutex::new(Instant::now()),
+            held: AtomicUsize::new(0),
+            preempt: Notify::new(),
+            closed: AtomicBool::new(false),
+            close_notify: Notify::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn ack_enabled(&self) -> bool {
+        self.ack_enabled
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.close_notify.notify_waiters();
+        self.preempt.notify_waiters();
+    }
+
+    pub(crate) fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Idle: no connect held and none seen for longer than `max_interval`.
+    pub(crate) fn expired(&self, now: Instant, max_interval: std::time::Duration) -> bool {
+        self.held.load(Ordering::Acquire) == 0
+            && now.duration_since(*self.last_active.lock().unwrap_or_else(|e| e.into_inner()))
+                > max_interval
+    }
+
+    pub(crate) async fn subscribe(&self, patterns: Vec<Pattern>) {
+        let mut sub = self.sub.lock().await;
+        for p in patterns {
+            sub.add(p);
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&self, patterns: &[Pattern]) {
+        let mut sub = self.sub.lock().await;
+        for p in patterns {
+            sub.remove(p);
+        }
+    }
+
+    /// Starts a connect: answers any connect still held, applies the client's ack (dropping what
+    /// it confirmed) and returns the unacknowledged messages to send again. `fresh` means a new
+    /// request or connection, over which nothing of the current batch has been sent yet.
+    pub fn begin_connect(&self, ack: Option<u64>, fresh: bool) -> ConnectGuard<'_> {
+        self.preempt.notify_waiters();
+        self.held.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        let mut resend = Vec::new();
+        if self.ack_enabled {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(confirmed) = ack {
+                while acks.unacked.front().is_some_and(|(b, _)| *b <= confirmed) {
+                    acks.unacked.pop_front();
+                }
+            }
+            let open = acks.open;
+            resend.extend(
+                acks.unacked
+                    .iter()
+                    .filter(|(b, _)| fresh || *b < open)
+                    .map(|(_, m)| m.clone()),
+            );
+        }
+        ConnectGuard {
+            session: self,
+            resend,
+        }
+    }
+
+    /// Messages available now, without waiting.
+    pub fn try_batch(&self, max: usize) -> Batch {
+        match self.sub.try_lock() {
+            Ok(mut sub) => drain(&mut sub, None, max),
+            Err(_) => Batch::default(),
+        }
+    }
+
+    /// Waits for at least one message (or preemption, or the session's end) and returns what is
+    /// queued, up to `max`. Cancel-safe.
+    pub async fn next_batch(&self, max: usize) -> Batch {
+        if self.is_closed() {
+            return Batch {
+                messages: Vec::new(),
+                ended: true,
+            };
+        }
+        let preempted = self.preempt.notified();
+        let closed = self.close_notify.notified();
+        let mut sub = tokio::select! {
+            sub = self.sub.lock() => sub,
+            _ = preempted => return Batch::default(),
+        };
+        let preempted = self.preempt.notified();
+        tokio::select! {
+            event = sub.next() => drain(&mut sub, Some(event), max),
+            _ = preempted => Batch::default(),
+            _ = closed => Batch { messages: Vec::new(), ended: true },
+        }
+    }
+
+    /// Records messages as sent in the open batch (ack extension); false when the session
+    /// holds more unacknowledged messages than allowed and must be cut off.
+    pub fn record_sent(&self, messages: &[Arc<Message>]) -> bool {
+        if !self.ack_enabled || messages.is_empty() {
+            return true;
+        }
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let open = acks.open;
+        acks.unacked
+            .extend(messages.iter().map(|m| (open, m.clone())));
+        acks.unacked.len() <= self.unacked_limit
+    }
+
+    /// Closes the open batch for a connect reply; its number goes in the reply's `ext.ack`.
+    pub fn close_batch(&self) -> Option<u64> {
+        if !self.ack_enabled {
+            return None;
+        }
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = acks.open;
+        acks.open += 1;
+        Some(batch)
+    }
+}
+
+fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
+    let mut batch = Batch::default();
+    let mut event = first.or_else(|| sub.try_next());
+    while let Some(e) = event {
+        match e {
+            Event::Message(m) => batch.messages.push(m),
+            Event::Lagged => {
+                batch.ended = true;
+                break;
+            }
+        }
+        if batch.messages.len() >= max {
+            break;
+        }
+        event = sub.try_next();
+    }
+    batch
+}
+
+/// A connect in progress. Dropping it (answered, preempted, or its requester gone) releases the
+/// hold, so an abandoned connect can never keep a session alive or be answered later.
+pub struct ConnectGuard<'a> {
+    session: &'a Session,
+    /// Unacknowledged messages to send again before anything new.
+    pub resend: Vec<Arc<Message>>,
+}
+
+impl Drop for ConnectGuard<'_> {
+    fn drop(&mut self) {
+        self.session.touch();
+        self.session.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
