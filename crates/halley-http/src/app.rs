@@ -13,11 +13,14 @@ use crate::body::Body;
 use crate::cors::{self, Origins};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::{HttpConfig, ops, publish, rupy, transport};
+use crate::{HttpConfig, cometd, ops, publish, rupy, transport};
 
 /// What every request handler can reach.
 pub struct App {
     pub engine: Engine,
+    pub bayeux: halley_engine::bayeux::Bayeux,
+    /// Held Bayeux connects per browser (`BAYEUX_BROWSER` cookie), for `multiple-clients`.
+    pub browsers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     pub config: HttpConfig,
     pub origins: Origins,
     pub metrics: Arc<Metrics>,
@@ -87,13 +90,27 @@ async fn route<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    if let Some(channel) = path.strip_prefix("/pub") {
+    // The CometD client appends the message type (`/cometd/connect`) unless told not to.
+    let cometd = &app.config.cometd_path;
+    if path == *cometd
+        || path
+            .strip_prefix(cometd.as_str())
+            .is_some_and(|r| r.starts_with('/'))
+    {
+        return cometd::handle(app, request).await;
+    }
+    // A segment boundary is required: `/publish/a` is not `/pub` + `lish/a`.
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .filter(|rest| rest.starts_with('/'))
+    };
+    if let Some(channel) = under("/pub") {
         return match method {
             Method::POST | Method::PUT => publish::publish(app, channel, request).await,
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
-    if let Some(channel) = path.strip_prefix("/sub") {
+    if let Some(channel) = under("/sub") {
         return match method {
             Method::GET => transport::subscribe(app, channel, request).await,
             _ => Err(ApiError::MethodNotAllowed),

@@ -33,6 +33,13 @@ pub struct HttpConfig {
     /// The reconnect delay SSE clients are told to use (`retry:`), and long-poll clients after a
     /// shutdown (`Retry-After`).
     pub retry: Duration,
+    /// Where Bayeux is served (long-polling POST, callback-polling GET, WebSocket upgrade).
+    pub cometd_path: String,
+    /// After the first held `/meta/connect` of a browser (identified by the `BAYEUX_BROWSER`
+    /// cookie), further connects from the same browser are answered at once with
+    /// `multiple-clients` advice and this interval, so that tabs do not exhaust the browser's
+    /// per-host connection limit.
+    pub multiple_clients_interval: Duration,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +55,8 @@ impl Default for HttpConfig {
             publish_key: None,
             drain_timeout: Duration::from_secs(5),
             retry: Duration::from_secs(2),
+            cometd_path: "/cometd".into(),
+            multiple_clients_interval: Duration::from_secs(2),
         }
     }
 }

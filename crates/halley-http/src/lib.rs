@@ -6,6 +6,7 @@
 //!   body limit, origin allowlist, publish key.
 //! - `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
 //!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, WebSocket);
+//!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`.
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
@@ -14,6 +15,7 @@
 
 mod app;
 mod body;
+mod cometd;
 mod config;
 mod cors;
 mod error;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use halley_engine::Engine;
+use halley_engine::bayeux::{AllowAll, Bayeux, BayeuxConfig, NoServices};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use hyper::server::conn::http1;
@@ -42,6 +43,11 @@ use crate::{HttpConfig, rupy};
 /// After a failed `accept` (typically EMFILE at the file-descriptor limit), wait this long
 /// before trying again instead of spinning on the error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long one write may wait for a client that accepts no bytes. A subscriber that stops
+/// reading is cut off by its queue bound; this then frees its connection slot too, instead of
+/// letting it hold the socket (and its kernel buffers) for as long as it likes.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a refused (503) connection gets to receive its answer.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,12 +74,34 @@ impl Drop for Slot {
 }
 
 impl Server {
+    /// Binds with a default Bayeux server (allow-all authorizer, connect held for the hold
+    /// timeout).
     pub async fn bind(config: HttpConfig, engine: Engine) -> io::Result<Server> {
+        let bayeux = Bayeux::spawn(
+            engine.clone(),
+            BayeuxConfig {
+                timeout: config.hold_timeout,
+                ..BayeuxConfig::default()
+            },
+            Arc::new(AllowAll),
+            Arc::new(NoServices),
+        );
+        Server::bind_with(config, engine, bayeux).await
+    }
+
+    /// Binds with a Bayeux server of the caller's (its own authorizer, services, budgets).
+    pub async fn bind_with(
+        config: HttpConfig,
+        engine: Engine,
+        bayeux: Bayeux,
+    ) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let app = Arc::new(App {
             engine,
+            bayeux,
+            browsers: std::sync::Mutex::default(),
             origins: Origins::new(&config.allowed_origins),
             config,
             metrics: Arc::new(Metrics::default()),
@@ -280,7 +308,12 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         // Each step is boxed: tokio stores a task's whole future, sized for its largest state,
         // for as long as the connection lives; unboxed, hyper's connection and every handler
         // would make each idle subscriber carry ~6 KiB of space it never uses.
-        let head = match Box::pin(read_head(&mut stream, app.config.header_timeout)).await {
+        let read = Box::pin(read_head(&mut stream, app.config.header_timeout));
+        // An idle keep-alive connection waiting for its next request must not hold the drain.
+        let head = match tokio::select! {
+            head = read => head,
+            _ = app.shutdown.cancelled() => Head::Gone,
+        } {
             Head::Gone => return,
             Head::TooLarge => {
                 let _ = stream
@@ -328,6 +361,9 @@ async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        // Later heads on the connection get the same 16 KiB bound as the first (hyper answers
+        // 431 above it).
+        .max_buf_size(MAX_HEAD)
         .header_read_timeout(app.config.header_timeout)
         .serve_connection(io, service)
         .with_upgrades();
@@ -360,6 +396,14 @@ async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>)
     tokio::select! {
         out = work => Some(out),
         _ = peer_closed(stream) => None,
+    }
+}
+
+/// `write_all`, bounded by [`WRITE_STALL_TIMEOUT`].
+async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
@@ -413,7 +457,7 @@ async fn write_response(
     let chunked = length.is_none() && !http10;
     let keep_alive = keep_alive && (length.is_some() || chunked);
     let head = encode_head(parts, length, chunked, keep_alive);
-    stream.write_all(&head).await?;
+    write_all(stream, &head).await?;
     drop(head);
     loop {
         let frame = tokio::select! {
@@ -432,13 +476,13 @@ async fn write_response(
             chunk.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
             chunk.put_slice(&data);
             chunk.put_slice(b"\r\n");
-            stream.write_all(&chunk).await?;
+            write_all(stream, &chunk).await?;
         } else {
-            stream.write_all(&data).await?;
+            write_all(stream, &data).await?;
         }
     }
     if chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
+        write_all(stream, b"0\r\n\r\n").await?;
     }
     Ok(keep_alive)
 }

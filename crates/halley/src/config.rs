@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use halley_engine::EngineConfig;
+use halley_engine::bayeux::BayeuxConfig;
 use halley_http::HttpConfig;
 use serde::Deserialize;
 
@@ -69,6 +70,13 @@ pub struct ServeArgs {
     /// Seconds open connections get to end on SIGTERM/SIGINT [default: 5].
     #[arg(long, env = "HALLEY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Path of the Bayeux endpoint (long-polling, callback-polling, WebSocket) [default: /cometd].
+    #[arg(long, env = "HALLEY_COMETD_PATH")]
+    pub cometd_path: Option<String>,
+    /// Seconds a Bayeux session lives without a connect before its client must handshake
+    /// again (maxInterval) [default: 30].
+    #[arg(long, env = "HALLEY_SESSION_TIMEOUT")]
+    pub session_timeout: Option<u64>,
     /// Messages kept per channel for resume [default: 1000].
     #[arg(long, env = "HALLEY_HISTORY_SIZE")]
     pub history_size: Option<usize>,
@@ -112,6 +120,7 @@ impl BrokerChoice {
 pub struct Settings {
     pub http: HttpConfig,
     pub engine: EngineConfig,
+    pub bayeux: BayeuxConfig,
     pub broker: BrokerChoice,
 }
 
@@ -161,7 +170,13 @@ impl ServeArgs {
             publish_key: self.publish_key.or(h.publish_key).filter(|k| !k.is_empty()),
             drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
             retry: h.retry,
+            cometd_path: self.cometd_path.unwrap_or(h.cometd_path),
+            multiple_clients_interval: h.multiple_clients_interval,
         };
+        anyhow::ensure!(
+            http.cometd_path.starts_with('/'),
+            "cometd-path must start with /"
+        );
         anyhow::ensure!(
             http.heartbeat_interval > Duration::ZERO,
             "heartbeat must be at least 1 second"
@@ -174,10 +189,19 @@ impl ServeArgs {
             replay_limit: e.replay_limit,
             max_channels: self.max_channels.unwrap_or(e.max_channels),
         };
+        let bayeux = BayeuxConfig {
+            timeout: http.hold_timeout,
+            max_interval: self
+                .session_timeout
+                .map_or(BayeuxConfig::default().max_interval, secs),
+            max_unacked: engine.queue_capacity,
+            ..BayeuxConfig::default()
+        };
         let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
         Ok(Settings {
             http,
             engine,
+            bayeux,
             broker,
         })
     }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+
 use halley_engine::Engine;
+use halley_engine::bayeux::{AllowAll, Bayeux, NoServices};
 use halley_http::Server;
 
 use crate::config::{BrokerChoice, Cli, Command};
@@ -56,7 +59,13 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
             engine
         }
     };
-    let server = Server::bind(settings.http.clone(), engine)
+    let bayeux = Bayeux::spawn(
+        engine.clone(),
+        settings.bayeux,
+        Arc::new(AllowAll),
+        Arc::new(NoServices),
+    );
+    let server = Server::bind_with(settings.http.clone(), engine, bayeux)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
     tracing::info!(listen = %server.local_addr(), "halley serving");

@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 
-pub use stream::{Wire, chunks, stream_response};
+pub use stream::{Wire, chunks, held_headers, stream_response};
+pub use ws::{accept_websocket, websocket_config};
 
 pub async fn subscribe<B: RequestBody>(
     app: &Arc<App>,

@@ -40,18 +40,8 @@ pub async fn upgrade<B: RequestBody>(
     mut request: Request<B>,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
+    let response = accept_websocket(request.headers())?;
     let headers = request.headers();
-    if headers
-        .get("sec-websocket-version")
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        return Err(ApiError::BadRequest("WebSocket version 13 required".into()));
-    }
-    let key = headers
-        .get("sec-websocket-key")
-        .ok_or_else(|| ApiError::BadRequest("missing Sec-WebSocket-Key".into()))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let publish_to = match pattern.exact() {
         Some(channel) if app.authorize_publish(headers, query).is_ok() => Some(channel.clone()),
         _ => None,
@@ -70,12 +60,7 @@ pub async fn upgrade<B: RequestBody>(
         let _held = (open, slot);
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(READ_BUFFER)
-                    .write_buffer_size(0)
-                    .max_write_buffer_size(MAX_WRITE_BUFFER)
-                    .max_message_size(Some(task_app.config.body_limit))
-                    .max_frame_size(Some(task_app.config.body_limit));
+                let config = websocket_config(task_app.config.body_limit);
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
@@ -87,6 +72,22 @@ pub async fn upgrade<B: RequestBody>(
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
+    Ok(response)
+}
+
+/// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer.
+pub fn accept_websocket(headers: &hyper::HeaderMap) -> Result<Response<Body>, ApiError> {
+    if headers
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(ApiError::BadRequest("WebSocket version 13 required".into()));
+    }
+    let key = headers
+        .get("sec-websocket-key")
+        .ok_or_else(|| ApiError::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
@@ -98,6 +99,16 @@ pub async fn upgrade<B: RequestBody>(
         HeaderValue::from_str(&accept).unwrap(),
     );
     Ok(response)
+}
+
+/// The budgets of a server-side WebSocket (see the constants above).
+pub fn websocket_config(body_limit: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(Some(body_limit))
+        .max_frame_size(Some(body_limit))
 }
 
 fn text(bytes: &Bytes) -> Frame {

@@ -1,0 +1,244 @@
+//! Bayeux on `/cometd`: `long-polling` (POST a JSON batch), `callback-polling` (GET with
+//! `message=` and `jsonp=`) and `websocket` (upgrade on the same path). The protocol itself is
+//! `halley_engine::bayeux`; this module only frames it.
+
+mod ws;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use halley_engine::bayeux::{Connect, Handled};
+use halley_proto::Message;
+use halley_proto::bayeux::{BayeuxMessage, parse_batch};
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderValue, SET_COOKIE, UPGRADE};
+use hyper::{Method, Request, Response};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::body::{Body, RequestBody, full};
+use crate::error::ApiError;
+use crate::metrics::{Kind, Open};
+use crate::publish::read_body;
+use crate::query::{Query, valid_callback};
+use crate::transport::held_headers;
+
+const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
+
+pub async fn handle<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let upgrade = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    match *request.method() {
+        Method::GET if upgrade => ws::upgrade(app, request).await,
+        Method::GET => callback_polling(app, request).await,
+        Method::POST => long_polling(app, request).await,
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+async fn long_polling<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let browser = browser_id(request.headers());
+    let body = read_body(app, request).await?;
+    let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (out, new_browser) = process(app, batch, browser, Kind::LongPoll).await;
+    let mut response = Response::new(full(out.freeze()));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    held_headers(headers, false);
+    set_browser_cookie(headers, new_browser);
+    Ok(response)
+}
+
+async fn callback_polling<B: RequestBody>(
+    app: &Arc<App>,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let callback = query.get("jsonp").unwrap_or("");
+    if !valid_callback(callback) {
+        return Err(ApiError::BadRequest(
+            "jsonp must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$".into(),
+        ));
+    }
+    app.origins.check_embedding(request.headers())?;
+    let message = query
+        .get("message")
+        .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
+    if message.len() > app.config.body_limit {
+        return Err(ApiError::TooLarge(app.config.body_limit));
+    }
+    let batch = parse_batch(message.as_bytes()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let browser = browser_id(request.headers());
+    let (out, new_browser) = process(app, batch, browser, Kind::Jsonp).await;
+    let mut body = BytesMut::with_capacity(out.len() + callback.len() + 8);
+    body.put_slice(b"/**/");
+    body.put_slice(callback.as_bytes());
+    body.put_u8(b'(');
+    body.put_slice(&out);
+    body.put_slice(b");");
+    let mut response = Response::new(full(body.freeze()));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript;charset=UTF-8"),
+    );
+    held_headers(headers, false);
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    set_browser_cookie(headers, new_browser);
+    Ok(response)
+}
+
+/// Runs a batch: everything is answered in order, except a `/meta/connect`, which is held last
+/// and answered together with the messages it collected. Returns the JSON array and, when the
+/// request had no browser cookie, the id to set.
+async fn process(
+    app: &Arc<App>,
+    batch: Vec<BayeuxMessage>,
+    browser: Option<String>,
+    kind: Kind,
+) -> (BytesMut, Option<String>) {
+    let mut out = Output::default();
+    let mut connect: Option<Connect> = None;
+    let mut handshaken = false;
+    for message in batch {
+        match app.bayeux.handle(message).await {
+            Handled::Reply(reply) => {
+                handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
+                out.reply(&reply);
+            }
+            Handled::Connect(c) => {
+                // Two connects in one batch: the earlier one is answered at once.
+                if let Some(earlier) = connect.replace(c) {
+                    out.reply(&app.bayeux.connect_reply(&earlier, false));
+                }
+            }
+        }
+    }
+    let new_browser = (handshaken && browser.is_none()).then(new_browser_id);
+    if let Some(connect) = connect {
+        let _open = Open::new(&app.metrics, kind);
+        let slot = browser.as_deref().and_then(|b| BrowserSlot::take(app, b));
+        let exclusive = browser.is_none() || slot.is_some();
+        let (messages, mut reply) = app
+            .bayeux
+            .hold(connect, exclusive, app.shutdown.cancelled())
+            .await;
+        drop(slot);
+        if !exclusive && reply.successful == Some(true) {
+            let advice = reply.advice.get_or_insert_with(Default::default);
+            advice.insert("multiple-clients".into(), Value::Bool(true));
+            advice.insert(
+                "interval".into(),
+                (app.config.multiple_clients_interval.as_millis() as u64).into(),
+            );
+        }
+        for m in &messages {
+            out.data(m);
+        }
+        out.reply(&reply);
+    }
+    (out.finish(), new_browser)
+}
+
+/// A JSON array being written.
+#[derive(Default)]
+struct Output {
+    buf: BytesMut,
+}
+
+impl Output {
+    fn sep(&mut self) {
+        self.buf
+            .put_u8(if self.buf.is_empty() { b'[' } else { b',' });
+    }
+
+    fn reply(&mut self, reply: &BayeuxMessage) {
+        self.sep();
+        self.buf.put_slice(reply.to_json().as_bytes());
+    }
+
+    /// A delivered message is `{"channel","id","data"}`, which is already a valid Bayeux data
+    /// message, so the cached encoding is reused as is.
+    fn data(&mut self, message: &Message) {
+        self.sep();
+        self.buf.put_slice(message.json_object());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn finish(mut self) -> BytesMut {
+        if self.buf.is_empty() {
+            self.buf.put_u8(b'[');
+        }
+        self.buf.put_u8(b']');
+        self.buf
+    }
+}
+
+fn browser_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == BROWSER_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+}
+
+fn new_browser_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn set_browser_cookie(headers: &mut HeaderMap, id: Option<String>) {
+    if let Some(value) = id.and_then(|id| {
+        HeaderValue::from_str(&format!(
+            "{BROWSER_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
+        ))
+        .ok()
+    }) {
+        headers.insert(SET_COOKIE, value);
+    }
+}
+
+/// The one held connect a browser is allowed; released on drop.
+struct BrowserSlot<'a> {
+    app: &'a App,
+    id: String,
+}
+
+impl<'a> BrowserSlot<'a> {
+    fn take(app: &'a App, id: &str) -> Option<BrowserSlot<'a>> {
+        let mut browsers = app.browsers.lock().unwrap_or_else(|e| e.into_inner());
+        let held = browsers.entry(id.to_string()).or_insert(0);
+        if *held > 0 {
+            return None;
+        }
+        *held += 1;
+        Some(BrowserSlot {
+            app,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for BrowserSlot<'_> {
+    fn drop(&mut self) {
+        let mut browsers = self.app.browsers.lock().unwrap_or_else(|e| e.into_inner());
+        browsers.remove(&self.id);
+    }
+}

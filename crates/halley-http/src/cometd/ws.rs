@@ -1,0 +1,176 @@
+//! Bayeux over WebSocket: batches in both directions as text frames. Messages are pushed as
+//! they arrive; a `/meta/connect` is held (answered after its timeout, or at once when a newer
+//! connect, a disconnect or shutdown comes) without holding up delivery.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use halley_engine::bayeux::{Connect, Handled, MAX_DELIVERY_BATCH, Session};
+use halley_proto::bayeux::parse_batch;
+use hyper::{Request, Response};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+
+use super::Output;
+use crate::app::App;
+use crate::body::{Body, RequestBody};
+use crate::error::ApiError;
+use crate::metrics::{Kind, Open};
+use crate::transport::{accept_websocket, websocket_config};
+
+pub async fn upgrade<B: RequestBody>(
+    app: &Arc<App>,
+    mut request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let response = accept_websocket(request.headers())?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let slot = request
+        .extensions_mut()
+        .remove::<Arc<crate::server::Slot>>();
+    let task_app = app.clone();
+    let open = Open::new(&app.metrics, Kind::WebSocket);
+    app.tracker.spawn(async move {
+        let _held = (open, slot);
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(
+                    io,
+                    Role::Server,
+                    Some(websocket_config(task_app.config.body_limit)),
+                )
+                .await;
+                run(&task_app, ws).await;
+            }
+            Err(error) => tracing::debug!(%error, "cometd websocket upgrade failed"),
+        }
+    });
+    Ok(response)
+}
+
+fn text(out: Output) -> Frame {
+    // Output holds JSON built from Rust strings: valid UTF-8.
+    Frame::Text(Utf8Bytes::try_from(Bytes::from(out.finish())).unwrap())
+}
+
+/// A connect held on this socket.
+struct Held {
+    connect: Connect,
+    deadline: Instant,
+}
+
+async fn run<S>(app: &App, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let mut session: Option<Arc<Session>> = None;
+    let mut held: Option<Held> = None;
+    // Whether a connect was already seen on this socket: the first one after a reconnect
+    // resends every unacknowledged message, later ones only closed-but-unacked batches.
+    let mut connected_here = false;
+    loop {
+        let delivering = session.clone().filter(|_| connected_here);
+        let deadline = held.as_ref().map(|h| h.deadline);
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                if let Some(h) = held.take() {
+                    let mut out = Output::default();
+                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
+                    let _ = tx.send(text(out)).await;
+                }
+                let _ = tx.send(Frame::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: Utf8Bytes::from_static("server shutting down; reconnect"),
+                }))).await;
+                break;
+            }
+            frame = rx.next() => {
+                let body = match frame {
+                    Some(Ok(Frame::Text(body))) => body,
+                    Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                let batch = match parse_batch(body.as_bytes()) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Frame::Close(Some(CloseFrame {
+                            code: CloseCode::Invalid,
+                            reason: Utf8Bytes::from(e.to_string()),
+                        }))).await;
+                        break;
+                    }
+                };
+                let mut out = Output::default();
+                let mut disconnected = false;
+                for message in batch {
+                    match app.bayeux.handle(message).await {
+                        Handled::Reply(reply) => {
+                            disconnected |= reply.channel == "/meta/disconnect"
+                                && reply.successful == Some(true);
+                            out.reply(&reply);
+                        }
+                        Handled::Connect(connect) => {
+                            if let Some(earlier) = held.take() {
+                                out.reply(&app.bayeux.connect_reply(&earlier.connect, false));
+                            }
+                            let guard = connect.session.begin_connect(connect.ack, !connected_here);
+                            for m in &guard.resend {
+                                out.data(m);
+                            }
+                            drop(guard);
+                            connected_here = true;
+                            session = Some(connect.session.clone());
+                            held = Some(Held { deadline: Instant::now() + connect.timeout, connect });
+                        }
+                    }
+                }
+                if disconnected {
+                    if let Some(h) = held.take() {
+                        out.reply(&app.bayeux.connect_reply(&h.connect, true));
+                    }
+                    let _ = tx.send(text(out)).await;
+                    let _ = tx.send(Frame::Close(None)).await;
+                    break;
+                }
+                if !out.is_empty() && tx.send(text(out)).await.is_err() {
+                    break;
+                }
+            }
+            batch = async { delivering.unwrap().next_batch(MAX_DELIVERY_BATCH).await }, if delivering.is_some() => {
+                let current = session.clone().unwrap();
+                let mut out = Output::default();
+                for m in &batch.messages {
+                    out.data(m);
+                }
+                let within_budget = current.record_sent(&batch.messages);
+                if batch.ended || !within_budget || current.is_closed() {
+                    if let Some(h) = held.take() {
+                        out.reply(&app.bayeux.connect_reply(&h.connect, true));
+                    }
+                    let _ = tx.send(text(out)).await;
+                    session = None;
+                    connected_here = false;
+                    continue;
+                }
+                if !out.is_empty() && tx.send(text(out)).await.is_err() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if let Some(h) = held.take() {
+                    let mut out = Output::default();
+                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
+                    if tx.send(text(out)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

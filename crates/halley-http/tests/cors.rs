@@ -1,0 +1,251 @@
+//! The origin allowlist: CORS headers for allowed origins, 403 for others, preflights, and
+//! the same decision for WebSocket upgrades and script/iframe-loaded transports (by `Referer`).
+
+mod common;
+
+use common::{Open, TestServer};
+use http_body_util::Full;
+use serde_json::Value;
+
+const GOOD: &str = "http://good.example";
+const EVIL: &str = "http://evil.example";
+
+/// Request headers, as (name, value) pairs.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// (method, path, request headers, expectation)
+type Case<'a> = (&'a str, &'a str, Headers<'a>, Expect<'a>);
+
+async fn any_origin() -> TestServer {
+    TestServer::start().await
+}
+
+async fn restricted() -> TestServer {
+    TestServer::with(|http, _| http.allowed_origins = vec![GOOD.into()]).await
+}
+
+/// What a response must say about CORS.
+#[derive(Debug, Clone, Copy)]
+enum Expect<'a> {
+    /// The status, and the `Access-Control-Allow-Origin` value (None: absent).
+    Allowed(u16, Option<&'a str>),
+    /// 403 with a JSON error.
+    Refused,
+}
+
+/// Sends `method path` with `headers` and checks the status and CORS headers of the answer
+/// (only the head is awaited, so this works for held and streaming responses too).
+async fn check(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    expect: Expect<'_>,
+) {
+    let mut request = s.request(method, path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut open: Open = s.open(request.body(Full::default()).unwrap()).await;
+    let what = format!("{method} {path} {headers:?}");
+    match expect {
+        Expect::Refused => {
+            assert_eq!(open.status, 403, "{what}");
+            let body: Value = serde_json::from_str(&open.rest().await).unwrap();
+            assert!(body["error"].is_string(), "{what}: {body}");
+            assert_eq!(open.header("access-control-allow-origin"), None, "{what}");
+        }
+        Expect::Allowed(status, acao) => {
+            assert_eq!(open.status, status, "{what}");
+            assert_eq!(open.header("access-control-allow-origin"), acao, "{what}");
+            let vary_origin = open
+                .headers
+                .get_all("vary")
+                .iter()
+                .any(|v| v.to_str().unwrap().to_ascii_lowercase().contains("origin"));
+            // An echoed origin makes the response depend on the request's Origin.
+            let echoed = acao.is_some_and(|a| a != "*");
+            assert_eq!(vary_origin, echoed, "{what}: Vary");
+            if acao.is_some() {
+                let exposed = open.header("access-control-expose-headers").unwrap_or("");
+                assert!(exposed.contains("X-Halley-Last-Id"), "{what}: {exposed}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn any_origin_gets_a_wildcard_allow_origin() {
+    let s = any_origin().await;
+    let from = [("origin", "http://x.example")];
+    let cases: &[Case] = &[
+        ("GET", "/healthz", &from, Expect::Allowed(200, Some("*"))),
+        ("GET", "/healthz", &[], Expect::Allowed(200, None)),
+        ("POST", "/pub/a", &from, Expect::Allowed(200, Some("*"))),
+        // Refusals carry CORS headers too, so that the page can read why.
+        ("POST", "/pub/a/*", &from, Expect::Allowed(400, Some("*"))),
+        (
+            "GET",
+            "/sub/a?transport=sse",
+            &from,
+            Expect::Allowed(200, Some("*")),
+        ),
+        (
+            "GET",
+            "/sub/a?transport=jsonp&callback=f",
+            &[],
+            Expect::Allowed(200, None),
+        ),
+        (
+            "GET",
+            "/sub/a?transport=iframe&callback=f",
+            &[],
+            Expect::Allowed(200, None),
+        ),
+        (
+            "OPTIONS",
+            "/pub/a",
+            &[
+                ("origin", "http://x.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            Expect::Allowed(204, Some("*")),
+        ),
+    ];
+    for &(method, path, headers, expect) in cases {
+        check(&s, method, path, headers, expect).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restricted_allowlist_echoes_allowed_origins_and_refuses_others() {
+    let s = restricted().await;
+    let good = [("origin", GOOD)];
+    let evil = [("origin", EVIL)];
+    let cases: &[Case] = &[
+        ("GET", "/healthz", &good, Expect::Allowed(200, Some(GOOD))),
+        ("GET", "/healthz", &evil, Expect::Refused),
+        ("GET", "/healthz", &[("origin", "null")], Expect::Refused),
+        (
+            "GET",
+            "/healthz",
+            &[("origin", "http://good.example.evil.example")],
+            Expect::Refused,
+        ),
+        (
+            "GET",
+            "/healthz",
+            &[("origin", "https://good.example")],
+            Expect::Refused,
+        ),
+        ("GET", "/healthz", &[], Expect::Allowed(200, None)),
+        ("POST", "/pub/a", &good, Expect::Allowed(200, Some(GOOD))),
+        ("POST", "/pub/a", &evil, Expect::Refused),
+        (
+            "GET",
+            "/sub/a?transport=sse",
+            &good,
+            Expect::Allowed(200, Some(GOOD)),
+        ),
+        ("GET", "/sub/a?transport=sse", &evil, Expect::Refused),
+        ("GET", "/sub/a", &evil, Expect::Refused),
+    ];
+    for &(method, path, headers, expect) in cases {
+        check(&s, method, path, headers, expect).await;
+    }
+    // A page served by Halley itself (the chat demo) is same-origin.
+    let same = format!("http://{}", s.addr);
+    let expect = Expect::Allowed(200, Some(&same));
+    check(&s, "GET", "/healthz", &[("origin", &same)], expect).await;
+    // Only the allowed publish went through.
+    assert_eq!(s.metric("halley_messages_published_total").await, 1);
+}
+
+#[tokio::test]
+async fn preflights_answer_for_allowed_origins_only() {
+    let s = restricted().await;
+    let preflight = |origin: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+        ]
+    };
+    check(
+        &s,
+        "OPTIONS",
+        "/pub/a",
+        &preflight(GOOD),
+        Expect::Allowed(204, Some(GOOD)),
+    )
+    .await;
+    check(&s, "OPTIONS", "/pub/a", &preflight(EVIL), Expect::Refused).await;
+
+    let mut request = s.request("OPTIONS", "/pub/a");
+    for (name, value) in preflight(GOOD) {
+        request = request.header(name, value);
+    }
+    let reply = s
+        .send(
+            request
+                .header(
+                    "access-control-request-headers",
+                    "content-type, x-halley-key",
+                )
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    let methods = reply.header("access-control-allow-methods").unwrap();
+    for method in ["GET", "POST", "PUT"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let headers = reply
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("x-halley-key"), "{headers}");
+    assert!(reply.body.is_empty());
+}
+
+#[tokio::test]
+async fn websocket_upgrades_honour_the_allowlist() {
+    let s = restricted().await;
+    let refused = s.ws_with("/sub/a", &[("origin", EVIL)]).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        Err(other) => panic!("expected an HTTP 403, got {other}"),
+        Ok(_) => panic!("a WebSocket from a disallowed origin was upgraded"),
+    }
+    assert_eq!(s.subscribers("/a").await, 0);
+    s.ws_with("/sub/a", &[("origin", GOOD)]).await.unwrap();
+    // Non-browser clients send no Origin.
+    s.ws_with("/sub/a", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn script_and_iframe_transports_are_judged_by_referer() {
+    let s = restricted().await;
+    let from_good = [("referer", "http://good.example/page?x=1")];
+    let from_evil = [("referer", "http://evil.example/page")];
+    let lookalike = [("referer", "http://good.example.evil.example/")];
+    let jsonp = "/sub/a?transport=jsonp&callback=f";
+    let iframe = "/sub/a?transport=iframe&callback=f";
+    let cases: &[(&str, Headers, Expect)] = &[
+        (jsonp, &from_good, Expect::Allowed(200, None)),
+        (jsonp, &from_evil, Expect::Refused),
+        (jsonp, &lookalike, Expect::Refused),
+        (jsonp, &[], Expect::Refused),
+        (jsonp, &[("origin", GOOD)], Expect::Allowed(200, Some(GOOD))),
+        (iframe, &from_good, Expect::Allowed(200, None)),
+        (iframe, &from_evil, Expect::Refused),
+        (iframe, &[], Expect::Refused),
+        // Other transports are fetched by script, which sends Origin when cross-origin.
+        ("/sub/a?transport=stream", &[], Expect::Allowed(200, None)),
+    ];
+    for &(path, headers, expect) in cases {
+        check(&s, "GET", path, headers, expect).await;
+    }
+    s.assert_still_serving().await;
+}

@@ -1,0 +1,254 @@
+//! `POST`/`PUT /pub/{channel}`: bodies become message data, the answer names the message, bad
+//! requests get a JSON error (and the server keeps serving), the publish key is enforced.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestServer, message_object, parse_id, read_to_close, read_until};
+use http_body_util::Full;
+use serde_json::Value;
+
+const LIMIT: usize = 64;
+
+/// Request headers, as (name, value) pairs.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+async fn server() -> TestServer {
+    TestServer::with(|http, _| http.body_limit = LIMIT).await
+}
+
+/// Sends `method path` with `headers` and `body`; asserts the status (and for a refusal, the
+/// JSON error body); then asserts the server still serves.
+async fn check(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    status: u16,
+) -> Value {
+    let mut request = s.request(method, path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let reply = s
+        .send(
+            request
+                .body(Full::new(Bytes::copy_from_slice(body)))
+                .unwrap(),
+        )
+        .await;
+    if status == 200 {
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+    } else {
+        reply.expect_error(status);
+    }
+    s.assert_still_serving().await;
+    reply.json()
+}
+
+#[tokio::test]
+async fn bodies_become_message_data() {
+    let s = TestServer::start().await;
+    let mut sub = s.stream("/sub/p/a?transport=stream&format=json").await;
+    // (method, content type, body, the message's data as compact JSON)
+    let cases: &[(&str, Option<&str>, &str, &str)] = &[
+        ("POST", Some("text/plain"), "hello", r#""hello""#),
+        ("POST", None, "no type", r#""no type""#),
+        (
+            "PUT",
+            Some("text/plain; charset=utf-8"),
+            "héllo \"q\"",
+            r#""héllo \"q\"""#,
+        ),
+        ("POST", Some("text/plain"), r#"{"a":1}"#, r#""{\"a\":1}""#),
+        ("POST", Some("text/plain"), "", r#""""#),
+        ("POST", Some("text/plain"), "two\nlines", r#""two\nlines""#),
+        (
+            "POST",
+            Some("application/json"),
+            r#" { "a" : [1, 2] } "#,
+            r#"{"a":[1,2]}"#,
+        ),
+        (
+            "PUT",
+            Some("application/json; charset=utf-8"),
+            r#""s""#,
+            r#""s""#,
+        ),
+        ("POST", Some("Application/JSON"), "null", "null"),
+        (
+            "POST",
+            Some("application/vnd.x+json"),
+            "[1, true]",
+            "[1,true]",
+        ),
+        (
+            "POST",
+            Some("application/json"),
+            "12345678901234567890.50",
+            "12345678901234567890.50",
+        ),
+    ];
+    for &(method, content_type, body, data) in cases {
+        let mut request = s.request(method, "/pub/p/a");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let reply = s
+            .send(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await;
+        let id = reply.expect_published("/p/a");
+        assert_eq!(reply.json()["subscribers"], 1, "{body:?}");
+        assert_eq!(
+            sub.line().await,
+            message_object("/p/a", &id, data),
+            "{body:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_publishes_are_refused_with_a_json_error() {
+    let s = server().await;
+    let text = [("content-type", "text/plain")];
+    let json = [("content-type", "application/json")];
+    let over = vec![b'x'; LIMIT + 1];
+    // (method, path, headers, body, status)
+    let cases: &[(&str, &str, Headers, &[u8], u16)] = &[
+        ("POST", "/pub/a/*", &text, b"x", 400),
+        ("POST", "/pub/a/**", &text, b"x", 400),
+        ("POST", "/pub/a%20b", &text, b"x", 400),
+        ("POST", "/pub/a//b", &text, b"x", 400),
+        ("POST", "/pub/a/", &text, b"x", 400),
+        ("POST", "/pub/", &text, b"x", 400),
+        ("POST", "/pub", &text, b"x", 404),
+        ("POST", "/pub/a?b", &text, b"x", 200),
+        ("POST", "/pub/meta/x", &text, b"x", 400),
+        ("POST", "/pub/meta/subscribe", &json, b"{}", 400),
+        ("PUT", "/pub/service/x", &text, b"x", 400),
+        ("POST", "/pub/a", &json, b"{", 400),
+        ("POST", "/pub/a", &json, b"", 400),
+        ("POST", "/pub/a", &json, b"1 2", 400),
+        ("POST", "/pub/a", &json, b"\xff", 400),
+        ("POST", "/pub/a", &text, b"\xff\xfe", 400),
+        ("POST", "/pub/a", &[], b"\xc3", 400),
+        ("POST", "/pub/a", &text, &over, 413),
+        ("POST", "/pub/a", &text, &over[..LIMIT], 200),
+        ("GET", "/pub/x", &[], b"", 405),
+        ("DELETE", "/pub/x", &[], b"", 405),
+        ("PATCH", "/pub/x", &text, b"x", 405),
+    ];
+    for &(method, path, headers, body, status) in cases {
+        check(&s, method, path, headers, body, status).await;
+    }
+    let long = format!("/pub/{}", "a".repeat(255));
+    check(&s, "POST", &long, &text, b"x", 400).await;
+    check(&s, "POST", &long[..255 + 4], &text, b"x", 200).await;
+}
+
+/// A chunked body has no `Content-Length` to refuse early: the limit applies while reading.
+#[tokio::test]
+async fn body_limit_applies_to_chunked_bodies() {
+    let s = server().await;
+    let chunked = |size: usize| {
+        let half = "y".repeat(size / 2);
+        let rest = "y".repeat(size - size / 2);
+        format!(
+            "POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{half}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+            half.len(),
+            rest.len()
+        )
+    };
+    for (size, status) in [(LIMIT, "200"), (LIMIT + 1, "413"), (10 * LIMIT, "413")] {
+        let mut stream = s.raw_request(&chunked(size)).await;
+        let got = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")),
+            "{size}: {got:?}"
+        );
+        if status != "200" {
+            let body = got.split_once("\r\n\r\n").unwrap().1;
+            let error: Value = serde_json::from_str(body).unwrap();
+            assert!(error["error"].is_string(), "{body}");
+        }
+    }
+    s.assert_still_serving().await;
+}
+
+/// A declared `Content-Length` over the limit is refused before the body is read: the answer
+/// comes although the client never sends the body.
+#[tokio::test]
+async fn oversized_declared_bodies_are_refused_without_reading_them() {
+    let s = server().await;
+    let mut stream = s
+        .raw_request("POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await;
+    let got = read_until(&mut stream, b"}").await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got:?}");
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn publish_key_is_required_when_set() {
+    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    let text = ("content-type", "text/plain");
+    // (method, path, headers, status)
+    let cases: &[(&str, &str, Headers, u16)] = &[
+        ("POST", "/pub/a", &[text], 401),
+        ("POST", "/pub/a", &[text, ("x-halley-key", "nope")], 401),
+        ("POST", "/pub/a", &[text, ("x-halley-key", "")], 401),
+        ("POST", "/pub/a?key=nope", &[text], 401),
+        ("POST", "/pub/a?key=", &[text], 401),
+        ("POST", "/pub/a", &[text, ("x-halley-key", "k")], 200),
+        ("PUT", "/pub/a", &[text, ("x-halley-key", "k")], 200),
+        ("POST", "/pub/a?key=k", &[text], 200),
+        ("POST", "/pub/a?x=1&key=k", &[text], 200),
+    ];
+    for &(method, path, headers, status) in cases {
+        check(&s, method, path, headers, b"x", status).await;
+    }
+    // A key does not make a bad request good, nor a good key a refused channel.
+    check(&s, "POST", "/pub/a/*?key=k", &[text], b"x", 400).await;
+}
+
+#[tokio::test]
+async fn ids_are_opaque_and_grow_across_channels() {
+    let s = TestServer::start().await;
+    let mut last: Option<(u64, u64)> = None;
+    for channel in ["/x/1", "/x/2", "/x/1", "/y", "/x/2/deep"] {
+        let id = s.publish(channel, "m").await;
+        let (epoch, offset) = parse_id(&id);
+        if let Some((last_epoch, last_offset)) = last {
+            assert_eq!(epoch, last_epoch, "one epoch per server life");
+            assert!(offset > last_offset, "{id} after offset {last_offset}");
+        }
+        last = Some((epoch, offset));
+    }
+}
+
+#[tokio::test]
+async fn subscribers_counts_the_local_subscribers_it_was_queued_for() {
+    let s = TestServer::start().await;
+    let count = |reply: Value| reply["subscribers"].as_u64().unwrap();
+    let publish = |channel: &'static str| {
+        let s = &s;
+        async move {
+            count(
+                s.post(&format!("/pub{channel}"), "text/plain", "x")
+                    .await
+                    .json(),
+            )
+        }
+    };
+    assert_eq!(publish("/c/a").await, 0);
+    let _exact = s.stream("/sub/c/a?transport=sse").await;
+    let _one = s.stream("/sub/c/*?transport=stream").await;
+    let _any = s.ws("/sub/c/**").await;
+    let _other = s.stream("/sub/c/b?transport=sse").await;
+    assert_eq!(publish("/c/a").await, 3);
+    assert_eq!(publish("/c/a/deep").await, 1);
+    assert_eq!(publish("/d").await, 0);
+}

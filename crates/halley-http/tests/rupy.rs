@@ -1,0 +1,189 @@
+//! rupy compatibility: `/push` publishes `{"name","message"}`, `/pull` streams one line per
+//! message but never the puller's own, and `Head: less` strips the HTTP response entirely.
+
+mod common;
+
+use common::{Open, TestServer, read_to_close, read_until};
+use serde_json::{Value, json};
+
+async fn push(s: &TestServer, query: &str) -> String {
+    let reply = s.get(&format!("/push?{query}")).await;
+    assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// The line a pull carries: `{"name":…,"message":…}` as compact JSON, name first.
+fn line(name: &str, message: &str) -> String {
+    format!(r#"{{"name":{},"message":{}}}"#, json!(name), json!(message))
+}
+
+#[tokio::test]
+async fn pull_streams_lines_but_never_your_own() {
+    let s = TestServer::start().await;
+    let mut alice = s.stream("/pull?name=alice").await;
+    let mut bob = s.stream("/pull?name=bob").await;
+    for open in [&alice, &bob] {
+        assert_eq!(open.status, 200);
+        assert_eq!(
+            open.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(open.header("cache-control"), Some("no-cache"));
+    }
+    push(&s, "name=alice&message=hi").await;
+    push(&s, "name=bob&message=yo").await;
+    push(&s, "name=carol&message=end").await;
+    assert_eq!(alice.line().await, line("bob", "yo"));
+    assert_eq!(alice.line().await, line("carol", "end"));
+    assert_eq!(bob.line().await, line("alice", "hi"));
+    assert_eq!(bob.line().await, line("carol", "end"));
+}
+
+/// A name that is a prefix of another, or needs JSON escaping, must not confuse "own message".
+#[tokio::test]
+async fn own_messages_are_recognised_by_exact_name() {
+    let s = TestServer::start().await;
+    let mut al = s.stream("/pull?name=al").await;
+    let mut quoted = s.stream("/pull?name=a%22b").await;
+    push(&s, "name=alice&message=1").await;
+    push(&s, "name=a%22b&message=2").await;
+    push(&s, "name=al&message=3").await;
+    assert_eq!(al.line().await, line("alice", "1"));
+    assert_eq!(al.line().await, line("a\"b", "2"));
+    assert_eq!(quoted.line().await, line("alice", "1"));
+    assert_eq!(quoted.line().await, line("al", "3"));
+}
+
+#[tokio::test]
+async fn push_by_form_post_and_to_another_channel() {
+    let s = TestServer::start().await;
+    let mut room = s.stream("/pull?name=bob&channel=/room/1").await;
+    let mut talk = s.stream("/pull?name=bob").await;
+    let reply = s
+        .post(
+            "/push?channel=/room/1",
+            "application/x-www-form-urlencoded",
+            "name=alice&message=hello+world%21",
+        )
+        .await;
+    assert_eq!(reply.json()["channel"], "/room/1", "{}", reply.body);
+    push(&s, "name=carol&message=on+talk").await;
+    assert_eq!(room.line().await, line("alice", "hello world!"));
+    assert_eq!(talk.line().await, line("carol", "on talk"));
+}
+
+#[tokio::test]
+async fn pushes_reach_every_other_transport_as_objects() {
+    let s = TestServer::start().await;
+    let mut sub = s.stream("/sub/talk?transport=stream&format=json").await;
+    let id = push(&s, "name=alice&message=%3Cb%3E").await;
+    let message: Value = serde_json::from_str(&sub.line().await).unwrap();
+    assert_eq!(
+        message,
+        json!({"channel": "/talk", "id": id, "data": {"name": "alice", "message": "<b>"}})
+    );
+}
+
+#[tokio::test]
+async fn bad_pushes_and_pulls_are_refused() {
+    let s = TestServer::start().await;
+    let long = "n".repeat(halley_http::MAX_NAME + 1);
+    let cases = [
+        "/push?message=m".to_owned(),
+        "/push?name=&message=m".to_owned(),
+        "/push?name=a".to_owned(),
+        format!("/push?name={long}&message=m"),
+        "/push?name=a&message=m&channel=/a/*".to_owned(),
+        "/push?name=a&message=m&channel=/meta/x".to_owned(),
+        "/pull".to_owned(),
+        format!("/pull?name={long}"),
+        "/pull?name=a&channel=nope".to_owned(),
+        "/pull?name=a&last_id=bad".to_owned(),
+    ];
+    for path in cases {
+        let reply = s.get(&path).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        reply.expect_error(400);
+    }
+    let reply = s.post("/pull?name=a", "text/plain", "").await;
+    reply.expect_error(405);
+    assert_eq!(s.metric("halley_messages_published_total").await, 0);
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn push_needs_the_publish_key_when_one_is_set() {
+    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    s.get("/push?name=a&message=m").await.expect_error(401);
+    s.get("/push?name=a&message=m&key=x")
+        .await
+        .expect_error(401);
+    push(&s, "name=a&message=m&key=k").await;
+    let reply = s
+        .post(
+            "/push",
+            "application/x-www-form-urlencoded",
+            "name=a&message=m&key=k",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn pull_resumes_from_last_id() {
+    let s = TestServer::start().await;
+    let first = push(&s, "name=alice&message=1").await;
+    push(&s, "name=bob&message=2").await;
+    push(&s, "name=alice&message=3").await;
+    let mut open: Open = s.stream(&format!("/pull?name=bob&last_id={first}")).await;
+    assert_eq!(open.line().await, line("alice", "3"));
+}
+
+#[tokio::test]
+async fn head_less_pull_sends_no_status_line_and_no_headers() {
+    let s = TestServer::start().await;
+    let mut raw = s
+        .raw_request("GET /pull?name=bob HTTP/1.1\r\nHost: x\r\nHead: less\r\n\r\n")
+        .await;
+    // No headers to wait for: the subscription shows in the channel listing instead.
+    s.wait_subscribers("/talk", 1).await;
+    push(&s, "name=bob&message=mine").await;
+    push(&s, "name=alice&message=hi").await;
+    push(&s, "name=carol&message=yo").await;
+    let expected = format!("{}\n{}\n", line("alice", "hi"), line("carol", "yo"));
+    let got = read_until(&mut raw, expected.as_bytes()).await;
+    assert_eq!(String::from_utf8(got).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn head_less_pull_with_bad_input_sends_one_error_line_and_closes() {
+    let s = TestServer::start().await;
+    let mut raw = s
+        .raw_request("GET /pull?channel=/talk HTTP/1.1\r\nHead: less\r\n\r\n")
+        .await;
+    let got = String::from_utf8(read_to_close(&mut raw).await).unwrap();
+    let (first, rest) = got.split_once('\n').unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(rest, "");
+    let error: Value = serde_json::from_str(first).unwrap();
+    assert!(error["error"].is_string(), "{got:?}");
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn head_less_pull_ends_when_the_client_goes_away() {
+    let s = TestServer::start().await;
+    let raw = s
+        .raw_request("GET /pull?name=bob&channel=/gone HTTP/1.1\r\nHead: less\r\n\r\n")
+        .await;
+    s.wait_subscribers("/gone", 1).await;
+    drop(raw);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    for _ in 0..300 {
+        tick.tick().await;
+        if s.subscribers("/gone").await == 0 {
+            assert_eq!(s.metric("halley_subscribers{transport=\"pull\"}").await, 0);
+            return;
+        }
+    }
+    panic!("the headless pull outlived its client");
+}

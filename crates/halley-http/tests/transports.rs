@@ -1,0 +1,390 @@
+//! Every transport of `GET /sub/{channel}` delivers, in its own wire format, with the headers
+//! that keep proxies from buffering it; heartbeats; wildcards; WebSocket publishing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::wire::{STREAMING, Transport};
+use common::{TestServer, Ws, message_object, within, ws_json, ws_next};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// Messages every transport must carry intact: a string, JSON with a `<` (which the iframe must
+/// escape), and a multi-line string (which line transports must keep on one line).
+const DATA: [&str; 3] = [r#""hello""#, r#"{"k":[1,"</script>"]}"#, r#""one\ntwo""#];
+
+/// Opens `transport` on a fresh channel, publishes [`DATA`], and checks the exact bytes.
+async fn check_delivers(s: &TestServer, transport: Transport, channel: &str) {
+    let mut open = s
+        .stream_with(&transport.url(channel, &[]), transport.headers())
+        .await;
+    assert_eq!(open.status, 200, "{transport:?}");
+    assert_eq!(
+        open.header("content-type"),
+        Some(transport.content_type()),
+        "{transport:?}"
+    );
+    assert_eq!(
+        open.header("cache-control"),
+        Some("no-cache"),
+        "{transport:?}"
+    );
+    assert_eq!(
+        open.header("x-accel-buffering"),
+        Some("no"),
+        "{transport:?}"
+    );
+    assert_eq!(open.header("x-halley-gap"), None, "{transport:?}");
+    open.expect(&transport.preamble()).await;
+    for data in DATA {
+        let id = s.publish_json(channel, data).await;
+        open.expect(&transport.frame(channel, &id, data)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_streaming_transport_delivers_in_its_wire_format() {
+    let s = TestServer::start().await;
+    for (i, transport) in STREAMING.into_iter().enumerate() {
+        check_delivers(&s, transport, &format!("/t/{i}")).await;
+    }
+}
+
+// Older browsers render nothing of a forever-iframe until they have about 1 KiB.
+const _: () = assert!(halley_http::IFRAME_PADDING >= 1024);
+
+#[tokio::test]
+async fn iframe_preamble_pads_at_least_one_kib() {
+    let s = TestServer::start().await;
+    let mut open = s.stream(&Transport::Iframe.url("/t/pad", &[])).await;
+    let head = open.until("-->\n").await;
+    assert!(head.len() >= 1024, "preamble is only {} bytes", head.len());
+    assert!(head.starts_with("<!DOCTYPE html>"), "{head:?}");
+}
+
+#[tokio::test]
+async fn query_transport_wins_over_accept_header() {
+    let s = TestServer::start().await;
+    let mut open = s
+        .stream_with(
+            "/sub/t/q?transport=stream",
+            &[("accept", "text/event-stream")],
+        )
+        .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let id = s.publish("/t/q", "plain").await;
+    assert!(!id.is_empty());
+    open.expect("plain\n").await;
+}
+
+#[tokio::test]
+async fn longpoll_answers_with_the_message_that_arrives() {
+    let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;
+    for (i, path) in ["/sub/lp/0", "/sub/lp/1?transport=longpoll"]
+        .into_iter()
+        .enumerate()
+    {
+        let channel = format!("/lp/{i}");
+        let publisher = async {
+            s.wait_subscribers(&channel, 1).await;
+            s.publish_json(&channel, r#"{"n":1}"#).await
+        };
+        let (reply, id) = tokio::join!(s.get(path), publisher);
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{path}"
+        );
+        assert_eq!(reply.header("cache-control"), Some("no-cache"), "{path}");
+        assert_eq!(reply.header("x-accel-buffering"), Some("no"), "{path}");
+        assert_eq!(
+            reply.header("x-halley-last-id"),
+            Some(id.as_str()),
+            "{path}"
+        );
+        assert_eq!(
+            reply.body,
+            format!("[{}]", message_object(&channel, &id, r#"{"n":1}"#))
+        );
+    }
+}
+
+#[tokio::test]
+async fn longpoll_times_out_with_an_empty_batch_and_a_resume_position() {
+    let s = TestServer::start().await;
+    // The position is global: the last id published anywhere before the poll.
+    let before = s.publish("/elsewhere", "x").await;
+    let reply = s.get("/sub/lp/idle").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "[]");
+    assert_eq!(reply.header("x-halley-last-id"), Some(before.as_str()));
+    // Resuming from that position gets what was published after it, and only that.
+    let after = s.publish("/lp/idle", "y").await;
+    let reply = s.get(&format!("/sub/lp/idle?last_id={before}")).await;
+    assert_eq!(
+        reply.body,
+        format!("[{}]", message_object("/lp/idle", &after, r#""y""#))
+    );
+    assert_eq!(reply.header("x-halley-last-id"), Some(after.as_str()));
+}
+
+/// Splits `/**/f(<messages>,<meta>);` into its two arguments.
+fn jsonp_args(body: &str) -> (Value, Value) {
+    let inner = body
+        .strip_prefix("/**/f(")
+        .and_then(|b| b.strip_suffix(");"))
+        .unwrap_or_else(|| panic!("not a JSONP call: {body:?}"));
+    let args: Vec<Value> = serde_json::from_str(&format!("[{inner}]")).unwrap();
+    assert_eq!(args.len(), 2, "{body:?}");
+    (args[0].clone(), args[1].clone())
+}
+
+#[tokio::test]
+async fn jsonp_wraps_the_batch_in_the_callback() {
+    let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;
+    let publisher = async {
+        s.wait_subscribers("/jp/a", 1).await;
+        s.publish("/jp/a", "hi").await
+    };
+    let (reply, id) = tokio::join!(s.get("/sub/jp/a?transport=jsonp&callback=f"), publisher);
+    assert_eq!(reply.status, 200);
+    let content_type = reply.header("content-type").unwrap();
+    assert!(
+        content_type.starts_with("application/javascript"),
+        "{content_type}"
+    );
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(reply.header("x-accel-buffering"), Some("no"));
+    let (messages, meta) = jsonp_args(&reply.body);
+    assert_eq!(
+        messages,
+        json!([{"channel": "/jp/a", "id": id, "data": "hi"}])
+    );
+    assert_eq!(meta, json!({"last_id": id, "gap": false}));
+}
+
+#[tokio::test]
+async fn jsonp_times_out_with_an_empty_call() {
+    let s = TestServer::start().await;
+    let reply = s.get("/sub/jp/idle?transport=jsonp&callback=f").await;
+    assert_eq!(reply.status, 200);
+    let (messages, meta) = jsonp_args(&reply.body);
+    assert_eq!(messages, json!([]));
+    assert_eq!(meta["gap"], false);
+    assert!(meta["last_id"].is_string(), "{meta}");
+}
+
+#[tokio::test]
+async fn websocket_sends_one_text_frame_per_message() {
+    let s = TestServer::start().await;
+    let mut ws = s.ws("/sub/w/a").await;
+    for data in DATA {
+        let id = s.publish_json("/w/a", data).await;
+        match ws_next(&mut ws).await {
+            Frame::Text(text) => assert_eq!(text.as_str(), message_object("/w/a", &id, data)),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+async fn send_text(ws: &mut Ws, text: &str) {
+    within("websocket send", ws.send(Frame::text(text)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn websocket_frames_are_published_to_an_exact_channel() {
+    let s = TestServer::start().await;
+    let mut ws = s.ws("/sub/w/chat").await;
+    let mut other = s.stream("/sub/w/chat?transport=stream&format=json").await;
+    // (frame sent, data published): valid JSON stays JSON, anything else becomes a string.
+    let cases = [
+        (r#"{"x": [1, 2]}"#, json!({"x": [1, 2]})),
+        ("not json {", json!("not json {")),
+    ];
+    for (sent, data) in cases {
+        send_text(&mut ws, sent).await;
+        let own = ws_json(&mut ws).await;
+        assert_eq!(own["channel"], "/w/chat", "{own}");
+        assert_eq!(own["data"], data, "{own}");
+        let seen: Value = serde_json::from_str(&other.line().await).unwrap();
+        assert_eq!(seen, own, "another subscriber gets the same message");
+    }
+}
+
+#[tokio::test]
+async fn websocket_frames_on_a_wildcard_subscription_are_refused() {
+    let s = TestServer::start().await;
+    let mut ws = s.ws("/sub/w/*").await;
+    send_text(&mut ws, r#"{"x":1}"#).await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(reply["event"], "error", "{reply}");
+    assert_eq!(s.metric("halley_messages_published_total").await, 0);
+    // The subscription still works.
+    let id = s.publish("/w/x", "still here").await;
+    assert_eq!(ws_json(&mut ws).await["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn websocket_publishing_needs_the_publish_key_when_one_is_set() {
+    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    let mut without = s.ws("/sub/w/k").await;
+    send_text(&mut without, "no key").await;
+    assert_eq!(ws_json(&mut without).await["event"], "error");
+    let mut wrong = s.ws("/sub/w/k?key=nope").await;
+    send_text(&mut wrong, "wrong key").await;
+    assert_eq!(ws_json(&mut wrong).await["event"], "error");
+    assert_eq!(s.metric("halley_messages_published_total").await, 0);
+
+    let mut with = s.ws("/sub/w/k?key=k").await;
+    send_text(&mut with, "with key").await;
+    let own = ws_json(&mut with).await;
+    assert_eq!(own["data"], "with key", "{own}");
+    // Every subscriber of the channel gets it, including the ones that may not publish.
+    assert_eq!(ws_json(&mut without).await, own);
+    assert_eq!(ws_json(&mut wrong).await, own);
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats() {
+    let s = TestServer::with(|http, _| http.heartbeat_interval = Duration::from_millis(50)).await;
+    for (i, transport) in STREAMING.into_iter().enumerate() {
+        let mut open = s
+            .stream_with(
+                &transport.url(&format!("/hb/{i}"), &[]),
+                transport.headers(),
+            )
+            .await;
+        open.expect(&transport.preamble()).await;
+        open.expect(&transport.heartbeat()).await;
+        open.expect(&transport.heartbeat()).await;
+    }
+    let mut ws = s.ws("/sub/hb/ws").await;
+    use futures_util::StreamExt;
+    let frame = within("websocket ping", ws.next()).await.unwrap().unwrap();
+    assert!(
+        matches!(frame, Frame::Ping(_)),
+        "expected a ping, got {frame:?}"
+    );
+}
+
+/// Subscribes to `pattern`, publishes to each of `channels` in order, and checks which of them
+/// the subscriber saw (in order), using a final marker on `marker` (a channel the pattern
+/// matches) to know it saw everything.
+async fn check_wildcard(
+    s: &TestServer,
+    pattern: &str,
+    marker: &str,
+    channels: &[&str],
+    expected: &[&str],
+) {
+    let mut open = s
+        .stream(&format!("/sub{pattern}?transport=stream&format=json"))
+        .await;
+    for channel in channels {
+        s.publish(channel, channel).await;
+    }
+    s.publish(marker, "end").await;
+    let mut seen = Vec::new();
+    loop {
+        let message: Value = serde_json::from_str(&open.line().await).unwrap();
+        if message["data"] == "end" {
+            break;
+        }
+        seen.push(message["channel"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, expected, "{pattern}");
+}
+
+#[tokio::test]
+async fn wildcards_match_one_segment_or_any_depth() {
+    let s = TestServer::start().await;
+    let published = [
+        "/chat/a/b",
+        "/chat/a",
+        "/chatter/x",
+        "/other/a",
+        "/chat/b/c/d",
+    ];
+    let all = ["/chat/a/b", "/chat/a", "/chat/b/c/d"];
+    check_wildcard(&s, "/chat/*", "/chat/end", &published, &["/chat/a"]).await;
+    check_wildcard(&s, "/chat/**", "/chat/end", &published, &all).await;
+    check_wildcard(&s, "/chat/a/*", "/chat/a/end", &published, &["/chat/a/b"]).await;
+    check_wildcard(&s, "/chat/a", "/chat/a", &published, &["/chat/a"]).await;
+}
+
+#[tokio::test]
+async fn websocket_wildcard_subscription_gets_matching_channels() {
+    let s = TestServer::start().await;
+    let mut ws = s.ws("/sub/room/**").await;
+    s.publish("/lobby", "no").await;
+    let deep = s.publish("/room/1/a", "deep").await;
+    let frame = ws_json(&mut ws).await;
+    assert_eq!(
+        frame,
+        json!({"channel": "/room/1/a", "id": deep, "data": "deep"})
+    );
+}
+
+/// The data of each event in an SSE stream, parsed as the EventSource spec says: lines end
+/// with CRLF, LF or a lone CR; `data:` lines are joined with LF.
+fn sse_data(stream: &str) -> Vec<String> {
+    let normalised = stream.replace("\r\n", "\n").replace('\r', "\n");
+    let mut events = Vec::new();
+    let mut data: Option<String> = None;
+    for line in normalised.split('\n') {
+        if line.is_empty() {
+            events.extend(data.take());
+        } else if let Some(value) = line.strip_prefix("data:") {
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            data = Some(match data.take() {
+                Some(d) => format!("{d}\n{value}"),
+                None => value.to_owned(),
+            });
+        }
+    }
+    events
+}
+
+/// Publishes each text and checks what a spec-compliant EventSource makes of its event.
+async fn check_sse_data(cases: &[(&str, &str)]) {
+    let s = TestServer::start().await;
+    let mut open = s.stream("/sub/t/lines?transport=sse").await;
+    open.expect("retry: 2000\n\n").await;
+    for &(text, expected) in cases {
+        s.publish("/t/lines", text).await;
+        let event = open.until("\n\n").await;
+        assert_eq!(
+            sse_data(&event),
+            [expected],
+            "{text:?} was sent as {event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sse_data_survives_line_breaks() {
+    // (published text, what an EventSource must deliver: line breaks become LF)
+    check_sse_data(&[
+        ("one\ntwo", "one\ntwo"),
+        ("one\r\ntwo", "one\ntwo"),
+        ("trailing\n", "trailing\n"),
+        ("\n\nblank lines", "\n\nblank lines"),
+    ])
+    .await;
+}
+
+/// A lone CR ends a line in SSE, so `data: lone\rcr` reaches the page as "lone" and the rest
+/// is parsed as a field named "cr" (and dropped).
+#[tokio::test]
+async fn regression_sse_lone_carriage_return_truncates_data() {
+    check_sse_data(&[("lone\rcr", "lone\ncr")]).await;
+}

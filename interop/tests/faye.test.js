@@ -1,0 +1,66 @@
+// The Faye node client (npm faye), unmodified, and Faye ↔ CometD across protocols.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import faye from "faye";
+import { adapt } from "cometd-nodejs-client";
+import { CometD } from "cometd";
+import { startHalley, inbox, until, metric } from "./harness.js";
+
+adapt();
+
+let halley;
+before(async () => {
+  halley = await startHalley(["--hold-timeout", "5"]);
+});
+after(async () => {
+  await halley.stop();
+});
+
+function fayeClient(transport) {
+  const client = new faye.Client(halley.cometd, { timeout: 10, retry: 1 });
+  if (transport === "long-polling") {
+    client.disable("websocket");
+    client.disable("eventsource");
+  }
+  return client;
+}
+
+for (const transport of ["websocket", "long-polling"]) {
+  test(`faye ${transport}: handshake, subscribe, publish, receive, unsubscribe, disconnect`, async () => {
+    const client = fayeClient(transport);
+    const box = inbox();
+    const channel = `/faye/${transport.replace("-", "_")}`;
+    const sub = client.subscribe(channel, (m) => box.push(m));
+    await sub;
+    if (transport === "websocket") {
+      await until(
+        async () => (await metric(halley.base, 'halley_subscribers{transport="websocket"}')) >= 1,
+        "faye to move to websocket",
+      );
+    }
+    await client.publish(channel, { text: "hi from faye" });
+    assert.deepEqual(await box.next(), { text: "hi from faye" });
+    await sub.cancel();
+    await until(async () => {
+      const rows = await (await fetch(`${halley.base}/api/channels?prefix=${channel}`)).json();
+      return rows.every((r) => r.subscribers === 0);
+    }, "unsubscribe");
+    client.disconnect();
+  });
+}
+
+test("faye publishes, the official cometd client receives", async () => {
+  const cometd = new CometD();
+  cometd.configure({ url: halley.cometd, logLevel: "warn" });
+  await new Promise((resolve, reject) => cometd.handshake((r) => (r.successful ? resolve() : reject(r))));
+  const box = inbox();
+  await new Promise((resolve, reject) =>
+    cometd.subscribe("/cross/room", (m) => box.push(m), (r) => (r.successful ? resolve() : reject(r))),
+  );
+  const client = fayeClient("websocket");
+  await client.publish("/cross/room", { from: "faye" });
+  const message = await box.next();
+  assert.deepEqual(message.data, { from: "faye" });
+  client.disconnect();
+  await new Promise((resolve) => cometd.disconnect(resolve));
+});
