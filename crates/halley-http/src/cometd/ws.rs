@@ -11,44 +11,26 @@ use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
 use super::Output;
 use crate::app::App;
 use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
-use crate::metrics::{Kind, Open};
-use crate::transport::{accept_websocket, websocket_config};
+use crate::transport::{accept_websocket, spawn_upgraded};
 
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let slot = request
-        .extensions_mut()
-        .remove::<Arc<crate::server::Slot>>();
-    let task_app = app.clone();
-    let open = Open::new(&app.metrics, Kind::WebSocket);
-    app.tracker.spawn(async move {
-        let _held = (open, slot);
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(
-                    io,
-                    Role::Server,
-                    Some(websocket_config(task_app.config.body_limit)),
-                )
-                .await;
-                run(&task_app, ws).await;
-            }
-            Err(error) => tracing::debug!(%error, "cometd websocket upgrade failed"),
-        }
-    });
+    spawn_upgraded(
+        app,
+        &mut request,
+        |app, ws| async move { run(&app, ws).await },
+    );
     Ok(response)
 }
 

@@ -25,7 +25,7 @@ use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 
 pub use stream::{Wire, chunks, held_headers, stream_response};
-pub use ws::{accept_websocket, websocket_config};
+pub use ws::{accept_websocket, spawn_upgraded};
 
 pub async fn subscribe<B: RequestBody>(
     app: &Arc<App>,

@@ -49,30 +49,45 @@ pub async fn upgrade<B: RequestBody>(
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let sub = app.engine.subscribe(pattern, resume).await?;
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    // The connection's slot under the cap moves with the socket into the WebSocket task.
+    spawn_upgraded(app, &mut request, move |app, ws| async move {
+        run(&app, ws, sub, publish_to).await;
+    });
+    Ok(response)
+}
+
+/// The WebSocket a request upgrades into.
+pub type Upgraded = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
+/// drain waits for it) that carries the connection's slot under the cap and counts as an open
+/// WebSocket subscriber.
+pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
+where
+    F: FnOnce(Arc<App>, Upgraded) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let on_upgrade = hyper::upgrade::on(&mut *request);
     let slot = request
         .extensions_mut()
         .remove::<Arc<crate::server::Slot>>();
-    let task_app = app.clone();
     let open = Open::new(&app.metrics, Kind::WebSocket);
-    app.tracker.spawn(async move {
+    let app = app.clone();
+    app.clone().tracker.spawn(async move {
         let _held = (open, slot);
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = websocket_config(task_app.config.body_limit);
+                let config = websocket_config(app.config.body_limit);
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     Some(config),
                 )
                 .await;
-                run(&task_app, ws, sub, publish_to).await;
+                serve(app, ws).await;
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
-    Ok(response)
 }
 
 /// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer.
