@@ -84,6 +84,8 @@ fn reject(app: &App, error: ApiError) -> Response<Body> {
     error.into_response()
 }
 
+/// Each handler is boxed: a held request (long-poll, Bayeux connect) lives in this future, and
+/// unboxed it would be sized for the largest handler of all (4 KiB), not its own.
 async fn route<B: RequestBody>(
     app: &Arc<App>,
     request: Request<B>,
@@ -97,7 +99,7 @@ async fn route<B: RequestBody>(
             .strip_prefix(cometd.as_str())
             .is_some_and(|r| r.starts_with('/'))
     {
-        return cometd::handle(app, request).await;
+        return Box::pin(cometd::handle(app, request)).await;
     }
     // A segment boundary is required: `/publish/a` is not `/pub` + `lish/a`.
     let under = |prefix: &str| {
@@ -106,22 +108,22 @@ async fn route<B: RequestBody>(
     };
     if let Some(channel) = under("/pub") {
         return match method {
-            Method::POST | Method::PUT => publish::publish(app, channel, request).await,
+            Method::POST | Method::PUT => Box::pin(publish::publish(app, channel, request)).await,
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
     if let Some(channel) = under("/sub") {
         return match method {
-            Method::GET => transport::subscribe(app, channel, request).await,
+            Method::GET => Box::pin(transport::subscribe(app, channel, request)).await,
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
     match (method, path.as_str()) {
-        (Method::GET | Method::POST, "/push") => rupy::push(app, request).await,
-        (Method::GET, "/pull") => rupy::pull(app, request).await,
+        (Method::GET | Method::POST, "/push") => Box::pin(rupy::push(app, request)).await,
+        (Method::GET, "/pull") => Box::pin(rupy::pull(app, request)).await,
         (Method::GET, "/healthz") => Ok(ops::healthz(app)),
         (Method::GET, "/metrics") => Ok(ops::metrics(app)),
-        (Method::GET, "/api/channels") => ops::channels(app, &request).await,
+        (Method::GET, "/api/channels") => Box::pin(ops::channels(app, &request)).await,
         (_, "/push" | "/pull" | "/healthz" | "/metrics" | "/api/channels") => {
             Err(ApiError::MethodNotAllowed)
         }

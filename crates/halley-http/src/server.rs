@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use halley_engine::Engine;
 use halley_engine::bayeux::{AllowAll, Bayeux, BayeuxConfig, NoServices};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -230,23 +230,28 @@ async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Head {
 enum Route {
     /// rupy's `Head: less` pull, with its query string.
     HeadlessPull(String),
-    /// A bodiless subscriber `GET` served on the lean path.
+    /// A subscriber `GET`, or a Bayeux `POST` with a `Content-Length` body, served on the lean
+    /// path. The buffer read so far holds `head_len` bytes of head, then the start of the body;
+    /// `more` body bytes are still to be read.
     Lean {
-        request: Box<Request<Empty<Bytes>>>,
+        request: Box<Request<Full<Bytes>>>,
         keep_alive: bool,
         http10: bool,
+        head_len: usize,
+        more: usize,
     },
     /// Everything else: hyper serves the rest of the connection.
     Hyper,
 }
 
-fn classify(head: &[u8]) -> Route {
+fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(len)) = parsed.parse(head) else {
         return Route::Hyper;
     };
-    let (Some("GET"), Some(path), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    let (Some(method @ ("GET" | "POST")), Some(path), Some(version)) =
+        (parsed.method, parsed.path, parsed.version)
     else {
         return Route::Hyper;
     };
@@ -258,14 +263,37 @@ fn classify(head: &[u8]) -> Route {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
-    if route == "/pull" && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less")) {
+    if method == "GET"
+        && route == "/pull"
+        && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"))
+    {
         return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
     }
-    let lean_route = route.starts_with("/sub/") || route == "/pull";
-    let has_body = header("content-length").is_some_and(|v| v != b"0")
-        || header("transfer-encoding").is_some();
-    // Bytes after the head (a pipelined request) stay with hyper, which handles pipelining.
-    if !lean_route || has_body || header("upgrade").is_some() || len != head.len() {
+    let length =
+        header("content-length").map(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok());
+    let length = match length {
+        None => 0,
+        Some(Some(n)) => n,
+        // A malformed length: hyper answers it properly.
+        Some(None) => return Route::Hyper,
+    };
+    let cometd = route == cometd_path
+        || route
+            .strip_prefix(cometd_path)
+            .is_some_and(|r| r.starts_with('/'));
+    let lean_route = match method {
+        "GET" => (route.starts_with("/sub/") || route == "/pull") && length == 0,
+        // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
+        _ => cometd && length <= body_limit && header("expect").is_none(),
+    };
+    // Bytes beyond the body (a pipelined request) stay with hyper, which handles pipelining;
+    // chunked bodies and upgrades too.
+    let extra = head.len() - len;
+    if !lean_route
+        || header("transfer-encoding").is_some()
+        || header("upgrade").is_some()
+        || extra > length
+    {
         return Route::Hyper;
     }
     let connection = header("connection").map(|v| v.to_ascii_lowercase());
@@ -281,7 +309,11 @@ fn classify(head: &[u8]) -> Route {
         !has(b"close")
     };
     let mut builder = Request::builder()
-        .method(Method::GET)
+        .method(if method == "GET" {
+            Method::GET
+        } else {
+            Method::POST
+        })
         .uri(path)
         .version(if http10 {
             Version::HTTP_10
@@ -291,11 +323,13 @@ fn classify(head: &[u8]) -> Route {
     for h in parsed.headers.iter() {
         builder = builder.header(h.name, h.value);
     }
-    match builder.body(Empty::new()) {
+    match builder.body(Full::new(Bytes::new())) {
         Ok(request) => Route::Lean {
             request: Box::new(request),
             keep_alive,
             http10,
+            head_len: len,
+            more: length - extra,
         },
         // A header or URI that the http types refuse: let hyper give the proper error.
         Err(_) => Route::Hyper,
@@ -310,7 +344,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         // would make each idle subscriber carry ~6 KiB of space it never uses.
         let read = Box::pin(read_head(&mut stream, app.config.header_timeout));
         // An idle keep-alive connection waiting for its next request must not hold the drain.
-        let head = match tokio::select! {
+        let mut head = match tokio::select! {
             head = read => head,
             _ = app.shutdown.cancelled() => Head::Gone,
         } {
@@ -323,13 +357,27 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
             }
             Head::Complete(head) => head,
         };
-        match classify(&head) {
+        match classify(&head, &app.config.cometd_path, app.config.body_limit) {
             Route::HeadlessPull(query) => return Box::pin(raw_pull(&app, stream, &query)).await,
             Route::Lean {
-                request,
+                mut request,
                 keep_alive,
                 http10,
+                head_len,
+                more,
             } => {
+                let mut body = head.split_off(head_len);
+                if more > 0 {
+                    // A slow body is bounded like a slow head (slowloris).
+                    let reading = read_more(&mut stream, &mut body, more);
+                    match tokio::time::timeout(app.config.header_timeout, reading).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                if !body.is_empty() {
+                    *request.body_mut() = Full::new(body.freeze());
+                }
                 drop(head);
                 let handling = Box::pin(app::handle(app.clone(), *request));
                 let Some(response) = until_peer_closes(&stream, handling).await else {
@@ -379,6 +427,20 @@ async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc
             let _ = conn.await;
         }
     }
+}
+
+/// Reads exactly `more` bytes onto `buf`.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, more: usize) -> io::Result<()> {
+    let target = buf.len() + more;
+    buf.reserve(more);
+    while buf.len() < target {
+        // Never past the body: a pipelined request behind it stays in the socket.
+        let left = (target - buf.len()) as u64;
+        if (&mut *stream).take(left).read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 /// Resolves when the peer has closed its side (or the socket failed). Pending forever once
@@ -581,11 +643,14 @@ mod tests {
     use super::*;
 
     fn check(head: &str, expected: &str) {
-        let got = match classify(head.as_bytes()) {
+        let got = match classify(head.as_bytes(), "/cometd", 100) {
             Route::HeadlessPull(q) => format!("headless {q}"),
             Route::Lean {
-                keep_alive, http10, ..
-            } => format!("lean keep_alive={keep_alive} http10={http10}"),
+                keep_alive,
+                http10,
+                more,
+                ..
+            } => format!("lean keep_alive={keep_alive} http10={http10} more={more}"),
             Route::Hyper => "hyper".to_string(),
         };
         assert_eq!(got, expected, "{head:?}");
@@ -603,21 +668,21 @@ mod tests {
         );
         check(
             "GET /pull?name=a HTTP/1.1\r\nHost: x\r\n\r\n",
-            "lean keep_alive=true http10=false",
+            "lean keep_alive=true http10=false more=0",
         );
         check("GET /pullx HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
         check("POST /pull HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
         check(
             "GET /sub/a HTTP/1.1\r\nConnection: close\r\n\r\n",
-            "lean keep_alive=false http10=false",
+            "lean keep_alive=false http10=false more=0",
         );
         check(
             "GET /sub/a HTTP/1.0\r\n\r\n",
-            "lean keep_alive=false http10=true",
+            "lean keep_alive=false http10=true more=0",
         );
         check(
             "GET /sub/a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-            "lean keep_alive=true http10=true",
+            "lean keep_alive=true http10=true more=0",
         );
         check("GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "hyper");
         check("GET /sub/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n", "hyper");
@@ -628,6 +693,45 @@ mod tests {
         check("GET /pub/a HTTP/1.1\r\n\r\n", "hyper");
         check("GET /healthz HTTP/1.1\r\n\r\n", "hyper");
         check("garbage\r\n\r\n", "hyper");
+        // Bayeux long-polling: a POST on /cometd with a bounded Content-Length body.
+        let lean = "lean keep_alive=true http10=false";
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+            &format!("{lean} more=10"),
+        );
+        check(
+            "POST /cometd/connect HTTP/1.1\r\nContent-Length: 10\r\n\r\n[{}]",
+            &format!("{lean} more=6"),
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]",
+            &format!("{lean} more=0"),
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: 101\r\n\r\n",
+            "hyper",
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            "hyper",
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "hyper",
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            "hyper",
+        );
+        check(
+            "POST /cometd HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]GET /",
+            "hyper",
+        );
+        check(
+            "POST /cometdx HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "hyper",
+        );
+        check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
     }
 }
 
@@ -664,6 +768,19 @@ mod size_tests {
             std::mem::size_of_val(&writer)
         );
         drop(writer);
+        let request = Request::builder()
+            .uri("/cometd")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // A held long-poll or Bayeux connect lives in this future (it was 4 KiB before each
+        // handler was boxed in `route`).
+        let handling = app::handle(app.clone(), request);
+        assert!(
+            std::mem::size_of_val(&handling) < 1536,
+            "handle: {}",
+            std::mem::size_of_val(&handling)
+        );
+        drop(handling);
         let conn = connection(app.clone(), client, slot);
         assert!(
             std::mem::size_of_val(&conn) < 1024,
