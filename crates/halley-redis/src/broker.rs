@@ -21,8 +21,10 @@ use crate::{ECHO_TIMEOUT, RedisConfig};
 /// reply small; the total is bounded by `max_channels`.
 const SCAN_PAGE: usize = 1000;
 
-/// History reads sent per pipeline during a wildcard resume.
-const REPLAY_PIPELINE: usize = 256;
+/// Channel histories read per round trip during a wildcard resume. Each read returns up to
+/// `replay_limit + 1` messages, so a resume holds at most (this + 1) × `replay_limit`
+/// messages at once however many channels match; the newest `replay_limit` are kept.
+const REPLAY_PIPELINE: usize = 8;
 
 /// Key names. Streams carry the epoch in their names (see `scripts`).
 pub(crate) struct Keys {
@@ -383,8 +385,17 @@ impl Broker for RedisBroker {
         let oldest_ms = seq
             .now_ms
             .saturating_sub(s.engine.history_ttl.as_millis() as u64);
+        // Newest channels first: once `limit` messages are kept and the next channel's last
+        // message is older than all of them, the rest could only be truncated away.
+        let mut candidates = candidates;
+        candidates.sort_unstable_by_key(|(_, last)| std::cmp::Reverse(*last));
         let mut messages: Vec<Arc<Message>> = Vec::new();
         for chunk in candidates.chunks(REPLAY_PIPELINE) {
+            let oldest_kept = messages.first().map_or(0, |m| m.id.offset);
+            if messages.len() >= limit && chunk[0].1 < oldest_kept {
+                gap = true;
+                break;
+            }
             let mut pipe = redis::pipe();
             for (name, _) in chunk {
                 pipe.cmd("XREVRANGE")
@@ -411,11 +422,11 @@ impl Broker for RedisBroker {
                     &mut messages,
                 );
             }
-        }
-        messages.sort_unstable_by_key(|m| m.id.offset);
-        if messages.len() > limit {
-            messages.drain(..messages.len() - limit);
-            gap = true;
+            messages.sort_unstable_by_key(|m| m.id.offset);
+            if messages.len() > limit {
+                messages.drain(..messages.len() - limit);
+                gap = true;
+            }
         }
         Ok(Replay { messages, gap })
     }

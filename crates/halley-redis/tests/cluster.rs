@@ -318,3 +318,66 @@ async fn redis_going_back_in_time_starts_a_new_epoch() {
         .await;
     assert_eq!(s.header("x-halley-gap"), Some("true"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_resume_over_many_channels_keeps_the_newest_within_the_replay_limit() {
+    let redis = Redis::start().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| e.replay_limit = 5;
+    let a = Node::with(&redis, tweak).await;
+    let b = Node::with(&redis, tweak).await;
+    let first = a.publish_id("/w/start", "0").await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            node.publish_id(&format!("/w/{}", i % 20), &i.to_string())
+                .await,
+        );
+    }
+    let within_limit = &ids[34];
+    let s = b
+        .stream(
+            &format!("/sub/w/**?transport=stream&format=json&last_id={within_limit}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), None, "5 messages fit the limit");
+
+    let mut s = b
+        .stream(
+            &format!("/sub/w/**?transport=stream&format=json&last_id={first}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+    assert_eq!(s.json_line().await["event"], "gap");
+    for id in &ids[35..] {
+        assert_eq!(s.json_line().await["id"].as_str(), Some(&**id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_history_is_forgotten_and_resumes_from_before_get_a_gap() {
+    let redis = Redis::start().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| e.history_ttl = Duration::from_secs(1);
+    let a = Node::with(&redis, tweak).await;
+    let b = Node::with(&redis, tweak).await;
+    let id0 = a.publish_id("/e/a", "0").await;
+    b.publish_id("/e/b", "1").await;
+    // The sweep (every second in these tests) forgets channels whose history expired.
+    eventually(WAIT, "expired channels forgotten", || async {
+        let rows = b.get("/api/channels?prefix=/e/").await.json();
+        rows.as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    let id2 = a.publish_id("/e/c", "2").await;
+    let mut s = b
+        .stream(
+            &format!("/sub/e/**?transport=stream&format=json&last_id={id0}"),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+    assert_eq!(s.json_line().await["event"], "gap");
+    assert_eq!(s.json_line().await["id"].as_str(), Some(&*id2));
+}
