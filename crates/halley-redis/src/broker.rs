@@ -111,6 +111,177 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .position
     }
+
+    async fn seq(&self, conn: &mut MultiplexedConnection) -> Result<Seq, BrokerError> {
+        let s = self;
+        let (time, seq): (redis::Value, redis::Value) = redis::pipe()
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(&s.keys.seq)
+            .arg(&["epoch", "offset", "forgotten"])
+            .query_async(conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let parse = || -> Result<Seq, reply::Malformed> {
+            let mut time = reply::array(time)?.into_iter();
+            let (Some(secs), Some(micros)) = (time.next(), time.next()) else {
+                return Err(reply::Malformed("TIME"));
+            };
+            let now_ms = reply::number(secs)? * 1000 + reply::number(micros)? / 1000;
+            let mut seq = reply::array(seq)?.into_iter();
+            let epoch = match seq.next().map(reply::optional_text).transpose()?.flatten() {
+                Some(hex) => {
+                    Some(u64::from_str_radix(&hex, 16).map_err(|_| reply::Malformed("epoch"))?)
+                }
+                None => None,
+            };
+            let mut number = || -> Result<u64, reply::Malformed> {
+                match seq.next().map(reply::optional_text).transpose()?.flatten() {
+                    Some(n) => n.parse().map_err(|_| reply::Malformed("offset")),
+                    None => Ok(0),
+                }
+            };
+            let offset = number()?;
+            let forgotten = number()?;
+            Ok(Seq {
+                now_ms,
+                epoch,
+                offset,
+                forgotten,
+            })
+        };
+        parse().map_err(|e| s.unavailable(e))
+    }
+
+    /// Channels (with their last offsets) whose last message is after `from`, newest last.
+    async fn changed_since(
+        &self,
+        conn: &mut MultiplexedConnection,
+        from: u64,
+    ) -> Result<Vec<(String, u64)>, BrokerError> {
+        let s = self;
+        let mut out = Vec::new();
+        let mut floor = from;
+        while out.len() < s.engine.max_channels {
+            let page: redis::Value = redis::cmd("ZRANGEBYSCORE")
+                .arg(&s.keys.last)
+                .arg(format!("({floor}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SCAN_PAGE)
+                .query_async(conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            let page = reply::pairs(page).map_err(|e| s.unavailable(e))?;
+            let full = page.len() == SCAN_PAGE;
+            // Scores are unique (each is the offset of a different message), so paging by
+            // score neither skips nor repeats a channel.
+            if let Some((_, score)) = page.last() {
+                floor = *score;
+            }
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything after `after` on channels matching `pattern` (see [`Broker::replay`]).
+    pub async fn replay(
+        &self,
+        conn: &mut MultiplexedConnection,
+        pattern: &Pattern,
+        after: MessageId,
+    ) -> Result<Replay, BrokerError> {
+        let s = self;
+        let seq = self.seq(conn).await?;
+        let Some(epoch) = seq.epoch else {
+            // Redis has no epoch: its data is gone and nothing was published since.
+            return Ok(Replay {
+                messages: Vec::new(),
+                gap: true,
+            });
+        };
+        let same_epoch = after.epoch == epoch;
+        let mut gap = !same_epoch || after.offset > seq.offset;
+        let from = if same_epoch {
+            after.offset.min(seq.offset)
+        } else {
+            0
+        };
+        if same_epoch && seq.forgotten > from {
+            gap = true;
+        }
+        let candidates: Vec<(String, u64)> = match pattern.exact() {
+            Some(channel) => {
+                let last: Option<u64> = redis::cmd("ZSCORE")
+                    .arg(&s.keys.last)
+                    .arg(channel.as_str())
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| s.unavailable(e))?;
+                last.filter(|l| *l > from)
+                    .map(|l| (channel.to_string(), l))
+                    .into_iter()
+                    .collect()
+            }
+            None => self
+                .changed_since(conn, from)
+                .await?
+                .into_iter()
+                .filter(|(name, _)| Channel::parse(name).is_ok_and(|c| pattern.matches(&c)))
+                .collect(),
+        };
+        let limit = s.engine.replay_limit;
+        let oldest_ms = seq
+            .now_ms
+            .saturating_sub(s.engine.history_ttl.as_millis() as u64);
+        // Newest channels first: once `limit` messages are kept and the next channel's last
+        // message is older than all of them, the rest could only be truncated away.
+        let mut candidates = candidates;
+        candidates.sort_unstable_by_key(|(_, last)| std::cmp::Reverse(*last));
+        let mut messages: Vec<Arc<Message>> = Vec::new();
+        for chunk in candidates.chunks(REPLAY_PIPELINE) {
+            let oldest_kept = messages.first().map_or(0, |m| m.id.offset);
+            if messages.len() >= limit && chunk[0].1 < oldest_kept {
+                gap = true;
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for (name, _) in chunk {
+                pipe.cmd("XREVRANGE")
+                    .arg(s.keys.history(epoch, name))
+                    .arg("+")
+                    .arg(format!("(0-{from}"))
+                    .arg("COUNT")
+                    .arg(limit + 1);
+            }
+            let replies: Vec<redis::Value> =
+                pipe.query_async(conn).await.map_err(|e| s.unavailable(e))?;
+            for ((name, _last), value) in chunk.iter().zip(replies) {
+                let entries = reply::entries(value).map_err(|e| s.unavailable(e))?;
+                let channel = Channel::parse(name).map_err(|e| s.unavailable(e))?;
+                gap |= collect(
+                    &channel,
+                    epoch,
+                    from,
+                    oldest_ms,
+                    limit,
+                    entries,
+                    &mut messages,
+                );
+            }
+            messages.sort_unstable_by_key(|m| m.id.offset);
+            if messages.len() > limit {
+                messages.drain(..messages.len() - limit);
+                gap = true;
+            }
+        }
+        Ok(Replay { messages, gap })
+    }
 }
 
 /// The Redis broker. Dropping it (or [`RedisBroker::shutdown`]) stops its background task and
@@ -194,83 +365,6 @@ impl RedisBroker {
     pub fn node(&self) -> u64 {
         self.shared.node
     }
-
-    async fn seq(&self, conn: &mut MultiplexedConnection) -> Result<Seq, BrokerError> {
-        let s = &self.shared;
-        let (time, seq): (redis::Value, redis::Value) = redis::pipe()
-            .cmd("TIME")
-            .cmd("HMGET")
-            .arg(&s.keys.seq)
-            .arg(&["epoch", "offset", "forgotten"])
-            .query_async(conn)
-            .await
-            .map_err(|e| s.unavailable(e))?;
-        let parse = || -> Result<Seq, reply::Malformed> {
-            let mut time = reply::array(time)?.into_iter();
-            let (Some(secs), Some(micros)) = (time.next(), time.next()) else {
-                return Err(reply::Malformed("TIME"));
-            };
-            let now_ms = reply::number(secs)? * 1000 + reply::number(micros)? / 1000;
-            let mut seq = reply::array(seq)?.into_iter();
-            let epoch = match seq.next().map(reply::optional_text).transpose()?.flatten() {
-                Some(hex) => {
-                    Some(u64::from_str_radix(&hex, 16).map_err(|_| reply::Malformed("epoch"))?)
-                }
-                None => None,
-            };
-            let mut number = || -> Result<u64, reply::Malformed> {
-                match seq.next().map(reply::optional_text).transpose()?.flatten() {
-                    Some(n) => n.parse().map_err(|_| reply::Malformed("offset")),
-                    None => Ok(0),
-                }
-            };
-            let offset = number()?;
-            let forgotten = number()?;
-            Ok(Seq {
-                now_ms,
-                epoch,
-                offset,
-                forgotten,
-            })
-        };
-        parse().map_err(|e| s.unavailable(e))
-    }
-
-    /// Channels (with their last offsets) whose last message is after `from`, newest last.
-    async fn changed_since(
-        &self,
-        conn: &mut MultiplexedConnection,
-        from: u64,
-    ) -> Result<Vec<(String, u64)>, BrokerError> {
-        let s = &self.shared;
-        let mut out = Vec::new();
-        let mut floor = from;
-        while out.len() < s.engine.max_channels {
-            let page: redis::Value = redis::cmd("ZRANGEBYSCORE")
-                .arg(&s.keys.last)
-                .arg(format!("({floor}"))
-                .arg("+inf")
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(SCAN_PAGE)
-                .query_async(conn)
-                .await
-                .map_err(|e| s.unavailable(e))?;
-            let page = reply::pairs(page).map_err(|e| s.unavailable(e))?;
-            let full = page.len() == SCAN_PAGE;
-            // Scores are unique (each is the offset of a different message), so paging by
-            // score neither skips nor repeats a channel.
-            if let Some((_, score)) = page.last() {
-                floor = *score;
-            }
-            out.extend(page);
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// The sequence hash and Redis's clock, read together.
@@ -341,94 +435,8 @@ impl Broker for RedisBroker {
     }
 
     async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError> {
-        let s = &self.shared;
-        let mut conn = s.connection()?;
-        let seq = self.seq(&mut conn).await?;
-        let Some(epoch) = seq.epoch else {
-            // Redis has no epoch: its data is gone and nothing was published since.
-            return Ok(Replay {
-                messages: Vec::new(),
-                gap: true,
-            });
-        };
-        let same_epoch = after.epoch == epoch;
-        let mut gap = !same_epoch || after.offset > seq.offset;
-        let from = if same_epoch {
-            after.offset.min(seq.offset)
-        } else {
-            0
-        };
-        if same_epoch && seq.forgotten > from {
-            gap = true;
-        }
-        let candidates: Vec<(String, u64)> = match pattern.exact() {
-            Some(channel) => {
-                let last: Option<u64> = redis::cmd("ZSCORE")
-                    .arg(&s.keys.last)
-                    .arg(channel.as_str())
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| s.unavailable(e))?;
-                last.filter(|l| *l > from)
-                    .map(|l| (channel.to_string(), l))
-                    .into_iter()
-                    .collect()
-            }
-            None => self
-                .changed_since(&mut conn, from)
-                .await?
-                .into_iter()
-                .filter(|(name, _)| Channel::parse(name).is_ok_and(|c| pattern.matches(&c)))
-                .collect(),
-        };
-        let limit = s.engine.replay_limit;
-        let oldest_ms = seq
-            .now_ms
-            .saturating_sub(s.engine.history_ttl.as_millis() as u64);
-        // Newest channels first: once `limit` messages are kept and the next channel's last
-        // message is older than all of them, the rest could only be truncated away.
-        let mut candidates = candidates;
-        candidates.sort_unstable_by_key(|(_, last)| std::cmp::Reverse(*last));
-        let mut messages: Vec<Arc<Message>> = Vec::new();
-        for chunk in candidates.chunks(REPLAY_PIPELINE) {
-            let oldest_kept = messages.first().map_or(0, |m| m.id.offset);
-            if messages.len() >= limit && chunk[0].1 < oldest_kept {
-                gap = true;
-                break;
-            }
-            let mut pipe = redis::pipe();
-            for (name, _) in chunk {
-                pipe.cmd("XREVRANGE")
-                    .arg(s.keys.history(epoch, name))
-                    .arg("+")
-                    .arg(format!("(0-{from}"))
-                    .arg("COUNT")
-                    .arg(limit + 1);
-            }
-            let replies: Vec<redis::Value> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| s.unavailable(e))?;
-            for ((name, _last), value) in chunk.iter().zip(replies) {
-                let entries = reply::entries(value).map_err(|e| s.unavailable(e))?;
-                let channel = Channel::parse(name).map_err(|e| s.unavailable(e))?;
-                gap |= collect(
-                    &channel,
-                    epoch,
-                    from,
-                    oldest_ms,
-                    limit,
-                    entries,
-                    &mut messages,
-                );
-            }
-            messages.sort_unstable_by_key(|m| m.id.offset);
-            if messages.len() > limit {
-                messages.drain(..messages.len() - limit);
-                gap = true;
-            }
-        }
-        Ok(Replay { messages, gap })
+        let mut conn = self.shared.connection()?;
+        self.shared.replay(&mut conn, pattern, after).await
     }
 
     async fn cursor(&self) -> Result<MessageId, BrokerError> {
@@ -436,7 +444,7 @@ impl Broker for RedisBroker {
             return Ok(position);
         }
         let mut conn = self.shared.connection()?;
-        let seq = self.seq(&mut conn).await?;
+        let seq = self.shared.seq(&mut conn).await?;
         let epoch = seq
             .epoch
             .ok_or_else(|| self.shared.unavailable("Redis has no epoch yet"))?;
@@ -446,7 +454,7 @@ impl Broker for RedisBroker {
     async fn channels(&self, prefix: &str) -> Result<Vec<ChannelEntry>, BrokerError> {
         let s = &self.shared;
         let mut conn = s.connection()?;
-        let Some(epoch) = self.seq(&mut conn).await?.epoch else {
+        let Some(epoch) = self.shared.seq(&mut conn).await?.epoch else {
             return Ok(Vec::new());
         };
         let mut rows = Vec::new();

@@ -38,8 +38,9 @@
 //! `XREAD` on a dedicated connection and hands each entry to its hub in log order. Pub/sub
 //! would be as fast but forgets what it sent while a node was disconnected; with the log, a
 //! node that reconnects continues from the last offset it delivered and its subscribers miss
-//! nothing (as long as the log still holds it; the log's offsets are contiguous, so a hole is
-//! detected, logged and counted). The trade-off: every node receives every message, also for
+//! nothing. The log's offsets are contiguous, so a node that was away longer than the log
+//! covers sees the hole, fills it from the channels' histories (in order, up to the replay
+//! limit), and logs and counts whatever history no longer has either. The trade-off: every node receives every message, also for
 //! channels it has no subscriber of. Routing per channel (a pub/sub channel per Halley channel,
 //! pattern subscriptions for wildcards) would spare that traffic but gives up the single total
 //! order a wildcard resume relies on, and loses messages across reconnects. One node handles
@@ -111,8 +112,8 @@ pub struct RedisConfig {
     /// reconnect time while *other* nodes keep publishing (when Redis itself is down nobody
     /// publishes): at 1,000 messages a second that is 10 s, twice the longest reconnect
     /// backoff. Messages are stored in full, so this costs Redis about `log_len` × message
-    /// size of memory. A node that falls further behind misses messages, which it logs and
-    /// counts as broker errors.
+    /// size of memory. A node that falls further behind fills the hole from the channels'
+    /// histories; what those no longer hold is missed, logged and counted as broker errors.
     pub log_len: usize,
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use halley_proto::{Channel, Message, MessageId, Payload};
+use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
@@ -183,18 +183,54 @@ async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisRes
         }
         for entry in entries {
             if entry.offset != position.offset + 1 {
-                // The log was trimmed past us: those messages never reach local subscribers.
-                tracing::error!(
-                    from = position.offset + 1,
-                    to = entry.offset - 1,
-                    "redis broker: fell behind the fan-out log; messages were missed"
-                );
-                shared.error();
+                // The log was trimmed past us (we were away or slow for longer than it
+                // covers): fill the hole from the channels' histories, in order.
+                position = repair(shared, &mut commands, position, entry.offset).await;
             }
             position = MessageId::new(position.epoch, entry.offset);
             deliver(shared, position, &entry);
         }
     }
+}
+
+/// Delivers what the fan-out log no longer holds between `position` and `next` from the
+/// channels' histories (bounded by the replay limit). What history cannot supply either is
+/// lost for this node's subscribers: logged and counted. Returns the new position.
+async fn repair(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    position: MessageId,
+    next: u64,
+) -> MessageId {
+    let missing = next.saturating_sub(position.offset + 1);
+    let everything = Pattern::parse("/**").expect("/** is a valid pattern");
+    let replay = shared.replay(conn, &everything, position).await;
+    let mut delivered = 0;
+    let mut last = position;
+    if let Ok(replay) = &replay {
+        for message in replay.messages.iter().filter(|m| m.id.offset < next) {
+            shared.hub.deliver(message);
+            set_position(shared, message.id);
+            last = message.id;
+            delivered += 1;
+        }
+    }
+    if delivered < missing {
+        tracing::error!(
+            from = position.offset + 1,
+            to = next - 1,
+            recovered = delivered,
+            "redis broker: fell behind the fan-out log; messages were missed"
+        );
+        shared.error();
+    } else {
+        tracing::warn!(
+            from = position.offset + 1,
+            to = next - 1,
+            "redis broker: fell behind the fan-out log; recovered from history"
+        );
+    }
+    last
 }
 
 fn malformed(e: reply::Malformed) -> redis::RedisError {

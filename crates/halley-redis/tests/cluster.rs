@@ -381,3 +381,69 @@ async fn expired_history_is_forgotten_and_resumes_from_before_get_a_gap() {
     assert_eq!(s.json_line().await["event"], "gap");
     assert_eq!(s.json_line().await["id"].as_str(), Some(&*id2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fell_behind_the_trimmed_log_recovers_from_history() {
+    let redis = Redis::start().await;
+    // Let Redis trim the log finely, and keep it tiny.
+    redis
+        .command(&["CONFIG", "SET", "stream-node-max-entries", "2"])
+        .await;
+    let short = |c: &mut halley_redis::RedisConfig| c.log_len = 4;
+    let a = Node::with_configs(&redis, |_| {}, short).await;
+    let b = Node::with_configs(&redis, |_| {}, short).await;
+    let mut ws = b.ws("/sub/gone/**").await;
+    let first = a.publish_id("/gone/x", "0").await;
+    let mut published = vec![first.clone()];
+    assert_eq!(ws_json(&mut ws).await["id"].as_str(), Some(&*first));
+
+    redis.disconnect(b.broker.node()).await;
+    eventually(WAIT, "B notices", || async {
+        (!b.engine.healthy()).then_some(())
+    })
+    .await;
+    while !b.engine.healthy() && published.len() < 500 {
+        let n = published.len();
+        published.push(
+            a.publish_id(&format!("/gone/{}", n % 7), &n.to_string())
+                .await,
+        );
+    }
+    let (epoch, offset) = parse_id(&first);
+    let oldest = redis
+        .command(&[
+            "XRANGE",
+            &format!("halley:log:{epoch:x}"),
+            "-",
+            "+",
+            "COUNT",
+            "1",
+        ])
+        .await;
+    let oldest = oldest
+        .split("0-")
+        .nth(1)
+        .unwrap()
+        .split('\r')
+        .next()
+        .unwrap();
+    assert!(
+        oldest.parse::<u64>().unwrap() > offset + 1,
+        "the log still holds everything B missed; nothing to recover ({} published)",
+        published.len()
+    );
+    eventually(WAIT, "B reconnects", || async {
+        b.engine.healthy().then_some(())
+    })
+    .await;
+    published.push(a.publish_id("/gone/x", "last").await);
+    for (i, id) in published.iter().enumerate().skip(1) {
+        let frame = ws_json(&mut ws).await;
+        assert_eq!(
+            frame["id"].as_str(),
+            Some(&**id),
+            "message {i} of {}",
+            published.len()
+        );
+    }
+}

@@ -235,6 +235,14 @@ impl Node {
     }
 
     pub async fn with(redis: &Redis, tweak: impl FnOnce(&mut EngineConfig)) -> Node {
+        Node::with_configs(redis, tweak, |_| {}).await
+    }
+
+    pub async fn with_configs(
+        redis: &Redis,
+        tweak: impl FnOnce(&mut EngineConfig),
+        tweak_redis: impl FnOnce(&mut RedisConfig),
+    ) -> Node {
         // HALLEY_TEST_LOG=debug shows the nodes' logs (interleaved) when a test fails.
         if let Ok(filter) = std::env::var("HALLEY_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -250,7 +258,9 @@ impl Node {
         };
         let mut engine = EngineConfig::default();
         tweak(&mut engine);
-        let (engine, broker) = halley_redis::engine(redis_config(&redis.url()), engine).unwrap();
+        let mut config = redis_config(&redis.url());
+        tweak_redis(&mut config);
+        let (engine, broker) = halley_redis::engine(config, engine).unwrap();
         assert!(
             broker.connected(WAIT).await,
             "node did not connect to Redis"
