@@ -317,7 +317,7 @@ impl Drop for WaiterGuard<'_> {
 impl RedisBroker {
     /// Starts the broker: its supervisor connects in the background (see
     /// [`RedisBroker::connected`]) and delivers every message to `hub`. Fails only on a
-    /// malformed URL.
+    /// malformed URL. Must be called inside a tokio runtime.
     pub fn spawn(
         config: RedisConfig,
         engine: EngineConfig,

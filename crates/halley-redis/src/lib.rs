@@ -131,7 +131,8 @@ impl RedisConfig {
 }
 
 /// An engine whose broker is Redis. The broker starts connecting in the background; see
-/// [`RedisBroker::connected`] to wait for it.
+/// [`RedisBroker::connected`] to wait for it. Must be called inside a tokio runtime (the
+/// broker spawns its tasks there).
 pub fn engine(
     config: RedisConfig,
     engine: EngineConfig,
