@@ -1,0 +1,122 @@
+//! Publishers: one keep-alive connection each, one publish in flight, the payload stamped with
+//! the send time. The payload is the same bytes for every server: `{"ts":<ns>,"pad":"xxx…"}`,
+//! published as `application/json`.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sub::{Target, bayeux_post, handshake_message, memfind};
+use crate::wire::{Conn, now_ns};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishTo {
+    /// Halley `POST /pub/{ch}`.
+    Halley,
+    /// Nchan `POST {nchan-pub}?id={ch}`.
+    Nchan,
+    /// A Bayeux publish (long-polling POST on `--cometd-path`) by a handshaken client.
+    Bayeux,
+}
+
+pub struct Publisher {
+    to: PublishTo,
+    target: Target,
+    index: usize,
+    conn: Option<Conn>,
+    client_id: Option<String>,
+    pad: String,
+}
+
+impl Publisher {
+    /// `index` picks the source address; `size` is the payload's length in bytes.
+    pub fn new(to: PublishTo, target: Target, index: usize, size: usize) -> Publisher {
+        // {"ts":1234567890123456789,"pad":""} is 35 bytes.
+        let pad = "x".repeat(size.saturating_sub(35));
+        Publisher {
+            to,
+            target,
+            index,
+            conn: None,
+            client_id: None,
+            pad,
+        }
+    }
+
+    /// Publishes one message to channel `channel`; one retry on a fresh connection if the
+    /// kept-alive one was closed underneath us.
+    pub async fn publish(&mut self, channel: usize) -> io::Result<()> {
+        match self.try_publish(channel).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.conn = None;
+                self.try_publish(channel).await
+            }
+        }
+    }
+
+    async fn try_publish(&mut self, channel: usize) -> io::Result<()> {
+        if self.conn.is_none() {
+            self.conn = Some(self.target.connect(self.index).await?);
+            self.client_id = None;
+        }
+        if self.to == PublishTo::Bayeux && self.client_id.is_none() {
+            let conn = self.conn.as_mut().expect("connected above");
+            let reply = bayeux_post(conn, &self.target, &handshake_message("long-polling")).await?;
+            let replies: Vec<serde_json::Value> =
+                serde_json::from_slice(&reply).unwrap_or_default();
+            self.client_id = replies
+                .iter()
+                .find_map(|m| m["clientId"].as_str())
+                .map(str::to_string);
+            if self.client_id.is_none() {
+                return Err(io::Error::other("publisher handshake failed"));
+            }
+        }
+        let payload = format!(r#"{{"ts":{},"pad":"{}"}}"#, now_ns(), self.pad);
+        let host = self.target.host();
+        let conn = self.conn.as_mut().expect("connected above");
+        if self.to == PublishTo::Bayeux {
+            let body = format!(
+                r#"[{{"channel":"{}","clientId":"{}","data":{payload}}}]"#,
+                self.target.channel(channel),
+                self.client_id.as_deref().unwrap_or("")
+            );
+            let reply = bayeux_post(conn, &self.target, &body).await?;
+            if !memfind(&reply, br#""successful":true"#) {
+                self.client_id = None;
+                return Err(io::Error::other(format!(
+                    "Bayeux publish refused: {}",
+                    String::from_utf8_lossy(&reply)
+                )));
+            }
+            return Ok(());
+        }
+        let path = match self.to {
+            PublishTo::Nchan => format!(
+                "{}?id={}",
+                self.target.nchan_pub,
+                self.target.nchan_id(channel)
+            ),
+            _ => format!("/pub{}", self.target.channel(channel)),
+        };
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        conn.send(request.as_bytes()).await?;
+        let head = conn.read_head().await?;
+        conn.read_body(&head).await?;
+        if head.close {
+            self.conn = None;
+        }
+        if !(200..300).contains(&head.status) {
+            return Err(io::Error::other(format!(
+                "publish: HTTP status {}",
+                head.status
+            )));
+        }
+        Ok(())
+    }
+}

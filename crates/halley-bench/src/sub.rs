@@ -1,0 +1,475 @@
+//! One subscriber connection per task, for every kind of subscriber the tool knows.
+//!
+//! A subscriber is *ready* (counted as connected) once the server holds it: the response head
+//! arrived (SSE, stream, Nchan), the upgrade was answered with 101 (WebSocket), or — where the
+//! server answers nothing until a message comes — the held request was sent after everything
+//! before it succeeded (native long-poll; Bayeux: handshake and subscribe answered
+//! successfully, then `/meta/connect` sent).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::wire::{Conn, Dechunk, Scan, now_ns, source_addr, ws_frame, ws_upgrade};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Halley `GET /sub/{ch}` with `Accept: text/event-stream`.
+    Sse,
+    /// Halley `GET /sub/{ch}?transport=stream` (chunked lines).
+    Stream,
+    /// Halley `GET /sub/{ch}?transport=longpoll`, re-issued with `last_id` after each answer.
+    Longpoll,
+    /// Halley WebSocket on `/sub/{ch}`.
+    Ws,
+    /// Bayeux long-polling on `--cometd-path` (Halley `/cometd`, Faye, CometD).
+    BayeuxLp,
+    /// Bayeux WebSocket on `--cometd-path`.
+    BayeuxWs,
+    /// Nchan EventSource subscriber, `GET {nchan-sub}?id={ch}`.
+    NchanSse,
+    /// Bayeux long-polling on a Faye server (the same client as `bayeux-lp`; set
+    /// `--cometd-path` to the Faye mount point).
+    Faye,
+}
+
+/// Where and how to reach the server; shared by subscribers and publishers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Channel `i` is `{prefix}/{i}` (Halley, Bayeux) or Nchan id `{prefix minus slashes}-{i}`.
+    pub prefix: String,
+    pub cometd_path: String,
+    pub nchan_sub: String,
+    pub nchan_pub: String,
+    pub connect_timeout_ms: u64,
+}
+
+impl Target {
+    pub fn channel(&self, i: usize) -> String {
+        format!("{}/{i}", self.prefix)
+    }
+
+    pub fn nchan_id(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix.trim_matches('/').replace('/', "-"))
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub async fn connect(&self, index: usize) -> io::Result<Conn> {
+        Conn::connect(
+            self.addr,
+            source_addr(index),
+            Duration::from_millis(self.connect_timeout_ms),
+        )
+        .await
+    }
+}
+
+/// What a worker's subscribers add up to. Latencies are in microseconds.
+pub struct Stats {
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub last_recv_ns: AtomicU64,
+    pub latency: Mutex<Histogram<u64>>,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            last_recv_ns: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    /// Counts every timestamp found in `bytes` as one delivery received now.
+    fn record(&self, scan: &mut Scan, bytes: &[u8]) {
+        let now = now_ns();
+        let mut n = 0u64;
+        let mut lat = Vec::new();
+        scan.feed(bytes, &mut |ts| {
+            n += 1;
+            lat.push(now.saturating_sub(ts) / 1000);
+        });
+        if n == 0 {
+            return;
+        }
+        self.deliveries.fetch_add(n, Ordering::Relaxed);
+        self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
+        // A poisoned lock only means another task panicked mid-record; the counts stay usable.
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        for us in lat {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    pub fn error(&self, e: String) {
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert(e);
+    }
+}
+
+/// 1 µs to 10 min at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    // Cannot fail: the bounds are constants that satisfy the constructor's preconditions.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Marks a subscriber connected, once, and gives back its connect-concurrency permit.
+struct Ready<'a> {
+    stats: &'a Stats,
+    done: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Ready<'_> {
+    fn mark(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.permit = None;
+            self.stats.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs subscriber `index` (global over all workers) on channel `channel` until the
+/// connection ends; failures are counted in `stats`, never returned. `permit` is held until
+/// the subscriber is ready or failed.
+pub async fn run(
+    kind: Kind,
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut ready = Ready {
+        stats,
+        done: false,
+        permit: Some(permit),
+    };
+    let result = match kind {
+        Kind::Sse | Kind::Stream | Kind::NchanSse => {
+            stream(kind, target, index, channel, stats, &mut ready).await
+        }
+        Kind::Ws => websocket(target, index, channel, stats, &mut ready).await,
+        Kind::Longpoll => longpoll(target, index, channel, stats, &mut ready).await,
+        Kind::BayeuxLp | Kind::Faye => bayeux_lp(target, index, channel, stats, &mut ready).await,
+        Kind::BayeuxWs => bayeux_ws(target, index, channel, stats, &mut ready).await,
+    };
+    ready.permit = None;
+    if let Err(e) = result {
+        let counter = if ready.done {
+            &stats.dropped
+        } else {
+            &stats.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        stats.error(format!("subscriber {index}: {e}"));
+    }
+}
+
+fn status(expected: &[u16], got: u16, what: &str) -> io::Result<()> {
+    if expected.contains(&got) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{what}: HTTP status {got}")))
+    }
+}
+
+async fn stream(
+    kind: Kind,
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let host = target.host();
+    let request = match kind {
+        Kind::Sse => format!(
+            "GET /sub{} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
+            target.channel(channel)
+        ),
+        Kind::Stream => format!(
+            "GET /sub{}?transport=stream HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            target.channel(channel)
+        ),
+        _ => format!(
+            "GET {}?id={} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
+            target.nchan_sub,
+            target.nchan_id(channel)
+        ),
+    };
+    let mut conn = target.connect(index).await?;
+    conn.send(request.as_bytes()).await?;
+    let head = conn.read_head().await?;
+    status(&[200], head.status, "subscribe")?;
+    ready.mark();
+    let mut scan = Scan::default();
+    let mut dechunk = head.chunked.then(Dechunk::default);
+    loop {
+        match dechunk.as_mut() {
+            Some(d) => {
+                let (_, done) = d.feed(&conn.buf, &mut |data| stats.record(&mut scan, data))?;
+                if done {
+                    return Err(io::Error::other("stream ended"));
+                }
+            }
+            None => stats.record(&mut scan, &conn.buf),
+        }
+        conn.buf.clear();
+        conn.fill().await?;
+    }
+}
+
+async fn websocket(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let mut conn = target.connect(index).await?;
+    let path = format!("/sub{}", target.channel(channel));
+    conn.send(ws_upgrade(&path, &target.host()).as_bytes())
+        .await?;
+    let head = conn.read_head().await?;
+    status(&[101], head.status, "upgrade")?;
+    ready.mark();
+    let mut scan = Scan::default();
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        stats.record(&mut scan, &payload);
+    }
+}
+
+/// Answers pings, turns a close into an error; data frames pass.
+async fn ws_control(conn: &mut Conn, opcode: u8, payload: &[u8]) -> io::Result<()> {
+    match opcode {
+        0x9 => conn.send(&ws_frame(0xA, payload)).await,
+        0x8 => Err(io::Error::other("WebSocket closed by the server")),
+        _ => Ok(()),
+    }
+}
+
+async fn longpoll(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let host = target.host();
+    let path = format!("/sub{}?transport=longpoll", target.channel(channel));
+    let mut conn = target.connect(index).await?;
+    let mut last_id: Option<String> = None;
+    let mut scan = Scan::default();
+    loop {
+        let resume = last_id
+            .as_deref()
+            .map(|id| format!("&last_id={id}"))
+            .unwrap_or_default();
+        conn.send(format!("GET {path}{resume} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        ready.mark();
+        let head = conn.read_head().await?;
+        status(&[200], head.status, "long-poll")?;
+        let body = conn.read_body(&head).await?;
+        stats.record(&mut scan, &body);
+        if head.last_id.is_some() {
+            last_id = head.last_id.clone();
+        }
+        if head.close {
+            conn = target.connect(index).await?;
+        }
+    }
+}
+
+/// A Bayeux client's state: its id, once handshaken.
+fn handshake_reply(body: &[u8]) -> io::Result<String> {
+    let replies: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| io::Error::other(format!("handshake reply is not a JSON array: {e}")))?;
+    replies
+        .iter()
+        .find(|m| m["channel"] == "/meta/handshake" && m["successful"] == true)
+        .and_then(|m| m["clientId"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "handshake failed: {}",
+                String::from_utf8_lossy(body)
+            ))
+        })
+}
+
+fn successful(body: &[u8], channel: &str) -> io::Result<()> {
+    let replies: Vec<serde_json::Value> = serde_json::from_slice(body).unwrap_or_default();
+    if replies
+        .iter()
+        .any(|m| m["channel"] == channel && m["successful"] == true)
+    {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{channel} failed: {}",
+            String::from_utf8_lossy(body)
+        )))
+    }
+}
+
+pub fn handshake_message(connection_type: &str) -> String {
+    format!(
+        r#"[{{"channel":"/meta/handshake","version":"1.0","minimumVersion":"1.0","supportedConnectionTypes":["{connection_type}"]}}]"#
+    )
+}
+
+fn subscribe_message(client_id: &str, channel: &str) -> String {
+    format!(
+        r#"[{{"channel":"/meta/subscribe","clientId":"{client_id}","subscription":"{channel}"}}]"#
+    )
+}
+
+fn connect_message(client_id: &str, connection_type: &str) -> String {
+    format!(
+        r#"[{{"channel":"/meta/connect","clientId":"{client_id}","connectionType":"{connection_type}"}}]"#
+    )
+}
+
+/// POSTs a Bayeux batch on a keep-alive connection and returns the reply body.
+pub async fn bayeux_post(conn: &mut Conn, target: &Target, body: &str) -> io::Result<Vec<u8>> {
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        target.cometd_path,
+        target.host(),
+        body.len()
+    );
+    conn.send(request.as_bytes()).await?;
+    let head = conn.read_head().await?;
+    status(&[200], head.status, "Bayeux POST")?;
+    let body = conn.read_body(&head).await?;
+    if head.close {
+        return Err(io::Error::other("server closed a Bayeux connection"));
+    }
+    Ok(body)
+}
+
+async fn bayeux_lp(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let mut conn = target.connect(index).await?;
+    let client_id = handshake_reply(
+        &bayeux_post(&mut conn, target, &handshake_message("long-polling")).await?,
+    )?;
+    let reply = bayeux_post(
+        &mut conn,
+        target,
+        &subscribe_message(&client_id, &target.channel(channel)),
+    )
+    .await?;
+    successful(&reply, "/meta/subscribe")?;
+    let mut scan = Scan::default();
+    stats.record(&mut scan, &reply);
+    let connect = connect_message(&client_id, "long-polling");
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{connect}",
+        target.cometd_path,
+        target.host(),
+        connect.len()
+    );
+    loop {
+        conn.send(request.as_bytes()).await?;
+        ready.mark();
+        let head = conn.read_head().await?;
+        status(&[200], head.status, "connect")?;
+        let body = conn.read_body(&head).await?;
+        stats.record(&mut scan, &body);
+        if memfind(&body, br#""reconnect":"handshake""#) || head.close {
+            return Err(io::Error::other(format!(
+                "connect refused: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+    }
+}
+
+async fn bayeux_ws(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let mut conn = target.connect(index).await?;
+    conn.send(ws_upgrade(&target.cometd_path, &target.host()).as_bytes())
+        .await?;
+    let head = conn.read_head().await?;
+    status(&[101], head.status, "upgrade")?;
+    let mut scan = Scan::default();
+    conn.send(&ws_frame(0x1, handshake_message("websocket").as_bytes()))
+        .await?;
+    let client_id = loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        if memfind(&payload, b"/meta/handshake") {
+            break handshake_reply(&payload)?;
+        }
+    };
+    conn.send(&ws_frame(
+        0x1,
+        subscribe_message(&client_id, &target.channel(channel)).as_bytes(),
+    ))
+    .await?;
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        stats.record(&mut scan, &payload);
+        if memfind(&payload, b"/meta/subscribe") {
+            successful(&payload, "/meta/subscribe")?;
+            break;
+        }
+    }
+    let connect = ws_frame(0x1, connect_message(&client_id, "websocket").as_bytes());
+    conn.send(&connect).await?;
+    ready.mark();
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        stats.record(&mut scan, &payload);
+        if memfind(&payload, b"/meta/connect") {
+            if memfind(&payload, br#""reconnect":"handshake""#) {
+                return Err(io::Error::other(format!(
+                    "connect refused: {}",
+                    String::from_utf8_lossy(&payload)
+                )));
+            }
+            conn.send(&connect).await?;
+        }
+    }
+}
+
+pub fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
