@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Node, Redis, WAIT, eventually, parse_id, ws_json};
 use hyper::StatusCode;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_a_reaches_sse_on_b_and_websocket_wildcard_on_c() {
@@ -446,4 +447,56 @@ async fn a_node_that_fell_behind_the_trimmed_log_recovers_from_history() {
             published.len()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_on_b_gets_what_a_publishes_and_publishes_to_sse_on_a() {
+    let redis = Redis::start().await;
+    let a = Node::start(&redis).await;
+    let b = Node::start(&redis).await;
+    let handshake = b
+        .bayeux(json!([{
+            "channel": "/meta/handshake", "version": "1.0", "id": "h",
+            "supportedConnectionTypes": ["long-polling"],
+        }]))
+        .await;
+    assert_eq!(handshake[0]["successful"], true, "{handshake:?}");
+    let client = handshake[0]["clientId"].as_str().unwrap().to_owned();
+    let replies = b
+        .bayeux(json!([
+            {"channel": "/meta/subscribe", "clientId": client, "subscription": "/bx/*", "id": "s"},
+            {"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling",
+             "advice": {"timeout": 0}, "id": "c0"},
+        ]))
+        .await;
+    assert!(
+        replies.iter().all(|r| r["successful"] == true),
+        "{replies:?}"
+    );
+
+    // Published on A (native /pub), delivered to B's Bayeux session.
+    let id = a.publish_id("/bx/room", "hello").await;
+    let replies = b
+        .bayeux(json!([{"channel": "/meta/connect", "clientId": client,
+                        "connectionType": "long-polling", "id": "c1"}]))
+        .await;
+    assert_eq!(
+        replies[0],
+        json!({"channel": "/bx/room", "id": id, "data": "hello"}),
+        "{replies:?}"
+    );
+
+    // Published with Bayeux on B, delivered to an SSE subscriber on A.
+    let mut sse = a.sse("/bx/room", None).await;
+    let replies = b
+        .bayeux(json!([{"channel": "/bx/room", "clientId": client, "data": {"n": 1}, "id": "p"}]))
+        .await;
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["id"] == "p" && r["successful"] == true),
+        "{replies:?}"
+    );
+    let event = sse.next().await;
+    assert_eq!(event.data, r#"{"n":1}"#);
 }

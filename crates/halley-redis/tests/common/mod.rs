@@ -403,6 +403,18 @@ impl Node {
         .0
     }
 
+    /// POSTs a Bayeux batch to `/cometd` and returns the response's messages.
+    pub async fn bayeux(&self, batch: Value) -> Vec<Value> {
+        let request = self
+            .request("POST", "/cometd")
+            .header("content-type", "application/json;charset=UTF-8")
+            .body(Full::new(Bytes::from(batch.to_string())))
+            .unwrap();
+        let reply = self.send(request).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json().as_array().expect("a Bayeux batch").clone()
+    }
+
     /// Current subscriber count of `name` according to this node's `/api/channels`.
     pub async fn subscribers(&self, name: &str) -> u64 {
         let reply = self.get(&format!("/api/channels?prefix={name}")).await;
