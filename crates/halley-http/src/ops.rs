@@ -105,6 +105,12 @@ pub fn metrics(app: &App) -> Response<Body> {
         "Resumes that history could not cover.",
         counter(&s.gaps),
     );
+    metric(
+        "halley_broker_errors_total",
+        "counter",
+        "Broker (Redis) operations that failed.",
+        counter(&s.broker_errors),
+    );
     out.push_str("# HELP halley_subscribers Open subscribers by transport.\n# TYPE halley_subscribers gauge\n");
     for kind in Kind::ALL {
         let _ = writeln!(

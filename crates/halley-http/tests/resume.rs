@@ -350,3 +350,16 @@ async fn a_far_behind_longpoll_gets_the_rest_on_its_next_poll() {
     let expected: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
     assert_eq!(seen, expected);
 }
+
+/// Regression: a stream writes at most 64 queued messages per chunk; the 65th was popped from
+/// the queue and dropped when a chunk filled up, so any burst of more than 64 lost one.
+#[tokio::test]
+async fn regression_a_burst_longer_than_one_chunk_loses_nothing() {
+    let s = TestServer::start().await;
+    for (n, transport) in STREAMING.into_iter().enumerate() {
+        let channel = format!("/burst/{n}");
+        let ids = seed(&s, &channel, 150).await;
+        let replayed: Vec<usize> = (2..=150).collect();
+        check_resume(&s, transport, &channel, &ids, &ids[0], &replayed, false).await;
+    }
+}

@@ -204,7 +204,7 @@ impl Stream {
 
     /// Writes `event` and whatever else is already queued (up to [`COALESCE`]).
     fn take(&mut self, mut event: Event, out: &mut BytesMut) {
-        for _ in 0..COALESCE {
+        for written in 1..=COALESCE {
             match event {
                 Event::Message(m) => self.wire.message(&m, out),
                 Event::Lagged => {
@@ -212,6 +212,10 @@ impl Stream {
                     self.wire.farewell("lagged", self.retry_ms, out);
                     return;
                 }
+            }
+            // Stop before taking a message this chunk has no room for: it would be lost.
+            if written == COALESCE {
+                return;
             }
             match self.sub.try_next() {
                 Some(next) => event = next,
