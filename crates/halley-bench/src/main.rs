@@ -475,8 +475,10 @@ fn base_json(scenario: &str, common: &Common, merged: &Merged) -> serde_json::Va
     })
 }
 
+/// The human summary goes to stderr and the JSON line to stdout, so that scripts can read
+/// stdout as JSON.
 fn emit(common: &Common, summary: &str, result: serde_json::Value) {
-    println!("{summary}");
+    eprintln!("{summary}");
     let line = result.to_string();
     println!("{line}");
     if let Some(path) = &common.json {
@@ -519,6 +521,13 @@ async fn connect_all(common: &Common, n: usize, channels: usize) -> (Workers, f6
     let secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(common.settle.max(0.0))).await;
     (workers, secs, rss_before)
+}
+
+fn per_subscriber(before: Option<u64>, after: Option<u64>, connected: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+        _ => None,
+    }
 }
 
 async fn hold(common: Common, hold_secs: u64) {
@@ -611,6 +620,7 @@ async fn fanout(common: Common, publish: PublishArgs, messages: usize, interval_
     result["connect_secs"] = json!(secs);
     result["rss_before_kib"] = json!(rss_before);
     result["rss_after_kib"] = json!(rss_after);
+    result["kib_per_subscriber"] = json!(per_subscriber(rss_before, rss_after, merged.connected));
     result["expected"] = json!(expected);
     result["deliveries"] = json!(merged.deliveries);
     result["deliveries_per_sec"] = json!(rate);
