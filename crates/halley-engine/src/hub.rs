@@ -43,6 +43,17 @@ struct Subscriber {
 struct Queue {
     messages: VecDeque<Arc<Message>>,
     lagged: bool,
+    /// The last message queued: a subscriber matched by several of its patterns is offered
+    /// the same message once per pattern, one right after the other, and takes it once.
+    last: Option<MessageId>,
+}
+
+/// What offering a message to a subscriber did.
+enum Pushed {
+    Queued,
+    /// Already queued through another of the subscriber's patterns.
+    Duplicate,
+    CutOff,
 }
 
 /// What a subscription yields next.
@@ -88,8 +99,9 @@ impl Hub {
         for (pattern, subscribers) in exact.into_iter().chain(wild) {
             for (id, sub) in subscribers {
                 match self.push(sub, message) {
-                    true => count += 1,
-                    false => cut_off.push((pattern.clone(), *id)),
+                    Pushed::Queued => count += 1,
+                    Pushed::Duplicate => {}
+                    Pushed::CutOff => cut_off.push((pattern.clone(), *id)),
                 }
             }
         }
@@ -106,10 +118,13 @@ impl Hub {
     }
 
     /// Queues one message; false when the subscriber is (now) cut off.
-    fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> bool {
+    fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
         if queue.lagged {
-            return false;
+            return Pushed::CutOff;
+        }
+        if queue.last == Some(message.id) {
+            return Pushed::Duplicate;
         }
         if queue.messages.len() >= self.shared.queue_capacity {
             let dropped = queue.messages.len() as u64 + 1;
@@ -119,12 +134,13 @@ impl Hub {
             Stats::add(&self.shared.stats.dropped, dropped);
             Stats::add(&self.shared.stats.lagged, 1);
             sub.notify.notify_one();
-            return false;
+            return Pushed::CutOff;
         }
         queue.messages.push_back(message.clone());
+        queue.last = Some(message.id);
         drop(queue);
         sub.notify.notify_one();
-        true
+        Pushed::Queued
     }
 
     /// Registers a subscriber for `pattern`; messages delivered from now on are queued for it.
@@ -295,6 +311,12 @@ impl Subscription {
         self.position = position;
     }
 
+    /// Something to wait on for this subscription's next message without holding the
+    /// subscription itself (so that patterns can be added meanwhile).
+    pub fn waiter(&self) -> Waiter {
+        Waiter(self.sub.clone())
+    }
+
     /// The next message, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
         if let Some(m) = self.replay.pop_front() {
@@ -328,6 +350,17 @@ impl Subscription {
             // try_next and here still wakes us.
             self.sub.notify.notified().await;
         }
+    }
+}
+
+/// Resolves when a message may be waiting for a subscription (see [`Subscription::waiter`]).
+pub struct Waiter(Arc<Subscriber>);
+
+impl Waiter {
+    /// Cancel-safe; a message queued before this is awaited still wakes it (the notification
+    /// is kept as a permit).
+    pub async fn wait(&self) {
+        self.0.notify.notified().await;
     }
 }
 

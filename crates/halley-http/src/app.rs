@@ -19,8 +19,9 @@ use crate::{HttpConfig, cometd, ops, publish, rupy, transport};
 pub struct App {
     pub engine: Engine,
     pub bayeux: halley_engine::bayeux::Bayeux,
-    /// Held Bayeux connects per browser (`BAYEUX_BROWSER` cookie), for `multiple-clients`.
-    pub browsers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Per browser (`BAYEUX_BROWSER` cookie): the session holding connects and how many, for
+    /// `multiple-clients` advice.
+    pub browsers: std::sync::Mutex<std::collections::HashMap<String, (String, usize)>>,
     pub config: HttpConfig,
     pub origins: Origins,
     pub metrics: Arc<Metrics>,

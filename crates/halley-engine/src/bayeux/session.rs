@@ -121,7 +121,7 @@ impl Session {
     /// Starts a connect: answers any connect still held, applies the client's ack (dropping what
     /// it confirmed) and returns the unacknowledged messages to send again. `fresh` means a new
     /// request or connection, over which nothing of the current batch has been sent yet.
-    pub fn begin_connect(&self, ack: Option<u64>, fresh: bool) -> ConnectGuard<'_> {
+    pub fn begin_connect(self: &Arc<Self>, ack: Option<u64>, fresh: bool) -> ConnectGuard {
         self.preempt.notify_waiters();
         self.held.fetch_add(1, Ordering::AcqRel);
         self.touch();
@@ -142,7 +142,7 @@ impl Session {
             );
         }
         ConnectGuard {
-            session: self,
+            session: self.clone(),
             resend,
         }
     }
@@ -156,25 +156,35 @@ impl Session {
     }
 
     /// Waits for at least one message (or preemption, or the session's end) and returns what is
-    /// queued, up to `max`. Cancel-safe.
+    /// queued, up to `max`. Cancel-safe. The subscription is locked only to take messages, never
+    /// while waiting, so that a subscribe on another request is not held up by this one.
     pub async fn next_batch(&self, max: usize) -> Batch {
-        if self.is_closed() {
-            return Batch {
-                messages: Vec::new(),
-                ended: true,
-            };
-        }
         let preempted = self.preempt.notified();
         let closed = self.close_notify.notified();
-        let mut sub = tokio::select! {
-            sub = self.sub.lock() => sub,
-            _ = preempted => return Batch::default(),
-        };
-        let preempted = self.preempt.notified();
-        tokio::select! {
-            event = sub.next() => drain(&mut sub, Some(event), max),
-            _ = preempted => Batch::default(),
-            _ = closed => Batch { messages: Vec::new(), ended: true },
+        tokio::pin!(preempted, closed);
+        loop {
+            if self.is_closed() {
+                return Batch {
+                    messages: Vec::new(),
+                    ended: true,
+                };
+            }
+            let waiter = {
+                let mut sub = tokio::select! {
+                    sub = self.sub.lock() => sub,
+                    _ = &mut preempted => return Batch::default(),
+                };
+                let batch = drain(&mut sub, None, max);
+                if !batch.messages.is_empty() || batch.ended {
+                    return batch;
+                }
+                sub.waiter()
+            };
+            tokio::select! {
+                _ = waiter.wait() => {}
+                _ = &mut preempted => return Batch::default(),
+                _ = &mut closed => return Batch { messages: Vec::new(), ended: true },
+            }
         }
     }
 
@@ -222,15 +232,16 @@ fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
     batch
 }
 
-/// A connect in progress. Dropping it (answered, preempted, or its requester gone) releases the
-/// hold, so an abandoned connect can never keep a session alive or be answered later.
-pub struct ConnectGuard<'a> {
-    session: &'a Session,
+/// A connect in progress; while it lives the session does not expire. Dropping it (answered,
+/// preempted, or its requester gone) releases the hold, so an abandoned connect can never keep
+/// a session alive or be answered later.
+pub struct ConnectGuard {
+    session: Arc<Session>,
     /// Unacknowledged messages to send again before anything new.
     pub resend: Vec<Arc<Message>>,
 }
 
-impl Drop for ConnectGuard<'_> {
+impl Drop for ConnectGuard {
     fn drop(&mut self) {
         self.session.touch();
         self.session.held.fetch_sub(1, Ordering::AcqRel);

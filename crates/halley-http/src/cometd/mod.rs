@@ -128,7 +128,9 @@ async fn process(
     let new_browser = (handshaken && browser.is_none()).then(new_browser_id);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);
-        let slot = browser.as_deref().and_then(|b| BrowserSlot::take(app, b));
+        let slot = browser
+            .as_deref()
+            .and_then(|b| BrowserSlot::take(app, b, connect.session.id()));
         let exclusive = browser.is_none() || slot.is_some();
         let (messages, mut reply) = app
             .bayeux
@@ -215,23 +217,27 @@ fn set_browser_cookie(headers: &mut HeaderMap, id: Option<String>) {
     }
 }
 
-/// The one held connect a browser is allowed; released on drop.
+/// The one session per browser allowed to hold a connect; released on drop. A session may
+/// hold it again (its newer connect preempts its own older one); another session of the same
+/// browser is refused, which is what `multiple-clients` advice is for.
 struct BrowserSlot<'a> {
     app: &'a App,
-    id: String,
+    browser: String,
 }
 
 impl<'a> BrowserSlot<'a> {
-    fn take(app: &'a App, id: &str) -> Option<BrowserSlot<'a>> {
+    fn take(app: &'a App, browser: &str, session: &str) -> Option<BrowserSlot<'a>> {
         let mut browsers = app.browsers.lock().unwrap_or_else(|e| e.into_inner());
-        let held = browsers.entry(id.to_string()).or_insert(0);
-        if *held > 0 {
+        let (holder, holds) = browsers
+            .entry(browser.to_string())
+            .or_insert_with(|| (session.to_string(), 0));
+        if holder != session {
             return None;
         }
-        *held += 1;
+        *holds += 1;
         Some(BrowserSlot {
             app,
-            id: id.to_string(),
+            browser: browser.to_string(),
         })
     }
 }
@@ -239,6 +245,11 @@ impl<'a> BrowserSlot<'a> {
 impl Drop for BrowserSlot<'_> {
     fn drop(&mut self) {
         let mut browsers = self.app.browsers.lock().unwrap_or_else(|e| e.into_inner());
-        browsers.remove(&self.id);
+        if let Some((_, holds)) = browsers.get_mut(&self.browser) {
+            *holds -= 1;
+            if *holds == 0 {
+                browsers.remove(&self.browser);
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use halley_engine::bayeux::{Connect, Handled, MAX_DELIVERY_BATCH, Session};
+use halley_engine::bayeux::{Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, Session};
 use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
 use tokio::time::Instant;
@@ -39,10 +39,11 @@ fn text(out: Output) -> Frame {
     Frame::Text(Utf8Bytes::try_from(Bytes::from(out.finish())).unwrap())
 }
 
-/// A connect held on this socket.
+/// A connect held on this socket; its guard keeps the session from expiring meanwhile.
 struct Held {
     connect: Connect,
     deadline: Instant,
+    _guard: ConnectGuard,
 }
 
 async fn run<S>(app: &App, ws: WebSocketStream<S>)
@@ -105,10 +106,13 @@ where
                             for m in &guard.resend {
                                 out.data(m);
                             }
-                            drop(guard);
                             connected_here = true;
                             session = Some(connect.session.clone());
-                            held = Some(Held { deadline: Instant::now() + connect.timeout, connect });
+                            held = Some(Held {
+                                deadline: Instant::now() + connect.timeout,
+                                connect,
+                                _guard: guard,
+                            });
                         }
                     }
                 }

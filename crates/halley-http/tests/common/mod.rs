@@ -12,9 +12,11 @@ pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use halley_engine::bayeux::{AllowAll, Bayeux, BayeuxConfig, NoServices};
 use halley_engine::{Engine, EngineConfig};
 use halley_http::{HttpConfig, Server};
 use http_body_util::{BodyExt, Full};
@@ -44,6 +46,16 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// The test defaults: an ephemeral port, connects held 300 ms, a 3 s drain.
+fn test_http() -> HttpConfig {
+    HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        hold_timeout: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(3),
+        ..HttpConfig::default()
+    }
+}
+
 /// A running server; dropping it starts the graceful drain.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -68,16 +80,40 @@ impl TestServer {
 
     /// A server whose configuration `tweak` adjusts after the test defaults are applied.
     pub async fn with(tweak: impl FnOnce(&mut HttpConfig, &mut EngineConfig)) -> TestServer {
-        let mut http = HttpConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            hold_timeout: Duration::from_millis(300),
-            drain_timeout: Duration::from_secs(3),
-            ..HttpConfig::default()
-        };
+        let mut http = test_http();
         let mut engine = EngineConfig::default();
         tweak(&mut http, &mut engine);
         let key = http.publish_key.clone();
         let server = Server::bind(http, Engine::in_memory(engine)).await.unwrap();
+        TestServer::launch(server, key)
+    }
+
+    /// A server with its own Bayeux configuration. `tweak` gets the test defaults, with the
+    /// Bayeux connect timeout equal to the hold timeout as [`Server::bind`] sets it; a tweak
+    /// that changes one should change the other.
+    pub async fn with_bayeux(
+        tweak: impl FnOnce(&mut HttpConfig, &mut EngineConfig, &mut BayeuxConfig),
+    ) -> TestServer {
+        let mut http = test_http();
+        let mut engine = EngineConfig::default();
+        let mut bayeux = BayeuxConfig {
+            timeout: http.hold_timeout,
+            ..BayeuxConfig::default()
+        };
+        tweak(&mut http, &mut engine, &mut bayeux);
+        let key = http.publish_key.clone();
+        let engine = Engine::in_memory(engine);
+        let bayeux = Bayeux::spawn(
+            engine.clone(),
+            bayeux,
+            Arc::new(AllowAll),
+            Arc::new(NoServices),
+        );
+        let server = Server::bind_with(http, engine, bayeux).await.unwrap();
+        TestServer::launch(server, key)
+    }
+
+    fn launch(server: Server, key: Option<String>) -> TestServer {
         let addr = server.local_addr();
         let shutdown = server.shutdown_token();
         let done = Some(tokio::spawn(server.run()));
@@ -199,6 +235,22 @@ impl TestServer {
         assert_eq!(reply.status, 200);
         metric_value(&reply.body, sample)
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{}", reply.body))
+    }
+
+    /// Waits until the `/metrics` sample `sample` equals `n`: the observable sign that held
+    /// requests (e.g. `halley_subscribers{transport="longpoll"}`, Bayeux connects) started or
+    /// ended.
+    pub async fn wait_metric(&self, sample: &str, n: i64) {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut last = 0;
+        for _ in 0..300 {
+            tick.tick().await;
+            last = self.metric(sample).await;
+            if last == n {
+                return;
+            }
+        }
+        panic!("{sample} never reached {n} (last seen {last})");
     }
 
     /// Waits until `/api/channels` lists `name` (a channel or pattern) with at least `n`
