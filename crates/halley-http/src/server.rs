@@ -366,18 +366,22 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                 head_len,
                 more,
             } => {
-                let mut body = head.split_off(head_len);
-                if more > 0 {
-                    // A slow body is bounded like a slow head (slowloris).
-                    let reading = read_more(&mut stream, &mut body, more);
-                    match tokio::time::timeout(app.config.header_timeout, reading).await {
-                        Ok(Ok(())) => {}
-                        _ => return,
+                if head.len() > head_len || more > 0 {
+                    // The body follows the head: what was read with it, then the rest.
+                    let mut body = head.split_off(head_len);
+                    if more > 0 {
+                        // A slow body is bounded like a slow head (slowloris).
+                        let reading = read_more(&mut stream, &mut body, more);
+                        match tokio::time::timeout(app.config.header_timeout, reading).await {
+                            Ok(Ok(())) => {}
+                            _ => return,
+                        }
                     }
-                }
-                if !body.is_empty() {
                     *request.body_mut() = Full::new(body.freeze());
                 }
+                // Nothing may keep the head buffer (or a slice of it) past this point: it
+                // would stay allocated for as long as the response streams (regression: an
+                // empty split-off tail kept 1 KiB per idle subscriber alive).
                 drop(head);
                 let handling = Box::pin(app::handle(app.clone(), *request));
                 let Some(response) = until_peer_closes(&stream, handling).await else {
@@ -469,6 +473,14 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// `write_all_buf` (vectored when the socket supports it), bounded by [`WRITE_STALL_TIMEOUT`].
+async fn write_all_buf(stream: &mut TcpStream, buf: &mut impl Buf) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all_buf(buf)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// The status line and headers of a lean-path response. Consumes the parts so that nothing of
 /// them stays alive while the body streams.
 fn encode_head(
@@ -534,11 +546,17 @@ async fn write_response(
             continue;
         }
         if chunked {
-            let mut chunk = BytesMut::with_capacity(data.len() + 12);
-            chunk.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            chunk.put_slice(&data);
-            chunk.put_slice(b"\r\n");
-            write_all(stream, &chunk).await?;
+            // Size line, data, CRLF in one vectored write: no copy of the (shared) data.
+            let mut size = [0u8; 20];
+            let n = {
+                let mut cursor = std::io::Cursor::new(&mut size[..]);
+                // 16 hex digits and CRLF always fit in 20 bytes.
+                std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", data.len()))
+                    .unwrap();
+                cursor.position() as usize
+            };
+            let mut chunk = Buf::chain(Buf::chain(&size[..n], data), &b"\r\n"[..]);
+            write_all_buf(stream, &mut chunk).await?;
         } else {
             write_all(stream, &data).await?;
         }

@@ -48,6 +48,8 @@ async fn long_polling<B: RequestBody>(
     let browser = browser_id(request.headers());
     let body = read_body(app, request).await?;
     let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // The body (and the connection's read buffer it may share) is not kept through the hold.
+    drop(body);
     let (out, new_browser) = process(app, batch, browser, Kind::LongPoll).await;
     let mut response = Response::new(full(out.freeze()));
     let headers = response.headers_mut();

@@ -111,6 +111,15 @@ impl Wire {
         }
     }
 
+    /// The message's frame as bytes shared with every other subscriber, when this wire has
+    /// one (SSE's frame is cached on the message).
+    fn shared_frame(&self, m: &Message) -> Option<Bytes> {
+        match self {
+            Wire::Sse { json: false } => Some(m.sse_frame().clone()),
+            _ => None,
+        }
+    }
+
     pub fn heartbeat(&self) -> Bytes {
         match self {
             Wire::Sse { .. } => Bytes::from_static(b":\n\n"),
@@ -188,7 +197,23 @@ impl Stream {
                     self.done = true;
                     self.wire.farewell("reconnect", self.retry_ms, &mut out);
                 }
-                event = self.sub.next() => self.take(event, &mut out),
+                event = self.sub.next() => {
+                    // The common case under broadcast: one message, whose frame is already
+                    // encoded and shared by every subscriber — hand it on without a copy.
+                    if let Event::Message(m) = &event
+                        && let Some(frame) = self.wire.shared_frame(m)
+                    {
+                        match self.sub.try_next() {
+                            None => return Some(frame),
+                            Some(next) => {
+                                out.put_slice(&frame);
+                                self.take(next, &mut out);
+                            }
+                        }
+                    } else {
+                        self.take(event, &mut out);
+                    }
+                }
                 changed = self.heartbeat.changed() => {
                     if changed.is_err() {
                         self.done = true;
