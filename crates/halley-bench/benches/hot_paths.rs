@@ -20,8 +20,7 @@ fn matching(c: &mut Criterion) {
     }
 }
 
-fn message() -> Message {
-    let id: MessageId = latest_id();
+fn message(id: MessageId) -> Message {
     Message::new(
         Channel::parse("/chat/room/42").unwrap(),
         id,
@@ -49,6 +48,8 @@ fn latest_id() -> MessageId {
 fn encoding(c: &mut Criterion) {
     // Each encoding is computed once per message and shared by every subscriber, so the cost
     // that matters is building a fresh message's encodings.
+    let id = latest_id();
+    let message = || message(id);
     c.bench_function("encode sse frame", |b| {
         b.iter_batched(message, |m| m.sse_frame().len(), BatchSize::SmallInput)
     });
