@@ -26,6 +26,7 @@
 //! Every run is bounded: connects time out (`--connect-timeout`), the wait for deliveries
 //! times out (`--drain-timeout`), and each worker exits by itself after `--run-timeout`.
 
+mod floor;
 mod publish;
 mod sub;
 mod wire;
@@ -98,6 +99,12 @@ enum Scenario {
         /// Stop publishing after this many publishes in all, even before --duration.
         #[arg(long, default_value_t = 10_000_000)]
         max_publishes: u64,
+    },
+    /// A minimal broadcast server to measure the others against (see `floor.rs`): GET is an
+    /// SSE subscriber, POST is written to every subscriber, one write each, one thread.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:8050")]
+        listen: SocketAddr,
     },
     /// Internal: one worker process (spawned by the others).
     #[command(hide = true)]
@@ -200,6 +207,12 @@ fn default_publish(kind: Kind) -> PublishTo {
 
 fn main() {
     let cli = Cli::parse();
+    if let Scenario::Floor { listen } = cli.scenario {
+        if let Err(e) = floor::run(listen) {
+            fail(&format!("floor server: {e}"));
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,6 +238,7 @@ fn main() {
                 publishers,
                 max_publishes,
             } => throughput(common, publish, duration, publishers, max_publishes).await,
+            Scenario::Floor { .. } => unreachable!("handled before the runtime starts"),
         }
     });
 }
