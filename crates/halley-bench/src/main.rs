@@ -375,6 +375,16 @@ impl Workers {
         true
     }
 
+    /// Handles worker lines until `until`, so that their pipes never fill up while the
+    /// parent waits; sleeps instead once no worker can report any more.
+    async fn idle(&mut self, until: Instant) {
+        while Instant::now() < until {
+            if !self.step(until).await {
+                tokio::time::sleep_until(until.into()).await;
+            }
+        }
+    }
+
     async fn wait_ready(&mut self, total: usize, timeout: Duration) -> bool {
         let bar = bar(total as u64, "connect");
         let until = Instant::now() + timeout;
@@ -533,7 +543,9 @@ async fn connect_all(common: &Common, n: usize, channels: usize) -> (Workers, f6
         );
     }
     let secs = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs_f64(common.settle.max(0.0))).await;
+    workers
+        .idle(Instant::now() + Duration::from_secs_f64(common.settle.max(0.0)))
+        .await;
     (workers, secs, rss_before)
 }
 
@@ -546,16 +558,13 @@ fn per_subscriber(before: Option<u64>, after: Option<u64>, connected: u64) -> Op
 
 async fn hold(common: Common, hold_secs: u64) {
     let n = common.n;
-    let (workers, secs, rss_before) = connect_all(&common, n, 1).await;
+    let (mut workers, secs, rss_before) = connect_all(&common, n, 1).await;
     let rss_after = rss_kib(&common.pid);
-    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    workers
+        .idle(Instant::now() + Duration::from_secs(hold_secs))
+        .await;
     let merged = merge(&workers.finish().await);
-    let per_sub = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if merged.connected > 0 => {
-            Some((a as f64 - b as f64) / merged.connected as f64)
-        }
-        _ => None,
-    };
+    let per_sub = per_subscriber(rss_before, rss_after, merged.connected);
     let rate = merged.connected as f64 / secs;
     let mut result = base_json("hold", &common, &merged);
     result["n"] = json!(n);
@@ -601,10 +610,7 @@ async fn fanout(common: Common, publish: PublishArgs, messages: usize, interval_
             }
         }
         next += Duration::from_millis(interval_ms);
-        // Drain progress lines while waiting, so worker pipes never fill up.
-        while Instant::now() < next {
-            workers.step(next).await;
-        }
+        workers.idle(next).await;
     }
     let expected = published * workers.connected();
     workers
@@ -701,7 +707,7 @@ async fn throughput(
     }
     while tasks.iter().any(|t| !t.is_finished()) {
         workers
-            .step(Instant::now() + Duration::from_millis(100))
+            .idle(Instant::now() + Duration::from_millis(100))
             .await;
     }
     let publish_secs = start.elapsed().as_secs_f64();
