@@ -1,0 +1,1 @@
+// halley.js — placeholder until the client lands.

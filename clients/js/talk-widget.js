@@ -1,0 +1,1 @@
+// talk widget — placeholder.

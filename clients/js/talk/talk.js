@@ -1,0 +1,1 @@
+// talk chat — placeholder.
