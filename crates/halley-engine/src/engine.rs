@@ -3,6 +3,11 @@ use std::sync::Arc;
 
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::presence::{self, Presence};
 use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Stats, Subscription};
 
 /// Why a publish or subscribe was refused.
@@ -31,10 +36,24 @@ pub struct ChannelInfo {
     pub last_id: Option<MessageId>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     hub: Hub,
-    broker: Arc<dyn Broker>,
+    pub(crate) broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
+    pub(crate) presence: Presence,
+}
+
+/// A member's presence on a channel, held by the connection that declared it.
+pub struct PresenceGuard {
+    shared: Arc<Shared>,
+    channel: Channel,
+    member: String,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.shared.presence.leave(&self.channel, &self.member);
+    }
 }
 
 /// The facade the transports use. Cheap to clone.
@@ -55,8 +74,59 @@ impl Engine {
     /// An engine over any broker; the broker must deliver to `hub` (see [`Broker`]).
     pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>, stats: Arc<Stats>) -> Engine {
         Engine {
-            shared: Arc::new(Shared { hub, broker, stats }),
+            shared: Arc::new(Shared {
+                hub,
+                broker,
+                stats,
+                presence: Presence::new(),
+            }),
         }
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Engine {
+        Engine { shared }
+    }
+
+    /// How long a member stays present after its last connection closed (see [`crate::presence`]).
+    pub fn set_presence_grace(&self, grace: Duration) {
+        self.shared.presence.set_grace(grace);
+    }
+
+    /// Declares `member` present on `channel` with `info` for as long as the guard lives (plus
+    /// the grace period). A new member is announced with a join notice on the channel; one that
+    /// comes back with different info with an update notice.
+    pub async fn join(
+        &self,
+        channel: Channel,
+        member: &str,
+        info: Value,
+    ) -> Result<PresenceGuard, EngineError> {
+        if channel.is_meta() || channel.is_service() || channel.is_private() {
+            return Err(EngineError::Reserved(channel));
+        }
+        let (notice, start_sweeper) = self.shared.presence.join(&channel, member, info);
+        if start_sweeper {
+            presence::spawn_sweeper(Arc::downgrade(&self.shared));
+        }
+        let guard = PresenceGuard {
+            shared: self.shared.clone(),
+            channel,
+            member: member.to_string(),
+        };
+        if let Some(notice) = notice {
+            presence::publish_notice(self, notice).await;
+        }
+        Ok(guard)
+    }
+
+    /// The members present on `channel` (their info), in join order.
+    pub fn members(&self, channel: &Channel) -> Vec<Value> {
+        self.shared.presence.members(channel)
+    }
+
+    /// Channels starting with `prefix` that have members, with their members, by name.
+    pub fn presence(&self, prefix: &str) -> Vec<(Channel, Vec<Value>)> {
+        self.shared.presence.channels(prefix)
     }
 
     /// A subscriber with no patterns yet, for protocols that subscribe piecemeal (Bayeux).
@@ -94,20 +164,50 @@ impl Engine {
         pattern: Pattern,
         resume: Option<MessageId>,
     ) -> Result<Subscription, EngineError> {
-        if let Some(c) = pattern.exact().filter(|c| c.is_meta() || c.is_service()) {
-            return Err(EngineError::Reserved(c.clone()));
+        self.subscribe_many(vec![pattern], resume).await
+    }
+
+    /// Subscribes one queue to several patterns at once (a browser's one connection for all its
+    /// channels). Ids are ordered across channels, so one `resume` id serves them all: the
+    /// replay is every pattern's history after it, merged in id order, each message once.
+    ///
+    /// # Panics
+    /// If `patterns` is empty.
+    pub async fn subscribe_many(
+        &self,
+        patterns: Vec<Pattern>,
+        resume: Option<MessageId>,
+    ) -> Result<Subscription, EngineError> {
+        assert!(!patterns.is_empty(), "subscribe to at least one pattern");
+        for pattern in &patterns {
+            if let Some(c) = pattern.exact().filter(|c| c.is_meta() || c.is_service()) {
+                return Err(EngineError::Reserved(c.clone()));
+            }
         }
         // Register before reading history or the cursor, so that nothing published in between
         // is missed; what is seen twice is dropped by id in the subscription.
-        let mut sub = self.shared.hub.register(pattern.clone());
+        let mut sub = self.shared.hub.subscriber();
+        for pattern in &patterns {
+            sub.add(pattern.clone());
+        }
         match resume {
             Some(after) => {
-                let replay = self.shared.broker.replay(&pattern, after).await?;
-                if replay.gap {
+                let mut messages = Vec::new();
+                let mut gap = false;
+                for pattern in &patterns {
+                    let replay = self.shared.broker.replay(pattern, after).await?;
+                    gap |= replay.gap;
+                    messages.extend(replay.messages);
+                }
+                if patterns.len() > 1 {
+                    messages.sort_by_key(|m| m.id);
+                    messages.dedup_by_key(|m| m.id);
+                }
+                if gap {
                     Stats::add(&self.shared.stats.gaps, 1);
                 }
-                let floor = (!replay.gap).then_some(after);
-                sub.set_resume(replay.messages, floor, replay.gap, Some(after));
+                let floor = (!gap).then_some(after);
+                sub.set_resume(messages, floor, gap, Some(after));
             }
             None => {
                 let cursor = self.shared.broker.cursor().await?;

@@ -143,13 +143,6 @@ impl Hub {
         Pushed::Queued
     }
 
-    /// Registers a subscriber for `pattern`; messages delivered from now on are queued for it.
-    pub(crate) fn register(&self, pattern: Pattern) -> Subscription {
-        let mut subscription = self.subscriber();
-        subscription.add(pattern);
-        subscription
-    }
-
     /// A subscriber with no patterns yet (a Bayeux session adds and removes them).
     pub(crate) fn subscriber(&self) -> Subscription {
         Stats::add(&self.shared.stats.subscriptions, 1);

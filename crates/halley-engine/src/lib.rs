@@ -13,6 +13,8 @@
 //! - [`bayeux::Bayeux`] runs Bayeux 1.0 sessions (handshake, connect, subscribe, publish, the ack
 //!   and timesync extensions) over the engine, for any transport.
 //!
+//! - [`presence`] keeps who is on a channel and announces joins and leaves.
+//!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
 //! Slow subscribers: every subscriber queue holds at most
@@ -27,11 +29,12 @@ mod config;
 mod engine;
 mod hub;
 mod memory;
+pub mod presence;
 mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelEntry, Replay};
 pub use config::EngineConfig;
-pub use engine::{ChannelInfo, Engine, EngineError, Published};
+pub use engine::{ChannelInfo, Engine, EngineError, PresenceGuard, Published};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;
 pub use stats::Stats;

@@ -235,3 +235,45 @@ async fn overlapping_patterns_deliver_once() {
     publish(&e, "/a/x", "4").await;
     assert_eq!(drain(&mut s), ["4"]);
 }
+
+#[tokio::test]
+async fn one_subscription_many_patterns_resumes_in_id_order() {
+    let e = engine(EngineConfig::default());
+    let start = publish(&e, "/x", "0").await;
+    publish(&e, "/a", "1").await;
+    publish(&e, "/b/c", "2").await;
+    publish(&e, "/other", "skip").await;
+    publish(&e, "/a", "3").await;
+    let patterns = ["/a", "/b/**", "/**"]
+        .iter()
+        .map(|p| Pattern::parse(p).unwrap())
+        .collect();
+    // Overlapping patterns: each message once, in id order.
+    let mut s = e.subscribe_many(patterns, Some(start)).await.unwrap();
+    assert!(!s.gap());
+    assert_eq!(drain(&mut s), ["1", "2", "skip", "3"]);
+    publish(&e, "/a", "4").await;
+    assert_eq!(drain(&mut s), ["4"]);
+
+    let two = vec![
+        Pattern::parse("/a").unwrap(),
+        Pattern::parse("/b/*").unwrap(),
+    ];
+    let mut s = e.subscribe_many(two, Some(start)).await.unwrap();
+    assert_eq!(drain(&mut s), ["1", "2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn wildcards_never_see_inboxes() {
+    let e = engine(EngineConfig::default());
+    let inbox = halley_proto::inbox::channel_for(&"b".repeat(32)).unwrap();
+    let mut all = sub(&e, "/**", None).await;
+    let mut own = sub(&e, inbox.as_str(), None).await;
+    e.publish(inbox.clone(), Payload::string("secret"))
+        .await
+        .unwrap();
+    assert_eq!(drain(&mut own), ["secret"]);
+    assert!(drain(&mut all).is_empty());
+    let mut late = sub(&e, "/**", Some(MessageId::new(0, 0))).await;
+    assert!(drain(&mut late).iter().all(|m| m != "secret"));
+}

@@ -81,6 +81,12 @@ impl Channel {
     pub fn is_service(&self) -> bool {
         self.0.starts_with("/service/")
     }
+
+    /// `/inbox/**`: a client's private address ([`crate::inbox`]). Only an exact subscription
+    /// (checked against the secret by the server) receives it; no wildcard matches it.
+    pub fn is_private(&self) -> bool {
+        self.0.starts_with(crate::inbox::PREFIX)
+    }
 }
 
 impl fmt::Display for Channel {
@@ -138,7 +144,7 @@ impl Pattern {
         let name = channel.as_str();
         match self {
             Pattern::Exact(c) => c == channel,
-            _ if channel.is_meta() => false,
+            _ if channel.is_meta() || channel.is_private() => false,
             Pattern::Children(prefix) => name
                 .strip_prefix(&**prefix)
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),

@@ -9,6 +9,7 @@
 //!   thousands of subscribers encodes nothing twice; [`Payload`] is the data before it has an id.
 //! - [`bayeux`] is the Bayeux 1.0 message model ([`bayeux::BayeuxMessage`]), batch parsing and
 //!   the `code:args:message` errors.
+//! - [`inbox`] derives a client's private address from its secret.
 //!
 //! Invariant: this crate does no I/O and knows nothing of tokio, hyper or Redis, so that everything
 //! in it can be unit-tested and fuzzed in isolation.
@@ -16,6 +17,7 @@
 pub mod bayeux;
 mod channel;
 mod id;
+pub mod inbox;
 mod message;
 
 pub use channel::{CHANNEL_MAX_LEN, Channel, ChannelError, Pattern};

@@ -337,6 +337,15 @@ impl Bayeux {
                     );
                 }
             };
+            if name.starts_with(halley_proto::inbox::PREFIX) {
+                return BayeuxMessage::error(
+                    message,
+                    BayeuxError::Forbidden(
+                        name.to_string(),
+                        "inboxes are received with their secret over /sub",
+                    ),
+                );
+            }
             if name.starts_with("/service/") {
                 return BayeuxMessage::error(
                     message,
