@@ -1,1 +1,137 @@
-// Types for halley.js — placeholder.
+// Types for halley.js, the browser client of Halley's native API (clients/js/PROTOCOL.md).
+//
+// halley.js is a classic script with no `export`: it sets `globalThis.Halley`.
+//   <script src="/halley.js"></script>             → `new Halley(url)`
+//   import "/halley.js"; const { Halley } = globalThis;   (from an ES module)
+// These declarations describe that global.
+
+/** Transports, in the order the client prefers them. */
+export type Transport = "websocket" | "sse" | "stream" | "longpoll" | "jsonp";
+
+/** `idle`: no subscriptions, nothing open. */
+export type State = "connecting" | "connected" | "reconnecting" | "closed" | "idle";
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export interface HalleyOptions {
+  /** Transports to try, best first (default: all five). `['longpoll']` forces one. */
+  transports?: Transport[];
+  /** One upstream connection for all tabs of this origin (Web Locks + BroadcastChannel). Default true. */
+  share?: boolean;
+  /** A stream with no first byte within this many ms is taken as buffered by a proxy: step down. Default 4000. */
+  flushTimeout?: number;
+  /** A long-poll/JSONP request older than this is given up. Default 40000 (server holds 25 s). */
+  pollTimeout?: number;
+  /** A poll pending this long without failing counts as connected. Default 1000. */
+  pollSettle?: number;
+  /** Reconnect delay: random in [0, min(max, base·2^attempt)) ms. Default {base: 500, max: 30000}. */
+  backoff?: { base?: number; max?: number };
+  /** A transport that once worked is given up after this many failures to open in a row. Default 3. */
+  stepDownAfter?: number;
+  /** Subscription changes within this many ms make one reconnect. Default 20. */
+  debounce?: number;
+  /** Recent message ids remembered to drop duplicates. Default 1000. */
+  dedupeWindow?: number;
+  /** Publish key (server `--publish-key`). */
+  key?: string | null;
+  /** Presence member id, 8–64 of [A-Za-z0-9_-]. Default: random per instance. */
+  member?: string | null;
+}
+
+/** A message as the server sends it. */
+export interface Message<T = Json> {
+  channel: string;
+  /** Opaque, resumable: `<epoch hex>-<offset>`. */
+  id: string;
+  data: T;
+}
+
+export interface Subscription {
+  readonly channel: string;
+  unsubscribe(): void;
+}
+
+export interface SubscribeOptions {
+  /** Be a member of this (exact) channel with this info while subscribed (≤ 512 bytes of JSON). */
+  presence?: { [key: string]: Json };
+}
+
+export interface Published {
+  channel: string;
+  id: string;
+  subscribers: number;
+}
+
+export interface Inbox {
+  /** Absolute URL anyone may POST to (or GET `?message=…&callback=` over JSONP). */
+  url: string;
+  /** The inbox's channel, `/inbox/H`; its messages arrive as 'inbox' events. */
+  channel: string;
+}
+
+export interface PresenceAnswer {
+  channel: string;
+  members: Array<{ [key: string]: Json }>;
+}
+
+export interface RoomsAnswer {
+  channels: Array<{ channel: string; count: number; members: Array<{ [key: string]: Json }> }>;
+}
+
+export interface HalleyEvents {
+  state: (change: { state: State; transport: Transport | null }) => void;
+  /** The client stepped to another transport; reason: missing | connect | buffered. */
+  transport: (change: { transport: Transport; from: Transport; reason: string }) => void;
+  /** The server could not resume from the last id: messages may have been lost. */
+  gap: (gap: { channel: string | null; lastId: string | null }) => void;
+  /** A message to this client's inbox. */
+  inbox: (data: Json, message: Message) => void;
+  /** Every message, before the subscription callbacks. */
+  message: (message: Message) => void;
+  /** A server `error` control object, or a refused subscription. */
+  error: (error: { event: "error"; error?: string }) => void;
+}
+
+declare class HalleyClient {
+  /** @param url the server, e.g. "https://halley.example" (default: this page's origin) */
+  constructor(url?: string, options?: HalleyOptions);
+  readonly url: string;
+  readonly options: Required<HalleyOptions>;
+  /** This instance's presence member id. */
+  readonly member: string;
+  readonly state: State;
+  readonly transport: Transport | null;
+  /** The id to resume from. */
+  readonly lastId: string | null;
+  /** 'solo' (own connection), 'leader' (the connection for all tabs) or 'follower'. */
+  readonly role: "solo" | "leader" | "follower";
+
+  subscribe<T = Json>(
+    channel: string,
+    callback: (data: T, message: Message<T>) => void,
+    options?: SubscribeOptions,
+  ): Subscription;
+  publish(channel: string, data: Json): Promise<Published>;
+  /** Declares presence on an exact channel (`null` withdraws it). */
+  setPresence(channel: string, info: { [key: string]: Json } | null): void;
+  presence(channel: string): Promise<PresenceAnswer>;
+  rooms(prefix?: string): Promise<RoomsAnswer>;
+  /** Mints (once per instance) this client's inbox. */
+  inbox(): Promise<Inbox>;
+  /** Sends to an inbox URL. */
+  send(address: string, data: Json): Promise<unknown>;
+  on<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): () => void;
+  off<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): void;
+  close(): void;
+
+  static readonly TRANSPORTS: Transport[];
+}
+
+export { HalleyClient as Halley };
+
+declare global {
+  // The global halley.js sets when it runs.
+  // eslint-disable-next-line no-var
+  var Halley: typeof HalleyClient;
+}

@@ -1,1 +1,1352 @@
-// halley.js — placeholder until the client lands.
+/*!
+ * halley.js — the browser client of Halley's native API (clients/js/PROTOCOL.md).
+ *
+ * One file, no build step, no dependencies. It is a *classic script*: it has no `import` or
+ * `export`, so the same file works
+ *   - from a plain tag:  <script src="https://halley.example/halley.js"></script>
+ *                        then `new Halley(url)` (it sets `globalThis.Halley`);
+ *   - from an ES module: import "https://halley.example/halley.js";
+ *                        const { Halley } = globalThis;
+ *     (a file without `export` is also a valid module; importing it runs it once);
+ *   - from Node (CommonJS `require`), for the unit tests of its pure parts.
+ * Why not a real `export`: the server serves one file, /halley.js, and a file with `export` is a
+ * syntax error as a classic script, while the reverse works.
+ *
+ * Overview
+ *   const h = new Halley("https://halley.example", { transports, share, backoff, ... });
+ *   const sub = h.subscribe("/chat/room", (data, message) => ..., { presence: { name } });
+ *   await h.publish("/chat/room", { text: "hi" });
+ *   sub.unsubscribe(); h.close();
+ *
+ * The pieces, top to bottom:
+ *   - pure helpers (ids, dedupe window, backoff, transport ladder, channel matching, URLs),
+ *     exported as `Halley._internal` for the unit tests in clients/js/test/;
+ *   - the five transports (WebSocket, SSE, fetch stream, long-poll, JSONP), each an opener
+ *     that reports open / frame / position / fail to its caller;
+ *   - `Upstream`: one connection for a set of channels, walking the transport ladder with
+ *     backoff and resuming from the last id;
+ *   - `Halley`: subscriptions, events, publishing, inboxes, presence, and sharing one
+ *     Upstream between the tabs of an origin (Web Locks elect a leader, BroadcastChannel
+ *     carries subscriptions in and messages out).
+ */
+(function (root) {
+  "use strict";
+
+  /** Transports in order of preference; the ladder steps down this list. */
+  var TRANSPORTS = ["websocket", "sse", "stream", "longpoll", "jsonp"];
+
+  var DEFAULTS = {
+    transports: TRANSPORTS,
+    /** Share one upstream connection between the tabs of this origin. */
+    share: true,
+    /**
+     * A stream that delivers no first byte within this many ms is taken to be buffered by a
+     * proxy (every stream transport writes something as soon as it opens): step down.
+     */
+    flushTimeout: 4000,
+    /** Longer than the server's long-poll hold (25 s by default): a poll still open is lost. */
+    pollTimeout: 40000,
+    /** A poll pending this long without failing counts as connected (it is held, not refused). */
+    pollSettle: 1000,
+    /** Exponential backoff with full jitter between reconnects, in ms. */
+    backoff: { base: 500, max: 30000 },
+    /** Failures to open in a row after which a transport that once worked is given up. */
+    stepDownAfter: 3,
+    /** Subscription changes within this many ms make one reconnect. */
+    debounce: 20,
+    /** How many recent message ids are remembered to drop duplicates. */
+    dedupeWindow: 1000,
+    /** Publish key (`--publish-key` on the server), sent as X-Halley-Key or `key=`. */
+    key: null,
+    /** Presence member id; default: random per Halley instance (8–64 of [A-Za-z0-9_-]). */
+    member: null,
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Pure helpers (unit-tested in Node; no DOM here).
+
+  /**
+   * Parses a message id `<epoch hex>-<offset decimal>` (crates/halley-proto/src/id.rs).
+   * Offsets are u64 and may exceed 2^53, so they stay decimal strings (no leading zeros).
+   * @param {string} id
+   * @returns {{epoch: string, offset: string} | null}
+   */
+  function parseId(id) {
+    if (typeof id !== "string") return null;
+    var m = /^([0-9a-fA-F]+)-([0-9]+)$/.exec(id);
+    if (!m) return null;
+    return {
+      epoch: m[1].toLowerCase().replace(/^0+(?=.)/, ""),
+      offset: m[2].replace(/^0+(?=.)/, ""),
+    };
+  }
+
+  /**
+   * Orders two ids of one epoch: negative, 0, positive. NaN when they are not comparable
+   * (different epochs — the server's history was lost in between — or malformed).
+   */
+  function compareIds(a, b) {
+    var x = parseId(a);
+    var y = parseId(b);
+    if (!x || !y || x.epoch !== y.epoch) return NaN;
+    if (x.offset.length !== y.offset.length) return x.offset.length - y.offset.length;
+    return x.offset < y.offset ? -1 : x.offset > y.offset ? 1 : 0;
+  }
+
+  /**
+   * Resume bookkeeping and duplicate suppression. Ids grow across all channels of a server
+   * and each connection delivers in id order, so within one epoch anything at or below the
+   * last id is a duplicate (a replay after reconnect, a relay from another tab). A bounded set
+   * of recent ids also catches repeats whatever their order. An epoch that was replaced by a
+   * newer one (server restart) is retired: its stragglers are dropped.
+   * @param {number} [windowSize]
+   */
+  function Resume(windowSize) {
+    this.lastId = null;
+    this.window = windowSize || 1000;
+    this.seen = new Set();
+    this.order = [];
+    this.retired = new Set();
+  }
+  /** True if the message with this id is new (and remembers it); false for a duplicate. */
+  Resume.prototype.accept = function (id) {
+    var parsed = parseId(id);
+    if (!parsed) return true; // no usable id: nothing to dedupe against
+    if (this.seen.has(id) || this.retired.has(parsed.epoch)) return false;
+    if (this.lastId !== null) {
+      var c = compareIds(id, this.lastId);
+      if (c <= 0) return false;
+    }
+    this.remember(id);
+    this.move(id, parsed);
+    return true;
+  };
+  /** The server says "resume from here" (long-poll's X-Halley-Last-Id): only ever forward. */
+  Resume.prototype.advance = function (id) {
+    var parsed = parseId(id);
+    if (!parsed || this.retired.has(parsed.epoch)) return;
+    if (this.lastId !== null && compareIds(id, this.lastId) <= 0) return;
+    this.move(id, parsed);
+  };
+  Resume.prototype.move = function (id, parsed) {
+    var old = parseId(this.lastId);
+    if (old && old.epoch !== parsed.epoch) this.retired.add(old.epoch);
+    this.lastId = id;
+  };
+  Resume.prototype.remember = function (id) {
+    this.seen.add(id);
+    this.order.push(id);
+    while (this.order.length > this.window) this.seen.delete(this.order.shift());
+  };
+
+  /**
+   * Delay before reconnect attempt `attempt` (0-based): exponential backoff with full jitter,
+   * uniformly random in [0, min(max, base·2^attempt)), so that many clients cut off at once do
+   * not come back at once.
+   */
+  function backoffDelay(attempt, backoff, random) {
+    var base = (backoff && backoff.base) || DEFAULTS.backoff.base;
+    var max = (backoff && backoff.max) || DEFAULTS.backoff.max;
+    var cap = Math.min(max, base * Math.pow(2, Math.min(attempt, 30)));
+    return Math.floor((random || Math.random)() * cap);
+  }
+
+  /**
+   * The transport ladder. `current` is the transport to try. Reports:
+   *   opened()        it works: it is now proven and its failure count resets;
+   *   failed(reason)  'missing' (the browser lacks it) or 'buffered' (a proxy holds the
+   *                   stream): banned for good and stepped over; 'connect' (could not open):
+   *                   step down at once if it never worked, else after `stepDownAfter` in a
+   *                   row; 'dropped' (it worked and then ended): stay.
+   * Stepping past the last transport wraps to the first one not banned (`wrapped`): everything
+   * failed, which is a server outage more than a transport problem, so the caller backs off.
+   * @param {string[]} list
+   * @param {number} [stepDownAfter]
+   */
+  function Ladder(list, stepDownAfter) {
+    if (!list || list.length === 0) throw new Error("halley: no transports to try");
+    this.list = list.slice();
+    this.index = 0;
+    this.stepDownAfter = stepDownAfter || DEFAULTS.stepDownAfter;
+    this.proven = new Set();
+    this.banned = new Set();
+    this.failures = 0;
+  }
+  Object.defineProperty(Ladder.prototype, "current", {
+    get: function () {
+      return this.list[this.index];
+    },
+  });
+  Ladder.prototype.opened = function () {
+    this.proven.add(this.current);
+    this.failures = 0;
+  };
+  /** @returns {{transport: string, stepped: boolean, wrapped: boolean}} */
+  Ladder.prototype.failed = function (reason) {
+    var t = this.current;
+    if (reason === "dropped") return { transport: t, stepped: false, wrapped: false };
+    var hard = reason === "missing" || reason === "buffered";
+    if (hard) this.banned.add(t);
+    this.failures += 1;
+    if (!hard && this.proven.has(t) && this.failures < this.stepDownAfter) {
+      return { transport: t, stepped: false, wrapped: false };
+    }
+    this.failures = 0;
+    for (var i = this.index + 1; i < this.list.length; i++) {
+      if (!this.banned.has(this.list[i])) {
+        this.index = i;
+        return { transport: this.list[i], stepped: true, wrapped: false };
+      }
+    }
+    // Nothing left below: start over at the top. If everything is banned, the bans were
+    // probably wrong (a slow network looks like a buffering proxy): lift all but 'missing'.
+    var first = this.firstUsable();
+    if (first < 0) {
+      this.banned.clear();
+      first = 0;
+    }
+    this.index = first;
+    return { transport: this.list[first], stepped: this.list[first] !== t, wrapped: true };
+  };
+  Ladder.prototype.firstUsable = function () {
+    for (var i = 0; i < this.list.length; i++) if (!this.banned.has(this.list[i])) return i;
+    return -1;
+  };
+
+  var SEGMENT = "[A-Za-z0-9_.~:@!-]+";
+  var CHANNEL_RE = new RegExp("^(?:/" + SEGMENT + ")+$");
+  var PATTERN_RE = new RegExp("^(?:/" + SEGMENT + ")*(?:/\\*\\*?)?$");
+
+  /** A channel one can publish to: `/a/b`, no wildcards, at most 255 bytes. */
+  function isChannel(name) {
+    return typeof name === "string" && name.length <= 255 && CHANNEL_RE.test(name);
+  }
+  /** A channel or a pattern one can subscribe to: may end in `/*` or `/**`. */
+  function isPattern(name) {
+    return typeof name === "string" && name.length > 1 && name.length <= 255 && PATTERN_RE.test(name);
+  }
+
+  /**
+   * Whether subscription `pattern` selects `channel`, as the server decides it (halley-proto
+   * Pattern::matches): wildcards never select `/meta/**` or `/inbox/**`.
+   */
+  function matchChannel(pattern, channel) {
+    if (pattern === channel) return true;
+    if (channel.indexOf("/meta/") === 0 || channel.indexOf("/inbox/") === 0) return false;
+    var deep = /\/\*\*$/.test(pattern);
+    if (!deep && !/\/\*$/.test(pattern)) return false;
+    var prefix = pattern.replace(/\*+$/, "");
+    if (channel.indexOf(prefix) !== 0) return false;
+    var rest = channel.slice(prefix.length);
+    return rest.length > 0 && (deep || rest.indexOf("/") < 0);
+  }
+
+  /**
+   * The set of channels, inbox secrets and presence declarations one connection carries, in a
+   * canonical order (so that equal sets compare equal as JSON).
+   * @param {Array<{channels: Array<{channel: string, inbox?: string}>, presence: Array<{channel: string, member: string, info: object}>}>} specs
+   */
+  function mergeSpecs(specs) {
+    var channels = new Map();
+    var presence = new Map();
+    specs.forEach(function (spec) {
+      (spec.channels || []).forEach(function (c) {
+        channels.set(c.channel + "\n" + (c.inbox || ""), c.inbox ? { channel: c.channel, inbox: c.inbox } : { channel: c.channel });
+      });
+      (spec.presence || []).forEach(function (p) {
+        presence.set(p.channel + "\n" + p.member, p);
+        // A declared member is on a channel of its connection.
+        if (!channels.has(p.channel + "\n")) channels.set(p.channel + "\n", { channel: p.channel });
+      });
+    });
+    var byKey = function (a, b) {
+      return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
+    };
+    return {
+      channels: Array.from(channels.entries()).sort(byKey).map(function (e) {
+        return e[1];
+      }),
+      presence: Array.from(presence.entries()).sort(byKey).map(function (e) {
+        return e[1];
+      }),
+    };
+  }
+
+  /**
+   * The URL of a subscribe request (PROTOCOL.md): the first channel in the path, the others as
+   * `channel=` parameters, one `inbox=` per inbox secret, one `presence=` per declaration.
+   * @param {string} base  absolute http(s) URL of the server, no trailing slash
+   * @param {string} transport
+   * @param {{channels: Array<{channel: string, inbox?: string}>, presence: Array<object>}} spec
+   * @param {string|null} lastId
+   */
+  function subscribeUrl(base, transport, spec, lastId) {
+    var first = spec.channels[0].channel;
+    var params = [];
+    spec.channels.slice(1).forEach(function (c) {
+      params.push("channel=" + encodeURIComponent(c.channel));
+    });
+    spec.channels.forEach(function (c) {
+      if (c.inbox) params.push("inbox=" + encodeURIComponent(c.inbox));
+    });
+    spec.presence.forEach(function (p) {
+      params.push(
+        "presence=" + encodeURIComponent(JSON.stringify({ channel: p.channel, member: p.member, info: p.info })),
+      );
+    });
+    if (transport !== "websocket") params.push("transport=" + transport);
+    if (transport === "sse" || transport === "stream") params.push("format=json");
+    if (lastId) params.push("last_id=" + encodeURIComponent(lastId));
+    var url = base + "/sub" + first + (params.length ? "?" + params.join("&") : "");
+    if (transport === "websocket") url = url.replace(/^http/, "ws");
+    return url;
+  }
+
+  /**
+   * Splits newline-delimited text into complete lines; returns them and the unfinished rest.
+   * @returns {{lines: string[], rest: string}}
+   */
+  function splitLines(buffered) {
+    var parts = buffered.split("\n");
+    var rest = parts.pop();
+    return { lines: parts, rest: rest };
+  }
+
+  function randomId(length) {
+    var alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    var out = "";
+    var bytes = null;
+    if (root.crypto && root.crypto.getRandomValues) bytes = root.crypto.getRandomValues(new Uint8Array(length));
+    for (var i = 0; i < length; i++) {
+      var r = bytes ? bytes[i] : Math.floor(Math.random() * 256);
+      out += alphabet[r % alphabet.length];
+    }
+    return out;
+  }
+
+  /** Whether the browser has what a transport needs. */
+  function available(transport) {
+    switch (transport) {
+      case "websocket":
+        return typeof root.WebSocket === "function";
+      case "sse":
+        return typeof root.EventSource === "function";
+      case "stream":
+        return (
+          typeof root.fetch === "function" &&
+          typeof root.ReadableStream === "function" &&
+          typeof root.TextDecoder === "function" &&
+          typeof root.AbortController === "function"
+        );
+      case "longpoll":
+        return typeof root.fetch === "function" || typeof root.XMLHttpRequest === "function";
+      case "jsonp":
+        return typeof root.document === "object" && root.document !== null;
+      default:
+        return false;
+    }
+  }
+
+  function absoluteBase(url) {
+    var base = url;
+    if (root.location && root.location.href) base = new URL(url || "/", root.location.href).href;
+    base = String(base).replace(/[?#].*$/, "").replace(/\/+$/, "");
+    return base.replace(/^ws/, "http");
+  }
+
+  /** Calls `fn`; an exception in user code is reported without breaking the caller's loop. */
+  function safely(fn, args) {
+    try {
+      fn.apply(null, args);
+    } catch (e) {
+      setTimeout(function () {
+        throw e;
+      }, 0);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // One-shot HTTP: fetch, else XHR, else (or when asked) JSONP.
+
+  /**
+   * @returns {Promise<{status: number, header: function(string): (string|null), text: string}>}
+   *   with `.abort()` on the promise.
+   */
+  function httpRequest(method, url, body, headers, timeout) {
+    var abort = function () {};
+    var promise = new Promise(function (resolve, reject) {
+      var timer = null;
+      if (typeof root.fetch === "function") {
+        var ctrl = typeof root.AbortController === "function" ? new root.AbortController() : null;
+        abort = function () {
+          if (ctrl) ctrl.abort();
+        };
+        if (timeout) timer = setTimeout(abort, timeout);
+        root
+          .fetch(url, {
+            method: method,
+            body: body,
+            headers: headers,
+            cache: "no-store",
+            signal: ctrl ? ctrl.signal : undefined,
+          })
+          .then(function (res) {
+            return res.text().then(function (text) {
+              clearTimeout(timer);
+              resolve({
+                status: res.status,
+                header: function (n) {
+                  return res.headers.get(n);
+                },
+                text: text,
+              });
+            });
+          })
+          .catch(function (e) {
+            clearTimeout(timer);
+            reject(e);
+          });
+        return;
+      }
+      var xhr = new root.XMLHttpRequest();
+      abort = function () {
+        xhr.abort();
+      };
+      xhr.open(method, url, true);
+      Object.keys(headers || {}).forEach(function (k) {
+        xhr.setRequestHeader(k, headers[k]);
+      });
+      if (timeout) xhr.timeout = timeout;
+      xhr.onload = function () {
+        resolve({
+          status: xhr.status,
+          header: function (n) {
+            return xhr.getResponseHeader(n);
+          },
+          text: xhr.responseText,
+        });
+      };
+      xhr.onerror = xhr.ontimeout = xhr.onabort = function () {
+        reject(new Error("halley: request failed"));
+      };
+      xhr.send(body === undefined ? null : body);
+    });
+    promise.abort = function () {
+      abort();
+    };
+    return promise;
+  }
+
+  var jsonpSeq = 0;
+  var jsonpPrefix = "__halley_" + randomId(6) + "_";
+
+  /**
+   * Loads `url&callback=NAME` as a script and resolves with the arguments NAME was called with.
+   * The promise has `.abort()`: the script is removed and a late answer ignored.
+   */
+  function jsonpRequest(url, timeout) {
+    var doc = root.document;
+    var name = jsonpPrefix + ++jsonpSeq;
+    var script = doc.createElement("script");
+    var timer = null;
+    var settled = false;
+    var fail;
+    var cleanup = function () {
+      clearTimeout(timer);
+      if (script.parentNode) script.parentNode.removeChild(script);
+      // A removed script may still arrive and call its callback; keep a no-op a while.
+      root[name] = function () {};
+      setTimeout(function () {
+        delete root[name];
+      }, 60000);
+    };
+    var promise = new Promise(function (resolve, reject) {
+      fail = function (e) {
+        if (settled) return;
+        settled = true;
+        cleanup();
+        reject(e);
+      };
+      root[name] = function () {
+        if (settled) return;
+        settled = true;
+        var args = Array.prototype.slice.call(arguments);
+        cleanup();
+        resolve(args);
+      };
+      script.async = true;
+      script.src = url + (url.indexOf("?") < 0 ? "?" : "&") + "callback=" + name;
+      script.onerror = function () {
+        fail(new Error("halley: JSONP request failed"));
+      };
+      if (timeout) {
+        timer = setTimeout(function () {
+          fail(new Error("halley: JSONP request timed out"));
+        }, timeout);
+      }
+      (doc.head || doc.documentElement).appendChild(script);
+    });
+    promise.abort = function () {
+      fail(new Error("halley: aborted"));
+    };
+    return promise;
+  }
+
+  function parseAnswer(res) {
+    var body = null;
+    try {
+      body = res.text ? JSON.parse(res.text) : null;
+    } catch (e) {
+      body = null;
+    }
+    if (res.status >= 400 || res.status === 0) {
+      var err = new Error("halley: " + ((body && body.error) || "HTTP " + res.status));
+      err.status = res.status;
+      throw err;
+    }
+    return body;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Transports. Each opener gets `ctx` (url(), options) and `h` with
+  //   h.open()           the connection works (first bytes / 101 / first answer);
+  //   h.frame(object)    a message object or a control object ({event: ...});
+  //   h.position(id)     resume from here even without a message (long-poll, JSONP);
+  //   h.fail(reason)     it ended: 'connect', 'buffered', 'dropped' or 'refused' (4xx);
+  // and returns { close() }. Calls after close() or after fail() are ignored by the caller.
+
+  var OPENERS = {};
+
+  OPENERS.websocket = function (ctx, h) {
+    var opened = false;
+    var ws;
+    try {
+      ws = new root.WebSocket(ctx.url());
+    } catch (e) {
+      h.fail("connect");
+      return { close: function () {} };
+    }
+    // A proxy that does not pass upgrades may leave the handshake hanging.
+    var timer = setTimeout(function () {
+      h.fail("buffered");
+      ws.close();
+    }, ctx.options.flushTimeout);
+    ws.onopen = function () {
+      opened = true;
+      clearTimeout(timer);
+      h.open();
+    };
+    ws.onmessage = function (e) {
+      var obj;
+      try {
+        obj = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      h.frame(obj);
+    };
+    ws.onerror = function () {};
+    ws.onclose = function () {
+      clearTimeout(timer);
+      h.fail(opened ? "dropped" : "connect");
+    };
+    return {
+      close: function () {
+        clearTimeout(timer);
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        try {
+          ws.close();
+        } catch (e) {
+          /* already closed */
+        }
+      },
+    };
+  };
+
+  OPENERS.sse = function (ctx, h) {
+    var opened = false;
+    var es = new root.EventSource(ctx.url());
+    // `open` fires with the response headers; a proxy holding the response holds those too.
+    var timer = setTimeout(function () {
+      es.close();
+      h.fail("buffered");
+    }, ctx.options.flushTimeout);
+    es.onopen = function () {
+      if (opened) return;
+      opened = true;
+      clearTimeout(timer);
+      h.open();
+    };
+    es.onmessage = function (e) {
+      var obj;
+      try {
+        obj = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      h.frame(obj);
+    };
+    ["gap", "lagged", "reconnect", "open"].forEach(function (type) {
+      es.addEventListener(type, function (e) {
+        var obj = {};
+        try {
+          obj = JSON.parse(e.data) || {};
+        } catch (err) {
+          /* keep the event */
+        }
+        obj.event = type;
+        h.frame(obj);
+      });
+    });
+    es.onerror = function (e) {
+      // A server-sent `event: error` arrives here too, as a MessageEvent with data.
+      if (e && typeof e.data === "string") {
+        var obj = {};
+        try {
+          obj = JSON.parse(e.data) || {};
+        } catch (err) {
+          /* ignore */
+        }
+        obj.event = "error";
+        h.frame(obj);
+        return;
+      }
+      // EventSource would reconnect by itself, with its own idea of the URL; we reconnect
+      // with the current channel set and last id instead.
+      clearTimeout(timer);
+      es.close();
+      h.fail(opened ? "dropped" : "connect");
+    };
+    return {
+      close: function () {
+        clearTimeout(timer);
+        es.onopen = es.onmessage = es.onerror = null;
+        es.close();
+      },
+    };
+  };
+
+  OPENERS.stream = function (ctx, h) {
+    var ctrl = new root.AbortController();
+    var opened = false;
+    var closed = false;
+    var timer = setTimeout(function () {
+      closed = true;
+      ctrl.abort();
+      h.fail("buffered");
+    }, ctx.options.flushTimeout);
+    var end = function (reason) {
+      if (closed) return;
+      closed = true;
+      clearTimeout(timer);
+      h.fail(reason);
+    };
+    root
+      .fetch(ctx.url(), { cache: "no-store", signal: ctrl.signal })
+      .then(function (res) {
+        if (closed) return;
+        if (!res.ok || !res.body) {
+          end(res.status >= 400 && res.status < 500 ? "refused" : "connect");
+          return;
+        }
+        var reader = res.body.getReader();
+        var decoder = new root.TextDecoder();
+        var rest = "";
+        var pump = function () {
+          return reader.read().then(function (chunk) {
+            if (closed) return;
+            if (chunk.done) return end(opened ? "dropped" : "connect");
+            if (!opened) {
+              opened = true;
+              clearTimeout(timer);
+              h.open();
+            }
+            var split = splitLines(rest + decoder.decode(chunk.value, { stream: true }));
+            rest = split.rest;
+            for (var i = 0; i < split.lines.length && !closed; i++) {
+              var line = split.lines[i].trim();
+              if (!line) continue; // heartbeat
+              var obj;
+              try {
+                obj = JSON.parse(line);
+              } catch (err) {
+                continue;
+              }
+              h.frame(obj);
+            }
+            return pump();
+          });
+        };
+        return pump();
+      })
+      .catch(function () {
+        end(opened ? "dropped" : "connect");
+      });
+    return {
+      close: function () {
+        closed = true;
+        clearTimeout(timer);
+        ctrl.abort();
+      },
+    };
+  };
+
+  /** Long-poll and JSONP share the loop: one held request after another, each resuming. */
+  function pollLoop(ctx, h, once) {
+    var opened = false;
+    var closed = false;
+    var pending = null;
+    var settle = null;
+    var markOpen = function () {
+      if (opened || closed) return;
+      opened = true;
+      clearTimeout(settle);
+      h.open();
+    };
+    var next = function () {
+      if (closed) return;
+      // A refused or unreachable poll fails fast; one still pending after a moment is held.
+      if (!opened) settle = setTimeout(markOpen, ctx.options.pollSettle);
+      pending = once(ctx.url());
+      pending.then(
+        function (answer) {
+          if (closed) return;
+          clearTimeout(settle);
+          if (answer.refused) {
+            closed = true;
+            h.fail("refused");
+            return;
+          }
+          markOpen();
+          if (answer.gap) h.frame({ event: "gap", last_id: answer.lastId || null });
+          for (var i = 0; i < answer.messages.length && !closed; i++) h.frame(answer.messages[i]);
+          if (answer.lastId && !closed) h.position(answer.lastId);
+          next();
+        },
+        function () {
+          if (closed) return;
+          clearTimeout(settle);
+          closed = true;
+          h.fail(opened ? "dropped" : "connect");
+        },
+      );
+    };
+    next();
+    return {
+      close: function () {
+        closed = true;
+        clearTimeout(settle);
+        if (pending) pending.abort();
+      },
+    };
+  }
+
+  OPENERS.longpoll = function (ctx, h) {
+    return pollLoop(ctx, h, function (url) {
+      var req = httpRequest("GET", url, undefined, undefined, ctx.options.pollTimeout);
+      var answer = req.then(function (res) {
+        if (res.status >= 400 && res.status < 500) return { refused: true };
+        if (res.status !== 200) throw new Error("halley: HTTP " + res.status);
+        var messages = JSON.parse(res.text);
+        return {
+          messages: Array.isArray(messages) ? messages : [],
+          lastId: res.header("x-halley-last-id"),
+          gap: res.header("x-halley-gap") === "true",
+        };
+      });
+      answer.abort = req.abort;
+      return answer;
+    });
+  };
+
+  OPENERS.jsonp = function (ctx, h) {
+    return pollLoop(ctx, h, function (url) {
+      var req = jsonpRequest(url, ctx.options.pollTimeout);
+      var answer = req.then(function (args) {
+        var meta = args[1] || {};
+        return { messages: Array.isArray(args[0]) ? args[0] : [], lastId: meta.last_id, gap: !!meta.gap };
+      });
+      answer.abort = req.abort;
+      return answer;
+    });
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Upstream: one connection for a set of channels.
+
+  /**
+   * @param {string} base
+   * @param {object} options
+   * @param {Resume} resume
+   * @param {{message: function(object), control: function(object), position: function(string),
+   *          state: function(string, string|null), transport: function(object)}} events
+   */
+  function Upstream(base, options, resume, events) {
+    this.base = base;
+    this.options = options;
+    this.resume = resume;
+    this.events = events;
+    this.ladder = new Ladder(options.transports, options.stepDownAfter);
+    this.spec = { channels: [], presence: [] };
+    this.specKey = "";
+    this.conn = null;
+    this.gen = 0;
+    this.attempt = 0;
+    this.everConnected = false;
+    this.timer = null;
+    this.closed = false;
+  }
+
+  /** A new channel set: reconnect (debounced) with the same last id. */
+  Upstream.prototype.update = function (spec) {
+    var key = JSON.stringify(spec);
+    if (key === this.specKey || this.closed) return;
+    this.spec = spec;
+    this.specKey = key;
+    this.schedule(this.options.debounce);
+  };
+
+  Upstream.prototype.schedule = function (delay) {
+    var self = this;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(function () {
+      self.timer = null;
+      self.connect();
+    }, delay);
+  };
+
+  Upstream.prototype.stop = function () {
+    this.gen += 1;
+    if (this.conn) {
+      var conn = this.conn;
+      this.conn = null;
+      conn.close();
+    }
+  };
+
+  Upstream.prototype.connect = function () {
+    this.stop();
+    if (this.closed) return;
+    if (this.spec.channels.length === 0) {
+      this.events.state("idle", null);
+      return;
+    }
+    var transport = this.ladder.current;
+    if (!available(transport)) {
+      this.failed(this.gen, "missing");
+      return;
+    }
+    var gen = this.gen;
+    var self = this;
+    this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
+    var live = function () {
+      return gen === self.gen && !self.closed;
+    };
+    var ctx = {
+      options: this.options,
+      url: function () {
+        return subscribeUrl(self.base, transport, self.spec, self.resume.lastId);
+      },
+    };
+    this.conn = OPENERS[transport](ctx, {
+      open: function () {
+        if (!live()) return;
+        self.ladder.opened();
+        self.attempt = 0;
+        self.everConnected = true;
+        self.events.state("connected", transport);
+      },
+      frame: function (obj) {
+        if (!live() || !obj || typeof obj !== "object") return;
+        if (typeof obj.event === "string") {
+          if (obj.event === "open" && obj.last_id) self.resume.advance(obj.last_id);
+          self.events.control(obj);
+          return;
+        }
+        if (self.resume.accept(obj.id)) self.events.message(obj);
+      },
+      position: function (id) {
+        if (!live()) return;
+        var before = self.resume.lastId;
+        self.resume.advance(id);
+        if (self.resume.lastId !== before) self.events.position(self.resume.lastId);
+      },
+      fail: function (reason) {
+        if (!live()) return;
+        self.failed(gen, reason);
+      },
+    });
+  };
+
+  Upstream.prototype.failed = function (gen, reason) {
+    if (gen !== this.gen || this.closed) return;
+    this.stop();
+    var from = this.ladder.current;
+    // A refusal (4xx: bad channel, wrong inbox secret, origin not allowed) is not the
+    // transport's fault: back off and try again, on the same transport.
+    var step = reason === "refused" ? { transport: from, stepped: false, wrapped: false } : this.ladder.failed(reason);
+    if (step.stepped) this.events.transport({ transport: step.transport, from: from, reason: reason });
+    if (reason === "refused") this.events.control({ event: "error", error: "subscription refused" });
+    if (step.stepped && !step.wrapped) {
+      this.schedule(0);
+      return;
+    }
+    var delay = backoffDelay(this.attempt, this.options.backoff);
+    this.attempt += 1;
+    this.events.state("reconnecting", step.transport);
+    this.schedule(delay);
+  };
+
+  Upstream.prototype.close = function () {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.stop();
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // Halley: the public client.
+
+  var canShare = function () {
+    return (
+      typeof root.BroadcastChannel === "function" &&
+      !!root.navigator &&
+      !!root.navigator.locks &&
+      typeof root.navigator.locks.request === "function"
+    );
+  };
+
+  /** How often a leader looks for tabs that went away without saying goodbye. */
+  var PRUNE_MS = 3000;
+
+  /**
+   * A client of one Halley server.
+   * @param {string} [url]  the server (`https://halley.example`); default: this page's origin
+   * @param {object} [options]  see DEFAULTS above and halley.d.ts
+   */
+  function Halley(url, options) {
+    if (!(this instanceof Halley)) return new Halley(url, options);
+    var opts = {};
+    Object.keys(DEFAULTS).forEach(function (k) {
+      opts[k] = options && options[k] !== undefined ? options[k] : DEFAULTS[k];
+    });
+    opts.backoff = Object.assign({}, DEFAULTS.backoff, (options && options.backoff) || {});
+    opts.transports = opts.transports.filter(function (t) {
+      return TRANSPORTS.indexOf(t) >= 0;
+    });
+    if (opts.transports.length === 0) throw new Error("halley: no known transport in options.transports");
+    this.url = absoluteBase(url);
+    this.options = opts;
+    this.member = opts.member || randomId(20);
+    this._subs = new Map();
+    this._nextSub = 1;
+    this._presence = new Map();
+    this._inboxes = [];
+    this._inboxPromise = null;
+    this._listeners = {};
+    this._resume = new Resume(opts.dedupeWindow);
+    this._state = "connecting";
+    this._transport = null;
+    this._tab = randomId(16);
+    this._closed = false;
+    this._upstream = null;
+    this._peers = new Map();
+    this._pushTimer = null;
+    this.role = "solo";
+    if (opts.share && canShare()) this._share();
+    else this._lead();
+  }
+
+  Object.defineProperty(Halley.prototype, "state", {
+    get: function () {
+      return this._state;
+    },
+  });
+  Object.defineProperty(Halley.prototype, "transport", {
+    get: function () {
+      return this._transport;
+    },
+  });
+  Object.defineProperty(Halley.prototype, "lastId", {
+    get: function () {
+      return this._resume.lastId;
+    },
+  });
+
+  /**
+   * Listens to 'state' ({state, transport}), 'transport' ({transport, from, reason}),
+   * 'gap' ({channel, lastId}), 'inbox' (data, message), 'message' (message), 'error' (object).
+   * @returns {function(): void} removes the listener
+   */
+  Halley.prototype.on = function (event, fn) {
+    (this._listeners[event] = this._listeners[event] || []).push(fn);
+    var self = this;
+    return function () {
+      self.off(event, fn);
+    };
+  };
+  Halley.prototype.off = function (event, fn) {
+    var list = this._listeners[event] || [];
+    var i = list.indexOf(fn);
+    if (i >= 0) list.splice(i, 1);
+  };
+  Halley.prototype._emit = function (event) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    (this._listeners[event] || []).slice().forEach(function (fn) {
+      safely(fn, args);
+    });
+  };
+
+  /**
+   * Subscribes to a channel or pattern (`/a/*`, `/a/**`). `fn(data, message)` gets every
+   * message once, in id order. With `{presence: info}` this client is a member of `channel`
+   * with `info` while subscribed.
+   */
+  Halley.prototype.subscribe = function (channel, fn, options) {
+    if (this._closed) throw new Error("halley: closed");
+    if (!isPattern(channel)) throw new Error("halley: bad channel name " + JSON.stringify(channel));
+    if (typeof fn !== "function") throw new Error("halley: subscribe needs a callback");
+    var presence = options && options.presence ? options.presence : null;
+    if (presence && !isChannel(channel)) throw new Error("halley: presence needs an exact channel");
+    var id = this._nextSub++;
+    var self = this;
+    this._subs.set(id, { channel: channel, fn: fn, presence: presence });
+    this._changed();
+    return {
+      channel: channel,
+      unsubscribe: function () {
+        if (self._subs.delete(id)) self._changed();
+      },
+    };
+  };
+
+  /** Declares (or with `null` withdraws) presence on `channel` with `info`, subscribed or not. */
+  Halley.prototype.setPresence = function (channel, info) {
+    if (!isChannel(channel)) throw new Error("halley: bad channel name " + JSON.stringify(channel));
+    if (info === null || info === undefined) this._presence.delete(channel);
+    else this._presence.set(channel, info);
+    this._changed();
+  };
+
+  /** Publishes `data` (any JSON value) to `channel`. Resolves with {channel, id, subscribers}. */
+  Halley.prototype.publish = function (channel, data) {
+    if (!isChannel(channel)) return Promise.reject(new Error("halley: cannot publish to " + JSON.stringify(channel)));
+    var json = JSON.stringify(data === undefined ? null : data);
+    var key = this.options.key;
+    if (this._jsonp()) {
+      var url = this.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
+      return jsonpRequest(url, this.options.pollTimeout).then(function (args) {
+        return args[0];
+      });
+    }
+    var headers = { "content-type": "application/json" };
+    if (key) headers["x-halley-key"] = key;
+    return httpRequest("POST", this.url + "/pub" + channel, json, headers).then(parseAnswer);
+  };
+
+  /**
+   * This client's private address: `{url, channel}`. Anyone may POST to `url`; messages to it
+   * arrive as 'inbox' events (`h.on('inbox', (data, message) => …)`). One per Halley instance.
+   */
+  Halley.prototype.inbox = function () {
+    var self = this;
+    if (!this._inboxPromise) {
+      var minted = this._jsonp()
+        ? jsonpRequest(this.url + "/api/inbox", this.options.pollTimeout).then(function (args) {
+            return args[0];
+          })
+        : httpRequest("POST", this.url + "/api/inbox", "").then(parseAnswer);
+      this._inboxPromise = minted.then(
+        function (box) {
+          self._inboxes.push({ channel: box.channel, secret: box.secret });
+          self._changed();
+          return { url: self.url + (box.path || box.channel), channel: box.channel };
+        },
+        function (e) {
+          self._inboxPromise = null;
+          throw e;
+        },
+      );
+    }
+    return this._inboxPromise;
+  };
+
+  /** Sends `data` to an inbox address (the `url` another client's inbox() returned). */
+  Halley.prototype.send = function (address, data) {
+    var json = JSON.stringify(data === undefined ? null : data);
+    if (this._jsonp()) {
+      return jsonpRequest(address + "?message=" + encodeURIComponent(json), this.options.pollTimeout).then(function (args) {
+        return args[0];
+      });
+    }
+    return httpRequest("POST", address, json, { "content-type": "application/json" }).then(parseAnswer);
+  };
+
+  /** Who is on `channel`: the server's `{channel, members: [info, …]}`. */
+  Halley.prototype.presence = function (channel) {
+    return this._get("/api/presence?channel=" + encodeURIComponent(channel));
+  };
+
+  /** Channels under `prefix` with members: the server's `{channels: [{channel, count, members}]}`. */
+  Halley.prototype.rooms = function (prefix) {
+    return this._get("/api/presence?prefix=" + encodeURIComponent(prefix || "/"));
+  };
+
+  Halley.prototype._get = function (path) {
+    if (this._jsonp()) {
+      return jsonpRequest(this.url + path, this.options.pollTimeout).then(function (args) {
+        return args[0];
+      });
+    }
+    return httpRequest("GET", this.url + path).then(parseAnswer);
+  };
+
+  /** One-shot requests go over JSONP when that is the transport in use (no CORS assumed). */
+  Halley.prototype._jsonp = function () {
+    var only = this.options.transports.length === 1 && this.options.transports[0] === "jsonp";
+    return only || this._transport === "jsonp" || !available("longpoll");
+  };
+
+  /** Stops everything: subscriptions, the connection, the tab's part in sharing. */
+  Halley.prototype.close = function () {
+    if (this._closed) return;
+    this._closed = true;
+    this._subs.clear();
+    this._presence.clear();
+    clearTimeout(this._pushTimer);
+    clearInterval(this._pruneTimer);
+    if (this._upstream) this._upstream.close();
+    this._upstream = null;
+    if (this._bc) {
+      this._post({ t: "bye", from: this._tab });
+      this._bc.close();
+    }
+    if (this._releaseLeader) this._releaseLeader();
+    if (this._releaseTab) this._releaseTab();
+    this._setState("closed", null);
+  };
+
+  // What this instance wants from the connection.
+  Halley.prototype._localSpec = function () {
+    var self = this;
+    var channels = [];
+    var presence = [];
+    this._subs.forEach(function (s) {
+      channels.push({ channel: s.channel });
+      if (s.presence) presence.push({ channel: s.channel, member: self.member, info: s.presence });
+    });
+    this._presence.forEach(function (info, channel) {
+      presence.push({ channel: channel, member: self.member, info: info });
+    });
+    this._inboxes.forEach(function (b) {
+      channels.push({ channel: b.channel, inbox: b.secret });
+    });
+    return mergeSpecs([{ channels: channels, presence: presence }]);
+  };
+
+  Halley.prototype._changed = function () {
+    if (this._closed) return;
+    if (this.role === "follower") {
+      var self = this;
+      clearTimeout(this._pushTimer);
+      this._pushTimer = setTimeout(function () {
+        self._announce();
+      }, this.options.debounce);
+      return;
+    }
+    this._refresh();
+  };
+
+  Halley.prototype._refresh = function () {
+    if (!this._upstream) return;
+    var specs = [this._localSpec()];
+    this._peers.forEach(function (p) {
+      specs.push(p.spec);
+    });
+    this._upstream.update(mergeSpecs(specs));
+  };
+
+  Halley.prototype._setState = function (state, transport) {
+    if (state === this._state && transport === this._transport) return;
+    this._state = state;
+    this._transport = transport;
+    this._emit("state", { state: state, transport: transport });
+  };
+
+  Halley.prototype._dispatch = function (m) {
+    this._emit("message", m);
+    for (var i = 0; i < this._inboxes.length; i++) {
+      if (this._inboxes[i].channel === m.channel) {
+        this._emit("inbox", m.data, m);
+        return;
+      }
+    }
+    this._subs.forEach(function (s) {
+      if (matchChannel(s.channel, m.channel)) safely(s.fn, [m.data, m]);
+    });
+  };
+
+  Halley.prototype._control = function (obj) {
+    if (obj.event === "gap") this._emit("gap", { channel: obj.channel || null, lastId: obj.last_id || null });
+    else if (obj.event === "error") this._emit("error", obj);
+  };
+
+  // Runs the connection in this tab: alone ('solo') or for every tab ('leader').
+  Halley.prototype._lead = function () {
+    var self = this;
+    var relay = function (msg) {
+      if (self.role === "leader") self._post(msg);
+    };
+    this._upstream = new Upstream(this.url, this.options, this._resume, {
+      message: function (m) {
+        relay({ t: "msg", m: m });
+        self._dispatch(m);
+      },
+      control: function (obj) {
+        relay({ t: "ctl", obj: obj });
+        self._control(obj);
+      },
+      position: function (id) {
+        relay({ t: "pos", id: id });
+      },
+      state: function (state, transport) {
+        relay({ t: "state", state: state, transport: transport });
+        self._setState(state, transport);
+      },
+      transport: function (info) {
+        relay({ t: "transport", info: info });
+        self._emit("transport", info);
+      },
+    });
+    this._refresh();
+  };
+
+  // Sharing between tabs. Every instance holds a lock of its own (so the leader can tell
+  // which tabs are gone) and queues for the leader lock; whoever holds that runs the
+  // connection, the others are followers.
+  Halley.prototype._share = function () {
+    var self = this;
+    var name = "halley:" + this.url;
+    this.role = "follower";
+    this._lockName = name;
+    this._bc = new root.BroadcastChannel(name);
+    this._bc.onmessage = function (e) {
+      self._onPeer(e.data);
+    };
+    root.navigator.locks.request(name + "#tab:" + this._tab, function () {
+      return new Promise(function (resolve) {
+        self._releaseTab = resolve;
+      });
+    });
+    root.navigator.locks.request(name, function () {
+      if (self._closed) return undefined;
+      return new Promise(function (resolve) {
+        self._releaseLeader = resolve;
+        self._becomeLeader();
+      });
+    });
+    this._announce();
+  };
+
+  Halley.prototype._post = function (msg) {
+    if (!this._bc) return;
+    try {
+      this._bc.postMessage(msg);
+    } catch (e) {
+      /* closed */
+    }
+  };
+
+  Halley.prototype._announce = function () {
+    if (this._closed || this.role !== "follower") return;
+    this._post({ t: "subs", from: this._tab, spec: this._localSpec(), lastId: this._resume.lastId });
+  };
+
+  Halley.prototype._becomeLeader = function () {
+    var self = this;
+    this.role = "leader";
+    clearTimeout(this._pushTimer);
+    this._peers.clear();
+    this._lead();
+    this._post({ t: "hello", from: this._tab });
+    this._pruneTimer = setInterval(function () {
+      self._prune();
+    }, PRUNE_MS);
+  };
+
+  Halley.prototype._prune = function () {
+    var self = this;
+    if (this._peers.size === 0 || !root.navigator.locks.query) return;
+    root.navigator.locks.query().then(function (snapshot) {
+      var alive = new Set(
+        (snapshot.held || []).concat(snapshot.pending || []).map(function (l) {
+          return l.name;
+        }),
+      );
+      var changed = false;
+      self._peers.forEach(function (_, tab) {
+        if (!alive.has(self._lockName + "#tab:" + tab)) {
+          self._peers.delete(tab);
+          changed = true;
+        }
+      });
+      if (changed) self._refresh();
+    });
+  };
+
+  Halley.prototype._onPeer = function (msg) {
+    if (!msg || typeof msg !== "object" || this._closed) return;
+    if (this.role === "leader") {
+      if (msg.t === "subs") {
+        this._peers.set(msg.from, { spec: msg.spec });
+        if (msg.lastId) this._resume.advance(msg.lastId);
+        this._refresh();
+        // Tell the newcomer how things stand.
+        this._post({ t: "state", state: this._state, transport: this._transport });
+      } else if (msg.t === "bye") {
+        if (this._peers.delete(msg.from)) this._refresh();
+      }
+      return;
+    }
+    switch (msg.t) {
+      case "hello":
+        this._announce();
+        break;
+      case "msg":
+        if (this._resume.accept(msg.m.id)) this._dispatch(msg.m);
+        break;
+      case "pos":
+        this._resume.advance(msg.id);
+        break;
+      case "ctl":
+        this._control(msg.obj);
+        break;
+      case "state":
+        this._setState(msg.state, msg.transport);
+        break;
+      case "transport":
+        this._emit("transport", msg.info);
+        break;
+    }
+  };
+
+  Halley.TRANSPORTS = TRANSPORTS.slice();
+  Halley.DEFAULTS = DEFAULTS;
+  /** The pure parts, for unit tests. Not a stable API. */
+  Halley._internal = {
+    parseId: parseId,
+    compareIds: compareIds,
+    Resume: Resume,
+    backoffDelay: backoffDelay,
+    Ladder: Ladder,
+    isChannel: isChannel,
+    isPattern: isPattern,
+    matchChannel: matchChannel,
+    mergeSpecs: mergeSpecs,
+    subscribeUrl: subscribeUrl,
+    splitLines: splitLines,
+    available: available,
+  };
+
+  root.Halley = Halley;
+  if (typeof module === "object" && module && module.exports) module.exports = Halley;
+})(typeof globalThis !== "undefined" ? globalThis : typeof self !== "undefined" ? self : this);
