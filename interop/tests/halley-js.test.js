@@ -123,3 +123,200 @@ test("halley.js imported from an ES module page", async () => {
   await page.evaluate(() => window.h.close());
   await page.close();
 });
+
+test("JSONP from another origin with no fetch, XHR, WebSocket or EventSource: subscribe and publish", async () => {
+  const page = await openPage();
+  const channel = "/js/jsonp-only";
+  await page.evaluate(
+    ([base, opts, channel]) => {
+      // Script tags are all that is left: no CORS request can be made at all.
+      for (const name of ["fetch", "XMLHttpRequest", "WebSocket", "EventSource"]) delete window[name];
+      return window.start(base, opts, [channel]);
+    },
+    [halley.base, { ...FAST, transports: ["jsonp"] }, channel],
+  );
+  assert.notEqual(new URL(site.base).port, new URL(halley.base).port, "the page is on another origin");
+  await subscribed(halley.base, channel);
+  const sent = await publish(halley.base, channel, { to: "page" });
+  await waitFor(page, () => window.received.length >= 1);
+  const back = await page.evaluate(([channel]) => window.h.publish(channel, { from: "page" }), [channel]);
+  assert.match(back.id, /^[0-9a-f]+-\d+$/);
+  await waitFor(page, () => window.received.length >= 2);
+  assert.deepEqual(await page.evaluate(() => window.received), [
+    { channel, id: sent.id, data: { to: "page" } },
+    { channel, id: back.id, data: { from: "page" } },
+  ]);
+  await page.evaluate(() => window.h.close());
+  await page.close();
+});
+
+/**
+ * An HTTP proxy that buffers: it holds each response until the upstream one has ended, as a
+ * misconfigured gateway does. Streams never end, so nothing of them gets through; long-poll
+ * answers do. It does not pass WebSocket upgrades either.
+ */
+function bufferingProxy(targetPort) {
+  const server = http.createServer((req, res) => {
+    const upstream = http.request(
+      { host: "127.0.0.1", port: targetPort, path: req.url, method: req.method, headers: req.headers },
+      (answer) => {
+        const chunks = [];
+        answer.on("data", (c) => chunks.push(c));
+        answer.on("end", () => {
+          const headers = { ...answer.headers };
+          delete headers["transfer-encoding"];
+          delete headers.connection;
+          const body = Buffer.concat(chunks);
+          headers["content-length"] = String(body.length);
+          res.writeHead(answer.statusCode, headers);
+          res.end(body);
+        });
+        answer.on("error", () => res.destroy());
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  server.on("upgrade", (req, socket) => socket.destroy());
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        base: `http://127.0.0.1:${server.address().port}`,
+        close: () => {
+          server.closeAllConnections();
+          return new Promise((r) => server.close(r));
+        },
+      }),
+    ),
+  );
+}
+
+test("behind a buffering proxy the client steps down to long-poll and still delivers", async () => {
+  const proxy = await bufferingProxy(halley.port);
+  const page = await openPage();
+  const channel = "/js/buffered";
+  await page.evaluate(
+    ([base, opts, channel]) => window.start(base, opts, [channel]),
+    [proxy.base, { ...FAST, flushTimeout: 1500 }, channel],
+  );
+  await waitFor(page, () => window.h.transport === "longpoll" && window.h.state === "connected");
+  const steps = await page.evaluate(() => window.transports.map((t) => [t.from, t.transport, t.reason]));
+  assert.deepEqual(steps.slice(-2), [
+    ["sse", "stream", "buffered"],
+    ["stream", "longpoll", "buffered"],
+  ]);
+  await subscribed(halley.base, channel);
+  const sent = await publish(halley.base, channel, "through the proxy");
+  await waitFor(page, () => window.received.length >= 1);
+  assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "through the proxy" }]);
+  await page.evaluate(() => window.h.close());
+  await page.close();
+  await proxy.close();
+});
+
+/**
+ * A TCP proxy we can cut: `cut()` drops every connection, `down` refuses new ones, and
+ * `target` says which Halley the next connections go to.
+ */
+function cuttableProxy(targetPort) {
+  const sockets = new Set();
+  const state = { down: false, target: targetPort };
+  const server = net.createServer((client) => {
+    if (state.down) return client.destroy();
+    const upstream = net.connect(state.target, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve(
+        Object.assign(state, {
+          base: `http://127.0.0.1:${server.address().port}`,
+          cut() {
+            for (const s of sockets) s.destroy();
+          },
+          close() {
+            this.cut();
+            return new Promise((r) => server.close(r));
+          },
+        }),
+      ),
+    ),
+  );
+}
+
+for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
+  test(`resume over ${transport} after the connection is cut: no loss, no duplicates`, async () => {
+    const proxy = await cuttableProxy(halley.port);
+    const page = await openPage();
+    const channel = `/js/resume/${transport}`;
+    await page.evaluate(
+      ([base, opts, channel]) => window.start(base, opts, [channel]),
+      [proxy.base, { ...FAST, transports: [transport] }, channel],
+    );
+    await subscribed(halley.base, channel);
+    const ids = [(await publish(halley.base, channel, 1)).id];
+    await waitFor(page, () => window.received.length >= 1);
+
+    // Cut the connection and keep the way back closed while two messages are published.
+    proxy.down = true;
+    proxy.cut();
+    await until(async () => {
+      const rows = await (await fetch(`${halley.base}/api/channels?prefix=${channel}`)).json();
+      return rows.every((r) => r.subscribers === 0);
+    }, "the server to see the subscriber gone");
+    ids.push((await publish(halley.base, channel, 2)).id);
+    ids.push((await publish(halley.base, channel, 3)).id);
+    proxy.down = false;
+
+    await waitFor(page, () => window.received.length >= 3);
+    // One more after the reconnect: had anything been delivered twice, it would show now.
+    await subscribed(halley.base, channel);
+    ids.push((await publish(halley.base, channel, 4)).id);
+    await waitFor(page, () => window.received.length >= 4);
+    const received = await page.evaluate(() => window.received);
+    assert.deepEqual(received.map((m) => m.id), ids);
+    assert.deepEqual(received.map((m) => m.data), [1, 2, 3, 4]);
+    assert.equal(await page.evaluate(() => window.h.transport), transport);
+    assert.deepEqual(await page.evaluate(() => window.gaps), []);
+    await page.evaluate(() => window.h.close());
+    await page.close();
+    await proxy.close();
+  });
+}
+
+test("a server that lost its history (restart, new epoch) shows up as a gap event", async () => {
+  const other = await startHalley();
+  const proxy = await cuttableProxy(halley.port);
+  const page = await openPage();
+  const channel = "/js/gap";
+  await page.evaluate(
+    ([base, opts, channel]) => window.start(base, opts, [channel]),
+    [proxy.base, { ...FAST, transports: ["websocket"] }, channel],
+  );
+  await subscribed(halley.base, channel);
+  await publish(halley.base, channel, "before");
+  await waitFor(page, () => window.received.length >= 1);
+  // The "restarted" server: another process, another epoch, behind the same address.
+  proxy.target = other.port;
+  proxy.cut();
+  await waitFor(page, () => window.gaps.length >= 1);
+  await subscribed(other.base, channel);
+  const after = await publish(other.base, channel, "after");
+  await waitFor(page, () => window.received.length >= 2);
+  assert.deepEqual((await page.evaluate(() => window.received)).map((m) => [m.id, m.data]).slice(1), [[after.id, "after"]]);
+  await page.evaluate(() => window.h.close());
+  await page.close();
+  await proxy.close();
+  await other.stop();
+});
