@@ -320,3 +320,59 @@ test("a server that lost its history (restart, new epoch) shows up as a gap even
   await proxy.close();
   await other.stop();
 });
+
+test("three tabs of one origin share one upstream connection; when the leader closes another takes over", async () => {
+  // A Halley of its own, so that its gauges count this test's connections only.
+  const own = await startHalley(["--hold-timeout", "5"]);
+  const context = await browser.newContext();
+  const tabs = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await openPage(context);
+    await page.evaluate(
+      ([base, opts, channel]) => window.start(base, opts, [channel]),
+      [own.base, { backoff: { base: 50, max: 400 }, transports: ["websocket"] }, `/js/tabs/${i}`],
+    );
+    tabs.push(page);
+  }
+  const roles = async () => Promise.all(tabs.map((p) => (p.isClosed() ? "closed" : p.evaluate(() => window.h.role))));
+  await until(async () => (await roles()).sort().join() === "follower,follower,leader", "one leader, two followers");
+  for (let i = 0; i < 3; i++) await subscribed(own.base, `/js/tabs/${i}`);
+  const sockets = () => metric(own.base, 'halley_subscribers{transport="websocket"}');
+  assert.equal(await sockets(), 1, "one WebSocket for three tabs");
+  const held = await (await fetch(`${own.base}/metrics`)).text();
+  for (const line of held.split("\n").filter((l) => l.startsWith("halley_subscribers{"))) {
+    if (!line.includes('"websocket"')) assert.match(line, / 0$/, line);
+  }
+
+  // Each tab gets the messages of its own channel, once.
+  const sent = [];
+  for (let i = 0; i < 3; i++) sent.push(await publish(own.base, `/js/tabs/${i}`, { tab: i }));
+  for (let i = 0; i < 3; i++) {
+    await waitFor(tabs[i], () => window.received.length >= 1);
+    assert.deepEqual(await tabs[i].evaluate(() => window.received), [{ channel: `/js/tabs/${i}`, id: sent[i].id, data: { tab: i } }]);
+    assert.equal(await tabs[i].evaluate(() => window.h.state), "connected");
+  }
+  // A follower publishes too (directly: a publish holds no connection open).
+  const follower = tabs[(await roles()).indexOf("follower")];
+  const fromFollower = await follower.evaluate(() => window.h.publish("/js/tabs/0", "from a follower"));
+  await waitFor(tabs[0], () => window.received.length >= 2);
+  assert.equal((await tabs[0].evaluate(() => window.received))[1].id, fromFollower.id);
+
+  // Close the leader tab; publish at once, before anyone took over: nothing may be lost.
+  const leader = (await roles()).indexOf("leader");
+  await tabs[leader].close();
+  const rest = [0, 1, 2].filter((i) => i !== leader);
+  const afterClose = [];
+  for (const i of rest) afterClose.push(await publish(own.base, `/js/tabs/${i}`, { after: i }));
+  await until(async () => (await roles()).filter((r) => r === "leader").length === 1, "a new leader");
+  for (const [k, i] of rest.entries()) {
+    await waitFor(tabs[i], (id) => window.received.some((m) => m.id === id), afterClose[k].id);
+  }
+  await until(async () => (await sockets()) === 1, "one WebSocket again, the new leader's");
+  for (const i of rest) {
+    const ids = (await tabs[i].evaluate(() => window.received)).map((m) => m.id);
+    assert.equal(new Set(ids).size, ids.length, `no duplicates in tab ${i}`);
+  }
+  await context.close();
+  await own.stop();
+});
