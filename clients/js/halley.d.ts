@@ -52,9 +52,15 @@ export interface Subscription {
   unsubscribe(): void;
 }
 
+/** Presence info: what others see of a member (≤ 512 bytes of JSON), e.g. {name, color}. */
+export type PresenceInfo = { [key: string]: Json };
+
+/** `info`, or `{member, info}` to choose the member id (8–64 of [A-Za-z0-9_-]) for it. */
+export type PresenceOption = PresenceInfo | { member?: string; info: PresenceInfo };
+
 export interface SubscribeOptions {
-  /** Be a member of this (exact) channel with this info while subscribed (≤ 512 bytes of JSON). */
-  presence?: { [key: string]: Json };
+  /** Be a member of this (exact) channel while subscribed. */
+  presence?: PresenceOption;
 }
 
 export interface Published {
@@ -114,12 +120,12 @@ declare class HalleyClient {
   ): Subscription;
   publish(channel: string, data: Json): Promise<Published>;
   /** Declares presence on an exact channel (`null` withdraws it). */
-  setPresence(channel: string, info: { [key: string]: Json } | null): void;
+  setPresence(channel: string, presence: PresenceOption | null): void;
   presence(channel: string): Promise<PresenceAnswer>;
   rooms(prefix?: string): Promise<RoomsAnswer>;
   /** Mints (once per instance) this client's inbox. */
   inbox(): Promise<Inbox>;
-  /** Sends to an inbox URL. */
+  /** Sends to an inbox URL (over JSONP the owner gets a string: non-strings as JSON text). */
   send(address: string, data: Json): Promise<unknown>;
   on<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): () => void;
   off<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): void;

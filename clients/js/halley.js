@@ -803,6 +803,7 @@
     if (key === this.specKey || this.closed) return;
     this.spec = spec;
     this.specKey = key;
+    this.planned = true;
     this.schedule(this.options.debounce);
   };
 
@@ -828,6 +829,7 @@
     this.stop();
     if (this.closed) return;
     if (this.spec.channels.length === 0) {
+      this.connectedNow = false;
       this.events.state("idle", null);
       return;
     }
@@ -838,7 +840,11 @@
     }
     var gen = this.gen;
     var self = this;
-    this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
+    // A new channel set is not a lost connection: stay 'connected' until the new one opens
+    // (or fails).
+    if (!(this.planned && this.connectedNow)) this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
+    this.planned = false;
+    this.connectedNow = false;
     var live = function () {
       return gen === self.gen && !self.closed;
     };
@@ -854,6 +860,7 @@
         self.ladder.opened();
         self.attempt = 0;
         self.everConnected = true;
+        self.connectedNow = true;
         self.events.state("connected", transport);
       },
       frame: function (obj) {
@@ -881,6 +888,7 @@
   Upstream.prototype.failed = function (gen, reason) {
     if (gen !== this.gen || this.closed) return;
     this.stop();
+    this.connectedNow = false;
     var from = this.ladder.current;
     // A refusal (4xx: bad channel, wrong inbox secret, origin not allowed) is not the
     // transport's fault: back off and try again, on the same transport.
@@ -905,6 +913,27 @@
 
   // ---------------------------------------------------------------------------------------
   // Halley: the public client.
+
+  var MEMBER_RE = /^[A-Za-z0-9_-]{8,64}$/;
+
+  /**
+   * A presence option, `info` or `{member, info}` (member id of one's own choosing), as
+   * `{member, info}`; null for none.
+   */
+  function presenceOption(value, member) {
+    if (value === null || value === undefined || value === false) return null;
+    if (typeof value !== "object" || Array.isArray(value)) throw new Error("halley: presence info must be an object");
+    var keys = Object.keys(value);
+    var wrapped =
+      value.info !== null &&
+      typeof value.info === "object" &&
+      keys.every(function (k) {
+        return k === "member" || k === "info";
+      });
+    var p = wrapped ? { member: value.member || member, info: value.info } : { member: member, info: value };
+    if (!MEMBER_RE.test(p.member)) throw new Error("halley: presence member id must be 8-64 of [A-Za-z0-9_-]");
+    return p;
+  }
 
   var canShare = function () {
     return (
@@ -1005,7 +1034,7 @@
     if (this._closed) throw new Error("halley: closed");
     if (!isPattern(channel)) throw new Error("halley: bad channel name " + JSON.stringify(channel));
     if (typeof fn !== "function") throw new Error("halley: subscribe needs a callback");
-    var presence = options && options.presence ? options.presence : null;
+    var presence = presenceOption(options && options.presence, this.member);
     if (presence && !isChannel(channel)) throw new Error("halley: presence needs an exact channel");
     var id = this._nextSub++;
     var self = this;
@@ -1019,11 +1048,15 @@
     };
   };
 
-  /** Declares (or with `null` withdraws) presence on `channel` with `info`, subscribed or not. */
-  Halley.prototype.setPresence = function (channel, info) {
+  /**
+   * Declares (or with `null` withdraws) presence on `channel`, subscribed or not. `presence` is
+   * the info object, or `{member, info}` to choose the member id for this declaration.
+   */
+  Halley.prototype.setPresence = function (channel, presence) {
     if (!isChannel(channel)) throw new Error("halley: bad channel name " + JSON.stringify(channel));
-    if (info === null || info === undefined) this._presence.delete(channel);
-    else this._presence.set(channel, info);
+    var p = presenceOption(presence, this.member);
+    if (p) this._presence.set(channel, p);
+    else this._presence.delete(channel);
     this._changed();
   };
 
@@ -1070,11 +1103,17 @@
     return this._inboxPromise;
   };
 
-  /** Sends `data` to an inbox address (the `url` another client's inbox() returned). */
+  /**
+   * Sends `data` to an inbox address (the `url` another client's inbox() returned). The owner
+   * gets `data` as it is, except over JSONP, where the server takes text: a non-string arrives
+   * as its JSON text.
+   */
   Halley.prototype.send = function (address, data) {
     var json = JSON.stringify(data === undefined ? null : data);
     if (this._jsonp()) {
-      return jsonpRequest(address + "?message=" + encodeURIComponent(json), this.options.pollTimeout).then(function (args) {
+      // GET /inbox/H takes text: a string goes as it is, anything else as JSON text.
+      var text = typeof data === "string" ? data : json;
+      return jsonpRequest(address + "?message=" + encodeURIComponent(text), this.options.pollTimeout).then(function (args) {
         return args[0];
       });
     }
@@ -1132,10 +1171,10 @@
     var presence = [];
     this._subs.forEach(function (s) {
       channels.push({ channel: s.channel });
-      if (s.presence) presence.push({ channel: s.channel, member: self.member, info: s.presence });
+      if (s.presence) presence.push({ channel: s.channel, member: s.presence.member, info: s.presence.info });
     });
-    this._presence.forEach(function (info, channel) {
-      presence.push({ channel: channel, member: self.member, info: info });
+    this._presence.forEach(function (p, channel) {
+      presence.push({ channel: channel, member: p.member, info: p.info });
     });
     this._inboxes.forEach(function (b) {
       channels.push({ channel: b.channel, inbox: b.secret });

@@ -376,3 +376,131 @@ test("three tabs of one origin share one upstream connection; when the leader cl
   await context.close();
   await own.stop();
 });
+
+/** A page whose client is started with `options` and no subscriptions yet. */
+async function client(base, options, context = browser) {
+  const page = await openPage(context);
+  await page.evaluate(([base, opts]) => window.start(base, opts, []), [base, options]);
+  return page;
+}
+
+test("presence: members declared with subscribe, join and leave notices, who is here, which rooms", async () => {
+  const own = await startHalley(["--presence-grace", "1"]);
+  const room = "/js/room/one";
+  const watcher = await client(own.base, FAST);
+  await watcher.evaluate(([room]) => window.h.subscribe(room, (data) => window.received.push(data)), [room]);
+  await subscribed(own.base, room);
+
+  const alice = await client(own.base, FAST);
+  const info = { name: "alice", color: "#1e90ff" };
+  await alice.evaluate(([room, info]) => window.h.subscribe(room, () => {}, { presence: info }), [room, info]);
+  await waitFor(watcher, () => window.received.some((d) => d && d.presence === "join"));
+  assert.deepEqual((await watcher.evaluate(() => window.received)).find((d) => d.presence === "join"), { presence: "join", info });
+
+  assert.deepEqual(await watcher.evaluate(([room]) => window.h.presence(room), [room]), { channel: room, members: [info] });
+  const rooms = await watcher.evaluate(() => window.h.rooms("/js/room"));
+  assert.deepEqual(rooms.channels, [{ channel: room, count: 1, members: [info] }]);
+
+  // The same over JSONP, from a page that cannot make a CORS request at all.
+  const jsonp = await openPage();
+  await jsonp.evaluate(
+    ([base, opts]) => {
+      for (const name of ["fetch", "XMLHttpRequest"]) delete window[name];
+      return window.start(base, opts, []);
+    },
+    [own.base, { ...FAST, transports: ["jsonp"] }],
+  );
+  assert.deepEqual(await jsonp.evaluate(([room]) => window.h.presence(room), [room]), { channel: room, members: [info] });
+  assert.equal((await jsonp.evaluate(() => window.h.rooms("/js/room"))).channels[0].count, 1);
+
+  // Changing one's info is an update; leaving (after the grace period) a leave.
+  const renamed = { name: "alice2", color: "#1e90ff" };
+  await alice.evaluate(([room, info]) => window.h.setPresence(room, info), [room, renamed]);
+  await waitFor(watcher, () => window.received.some((d) => d && d.presence === "update"));
+  await alice.evaluate(() => window.h.close());
+  await waitFor(watcher, () => window.received.some((d) => d && d.presence === "leave"));
+  assert.deepEqual(await watcher.evaluate(([room]) => window.h.presence(room), [room]), { channel: room, members: [] });
+  for (const p of [watcher, alice, jsonp]) await p.close();
+  await own.stop();
+});
+
+for (const mode of ["cors", "jsonp"]) {
+  test(`inbox over ${mode}: mint an address, receive what others send to it`, async () => {
+    const opts = mode === "jsonp" ? { ...FAST, transports: ["jsonp"] } : FAST;
+    const owner = await client(halley.base, opts);
+    if (mode === "jsonp") await owner.evaluate(() => ["fetch", "XMLHttpRequest"].forEach((n) => delete window[n]));
+    // A message first, so that the client has a position to resume from when the channel set
+    // grows by the inbox: what is sent to the inbox from then on cannot be missed.
+    const channel = `/js/inbox-owner/${mode}`;
+    await owner.evaluate(([c]) => window.h.subscribe(c, (data) => window.received.push(data)), [channel]);
+    await subscribed(halley.base, channel);
+    await publish(halley.base, channel, "hello");
+    await waitFor(owner, () => window.received.length >= 1);
+
+    const box = await owner.evaluate(() => window.h.inbox());
+    assert.match(box.channel, /^\/inbox\/[0-9a-f]+$/);
+    assert.equal(box.url, `${halley.base}${box.channel}`);
+    assert.deepEqual(await owner.evaluate(() => window.h.inbox()), box, "one inbox per client");
+
+    const sender = await client(halley.base, opts);
+    await sender.evaluate(([url, mode]) => window.h.send(url, mode === "jsonp" ? "psst" : { psst: 1 }), [box.url, mode]);
+    const res = await fetch(box.url, { method: "POST", headers: { "content-type": "application/json" }, body: '{"from":"node"}' });
+    assert.equal(res.status, 200);
+    await waitFor(owner, () => window.inboxed.length >= 2);
+    const got = await owner.evaluate(() => window.inboxed);
+    assert.deepEqual(got.map((m) => m.data), [mode === "jsonp" ? "psst" : { psst: 1 }, { from: "node" }]);
+    assert.ok(got.every((m) => m.channel === box.channel));
+    assert.deepEqual(await owner.evaluate(() => window.received), ["hello"], "inbox messages do not reach subscriptions");
+
+    // Nobody else can subscribe to the address.
+    const stolen = await fetch(`${halley.base}/sub${box.channel}?transport=longpoll`);
+    assert.equal(stolen.status, 403);
+    for (const p of [owner, sender]) {
+      await p.evaluate(() => window.h.close());
+      await p.close();
+    }
+  });
+}
+
+test("a burst of subscription changes is one reconnect carrying the whole channel set", async () => {
+  const page = await openPage();
+  const channels = [0, 1, 2, 3, 4].map((i) => `/js/burst/${i}`);
+  await page.evaluate(
+    ([base, opts, channels]) => {
+      // Count the WebSockets the client opens.
+      const Native = window.WebSocket;
+      window.opened = 0;
+      window.WebSocket = function (url) {
+        window.opened += 1;
+        return new Native(url);
+      };
+      window.start(base, opts, channels);
+    },
+    [halley.base, { ...FAST, transports: ["websocket"] }, channels],
+  );
+  for (const c of channels) await subscribed(halley.base, c);
+  assert.equal(await page.evaluate(() => window.opened), 1, "five subscribes, one connection");
+  const first = await publish(halley.base, channels[4], 4);
+  await waitFor(page, () => window.received.length >= 1);
+
+  // Drop two, add one, in one burst: one more connection, resuming from the same position.
+  await page.evaluate(() => {
+    window.subs["/js/burst/0"].unsubscribe();
+    window.subs["/js/burst/1"].unsubscribe();
+    window.h.subscribe("/js/burst/extra", (data, m) => window.received.push({ channel: m.channel, id: m.id, data }));
+  });
+  await subscribed(halley.base, "/js/burst/extra");
+  assert.equal(await page.evaluate(() => window.opened), 2);
+  assert.equal(await page.evaluate(() => window.h.state), "connected", "a planned reconnect is not a lost connection");
+  const second = await publish(halley.base, "/js/burst/extra", "extra");
+  await publish(halley.base, channels[0], "not any more");
+  const third = await publish(halley.base, channels[2], 2);
+  await waitFor(page, () => window.received.length >= 3);
+  // In id order: had /js/burst/0 still been subscribed, its message would sit before the last.
+  assert.deepEqual((await page.evaluate(() => window.received)).map((m) => m.id), [first.id, second.id, third.id]);
+  const rows = await (await fetch(`${halley.base}/api/channels?prefix=/js/burst/`)).json();
+  assert.deepEqual(rows.filter((r) => r.subscribers > 0).map((r) => r.channel).sort(), ["/js/burst/2", "/js/burst/3", "/js/burst/4", "/js/burst/extra"]);
+  assert.ok(!(await page.evaluate(() => window.states.some((s) => s.state === "reconnecting"))));
+  await page.evaluate(() => window.h.close());
+  await page.close();
+});
