@@ -32,6 +32,13 @@
 (function (root) {
   "use strict";
 
+  /** What the server accepts on one connection (PROTOCOL.md: MAX_SUB_CHANNELS, MAX_PRESENCE). */
+  var MAX_SUB_CHANNELS = 16;
+  var MAX_PRESENCE = 16;
+  var MAX_PRESENCE_INFO = 512;
+  /** A connection that lived this long (ms) worked, even if it delivered nothing. */
+  var STABLE_MS = 5000;
+
   /** Transports in order of preference; the ladder steps down this list. */
   var TRANSPORTS = ["websocket", "sse", "stream", "longpoll", "jsonp"];
 
@@ -46,6 +53,11 @@
     flushTimeout: 4000,
     /** Longer than the server's long-poll hold (25 s by default): a poll still open is lost. */
     pollTimeout: 40000,
+    /**
+     * A fetch stream silent this long is taken as dead (a half-open connection) and reopened.
+     * The server writes a heartbeat every 15 s by default; this allows for two missed.
+     */
+    idleTimeout: 45000,
     /** A poll pending this long without failing counts as connected (it is held, not refused). */
     pollSettle: 1000,
     /** Exponential backoff with full jitter between reconnects, in ms. */
@@ -153,7 +165,8 @@
 
   /**
    * The transport ladder. `current` is the transport to try. Reports:
-   *   opened()        it works: it is now proven and its failure count resets;
+   *   opened()        it opened: it is now proven;
+ *   worked()        it delivered or stayed up: its failure count resets;
    *   failed(reason)  'missing' (the browser lacks it) or 'buffered' (a proxy holds the
    *                   stream): banned for good and stepped over; 'connect' (could not open):
    *                   step down at once if it never worked, else after `stepDownAfter` in a
@@ -179,6 +192,9 @@
   });
   Ladder.prototype.opened = function () {
     this.proven.add(this.current);
+  };
+  /** It delivered or stayed up a while: failures so far no longer count. */
+  Ladder.prototype.worked = function () {
     this.failures = 0;
   };
   /** @returns {{transport: string, stepped: boolean, wrapped: boolean}} */
@@ -645,8 +661,12 @@
       .fetch(ctx.url(), { cache: "no-store", signal: ctrl.signal })
       .then(function (res) {
         if (closed) return;
-        if (!res.ok || !res.body) {
+        if (!res.ok) {
           end(res.status >= 400 && res.status < 500 ? "refused" : "connect");
+          return;
+        }
+        if (!res.body) {
+          end("missing"); // a fetch without streaming bodies
           return;
         }
         var reader = res.body.getReader();
@@ -658,9 +678,14 @@
             if (chunk.done) return end(opened ? "dropped" : "connect");
             if (!opened) {
               opened = true;
-              clearTimeout(timer);
               h.open();
             }
+            // Heartbeats keep it alive; silence means the connection died without a FIN.
+            clearTimeout(timer);
+            timer = setTimeout(function () {
+              ctrl.abort();
+              end("dropped");
+            }, ctx.options.idleTimeout);
             var split = splitLines(rest + decoder.decode(chunk.value, { stream: true }));
             rest = split.rest;
             for (var i = 0; i < split.lines.length && !closed; i++) {
@@ -840,25 +865,40 @@
     }
     var gen = this.gen;
     var self = this;
+    var spec = this.spec;
+    if (spec.channels.length > MAX_SUB_CHANNELS || spec.presence.length > MAX_PRESENCE) {
+      // The server refuses more (PROTOCOL.md); connecting with none would be worse than
+      // connecting with the first ones and saying so.
+      this.events.control({ event: "error", error: "more than 16 channels or presence declarations: only the first 16 are connected" });
+      spec = { channels: spec.channels.slice(0, MAX_SUB_CHANNELS), presence: spec.presence.slice(0, MAX_PRESENCE) };
+    }
     // A new channel set is not a lost connection: stay 'connected' until the new one opens
     // (or fails).
     if (!(this.planned && this.connectedNow)) this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
     this.planned = false;
     this.connectedNow = false;
+    this.openedAt = 0;
+    this.delivered = false;
+    this.retryHint = 0;
     var live = function () {
       return gen === self.gen && !self.closed;
+    };
+    var position = function (id) {
+      var before = self.resume.lastId;
+      self.resume.advance(id);
+      if (self.resume.lastId !== before) self.events.position(self.resume.lastId);
     };
     var ctx = {
       options: this.options,
       url: function () {
-        return subscribeUrl(self.base, transport, self.spec, self.resume.lastId);
+        return subscribeUrl(self.base, transport, spec, self.resume.lastId);
       },
     };
     this.conn = OPENERS[transport](ctx, {
       open: function () {
         if (!live()) return;
         self.ladder.opened();
-        self.attempt = 0;
+        self.openedAt = Date.now();
         self.everConnected = true;
         self.connectedNow = true;
         self.events.state("connected", transport);
@@ -866,17 +906,22 @@
       frame: function (obj) {
         if (!live() || !obj || typeof obj !== "object") return;
         if (typeof obj.event === "string") {
-          if (obj.event === "open" && obj.last_id) self.resume.advance(obj.last_id);
+          // A stream may say where it starts, so that a reconnect before the first message
+          // still resumes from there.
+          if (obj.event === "open" && obj.last_id) position(obj.last_id);
+          if (obj.event === "reconnect" && typeof obj.retry === "number") self.retryHint = obj.retry;
           self.events.control(obj);
           return;
+        }
+        if (!self.delivered) {
+          self.delivered = true;
+          self.ladder.worked();
+          self.attempt = 0;
         }
         if (self.resume.accept(obj.id)) self.events.message(obj);
       },
       position: function (id) {
-        if (!live()) return;
-        var before = self.resume.lastId;
-        self.resume.advance(id);
-        if (self.resume.lastId !== before) self.events.position(self.resume.lastId);
+        if (live()) position(id);
       },
       fail: function (reason) {
         if (!live()) return;
@@ -889,20 +934,38 @@
     if (gen !== this.gen || this.closed) return;
     this.stop();
     this.connectedNow = false;
+    if (reason === "dropped") {
+      // A connection that delivered, or lived a while, worked: start the backoff afresh. One
+      // cut soon after opening, with nothing delivered, is no better than one that never
+      // opened (a proxy that kills upgrades after the handshake, say).
+      var stable = this.delivered || Date.now() - this.openedAt >= STABLE_MS;
+      if (stable) {
+        this.attempt = 0;
+        this.ladder.worked();
+      } else {
+        reason = "connect";
+      }
+    }
     var from = this.ladder.current;
-    // A refusal (4xx: bad channel, wrong inbox secret, origin not allowed) is not the
-    // transport's fault: back off and try again, on the same transport.
+    // A refusal (an HTTP error answer: bad channel, wrong inbox secret, origin not allowed,
+    // server overloaded) is not the transport's fault: back off and try again on it.
     var step = reason === "refused" ? { transport: from, stepped: false, wrapped: false } : this.ladder.failed(reason);
     if (step.stepped) this.events.transport({ transport: step.transport, from: from, reason: reason });
-    if (reason === "refused") this.events.control({ event: "error", error: "subscription refused" });
+    if (reason === "refused") this.events.control({ event: "error", error: "subscription refused by the server" });
     if (step.stepped && !step.wrapped) {
       this.schedule(0);
       return;
     }
-    var delay = backoffDelay(this.attempt, this.options.backoff);
+    var delay = Math.max(backoffDelay(this.attempt, this.options.backoff), this.retryHint || 0);
     this.attempt += 1;
     this.events.state("reconnecting", step.transport);
     this.schedule(delay);
+  };
+
+  /** The browser says the network is back: stop waiting out the backoff. */
+  Upstream.prototype.online = function () {
+    if (this.closed || this.conn || !this.timer) return;
+    this.schedule(0);
   };
 
   Upstream.prototype.close = function () {
@@ -932,7 +995,14 @@
       });
     var p = wrapped ? { member: value.member || member, info: value.info } : { member: member, info: value };
     if (!MEMBER_RE.test(p.member)) throw new Error("halley: presence member id must be 8-64 of [A-Za-z0-9_-]");
+    if (utf8Length(JSON.stringify(p.info)) > MAX_PRESENCE_INFO) {
+      throw new Error("halley: presence info is more than " + MAX_PRESENCE_INFO + " bytes of JSON");
+    }
     return p;
+  }
+
+  function utf8Length(text) {
+    return typeof root.TextEncoder === "function" ? new root.TextEncoder().encode(text).length : unescape(encodeURIComponent(text)).length;
   }
 
   var canShare = function () {
@@ -1033,9 +1103,19 @@
   Halley.prototype.subscribe = function (channel, fn, options) {
     if (this._closed) throw new Error("halley: closed");
     if (!isPattern(channel)) throw new Error("halley: bad channel name " + JSON.stringify(channel));
+    // The server refuses these, and one refused channel would fail the connection of all.
+    if (/^\/(meta|service|inbox)(\/|$)/.test(channel)) {
+      throw new Error("halley: cannot subscribe to " + channel + " (inboxes: use inbox())");
+    }
     if (typeof fn !== "function") throw new Error("halley: subscribe needs a callback");
     var presence = presenceOption(options && options.presence, this.member);
     if (presence && !isChannel(channel)) throw new Error("halley: presence needs an exact channel");
+    var known = this._localSpec().channels.some(function (c) {
+      return c.channel === channel;
+    });
+    if (!known && this._localSpec().channels.length >= MAX_SUB_CHANNELS) {
+      throw new Error("halley: at most " + MAX_SUB_CHANNELS + " channels per client (subscribe to a pattern instead)");
+    }
     var id = this._nextSub++;
     var self = this;
     this._subs.set(id, { channel: channel, fn: fn, presence: presence });
@@ -1155,6 +1235,7 @@
     clearInterval(this._pruneTimer);
     if (this._upstream) this._upstream.close();
     this._upstream = null;
+    if (this._onOnline) root.removeEventListener("online", this._onOnline);
     if (this._bc) {
       this._post({ t: "bye", from: this._tab });
       this._bc.close();
@@ -1256,6 +1337,12 @@
         self._emit("transport", info);
       },
     });
+    if (typeof root.addEventListener === "function" && !this._onOnline) {
+      this._onOnline = function () {
+        if (self._upstream) self._upstream.online();
+      };
+      root.addEventListener("online", this._onOnline);
+    }
     this._refresh();
   };
 
@@ -1305,7 +1392,10 @@
     this.role = "leader";
     clearTimeout(this._pushTimer);
     this._peers.clear();
+    var wasUp = this._state === "connected" || this._state === "reconnecting";
     this._lead();
+    // Taking over from a leader that went away: for this tab it is a reconnect.
+    this._upstream.everConnected = wasUp;
     this._post({ t: "hello", from: this._tab });
     this._pruneTimer = setInterval(function () {
       self._prune();

@@ -106,21 +106,25 @@ test("ladder: a missing transport is stepped over, a working one is kept", () =>
   assert.deepEqual(l.failed("missing"), { transport: "sse", stepped: true, wrapped: false });
   assert.deepEqual(l.failed("connect"), { transport: "stream", stepped: true, wrapped: false }, "never worked: step down at once");
   l.opened();
+  l.worked();
   assert.deepEqual(l.failed("dropped"), { transport: "stream", stepped: false, wrapped: false }, "it worked and ended: stay");
   assert.deepEqual(l.failed("connect"), { transport: "stream", stepped: false, wrapped: false });
   assert.deepEqual(l.failed("connect"), { transport: "stream", stepped: false, wrapped: false });
   assert.deepEqual(l.failed("connect"), { transport: "longpoll", stepped: true, wrapped: false }, "third failure in a row");
 });
 
-test("ladder: an open resets the failure count", () => {
+test("ladder: a connection that worked resets the failure count; a mere open does not", () => {
   const l = new I.Ladder(["websocket", "longpoll"], 3);
   l.opened();
   l.failed("connect");
   l.failed("connect");
-  l.opened();
+  l.worked();
   l.failed("connect");
   l.failed("connect");
   assert.equal(l.current, "websocket");
+  // Opens that are cut at once (reported as 'connect') do not reset it: the third steps down.
+  l.opened();
+  assert.deepEqual(l.failed("connect"), { transport: "longpoll", stepped: true, wrapped: false });
 });
 
 test("ladder: a buffered stream is banned; past the bottom it wraps to the top", () => {
