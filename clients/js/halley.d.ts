@@ -29,6 +29,8 @@ export interface HalleyOptions {
   backoff?: { base?: number; max?: number };
   /** A transport that once worked is given up after this many failures to open in a row. Default 3. */
   stepDownAfter?: number;
+  /** A fetch stream silent this long (no heartbeat) is reopened. Default 45000. */
+  idleTimeout?: number;
   /** Subscription changes within this many ms make one reconnect. Default 20. */
   debounce?: number;
   /** Recent message ids remembered to drop duplicates. Default 1000. */
