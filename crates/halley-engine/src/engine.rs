@@ -221,8 +221,13 @@ impl Engine {
     /// Subscriber counts are cluster-wide when the broker knows other nodes' counts.
     pub async fn channels(&self, prefix: &str) -> Result<Vec<ChannelInfo>, EngineError> {
         let mut rows: BTreeMap<String, ChannelInfo> = BTreeMap::new();
+        // Inboxes are private: listing them would hand out their addresses.
+        let private = |name: &str| name.starts_with(halley_proto::inbox::PREFIX);
         for entry in self.shared.broker.channels(prefix).await? {
             let name = entry.channel.to_string();
+            if private(&name) {
+                continue;
+            }
             rows.insert(
                 name.clone(),
                 ChannelInfo {
@@ -233,7 +238,8 @@ impl Engine {
             );
         }
         let remote = self.shared.broker.remote_subscribers(prefix).await?;
-        for (name, n) in self.shared.hub.counts(prefix).into_iter().chain(remote) {
+        let counts = self.shared.hub.counts(prefix).into_iter().chain(remote);
+        for (name, n) in counts.filter(|(name, _)| !private(name)) {
             rows.entry(name.clone())
                 .or_insert(ChannelInfo {
                     name,

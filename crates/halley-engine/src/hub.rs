@@ -158,6 +158,7 @@ impl Hub {
             floor: None,
             gap: false,
             position: None,
+            kept: Vec::new(),
         }
     }
 
@@ -239,9 +240,16 @@ pub struct Subscription {
     floor: Option<MessageId>,
     gap: bool,
     position: Option<MessageId>,
+    /// Presence declared by the connection this subscription serves; it ends with it.
+    kept: Vec<crate::PresenceGuard>,
 }
 
 impl Subscription {
+    /// Keeps `guard` (a member's presence) for as long as this subscription lives.
+    pub fn keep(&mut self, guard: crate::PresenceGuard) {
+        self.kept.push(guard);
+    }
+
     /// The first pattern (the only one, except for Bayeux sessions).
     pub fn pattern(&self) -> &Pattern {
         &self.patterns[0]

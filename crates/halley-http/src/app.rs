@@ -13,7 +13,7 @@ use crate::body::Body;
 use crate::cors::{self, Origins};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::{HttpConfig, cometd, ops, publish, rupy, transport};
+use crate::{HttpConfig, api, assets, cometd, ops, publish, rupy, transport};
 
 /// What every request handler can reach.
 pub struct App {
@@ -110,24 +110,39 @@ async fn route<B: RequestBody>(
     if let Some(channel) = under("/pub") {
         return match method {
             Method::POST | Method::PUT => Box::pin(publish::publish(app, channel, request)).await,
+            Method::GET => Box::pin(publish::publish_jsonp(app, channel, request)).await,
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
     if let Some(channel) = under("/sub") {
         return match method {
-            Method::GET => Box::pin(transport::subscribe(app, channel, request)).await,
+            Method::GET => Box::pin(transport::subscribe(app, Some(channel), request)).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    if let Some(address) = path.strip_prefix(halley_proto::inbox::PREFIX) {
+        return match method {
+            Method::GET | Method::POST => Box::pin(api::send(app, address, request)).await,
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
     match (method, path.as_str()) {
+        (Method::GET | Method::POST, "/api/inbox") => api::mint(app, &request),
+        (Method::GET, "/api/presence") => api::presence(app, &request),
+        (Method::GET | Method::HEAD, _) if assets::find(app, &path).is_some() => {
+            Ok(assets::serve(app, &path, &request))
+        }
         (Method::GET | Method::POST, "/push") => Box::pin(rupy::push(app, request)).await,
         (Method::GET, "/pull") => Box::pin(rupy::pull(app, request)).await,
+        (Method::GET, "/sub") => Box::pin(transport::subscribe(app, None, request)).await,
         (Method::GET, "/healthz") => Ok(ops::healthz(app)),
         (Method::GET, "/metrics") => Ok(ops::metrics(app)),
         (Method::GET, "/api/channels") => Box::pin(ops::channels(app, &request)).await,
-        (_, "/push" | "/pull" | "/healthz" | "/metrics" | "/api/channels") => {
-            Err(ApiError::MethodNotAllowed)
-        }
+        (
+            _,
+            "/push" | "/pull" | "/sub" | "/healthz" | "/metrics" | "/api/channels" | "/api/inbox"
+            | "/api/presence",
+        ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }

@@ -40,6 +40,9 @@ pub struct HttpConfig {
     /// `multiple-clients` advice and this interval, so that tabs do not exhaust the browser's
     /// per-host connection limit.
     pub multiple_clients_interval: Duration,
+    /// Serve halley.js and the talk chat from this directory (`clients/js`) instead of the
+    /// copies built into the binary: for editing them without rebuilding.
+    pub assets_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +60,7 @@ impl Default for HttpConfig {
             retry: Duration::from_secs(2),
             cometd_path: "/cometd".into(),
             multiple_clients_interval: Duration::from_secs(2),
+            assets_dir: None,
         }
     }
 }

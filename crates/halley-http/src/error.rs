@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("origin not allowed")]
     Forbidden,
+    /// A private channel (an inbox) asked for without its secret.
+    #[error("{0}")]
+    NotYours(String),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -53,7 +56,7 @@ impl ApiError {
             }
             ApiError::Reserved(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::NotYours(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,13 +7,17 @@
 //! - `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
 //!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, WebSocket);
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
-//!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`.
+//!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
+//!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
+//!   `assets` serves halley.js and the talk chat.
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
 //! [`halley_engine::Engine`].
 
+mod api;
 mod app;
+mod assets;
 mod body;
 mod cometd;
 mod config;

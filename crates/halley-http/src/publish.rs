@@ -64,12 +64,42 @@ pub async fn read_body<B: RequestBody>(app: &App, request: Request<B>) -> Result
     }
 }
 
-pub fn published_response(published: &Published) -> Response<Body> {
-    let body = serde_json::json!({
+/// `GET /pub/{channel}?data=<JSON>&callback=cb`: publishing for browsers without CORS, which can
+/// only load scripts. Without a callback a GET is refused: a plain GET (a crawler, a prefetch)
+/// must never publish.
+pub async fn publish_jsonp<B: RequestBody>(
+    app: &Arc<App>,
+    channel: &str,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let Some(callback) = query.callback()? else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    app.origins.check_embedding(request.headers())?;
+    app.authorize_publish(request.headers(), &query)?;
+    let channel = Channel::parse(channel)?;
+    let data = query
+        .get("data")
+        .ok_or_else(|| ApiError::BadRequest("data (JSON) is required".into()))?;
+    let payload = Payload::from_json(data.as_bytes())?;
+    let published = app.engine.publish(channel, payload).await?;
+    Ok(crate::api::reply(
+        &published_json(&published),
+        Some(callback),
+    ))
+}
+
+pub fn published_json(published: &Published) -> serde_json::Value {
+    serde_json::json!({
         "channel": published.message.channel.as_str(),
         "id": published.message.id.to_string(),
         "subscribers": published.subscribers,
-    });
+    })
+}
+
+pub fn published_response(published: &Published) -> Response<Body> {
+    let body = published_json(published);
     let mut response = Response::new(full(body.to_string()));
     response
         .headers_mut()

@@ -20,6 +20,25 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated name, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `callback` parameter of a JSONP request: absent, or a valid name (else 400).
+    pub fn callback(&self) -> Result<Option<&str>, crate::error::ApiError> {
+        match self.get("callback") {
+            None => Ok(None),
+            Some(cb) if valid_callback(cb) => Ok(Some(cb)),
+            Some(_) => Err(crate::error::ApiError::BadRequest(
+                "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$".into(),
+            )),
+        }
+    }
+
     /// Adds the pairs of a form body after the query's own.
     pub fn extend_form(&mut self, body: &[u8]) {
         self.0

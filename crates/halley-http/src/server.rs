@@ -282,7 +282,7 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
             .strip_prefix(cometd_path)
             .is_some_and(|r| r.starts_with('/'));
     let lean_route = match method {
-        "GET" => (route.starts_with("/sub/") || route == "/pull") && length == 0,
+        "GET" => (route.starts_with("/sub/") || route == "/sub" || route == "/pull") && length == 0,
         // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
         _ => cometd && length <= body_limit && header("expect").is_none(),
     };

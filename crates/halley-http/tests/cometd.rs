@@ -210,6 +210,7 @@ async fn long_polling_end_to_end() {
 
     // A Bayeux publish reaches the native API's subscribers of the same channel.
     let mut native = s.stream(&Transport::StreamJson.url("/chat/b", &[])).await;
+    assert_eq!(native.line().await, "", "NDJSON opens with a blank line");
     let replies = exchange(
         &s,
         json!([{"channel": "/chat/b", "clientId": client, "data": {"n": 1}, "id": "p"}]),

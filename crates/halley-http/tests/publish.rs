@@ -52,6 +52,7 @@ async fn check(
 async fn bodies_become_message_data() {
     let s = TestServer::start().await;
     let mut sub = s.stream("/sub/p/a?transport=stream&format=json").await;
+    assert_eq!(sub.line().await, "", "NDJSON opens with a blank line");
     // (method, content type, body, the message's data as compact JSON)
     let cases: &[(&str, Option<&str>, &str, &str)] = &[
         ("POST", Some("text/plain"), "hello", r#""hello""#),

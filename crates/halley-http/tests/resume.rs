@@ -83,6 +83,7 @@ async fn wildcard_subscribers_resume_across_channels_from_one_id() {
             "/sub/wr/*?transport=stream&format=json&last_id={a}"
         ))
         .await;
+    open.expect("\n").await;
     open.expect(&format!("{}\n", message_object("/wr/b", &b, r#""b1""#)))
         .await;
     open.expect(&format!("{}\n", message_object("/wr/b", &d, r#""b2""#)))
@@ -313,7 +314,11 @@ async fn resume_racing_publishes_loses_and_duplicates_nothing() {
     for mut open in opened {
         let mut seen = Vec::new();
         while seen.len() < N {
-            let message: Value = serde_json::from_str(&open.line().await).unwrap();
+            let line = open.line().await;
+            if line.is_empty() {
+                continue; // the stream's opening blank line, or a heartbeat
+            }
+            let message: Value = serde_json::from_str(&line).unwrap();
             seen.push(message["data"].as_str().unwrap().to_owned());
         }
         let expected: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();

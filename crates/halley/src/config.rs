@@ -93,6 +93,14 @@ pub struct ServeArgs {
     /// `redis://host:port[/db]` to share them with every node on that Redis [default: memory].
     #[arg(long, env = "HALLEY_BROKER")]
     pub broker: Option<String>,
+    /// Seconds a chat member stays present after its last connection closed, so that
+    /// long-poll gaps and reconnects don't announce leaving and joining [default: 10].
+    #[arg(long, env = "HALLEY_PRESENCE_GRACE")]
+    pub presence_grace: Option<u64>,
+    /// Serve halley.js and the talk chat from this directory (clients/js) instead of the
+    /// built-in copies, to edit them without rebuilding [default: built-in].
+    #[arg(long, env = "HALLEY_ASSETS")]
+    pub assets: Option<PathBuf>,
 }
 
 /// Which broker the engine runs on.
@@ -118,6 +126,7 @@ impl BrokerChoice {
 }
 
 pub struct Settings {
+    pub presence_grace: Duration,
     pub http: HttpConfig,
     pub engine: EngineConfig,
     pub bayeux: BayeuxConfig,
@@ -154,7 +163,11 @@ impl ServeArgs {
                 history_ttl,
                 queue_capacity,
                 max_channels,
-                broker
+                broker,
+                cometd_path,
+                session_timeout,
+                presence_grace,
+                assets
             );
         }
         let secs = Duration::from_secs;
@@ -172,6 +185,7 @@ impl ServeArgs {
             retry: h.retry,
             cometd_path: self.cometd_path.unwrap_or(h.cometd_path),
             multiple_clients_interval: h.multiple_clients_interval,
+            assets_dir: self.assets,
         };
         anyhow::ensure!(
             http.cometd_path.starts_with('/'),
@@ -199,6 +213,9 @@ impl ServeArgs {
         };
         let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
         Ok(Settings {
+            presence_grace: self
+                .presence_grace
+                .map_or(halley_engine::presence::DEFAULT_GRACE, secs),
             http,
             engine,
             bayeux,

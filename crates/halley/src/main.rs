@@ -59,6 +59,7 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
             engine
         }
     };
+    engine.set_presence_grace(settings.presence_grace);
     let bayeux = Bayeux::spawn(
         engine.clone(),
         settings.bayeux,

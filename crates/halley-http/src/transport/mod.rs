@@ -14,7 +14,8 @@ mod ws;
 use std::sync::Arc;
 
 use crate::body::RequestBody;
-use halley_proto::{MessageId, Pattern};
+use halley_engine::Subscription;
+use halley_proto::{Channel, MessageId, Pattern, inbox};
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
 use hyper::{Request, Response};
 
@@ -27,15 +28,30 @@ use crate::query::{Query, valid_callback};
 pub use stream::{Wire, chunks, held_headers, stream_response};
 pub use ws::{accept_websocket, spawn_upgraded};
 
+/// Most channels (or patterns) one `/sub` connection may ask for. A browser's connection carries
+/// its rooms, its inbox and a few more; 16 keeps a resume (one history read per pattern) cheap.
+pub const MAX_SUB_CHANNELS: usize = 16;
+
+/// Most presence declarations on one connection.
+pub const MAX_PRESENCE: usize = 16;
+
+/// Largest `info` object of a presence declaration, in bytes of JSON. A name and a colour take
+/// 40; 512 leaves room for an avatar URL without letting a member bloat every listing.
+pub const MAX_PRESENCE_INFO: usize = 512;
+
+/// `GET /sub/{channel}` and `GET /sub?channel=…&channel=…`: subscribe one connection to every
+/// channel named (the path's and each `channel` parameter), with presence declarations and the
+/// inbox secret when given (clients/js/PROTOCOL.md).
 pub async fn subscribe<B: RequestBody>(
     app: &Arc<App>,
-    channel: &str,
+    channel: Option<&str>,
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    let pattern = Pattern::parse(channel)?;
+    let patterns = patterns(channel, &query)?;
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
+    let presence = declarations(&query)?;
     let callback = || -> Result<String, ApiError> {
         let callback = query.get("callback").unwrap_or("");
         if !valid_callback(callback) {
@@ -48,9 +64,14 @@ pub async fn subscribe<B: RequestBody>(
     };
     let json = query.get("format") == Some("json");
     let wire = match kind {
-        Kind::WebSocket => return ws::upgrade(app, pattern, resume, request, &query).await,
-        Kind::LongPoll => return poll::hold(app, pattern, resume, None).await,
-        Kind::Jsonp => return poll::hold(app, pattern, resume, Some(callback()?)).await,
+        Kind::WebSocket => {
+            return ws::upgrade(app, patterns, resume, presence, request, &query).await;
+        }
+        Kind::LongPoll => return poll::hold(app, patterns, resume, presence, None).await,
+        Kind::Jsonp => {
+            let cb = callback()?;
+            return poll::hold(app, patterns, resume, presence, Some(cb)).await;
+        }
         Kind::Sse => Wire::Sse { json },
         Kind::Stream => Wire::Lines { json, skip: None },
         Kind::Iframe => Wire::Iframe {
@@ -59,8 +80,102 @@ pub async fn subscribe<B: RequestBody>(
         Kind::Multipart => Wire::Multipart,
         Kind::Pull => unreachable!("select never picks pull"),
     };
-    let sub = app.engine.subscribe(pattern, resume).await?;
+    let sub = open(app, patterns, resume, presence).await?;
     Ok(stream_response(app, sub, wire, kind))
+}
+
+/// The patterns of a `/sub` request: the path's channel first, then every `channel` parameter.
+/// Inbox channels need their secret in `inbox`.
+fn patterns(channel: Option<&str>, query: &Query) -> Result<Vec<Pattern>, ApiError> {
+    let mut patterns = Vec::new();
+    for name in channel.into_iter().chain(query.get_all("channel")) {
+        let pattern = Pattern::parse(name)?;
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    if patterns.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name a channel: /sub/{channel} or /sub?channel=…".into(),
+        ));
+    }
+    if patterns.len() > MAX_SUB_CHANNELS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_SUB_CHANNELS} channels per connection"
+        )));
+    }
+    let own = query.get("inbox").and_then(inbox::channel_for);
+    for pattern in &patterns {
+        if let Some(c) = pattern.exact().filter(|c| c.is_private())
+            && own.as_ref() != Some(c)
+        {
+            return Err(ApiError::NotYours(format!(
+                "{c} is an inbox: subscribe with its secret (inbox=)"
+            )));
+        }
+    }
+    Ok(patterns)
+}
+
+/// One `presence` parameter: who this connection says it is on which channel.
+#[derive(Debug)]
+pub struct Declaration {
+    channel: Channel,
+    member: String,
+    info: serde_json::Value,
+}
+
+fn declarations(query: &Query) -> Result<Vec<Declaration>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        channel: String,
+        member: String,
+        #[serde(default)]
+        info: serde_json::Map<String, serde_json::Value>,
+    }
+    let bad = |why: String| ApiError::BadRequest(format!("presence: {why}"));
+    let mut out = Vec::new();
+    for text in query.get_all("presence") {
+        if out.len() == MAX_PRESENCE {
+            return Err(bad(format!("at most {MAX_PRESENCE} per connection")));
+        }
+        let raw: Raw = serde_json::from_str(text)
+            .map_err(|e| bad(format!("expected {{\"channel\",\"member\",\"info\"}}: {e}")))?;
+        let channel = Channel::parse(&raw.channel)?;
+        if !(8..=64).contains(&raw.member.len())
+            || !raw
+                .member
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad("member must be 8-64 characters of [A-Za-z0-9_-]".into()));
+        }
+        let info = serde_json::Value::Object(raw.info);
+        if info.to_string().len() > MAX_PRESENCE_INFO {
+            return Err(bad(format!("info larger than {MAX_PRESENCE_INFO} bytes")));
+        }
+        out.push(Declaration {
+            channel,
+            member: raw.member,
+            info,
+        });
+    }
+    Ok(out)
+}
+
+/// Subscribes and declares presence; the presence lasts as long as the subscription.
+pub async fn open(
+    app: &App,
+    patterns: Vec<Pattern>,
+    resume: Option<MessageId>,
+    presence: Vec<Declaration>,
+) -> Result<Subscription, ApiError> {
+    let mut sub = app.engine.subscribe_many(patterns, resume).await?;
+    for d in presence {
+        let guard = app.engine.join(d.channel, &d.member, d.info).await?;
+        sub.keep(guard);
+    }
+    Ok(sub)
 }
 
 fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
@@ -113,6 +228,7 @@ fn gap_object(sub: &halley_engine::Subscription) -> String {
     serde_json::json!({
         "event": "gap",
         "channel": sub.pattern().to_string(),
+        "channels": sub.patterns().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "last_id": sub.position().map(|p| p.to_string()),
     })
     .to_string()

@@ -19,8 +19,9 @@ use super::stream::held_headers;
 
 pub async fn hold(
     app: &Arc<App>,
-    pattern: Pattern,
+    patterns: Vec<Pattern>,
     resume: Option<MessageId>,
+    presence: Vec<super::Declaration>,
     callback: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
     let kind = if callback.is_some() {
@@ -29,7 +30,7 @@ pub async fn hold(
         Kind::LongPoll
     };
     let _open = Open::new(&app.metrics, kind);
-    let mut sub = app.engine.subscribe(pattern, resume).await?;
+    let mut sub = super::open(app, patterns, resume, presence).await?;
     let mut batch = BytesMut::from(&b"["[..]);
     let mut last = sub.position();
     let mut count = 0;

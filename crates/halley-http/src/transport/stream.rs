@@ -61,6 +61,9 @@ impl Wire {
                 out.put_bytes(b' ', IFRAME_PADDING);
                 out.put_slice(b"-->\n");
             }
+            // A first byte at once, so a client can tell a live stream from one a proxy holds
+            // back (clients/js/PROTOCOL.md); a blank line is a heartbeat to NDJSON readers.
+            Wire::Lines { json: true, .. } => out.put_u8(b'\n'),
             _ => {}
         }
         if sub.gap() {

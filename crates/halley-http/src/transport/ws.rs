@@ -35,20 +35,25 @@ const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
-    pattern: Pattern,
+    patterns: Vec<Pattern>,
     resume: Option<MessageId>,
+    presence: Vec<super::Declaration>,
     mut request: Request<B>,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
     let headers = request.headers();
-    let publish_to = match pattern.exact() {
-        Some(channel) if app.authorize_publish(headers, query).is_ok() => Some(channel.clone()),
+    // Frames are published to the channel subscribed to, when there is exactly one (and it is
+    // not a wildcard); a connection on several channels publishes with `POST /pub`.
+    let publish_to = match patterns.as_slice() {
+        [Pattern::Exact(channel)] if app.authorize_publish(headers, query).is_ok() => {
+            Some(channel.clone())
+        }
         _ => None,
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
-    let sub = app.engine.subscribe(pattern, resume).await?;
+    let sub = super::open(app, patterns, resume, presence).await?;
     spawn_upgraded(app, &mut request, move |app, ws| async move {
         run(&app, ws, sub, publish_to).await;
     });

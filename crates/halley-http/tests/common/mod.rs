@@ -88,6 +88,15 @@ impl TestServer {
         TestServer::launch(server, key)
     }
 
+    /// A server whose members stay present for `grace` after their last connection closed.
+    pub async fn with_presence_grace(grace: std::time::Duration) -> TestServer {
+        let http = test_http();
+        let engine = Engine::in_memory(EngineConfig::default());
+        engine.set_presence_grace(grace);
+        let server = Server::bind(http, engine).await.unwrap();
+        TestServer::launch(server, None)
+    }
+
     /// A server with its own Bayeux configuration. `tweak` gets the test defaults, with the
     /// Bayeux connect timeout equal to the hold timeout as [`Server::bind`] sets it; a tweak
     /// that changes one should change the other.

@@ -84,6 +84,7 @@ impl Transport {
                 "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body><!--{}-->\n",
                 " ".repeat(IFRAME_PADDING)
             ),
+            Transport::StreamJson => "\n".into(),
             _ => String::new(),
         }
     }

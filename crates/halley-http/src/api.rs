@@ -1,0 +1,139 @@
+//! What the browser client needs beyond subscribing and publishing: inboxes (unguessable client
+//! addresses), presence listings, and JSONP answers for browsers without CORS
+//! (clients/js/PROTOCOL.md).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use halley_proto::{Channel, Payload, inbox};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::body::{Body, RequestBody, full};
+use crate::error::ApiError;
+use crate::publish::{published_json, read_body};
+use crate::query::Query;
+
+/// A JSON answer, or `/**/cb(<json>);` when the request named a callback (script tags cannot
+/// read anything else).
+pub fn reply(value: &Value, callback: Option<&str>) -> Response<Body> {
+    let (body, content_type) = match callback {
+        None => (value.to_string(), "application/json"),
+        Some(cb) => (
+            format!("/**/{cb}({value});"),
+            "application/javascript; charset=utf-8",
+        ),
+    };
+    let mut response = Response::new(full(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if callback.is_some() {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A JSONP request must come from an allowed origin, as for every other embedding.
+fn jsonp<'q, B>(
+    app: &App,
+    query: &'q Query,
+    request: &Request<B>,
+) -> Result<Option<&'q str>, ApiError> {
+    let callback = query.callback()?;
+    if callback.is_some() {
+        app.origins.check_embedding(request.headers())?;
+    }
+    Ok(callback)
+}
+
+/// `POST /api/inbox` (or `GET` with a callback): mints a secret and its address. The secret is
+/// 128 bits from the thread-local CSPRNG (`rand`'s ChaCha, seeded by the OS).
+pub fn mint<B: RequestBody>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let callback = jsonp(app, &query, request)?;
+    if request.method() == Method::GET && callback.is_none() {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let secret = inbox::secret_from(rand::random::<u128>());
+    let channel = inbox::channel_for(&secret).expect("a minted secret is well-formed");
+    let value = json!({
+        "secret": secret,
+        "channel": channel.as_str(),
+        "path": channel.as_str(),
+    });
+    Ok(reply(&value, callback))
+}
+
+/// `POST /inbox/{address}` or `GET /inbox/{address}?message=…&callback=…`: sends to an inbox.
+pub async fn send<B: RequestBody>(
+    app: &Arc<App>,
+    address: &str,
+    request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let mut query = Query::parse(request.uri().query());
+    let callback = jsonp(app, &query, &request)?.map(str::to_string);
+    app.authorize_publish(request.headers(), &query)?;
+    let channel = Channel::parse(&format!("{}{address}", inbox::PREFIX))?;
+    if address.len() != inbox::HEX_LEN || address.contains('/') {
+        return Err(ApiError::NotFound);
+    }
+    let payload = match *request.method() {
+        Method::GET if callback.is_some() => Payload::string(message(&query)?),
+        Method::GET => return Err(ApiError::MethodNotAllowed),
+        Method::POST => {
+            let content_type = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let body = read_body(app, request).await?;
+            if content_type.starts_with("application/json") {
+                Payload::from_json(&body)?
+            } else if content_type.starts_with("application/x-www-form-urlencoded") {
+                query.extend_form(&body);
+                Payload::string(message(&query)?)
+            } else {
+                Payload::from_text(&body)?
+            }
+        }
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    let published = app.engine.publish(channel, payload).await?;
+    Ok(reply(&published_json(&published), callback.as_deref()))
+}
+
+fn message(query: &Query) -> Result<&str, ApiError> {
+    query
+        .get("message")
+        .ok_or_else(|| ApiError::BadRequest("message is required".into()))
+}
+
+/// `GET /api/presence?channel=C` (its members) or `?prefix=P` (channels with members).
+pub fn presence<B: RequestBody>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let callback = jsonp(app, &query, request)?;
+    let value = match query.get("channel") {
+        Some(name) => {
+            let channel = Channel::parse(name)?;
+            json!({ "channel": channel.as_str(), "members": app.engine.members(&channel) })
+        }
+        None => {
+            let rows: Vec<Value> = app
+                .engine
+                .presence(query.get("prefix").unwrap_or(""))
+                .into_iter()
+                .map(|(channel, members)| {
+                    json!({ "channel": channel.as_str(), "count": members.len(), "members": members })
+                })
+                .collect();
+            json!({ "channels": rows })
+        }
+    };
+    Ok(reply(&value, callback))
+}
