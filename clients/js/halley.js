@@ -36,6 +36,8 @@
   var MAX_SUB_CHANNELS = 16;
   var MAX_PRESENCE = 16;
   var MAX_PRESENCE_INFO = 512;
+  /** An empty long-poll answer faster than this (ms) was not held. */
+  var QUICK_POLL_MS = 100;
   /** A connection that lived this long (ms) worked, even if it delivered nothing. */
   var STABLE_MS = 5000;
 
@@ -728,10 +730,13 @@
       clearTimeout(settle);
       h.open();
     };
+    var quick = 0;
+    var wait = null;
     var next = function () {
       if (closed) return;
       // A refused or unreachable poll fails fast; one still pending after a moment is held.
       if (!opened) settle = setTimeout(markOpen, ctx.options.pollSettle);
+      var sent = Date.now();
       pending = once(ctx.url());
       pending.then(
         function (answer) {
@@ -746,7 +751,14 @@
           if (answer.gap) h.frame({ event: "gap", last_id: answer.lastId || null });
           for (var i = 0; i < answer.messages.length && !closed; i++) h.frame(answer.messages[i]);
           if (answer.lastId && !closed) h.position(answer.lastId);
-          next();
+          if (closed) return;
+          // An empty answer is normally one the server held until its timeout. Empty answers
+          // that come back at once (a draining server, a cache in the way) would make this a
+          // busy loop: after a few, wait, and longer each time; Retry-After wins.
+          quick = answer.messages.length === 0 && Date.now() - sent < QUICK_POLL_MS ? quick + 1 : 0;
+          var delay = answer.retryAfter > 0 ? answer.retryAfter * 1000 : quick >= 3 ? backoffDelay(quick - 3, ctx.options.backoff) : 0;
+          if (delay > 0) wait = setTimeout(next, delay);
+          else next();
         },
         function () {
           if (closed) return;
@@ -761,6 +773,7 @@
       close: function () {
         closed = true;
         clearTimeout(settle);
+        clearTimeout(wait);
         if (pending) pending.abort();
       },
     };
@@ -777,6 +790,7 @@
           messages: Array.isArray(messages) ? messages : [],
           lastId: res.header("x-halley-last-id"),
           gap: res.header("x-halley-gap") === "true",
+          retryAfter: Number(res.header("retry-after")) || 0,
         };
       });
       answer.abort = req.abort;
@@ -1429,8 +1443,8 @@
         this._peers.set(msg.from, { spec: msg.spec });
         if (msg.lastId) this._resume.advance(msg.lastId);
         this._refresh();
-        // Tell the newcomer how things stand.
-        this._post({ t: "state", state: this._state, transport: this._transport });
+        // Tell the newcomer how things stand (not 'idle': its channels are on their way).
+        if (this._state !== "idle") this._post({ t: "state", state: this._state, transport: this._transport });
       } else if (msg.t === "bye") {
         if (this._peers.delete(msg.from)) this._refresh();
       }

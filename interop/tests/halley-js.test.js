@@ -216,14 +216,30 @@ test("behind a buffering proxy the client steps down to long-poll and still deli
 });
 
 /**
- * A TCP proxy we can cut: `cut()` drops every connection, `down` refuses new ones, and
+ * A TCP proxy we can cut: `cut()` drops every connection, `down` refuses new ones,
+ * `refuseUpgrades` drops WebSocket handshakes only (counting them in `upgradesRefused`), and
  * `target` says which Halley the next connections go to.
  */
 function cuttableProxy(targetPort) {
   const sockets = new Set();
-  const state = { down: false, target: targetPort };
+  const state = { down: false, refuseUpgrades: false, upgradesRefused: 0, target: targetPort };
   const server = net.createServer((client) => {
     if (state.down) return client.destroy();
+    if (state.refuseUpgrades) {
+      client.once("data", (head) => {
+        if (/^upgrade:\s*websocket/im.test(head.toString("latin1"))) {
+          state.upgradesRefused += 1;
+          return client.destroy();
+        }
+        client.pause();
+        client.unshift(head);
+        connect(client);
+      });
+      return;
+    }
+    connect(client);
+  });
+  const connect = (client) => {
     const upstream = net.connect(state.target, "127.0.0.1");
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -236,7 +252,8 @@ function cuttableProxy(targetPort) {
     }
     client.pipe(upstream);
     upstream.pipe(client);
-  });
+    client.resume();
+  };
   return new Promise((resolve) =>
     server.listen(0, "127.0.0.1", () =>
       resolve(
@@ -503,4 +520,33 @@ test("a burst of subscription changes is one reconnect carrying the whole channe
   assert.ok(!(await page.evaluate(() => window.states.some((s) => s.state === "reconnecting"))));
   await page.evaluate(() => window.h.close());
   await page.close();
+});
+
+test("a transport that worked and then keeps failing to open is given up after three tries", async () => {
+  const proxy = await cuttableProxy(halley.port);
+  const page = await openPage();
+  const channel = "/js/step-down";
+  await page.evaluate(
+    ([base, opts, channel]) => window.start(base, opts, [channel]),
+    [proxy.base, { ...FAST, stepDownAfter: 3 }, channel],
+  );
+  await subscribed(halley.base, channel);
+  const ids = [(await publish(halley.base, channel, "over websocket")).id];
+  await waitFor(page, () => window.received.length >= 1);
+  assert.equal(await page.evaluate(() => window.h.transport), "websocket");
+
+  // From now on the way refuses WebSocket handshakes; everything else passes.
+  proxy.refuseUpgrades = true;
+  proxy.cut();
+  ids.push((await publish(halley.base, channel, "while switching")).id);
+  await waitFor(page, () => window.h.transport === "sse" && window.h.state === "connected");
+  assert.equal(proxy.upgradesRefused, 3, "three failed tries, then the next transport");
+  assert.deepEqual(await page.evaluate(() => window.transports), [{ transport: "sse", from: "websocket", reason: "connect" }]);
+  await subscribed(halley.base, channel);
+  ids.push((await publish(halley.base, channel, "over sse")).id);
+  await waitFor(page, () => window.received.length >= 3);
+  assert.deepEqual((await page.evaluate(() => window.received)).map((m) => m.id), ids);
+  await page.evaluate(() => window.h.close());
+  await page.close();
+  await proxy.close();
 });
