@@ -95,7 +95,7 @@ impl Server {
         engine: Engine,
         bayeux: Bayeux,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen)?;
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let app = Arc::new(App {
@@ -654,6 +654,25 @@ impl AsyncWrite for Rewind {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// Connections the kernel may queue before `accept` (the `listen(2)` backlog; the kernel caps it
+/// at `net.core.somaxconn`, 4,096 here). `TcpListener::bind` asks for 128 (seen with `ss -ltn`);
+/// when thousands of clients reconnect at once (a restart, a network blip) such a short queue
+/// overflows and the dropped SYNs are retried only a second later (bench/README.md: 500
+/// subscribers took 1.3 s to connect at 200 in flight). 4,096 is what Nchan's config asks for.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own bind do on Unix: a restarted server can rebind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 #[cfg(test)]
