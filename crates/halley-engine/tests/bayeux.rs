@@ -915,6 +915,12 @@ async fn subscribe_refusals() {
             refused("403:/service/**:service channels are not broadcast"),
         ),
         (
+            sub(json!("/inbox/0123456789abcdef0123456789abcdef")),
+            refused(
+                "403:/inbox/0123456789abcdef0123456789abcdef:inboxes are received with their secret over /sub",
+            ),
+        ),
+        (
             sub(json!("no-slash")),
             refused("400:no-slash:channel name must start with '/'"),
         ),
