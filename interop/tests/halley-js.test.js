@@ -375,6 +375,22 @@ test("three tabs of one origin share one upstream connection; when the leader cl
   await waitFor(tabs[0], () => window.received.length >= 2);
   assert.equal((await tabs[0].evaluate(() => window.received))[1].id, fromFollower.id);
 
+  // A follower's presence and inbox ride the leader's connection.
+  const info = { name: "follower" };
+  await follower.evaluate(([info]) => window.h.setPresence("/js/tabs/lobby", info), [info]);
+  await until(async () => {
+    const answer = await (await fetch(`${own.base}/api/presence?channel=/js/tabs/lobby`)).json();
+    return answer.members.some((m) => m.name === "follower");
+  }, "the follower's presence");
+  const box = await follower.evaluate(() => window.h.inbox());
+  // Sent at once: the leader's reconnect with the inbox resumes from before it, so it arrives.
+  const ping = await fetch(box.url, { method: "POST", headers: { "content-type": "application/json" }, body: '"ping"' });
+  assert.equal(ping.status, 200);
+  await waitFor(follower, () => window.inboxed.length > 0);
+  assert.deepEqual((await follower.evaluate(() => window.inboxed)).map((m) => m.data), ["ping"]);
+  for (const t of tabs) assert.ok(!(await t.evaluate(() => window.received.some((m) => m.channel.startsWith("/inbox/")))));
+  assert.equal(await sockets(), 1, "still one WebSocket");
+
   // Close the leader tab; publish at once, before anyone took over: nothing may be lost.
   const leader = (await roles()).indexOf("leader");
   await tabs[leader].close();
@@ -390,6 +406,10 @@ test("three tabs of one origin share one upstream connection; when the leader cl
     const ids = (await tabs[i].evaluate(() => window.received)).map((m) => m.id);
     assert.equal(new Set(ids).size, ids.length, `no duplicates in tab ${i}`);
   }
+  // The follower's inbox survived the change of leader.
+  const before = await follower.evaluate(() => window.inboxed.length);
+  await fetch(box.url, { method: "POST", headers: { "content-type": "application/json" }, body: '"after"' });
+  await waitFor(follower, (n) => window.inboxed.length > n, before);
   await context.close();
   await own.stop();
 });
