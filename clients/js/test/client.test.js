@@ -1,0 +1,256 @@
+// The client's connection logic in Node, with fake WebSocket and EventSource classes standing in
+// for the browser's: one connection for a burst of subscribes, dispatch by channel, resume and
+// dedupe across reconnects, gaps, planned reconnects, idling, stepping down.
+//   node --test clients/js/test/
+"use strict";
+const { test, before, afterEach } = require("node:test");
+const assert = require("node:assert/strict");
+const path = require("node:path");
+
+let Halley;
+before(async () => {
+  await import(path.join(__dirname, "..", "halley.js"));
+  Halley = globalThis.Halley;
+});
+
+/** Resolves once `fn()` is truthy; fails after 5 s (bounded, never a fixed sleep). */
+async function until(fn, what) {
+  const deadline = Date.now() + 5000;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+class FakeWebSocket {
+  constructor(url) {
+    this.url = url;
+    this.closed = false;
+    FakeWebSocket.all.push(this);
+  }
+  close() {
+    this.closed = true;
+  }
+  // What the server side of the test does:
+  accept() {
+    this.onopen?.();
+  }
+  deliver(obj) {
+    this.onmessage?.({ data: JSON.stringify(obj) });
+  }
+  drop() {
+    this.onclose?.({ code: 1006 });
+  }
+}
+
+class FakeEventSource {
+  constructor(url) {
+    this.url = url;
+    this.listeners = {};
+    FakeEventSource.all.push(this);
+  }
+  addEventListener(type, fn) {
+    (this.listeners[type] ??= []).push(fn);
+  }
+  close() {
+    this.closed = true;
+  }
+  accept() {
+    this.onopen?.({});
+  }
+}
+
+const clients = [];
+function client(options) {
+  FakeWebSocket.all = [];
+  FakeEventSource.all = [];
+  globalThis.WebSocket = FakeWebSocket;
+  globalThis.EventSource = FakeEventSource;
+  const h = new Halley("http://halley.test", {
+    share: false,
+    transports: ["websocket"],
+    debounce: 5,
+    backoff: { base: 5, max: 20 },
+    ...options,
+  });
+  const log = { states: [], transports: [], gaps: [], messages: [] };
+  h.on("state", (s) => log.states.push(s.state));
+  h.on("transport", (t) => log.transports.push(t));
+  h.on("gap", (g) => log.gaps.push(g));
+  clients.push(h);
+  return { h, log };
+}
+afterEach(() => {
+  for (const h of clients.splice(0)) h.close();
+  delete globalThis.WebSocket;
+  delete globalThis.EventSource;
+});
+
+const sockets = () => FakeWebSocket.all;
+const last = () => sockets()[sockets().length - 1];
+const param = (url, name) => new URL(url.replace(/^ws/, "http")).searchParams.getAll(name);
+
+test("a burst of subscribes is one connection carrying every channel", async () => {
+  const { h, log } = client();
+  const got = [];
+  h.subscribe("/a", (data) => got.push(["a", data]));
+  h.subscribe("/b", (data) => got.push(["b", data]));
+  h.subscribe("/c/**", (data, m) => got.push(["c", data, m.channel]));
+  await until(() => sockets().length === 1, "a socket");
+  assert.equal(last().url, "ws://halley.test/sub/a?channel=%2Fb&channel=%2Fc%2F**");
+  assert.deepEqual(log.states, ["connecting"]);
+  last().accept();
+  assert.equal(h.state, "connected");
+  assert.equal(h.transport, "websocket");
+  last().deliver({ channel: "/a", id: "e-1", data: 1 });
+  last().deliver({ channel: "/c/x/y", id: "e-2", data: 2 });
+  last().deliver({ channel: "/b", id: "e-3", data: 3 });
+  assert.deepEqual(got, [["a", 1], ["c", 2, "/c/x/y"], ["b", 3]]);
+  assert.equal(h.lastId, "e-3");
+  assert.equal(sockets().length, 1);
+});
+
+test("a dropped connection resumes from the last id; replayed messages are not delivered twice", async () => {
+  const { h, log } = client();
+  const got = [];
+  h.subscribe("/a", (data, m) => got.push(m.id));
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  last().deliver({ channel: "/a", id: "e-1", data: 1 });
+  last().deliver({ channel: "/a", id: "e-2", data: 2 });
+  last().drop();
+  assert.equal(h.state, "reconnecting");
+  await until(() => sockets().length === 2, "a second socket");
+  assert.deepEqual(param(last().url, "last_id"), ["e-2"]);
+  last().accept();
+  for (const id of ["e-1", "e-2", "e-3", "e-3", "e-4"]) last().deliver({ channel: "/a", id, data: 0 });
+  assert.deepEqual(got, ["e-1", "e-2", "e-3", "e-4"]);
+  assert.deepEqual(log.states, ["connecting", "connected", "reconnecting", "connected"]);
+});
+
+test("a gap control object is a gap event, and delivery goes on in the new epoch", async () => {
+  const { h, log } = client();
+  const got = [];
+  h.subscribe("/a", (data, m) => got.push(m.id));
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  last().deliver({ channel: "/a", id: "a1-7", data: 0 });
+  last().drop();
+  await until(() => sockets().length === 2, "a second socket");
+  last().accept();
+  last().deliver({ event: "gap", channel: "/a", last_id: "b2-0" });
+  last().deliver({ channel: "/a", id: "b2-1", data: 0 });
+  assert.deepEqual(log.gaps, [{ channel: "/a", lastId: "b2-0" }]);
+  assert.deepEqual(got, ["a1-7", "b2-1"]);
+  assert.equal(h.lastId, "b2-1");
+});
+
+test("a subscription change is a new connection with the same last id; the state stays connected", async () => {
+  const { h, log } = client();
+  const a = h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  last().deliver({ channel: "/a", id: "e-5", data: 0 });
+  h.subscribe("/b", () => {});
+  a.unsubscribe();
+  await until(() => sockets().length === 2, "a second socket");
+  assert.ok(sockets()[0].closed, "the old connection is closed");
+  assert.equal(last().url, "ws://halley.test/sub/b?last_id=e-5");
+  last().accept();
+  assert.deepEqual(log.states, ["connecting", "connected"]);
+});
+
+test("with nothing subscribed the client is idle and holds no connection", async () => {
+  const { h } = client();
+  const a = h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  a.unsubscribe();
+  await until(() => h.state === "idle", "idle");
+  assert.ok(last().closed);
+  assert.equal(h.transport, null);
+});
+
+test("presence and inbox secrets ride the subscribe URL", async () => {
+  const { h } = client({ member: "member-0001" });
+  h.subscribe("/room", () => {}, { presence: { name: "al" } });
+  h.setPresence("/lobby", { member: "custom-member", info: { name: "al" } });
+  await until(() => sockets().length === 1, "a socket");
+  assert.deepEqual(param(last().url, "channel"), ["/room"]);
+  assert.deepEqual(
+    param(last().url, "presence").map((p) => JSON.parse(p)),
+    [
+      { channel: "/lobby", member: "custom-member", info: { name: "al" } },
+      { channel: "/room", member: "member-0001", info: { name: "al" } },
+    ],
+  );
+  assert.throws(() => h.subscribe("/x", () => {}, { presence: { blob: "x".repeat(600) } }), /512 bytes/);
+  assert.throws(() => h.subscribe("/inbox/abc", () => {}), /inbox/);
+  assert.throws(() => h.subscribe("/meta/connect", () => {}), /cannot subscribe/);
+  assert.throws(() => h.subscribe("/a/*", () => {}, { presence: { n: 1 } }), /exact channel/);
+  assert.throws(() => h.subscribe("no-slash", () => {}), /bad channel/);
+});
+
+test("more than 16 channels are refused at subscribe", async () => {
+  const { h } = client();
+  for (let i = 0; i < 16; i++) h.subscribe(`/c/${i}`, () => {});
+  h.subscribe("/c/0", () => {}); // a channel already there costs nothing
+  assert.throws(() => h.subscribe("/c/16", () => {}), /at most 16/);
+});
+
+test("a missing transport is stepped over at once", async () => {
+  const { h, log } = client({ transports: ["sse", "websocket"] });
+  delete globalThis.EventSource;
+  h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  assert.deepEqual(log.transports, [{ transport: "websocket", from: "sse", reason: "missing" }]);
+});
+
+test("a transport that opens and is cut at once, three times, is given up", async () => {
+  const { h, log } = client({ transports: ["websocket", "sse"] });
+  h.subscribe("/a", () => {});
+  for (let n = 1; n <= 3; n++) {
+    await until(() => sockets().length === n, `socket ${n}`);
+    last().accept();
+    last().drop();
+  }
+  await until(() => FakeEventSource.all.length === 1, "an EventSource");
+  assert.deepEqual(log.transports, [{ transport: "sse", from: "websocket", reason: "connect" }]);
+  const es = FakeEventSource.all[0];
+  assert.match(es.url, /^http:\/\/halley\.test\/sub\/a\?transport=sse&format=json$/);
+  es.accept();
+  const got = [];
+  h.subscribe("/b", (data) => got.push(data));
+  await until(() => FakeEventSource.all.length === 2, "a second EventSource");
+  FakeEventSource.all[1].accept();
+  FakeEventSource.all[1].onmessage({ data: JSON.stringify({ channel: "/b", id: "e-1", data: "hi" }) });
+  for (const fn of FakeEventSource.all[1].listeners.gap) fn({ data: JSON.stringify({ channel: "/b", last_id: "e-0" }) });
+  assert.deepEqual(got, ["hi"]);
+  assert.equal(log.gaps.length, 1);
+});
+
+test("a connection that delivered before it dropped is not held against its transport", async () => {
+  const { h, log } = client({ transports: ["websocket", "sse"] });
+  h.subscribe("/a", () => {});
+  for (let n = 1; n <= 5; n++) {
+    await until(() => sockets().length === n, `socket ${n}`);
+    last().accept();
+    last().deliver({ channel: "/a", id: `e-${n}`, data: n });
+    last().drop();
+  }
+  await until(() => sockets().length === 6, "socket 6");
+  assert.deepEqual(log.transports, []);
+  assert.equal(FakeEventSource.all.length, 0);
+});
+
+test("close() ends everything and says so", async () => {
+  const { h, log } = client();
+  h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  h.close();
+  assert.ok(last().closed);
+  assert.equal(h.state, "closed");
+  assert.equal(log.states.at(-1), "closed");
+  assert.throws(() => h.subscribe("/a", () => {}), /closed/);
+});
