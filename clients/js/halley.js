@@ -1204,14 +1204,18 @@
    */
   Halley.prototype.send = function (address, data) {
     var json = JSON.stringify(data === undefined ? null : data);
+    var key = this.options.key;
     if (this._jsonp()) {
       // GET /inbox/H takes text: a string goes as it is, anything else as JSON text.
       var text = typeof data === "string" ? data : json;
-      return jsonpRequest(address + "?message=" + encodeURIComponent(text), this.options.pollTimeout).then(function (args) {
+      var url = address + "?message=" + encodeURIComponent(text) + (key ? "&key=" + encodeURIComponent(key) : "");
+      return jsonpRequest(url, this.options.pollTimeout).then(function (args) {
         return args[0];
       });
     }
-    return httpRequest("POST", address, json, { "content-type": "application/json" }).then(parseAnswer);
+    var headers = { "content-type": "application/json" };
+    if (key) headers["x-halley-key"] = key;
+    return httpRequest("POST", address, json, headers).then(parseAnswer);
   };
 
   /** Who is on `channel`: the server's `{channel, members: [info, …]}`. */
@@ -1373,6 +1377,7 @@
       self._onPeer(e.data);
     };
     root.navigator.locks.request(name + "#tab:" + this._tab, function () {
+      if (self._closed) return undefined;
       return new Promise(function (resolve) {
         self._releaseTab = resolve;
       });
