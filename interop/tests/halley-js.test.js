@@ -570,3 +570,25 @@ test("a transport that worked and then keeps failing to open is given up after t
   await page.close();
   await proxy.close();
 });
+
+test("served by Halley itself: /halley.js loads, and new Halley() talks to the page's origin", async () => {
+  const own = await startHalley(["--assets", CLIENT]);
+  const page = await browser.newPage();
+  await page.goto(`${own.base}/healthz`);
+  await page.addScriptTag({ url: "/halley.js" });
+  const channel = "/js/same-origin";
+  const url = await page.evaluate(([channel]) => {
+    window.received = [];
+    window.h = new Halley();
+    window.h.subscribe(channel, (data) => window.received.push(data));
+    return window.h.url;
+  }, [channel]);
+  assert.equal(url, own.base);
+  await subscribed(own.base, channel);
+  await page.evaluate(([channel]) => window.h.publish(channel, "same origin"), [channel]);
+  await waitFor(page, () => window.received.length >= 1);
+  assert.deepEqual(await page.evaluate(() => window.received), ["same origin"]);
+  assert.equal(await page.evaluate(() => window.h.transport), "websocket");
+  await page.close();
+  await own.stop();
+});
