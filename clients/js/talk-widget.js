@@ -44,6 +44,22 @@
     return node;
   }
 
+  /** A speech-bubble icon (SVG: emoji fonts are not everywhere). */
+  function bubble() {
+    var NS = "http://www.w3.org/2000/svg";
+    var svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "20");
+    svg.setAttribute("height", "20");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    var path = document.createElementNS(NS, "path");
+    path.setAttribute("d", "M4 5.5A2.5 2.5 0 0 1 6.5 3h11A2.5 2.5 0 0 1 20 5.5v8a2.5 2.5 0 0 1-2.5 2.5H10l-4.2 3.6c-.5.4-1.3.1-1.3-.6V16A2.5 2.5 0 0 1 4 13.5z");
+    path.setAttribute("fill", "currentColor");
+    svg.appendChild(path);
+    return svg;
+  }
+
   var loading = null;
   function load(src) {
     return new Promise(function (resolve, reject) {
@@ -95,7 +111,7 @@
     var launcher = el("button", {
       class: "talk-widget-launcher", type: "button", "aria-expanded": "false", "aria-controls": panelId,
     });
-    var icon = el("span", { "aria-hidden": "true" }, "💬");
+    var icon = bubble();
     var label = el("span", {}, title);
     var badge = el("span", { class: "talk-widget-badge" });
     badge.hidden = true;

@@ -343,7 +343,10 @@
       presenceTimer = setTimeout(function () {
         var channel = state.room;
         var asked = ++presenceAsked;
-        getJSON("/api/presence?channel=" + encodeURIComponent(channel)).then(function (answer) {
+        var asking = state.client && typeof state.client.presence === "function"
+          ? state.client.presence(channel)
+          : getJSON("/api/presence?channel=" + encodeURIComponent(channel));
+        asking.then(function (answer) {
           if (asked !== presenceAsked || channel !== state.room || !state.sub) return;
           state.members = Array.isArray(answer.members) ? answer.members.slice() : [];
           renderWho();
@@ -357,7 +360,10 @@
       var mine = sameInfo(info, myInfo());
       var i;
       if (notice.presence === "join") {
-        state.members.push(info);
+        // Already listed (a reconnect after a server restart announces everyone again): the
+        // server's answer below settles how many there really are.
+        var listed = state.members.some(function (m) { return sameInfo(m, info); });
+        if (!listed) state.members.push(info);
         if (!mine) system("join", [nameTag(p), " joined " + roomLabel(channel)]);
       } else if (notice.presence === "leave") {
         for (i = 0; i < state.members.length; i++) {
@@ -397,26 +403,31 @@
       root.setAttribute("data-connection", kind);
     }
 
-    function onState(s) {
-      var name = typeof s === "string" ? s : (s && (s.state || s.type)) || "";
-      if (/^(open|connected|online|ready)$/.test(name)) {
-        var wasOffline = !state.online;
+    /** halley.js reports `{state, transport}`; the header shows it, the log notes outages. */
+    function onState(change) {
+      var now = (change && change.state) || "";
+      status.setAttribute("title", change && change.transport ? "transport: " + change.transport : "");
+      status.setAttribute("data-transport", (change && change.transport) || "");
+      if (now === "connected") {
+        var back = !state.online && state.everOnline;
         state.online = true;
+        state.everOnline = true;
         setStatus("online", "connected");
-        if (wasOffline && state.everOnline) {
+        if (back) {
           system("info", ["Reconnected."]);
           refreshPresence(300);
         }
-        state.everOnline = true;
-      } else if (/clos/.test(name) && !state.client) {
-        state.online = false;
-        setStatus("offline", "offline");
-      } else if (/^(connecting)$/.test(name) && !state.everOnline) {
-        setStatus("connecting", "connecting…");
-      } else {
+      } else if (now === "reconnecting") {
         if (state.online) system("info", ["Connection lost; reconnecting…"]);
         state.online = false;
         setStatus("connecting", "reconnecting…");
+      } else if (now === "connecting") {
+        state.online = false;
+        setStatus("connecting", "connecting…");
+      } else {
+        // idle (nothing subscribed) or closed: we are out of the chat.
+        state.online = false;
+        setStatus("offline", "offline");
       }
     }
 
@@ -426,7 +437,9 @@
         system("error", ["Cannot load the Halley client (halley.js)."]);
         return null;
       }
-      var client = new HalleyClient(base, options.clientOptions || {});
+      var clientOptions = { member: state.member };
+      for (var key in options.clientOptions || {}) clientOptions[key] = options.clientOptions[key];
+      var client = new HalleyClient(base, clientOptions);
       state.client = client;
       setStatus("connecting", "connecting…");
       if (typeof client.on === "function") {
@@ -438,6 +451,7 @@
       return client;
     }
 
+    /** Subscribes to a room and declares this tab a member of it, on one connection. */
     function subscribe(channel) {
       var client = connect();
       if (!client) return null;
@@ -447,12 +461,20 @@
         if (data && typeof data === "object" && typeof data.presence === "string") onPresence(ch, data);
         else chatLine(ch, data);
       };
-      return client.subscribe(channel, handler, {
-        presence: { member: state.member, info: myInfo() },
-      });
+      // Presence is declared apart from the subscription so that /color and /nick can change it
+      // in place (the others get one `update` notice instead of a leave and a join).
+      client.setPresence(channel, { member: state.member, info: myInfo() });
+      var sub = client.subscribe(channel, handler);
+      return {
+        unsubscribe: function () {
+          sub.unsubscribe();
+          if (state.client === client) client.setPresence(channel, null);
+        },
+      };
     }
 
     function enterRoom(channel) {
+      if (channel === state.room && state.sub) return;
       var previous = state.sub;
       var label = roomLabel(channel);
       state.room = channel;
@@ -477,10 +499,8 @@
 
     /** Same room, new info: the server tells the others with an `update` notice. */
     function reannounce() {
-      if (!state.sub) return;
-      var previous = state.sub;
-      state.sub = subscribe(state.room);
-      previous.unsubscribe();
+      if (!state.sub || !state.client) return;
+      state.client.setPresence(state.room, { member: state.member, info: myInfo() });
       refreshPresence(300);
     }
 
@@ -513,7 +533,11 @@
     }
 
     function listRooms() {
-      getJSON("/api/presence?prefix=" + encodeURIComponent(LOBBY)).then(function (answer) {
+      // Over the client when there is one (it falls back to JSONP where CORS is off).
+      var asking = state.client && typeof state.client.rooms === "function"
+        ? state.client.rooms(LOBBY)
+        : getJSON("/api/presence?prefix=" + encodeURIComponent(LOBBY));
+      asking.then(function (answer) {
         var rows = (Array.isArray(answer.channels) ? answer.channels : []).filter(function (row) {
           return row && typeof row.channel === "string" && isTalkChannel(row.channel);
         });
@@ -569,6 +593,7 @@
           if (!arg) return system("info", ["Your colour is ", nameTag(person(myInfo())), " " + myColor() + ". Change it with /color rrggbb."]);
           var color = normalizeColor(arg);
           if (!color) return system("error", ["“" + arg + "” is not a colour: use six hex digits, e.g. /color 1e90ff"]);
+          if (color === myColor()) return system("info", ["That is already your colour."]);
           state.color = color;
           local.setItem(STORE + "color", color);
           system("info", ["Your colour is now ", nameTag(person(myInfo())), "."]);
