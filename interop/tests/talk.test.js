@@ -92,7 +92,15 @@ async function person(name, { url = `${halley.base}/`, viewport, colorScheme = "
   }
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`page error (${name}):`, e.message));
-  if (process.env.TALK_DEBUG) { page.on("console", (m) => console.error(name, m.text())); page.on("websocket", (ws) => { console.error(name, "ws", ws.url()); ws.on("framereceived", (f) => console.error(name, "frame", f.payload)); ws.on("close", () => console.error(name, "ws closed")); }); }
+  if (process.env.TALK_DEBUG) {
+    // What the page logs and receives, when a test needs explaining.
+    page.on("console", (m) => console.error(name, m.text()));
+    page.on("websocket", (ws) => {
+      console.error(name, "ws", ws.url());
+      ws.on("framereceived", (f) => console.error(name, "frame", f.payload));
+      ws.on("close", () => console.error(name, "ws closed"));
+    });
+  }
   await page.goto(url);
   if (remembered) {
     await online(page, url.includes("host.html") ? "#halley-talk-widget" : "");
@@ -269,6 +277,15 @@ test("commands: /color, /join, /list, /exit and their validation, as the other p
     return JSON.stringify(rows) === JSON.stringify(["/talk/games=1"]);
   }, "the lobby empty in /list");
 
+  // Back in: the Rejoin button, then /join games; bob sees her arrive; /nick renames her.
+  await alice.getByRole("button", { name: "Rejoin the lobby" }).click();
+  await alice.locator('.talk[data-room="/talk"] .talk-status[data-state="online"]').waitFor({ timeout: WAIT_MS });
+  await type(alice, "/join games");
+  await line(bob, notice("join", "alice2 joined #games"), "bob sees alice come back");
+  await type(alice, "/nick alicia");
+  await line(bob, notice("update", "alice2 is now known as alicia"), "bob sees the new nickname");
+  await hereNow(bob, ["alicia #12b886", `bob2 ${await myColor(bob)}`]);
+
   // /help lists the commands.
   await type(bob, "/help");
   const help = await line(bob, (l) => l.kind === "help", "help");
@@ -288,6 +305,10 @@ test("the server restarts on the same port mid-chat: both pages reconnect by the
   await halley.stop();
   await alice.locator('.talk-status[data-state="connecting"]').waitFor({ timeout: WAIT_MS });
   await bob.locator('.talk-status[data-state="connecting"]').waitFor({ timeout: WAIT_MS });
+  // Sending while the server is away fails visibly and keeps the text for another try.
+  await type(alice, "into the void");
+  await line(alice, notice("error", "Not sent"), "the failed send is reported");
+  assert.equal(await alice.locator(".talk-form .talk-input").inputValue(), "into the void");
   halley = await startHalleyOn(halley.port);
 
   // Nobody touched the pages: halley.js reconnects with its own backoff.
@@ -298,8 +319,9 @@ test("the server restarts on the same port mid-chat: both pages reconnect by the
   await hereNow(alice, [`carol ${await myColor(alice)}`, `dave ${await myColor(bob)}`]);
   await type(bob, "after the restart");
   await line(alice, said("dave", "after the restart"), "a message after the restart");
-  await type(alice, "still here");
-  await line(bob, said("carol", "still here"), "and back");
+  // The kept text goes out with Enter now.
+  await alice.locator(".talk-form .talk-input").press("Enter");
+  await line(bob, said("carol", "into the void"), "the retried message");
 });
 
 test("the widget on a page of another origin chats with the page at /, without the page's styles", async () => {
