@@ -30,6 +30,15 @@ pub struct ChannelEntry {
     pub last_id: Option<MessageId>,
 }
 
+/// A member present on a channel (see [`crate::presence`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub channel: Channel,
+    /// The id its client chose; never shown to other clients.
+    pub member: String,
+    pub info: serde_json::Value,
+}
+
 /// Where messages get their ids and history lives, and how they reach every node's [`Hub`].
 ///
 /// Contract: `publish` assigns an id greater than every id issued before it in this epoch
@@ -61,6 +70,13 @@ pub trait Broker: Send + Sync + 'static {
     /// starting with `prefix`, for listings. The engine adds this node's own counts. A
     /// single-node broker has no other nodes.
     async fn remote_subscribers(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Members present on *other* nodes on channels starting with `prefix`. The engine adds
+    /// this node's own. A single-node broker has no other nodes.
+    async fn remote_members(&self, prefix: &str) -> Result<Vec<Member>, BrokerError> {
         let _ = prefix;
         Ok(Vec::new())
     }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::presence::{self, Presence};
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::presence::{self, Joined, Notice};
 use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Stats, Subscription};
 
 /// Why a publish or subscribe was refused.
@@ -37,10 +41,9 @@ pub struct ChannelInfo {
 }
 
 pub(crate) struct Shared {
-    hub: Hub,
+    pub(crate) hub: Hub,
     pub(crate) broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
-    pub(crate) presence: Presence,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -52,7 +55,10 @@ pub struct PresenceGuard {
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        self.shared.presence.leave(&self.channel, &self.member);
+        self.shared
+            .hub
+            .presence()
+            .leave(&self.channel, &self.member);
     }
 }
 
@@ -74,12 +80,7 @@ impl Engine {
     /// An engine over any broker; the broker must deliver to `hub` (see [`Broker`]).
     pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>, stats: Arc<Stats>) -> Engine {
         Engine {
-            shared: Arc::new(Shared {
-                hub,
-                broker,
-                stats,
-                presence: Presence::new(),
-            }),
+            shared: Arc::new(Shared { hub, broker, stats }),
         }
     }
 
@@ -89,7 +90,7 @@ impl Engine {
 
     /// How long a member stays present after its last connection closed (see [`crate::presence`]).
     pub fn set_presence_grace(&self, grace: Duration) {
-        self.shared.presence.set_grace(grace);
+        self.shared.hub.presence().set_grace(grace);
     }
 
     /// Declares `member` present on `channel` with `info` for as long as the guard lives (plus
@@ -104,29 +105,97 @@ impl Engine {
         if channel.is_meta() || channel.is_service() || channel.is_private() {
             return Err(EngineError::Reserved(channel));
         }
-        let (notice, start_sweeper) = self.shared.presence.join(&channel, member, info);
+        let (joined, start_sweeper) = self.shared.hub.presence().join(&channel, member, &info);
         if start_sweeper {
             presence::spawn_sweeper(Arc::downgrade(&self.shared));
         }
         let guard = PresenceGuard {
             shared: self.shared.clone(),
-            channel,
+            channel: channel.clone(),
             member: member.to_string(),
         };
-        if let Some(notice) = notice {
-            presence::publish_notice(self, notice).await;
+        let notice = match joined {
+            Joined::Same => None,
+            Joined::Changed(was) => Some(json!({"presence": "update", "info": info, "was": was})),
+            Joined::New => {
+                // New here; maybe not new to the cluster (a reconnect that landed on this node).
+                let key = (channel.clone(), member.to_string());
+                let elsewhere = self
+                    .remote_members(std::slice::from_ref(&(
+                        channel.clone(),
+                        key.1.clone(),
+                        Value::Null,
+                    )))
+                    .await;
+                match elsewhere.get(&key) {
+                    None => Some(json!({"presence": "join", "info": info})),
+                    Some(was) if *was == info => None,
+                    Some(was) => Some(json!({"presence": "update", "info": info, "was": was})),
+                }
+            }
+        };
+        if let Some(data) = notice {
+            presence::publish_notice(self, Notice::new(&channel, data)).await;
         }
         Ok(guard)
     }
 
-    /// The members present on `channel` (their info), in join order.
-    pub fn members(&self, channel: &Channel) -> Vec<Value> {
-        self.shared.presence.members(channel)
+    /// What other nodes know of the given (channel, member) pairs: their info where present.
+    /// Best effort: when the broker cannot answer, nobody is known elsewhere.
+    pub(crate) async fn remote_members(
+        &self,
+        wanted: &[(Channel, String, Value)],
+    ) -> HashMap<(Channel, String), Value> {
+        let mut found = HashMap::new();
+        let mut prefixes: Vec<&str> = wanted.iter().map(|(c, _, _)| c.as_str()).collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        for prefix in prefixes {
+            match self.shared.broker.remote_members(prefix).await {
+                Ok(members) => {
+                    for m in members {
+                        if wanted
+                            .iter()
+                            .any(|(c, id, _)| *c == m.channel && *id == m.member)
+                        {
+                            found.insert((m.channel, m.member), m.info);
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "presence: other nodes not asked"),
+            }
+        }
+        found
     }
 
-    /// Channels starting with `prefix` that have members, with their members, by name.
-    pub fn presence(&self, prefix: &str) -> Vec<(Channel, Vec<Value>)> {
-        self.shared.presence.channels(prefix)
+    /// The members present on `channel` (their info): this node's in join order, then other
+    /// nodes' (cluster-wide when the broker knows other nodes).
+    pub async fn members(&self, channel: &Channel) -> Result<Vec<Value>, EngineError> {
+        Ok(self
+            .presence(channel.as_str())
+            .await?
+            .into_iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, members)| members)
+            .unwrap_or_default())
+    }
+
+    /// Channels starting with `prefix` that have members anywhere, with their members, by name.
+    /// A member connected to several nodes is listed once.
+    pub async fn presence(&self, prefix: &str) -> Result<Vec<(Channel, Vec<Value>)>, EngineError> {
+        let mut rows = self.shared.hub.presence().channels(prefix);
+        let mut remote = self.shared.broker.remote_members(prefix).await?;
+        remote.sort_by(|a, b| (&a.channel, &a.member).cmp(&(&b.channel, &b.member)));
+        for m in remote {
+            let list = rows.entry(m.channel).or_default();
+            if !list.iter().any(|(id, _)| *id == m.member) {
+                list.push((m.member, m.info));
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(c, list)| (c, list.into_iter().map(|(_, info)| info).collect()))
+            .collect())
     }
 
     /// A subscriber with no patterns yet, for protocols that subscribe piecemeal (Bayeux).

@@ -23,6 +23,8 @@ struct Registry {
 
 struct HubShared {
     registry: RwLock<Registry>,
+    /// Who is on which channel on this node (kept here so that a broker can share it).
+    presence: crate::presence::Presence,
     next_id: AtomicU64,
     queue_capacity: usize,
     stats: Arc<Stats>,
@@ -70,11 +72,31 @@ impl Hub {
         Hub {
             shared: Arc::new(HubShared {
                 registry: RwLock::default(),
+                presence: crate::presence::Presence::new(),
                 next_id: AtomicU64::new(1),
                 queue_capacity: queue_capacity.max(1),
                 stats,
             }),
         }
+    }
+
+    pub(crate) fn presence(&self) -> &crate::presence::Presence {
+        &self.shared.presence
+    }
+
+    /// Members on this node (connected, or within their grace period): for a broker to share
+    /// with other nodes.
+    pub fn local_members(&self) -> Vec<crate::Member> {
+        self.shared
+            .presence
+            .all()
+            .into_iter()
+            .map(|(channel, member, info)| crate::Member {
+                channel,
+                member,
+                info,
+            })
+            .collect()
     }
 
     /// Hands `message` to every local subscriber whose pattern matches; returns how many.

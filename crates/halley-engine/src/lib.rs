@@ -32,7 +32,7 @@ mod memory;
 pub mod presence;
 mod stats;
 
-pub use broker::{Broker, BrokerError, ChannelEntry, Replay};
+pub use broker::{Broker, BrokerError, ChannelEntry, Member, Replay};
 pub use config::EngineConfig;
 pub use engine::{ChannelInfo, Engine, EngineError, PresenceGuard, Published};
 pub use hub::{Event, Hub, Subscription};

@@ -14,10 +14,12 @@
 //! the table is bounded by open connections (each declares at most a handful, a limit the HTTP
 //! layer sets) plus those that closed within the grace period.
 //!
-//! Scope: presence is kept per node. With several nodes on Redis, each node lists and announces
-//! the members connected to it.
+//! Across nodes: each node keeps the members connected to it; a broker that knows other nodes
+//! (Redis) shares them ([`crate::Broker::remote_members`]). Listings are the union, and a member
+//! that moves between nodes (a reconnect lands elsewhere) is not announced as leaving or joining
+//! while another node still has it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
@@ -62,7 +64,7 @@ pub(crate) struct Notice {
 }
 
 impl Notice {
-    fn new(channel: &Channel, data: Value) -> Notice {
+    pub(crate) fn new(channel: &Channel, data: Value) -> Notice {
         Notice {
             channel: channel.clone(),
             // Serialised from a Value: always valid JSON.
@@ -91,46 +93,38 @@ impl Presence {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a connection for `member`; returns the notice to publish (if any) and whether the
-    /// sweeper still has to be started.
-    pub(crate) fn join(
-        &self,
-        channel: &Channel,
-        member: &str,
-        info: Value,
-    ) -> (Option<Notice>, bool) {
+    /// Counts a connection for `member`; says what changed and whether the sweeper still has to
+    /// be started.
+    pub(crate) fn join(&self, channel: &Channel, member: &str, info: &Value) -> (Joined, bool) {
         let mut state = self.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
         let start_sweeper = !std::mem::replace(&mut state.sweeper, true);
         let members = state.channels.entry(channel.clone()).or_default();
-        let notice = match members.get_mut(member) {
+        let joined = match members.get_mut(member) {
             None => {
-                let notice = Notice::new(channel, json!({"presence": "join", "info": info}));
                 members.insert(
                     member.to_string(),
                     Member {
-                        info,
+                        info: info.clone(),
                         connections: 1,
                         left_at: None,
                         seq,
                     },
                 );
-                Some(notice)
+                Joined::New
             }
             Some(m) => {
                 m.connections += 1;
                 m.left_at = None;
-                (m.info != info).then(|| {
-                    let was = std::mem::replace(&mut m.info, info.clone());
-                    Notice::new(
-                        channel,
-                        json!({"presence": "update", "info": info, "was": was}),
-                    )
-                })
+                if m.info == *info {
+                    Joined::Same
+                } else {
+                    Joined::Changed(std::mem::replace(&mut m.info, info.clone()))
+                }
             }
         };
-        (notice, start_sweeper)
+        (joined, start_sweeper)
     }
 
     pub(crate) fn leave(&self, channel: &Channel, member: &str) {
@@ -147,56 +141,69 @@ impl Presence {
         }
     }
 
-    /// Removes members whose grace ran out; returns their leave notices.
-    fn sweep(&self, now: Instant) -> Vec<Notice> {
+    /// Removes members whose grace ran out; returns them (channel, member, info).
+    fn sweep(&self, now: Instant) -> Vec<(Channel, String, Value)> {
         let grace = self.grace();
-        let mut notices = Vec::new();
+        let mut gone = Vec::new();
         let mut state = self.lock();
         state.channels.retain(|channel, members| {
-            members.retain(|_, m| {
-                let gone = m.left_at.is_some_and(|t| now.duration_since(t) >= grace);
-                if gone {
-                    let info = std::mem::take(&mut m.info);
-                    notices.push(Notice::new(
-                        channel,
-                        json!({"presence": "leave", "info": info}),
-                    ));
+            members.retain(|id, m| {
+                let expired = m.left_at.is_some_and(|t| now.duration_since(t) >= grace);
+                if expired {
+                    gone.push((channel.clone(), id.clone(), std::mem::take(&mut m.info)));
                 }
-                !gone
+                !expired
             });
             !members.is_empty()
         });
-        notices
+        gone
     }
 
-    /// The members of `channel`, in join order.
-    pub(crate) fn members(&self, channel: &Channel) -> Vec<Value> {
-        let state = self.lock();
-        state
-            .channels
-            .get(channel)
-            .map(sorted_infos)
-            .unwrap_or_default()
-    }
-
-    /// Channels whose name starts with `prefix` and that have members, sorted by name.
-    pub(crate) fn channels(&self, prefix: &str) -> Vec<(Channel, Vec<Value>)> {
+    /// Every member this node has (connected or within its grace), for brokers to share.
+    pub(crate) fn all(&self) -> Vec<(Channel, String, Value)> {
         let state = self.lock();
         let mut rows: Vec<_> = state
             .channels
             .iter()
-            .filter(|(c, m)| c.as_str().starts_with(prefix) && !m.is_empty())
-            .map(|(c, m)| (c.clone(), sorted_infos(m)))
+            .flat_map(|(c, members)| {
+                members
+                    .iter()
+                    .map(|(id, m)| (c.clone(), id.clone(), m.info.clone()))
+            })
             .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         rows
+    }
+
+    /// Channels whose name starts with `prefix` that have members here, with the members
+    /// (id, info) in join order.
+    pub(crate) fn channels(&self, prefix: &str) -> BTreeMap<Channel, Vec<(String, Value)>> {
+        let state = self.lock();
+        state
+            .channels
+            .iter()
+            .filter(|(c, m)| c.as_str().starts_with(prefix) && !m.is_empty())
+            .map(|(c, members)| {
+                let mut list: Vec<_> = members.iter().collect();
+                list.sort_by_key(|(_, m)| m.seq);
+                let list = list
+                    .into_iter()
+                    .map(|(id, m)| (id.clone(), m.info.clone()))
+                    .collect();
+                (c.clone(), list)
+            })
+            .collect()
     }
 }
 
-fn sorted_infos(members: &HashMap<String, Member>) -> Vec<Value> {
-    let mut list: Vec<_> = members.values().collect();
-    list.sort_by_key(|m| m.seq);
-    list.into_iter().map(|m| m.info.clone()).collect()
+/// What a join changed locally.
+pub(crate) enum Joined {
+    /// The member was not here.
+    New,
+    /// Another connection of a member already here, with the same info.
+    Same,
+    /// … with new info; this was the old.
+    Changed(Value),
 }
 
 /// Announces leaves as graces run out, for as long as the engine exists. Started by the first
@@ -204,16 +211,25 @@ fn sorted_infos(members: &HashMap<String, Member>) -> Vec<Value> {
 pub(crate) fn spawn_sweeper(shared: Weak<Shared>) {
     tokio::spawn(async move {
         loop {
-            let Some(grace) = shared.upgrade().map(|s| s.presence.grace()) else {
+            let Some(grace) = shared.upgrade().map(|s| s.hub.presence().grace()) else {
                 return;
             };
             tokio::time::sleep((grace / 4).max(Duration::from_millis(10))).await;
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let notices = shared.presence.sweep(Instant::now());
+            let gone = shared.hub.presence().sweep(Instant::now());
+            if gone.is_empty() {
+                continue;
+            }
             let engine = Engine::from_shared(shared);
-            for notice in notices {
+            let elsewhere = engine.remote_members(&gone).await;
+            for (channel, member, info) in gone {
+                // A member that moved to another node has not left.
+                if elsewhere.contains_key(&(channel.clone(), member)) {
+                    continue;
+                }
+                let notice = Notice::new(&channel, json!({"presence": "leave", "info": info}));
                 publish_notice(&engine, notice).await;
             }
         }

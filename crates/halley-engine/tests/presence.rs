@@ -44,10 +44,10 @@ async fn join_leave_after_grace_and_listing() {
         .unwrap();
     next_json(&mut watcher).await;
     assert_eq!(
-        e.members(&ch("/talk/a")),
+        e.members(&ch("/talk/a")).await.unwrap(),
         [json!({"name": "alice"}), json!({"name": "bob"})]
     );
-    let rooms = e.presence("/talk");
+    let rooms = e.presence("/talk").await.unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].1.len(), 2);
 
@@ -55,12 +55,15 @@ async fn join_leave_after_grace_and_listing() {
     // Within the grace nothing is announced and bob is still listed.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(watcher.try_next().is_none());
-    assert_eq!(e.members(&ch("/talk/a")).len(), 2);
+    assert_eq!(e.members(&ch("/talk/a")).await.unwrap().len(), 2);
     assert_eq!(
         next_json(&mut watcher).await,
         json!({"presence": "leave", "info": {"name": "bob"}})
     );
-    assert_eq!(e.members(&ch("/talk/a")), [json!({"name": "alice"})]);
+    assert_eq!(
+        e.members(&ch("/talk/a")).await.unwrap(),
+        [json!({"name": "alice"})]
+    );
     drop(alice);
 }
 
@@ -104,10 +107,10 @@ async fn reconnect_within_grace_is_silent_and_new_info_is_an_update() {
     drop(second);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(watcher.try_next().is_none());
-    assert_eq!(e.members(&ch("/talk/a")).len(), 1);
+    assert_eq!(e.members(&ch("/talk/a")).await.unwrap().len(), 1);
     drop(third);
     assert_eq!(next_json(&mut watcher).await["presence"], "leave");
-    assert!(e.presence("/talk").is_empty());
+    assert!(e.presence("/talk").await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -112,7 +112,7 @@ fn message(query: &Query) -> Result<&str, ApiError> {
 }
 
 /// `GET /api/presence?channel=C` (its members) or `?prefix=P` (channels with members).
-pub fn presence<B: RequestBody>(
+pub async fn presence<B: RequestBody>(
     app: &App,
     request: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
@@ -121,12 +121,14 @@ pub fn presence<B: RequestBody>(
     let value = match query.get("channel") {
         Some(name) => {
             let channel = Channel::parse(name)?;
-            json!({ "channel": channel.as_str(), "members": app.engine.members(&channel) })
+            let members = app.engine.members(&channel).await?;
+            json!({ "channel": channel.as_str(), "members": members })
         }
         None => {
             let rows: Vec<Value> = app
                 .engine
                 .presence(query.get("prefix").unwrap_or(""))
+                .await?
                 .into_iter()
                 .map(|(channel, members)| {
                     json!({ "channel": channel.as_str(), "count": members.len(), "members": members })

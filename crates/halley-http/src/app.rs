@@ -128,7 +128,7 @@ async fn route<B: RequestBody>(
     }
     match (method, path.as_str()) {
         (Method::GET | Method::POST, "/api/inbox") => api::mint(app, &request),
-        (Method::GET, "/api/presence") => api::presence(app, &request),
+        (Method::GET, "/api/presence") => Box::pin(api::presence(app, &request)).await,
         (Method::GET | Method::HEAD, _) if assets::find(app, &path).is_some() => {
             Ok(assets::serve(app, &path, &request))
         }

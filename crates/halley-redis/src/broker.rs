@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Replay, Stats};
+use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Member, Replay, Stats};
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{oneshot, watch};
@@ -54,6 +54,10 @@ impl Keys {
 
     pub fn presence(&self, node: u64) -> String {
         format!("{}presence:{node:x}", self.prefix)
+    }
+
+    pub fn members(&self, node: &str) -> String {
+        format!("{}members:{node}", self.prefix)
     }
 }
 
@@ -532,6 +536,53 @@ impl Broker for RedisBroker {
                 .await;
         }
         Ok(totals.into_iter().collect())
+    }
+
+    async fn remote_members(&self, prefix: &str) -> Result<Vec<Member>, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&s.keys.nodes)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let me = format!("{:x}", s.node);
+        let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HGETALL").arg(s.keys.members(node));
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let mut members = Vec::new();
+        for value in replies {
+            for (field, info) in reply::text_pairs(value).map_err(|e| s.unavailable(e))? {
+                let Some((channel, member)) = field.split_once('\n') else {
+                    continue;
+                };
+                if !channel.starts_with(prefix) {
+                    continue;
+                }
+                // Written by a node from validated values; anything else is skipped.
+                let (Ok(channel), Ok(info)) = (
+                    halley_proto::Channel::parse(channel),
+                    serde_json::from_str(&info),
+                ) else {
+                    continue;
+                };
+                members.push(Member {
+                    channel,
+                    member: member.to_string(),
+                    info,
+                });
+            }
+        }
+        Ok(members)
     }
 
     fn healthy(&self) -> bool {

@@ -19,6 +19,7 @@
 //! | `expiry` | zset | channel → when its history expires; the sweep then forgets it and raises `forgotten` |
 //! | `nodes` | set | ids of nodes that have written presence |
 //! | `presence:<node>` | hash | that node's subscriber counts by name; TTL [`RedisConfig::presence_ttl`] |
+//! | `members:<node>` | hash | that node's chat members: `<channel>\n<member id>` → info (JSON); same TTL |
 //!
 //! Streams carry the epoch in their names, so a new epoch never appends to an old stream.
 //! A history entry holds the data, its time, and `e`: the highest offset the channel had lost
@@ -64,6 +65,9 @@
 //! **Presence.** Each node writes its subscriber counts to `presence:<node>` whenever they
 //! change (checked every [`RedisConfig::presence_interval`]) and refreshes that key's TTL; a
 //! node that dies stops refreshing, and its counts vanish after [`RedisConfig::presence_ttl`].
+//! Members (who is in a chat room, [`halley_engine::presence`]) travel the same way in
+//! `members:<node>`, so `/api/presence` on any node lists everyone, and a member whose reconnect
+//! lands on another node is not announced as leaving and joining.
 //!
 //! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
 //! fan-out log is one key by design) and Sentinel discovery. A single Redis (optionally with

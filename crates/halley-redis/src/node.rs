@@ -282,7 +282,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken)
     presence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What was last written, and in which connection generation.
-    let mut written: Option<(u64, Vec<(String, usize)>)> = None;
+    let mut written: Option<Written> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -308,25 +308,34 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken)
     }
 }
 
-/// Writes this node's counts when they changed (or after a reconnect), else refreshes the TTL.
+/// What [`presence`] last wrote: connection generation, subscriber counts, members.
+type Written = (u64, Vec<(String, usize)>, Vec<halley_engine::Member>);
+
+/// Writes this node's counts and members when they changed (or after a reconnect), else
+/// refreshes their TTL.
 async fn presence(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
-    written: &mut Option<(u64, Vec<(String, usize)>)>,
+    written: &mut Option<Written>,
 ) -> redis::RedisResult<()> {
     let generation = shared.generation.load(Ordering::Relaxed);
     let mut counts = shared.hub.counts("");
     counts.sort_unstable();
+    let members = shared.hub.local_members();
+    let node = format!("{:x}", shared.node);
     let key = shared.keys.presence(shared.node);
+    let members_key = shared.keys.members(&node);
     let ttl = shared.config.presence_ttl.as_millis().max(1) as u64;
     let unchanged = written
         .as_ref()
-        .is_some_and(|(g, c)| *g == generation && *c == counts);
+        .is_some_and(|(g, c, m)| *g == generation && *c == counts && *m == members);
     let mut pipe = redis::pipe();
     if unchanged {
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        pipe.cmd("PEXPIRE").arg(&members_key).arg(ttl).ignore();
     } else {
         pipe.atomic().cmd("DEL").arg(&key).ignore();
+        pipe.cmd("DEL").arg(&members_key).ignore();
         if !counts.is_empty() {
             pipe.cmd("HSET").arg(&key);
             for (name, n) in &counts {
@@ -334,14 +343,24 @@ async fn presence(
             }
             pipe.ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
-            pipe.cmd("SADD")
-                .arg(&shared.keys.nodes)
-                .arg(format!("{:x}", shared.node))
-                .ignore();
+        }
+        if !members.is_empty() {
+            pipe.cmd("HSET").arg(&members_key);
+            for m in &members {
+                pipe.arg(format!("{}\n{}", m.channel, m.member))
+                    .arg(m.info.to_string());
+            }
+            pipe.ignore();
+            pipe.cmd("PEXPIRE").arg(&members_key).arg(ttl).ignore();
         }
     }
+    if !counts.is_empty() || !members.is_empty() {
+        // Every tick: a node with members but no subscribers (all in their grace period) is
+        // pruned from the set by readers that see no counts, and must come back.
+        pipe.cmd("SADD").arg(&shared.keys.nodes).arg(&node).ignore();
+    }
     pipe.query_async::<()>(conn).await?;
-    *written = Some((generation, counts));
+    *written = Some((generation, counts, members));
     Ok(())
 }
 

@@ -115,6 +115,16 @@ pub fn pairs(value: Value) -> Result<Vec<(String, u64)>, Malformed> {
     Ok(out)
 }
 
+/// A flat `HGETALL` reply of text fields and text values.
+pub fn text_pairs(value: Value) -> Result<Vec<(String, String)>, Malformed> {
+    let mut flat = array(value)?.into_iter();
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+        out.push((text(k)?, text(v)?));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -500,3 +500,97 @@ async fn bayeux_on_b_gets_what_a_publishes_and_publishes_to_sse_on_a() {
     let event = sse.next().await;
     assert_eq!(event.data, r#"{"n":1}"#);
 }
+
+fn declare(channel: &str, member: &str, name: &str) -> String {
+    let text = json!({"channel": channel, "member": member, "info": {"name": name}}).to_string();
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_members_are_cluster_wide_and_moving_between_nodes_is_silent() {
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+        Node::start(&redis).await,
+    );
+    // Longer than a few presence intervals (100 ms here), so that another node has written
+    // a moved member before this one's grace runs out.
+    for node in [&a, &b, &c] {
+        node.engine.set_presence_grace(Duration::from_secs(2));
+    }
+    let mut watcher = c
+        .stream("/sub/talk/r?transport=stream&format=json", &[])
+        .await;
+    let stream =
+        |presence: String| format!("/sub/talk/r?transport=stream&format=json&presence={presence}");
+    let on_a = a
+        .stream(&stream(declare("/talk/r", "member-alice", "alice")), &[])
+        .await;
+    let bob = b
+        .stream(&stream(declare("/talk/r", "member-bob00", "bob")), &[])
+        .await;
+    let mut notices = Vec::new();
+    for _ in 0..2 {
+        notices.push(watcher.json_line().await["data"].clone());
+    }
+    assert!(
+        notices.contains(&json!({"presence": "join", "info": {"name": "alice"}})),
+        "{notices:?}"
+    );
+    assert!(
+        notices.contains(&json!({"presence": "join", "info": {"name": "bob"}})),
+        "{notices:?}"
+    );
+
+    // Every node lists both, whichever node they are connected to.
+    for node in [&a, &b, &c] {
+        eventually(WAIT, "members listed cluster-wide", || async {
+            let listing = node.get("/api/presence?prefix=/talk").await.json();
+            (listing["channels"][0]["count"] == 2).then_some(())
+        })
+        .await;
+    }
+
+    // alice's connection moves from A to B (a reconnect through a load balancer): no leave,
+    // no join, anywhere.
+    let on_b = b
+        .stream(&stream(declare("/talk/r", "member-alice", "alice")), &[])
+        .await;
+    drop(on_a);
+    // A's grace runs out and A forgets alice: its members key in Redis no longer has her.
+    let a_members = format!("halley:members:{:x}", a.broker.node());
+    eventually(WAIT, "A forgot alice after its grace", || async {
+        let fields = redis.command(&["HKEYS", &a_members]).await;
+        (!fields.contains("member-alice")).then_some(())
+    })
+    .await;
+    a.publish("/talk/r", "marker").await;
+    assert_eq!(
+        watcher.json_line().await["data"],
+        "marker",
+        "no leave or join for a move"
+    );
+    let listing = c.get("/api/presence?channel=/talk/r").await.json();
+    assert_eq!(listing["members"].as_array().unwrap().len(), 2, "{listing}");
+
+    // Leaving for good is announced once, by the node it left from.
+    drop(on_b);
+    assert_eq!(
+        watcher.json_line().await["data"],
+        json!({"presence": "leave", "info": {"name": "alice"}})
+    );
+    a.publish("/talk/r", "end").await;
+    assert_eq!(
+        watcher.json_line().await["data"],
+        "end",
+        "one leave, no more"
+    );
+    // Other nodes see it within a presence interval.
+    eventually(WAIT, "alice gone from A's listing", || async {
+        let listing = a.get("/api/presence?channel=/talk/r").await.json();
+        (listing["members"] == json!([{"name": "bob"}])).then_some(())
+    })
+    .await;
+    drop(bob);
+}
