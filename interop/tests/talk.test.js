@@ -369,6 +369,16 @@ test("the widget on a page of another origin chats with the page at /, without t
     await type(erin, "while you were away");
     await host.locator(`${W} .talk-widget-badge:not([hidden])`).waitFor({ timeout: WAIT_MS });
     assert.equal(await host.locator(`${W} .talk-widget-badge`).textContent(), "1");
+    // From the keyboard: Enter on the focused launcher opens it with focus in the message box.
+    await host.keyboard.press("Enter");
+    assert.equal(await launcher.getAttribute("aria-expanded"), "true");
+    await line(host, said("erin", "while you were away"), "the message that came while folded", W);
+    assert.equal(await host.locator(`${W} .talk-widget-badge`).isHidden(), true);
+    assert.equal(await host.evaluate(() => document.activeElement.shadowRoot.activeElement.id.endsWith("-input")), true);
+    await host.keyboard.type("typed in the widget");
+    await host.keyboard.press("Enter");
+    await line(erin, said("frank", "typed in the widget"), "keyboard → widget → page");
+    await host.keyboard.press("Escape");
 
     if (SCREENSHOTS) {
       await type(erin, "the widget is a shadow root, so the Gazette's serif styles stay out");
@@ -420,6 +430,10 @@ test("keyboard only: Tab reaches the nickname and message boxes, Enter sends, fo
   await page.keyboard.type("/join quiet");
   await page.keyboard.press("Enter");
   await page.locator('.talk[data-room="/talk/quiet"]').waitFor({ timeout: WAIT_MS });
+  // The room is in the address, and the address takes you to a room.
+  assert.equal(await page.evaluate(() => location.hash), "#quiet");
+  await page.evaluate(() => { location.hash = "#loud"; });
+  await page.locator('.talk[data-room="/talk/loud"]').waitFor({ timeout: WAIT_MS });
   assert.equal(await page.locator(".talk-log").getAttribute("role"), "log");
   assert.equal(await page.locator(".talk-log").getAttribute("aria-live"), "polite");
 });

@@ -684,6 +684,15 @@
       start(true);
     });
 
+    if (options.hash) {
+      // Editing the address (or a link to `#room`) moves you there.
+      global.addEventListener("hashchange", function () {
+        var wanted = decodeURIComponent(global.location.hash.slice(1)).toLowerCase();
+        var channel = !wanted ? LOBBY : ROOM_RE.test(wanted) ? roomChannel(wanted) : null;
+        if (channel && state.sub && channel !== state.room) enterRoom(channel);
+      });
+    }
+
     if (options.title) {
       doc.addEventListener("visibilitychange", function () {
         if (!doc.hidden && state.unread) {
