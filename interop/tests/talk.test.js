@@ -80,9 +80,11 @@ after(async () => {
 });
 
 /** A person: their own browser context (own localStorage), the chat page, a nickname. */
-async function person(name, { url = `${halley.base}/`, viewport, colorScheme = "light", remembered } = {}) {
+async function person(name, { url = `${halley.base}/`, viewport, colorScheme = "light", remembered, transports } = {}) {
   const context = await browser.newContext({ viewport: viewport ?? { width: 1000, height: 640 }, colorScheme });
   contexts.add(context);
+  // The page hands window.talkClientOptions to new Halley(): here, to force a transport.
+  if (transports) await context.addInitScript((t) => { window.talkClientOptions = { transports: t }; }, transports);
   // A returning visitor: nickname and colour already in localStorage (no nickname form).
   if (remembered) {
     await context.addInitScript(([n, c]) => {
@@ -380,6 +382,16 @@ test("the widget on a page of another origin chats with the page at /, without t
     await line(erin, said("frank", "typed in the widget"), "keyboard → widget → page");
     await host.keyboard.press("Escape");
 
+    // The tag's options: data-room, data-title, data-open.
+    const support = await person("ivan", {
+      url: `${site.base}/pages/talk/host.html?open&room=support&title=${encodeURIComponent("Ask us")}&halley=${encodeURIComponent(halley.base)}`,
+      remembered: ["ivan", "#845ef7"],
+    });
+    await support.locator(`${W} .talk[data-room="/talk/support"]`).waitFor({ timeout: WAIT_MS });
+    assert.equal(await support.locator(`${W} .talk-widget-title`).textContent(), "Ask us");
+    await type(erin, "/list");
+    await line(erin, (l) => l.kind === "list" && l.text.includes("#support 1 person — ivan"), "ivan in #support");
+
     if (SCREENSHOTS) {
       await type(erin, "the widget is a shadow root, so the Gazette's serif styles stay out");
       await launcher.click();
@@ -437,6 +449,25 @@ test("keyboard only: Tab reaches the nickname and message boxes, Enter sends, fo
   assert.equal(await page.locator(".talk-log").getAttribute("role"), "log");
   assert.equal(await page.locator(".talk-log").getAttribute("aria-live"), "polite");
 });
+
+for (const transport of ["sse", "stream", "longpoll", "jsonp"]) {
+  test(`the chat over ${transport} alone: messages both ways, presence, a colour change`, async () => {
+    const opts = { transports: [transport] };
+    const kim = await person("kim", opts);
+    const lee = await person("lee", opts);
+    assert.equal(await kim.locator(".talk-status").getAttribute("data-transport"), transport);
+    await line(kim, notice("join", "lee joined #lobby"), "kim sees lee join");
+    await type(kim, `over ${transport}`);
+    await line(lee, said("kim", `over ${transport}`), "kim → lee");
+    await type(lee, "and back");
+    await line(kim, said("lee", "and back"), "lee → kim");
+    await type(lee, "/color 7048e8");
+    await line(kim, notice("update", "lee changed colour"), "kim sees lee's colour change");
+    await hereNow(kim, [`kim ${await myColor(kim)}`, "lee #7048e8"]);
+    await type(lee, "/list");
+    await line(lee, (l) => l.kind === "list" && l.text.includes("#lobby 2 people"), "the room list");
+  });
+}
 
 test("screenshot of the chat page", { skip: !SCREENSHOTS }, async () => {
   const opts = (name, color) => ({ viewport: { width: 1100, height: 620 }, remembered: [name, color] });
