@@ -75,6 +75,9 @@
     if (!loading) {
       loading = (window.Halley ? Promise.resolve() : load(base + "/halley.js")).then(function () {
         return window.HalleyTalk ? null : load(base + "/talk/talk.js");
+      }).catch(function (err) {
+        loading = null; // the server may be back next time the chat is opened
+        throw err;
       });
     }
     return loading;
@@ -145,8 +148,12 @@
         if (focus) chat.focus();
         return;
       }
-      var status = el("p", { class: "talk-hint", role: "status", style: "padding: 1rem" }, "Loading the chat…");
-      mountPoint.appendChild(status);
+      var status = mountPoint.querySelector(".talk-widget-loading");
+      if (!status) {
+        status = el("p", { class: "talk-hint talk-widget-loading", role: "status", style: "padding: 1rem" });
+        mountPoint.appendChild(status);
+      }
+      status.textContent = "Loading the chat…";
       loadChat().then(function () {
         status.remove();
         if (chat) return;
@@ -163,7 +170,7 @@
         });
         if (focus) chat.focus();
       }, function (err) {
-        status.textContent = "The chat could not load (" + err.message + ").";
+        status.textContent = "The chat could not load (" + err.message + "). Fold it and open it again to retry.";
       });
     }
 

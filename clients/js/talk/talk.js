@@ -260,10 +260,7 @@
 
     function nameTag(p) {
       var tag = h(doc, "span", { class: "talk-name", "data-name": p.name, "data-color": p.color || undefined });
-      if (p.color) {
-        tag.style.setProperty("--talk-user", p.color);
-        tag.style.color = p.color;
-      }
+      if (p.color) tag.style.color = p.color;
       tag.textContent = p.name;
       return tag;
     }
