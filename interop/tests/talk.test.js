@@ -450,6 +450,43 @@ test("keyboard only: Tab reaches the nickname and message boxes, Enter sends, fo
   assert.equal(await page.locator(".talk-log").getAttribute("aria-live"), "polite");
 });
 
+test("one person in two tabs: one connection, both tabs chat, listed once, leaves with the last tab", async () => {
+  const bob = await person("bob3");
+  const tab1 = await person("judy");
+  await line(bob, notice("join", "judy joined #lobby"), "bob sees judy join");
+  // A second tab of judy's browser: nickname remembered, a member of its own, sharing the
+  // first tab's connection (halley.js elects one tab to hold it).
+  const tab2 = await tab1.context().newPage();
+  await tab2.goto(`${halley.base}/`);
+  await online(tab2);
+  const roles = await Promise.all([tab1, tab2].map((t) => t.evaluate(() => window.talk.client().role)));
+  assert.deepEqual(roles.sort(), ["follower", "leader"]);
+  await type(bob, "hi judy");
+  await line(tab1, said("bob3", "hi judy"), "tab 1 gets bob's message");
+  await line(tab2, said("bob3", "hi judy"), "tab 2 gets bob's message");
+  await type(tab2, "from the second tab");
+  await line(bob, said("judy", "from the second tab"), "bob gets the second tab's message");
+  await until(async () => {
+    const answer = await (await fetch(`${halley.base}/api/presence?channel=/talk`)).json();
+    return answer.members.length === 3;
+  }, "three members on the server (bob, judy twice)");
+  await hereNow(bob, [`bob3 ${await myColor(bob)}`, `judy ${await myColor(tab1)}`]);
+  assert.equal(await bob.locator(".talk-who-count").textContent(), "2");
+
+  // Closing one tab is not leaving; closing the last one is.
+  await tab1.close();
+  await until(async () => {
+    const answer = await (await fetch(`${halley.base}/api/presence?channel=/talk`)).json();
+    return answer.members.length === 2;
+  }, "judy's first tab gone from the server");
+  await type(tab2, "still here in tab 2");
+  await line(bob, said("judy", "still here in tab 2"), "the second tab still chats");
+  assert.equal((await lines(bob)).some(notice("leave", "judy left")), false);
+  await tab2.close();
+  await line(bob, notice("leave", "judy left #lobby"), "bob sees judy leave with her last tab");
+  await hereNow(bob, [`bob3 ${await myColor(bob)}`]);
+});
+
 for (const transport of ["sse", "stream", "longpoll", "jsonp"]) {
   test(`the chat over ${transport} alone: messages both ways, presence, a colour change`, async () => {
     const opts = { transports: [transport] };

@@ -319,7 +319,14 @@
 
     function renderWho() {
       while (whoList.firstChild) whoList.removeChild(whoList.firstChild);
-      var people = state.members.map(person).sort(function (a, b) {
+      // One line per person (name and colour), however many tabs they have open.
+      var seen = {};
+      var people = state.members.map(person).filter(function (p) {
+        var key = p.name + "\n" + p.color;
+        if (seen[key]) return false;
+        seen[key] = true;
+        return true;
+      }).sort(function (a, b) {
         return a.name.localeCompare(b.name);
       });
       for (var i = 0; i < people.length; i++) {
@@ -337,9 +344,10 @@
     /** Asks the server who is in the current room; the answer replaces the local list. */
     function refreshPresence(delay) {
       clearTimeout(presenceTimer);
+      // An answer still on its way was taken before whatever made us ask again: drop it.
+      var asked = ++presenceAsked;
       presenceTimer = setTimeout(function () {
         var channel = state.room;
-        var asked = ++presenceAsked;
         var asking = state.client && typeof state.client.presence === "function"
           ? state.client.presence(channel)
           : getJSON("/api/presence?channel=" + encodeURIComponent(channel));
@@ -356,17 +364,18 @@
       var p = person(info);
       var mine = sameInfo(info, myInfo());
       var i;
+      // state.members counts declarations: one person with two tabs is there twice, and is
+      // announced as joining when the first arrives and as leaving when the last has gone.
       if (notice.presence === "join") {
-        // Already listed (a reconnect after a server restart announces everyone again): the
-        // server's answer below settles how many there really are.
         var listed = state.members.some(function (m) { return sameInfo(m, info); });
-        if (!listed) state.members.push(info);
-        if (!mine) system("join", [nameTag(p), " joined " + roomLabel(channel)]);
+        state.members.push(info);
+        if (!mine && !listed) system("join", [nameTag(p), " joined " + roomLabel(channel)]);
       } else if (notice.presence === "leave") {
         for (i = 0; i < state.members.length; i++) {
           if (sameInfo(state.members[i], info)) { state.members.splice(i, 1); break; }
         }
-        if (!mine) system("leave", [nameTag(p), " left " + roomLabel(channel)]);
+        var still = state.members.some(function (m) { return sameInfo(m, info); });
+        if (!mine && !still) system("leave", [nameTag(p), " left " + roomLabel(channel)]);
       } else if (notice.presence === "update") {
         var was = person(notice.was);
         for (i = 0; i < state.members.length; i++) {
@@ -712,6 +721,8 @@
     return {
       /** The chat's input, for hosts that want to focus it. */
       input: input,
+      /** The halley.js client while in the chat (null after /exit from the lobby). */
+      client: function () { return state.client; },
       focus: function () { (state.name ? input : nickInput).focus(); },
       /** Leaves the room and closes the connection. */
       destroy: function () {
