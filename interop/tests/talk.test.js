@@ -139,7 +139,7 @@ async function type(page, text, root = "") {
 
 /** The log as data: [{kind, name, color, text, channel}]. */
 function lines(page, root = "") {
-  return page.locator(`${root} .talk-log > li`).evaluateAll((items) =>
+  return page.locator(`${root} .talk-log > .talk-line`).evaluateAll((items) =>
     items.map((li) => {
       const name = li.querySelector(".talk-line--message > .talk-name");
       return {
@@ -147,7 +147,7 @@ function lines(page, root = "") {
         channel: li.dataset.channel,
         name: name ? name.textContent : null,
         color: name ? name.dataset.color : null,
-        css: name ? getComputedStyle(name).color : null,
+        css: name ? getComputedStyle(name).getPropertyValue("--talk-user").trim() : null,
         text: li.querySelector(":scope > .talk-text")?.textContent ?? "",
       };
     }),
@@ -191,7 +191,7 @@ test("two people chat: name, colour and text arrive; user text is never HTML; pr
   await type(alice, "hi bob");
   const got = await line(bob, said("alice", "hi bob"), "bob gets alice's message");
   assert.equal(got.color, "#1e90ff");
-  assert.equal(got.css, "rgb(30, 144, 255)");
+  assert.equal(got.css, "#1e90ff");
   assert.equal(got.channel, "/talk");
 
   await type(bob, "hello alice");

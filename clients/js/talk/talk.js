@@ -196,8 +196,8 @@
       h(doc, "div", { class: "talk-brand" }, h(doc, "span", { class: "talk-logo", "aria-hidden": "true", text: "☄" }), roomTitle),
       status);
 
-    // The log: one list item per line; role=log makes screen readers announce new lines politely.
-    var log = h(doc, "ol", {
+    // The log: one element per line; role=log makes screen readers announce new lines politely.
+    var log = h(doc, "div", {
       class: "talk-log", role: "log", "aria-live": "polite", "aria-relevant": "additions",
       "aria-labelledby": uid + "-room", tabindex: "0",
     });
@@ -260,7 +260,8 @@
 
     function nameTag(p) {
       var tag = h(doc, "span", { class: "talk-name", "data-name": p.name, "data-color": p.color || undefined });
-      if (p.color) tag.style.color = p.color;
+      // talk.css turns the colour into one readable on the current (light or dark) background.
+      if (p.color) tag.style.setProperty("--talk-user", p.color);
       tag.textContent = p.name;
       return tag;
     }
@@ -271,7 +272,7 @@
     }
 
     function system(kind, parts) {
-      var line = h(doc, "li", { class: "talk-line talk-line--" + kind, "data-kind": kind }, time());
+      var line = h(doc, "div", { class: "talk-line talk-line--" + kind, "data-kind": kind }, time());
       var body = h(doc, "span", { class: "talk-text" });
       for (var i = 0; i < parts.length; i++) {
         var part = parts[i];
@@ -292,7 +293,7 @@
         text = typeof data === "string" ? data : JSON.stringify(data);
       }
       var mine = p.name === state.name && p.color === myColor();
-      var line = h(doc, "li", { class: "talk-line talk-line--message" + (mine ? " talk-line--mine" : ""), "data-kind": "message", "data-channel": channel },
+      var line = h(doc, "div", { class: "talk-line talk-line--message" + (mine ? " talk-line--mine" : ""), "data-kind": "message", "data-channel": channel },
         time(), nameTag(p), h(doc, "span", { class: "talk-text", text: text }));
       append(line);
       if (options.onMessage) options.onMessage({ channel: channel, name: p.name, message: text, mine: mine });
