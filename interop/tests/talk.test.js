@@ -3,7 +3,7 @@
 // person sees them, presence lists, a server restart on the same port mid-chat, the widget on a
 // page of another origin talking to a page on `/`, and keyboard-only use.
 //
-// With SCREENSHOTS=1 it also writes docs/talk.png and docs/widget.png.
+// With SCREENSHOTS=1 it also writes docs/talk.png, docs/talk-dark.png and docs/widget.png.
 //
 // The pages are the binary's built-in copies (`cargo build -p halley` after editing clients/js);
 // TALK_ASSETS=1 serves clients/js from disk instead (`halley serve --assets`).
@@ -528,4 +528,6 @@ test("screenshot of the chat page", { skip: !SCREENSHOTS }, async () => {
   await line(alice, (l) => l.kind === "list", "the room list");
   await alice.locator(".talk-form .talk-input").fill("/join observing");
   await alice.screenshot({ path: path.join(DOCS, "talk.png") });
+  await alice.emulateMedia({ colorScheme: "dark" });
+  await alice.screenshot({ path: path.join(DOCS, "talk-dark.png") });
 });
