@@ -26,7 +26,8 @@
   /** Lines kept in the log; older ones are removed so a long session doesn't grow the page. */
   var LOG_MAX = 500;
   var STORE = "halley.talk.";
-  /** Default colours: mid-tones readable on both the light and the dark theme. */
+  /** Default colours (by a hash of the name) for people who never chose one: distinct hues;
+   * talk.css adjusts the lightness of any colour to the theme so that names stay readable. */
   var PALETTE = ["#1e90ff", "#d6336c", "#2f9e44", "#e8590c", "#845ef7", "#0c8599", "#c2255c", "#b08800"];
 
   var HELP = [
