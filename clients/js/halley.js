@@ -1064,6 +1064,7 @@
     this._upstream = null;
     this._peers = new Map();
     this._pushTimer = null;
+    this._gapAt = undefined;
     this.role = "solo";
     if (opts.share && canShare()) this._share();
     else this._lead();
@@ -1324,8 +1325,16 @@
   };
 
   Halley.prototype._control = function (obj) {
-    if (obj.event === "gap") this._emit("gap", { channel: obj.channel || null, lastId: obj.last_id || null });
-    else if (obj.event === "error") this._emit("error", obj);
+    if (obj.event === "gap") {
+      // One gap per position: polls that resume from the same id again (nothing newer arrived
+      // yet) are told about the same gap again.
+      var at = this._resume.lastId;
+      if (this._gapAt === at) return;
+      this._gapAt = at;
+      this._emit("gap", { channel: obj.channel || null, lastId: obj.last_id || null });
+    } else if (obj.event === "error") {
+      this._emit("error", obj);
+    }
   };
 
   // Runs the connection in this tab: alone ('solo') or for every tab ('leader').

@@ -313,31 +313,35 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
   });
 }
 
-test("a server that lost its history (restart, new epoch) shows up as a gap event", async () => {
-  const other = await startHalley();
-  const proxy = await cuttableProxy(halley.port);
-  const page = await openPage();
-  const channel = "/js/gap";
-  await page.evaluate(
-    ([base, opts, channel]) => window.start(base, opts, [channel]),
-    [proxy.base, { ...FAST, transports: ["websocket"] }, channel],
-  );
-  await subscribed(halley.base, channel);
-  await publish(halley.base, channel, "before");
-  await waitFor(page, () => window.received.length >= 1);
-  // The "restarted" server: another process, another epoch, behind the same address.
-  proxy.target = other.port;
-  proxy.cut();
-  await waitFor(page, () => window.gaps.length >= 1);
-  await subscribed(other.base, channel);
-  const after = await publish(other.base, channel, "after");
-  await waitFor(page, () => window.received.length >= 2);
-  assert.deepEqual((await page.evaluate(() => window.received)).map((m) => [m.id, m.data]).slice(1), [[after.id, "after"]]);
-  await page.evaluate(() => window.h.close());
-  await page.close();
-  await proxy.close();
-  await other.stop();
-});
+for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
+  test(`over ${transport}, a server that lost its history (restart, new epoch) shows up as a gap event`, async () => {
+    const other = await startHalley(["--hold-timeout", "5"]);
+    const proxy = await cuttableProxy(halley.port);
+    const page = await openPage();
+    const channel = `/js/gap/${transport}`;
+    await page.evaluate(
+      ([base, opts, channel]) => window.start(base, opts, [channel]),
+      [proxy.base, { ...FAST, transports: [transport] }, channel],
+    );
+    await subscribed(halley.base, channel);
+    await publish(halley.base, channel, "before");
+    await waitFor(page, () => window.received.length >= 1);
+    // The "restarted" server: another process, another epoch, behind the same address.
+    proxy.target = other.port;
+    proxy.cut();
+    await waitFor(page, () => window.gaps.length >= 1);
+    await subscribed(other.base, channel);
+    const after = await publish(other.base, channel, "after");
+    await waitFor(page, () => window.received.length >= 2);
+    assert.deepEqual((await page.evaluate(() => window.received)).map((m) => [m.id, m.data]).slice(1), [[after.id, "after"]]);
+    assert.equal(await page.evaluate(() => window.h.lastId), after.id);
+    assert.equal(await page.evaluate(() => window.gaps.length), 1, "one gap, not one per reconnect");
+    await page.evaluate(() => window.h.close());
+    await page.close();
+    await proxy.close();
+    await other.stop();
+  });
+}
 
 test("three tabs of one origin share one upstream connection; when the leader closes another takes over", async () => {
   // A Halley of its own, so that its gauges count this test's connections only.

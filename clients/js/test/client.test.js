@@ -254,3 +254,17 @@ test("close() ends everything and says so", async () => {
   assert.equal(log.states.at(-1), "closed");
   assert.throws(() => h.subscribe("/a", () => {}), /closed/);
 });
+
+test("the same gap told again (a poll resuming from the same id) is one gap event", async () => {
+  const { h, log } = client();
+  h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  last().deliver({ channel: "/a", id: "a1-3", data: 0 });
+  last().deliver({ event: "gap", channel: "/a", last_id: "a1-3" });
+  last().deliver({ event: "gap", channel: "/a", last_id: "a1-3" });
+  assert.equal(log.gaps.length, 1);
+  last().deliver({ channel: "/a", id: "b2-1", data: 0 });
+  last().deliver({ event: "gap", channel: "/a", last_id: "b2-1" });
+  assert.equal(log.gaps.length, 2, "a gap after newer messages is news");
+});
