@@ -1255,6 +1255,8 @@
     if (this._upstream) this._upstream.close();
     this._upstream = null;
     if (this._onOnline) root.removeEventListener("online", this._onOnline);
+    if (this._onPageHide) root.removeEventListener("pagehide", this._onPageHide);
+    if (this._onPageShow) root.removeEventListener("pageshow", this._onPageShow);
     if (this._bc) {
       this._post({ t: "bye", from: this._tab });
       this._bc.close();
@@ -1398,6 +1400,18 @@
         self._becomeLeader();
       });
     });
+    // A follower tab going away says so, so that the leader drops its channels and presence
+    // now rather than at its next check; coming back from the back/forward cache, it rejoins.
+    if (typeof root.addEventListener === "function") {
+      this._onPageHide = function () {
+        if (self.role === "follower") self._post({ t: "bye", from: self._tab });
+      };
+      this._onPageShow = function (e) {
+        if (e && e.persisted) self._announce();
+      };
+      root.addEventListener("pagehide", this._onPageHide);
+      root.addEventListener("pageshow", this._onPageShow);
+    }
     this._announce();
   };
 

@@ -416,6 +416,15 @@ test("three tabs of one origin share one upstream connection; when the leader cl
   const before = await follower.evaluate(() => window.inboxed.length);
   await fetch(box.url, { method: "POST", headers: { "content-type": "application/json" }, body: '"after"' });
   await waitFor(follower, (n) => window.inboxed.length > n, before);
+
+  // A follower tab closing takes its channel off the shared connection.
+  const newRoles = await roles();
+  const gone = newRoles.indexOf("follower");
+  await tabs[gone].close();
+  await until(async () => {
+    const rows = await (await fetch(`${own.base}/api/channels?prefix=/js/tabs/${gone}`)).json();
+    return rows.every((r) => r.subscribers === 0);
+  }, "the closed follower's channel to be dropped");
   await context.close();
   await own.stop();
 });
