@@ -180,7 +180,7 @@ impl Hub {
             floor: None,
             gap: false,
             position: None,
-            kept: Vec::new(),
+            kept: None,
         }
     }
 
@@ -262,14 +262,18 @@ pub struct Subscription {
     floor: Option<MessageId>,
     gap: bool,
     position: Option<MessageId>,
-    /// Presence declared by the connection this subscription serves; it ends with it.
-    kept: Vec<crate::PresenceGuard>,
+    /// Presence declared by the connection this subscription serves; it ends with it. Boxed:
+    /// most subscriptions have none, and a subscription is moved into several futures of an
+    /// idle subscriber — a bare `Vec` measured +0.16 KiB per idle WebSocket subscriber, this
+    /// +0.04 (halley-bench hold, 10,000).
+    #[allow(clippy::box_collection)]
+    kept: Option<Box<Vec<crate::PresenceGuard>>>,
 }
 
 impl Subscription {
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.
     pub fn keep(&mut self, guard: crate::PresenceGuard) {
-        self.kept.push(guard);
+        self.kept.get_or_insert_default().push(guard);
     }
 
     /// The first pattern (the only one, except for Bayeux sessions).
