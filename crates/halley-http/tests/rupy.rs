@@ -77,7 +77,7 @@ async fn pushes_reach_every_other_transport_as_objects() {
     let s = TestServer::start().await;
     let mut sub = s.stream("/sub/talk?transport=stream&format=json").await;
     let id = push(&s, "name=alice&message=%3Cb%3E").await;
-    let message: Value = serde_json::from_str(&sub.line().await).unwrap();
+    let message = sub.json_line().await;
     assert_eq!(
         message,
         json!({"channel": "/talk", "id": id, "data": {"name": "alice", "message": "<b>"}})

@@ -215,7 +215,7 @@ async fn websocket_frames_are_published_to_an_exact_channel() {
         let own = ws_json(&mut ws).await;
         assert_eq!(own["channel"], "/w/chat", "{own}");
         assert_eq!(own["data"], data, "{own}");
-        let seen: Value = serde_json::from_str(&other.line().await).unwrap();
+        let seen = other.json_line().await;
         assert_eq!(seen, own, "another subscriber gets the same message");
     }
 }
@@ -295,7 +295,7 @@ async fn check_wildcard(
     s.publish(marker, "end").await;
     let mut seen = Vec::new();
     loop {
-        let message: Value = serde_json::from_str(&open.line().await).unwrap();
+        let message = open.json_line().await;
         if message["data"] == "end" {
             break;
         }

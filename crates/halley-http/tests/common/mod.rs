@@ -467,6 +467,18 @@ impl Open {
         line
     }
 
+    /// The next non-empty line (NDJSON streams open with a blank line and use blank lines as
+    /// heartbeats), parsed as JSON.
+    pub async fn json_line(&mut self) -> Value {
+        loop {
+            let line = self.line().await;
+            if !line.is_empty() {
+                return serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+            }
+        }
+    }
+
     /// Reads to the end of the body (which must come within [`WAIT`]); returns what was unread.
     pub async fn rest(&mut self) -> String {
         while self.fill().await {}
