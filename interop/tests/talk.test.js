@@ -169,15 +169,15 @@ const said = (name, text) => (l) => l.kind === "message" && l.name === name && l
 const notice = (kind, text) => (l) => l.kind === kind && l.text.includes(text);
 
 /** Names in the "here now" list. */
-function here_(page, root = "") {
+function whoIsHere(page, root = "") {
   return page.locator(`${root} .talk-who-list .talk-name`).evaluateAll((els) =>
     els.map((e) => `${e.textContent}${e.dataset.color ? " " + e.dataset.color : ""}`).sort(),
   );
 }
 
 async function hereNow(page, expected, root = "") {
-  await until(async () => JSON.stringify(await here_(page, root)) === JSON.stringify([...expected].sort()), `here now = ${expected}`).catch(async (e) => {
-    throw new Error(`${e.message}; have ${JSON.stringify(await here_(page, root))}`);
+  await until(async () => JSON.stringify(await whoIsHere(page, root)) === JSON.stringify([...expected].sort()), `here now = ${expected}`).catch(async (e) => {
+    throw new Error(`${e.message}; have ${JSON.stringify(await whoIsHere(page, root))}`);
   });
 }
 
