@@ -272,11 +272,20 @@ impl Engine {
                     messages.sort_by_key(|m| m.id);
                     messages.dedup_by_key(|m| m.id);
                 }
-                if gap {
+                // After a gap the id handed in is no position to come back to (another epoch,
+                // or older than history): the client resumes from just before what is
+                // replayed, or from now when nothing is.
+                let position = if gap {
                     Stats::add(&self.shared.stats.gaps, 1);
-                }
+                    match messages.first() {
+                        Some(m) => Some(MessageId::new(m.id.epoch, m.id.offset.saturating_sub(1))),
+                        None => Some(self.shared.broker.cursor().await?),
+                    }
+                } else {
+                    Some(after)
+                };
                 let floor = (!gap).then_some(after);
-                sub.set_resume(messages, floor, gap, Some(after));
+                sub.set_resume(messages, floor, gap, position);
             }
             None => {
                 let cursor = self.shared.broker.cursor().await?;

@@ -580,7 +580,7 @@ async fn raw_pull(app: &Arc<App>, stream: TcpStream, query: &str) {
             return;
         }
     };
-    let mut chunks = std::pin::pin!(crate::transport::chunks(app, sub, wire, Kind::Pull));
+    let mut chunks = std::pin::pin!(crate::transport::chunks(app, sub, wire, Kind::Pull, false));
     let mut scratch = [0u8; 64];
     loop {
         tokio::select! {
@@ -834,6 +834,7 @@ mod size_tests {
             sub,
             crate::transport::Wire::Sse { json: false },
             Kind::Sse,
+            false,
         );
         assert!(
             std::mem::size_of_val(&chunks) < 1024,

@@ -329,3 +329,91 @@ async fn static_files_with_revalidation() {
     assert_eq!(cross.header("access-control-allow-origin"), Some("*"));
     s.get("/talk/nope.js").await.expect_error(404);
 }
+
+#[tokio::test]
+async fn streams_can_say_where_they_start() {
+    let s = TestServer::start().await;
+    let before = s.publish("/p/a", "before").await;
+
+    // SSE: an event `position` whose id is the position (EventSource resends it as
+    // Last-Event-ID), after the usual retry advice; the header carries it too.
+    let mut sse = s
+        .stream("/sub/p/a?transport=sse&format=json&position=1")
+        .await;
+    assert_eq!(sse.header("x-halley-last-id"), Some(before.as_str()));
+    sse.expect("retry: 2000\n\n").await;
+    sse.expect(&format!(
+        "event: position\nid: {before}\ndata: {{\"event\":\"position\",\"last_id\":\"{before}\"}}\n\n"
+    ))
+    .await;
+
+    // NDJSON: after the opening blank line.
+    let mut ndjson = s
+        .stream("/sub/p/a?transport=stream&format=json&position=1")
+        .await;
+    assert_eq!(
+        ndjson.json_line().await,
+        json!({"event": "position", "last_id": before})
+    );
+
+    // WebSocket: the first frame.
+    let mut ws = s.ws("/sub?channel=/p/a&channel=/p/b&position=1").await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"event": "position", "last_id": before})
+    );
+
+    // Cut before any message: resuming from the position loses nothing published since.
+    drop((sse, ndjson, ws));
+    s.publish("/p/a", "while away").await;
+    let reply = s.get(&format!("/sub/p/a?last_id={before}")).await;
+    assert_eq!(reply.json()[0]["data"], "while away");
+
+    // Without position=1 nothing changes in-band.
+    let mut plain = s.stream("/sub/p/a?transport=stream&format=json").await;
+    s.publish("/p/a", "next").await;
+    assert_eq!(plain.json_line().await["data"], "next");
+}
+
+#[tokio::test]
+async fn after_a_gap_the_position_is_one_to_come_back_to() {
+    let s = TestServer::start().await;
+    let foreign = foreign_epoch(&s.publish("/g/other", "x").await);
+    // Nothing to replay on /g/a: the answer's position is now, in this epoch, not the
+    // foreign id (which would report the same gap on every later poll).
+    let first = s.get(&format!("/sub/g/a?last_id={foreign}")).await;
+    assert_eq!(first.header("x-halley-gap"), Some("true"));
+    let position = first.header("x-halley-last-id").unwrap().to_string();
+    assert_ne!(position, foreign);
+    s.publish("/g/a", "after").await;
+    let second = s.get(&format!("/sub/g/a?last_id={position}")).await;
+    assert_eq!(second.header("x-halley-gap"), None);
+    assert_eq!(second.json()[0]["data"], "after");
+
+    // With history to replay, a stream announces the position just before the replay.
+    let mut open = s
+        .stream(&format!(
+            "/sub/g/a?transport=stream&format=json&position=1&last_id={foreign}"
+        ))
+        .await;
+    assert_eq!(open.json_line().await["event"], "gap");
+    let announced = open.json_line().await;
+    assert_eq!(announced["event"], "position");
+    assert_eq!(
+        open.json_line().await["data"],
+        "after",
+        "the replay follows"
+    );
+    let again = s
+        .get(&format!(
+            "/sub/g/a?last_id={}",
+            announced["last_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(again.header("x-halley-gap"), None);
+    assert_eq!(
+        again.json()[0]["data"],
+        "after",
+        "nothing skipped from there"
+    );
+}

@@ -65,7 +65,8 @@ pub async fn subscribe<B: RequestBody>(
     let json = query.get("format") == Some("json");
     let wire = match kind {
         Kind::WebSocket => {
-            return ws::upgrade(app, patterns, resume, presence, request, &query).await;
+            let announce = announce(&query);
+            return ws::upgrade(app, patterns, resume, presence, announce, request, &query).await;
         }
         Kind::LongPoll => return poll::hold(app, patterns, resume, presence, None).await,
         Kind::Jsonp => {
@@ -81,7 +82,19 @@ pub async fn subscribe<B: RequestBody>(
         Kind::Pull => unreachable!("select never picks pull"),
     };
     let sub = open(app, patterns, resume, presence).await?;
-    Ok(stream_response(app, sub, wire, kind))
+    Ok(stream::stream_response_announcing(
+        app,
+        sub,
+        wire,
+        kind,
+        announce(&query),
+    ))
+}
+
+/// `?position=1`: open the stream with where it starts (`{"event":"position","last_id":…}`), so
+/// that a client cut off before the first message still knows where to resume from.
+fn announce(query: &Query) -> bool {
+    matches!(query.get("position"), Some("1" | "true"))
 }
 
 /// The patterns of a `/sub` request: the path's channel first, then every `channel` parameter.

@@ -72,6 +72,22 @@ impl Wire {
         out.freeze()
     }
 
+    /// Where the stream starts, `{"event":"position","last_id":…}`, for a client that must be
+    /// able to resume even if the connection breaks before the first message (asked for with
+    /// `?position=1`). SSE also carries it as the event's `id:`, so EventSource resends it.
+    pub fn position(&self, sub: &Subscription, out: &mut BytesMut) {
+        let Some(id) = sub.position() else {
+            return;
+        };
+        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
+        match self {
+            Wire::Sse { .. } => {
+                out.put_slice(format!("event: position\nid: {id}\ndata: {object}\n\n").as_bytes());
+            }
+            _ => self.control("position", &object.to_string(), out),
+        }
+    }
+
     /// A control object (`{"event":…}`) in this wire's framing; raw lines have none.
     fn control(&self, event: &str, object: &str, out: &mut BytesMut) {
         match self {
@@ -260,10 +276,15 @@ pub fn chunks(
     sub: Subscription,
     wire: Wire,
     kind: Kind,
+    announce: bool,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     let retry_ms = app.config.retry.as_millis();
+    let mut preamble = BytesMut::from(&wire.preamble(&sub, retry_ms)[..]);
+    if announce {
+        wire.position(&sub, &mut preamble);
+    }
     let stream = Stream {
-        preamble: Some(wire.preamble(&sub, retry_ms)),
+        preamble: Some(preamble.freeze()),
         sub,
         wire,
         heartbeat: fresh(&app.heartbeat),
@@ -280,13 +301,29 @@ pub fn chunks(
 
 /// A held streaming response for `sub` in `wire`'s format.
 pub fn stream_response(app: &App, sub: Subscription, wire: Wire, kind: Kind) -> Response<Body> {
+    stream_response_announcing(app, sub, wire, kind, false)
+}
+
+/// [`stream_response`], opening with the stream's position when `announce` (see
+/// [`Wire::position`]). The position is also in the `X-Halley-Last-Id` header either way.
+pub fn stream_response_announcing(
+    app: &App,
+    sub: Subscription,
+    wire: Wire,
+    kind: Kind,
+    announce: bool,
+) -> Response<Body> {
     let gap = sub.gap();
+    let position = sub.position();
     let content_type = wire.content_type();
-    let body = streaming(chunks(app, sub, wire, kind));
+    let body = streaming(chunks(app, sub, wire, kind, announce));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     held_headers(headers, gap);
+    if let Some(v) = position.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+        headers.insert("x-halley-last-id", v);
+    }
     response
 }
 

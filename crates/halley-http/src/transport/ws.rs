@@ -38,6 +38,7 @@ pub async fn upgrade<B: RequestBody>(
     patterns: Vec<Pattern>,
     resume: Option<MessageId>,
     presence: Vec<super::Declaration>,
+    announce: bool,
     mut request: Request<B>,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
@@ -55,7 +56,7 @@ pub async fn upgrade<B: RequestBody>(
     // between the handshake and the first read is missed.
     let sub = super::open(app, patterns, resume, presence).await?;
     spawn_upgraded(app, &mut request, move |app, ws| async move {
-        run(&app, ws, sub, publish_to).await;
+        run(&app, ws, sub, publish_to, announce).await;
     });
     Ok(response)
 }
@@ -148,6 +149,7 @@ async fn run<S>(
     ws: WebSocketStream<S>,
     mut sub: Subscription,
     publish_to: Option<Channel>,
+    announce: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -156,6 +158,16 @@ async fn run<S>(
     if sub.gap() {
         let gap = Bytes::from(super::gap_object(&sub));
         if tx.send(text(&gap)).await.is_err() {
+            return;
+        }
+    }
+    if announce && let Some(id) = sub.position() {
+        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
+        if tx
+            .send(text(&Bytes::from(object.to_string())))
+            .await
+            .is_err()
+        {
             return;
         }
     }
