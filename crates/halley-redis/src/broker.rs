@@ -369,6 +369,32 @@ impl RedisBroker {
     pub fn node(&self) -> u64 {
         self.shared.node
     }
+
+    /// The other nodes that wrote presence, and `HGETALL` of the key `key(node)` of each (in
+    /// one round trip).
+    async fn other_nodes(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: impl Fn(&str) -> String,
+    ) -> Result<(Vec<String>, Vec<redis::Value>), BrokerError> {
+        let s = &self.shared;
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&s.keys.nodes)
+            .query_async(conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let me = format!("{:x}", s.node);
+        let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
+        if others.is_empty() {
+            return Ok((others, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HGETALL").arg(key(node));
+        }
+        let replies = pipe.query_async(conn).await.map_err(|e| s.unavailable(e))?;
+        Ok((others, replies))
+    }
 }
 
 /// The sequence hash and Redis's clock, read together.
@@ -494,25 +520,11 @@ impl Broker for RedisBroker {
     async fn remote_subscribers(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
         let s = &self.shared;
         let mut conn = s.connection()?;
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&s.keys.nodes)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| s.unavailable(e))?;
-        let me = format!("{:x}", s.node);
-        let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
-        if others.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("HGETALL")
-                .arg(format!("{}presence:{node}", s.keys.prefix));
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| s.unavailable(e))?;
+        let (others, replies) = self
+            .other_nodes(&mut conn, |node| {
+                format!("{}presence:{node}", s.keys.prefix)
+            })
+            .await?;
         let mut totals: BTreeMap<String, usize> = BTreeMap::new();
         let mut dead = Vec::new();
         for (node, value) in others.iter().zip(replies) {
@@ -541,24 +553,9 @@ impl Broker for RedisBroker {
     async fn remote_members(&self, prefix: &str) -> Result<Vec<Member>, BrokerError> {
         let s = &self.shared;
         let mut conn = s.connection()?;
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&s.keys.nodes)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| s.unavailable(e))?;
-        let me = format!("{:x}", s.node);
-        let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
-        if others.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("HGETALL").arg(s.keys.members(node));
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| s.unavailable(e))?;
+        let (_, replies) = self
+            .other_nodes(&mut conn, |node| s.keys.members(node))
+            .await?;
         let mut members = Vec::new();
         for value in replies {
             for (field, info) in reply::text_pairs(value).map_err(|e| s.unavailable(e))? {

@@ -107,20 +107,22 @@ pub fn read_reply(value: Value) -> Result<Vec<Entry>, Malformed> {
 
 /// A flat `[member, score, member, score, ...]` reply (WITHSCORES, ZSCAN, HGETALL).
 pub fn pairs(value: Value) -> Result<Vec<(String, u64)>, Malformed> {
-    let mut flat = array(value)?.into_iter();
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-        out.push((text(k)?, number(v)?));
-    }
-    Ok(out)
+    pairs_of(value, number)
 }
 
 /// A flat `HGETALL` reply of text fields and text values.
 pub fn text_pairs(value: Value) -> Result<Vec<(String, String)>, Malformed> {
+    pairs_of(value, text)
+}
+
+fn pairs_of<T>(
+    value: Value,
+    convert: fn(Value) -> Result<T, Malformed>,
+) -> Result<Vec<(String, T)>, Malformed> {
     let mut flat = array(value)?.into_iter();
     let mut out = Vec::with_capacity(flat.len() / 2);
     while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-        out.push((text(k)?, text(v)?));
+        out.push((text(k)?, convert(v)?));
     }
     Ok(out)
 }
