@@ -314,6 +314,9 @@
     });
     if (transport !== "websocket") params.push("transport=" + transport);
     if (transport === "sse" || transport === "stream") params.push("format=json");
+    // Streams open with {"event":"position","last_id"}: where to resume from if the connection
+    // breaks before the first message (polls carry it in every answer anyway).
+    if (transport === "websocket" || transport === "sse" || transport === "stream") params.push("position=1");
     if (lastId) params.push("last_id=" + encodeURIComponent(lastId));
     var url = base + "/sub" + first + (params.length ? "?" + params.join("&") : "");
     if (transport === "websocket") url = url.replace(/^http/, "ws");
@@ -584,12 +587,14 @@
   OPENERS.sse = function (ctx, h) {
     var opened = false;
     var es = new root.EventSource(ctx.url());
-    // `open` fires with the response headers; a proxy holding the response holds those too.
+    // EventSource's own `open` fires with the response headers, which a proxy that buffers
+    // bodies lets through: only the first event (the `position` the stream opens with) shows
+    // that the body flows.
     var timer = setTimeout(function () {
       es.close();
       h.fail("buffered");
     }, ctx.options.flushTimeout);
-    es.onopen = function () {
+    var flowing = function () {
       if (opened) return;
       opened = true;
       clearTimeout(timer);
@@ -602,9 +607,10 @@
       } catch (err) {
         return;
       }
+      flowing();
       h.frame(obj);
     };
-    ["gap", "lagged", "reconnect", "open"].forEach(function (type) {
+    ["position", "gap", "lagged", "reconnect"].forEach(function (type) {
       es.addEventListener(type, function (e) {
         var obj = {};
         try {
@@ -613,6 +619,7 @@
           /* keep the event */
         }
         obj.event = type;
+        flowing();
         h.frame(obj);
       });
     });
@@ -638,7 +645,7 @@
     return {
       close: function () {
         clearTimeout(timer);
-        es.onopen = es.onmessage = es.onerror = null;
+        es.onmessage = es.onerror = null;
         es.close();
       },
     };
@@ -920,9 +927,9 @@
       frame: function (obj) {
         if (!live() || !obj || typeof obj !== "object") return;
         if (typeof obj.event === "string") {
-          // A stream may say where it starts, so that a reconnect before the first message
-          // still resumes from there.
-          if (obj.event === "open" && obj.last_id) position(obj.last_id);
+          // A stream says where it starts, so that a reconnect before the first message still
+          // resumes from there.
+          if (obj.event === "position" && obj.last_id) position(obj.last_id);
           if (obj.event === "reconnect" && typeof obj.retry === "number") self.retryHint = obj.retry;
           self.events.control(obj);
           return;

@@ -152,24 +152,31 @@ test("JSONP from another origin with no fetch, XHR, WebSocket or EventSource: su
 });
 
 /**
- * An HTTP proxy that buffers: it holds each response until the upstream one has ended, as a
- * misconfigured gateway does. Streams never end, so nothing of them gets through; long-poll
- * answers do. It does not pass WebSocket upgrades either.
+ * An HTTP proxy that buffers: it holds each response body until the upstream one has ended, as
+ * a misconfigured gateway does — with `headersFirst`, after passing the headers on at once.
+ * Streams never end, so nothing of their bodies gets through; long-poll answers do. It does not
+ * pass WebSocket upgrades either.
  */
-function bufferingProxy(targetPort) {
+function bufferingProxy(targetPort, { headersFirst = false } = {}) {
   const server = http.createServer((req, res) => {
     const upstream = http.request(
       { host: "127.0.0.1", port: targetPort, path: req.url, method: req.method, headers: req.headers },
       (answer) => {
         const chunks = [];
+        const headers = { ...answer.headers };
+        delete headers["transfer-encoding"];
+        delete headers.connection;
+        if (headersFirst) {
+          res.writeHead(answer.statusCode, headers);
+          res.flushHeaders();
+        }
         answer.on("data", (c) => chunks.push(c));
         answer.on("end", () => {
-          const headers = { ...answer.headers };
-          delete headers["transfer-encoding"];
-          delete headers.connection;
           const body = Buffer.concat(chunks);
-          headers["content-length"] = String(body.length);
-          res.writeHead(answer.statusCode, headers);
+          if (!headersFirst) {
+            headers["content-length"] = String(body.length);
+            res.writeHead(answer.statusCode, headers);
+          }
           res.end(body);
         });
         answer.on("error", () => res.destroy());
@@ -193,28 +200,30 @@ function bufferingProxy(targetPort) {
   );
 }
 
-test("behind a buffering proxy the client steps down to long-poll and still delivers", async () => {
-  const proxy = await bufferingProxy(halley.port);
-  const page = await openPage();
-  const channel = "/js/buffered";
-  await page.evaluate(
-    ([base, opts, channel]) => window.start(base, opts, [channel]),
-    [proxy.base, { ...FAST, flushTimeout: 1500 }, channel],
-  );
-  await waitFor(page, () => window.h.transport === "longpoll" && window.h.state === "connected");
-  const steps = await page.evaluate(() => window.transports.map((t) => [t.from, t.transport, t.reason]));
-  assert.deepEqual(steps.slice(-2), [
-    ["sse", "stream", "buffered"],
-    ["stream", "longpoll", "buffered"],
-  ]);
-  await subscribed(halley.base, channel);
-  const sent = await publish(halley.base, channel, "through the proxy");
-  await waitFor(page, () => window.received.length >= 1);
-  assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "through the proxy" }]);
-  await page.evaluate(() => window.h.close());
-  await page.close();
-  await proxy.close();
-});
+for (const headersFirst of [false, true]) {
+  test(`behind a proxy that buffers ${headersFirst ? "bodies (headers pass)" : "whole responses"} the client steps down to long-poll and still delivers`, async () => {
+    const proxy = await bufferingProxy(halley.port, { headersFirst });
+    const page = await openPage();
+    const channel = `/js/buffered/${headersFirst}`;
+    await page.evaluate(
+      ([base, opts, channel]) => window.start(base, opts, [channel]),
+      [proxy.base, { ...FAST, flushTimeout: 1500 }, channel],
+    );
+    await waitFor(page, () => window.h.transport === "longpoll" && window.h.state === "connected");
+    const steps = await page.evaluate(() => window.transports.map((t) => [t.from, t.transport, t.reason]));
+    assert.deepEqual(steps.slice(-2), [
+      ["sse", "stream", "buffered"],
+      ["stream", "longpoll", "buffered"],
+    ]);
+    await subscribed(halley.base, channel);
+    const sent = await publish(halley.base, channel, "through the proxy");
+    await waitFor(page, () => window.received.length >= 1);
+    assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "through the proxy" }]);
+    await page.evaluate(() => window.h.close());
+    await page.close();
+    await proxy.close();
+  });
+}
 
 /**
  * A TCP proxy we can cut: `cut()` drops every connection, `down` refuses new ones,
@@ -307,6 +316,34 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
     assert.deepEqual(received.map((m) => m.data), [1, 2, 3, 4]);
     assert.equal(await page.evaluate(() => window.h.transport), transport);
     assert.deepEqual(await page.evaluate(() => window.gaps), []);
+    await page.evaluate(() => window.h.close());
+    await page.close();
+    await proxy.close();
+  });
+}
+
+for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
+  test(`resume over ${transport} when the connection is cut before its first message`, async () => {
+    const proxy = await cuttableProxy(halley.port);
+    const page = await openPage();
+    const channel = `/js/resume-early/${transport}`;
+    await page.evaluate(
+      ([base, opts, channel]) => window.start(base, opts, [channel]),
+      [proxy.base, { ...FAST, transports: [transport] }, channel],
+    );
+    await subscribed(halley.base, channel);
+    // The stream said where it starts (polls: their answers' position).
+    await waitFor(page, () => window.h.lastId !== null);
+    proxy.down = true;
+    proxy.cut();
+    await until(async () => {
+      const rows = await (await fetch(`${halley.base}/api/channels?prefix=${channel}`)).json();
+      return rows.every((r) => r.subscribers === 0);
+    }, "the server to see the subscriber gone");
+    const sent = await publish(halley.base, channel, "while away");
+    proxy.down = false;
+    await waitFor(page, () => window.received.length >= 1);
+    assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "while away" }]);
     await page.evaluate(() => window.h.close());
     await page.close();
     await proxy.close();

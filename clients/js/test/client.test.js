@@ -55,8 +55,13 @@ class FakeEventSource {
   close() {
     this.closed = true;
   }
-  accept() {
+  /** Headers are in and the stream opens with its position, as Halley's does. */
+  accept(position = "e-0") {
     this.onopen?.({});
+    this.emit("position", { event: "position", last_id: position });
+  }
+  emit(type, obj) {
+    for (const fn of this.listeners[type] ?? []) fn({ data: JSON.stringify(obj) });
   }
 }
 
@@ -97,7 +102,7 @@ test("a burst of subscribes is one connection carrying every channel", async () 
   h.subscribe("/b", (data) => got.push(["b", data]));
   h.subscribe("/c/**", (data, m) => got.push(["c", data, m.channel]));
   await until(() => sockets().length === 1, "a socket");
-  assert.equal(last().url, "ws://halley.test/sub/a?channel=%2Fb&channel=%2Fc%2F**");
+  assert.equal(last().url, "ws://halley.test/sub/a?channel=%2Fb&channel=%2Fc%2F**&position=1");
   assert.deepEqual(log.states, ["connecting"]);
   last().accept();
   assert.equal(h.state, "connected");
@@ -155,7 +160,7 @@ test("a subscription change is a new connection with the same last id; the state
   a.unsubscribe();
   await until(() => sockets().length === 2, "a second socket");
   assert.ok(sockets()[0].closed, "the old connection is closed");
-  assert.equal(last().url, "ws://halley.test/sub/b?last_id=e-5");
+  assert.equal(last().url, "ws://halley.test/sub/b?position=1&last_id=e-5");
   last().accept();
   assert.deepEqual(log.states, ["connecting", "connected"]);
 });
@@ -217,14 +222,14 @@ test("a transport that opens and is cut at once, three times, is given up", asyn
   await until(() => FakeEventSource.all.length === 1, "an EventSource");
   assert.deepEqual(log.transports, [{ transport: "sse", from: "websocket", reason: "connect" }]);
   const es = FakeEventSource.all[0];
-  assert.match(es.url, /^http:\/\/halley\.test\/sub\/a\?transport=sse&format=json$/);
+  assert.match(es.url, /^http:\/\/halley\.test\/sub\/a\?transport=sse&format=json&position=1$/);
   es.accept();
   const got = [];
   h.subscribe("/b", (data) => got.push(data));
   await until(() => FakeEventSource.all.length === 2, "a second EventSource");
   FakeEventSource.all[1].accept();
   FakeEventSource.all[1].onmessage({ data: JSON.stringify({ channel: "/b", id: "e-1", data: "hi" }) });
-  for (const fn of FakeEventSource.all[1].listeners.gap) fn({ data: JSON.stringify({ channel: "/b", last_id: "e-0" }) });
+  FakeEventSource.all[1].emit("gap", { channel: "/b", last_id: "e-0" });
   assert.deepEqual(got, ["hi"]);
   assert.equal(log.gaps.length, 1);
 });
@@ -267,4 +272,27 @@ test("the same gap told again (a poll resuming from the same id) is one gap even
   last().deliver({ channel: "/a", id: "b2-1", data: 0 });
   last().deliver({ event: "gap", channel: "/a", last_id: "b2-1" });
   assert.equal(log.gaps.length, 2, "a gap after newer messages is news");
+});
+
+test("a stream's opening position is where a reconnect resumes, even with no message yet", async () => {
+  const { h } = client();
+  h.subscribe("/a", () => {});
+  await until(() => sockets().length === 1, "a socket");
+  last().accept();
+  last().deliver({ event: "position", last_id: "e-41" });
+  assert.equal(h.lastId, "e-41");
+  last().drop();
+  await until(() => sockets().length === 2, "a second socket");
+  assert.deepEqual(param(last().url, "last_id"), ["e-41"]);
+});
+
+test("SSE counts as open at its first event, not at its headers (a proxy may pass those alone)", async () => {
+  const { h, log } = client({ transports: ["sse", "websocket"], flushTimeout: 30 });
+  h.subscribe("/a", () => {});
+  await until(() => FakeEventSource.all.length === 1, "an EventSource");
+  FakeEventSource.all[0].onopen?.({}); // headers, and then nothing
+  assert.equal(h.state, "connecting");
+  await until(() => log.transports.length === 1, "a step down");
+  assert.deepEqual(log.transports, [{ transport: "websocket", from: "sse", reason: "buffered" }]);
+  assert.ok(FakeEventSource.all[0].closed);
 });

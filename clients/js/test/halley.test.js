@@ -206,13 +206,13 @@ test("subscribe URLs per transport (PROTOCOL.md)", () => {
   const base = "https://h.example:8443";
   const presence = encodeURIComponent(JSON.stringify({ channel: "/room", member: "m12345678", info: { name: "al" } }));
   const rest = `channel=%2Finbox%2Fh&channel=%2Froom&inbox=sec&presence=${presence}`;
-  assert.equal(I.subscribeUrl(base, "websocket", spec, null), `wss://h.example:8443/sub/a/**?${rest}`);
-  assert.equal(I.subscribeUrl(base, "sse", spec, "e-3"), `${base}/sub/a/**?${rest}&transport=sse&format=json&last_id=e-3`);
-  assert.equal(I.subscribeUrl(base, "stream", spec, null), `${base}/sub/a/**?${rest}&transport=stream&format=json`);
+  assert.equal(I.subscribeUrl(base, "websocket", spec, null), `wss://h.example:8443/sub/a/**?${rest}&position=1`);
+  assert.equal(I.subscribeUrl(base, "sse", spec, "e-3"), `${base}/sub/a/**?${rest}&transport=sse&format=json&position=1&last_id=e-3`);
+  assert.equal(I.subscribeUrl(base, "stream", spec, null), `${base}/sub/a/**?${rest}&transport=stream&format=json&position=1`);
   assert.equal(I.subscribeUrl(base, "longpoll", spec, "e-3"), `${base}/sub/a/**?${rest}&transport=longpoll&last_id=e-3`);
   assert.equal(I.subscribeUrl(base, "jsonp", spec, null), `${base}/sub/a/**?${rest}&transport=jsonp`);
   const one = I.mergeSpecs([{ channels: [{ channel: "/x" }], presence: [] }]);
-  assert.equal(I.subscribeUrl("http://h", "websocket", one, null), "ws://h/sub/x");
+  assert.equal(I.subscribeUrl("http://h", "websocket", one, null), "ws://h/sub/x?position=1");
 });
 
 test("NDJSON framing: complete lines out, the unfinished rest kept", () => {
