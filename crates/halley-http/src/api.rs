@@ -80,7 +80,11 @@ pub async fn send<B: RequestBody>(
         return Err(ApiError::NotFound);
     }
     let payload = match *request.method() {
-        Method::GET if callback.is_some() => Payload::string(message(&query)?),
+        // A script tag can only send a GET: `data` carries JSON, `message` text.
+        Method::GET if callback.is_some() => match query.get("data") {
+            Some(data) => Payload::from_json(data.as_bytes())?,
+            None => Payload::string(message(&query)?),
+        },
         Method::GET => return Err(ApiError::MethodNotAllowed),
         Method::POST => {
             let content_type = request

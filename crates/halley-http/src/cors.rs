@@ -7,8 +7,9 @@ use hyper::{Response, StatusCode};
 use crate::body::{Body, empty};
 use crate::error::ApiError;
 
-/// Response headers a cross-origin script may read (the resume position and the gap flag).
-const EXPOSE: &str = "X-Halley-Last-Id, X-Halley-Gap";
+/// Response headers a cross-origin script may read (the resume position, the gap flag, and how
+/// long a draining server asks long-pollers to wait).
+const EXPOSE: &str = "X-Halley-Last-Id, X-Halley-Gap, Retry-After";
 
 #[derive(Clone, Debug)]
 pub struct Origins {
