@@ -1207,16 +1207,14 @@
 
   /**
    * Sends `data` to an inbox address (the `url` another client's inbox() returned). The owner
-   * gets `data` as it is, except over JSONP, where the server takes text: a non-string arrives
-   * as its JSON text.
+   * gets `data` as it is, over every transport.
    */
   Halley.prototype.send = function (address, data) {
     var json = JSON.stringify(data === undefined ? null : data);
     var key = this.options.key;
     if (this._jsonp()) {
-      // GET /inbox/H takes text: a string goes as it is, anything else as JSON text.
-      var text = typeof data === "string" ? data : json;
-      var url = address + "?message=" + encodeURIComponent(text) + (key ? "&key=" + encodeURIComponent(key) : "");
+      // A script tag can only GET: the JSON travels in `data`.
+      var url = address + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
       return jsonpRequest(url, this.options.pollTimeout).then(function (args) {
         return args[0];
       });
