@@ -10,9 +10,12 @@ const BIN = process.env.HALLEY_BIN ?? path.join(here, "..", "..", "target", "deb
 /** Upper bound on anything a test waits for: a hang fails instead of blocking CI. */
 export const WAIT_MS = 15000;
 
-/** Starts `halley serve` on a free port; resolves once it logs the address it listens on. */
-export function startHalley(args = []) {
-  const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", ...args], {
+/**
+ * Starts `halley serve` on a free port (or on `listen`, e.g. to restart on the same port);
+ * resolves once it logs the address it listens on.
+ */
+export function startHalley(args = [], { listen = "127.0.0.1:0" } = {}) {
+  const child = spawn(BIN, ["serve", "--listen", listen, ...args], {
     env: { ...process.env, NO_COLOR: "1", HALLEY_LOG: "info" },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -31,7 +34,7 @@ export function startHalley(args = []) {
           cometd: `${base}/cometd`,
           stop: () =>
             new Promise((done) => {
-              if (child.exitCode !== null) return done();
+              if (child.exitCode !== null || child.signalCode !== null) return done();
               child.once("exit", done);
               child.kill("SIGTERM");
             }),

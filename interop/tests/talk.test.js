@@ -9,17 +9,15 @@
 // TALK_ASSETS=1 serves clients/js from disk instead (`halley serve --assets`).
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { until, WAIT_MS } from "./harness.js";
+import { startHalley, until, WAIT_MS } from "./harness.js";
 import { launch, staticServer, PAGES } from "./browser.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(here, "..", "..");
-const BIN = process.env.HALLEY_BIN ?? path.join(ROOT, "target", "debug", "halley");
 const DOCS = path.join(ROOT, "docs");
 const SCREENSHOTS = process.env.SCREENSHOTS === "1";
 /** A member leaves one second after its last connection closed (default 10 s), so leave notices
@@ -27,36 +25,10 @@ const SCREENSHOTS = process.env.SCREENSHOTS === "1";
 const ARGS = ["--presence-grace", "1", "--hold-timeout", "5"];
 if (process.env.TALK_ASSETS === "1") ARGS.push("--assets", path.join(ROOT, "clients", "js"));
 
-/**
- * Starts `halley serve` on `port` (harness.startHalley always asks for a free one, and the restart
- * test needs the same port again so that the pages' clients find the server where it was).
- */
+/** Starts Halley on `port`: the restart test needs the same port again, so that the pages'
+ * clients find the server where it was. */
 function startHalleyOn(port) {
-  const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, ...ARGS], {
-    env: { ...process.env, NO_COLOR: "1", HALLEY_LOG: "info" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("halley did not start")), WAIT_MS);
-    let buffered = "";
-    child.stdout.on("data", (chunk) => {
-      buffered += chunk;
-      if (!/listen=127\.0\.0\.1:\d+/.test(buffered)) return;
-      clearTimeout(timer);
-      child.stdout.resume();
-      resolve({
-        base: `http://127.0.0.1:${port}`,
-        port,
-        stop: () =>
-          new Promise((done) => {
-            if (child.exitCode !== null || child.signalCode !== null) return done();
-            child.once("exit", done);
-            child.kill("SIGTERM");
-          }),
-      });
-    });
-    child.once("exit", (code) => reject(new Error(`halley exited early (${code})`)));
-  });
+  return startHalley(ARGS, { listen: `127.0.0.1:${port}` });
 }
 
 function freePort() {
