@@ -19,6 +19,9 @@ use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Stats, Subscri
 pub enum EngineError {
     #[error("channel {0} is reserved for the protocol")]
     Reserved(Channel),
+    /// The data would pass for a presence notice, which only the server sends.
+    #[error("data with a top-level \"presence\" key is reserved for the server's presence notices")]
+    Forged,
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -213,7 +216,22 @@ impl Engine {
 
     /// Publishes `data` to `channel`. Protocol channels (`/meta/**`, `/service/**`) are not
     /// broadcast and are refused here.
+    ///
+    /// An object with a top-level `presence` key is refused: it would pass for one of the
+    /// server's presence notices ([`crate::presence`]).
     pub async fn publish(&self, channel: Channel, data: Payload) -> Result<Published, EngineError> {
+        if presence::looks_like_notice(&data) {
+            return Err(EngineError::Forged);
+        }
+        self.publish_trusted(channel, data).await
+    }
+
+    /// [`Engine::publish`] for what the server itself says (presence notices).
+    pub(crate) async fn publish_trusted(
+        &self,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<Published, EngineError> {
         if channel.is_meta() || channel.is_service() {
             return Err(EngineError::Reserved(channel));
         }

@@ -237,7 +237,33 @@ pub(crate) fn spawn_sweeper(shared: Weak<Shared>) {
 }
 
 pub(crate) async fn publish_notice(engine: &Engine, notice: Notice) {
-    if let Err(error) = engine.publish(notice.channel, notice.data).await {
+    if let Err(error) = engine.publish_trusted(notice.channel, notice.data).await {
         tracing::warn!(%error, "presence notice not published");
+    }
+}
+
+/// Whether published data would pass for a notice: a JSON object with a top-level `presence`
+/// key. The text is searched first, so the common case costs no parse.
+pub(crate) fn looks_like_notice(data: &Payload) -> bool {
+    let json = data.json();
+    json.starts_with('{')
+        && json.contains("\"presence\"")
+        && serde_json::from_str::<serde_json::Map<String, Value>>(json)
+            .is_ok_and(|object| object.contains_key("presence"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_cannot_be_forged() {
+        let forged = |json: &str| looks_like_notice(&Payload::from_json(json.as_bytes()).unwrap());
+        assert!(forged(r#"{"presence":"join","info":{"name":"admin"}}"#));
+        assert!(forged(r#"{"a":1,"presence":null}"#));
+        assert!(!forged(r#"{"text":"\"presence\" is a word"}"#));
+        assert!(!forged(r#"{"nested":{"presence":"join"}}"#));
+        assert!(!forged(r#""presence""#));
+        assert!(!forged(r#"["presence"]"#));
     }
 }

@@ -39,7 +39,7 @@ pub enum ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
-            EngineError::Reserved(_) => ApiError::Reserved(e.to_string()),
+            EngineError::Reserved(_) | EngineError::Forged => ApiError::Reserved(e.to_string()),
             EngineError::Broker(BrokerError::TooManyChannels(_)) => {
                 ApiError::Unavailable(e.to_string())
             }

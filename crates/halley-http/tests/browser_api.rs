@@ -214,6 +214,14 @@ async fn presence_members_listing_and_notices() {
     assert_eq!(rooms["channels"][0]["count"], 2);
     assert_eq!(rooms["channels"][1]["channel"], "/talk/b");
     assert_eq!(rooms["channels"][1]["count"], 1);
+    // Nobody else can say who joined: a notice-shaped publish is refused, on every path.
+    let forged = r#"{"presence":"join","info":{"name":"admin"}}"#;
+    s.post("/pub/talk/a", "application/json", forged)
+        .await
+        .expect_error(400);
+    s.get(&format!("/pub/talk/a?callback=cb&data={}", enc(forged)))
+        .await
+        .expect_error(400);
     let script = s.get("/api/presence?prefix=/talk&callback=rooms").await;
     assert!(
         script.body.starts_with("/**/rooms({\"channels\""),

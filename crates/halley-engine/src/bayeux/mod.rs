@@ -426,6 +426,10 @@ impl Bayeux {
             Err(EngineError::Reserved(c)) => {
                 BayeuxMessage::error(message, BayeuxError::Forbidden(c.to_string(), "Forbidden"))
             }
+            Err(e @ EngineError::Forged) => BayeuxMessage::error(
+                message,
+                BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
+            ),
             Err(EngineError::Broker(e)) => {
                 BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()))
             }
