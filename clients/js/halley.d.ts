@@ -87,6 +87,12 @@ export interface RoomsAnswer {
   channels: Array<{ channel: string; count: number; members: Array<{ [key: string]: Json }> }>;
 }
 
+/** `GET /api/history`: a channel's newest messages, oldest first. */
+export interface HistoryAnswer {
+  channel: string;
+  messages: Message[];
+}
+
 export interface HalleyEvents {
   state: (change: { state: State; transport: Transport | null }) => void;
   /** The client stepped to another transport; reason: missing | connect | buffered. */
@@ -125,6 +131,8 @@ declare class HalleyClient {
   setPresence(channel: string, presence: PresenceOption | null): void;
   presence(channel: string): Promise<PresenceAnswer>;
   rooms(prefix?: string): Promise<RoomsAnswer>;
+  /** The newest `limit` (default 20, at most 100) messages of `channel` in history, oldest first. */
+  history(channel: string, limit?: number): Promise<HistoryAnswer>;
   /** Mints (once per instance) this client's inbox. */
   inbox(): Promise<Inbox>;
   /** Sends to an inbox URL (over JSONP the owner gets a string: non-strings as JSON text). */

@@ -1234,6 +1234,16 @@
     return this._get("/api/presence?prefix=" + encodeURIComponent(prefix || "/"));
   };
 
+  /**
+   * The newest `limit` (default 20, at most 100) messages of `channel` still in the server's
+   * history, oldest first: the server's `{channel, messages: [{channel, id, data}, …]}`. For
+   * context on arrival; the subscription itself only brings what comes after it.
+   */
+  Halley.prototype.history = function (channel, limit) {
+    var query = "?channel=" + encodeURIComponent(channel) + (limit ? "&limit=" + Number(limit) : "");
+    return this._get("/api/history" + query);
+  };
+
   Halley.prototype._get = function (path) {
     if (this._jsonp()) {
       return jsonpRequest(this.url + path, this.options.pollTimeout).then(function (args) {

@@ -191,6 +191,29 @@ test("two people chat: name, colour and text arrive; user text is never HTML; pr
   await line(bob, notice("room", "You are in #lobby as bob"), "bob is back without the nickname form");
 });
 
+test("arriving in a room shows its last lines from history, above the arrival, once", async () => {
+  const alice = await person("alice");
+  await type(alice, "/join history");
+  await alice.locator('.talk[data-room="/talk/history"]').waitFor({ timeout: WAIT_MS });
+  for (const text of ["first", "second", "third"]) {
+    await type(alice, text);
+    await line(alice, said("alice", text), `alice sees her "${text}"`);
+  }
+  const bob = await person("bob");
+  await type(bob, "/join history");
+  await line(bob, (l) => l.kind === "earlier" && l.text === "third", "bob gets the room's last lines");
+  const log = await lines(bob);
+  const arrival = log.findIndex((l) => l.kind === "room" && l.text.includes("#history"));
+  const earlier = log.filter((l) => l.kind === "earlier" && l.channel === "/talk/history");
+  assert.deepEqual(earlier.map((l) => `${l.name}: ${l.text}`), ["alice: first", "alice: second", "alice: third"]);
+  assert.ok(log.indexOf(earlier[2]) < arrival, "history comes before 'You are in #history'");
+  // What is said from now on comes live, once.
+  await type(alice, "fourth");
+  await line(bob, said("alice", "fourth"), "bob gets the new line live");
+  const after = await lines(bob);
+  assert.equal(after.filter((l) => l.text === "fourth").length, 1);
+});
+
 test("commands: /color, /join, /list, /exit and their validation, as the other person sees them", async () => {
   const alice = await person("alice2");
   const bob = await person("bob2");

@@ -25,6 +25,8 @@
   var MESSAGE_MAX = 2000;
   /** Lines kept in the log; older ones are removed so a long session doesn't grow the page. */
   var LOG_MAX = 500;
+  /** Lines of a room's history shown on arrival (GET /api/history; the server allows up to 100). */
+  var EARLIER = 30;
   var STORE = "halley.talk.";
   /** Default colours (by a hash of the name) for people who never chose one: distinct hues;
    * talk.css adjusts the lightness of any colour to the theme so that names stay readable. */
@@ -169,6 +171,8 @@
       online: false,
       everOnline: false,
       members: [],
+      /** Ids of this room's messages that came live, so history does not repeat them. */
+      seen: {},
       unread: 0,
       sent: [],
       recall: -1,
@@ -283,7 +287,8 @@
       return append(line);
     }
 
-    function chatLine(channel, data) {
+    /** A chat message's line; `earlier` marks one from before you arrived (no arrival time). */
+    function messageLine(channel, data, earlier) {
       var p, text;
       if (data && typeof data === "object" && !Array.isArray(data)) {
         p = person(data);
@@ -294,10 +299,41 @@
         text = typeof data === "string" ? data : JSON.stringify(data);
       }
       var mine = p.name === state.name && p.color === myColor();
-      var line = h(doc, "div", { class: "talk-line talk-line--message" + (mine ? " talk-line--mine" : ""), "data-kind": "message", "data-channel": channel },
-        time(), nameTag(p), h(doc, "span", { class: "talk-text", text: text }));
-      append(line);
-      if (options.onMessage) options.onMessage({ channel: channel, name: p.name, message: text, mine: mine });
+      var stamp = earlier ? h(doc, "span", { class: "talk-time", text: "earlier" }) : time();
+      var line = h(doc, "div", {
+        class: "talk-line talk-line--message" + (mine ? " talk-line--mine" : "") + (earlier ? " talk-line--earlier" : ""),
+        "data-kind": earlier ? "earlier" : "message", "data-channel": channel,
+      }, stamp, nameTag(p), h(doc, "span", { class: "talk-text", text: text }));
+      return { line: line, name: p.name, text: text, mine: mine };
+    }
+
+    function chatLine(channel, data) {
+      var m = messageLine(channel, data, false);
+      append(m.line);
+      if (options.onMessage) options.onMessage({ channel: channel, name: m.name, message: m.text, mine: m.mine });
+    }
+
+    /**
+     * The room's last lines from the server's history, shown above "You are in …" once they
+     * arrive; what already came live is not shown twice (by message id). Presence notices from
+     * before are left out: who is here now is in the list.
+     */
+    function loadEarlier(channel, anchor) {
+      var client = state.client;
+      if (!client || typeof client.history !== "function") return;
+      client.history(channel, EARLIER).then(function (answer) {
+        if (channel !== state.room || !anchor.parentNode) return;
+        var messages = (answer && answer.messages) || [];
+        for (var i = 0; i < messages.length; i++) {
+          var m = messages[i];
+          if (state.seen[m.id]) continue;
+          if (m.data && typeof m.data === "object" && typeof m.data.presence === "string") continue;
+          anchor.parentNode.insertBefore(messageLine(channel, m.data, true).line, anchor);
+        }
+        if (atBottom()) log.scrollTop = log.scrollHeight;
+      }, function () {
+        // No context is no loss: the live messages still come.
+      });
     }
 
     function roomButton(channel) {
@@ -466,6 +502,7 @@
       var handler = function (data, msg) {
         var ch = (msg && msg.channel) || channel;
         if (ch !== state.room) return;
+        if (msg && msg.id) state.seen[msg.id] = true;
         if (data && typeof data === "object" && typeof data.presence === "string") onPresence(ch, data);
         else chatLine(ch, data);
       };
@@ -487,6 +524,7 @@
       var label = roomLabel(channel);
       state.room = channel;
       state.members = [];
+      state.seen = {};
       renderWho();
       state.sub = subscribe(channel);
       if (previous) previous.unsubscribe();
@@ -501,7 +539,8 @@
         doc.title = baseTitle;
       }
       root.setAttribute("data-room", channel);
-      system("room", ["You are in " + label + " as ", nameTag(person(myInfo())), "."]);
+      var here = system("room", ["You are in " + label + " as ", nameTag(person(myInfo())), "."]);
+      loadEarlier(channel, here);
       refreshPresence(0);
     }
 

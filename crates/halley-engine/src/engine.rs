@@ -313,6 +313,26 @@ impl Engine {
         Ok(sub)
     }
 
+    /// The newest `limit` messages of `channel` still in history, oldest first: context for
+    /// somebody who just arrived (a chat room's last lines), who has no id to resume from.
+    pub async fn recent(
+        &self,
+        channel: &Channel,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, EngineError> {
+        if channel.is_meta() || channel.is_service() || channel.is_private() {
+            return Err(EngineError::Reserved(channel.clone()));
+        }
+        let cursor = self.shared.broker.cursor().await?;
+        // Everything of this epoch (the broker keeps the newest when it has to truncate).
+        let pattern = Pattern::Exact(channel.clone());
+        let start = MessageId::new(cursor.epoch, 0);
+        let mut messages = self.shared.broker.replay(&pattern, start).await?.messages;
+        let older = messages.len().saturating_sub(limit);
+        messages.drain(..older);
+        Ok(messages)
+    }
+
     /// Channels with history or subscribers whose name starts with `prefix`, sorted by name.
     /// Subscriber counts are cluster-wide when the broker knows other nodes' counts.
     pub async fn channels(&self, prefix: &str) -> Result<Vec<ChannelInfo>, EngineError> {

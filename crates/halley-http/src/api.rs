@@ -143,3 +143,43 @@ pub async fn presence<B: RequestBody>(
     };
     Ok(reply(&value, callback))
 }
+
+/// Most messages `/api/history` returns at once, and how many without `limit`. A chat shows a
+/// screenful of context; history itself keeps up to `--history-size`.
+pub const MAX_HISTORY_LIMIT: usize = 100;
+const DEFAULT_HISTORY_LIMIT: usize = 20;
+
+/// `GET /api/history?channel=C[&limit=N]`: the newest messages of a channel, oldest first.
+pub async fn history<B: RequestBody>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let callback = jsonp(app, &query, request)?;
+    let name = query
+        .get("channel")
+        .ok_or_else(|| ApiError::BadRequest("channel is required".into()))?;
+    let channel = Channel::parse(name)?;
+    if channel.is_private() {
+        return Err(ApiError::NotYours(format!("{channel} is an inbox")));
+    }
+    let limit = match query.get("limit") {
+        None => DEFAULT_HISTORY_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}"))
+            })?,
+    };
+    let messages: Vec<Value> = app
+        .engine
+        .recent(&channel, limit)
+        .await?
+        .iter()
+        .map(|m| serde_json::from_slice(m.json_object()).expect("a message object is JSON"))
+        .collect();
+    let value = json!({ "channel": channel.as_str(), "messages": messages });
+    Ok(reply(&value, callback))
+}

@@ -129,6 +129,7 @@ async fn route<B: RequestBody>(
     match (method, path.as_str()) {
         (Method::GET | Method::POST, "/api/inbox") => api::mint(app, &request),
         (Method::GET, "/api/presence") => Box::pin(api::presence(app, &request)).await,
+        (Method::GET, "/api/history") => Box::pin(api::history(app, &request)).await,
         (Method::GET | Method::HEAD, _) if assets::find(app, &path).is_some() => {
             Ok(assets::serve(app, &path, &request))
         }
@@ -141,7 +142,7 @@ async fn route<B: RequestBody>(
         (
             _,
             "/push" | "/pull" | "/sub" | "/healthz" | "/metrics" | "/api/channels" | "/api/inbox"
-            | "/api/presence",
+            | "/api/presence" | "/api/history",
         ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }

@@ -425,3 +425,68 @@ async fn after_a_gap_the_position_is_one_to_come_back_to() {
         "nothing skipped from there"
     );
 }
+
+#[tokio::test]
+async fn recent_history_for_somebody_who_just_arrived() {
+    let s = TestServer::start().await;
+    for i in 1..=25 {
+        s.publish("/h/a", &format!("a{i}")).await;
+        s.publish("/h/b", &format!("b{i}")).await;
+    }
+    let data = |reply: &Reply| -> Vec<String> {
+        reply.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = s.get("/api/history?channel=/h/a").await;
+    let expected: Vec<String> = (6..=25).map(|i| format!("a{i}")).collect();
+    assert_eq!(data(&default), expected, "the newest 20, oldest first");
+    assert_eq!(default.json()["channel"], "/h/a");
+    assert_eq!(
+        data(&s.get("/api/history?channel=/h/b&limit=2").await),
+        ["b24", "b25"]
+    );
+    // Each comes with its id: a client can resume from the newest.
+    let newest = default.json()["messages"][19]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.publish("/h/a", "a26").await;
+    assert_eq!(
+        s.get(&format!("/sub/h/a?last_id={newest}")).await.json()[0]["data"],
+        "a26"
+    );
+    let script = s
+        .get("/api/history?channel=/h/a&limit=1&callback=got")
+        .await;
+    assert!(
+        script.body.starts_with("/**/got({\"channel\":\"/h/a\""),
+        "{}",
+        script.body
+    );
+    assert_eq!(
+        s.get("/api/history?channel=/nothing/here").await.json()["messages"],
+        json!([])
+    );
+
+    for bad in [
+        "",
+        "?channel=/h/*",
+        "?channel=/h/a&limit=0",
+        "?channel=/h/a&limit=101",
+        "?channel=/h/a&limit=x",
+        "?channel=/meta/connect",
+    ] {
+        s.get(&format!("/api/history{bad}")).await.expect_error(400);
+    }
+    let inbox = s.post("/api/inbox", "text/plain", "").await.json();
+    s.get(&format!(
+        "/api/history?channel={}",
+        inbox["channel"].as_str().unwrap()
+    ))
+    .await
+    .expect_error(403);
+}

@@ -586,6 +586,15 @@ async fn chat_members_are_cluster_wide_and_moving_between_nodes_is_silent() {
         "end",
         "one leave, no more"
     );
+    // Somebody arriving on any node gets the room's recent lines from the shared history.
+    let recent = b.get("/api/history?channel=/talk/r&limit=2").await.json();
+    let lines: Vec<_> = recent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(lines[1], json!("end"), "{recent}");
     // Other nodes see it within a presence interval.
     eventually(WAIT, "alice gone from A's listing", || async {
         let listing = a.get("/api/presence?channel=/talk/r").await.json();
