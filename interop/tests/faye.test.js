@@ -25,6 +25,16 @@ function fayeClient(transport) {
   return client;
 }
 
+/**
+ * Disconnects a Faye client for good. Its disconnect() does nothing before the handshake is
+ * through, and a client left running retries for ever — after Halley stopped that kept this
+ * test process alive (seen once in CI).
+ */
+async function disconnect(client) {
+  await until(() => client._state === client.CONNECTED, "the faye client to be connected");
+  await client.disconnect();
+}
+
 for (const transport of ["websocket", "long-polling"]) {
   test(`faye ${transport}: handshake, subscribe, publish, receive, unsubscribe, disconnect`, async () => {
     const client = fayeClient(transport);
@@ -45,7 +55,7 @@ for (const transport of ["websocket", "long-polling"]) {
       const rows = await (await fetch(`${halley.base}/api/channels?prefix=${channel}`)).json();
       return rows.every((r) => r.subscribers === 0);
     }, "unsubscribe");
-    client.disconnect();
+    await disconnect(client);
   });
 }
 
@@ -61,6 +71,6 @@ test("faye publishes, the official cometd client receives", async () => {
   await client.publish("/cross/room", { from: "faye" });
   const message = await box.next();
   assert.deepEqual(message.data, { from: "faye" });
-  client.disconnect();
+  await disconnect(client);
   await new Promise((resolve) => cometd.disconnect(resolve));
 });
