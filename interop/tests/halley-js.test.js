@@ -57,6 +57,20 @@ async function waitFor(page, fn, arg) {
   await page.waitForFunction(fn, arg, { timeout: WAIT_MS });
 }
 
+/** Publishes `data` once the server holds the page's subscription; the page must get exactly it. */
+async function deliversTo(page, channel, data) {
+  await subscribed(halley.base, channel);
+  const sent = await publish(halley.base, channel, data);
+  await waitFor(page, () => window.received.length >= 1);
+  assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data }]);
+  return sent;
+}
+
+async function closePage(page) {
+  await page.evaluate(() => window.h.close());
+  await page.close();
+}
+
 for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
   test(`forced ${transport}: subscribe, receive, publish`, async () => {
     const page = await openPage();
@@ -65,10 +79,7 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
       ([base, opts, channel]) => window.start(base, opts, [channel]),
       [halley.base, { ...FAST, transports: [transport] }, channel],
     );
-    await subscribed(halley.base, channel);
-    const sent = await publish(halley.base, channel, { n: 1, via: transport });
-    await waitFor(page, () => window.received.length >= 1);
-    assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: { n: 1, via: transport } }]);
+    await deliversTo(page, channel, { n: 1, via: transport });
     assert.equal(await page.evaluate(() => window.h.transport), transport);
     // Polls come and go: wait for the next one to be held rather than catch the gap between.
     await until(
@@ -104,12 +115,8 @@ test("without WebSocket and EventSource the client falls back and still receives
     ["websocket", "sse", "missing"],
     ["sse", "stream", "missing"],
   ]);
-  await subscribed(halley.base, channel);
-  const sent = await publish(halley.base, channel, "after fallback");
-  await waitFor(page, () => window.received.length >= 1);
-  assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "after fallback" }]);
-  await page.evaluate(() => window.h.close());
-  await page.close();
+  await deliversTo(page, channel, "after fallback");
+  await closePage(page);
 });
 
 test("halley.js imported from an ES module page", async () => {
@@ -117,12 +124,8 @@ test("halley.js imported from an ES module page", async () => {
   await waitFor(page, () => window.ready === true);
   const channel = "/js/module";
   await page.evaluate(([base, opts, channel]) => window.start(base, opts, channel), [halley.base, FAST, channel]);
-  await subscribed(halley.base, channel);
-  const sent = await publish(halley.base, channel, { esm: true });
-  await waitFor(page, () => window.received.length >= 1);
-  assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: { esm: true } }]);
-  await page.evaluate(() => window.h.close());
-  await page.close();
+  await deliversTo(page, channel, { esm: true });
+  await closePage(page);
 });
 
 test("JSONP from another origin with no fetch, XHR, WebSocket or EventSource: subscribe and publish", async () => {
@@ -215,12 +218,8 @@ for (const headersFirst of [false, true]) {
       ["sse", "stream", "buffered"],
       ["stream", "longpoll", "buffered"],
     ]);
-    await subscribed(halley.base, channel);
-    const sent = await publish(halley.base, channel, "through the proxy");
-    await waitFor(page, () => window.received.length >= 1);
-    assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "through the proxy" }]);
-    await page.evaluate(() => window.h.close());
-    await page.close();
+    await deliversTo(page, channel, "through the proxy");
+    await closePage(page);
     await proxy.close();
   });
 }
