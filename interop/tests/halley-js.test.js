@@ -91,8 +91,7 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
     assert.equal(back.channel, channel);
     await waitFor(page, () => window.received.length >= 2);
     assert.deepEqual((await page.evaluate(() => window.received))[1], { channel, id: back.id, data: { from: "page" } });
-    await page.evaluate(() => window.h.close());
-    await page.close();
+    await closePage(page);
   });
 }
 
@@ -150,8 +149,7 @@ test("JSONP from another origin with no fetch, XHR, WebSocket or EventSource: su
     { channel, id: sent.id, data: { to: "page" } },
     { channel, id: back.id, data: { from: "page" } },
   ]);
-  await page.evaluate(() => window.h.close());
-  await page.close();
+  await closePage(page);
 });
 
 /**
@@ -315,8 +313,7 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
     assert.deepEqual(received.map((m) => m.data), [1, 2, 3, 4]);
     assert.equal(await page.evaluate(() => window.h.transport), transport);
     assert.deepEqual(await page.evaluate(() => window.gaps), []);
-    await page.evaluate(() => window.h.close());
-    await page.close();
+    await closePage(page);
     await proxy.close();
   });
 }
@@ -343,8 +340,7 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
     proxy.down = false;
     await waitFor(page, () => window.received.length >= 1);
     assert.deepEqual(await page.evaluate(() => window.received), [{ channel, id: sent.id, data: "while away" }]);
-    await page.evaluate(() => window.h.close());
-    await page.close();
+    await closePage(page);
     await proxy.close();
   });
 }
@@ -372,8 +368,7 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
     assert.deepEqual((await page.evaluate(() => window.received)).map((m) => [m.id, m.data]).slice(1), [[after.id, "after"]]);
     assert.equal(await page.evaluate(() => window.h.lastId), after.id);
     assert.equal(await page.evaluate(() => window.gaps.length), 1, "one gap, not one per reconnect");
-    await page.evaluate(() => window.h.close());
-    await page.close();
+    await closePage(page);
     await proxy.close();
     await other.stop();
   });
@@ -589,8 +584,7 @@ test("a burst of subscription changes is one reconnect carrying the whole channe
   const rows = await (await fetch(`${halley.base}/api/channels?prefix=/js/burst/`)).json();
   assert.deepEqual(rows.filter((r) => r.subscribers > 0).map((r) => r.channel).sort(), ["/js/burst/2", "/js/burst/3", "/js/burst/4", "/js/burst/extra"]);
   assert.ok(!(await page.evaluate(() => window.states.some((s) => s.state === "reconnecting"))));
-  await page.evaluate(() => window.h.close());
-  await page.close();
+  await closePage(page);
 });
 
 test("a transport that worked and then keeps failing to open is given up after three tries", async () => {
@@ -617,8 +611,7 @@ test("a transport that worked and then keeps failing to open is given up after t
   ids.push((await publish(halley.base, channel, "over sse")).id);
   await waitFor(page, () => window.received.length >= 3);
   assert.deepEqual((await page.evaluate(() => window.received)).map((m) => m.id), ids);
-  await page.evaluate(() => window.h.close());
-  await page.close();
+  await closePage(page);
   await proxy.close();
 });
 
