@@ -130,7 +130,7 @@ async fn route<B: RequestBody>(
         (Method::GET | Method::POST, "/api/inbox") => api::mint(app, &request),
         (Method::GET, "/api/presence") => Box::pin(api::presence(app, &request)).await,
         (Method::GET, "/api/history") => Box::pin(api::history(app, &request)).await,
-        (Method::GET | Method::HEAD, _) if assets::find(app, &path).is_some() => {
+        (Method::GET | Method::HEAD, _) if assets::find(&path).is_some() => {
             Ok(assets::serve(app, &path, &request))
         }
         (Method::GET | Method::POST, "/push") => Box::pin(rupy::push(app, request)).await,

@@ -52,12 +52,12 @@ static ASSETS: &[Asset] = &[
 ];
 
 /// Whether `path` is one of the assets (and which).
-pub fn find(_app: &App, path: &str) -> Option<usize> {
+pub fn find(path: &str) -> Option<usize> {
     ASSETS.iter().position(|a| a.path == path)
 }
 
 pub fn serve<B>(app: &App, path: &str, request: &Request<B>) -> Response<Body> {
-    let asset = &ASSETS[find(app, path).expect("routed only when found")];
+    let asset = &ASSETS[find(path).expect("routed only when found")];
     let bytes = match &app.config.assets_dir {
         Some(dir) => match std::fs::read(dir.join(asset.file)) {
             Ok(b) => Bytes::from(b),
