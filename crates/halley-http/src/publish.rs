@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::body::RequestBody;
 use bytes::Bytes;
 use halley_engine::Published;
-use halley_proto::{Channel, Payload};
+use halley_proto::{Channel, Payload, push_json_string};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
@@ -98,9 +98,23 @@ pub fn published_json(published: &Published) -> serde_json::Value {
     })
 }
 
+/// The same object as [`published_json`], written directly: this answers every publish, and
+/// building a `serde_json::Value` to print it cost ~8.7k instructions per publish (callgrind).
+pub fn published_body(published: &Published) -> String {
+    let channel = published.message.channel.as_str();
+    let mut body = String::with_capacity(channel.len() + 80);
+    body.push_str(r#"{"channel":"#);
+    push_json_string(&mut body, channel);
+    body.push_str(r#","id":""#);
+    published.message.id.push_to(&mut body);
+    body.push_str(r#"","subscribers":"#);
+    body.push_str(itoa::Buffer::new().format(published.subscribers));
+    body.push('}');
+    body
+}
+
 pub fn published_response(published: &Published) -> Response<Body> {
-    let body = published_json(published);
-    let mut response = Response::new(full(body.to_string()));
+    let mut response = Response::new(full(published_body(published)));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

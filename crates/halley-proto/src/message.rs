@@ -69,27 +69,42 @@ impl std::fmt::Debug for Payload {
 }
 
 /// Drops whitespace outside strings from valid JSON text.
+/// Appends `text` to `out` as a JSON string literal.
+pub fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Serialising a &str cannot fail.
+        out.push_str(&serde_json::to_string(text).unwrap());
+    } else {
+        // Nothing to escape (channel names, ids): no serializer needed.
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    }
+}
+
 fn compact(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
+    // Bytes, not chars: everything removed or tracked is ASCII, and UTF-8 never uses ASCII bytes
+    // inside a multi-byte character, so the result stays UTF-8.
+    let mut out = Vec::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
-    for c in json.chars() {
+    for &b in json.as_bytes() {
         if in_string {
-            out.push(c);
+            out.push(b);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            if c == '"' {
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            if b == b'"' {
                 in_string = true;
             }
-            out.push(c);
+            out.push(b);
         }
     }
-    out
+    String::from_utf8(out).expect("ASCII removed from UTF-8 leaves UTF-8")
 }
 
 /// A published message. Shared (`Arc<Message>`) by every subscriber it is delivered to; the wire
@@ -118,17 +133,25 @@ impl Message {
     /// `{"channel":…,"id":…,"data":…}` as compact JSON.
     pub fn json_object(&self) -> &Bytes {
         self.object.get_or_init(|| {
-            let channel = serde_json::to_string(self.channel.as_str()).unwrap();
-            Bytes::from(format!(
-                r#"{{"channel":{channel},"id":"{}","data":{}}}"#,
-                self.id,
-                self.data.json()
-            ))
+            let data = self.data.json();
+            let mut out = String::with_capacity(data.len() + self.channel.as_str().len() + 64);
+            out.push_str(r#"{"channel":"#);
+            push_json_string(&mut out, self.channel.as_str());
+            out.push_str(r#","id":""#);
+            self.id.push_to(&mut out);
+            out.push_str(r#"","data":"#);
+            out.push_str(data);
+            out.push('}');
+            Bytes::from(out)
         })
     }
 
     /// The data as text: a string as-is, anything else as compact JSON (DESIGN.md §2).
     pub fn text(&self) -> &str {
+        if !self.data.json().starts_with('"') {
+            // Not a string: the text is the JSON itself, no copy needed.
+            return self.data.json();
+        }
         self.text.get_or_init(|| self.data.text().into())
     }
 
@@ -147,16 +170,23 @@ impl Message {
     pub fn sse_frame(&self) -> &Bytes {
         self.sse.get_or_init(|| {
             let text = self.text();
-            let mut frame = String::with_capacity(text.len() + 40);
+            let mut frame = String::with_capacity(text.len() + 48);
             frame.push_str("id: ");
-            frame.push_str(&self.id.to_string());
+            self.id.push_to(&mut frame);
             frame.push('\n');
-            // SSE ends a line at CRLF, LF or a lone CR; each becomes its own data: line so
-            // that EventSource rebuilds the text with '\n' between them.
-            for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+            if !text.as_bytes().iter().any(|&b| b == b'\n' || b == b'\r') {
+                // The common case (every JSON payload): one line.
                 frame.push_str("data: ");
-                frame.push_str(line);
+                frame.push_str(text);
                 frame.push('\n');
+            } else {
+                // SSE ends a line at CRLF, LF or a lone CR; each becomes its own data: line so
+                // that EventSource rebuilds the text with '\n' between them.
+                for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+                    frame.push_str("data: ");
+                    frame.push_str(line);
+                    frame.push('\n');
+                }
             }
             frame.push('\n');
             Bytes::from(frame)
