@@ -91,6 +91,12 @@ impl Engine {
         Engine { shared }
     }
 
+    /// Wakes every local subscriber's waiting task without a message (see [`Hub::wake_all`]):
+    /// how a server's heartbeat tick and shutdown reach its streams.
+    pub fn wake_subscribers(&self) {
+        self.shared.hub.wake_all();
+    }
+
     /// How long a member stays present after its last connection closed (see [`crate::presence`]).
     pub fn set_presence_grace(&self, grace: Duration) {
         self.shared.hub.presence().set_grace(grace);

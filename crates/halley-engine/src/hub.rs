@@ -5,11 +5,12 @@
 //! way), so there is no lock-order cycle.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use halley_proto::{Channel, Message, MessageId, Pattern};
-use tokio::sync::Notify;
 
 use crate::Stats;
 
@@ -38,7 +39,41 @@ pub struct Hub {
 
 struct Subscriber {
     state: Mutex<Queue>,
-    notify: Notify,
+    signal: Signal,
+}
+
+/// Wakes the task waiting on a subscriber. A subscriber has one consumer at a time, so one
+/// waker and a flag do what `tokio::sync::Notify` did without its waiter list and lock
+/// (callgrind: ~1,000 of the ~3,300 instructions per delivery went to `Notify`). A signal
+/// sent while nobody waits is kept, so a wake-up between a check and the wait is not lost.
+/// When two tasks wait (a Bayeux connect replaced by the next one), the later one is woken.
+#[derive(Default)]
+struct Signal {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.pending.swap(false, Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await;
+    }
 }
 
 #[derive(Default)]
@@ -139,6 +174,22 @@ impl Hub {
         count
     }
 
+    /// Wakes every subscriber's waiting task without giving it a message: the server's
+    /// heartbeat and shutdown reach streams this way, so that a stream waits on one thing
+    /// (its subscriber's signal) rather than registering with three per message.
+    pub fn wake_all(&self) {
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for subscribers in registry.exact.values().chain(registry.wildcard.values()) {
+            for sub in subscribers.values() {
+                sub.signal.notify();
+            }
+        }
+    }
+
     /// Queues one message; false when the subscriber is (now) cut off.
     fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,13 +206,13 @@ impl Hub {
             drop(queue);
             Stats::add(&self.shared.stats.dropped, dropped);
             Stats::add(&self.shared.stats.lagged, 1);
-            sub.notify.notify_one();
+            sub.signal.notify();
             return Pushed::CutOff;
         }
         queue.messages.push_back(message.clone());
         queue.last = Some(message.id);
         drop(queue);
-        sub.notify.notify_one();
+        sub.signal.notify();
         Pushed::Queued
     }
 
@@ -174,7 +225,7 @@ impl Hub {
             patterns: Vec::new(),
             sub: Arc::new(Subscriber {
                 state: Mutex::default(),
-                notify: Notify::new(),
+                signal: Signal::default(),
             }),
             replay: VecDeque::new(),
             floor: None,
@@ -367,15 +418,21 @@ impl Subscription {
         }
     }
 
+    /// Resolves when a message may be waiting, or [`Hub::wake_all`] was called, since the
+    /// last time this resolved. Cancel-safe.
+    pub async fn signalled(&self) {
+        self.sub.signal.wait().await;
+    }
+
     /// The next message, waiting for one. Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Event {
         loop {
             if let Some(event) = self.try_next() {
                 return event;
             }
-            // notify_one stores a permit when nobody waits, so a message queued between
-            // try_next and here still wakes us.
-            self.sub.notify.notified().await;
+            // A signal sent when nobody waits is kept, so a message queued between try_next
+            // and here still wakes us.
+            self.sub.signal.wait().await;
         }
     }
 }
@@ -387,7 +444,7 @@ impl Waiter {
     /// Cancel-safe; a message queued before this is awaited still wakes it (the notification
     /// is kept as a permit).
     pub async fn wait(&self) {
-        self.0.notify.notified().await;
+        self.0.signal.wait().await;
     }
 }
 

@@ -137,13 +137,21 @@ impl Server {
         } = self;
         let ticker = {
             let shutdown = app.shutdown.clone();
+            let engine = app.engine.clone();
             let every = app.config.heartbeat_interval;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => { let _ = heartbeat.send(()); }
+                        _ = shutdown.cancelled() => {
+                            // Streams wait on their subscriber's signal only (stream.rs).
+                            engine.wake_subscribers();
+                            return;
+                        }
+                        _ = tick.tick() => {
+                            let _ = heartbeat.send(());
+                            engine.wake_subscribers();
+                        }
                     }
                 }
             })
@@ -457,6 +465,15 @@ async fn peer_closed(stream: &TcpStream) {
     }
 }
 
+/// [`peer_closed`] on the read half of a split stream.
+async fn peer_closed_half(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut byte = [0u8; 1];
+    match reader.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
 /// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes).
 async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
@@ -466,16 +483,29 @@ async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>)
 }
 
 /// `write_all`, bounded by [`WRITE_STALL_TIMEOUT`].
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(bytes)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+async fn write_all(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    bounded(stream.write_all(bytes)).await
 }
 
 /// `write_all_buf` (vectored when the socket supports it), bounded by [`WRITE_STALL_TIMEOUT`].
-async fn write_all_buf(stream: &mut TcpStream, buf: &mut impl Buf) -> io::Result<()> {
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all_buf(buf)).await {
+async fn write_all_buf(
+    stream: &mut (impl AsyncWrite + Unpin),
+    buf: &mut impl Buf,
+) -> io::Result<()> {
+    bounded(stream.write_all_buf(buf)).await
+}
+
+/// Runs a write; only one that cannot finish at once gets a timer ([`WRITE_STALL_TIMEOUT`]).
+/// Nearly every write fits the socket buffer, and arming a timeout for each cost ~450
+/// instructions per delivery (callgrind).
+async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(result) =
+        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return result;
+    }
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, write).await {
         Ok(result) => result,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
@@ -531,12 +561,16 @@ async fn write_response(
     let chunked = length.is_none() && !http10;
     let keep_alive = keep_alive && (length.is_some() || chunked);
     let head = encode_head(parts, length, chunked, keep_alive);
-    write_all(stream, &head).await?;
+    let (mut reader, mut writer) = stream.split();
+    write_all(&mut writer, &head).await?;
     drop(head);
+    // One watch on the peer for the whole response, not one per chunk.
+    let closed = peer_closed_half(&mut reader);
+    let mut closed = std::pin::pin!(closed);
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            _ = peer_closed(stream) => return Ok(false),
+            _ = &mut closed => return Ok(false),
         };
         let Some(Ok(frame)) = frame else { break };
         let Ok(data) = frame.into_data() else {
@@ -547,24 +581,34 @@ async fn write_response(
         }
         if chunked {
             // Size line, data, CRLF in one vectored write: no copy of the (shared) data.
-            let mut size = [0u8; 20];
-            let n = {
-                let mut cursor = std::io::Cursor::new(&mut size[..]);
-                // 16 hex digits and CRLF always fit in 20 bytes.
-                std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", data.len()))
-                    .unwrap();
-                cursor.position() as usize
-            };
-            let mut chunk = Buf::chain(Buf::chain(&size[..n], data), &b"\r\n"[..]);
-            write_all_buf(stream, &mut chunk).await?;
+            let mut size = [0u8; 18];
+            let n = chunk_size_line(data.len(), &mut size);
+            let mut chunk = Buf::chain(Buf::chain(&size[size.len() - n..], data), &b"\r\n"[..]);
+            write_all_buf(&mut writer, &mut chunk).await?;
         } else {
-            write_all(stream, &data).await?;
+            write_all(&mut writer, &data).await?;
         }
     }
     if chunked {
-        write_all(stream, b"0\r\n\r\n").await?;
+        write_all(&mut writer, b"0\r\n\r\n").await?;
     }
     Ok(keep_alive)
+}
+
+/// Writes `len` in hex and CRLF at the end of `out`; returns how many bytes that took.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    let mut at = out.len() - 2;
+    out[at..].copy_from_slice(b"\r\n");
+    let mut n = len;
+    loop {
+        at -= 1;
+        out[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.len() - at
 }
 
 /// rupy's `Head: less` pull: message lines straight onto the socket, no HTTP framing.

@@ -180,10 +180,14 @@ impl Session {
                 }
                 sub.waiter()
             };
+            // Preemption first: a preempted connect must not wait on the subscriber again, as
+            // that would take the wake-up from the connect that replaced it (the subscriber
+            // wakes one waiter, the latest).
             tokio::select! {
-                _ = waiter.wait() => {}
+                biased;
                 _ = &mut preempted => return Batch::default(),
                 _ = &mut closed => return Batch { messages: Vec::new(), ended: true },
+                _ = waiter.wait() => {}
             }
         }
     }

@@ -205,44 +205,50 @@ impl Stream {
         if let Some(p) = self.preamble.take().filter(|p| !p.is_empty()) {
             return Some(p);
         }
+        // One wait per turn, on the subscriber's signal: messages, heartbeat ticks and shutdown
+        // all arrive through it (the server's ticker calls `Engine::wake_subscribers`), and
+        // shutdown goes first, then messages, then heartbeats.
         loop {
             if self.done {
                 return None;
             }
-            let mut out = BytesMut::new();
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => {
+            if self.shutdown.is_cancelled() {
+                self.done = true;
+                let mut out = BytesMut::new();
+                self.wire.farewell("reconnect", self.retry_ms, &mut out);
+                return Some(out.freeze());
+            }
+            if let Some(event) = self.sub.try_next() {
+                // The common case under broadcast: one message, whose frame is already encoded
+                // and shared by every subscriber — hand it on without a copy.
+                if let Event::Message(m) = &event
+                    && let Some(frame) = self.wire.shared_frame(m)
+                {
+                    let Some(next) = self.sub.try_next() else {
+                        return Some(frame);
+                    };
+                    let mut out = BytesMut::new();
+                    out.put_slice(&frame);
+                    self.take(next, &mut out);
+                    return Some(out.freeze());
+                }
+                let mut out = BytesMut::new();
+                self.take(event, &mut out);
+                return Some(out.freeze());
+            }
+            match self.heartbeat.has_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.heartbeat.mark_unchanged();
+                    return Some(self.wire.heartbeat());
+                }
+                // The ticker is gone: the server is stopping.
+                Err(_) => {
                     self.done = true;
-                    self.wire.farewell("reconnect", self.retry_ms, &mut out);
-                }
-                event = self.sub.next() => {
-                    // The common case under broadcast: one message, whose frame is already
-                    // encoded and shared by every subscriber — hand it on without a copy.
-                    if let Event::Message(m) = &event
-                        && let Some(frame) = self.wire.shared_frame(m)
-                    {
-                        match self.sub.try_next() {
-                            None => return Some(frame),
-                            Some(next) => {
-                                out.put_slice(&frame);
-                                self.take(next, &mut out);
-                            }
-                        }
-                    } else {
-                        self.take(event, &mut out);
-                    }
-                }
-                changed = self.heartbeat.changed() => {
-                    if changed.is_err() {
-                        self.done = true;
-                    }
                     return Some(self.wire.heartbeat());
                 }
             }
-            if !out.is_empty() {
-                return Some(out.freeze());
-            }
+            self.sub.signalled().await;
         }
     }
 
