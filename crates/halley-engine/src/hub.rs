@@ -424,6 +424,11 @@ impl Subscription {
         self.sub.signal.wait().await;
     }
 
+    /// [`Subscription::signalled`] for hand-written futures and streams.
+    pub fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sub.signal.poll_wait(cx)
+    }
+
     /// The next message, waiting for one. Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Event {
         loop {

@@ -1,6 +1,8 @@
 //! The streaming transports: SSE, chunked lines, forever-iframe, multipart, and rupy's pull.
 //! One loop serves them all; [`Wire`] is the only thing that differs.
 
+use std::task::{Context, Poll};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use halley_engine::{Event, Subscription};
 use halley_proto::Message;
@@ -201,22 +203,22 @@ struct Stream {
 }
 
 impl Stream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(p) = self.preamble.take().filter(|p| !p.is_empty()) {
-            return Some(p);
+            return Poll::Ready(Some(p));
         }
         // One wait per turn, on the subscriber's signal: messages, heartbeat ticks and shutdown
         // all arrive through it (the server's ticker calls `Engine::wake_subscribers`), and
         // shutdown goes first, then messages, then heartbeats.
         loop {
             if self.done {
-                return None;
+                return Poll::Ready(None);
             }
             if self.shutdown.is_cancelled() {
                 self.done = true;
                 let mut out = BytesMut::new();
                 self.wire.farewell("reconnect", self.retry_ms, &mut out);
-                return Some(out.freeze());
+                return Poll::Ready(Some(out.freeze()));
             }
             if let Some(event) = self.sub.try_next() {
                 // The common case under broadcast: one message, whose frame is already encoded
@@ -225,30 +227,32 @@ impl Stream {
                     && let Some(frame) = self.wire.shared_frame(m)
                 {
                     let Some(next) = self.sub.try_next() else {
-                        return Some(frame);
+                        return Poll::Ready(Some(frame));
                     };
                     let mut out = BytesMut::new();
                     out.put_slice(&frame);
                     self.take(next, &mut out);
-                    return Some(out.freeze());
+                    return Poll::Ready(Some(out.freeze()));
                 }
                 let mut out = BytesMut::new();
                 self.take(event, &mut out);
-                return Some(out.freeze());
+                return Poll::Ready(Some(out.freeze()));
             }
             match self.heartbeat.has_changed() {
                 Ok(false) => {}
                 Ok(true) => {
                     self.heartbeat.mark_unchanged();
-                    return Some(self.wire.heartbeat());
+                    return Poll::Ready(Some(self.wire.heartbeat()));
                 }
                 // The ticker is gone: the server is stopping.
                 Err(_) => {
                     self.done = true;
-                    return Some(self.wire.heartbeat());
+                    return Poll::Ready(Some(self.wire.heartbeat()));
                 }
             }
-            self.sub.signalled().await;
+            if self.sub.poll_signalled(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 
@@ -299,10 +303,9 @@ pub fn chunks(
         done: false,
         _open: Open::new(&app.metrics, kind),
     };
-    futures_util::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((chunk, s))
-    })
+    // A hand-written poll, not an async block: nothing is moved or boxed per chunk.
+    let mut stream = stream;
+    futures_util::stream::poll_fn(move |cx| stream.poll_chunk(cx))
 }
 
 /// A held streaming response for `sub` in `wire`'s format.

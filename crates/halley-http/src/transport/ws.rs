@@ -171,42 +171,59 @@ async fn run<S>(
             return;
         }
     }
+    // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
+    // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
+    // thing waited on is the client's next frame.
     loop {
+        if app.shutdown.is_cancelled() {
+            let _ = tx
+                .send(close(CloseCode::Away, "server shutting down; reconnect"))
+                .await;
+            break;
+        }
+        let (mut fed, mut lagged) = (false, false);
+        while let Some(event) = sub.try_next() {
+            match event {
+                Event::Message(m) => {
+                    if tx.feed(text(m.json_object())).await.is_err() {
+                        return;
+                    }
+                    fed = true;
+                }
+                Event::Lagged => {
+                    lagged = true;
+                    break;
+                }
+            }
+        }
+        if lagged {
+            let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
+            let _ = tx.feed(text(&notice)).await;
+            let _ = tx
+                .send(close(
+                    CloseCode::Again,
+                    "fell behind; resume from your last id",
+                ))
+                .await;
+            break;
+        }
+        if fed && tx.flush().await.is_err() {
+            return;
+        }
+        match heartbeat.has_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                heartbeat.mark_unchanged();
+                if tx.send(Frame::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+            // The ticker is gone: the server is stopping.
+            Err(_) => break,
+        }
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {
-                let _ = tx.send(close(CloseCode::Away, "server shutting down; reconnect")).await;
-                break;
-            }
-            event = sub.next() => {
-                let mut event = Some(event);
-                let mut lagged = false;
-                while let Some(e) = event.take() {
-                    match e {
-                        Event::Message(m) => {
-                            if tx.feed(text(m.json_object())).await.is_err() {
-                                return;
-                            }
-                            event = sub.try_next();
-                        }
-                        Event::Lagged => lagged = true,
-                    }
-                }
-                if lagged {
-                    let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
-                    let _ = tx.feed(text(&notice)).await;
-                    let _ = tx.send(close(CloseCode::Again, "fell behind; resume from your last id")).await;
-                    break;
-                }
-                if tx.flush().await.is_err() {
-                    return;
-                }
-            }
-            changed = heartbeat.changed() => {
-                if changed.is_err() || tx.send(Frame::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
-            }
+            _ = sub.signalled() => {}
             frame = rx.next() => match frame {
                 Some(Ok(Frame::Text(body))) => {
                     let reply = publish(app, publish_to.as_ref(), body.as_str()).await;
