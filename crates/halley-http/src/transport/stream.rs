@@ -53,7 +53,7 @@ impl Wire {
 
     /// What opens the stream: SSE's `retry:`, the iframe's page and padding, and the gap
     /// signal when the resume has one.
-    pub fn preamble(&self, sub: &Subscription, retry_ms: u128) -> Bytes {
+    pub fn preamble(&self, sub: &Subscription, retry_ms: u32) -> Bytes {
         let mut out = BytesMut::new();
         match self {
             Wire::Sse { .. } => out.put_slice(format!("retry: {retry_ms}\n\n").as_bytes()),
@@ -154,7 +154,7 @@ impl Wire {
     }
 
     /// The last words of a stream: after lagging, or on shutdown (with reconnect advice).
-    pub fn farewell(&self, event: &str, retry_ms: u128, out: &mut BytesMut) {
+    pub fn farewell(&self, event: &str, retry_ms: u32, out: &mut BytesMut) {
         if let Wire::Sse { .. } = self {
             out.put_slice(format!("retry: {retry_ms}\n").as_bytes());
         }
@@ -196,7 +196,7 @@ struct Stream {
     wire: Wire,
     heartbeat: watch::Receiver<()>,
     shutdown: CancellationToken,
-    retry_ms: u128,
+    retry_ms: u32,
     preamble: Option<Bytes>,
     done: bool,
     _open: Open,
@@ -288,7 +288,7 @@ pub fn chunks(
     kind: Kind,
     announce: bool,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
-    let retry_ms = app.config.retry.as_millis();
+    let retry_ms = u32::try_from(app.config.retry.as_millis()).unwrap_or(u32::MAX);
     let mut preamble = BytesMut::from(&wire.preamble(&sub, retry_ms)[..]);
     if announce {
         wire.position(&sub, &mut preamble);
