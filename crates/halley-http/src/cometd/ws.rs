@@ -10,7 +10,6 @@ use halley_engine::bayeux::{Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, 
 use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
@@ -19,18 +18,16 @@ use super::Output;
 use crate::app::App;
 use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
-use crate::transport::{accept_websocket, spawn_upgraded};
+use crate::transport::{WsSink, WsStream, accept_websocket, spawn_upgraded};
 
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
-    spawn_upgraded(
-        app,
-        &mut request,
-        |app, ws| async move { run(&app, ws).await },
-    );
+    spawn_upgraded(app, &mut request, |app, tx, rx| async move {
+        run(&app, tx, rx).await
+    });
     Ok(response)
 }
 
@@ -46,11 +43,7 @@ struct Held {
     _guard: ConnectGuard,
 }
 
-async fn run<S>(app: &App, ws: WebSocketStream<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut tx, mut rx) = ws.split();
+async fn run(app: &App, mut tx: WsSink, mut rx: WsStream) {
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
     // Whether a connect was already seen on this socket: the first one after a reconnect

@@ -26,7 +26,7 @@ use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 
 pub use stream::{Wire, chunks, held_headers, stream_response};
-pub use ws::{accept_websocket, spawn_upgraded};
+pub use ws::{WsSink, WsStream, accept_websocket, spawn_upgraded};
 
 /// Most channels (or patterns) one `/sub` connection may ask for. A browser's connection carries
 /// its rooms, its inbox and a few more; 16 keeps a resume (one history read per pattern) cheap.

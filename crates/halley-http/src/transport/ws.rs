@@ -55,21 +55,25 @@ pub async fn upgrade<B: RequestBody>(
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let sub = super::open(app, patterns, resume, presence).await?;
-    spawn_upgraded(app, &mut request, move |app, ws| async move {
-        run(&app, ws, sub, publish_to, announce).await;
+    spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
+        run(&app, tx, rx, sub, publish_to, announce).await;
     });
     Ok(response)
 }
 
 /// The WebSocket a request upgrades into.
 pub type Upgraded = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// Its sending half.
+pub type WsSink = futures_util::stream::SplitSink<Upgraded, Frame>;
+/// Its receiving half.
+pub type WsStream = futures_util::stream::SplitStream<Upgraded>;
 
 /// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
 /// drain waits for it) that carries the connection's slot under the cap and counts as an open
 /// WebSocket subscriber.
 pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
 where
-    F: FnOnce(Arc<App>, Upgraded) -> Fut + Send + 'static,
+    F: FnOnce(Arc<App>, WsSink, WsStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
@@ -89,7 +93,10 @@ where
                     Some(config),
                 )
                 .await;
-                serve(app, ws).await;
+                // Split here, so that the socket is never an argument of the long-lived
+                // futures below (an argument keeps its room in a future for its whole life).
+                let (tx, rx) = ws.split();
+                serve(app, tx, rx).await;
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
@@ -144,16 +151,14 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
     }))
 }
 
-async fn run<S>(
+async fn run(
     app: &App,
-    ws: WebSocketStream<S>,
+    mut tx: WsSink,
+    mut rx: WsStream,
     mut sub: Subscription,
     publish_to: Option<Channel>,
     announce: bool,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut tx, mut rx) = ws.split();
+) {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
     if sub.gap() {
         let gap = Bytes::from(super::gap_object(&sub));
@@ -226,7 +231,9 @@ async fn run<S>(
             _ = sub.signalled() => {}
             frame = rx.next() => match frame {
                 Some(Ok(Frame::Text(body))) => {
-                    let reply = publish(app, publish_to.as_ref(), body.as_str()).await;
+                    // Boxed: the engine's publish inline would size every idle socket's task
+                    // for it.
+                    let reply = Box::pin(publish(app, publish_to.as_ref(), body.as_str())).await;
                     if let Some(reply) = reply
                         && tx.send(text(&Bytes::from(reply))).await.is_err() {
                             break;
