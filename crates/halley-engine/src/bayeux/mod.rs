@@ -88,6 +88,9 @@ pub struct NoServices;
 impl Services for NoServices {}
 
 /// What a message asks of its transport.
+// A reply is written out as soon as it is returned; only a `Connect` is held, and that is kept
+// small (its message is boxed).
+#[allow(clippy::large_enum_variant)]
 pub enum Handled {
     Reply(BayeuxMessage),
     /// A `/meta/connect` for this session: the transport holds it (see [`Connect`]).
@@ -97,7 +100,8 @@ pub enum Handled {
 /// A validated `/meta/connect`.
 pub struct Connect {
     pub session: Arc<Session>,
-    pub request: BayeuxMessage,
+    /// Boxed: a held connect is kept in the futures that hold it, and the message is ~0.3 KiB.
+    pub request: Box<BayeuxMessage>,
     /// How long to hold: the server's timeout, or less if the client asked (CometD's first
     /// connect asks for 0).
     pub timeout: Duration,
@@ -289,7 +293,7 @@ impl Bayeux {
         let ack = message.ext_field("ack").and_then(Value::as_u64);
         Handled::Connect(Connect {
             session,
-            request: message,
+            request: Box::new(message),
             timeout,
             ack,
             received_ms,

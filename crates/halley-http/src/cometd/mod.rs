@@ -33,10 +33,12 @@ pub async fn handle<B: RequestBody>(
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    // Each way boxed on its own: a held connect lives in one of them, sized for itself rather
+    // than for the largest of the three.
     match *request.method() {
-        Method::GET if upgrade => ws::upgrade(app, request).await,
-        Method::GET => callback_polling(app, request).await,
-        Method::POST => long_polling(app, request).await,
+        Method::GET if upgrade => Box::pin(ws::upgrade(app, request)).await,
+        Method::GET => Box::pin(callback_polling(app, request)).await,
+        Method::POST => Box::pin(long_polling(app, request)).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -46,7 +48,7 @@ async fn long_polling<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let browser = browser_id(request.headers());
-    let body = read_body(app, request).await?;
+    let body = Box::pin(read_body(app, request)).await?;
     let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // The body (and the connection's read buffer it may share) is not kept through the hold.
     drop(body);
@@ -114,7 +116,8 @@ async fn process(
     let mut connect: Option<Connect> = None;
     let mut handshaken = false;
     for message in batch {
-        match app.bayeux.handle(message).await {
+        // Boxed: what handling a message needs is not kept through the hold below.
+        match Box::pin(app.bayeux.handle(message)).await {
             Handled::Reply(reply) => {
                 handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
                 out.reply(&reply);
