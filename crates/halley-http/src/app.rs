@@ -1,5 +1,7 @@
 //! Shared state of the HTTP layer and request routing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::body::RequestBody;
@@ -55,24 +57,47 @@ impl App {
     }
 }
 
-pub async fn handle<B: RequestBody>(app: Arc<App>, request: Request<B>) -> Response<Body> {
-    let verdict = match app.origins.check(request.headers()) {
-        Ok(v) => v,
-        Err(e) => return reject(&app, e),
+/// A handler's future, boxed: a held request (long-poll, Bayeux connect) lives in it, sized
+/// for its own handler rather than the largest of all.
+pub type Handling<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send + 'a>>;
+
+/// Answers one request. Routing is done before the returned future exists, so that the future
+/// does not keep the request (which the handler has taken) for as long as a held request lasts:
+/// an `async fn` keeps room for its arguments for its whole life (~0.25 KiB per level).
+pub fn handle<'a, B: RequestBody>(
+    app: &'a Arc<App>,
+    request: Request<B>,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    let (verdict, handling) = match app.origins.check(request.headers()) {
+        Err(e) => (None, Err(e)),
+        Ok(v) if request.method() == Method::OPTIONS => {
+            let preflight = cors::preflight(request.headers(), &v);
+            (
+                None,
+                Ok(Box::pin(std::future::ready(Ok(preflight))) as Handling<'a>),
+            )
+        }
+        Ok(v) => (Some(v), Ok(route(app, request))),
     };
-    if request.method() == Method::OPTIONS {
-        return cors::preflight(request.headers(), &verdict);
+    async move {
+        let handling = match handling {
+            Ok(handling) => handling,
+            Err(e) => return reject(app, e),
+        };
+        let mut response = match handling.await {
+            Ok(r) => r,
+            Err(e) => reject(app, e),
+        };
+        let Some(verdict) = verdict else {
+            return response;
+        };
+        cors::decorate(&mut response, &verdict);
+        response
+            .headers_mut()
+            .entry("x-content-type-options")
+            .or_insert(HeaderValue::from_static("nosniff"));
+        response
     }
-    let mut response = match route(&app, request).await {
-        Ok(r) => r,
-        Err(e) => reject(&app, e),
-    };
-    cors::decorate(&mut response, &verdict);
-    response
-        .headers_mut()
-        .entry("x-content-type-options")
-        .or_insert(HeaderValue::from_static("nosniff"));
-    response
 }
 
 fn reject(app: &App, error: ApiError) -> Response<Body> {
@@ -85,12 +110,12 @@ fn reject(app: &App, error: ApiError) -> Response<Body> {
     error.into_response()
 }
 
-/// Each handler is boxed: a held request (long-poll, Bayeux connect) lives in this future, and
-/// unboxed it would be sized for the largest handler of all (4 KiB), not its own.
-async fn route<B: RequestBody>(
-    app: &Arc<App>,
-    request: Request<B>,
-) -> Result<Response<Body>, ApiError> {
+/// Picks the handler; each is boxed (see [`Handling`]). Handlers that answer at once are
+/// wrapped in a ready future.
+fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling<'a> {
+    fn now<'a>(result: Result<Response<Body>, ApiError>) -> Handling<'a> {
+        Box::pin(std::future::ready(result))
+    }
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     // The CometD client appends the message type (`/cometd/connect`) unless told not to.
@@ -100,50 +125,62 @@ async fn route<B: RequestBody>(
             .strip_prefix(cometd.as_str())
             .is_some_and(|r| r.starts_with('/'))
     {
-        return Box::pin(cometd::handle(app, request)).await;
+        return cometd::handle(app, request);
     }
     // A segment boundary is required: `/publish/a` is not `/pub` + `lish/a`.
     let under = |prefix: &str| {
         path.strip_prefix(prefix)
             .filter(|rest| rest.starts_with('/'))
+            .map(str::to_owned)
     };
     if let Some(channel) = under("/pub") {
         return match method {
-            Method::POST | Method::PUT => Box::pin(publish::publish(app, channel, request)).await,
-            Method::GET => Box::pin(publish::publish_jsonp(app, channel, request)).await,
-            _ => Err(ApiError::MethodNotAllowed),
+            Method::POST | Method::PUT => {
+                Box::pin(async move { publish::publish(app, &channel, request).await })
+            }
+            Method::GET => {
+                Box::pin(async move { publish::publish_jsonp(app, &channel, request).await })
+            }
+            _ => now(Err(ApiError::MethodNotAllowed)),
         };
     }
     if let Some(channel) = under("/sub") {
         return match method {
-            Method::GET => Box::pin(transport::subscribe(app, Some(channel), request)).await,
-            _ => Err(ApiError::MethodNotAllowed),
+            Method::GET => Box::pin(transport::subscribe(app, Some(channel), request)),
+            _ => now(Err(ApiError::MethodNotAllowed)),
         };
     }
     if let Some(address) = path.strip_prefix(halley_proto::inbox::PREFIX) {
+        let address = address.to_owned();
         return match method {
-            Method::GET | Method::POST => Box::pin(api::send(app, address, request)).await,
-            _ => Err(ApiError::MethodNotAllowed),
+            Method::GET | Method::POST => {
+                Box::pin(async move { api::send(app, &address, request).await })
+            }
+            _ => now(Err(ApiError::MethodNotAllowed)),
         };
     }
     match (method, path.as_str()) {
-        (Method::GET | Method::POST, "/api/inbox") => api::mint(app, &request),
-        (Method::GET, "/api/presence") => Box::pin(api::presence(app, &request)).await,
-        (Method::GET, "/api/history") => Box::pin(api::history(app, &request)).await,
-        (Method::GET | Method::HEAD, _) if assets::find(&path).is_some() => {
-            Ok(assets::serve(app, &path, &request))
+        (Method::GET | Method::POST, "/api/inbox") => now(api::mint(app, &request)),
+        (Method::GET, "/api/presence") => {
+            Box::pin(async move { api::presence(app, &request).await })
         }
-        (Method::GET | Method::POST, "/push") => Box::pin(rupy::push(app, request)).await,
-        (Method::GET, "/pull") => Box::pin(rupy::pull(app, request)).await,
-        (Method::GET, "/sub") => Box::pin(transport::subscribe(app, None, request)).await,
-        (Method::GET, "/healthz") => Ok(ops::healthz(app)),
-        (Method::GET, "/metrics") => Ok(ops::metrics(app)),
-        (Method::GET, "/api/channels") => Box::pin(ops::channels(app, &request)).await,
+        (Method::GET, "/api/history") => Box::pin(async move { api::history(app, &request).await }),
+        (Method::GET | Method::HEAD, _) if assets::find(&path).is_some() => {
+            now(Ok(assets::serve(app, &path, &request)))
+        }
+        (Method::GET | Method::POST, "/push") => Box::pin(rupy::push(app, request)),
+        (Method::GET, "/pull") => Box::pin(rupy::pull(app, request)),
+        (Method::GET, "/sub") => Box::pin(transport::subscribe(app, None, request)),
+        (Method::GET, "/healthz") => now(Ok(ops::healthz(app))),
+        (Method::GET, "/metrics") => now(Ok(ops::metrics(app))),
+        (Method::GET, "/api/channels") => {
+            Box::pin(async move { ops::channels(app, &request).await })
+        }
         (
             _,
             "/push" | "/pull" | "/sub" | "/healthz" | "/metrics" | "/api/channels" | "/api/inbox"
             | "/api/presence" | "/api/history",
-        ) => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound),
+        ) => now(Err(ApiError::MethodNotAllowed)),
+        _ => now(Err(ApiError::NotFound)),
     }
 }

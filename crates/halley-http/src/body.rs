@@ -24,10 +24,12 @@ pub fn streaming(stream: impl Stream<Item = Bytes> + Send + 'static) -> Body {
 }
 
 /// Any request body the handlers accept: hyper's `Incoming` on the hyper path, an empty body on
-/// the lean path (`server.rs`).
+/// the lean path (`server.rs`). `Sync` so that a handler may keep `&Request` across an await in
+/// a future that must be `Send` (see `app::Handling`).
 pub trait RequestBody:
     hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
     + Send
+    + Sync
     + 'static
 {
 }
@@ -35,6 +37,7 @@ pub trait RequestBody:
 impl<T> RequestBody for T where
     T: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Send
+        + Sync
         + 'static
 {
 }

@@ -408,7 +408,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                     let boxed = request;
                     *boxed
                 };
-                let handling = Box::pin(app::handle(app.clone(), request));
+                let handling = Box::pin(app::handle(&app, request));
                 let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await else {
                     return;
                 };
@@ -435,7 +435,7 @@ async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc
     let service = service_fn(move |mut request| {
         request.extensions_mut().insert(slot.clone());
         let app = service_app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app::handle(app, request).await) }
+        async move { Ok::<_, std::convert::Infallible>(app::handle(&app, request).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -905,7 +905,7 @@ mod size_tests {
             .unwrap();
         // A held long-poll or Bayeux connect lives in this future (it was 4 KiB before each
         // handler was boxed in `route`).
-        let handling = app::handle(app.clone(), request);
+        let handling = app::handle(&app, request);
         assert!(
             std::mem::size_of_val(&handling) < 1536,
             "handle: {}",

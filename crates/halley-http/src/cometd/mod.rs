@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::app::Handling;
 use crate::body::{Body, RequestBody, full};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
@@ -24,22 +25,20 @@ use crate::transport::held_headers;
 
 const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
 
-pub async fn handle<B: RequestBody>(
-    app: &Arc<App>,
-    request: Request<B>,
-) -> Result<Response<Body>, ApiError> {
+/// Picks the way (WebSocket, callback-polling, long-polling) before any future exists, and
+/// boxes it: a held connect lives in one of them, sized for itself and without this level
+/// keeping the request (see [`crate::app::Handling`]).
+pub fn handle<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling<'a> {
     let upgrade = request
         .headers()
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    // Each way boxed on its own: a held connect lives in one of them, sized for itself rather
-    // than for the largest of the three.
     match *request.method() {
-        Method::GET if upgrade => Box::pin(ws::upgrade(app, request)).await,
-        Method::GET => Box::pin(callback_polling(app, request)).await,
-        Method::POST => Box::pin(long_polling(app, request)).await,
-        _ => Err(ApiError::MethodNotAllowed),
+        Method::GET if upgrade => Box::pin(ws::upgrade(app, request)),
+        Method::GET => Box::pin(callback_polling(app, request)),
+        Method::POST => Box::pin(long_polling(app, request)),
+        _ => Box::pin(std::future::ready(Err(ApiError::MethodNotAllowed))),
     }
 }
 

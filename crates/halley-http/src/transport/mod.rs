@@ -44,11 +44,11 @@ pub const MAX_PRESENCE_INFO: usize = 512;
 /// inbox secret when given (clients/js/PROTOCOL.md).
 pub async fn subscribe<B: RequestBody>(
     app: &Arc<App>,
-    channel: Option<&str>,
+    channel: Option<String>,
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    let patterns = patterns(channel, &query)?;
+    let patterns = patterns(channel.as_deref(), &query)?;
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
     let presence = declarations(&query)?;
