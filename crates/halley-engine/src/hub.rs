@@ -451,8 +451,8 @@ impl Subscription {
 pub struct Waiter(Arc<Subscriber>);
 
 impl Waiter {
-    /// Cancel-safe; a message queued before this is awaited still wakes it (the notification
-    /// is kept as a permit).
+    /// Cancel-safe; a message queued before this is awaited still wakes it (the signal is
+    /// kept until taken). Only the latest task to wait on a subscriber is woken.
     pub async fn wait(&self) {
         self.0.signal.wait().await;
     }
