@@ -1,3 +1,4 @@
+use crate::access::Policy;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
+    /// Set once before serving ([`Engine::set_policy`]); open until then.
+    policy: std::sync::OnceLock<Policy>,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -83,7 +86,12 @@ impl Engine {
     /// An engine over any broker; the broker must deliver to `hub` (see [`Broker`]).
     pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>, stats: Arc<Stats>) -> Engine {
         Engine {
-            shared: Arc::new(Shared { hub, broker, stats }),
+            shared: Arc::new(Shared {
+                hub,
+                broker,
+                stats,
+                policy: std::sync::OnceLock::new(),
+            }),
         }
     }
 
@@ -95,6 +103,18 @@ impl Engine {
     /// how a server's heartbeat tick and shutdown reach its streams.
     pub fn wake_subscribers(&self) {
         self.shared.hub.wake_all();
+    }
+
+    /// The access policy every entry point asks ([`crate::access`]). Set once, before serving;
+    /// a second call is refused (the policy a connection was admitted under must not change
+    /// under it) and returns the policy given back.
+    pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
+        self.shared.policy.set(policy)
+    }
+
+    /// The access policy: open unless [`Engine::set_policy`] was called.
+    pub fn policy(&self) -> &Policy {
+        self.shared.policy.get_or_init(Policy::open)
     }
 
     /// How long a member stays present after its last connection closed (see [`crate::presence`]).

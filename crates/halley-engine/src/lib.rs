@@ -23,6 +23,7 @@
 //! transport ends the response; the client reconnects with its last id and the history fills the
 //! hole (or the server reports a gap). Nothing is dropped silently and nothing grows unbounded.
 
+pub mod access;
 pub mod bayeux;
 mod broker;
 mod config;
