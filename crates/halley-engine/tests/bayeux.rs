@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use halley_engine::access::{Denied, Identity, Policy};
 use halley_engine::bayeux::{
-    AllowAll, Authorizer, Bayeux, BayeuxConfig, Connect, Handled, NoServices,
+    Authorizer, Bayeux, BayeuxConfig, Connect, Handled, NoServices, PolicyOnly,
     SESSION_SWEEP_INTERVAL, Services, Session,
 };
 use halley_engine::{Engine, EngineConfig};
@@ -123,14 +124,38 @@ impl Services for Recorder {
 struct Rules;
 
 impl Authorizer for Rules {
-    fn can_handshake(&self, message: &BayeuxMessage) -> bool {
-        message.ext_field("token") != Some(&json!("bad"))
+    fn can_handshake(
+        &self,
+        _policy: &Policy,
+        _who: &Identity,
+        message: &BayeuxMessage,
+    ) -> Result<(), Denied> {
+        if message.ext_field("token") == Some(&json!("bad")) {
+            return Err(Denied::Forbidden("Handshake denied".into()));
+        }
+        Ok(())
     }
-    fn can_subscribe(&self, _session: &Session, pattern: &Pattern) -> bool {
-        !pattern.prefix().starts_with("/secret")
+    fn can_subscribe(
+        &self,
+        _policy: &Policy,
+        _session: &Session,
+        pattern: &Pattern,
+    ) -> Result<(), Denied> {
+        match pattern.prefix().starts_with("/secret") {
+            true => Err(Denied::Forbidden("Forbidden".into())),
+            false => Ok(()),
+        }
     }
-    fn can_publish(&self, _session: &Session, channel: &Channel) -> bool {
-        !channel.as_str().starts_with("/secret")
+    fn can_publish(
+        &self,
+        _policy: &Policy,
+        _session: &Session,
+        channel: &Channel,
+    ) -> Result<(), Denied> {
+        match channel.as_str().starts_with("/secret") {
+            true => Err(Denied::Forbidden("Forbidden".into())),
+            false => Ok(()),
+        }
     }
 }
 
@@ -145,7 +170,7 @@ impl Server {
     }
 
     fn with(config: BayeuxConfig, engine: EngineConfig) -> Server {
-        Server::hooked(config, engine, Arc::new(AllowAll), Arc::new(NoServices))
+        Server::hooked(config, engine, Arc::new(PolicyOnly), Arc::new(NoServices))
     }
 
     fn hooked(
@@ -1166,7 +1191,7 @@ async fn service_channels_go_to_the_services_hook_and_are_never_broadcast() {
     let s = Server::hooked(
         BayeuxConfig::default(),
         EngineConfig::default(),
-        Arc::new(AllowAll),
+        Arc::new(PolicyOnly),
         recorder.clone(),
     );
     let client = s.handshake().await;

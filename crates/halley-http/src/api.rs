@@ -5,16 +5,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use halley_proto::{Channel, Payload, inbox};
+use halley_engine::access::{Action, Via};
+use halley_proto::{Channel, Pattern, Payload, inbox};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response};
 use serde_json::{Value, json};
 
-use crate::app::App;
 use crate::body::{Body, RequestBody, full};
 use crate::error::ApiError;
 use crate::publish::{published_json, read_body};
 use crate::query::Query;
+use crate::state::App;
 
 /// A JSON answer, or `/**/cb(<json>);` when the request named a callback (script tags cannot
 /// read anything else).
@@ -74,11 +75,15 @@ pub async fn send<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let mut query = Query::parse(request.uri().query());
     let callback = jsonp(app, &query, &request)?.map(str::to_string);
-    app.authorize_publish(request.headers(), &query)?;
     let channel = Channel::parse(&format!("{}{address}", inbox::PREFIX))?;
     if address.len() != inbox::HEX_LEN || address.contains('/') {
         return Err(ApiError::NotFound);
     }
+    app.allow(
+        request.headers(),
+        &query,
+        Action::Publish(&channel, Via::Http),
+    )?;
     let payload = match *request.method() {
         // A script tag can only send a GET: `data` carries JSON, `message` text.
         Method::GET if callback.is_some() => match query.get("data") {
@@ -122,16 +127,20 @@ pub async fn presence<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let callback = jsonp(app, &query, request)?;
+    let who = app.admit(request.headers(), &query)?;
     let value = match query.get("channel") {
         Some(name) => {
             let channel = Channel::parse(name)?;
+            app.decide(&who, Action::ReadPresence(&Pattern::Exact(channel.clone())))?;
             let members = app.engine.members(&channel).await?;
             json!({ "channel": channel.as_str(), "members": members })
         }
         None => {
+            let prefix = query.get("prefix").unwrap_or("");
+            app.decide(&who, Action::ReadPresence(&covering(prefix)?))?;
             let rows: Vec<Value> = app
                 .engine
-                .presence(query.get("prefix").unwrap_or(""))
+                .presence(prefix)
                 .await?
                 .into_iter()
                 .map(|(channel, members)| {
@@ -142,6 +151,13 @@ pub async fn presence<B: RequestBody>(
         }
     };
     Ok(reply(&value, callback))
+}
+
+/// The pattern a listing by name prefix can reveal: everything under the prefix's last `/`
+/// (`/chat/` and `/chat/ro` → `/chat/**`; `/chat` → `/**`, since it also lists `/chatter`).
+pub fn covering(prefix: &str) -> Result<Pattern, ApiError> {
+    let parent = prefix.rfind('/').map_or("/", |i| &prefix[..=i]);
+    Ok(Pattern::parse(&format!("{parent}**"))?)
 }
 
 /// Most messages `/api/history` returns at once, and how many without `limit`. A chat shows a
@@ -163,6 +179,7 @@ pub async fn history<B: RequestBody>(
     if channel.is_private() {
         return Err(ApiError::NotYours(format!("{channel} is an inbox")));
     }
+    app.allow(request.headers(), &query, Action::History(&channel))?;
     let limit = match query.get("limit") {
         None => DEFAULT_HISTORY_LIMIT,
         Some(text) => text

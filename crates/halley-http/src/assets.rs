@@ -8,8 +8,8 @@ use bytes::Bytes;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::app::App;
 use crate::body::{Body, empty, full};
+use crate::state::App;
 
 struct Asset {
     path: &'static str,

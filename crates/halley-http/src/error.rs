@@ -1,6 +1,7 @@
 //! The one place where errors become HTTP responses.
 
 use bytes::Bytes;
+use halley_engine::access::Denied;
 use halley_engine::{BrokerError, EngineError};
 use halley_proto::{ChannelError, PayloadError};
 use hyper::StatusCode;
@@ -17,8 +18,10 @@ pub enum ApiError {
     Channel(#[from] ChannelError),
     #[error("bad body: {0}")]
     Payload(#[from] PayloadError),
-    #[error("missing or wrong publish key")]
-    Unauthorized,
+    /// The access policy said no: 401 without a (valid) credential, 403 with one that does
+    /// not allow this.
+    #[error("{0}")]
+    Denied(#[from] Denied),
     #[error("origin not allowed")]
     Forbidden,
     /// A private channel (an inbox) asked for without its secret.
@@ -55,7 +58,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Reserved(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Denied(Denied::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            ApiError::Denied(Denied::Forbidden(_)) => StatusCode::FORBIDDEN,
             ApiError::Forbidden | ApiError::NotYours(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

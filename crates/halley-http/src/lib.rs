@@ -27,8 +27,10 @@ mod metrics;
 mod ops;
 mod publish;
 mod query;
+pub mod routes;
 mod rupy;
 mod server;
+mod state;
 mod transport;
 
 pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_NAME};

@@ -8,11 +8,12 @@ use halley_engine::Stats;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::app::App;
 use crate::body::{Body, full};
 use crate::error::ApiError;
 use crate::metrics::Kind;
 use crate::query::Query;
+use crate::state::App;
+use halley_engine::access::Action;
 
 fn json(body: String) -> Response<Body> {
     let mut response = Response::new(full(body));
@@ -133,6 +134,7 @@ pub async fn channels<B: RequestBody>(
     request: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
+    app.allow(request.headers(), &query, Action::ListChannels)?;
     let rows = app
         .engine
         .channels(query.get("prefix").unwrap_or(""))

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use crate::body::RequestBody;
 use bytes::Bytes;
 use halley_engine::Published;
+use halley_engine::access::{Action, Via};
 use halley_proto::{Channel, Payload, push_json_string};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
 
-use crate::app::App;
 use crate::body::{Body, full};
 use crate::error::ApiError;
 use crate::query::Query;
+use crate::state::App;
 
 pub async fn publish<B: RequestBody>(
     app: &Arc<App>,
@@ -21,8 +22,12 @@ pub async fn publish<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    app.authorize_publish(request.headers(), &query)?;
     let channel = Channel::parse(channel)?;
+    app.allow(
+        request.headers(),
+        &query,
+        Action::Publish(&channel, Via::Http),
+    )?;
     let is_json = request
         .headers()
         .get(CONTENT_TYPE)
@@ -77,8 +82,12 @@ pub async fn publish_jsonp<B: RequestBody>(
         return Err(ApiError::MethodNotAllowed);
     };
     app.origins.check_embedding(request.headers())?;
-    app.authorize_publish(request.headers(), &query)?;
     let channel = Channel::parse(channel)?;
+    app.allow(
+        request.headers(),
+        &query,
+        Action::Publish(&channel, Via::Http),
+    )?;
     let data = query
         .get("data")
         .ok_or_else(|| ApiError::BadRequest("data (JSON) is required".into()))?;

@@ -9,17 +9,19 @@
 use std::sync::Arc;
 
 use crate::body::RequestBody;
+use halley_engine::access::{Action, Via};
 use halley_proto::{Channel, Pattern, Payload};
+use hyper::HeaderMap;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response};
 
-use crate::app::App;
 use crate::body::Body;
 use crate::config::MAX_NAME;
 use crate::error::ApiError;
 use crate::metrics::Kind;
 use crate::publish::{published_response, read_body};
 use crate::query::Query;
+use crate::state::App;
 use crate::transport::{Wire, stream_response};
 
 /// The channel rupy's talk uses when the request names none.
@@ -41,12 +43,12 @@ pub async fn push<B: RequestBody>(
             query.extend_form(&body);
         }
     }
-    app.authorize_publish(&headers, &query)?;
     let name = name(&query)?;
     let message = query
         .get("message")
         .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
     let channel = Channel::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
+    app.allow(&headers, &query, Action::Publish(&channel, Via::Http))?;
     // Built by hand so that "name" comes first: pullers recognise their own messages by
     // that prefix without parsing every message (see `own_prefix`).
     let data = format!(
@@ -78,10 +80,12 @@ pub fn own_prefix(name: &str) -> String {
 /// The subscription and wire format of a pull, shared by the HTTP and the headerless form.
 pub async fn open_pull(
     app: &App,
+    headers: &HeaderMap,
     query: &Query,
 ) -> Result<(halley_engine::Subscription, Wire), ApiError> {
     let name = name(query)?;
     let pattern = Pattern::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
+    app.allow(headers, query, Action::Subscribe(&pattern))?;
     let resume = match query.get("last_id").filter(|v| !v.is_empty()) {
         None => None,
         Some(text) => Some(
@@ -102,6 +106,6 @@ pub async fn pull<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    let (sub, wire) = open_pull(app, &query).await?;
+    let (sub, wire) = open_pull(app, request.headers(), &query).await?;
     Ok(stream_response(app, sub, wire, Kind::Pull))
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use halley_engine::Engine;
-use halley_engine::bayeux::{AllowAll, Bayeux, BayeuxConfig, NoServices};
+use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
 use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::server::conn::http1;
@@ -32,12 +32,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{self, App};
+use crate::app;
 use crate::body::Body;
 use crate::config::MAX_HEAD;
 use crate::cors::Origins;
 use crate::metrics::{Kind, Metrics};
 use crate::query::Query;
+use crate::routes::{self, Handler};
+use crate::state::App;
 use crate::{HttpConfig, rupy};
 
 /// After a failed `accept` (typically EMFILE at the file-descriptor limit), wait this long
@@ -83,7 +85,7 @@ impl Server {
                 timeout: config.hold_timeout,
                 ..BayeuxConfig::default()
             },
-            Arc::new(AllowAll),
+            Arc::new(PolicyOnly),
             Arc::new(NoServices),
         );
         Server::bind_with(config, engine, bayeux).await
@@ -264,6 +266,15 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
         return Route::Hyper;
     };
     let route = path.split_once('?').map_or(path, |(r, _)| r);
+    let method = if method == "GET" {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    // The same route table as the router's: the lean path serves only what it resolves to.
+    let handler = routes::resolve(&method, route, cometd_path)
+        .ok()
+        .map(|e| e.handler);
     let header = |name: &str| {
         parsed
             .headers
@@ -271,8 +282,7 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
-    if method == "GET"
-        && route == "/pull"
+    if handler == Some(Handler::Pull)
         && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"))
     {
         return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
@@ -285,14 +295,13 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
         // A malformed length: hyper answers it properly.
         Some(None) => return Route::Hyper,
     };
-    let cometd = route == cometd_path
-        || route
-            .strip_prefix(cometd_path)
-            .is_some_and(|r| r.starts_with('/'));
-    let lean_route = match method {
-        "GET" => (route.starts_with("/sub/") || route == "/sub" || route == "/pull") && length == 0,
+    let lean_route = match (&method, handler) {
+        (&Method::GET, Some(Handler::Subscribe | Handler::Pull)) => length == 0,
         // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
-        _ => cometd && length <= body_limit && header("expect").is_none(),
+        (&Method::POST, Some(Handler::Bayeux)) => {
+            length <= body_limit && header("expect").is_none()
+        }
+        _ => false,
     };
     // Bytes beyond the body (a pipelined request) stay with hyper, which handles pipelining;
     // chunked bodies and upgrades too.
@@ -317,11 +326,7 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
         !has(b"close")
     };
     let mut builder = Request::builder()
-        .method(if method == "GET" {
-            Method::GET
-        } else {
-            Method::POST
-        })
+        .method(method)
         .uri(path)
         .version(if http10 {
             Version::HTTP_10
@@ -664,7 +669,7 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
 async fn raw_pull(app: &Arc<App>, stream: TcpStream, query: &str) {
     let query = Query::parse(Some(query));
     let (mut reader, mut writer) = stream.into_split();
-    let (sub, wire) = match rupy::open_pull(app, &query).await {
+    let (sub, wire) = match rupy::open_pull(app, &hyper::HeaderMap::new(), &query).await {
         Ok(opened) => opened,
         Err(error) => {
             // No headers to carry a status: the error object is the one line sent.

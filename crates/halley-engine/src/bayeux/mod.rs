@@ -8,6 +8,7 @@
 
 mod session;
 
+use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Via};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,24 +59,58 @@ impl Default for BayeuxConfig {
     }
 }
 
-/// Decides who may handshake, subscribe and publish. The default allows everything; a
-/// deployment plugs in tokens or its own rules.
+/// Bayeux's adapter onto the access policy ([`crate::access`]): every default asks the
+/// engine's [`Policy`] for the session's principal, so a Bayeux client is decided exactly as the
+/// same caller on any other transport. An embedder may override a method to add a rule of its
+/// own; it should still ask the policy first (a refusal from it stands).
 pub trait Authorizer: Send + Sync + 'static {
-    fn can_handshake(&self, _message: &BayeuxMessage) -> bool {
-        true
+    fn can_handshake(
+        &self,
+        policy: &Policy,
+        who: &Identity,
+        _message: &BayeuxMessage,
+    ) -> Result<(), Denied> {
+        policy.decide(who, Action::Handshake)
     }
-    fn can_subscribe(&self, _session: &Session, _pattern: &Pattern) -> bool {
-        true
+    fn can_subscribe(
+        &self,
+        policy: &Policy,
+        session: &Session,
+        pattern: &Pattern,
+    ) -> Result<(), Denied> {
+        policy.decide(session.principal(), Action::Subscribe(pattern))
     }
-    fn can_publish(&self, _session: &Session, _channel: &Channel) -> bool {
-        true
+    fn can_publish(
+        &self,
+        policy: &Policy,
+        session: &Session,
+        channel: &Channel,
+    ) -> Result<(), Denied> {
+        policy.decide(session.principal(), Action::Publish(channel, Via::Client))
     }
 }
 
-/// The default [`Authorizer`].
+/// The [`Authorizer`] that adds nothing: the policy alone decides.
 #[derive(Debug, Default)]
-pub struct AllowAll;
-impl Authorizer for AllowAll {}
+pub struct PolicyOnly;
+impl Authorizer for PolicyOnly {}
+
+/// The former name of [`PolicyOnly`] (it allows what the policy allows, which is everything
+/// only while no access is configured).
+pub use self::PolicyOnly as AllowAll;
+
+/// A policy refusal as a Bayeux error: `401::` for a missing or bad credential, `403::` for one
+/// that does not cover the channel.
+fn refusal(message: &BayeuxMessage, args: &str, denied: Denied) -> BayeuxMessage {
+    let mut reply = BayeuxMessage::reply_to(message, false);
+    reply.subscription = message.subscription.clone();
+    let code = match denied {
+        Denied::Unauthenticated(_) => 401,
+        Denied::Forbidden(_) => 403,
+    };
+    reply.error = Some(format!("{code}:{args}:{denied}"));
+    reply
+}
 
 /// Server-side handling of `/service/**` messages (request/response, never broadcast). The
 /// default accepts and discards them.
@@ -206,9 +241,18 @@ impl Bayeux {
     /// Handles one message. `/meta/connect` comes back as [`Handled::Connect`] for the transport
     /// to hold; everything else is answered at once.
     pub async fn handle(&self, message: BayeuxMessage) -> Handled {
+        let anonymous = self.shared.engine.policy().anonymous();
+        self.handle_from(message, &anonymous).await
+    }
+
+    /// [`Bayeux::handle`] for a message that came with the transport's own credentials
+    /// (`transport`: what the HTTP request or WebSocket upgrade presented). A handshake's `ext`
+    /// (`ext.token`, `ext.key`) wins over them; the session keeps the principal it was opened
+    /// with, and every later subscribe and publish of it is decided for that principal.
+    pub async fn handle_from(&self, message: BayeuxMessage, transport: &Principal) -> Handled {
         let received_ms = now_ms();
         let reply = match message.channel.as_str() {
-            "/meta/handshake" => self.handshake(&message, received_ms),
+            "/meta/handshake" => self.handshake(&message, transport, received_ms),
             "/meta/connect" => return self.connect(message, received_ms),
             "/meta/disconnect" => self.disconnect(&message),
             "/meta/subscribe" => self.subscribe(&message, true).await,
@@ -226,7 +270,12 @@ impl Bayeux {
         Handled::Reply(reply)
     }
 
-    fn handshake(&self, message: &BayeuxMessage, received_ms: u64) -> BayeuxMessage {
+    fn handshake(
+        &self,
+        message: &BayeuxMessage,
+        transport: &Principal,
+        received_ms: u64,
+    ) -> BayeuxMessage {
         if let Some(types) = &message.supported_connection_types
             && !types.iter().any(|t| CONNECTION_TYPES.contains(&t.as_str()))
         {
@@ -239,14 +288,30 @@ impl Bayeux {
             reply.version = Some(BAYEUX_VERSION.into());
             return reply;
         }
-        if !self.shared.authorizer.can_handshake(message) {
-            let mut reply = BayeuxMessage::error(
-                message,
-                BayeuxError::Forbidden(String::new(), "Handshake denied"),
-            );
-            reply.advice = json!({"reconnect": "none"}).as_object().cloned();
-            return reply;
-        }
+        let policy = self.shared.engine.policy();
+        let text = |name: &str| message.ext_field(name).and_then(Value::as_str);
+        let presented = Credentials {
+            key: text("key"),
+            token: text("token"),
+        };
+        let who = if presented.key.is_some() || presented.token.is_some() {
+            policy.authenticate(presented)
+        } else {
+            Ok(transport.clone())
+        };
+        let who = match who.and_then(|who| {
+            self.shared
+                .authorizer
+                .can_handshake(policy, &who, message)
+                .map(|()| who)
+        }) {
+            Ok(who) => who,
+            Err(denied) => {
+                let mut reply = refusal(message, "", denied);
+                reply.advice = json!({"reconnect": "none"}).as_object().cloned();
+                return reply;
+            }
+        };
         if self.sessions().len() >= self.shared.config.max_sessions {
             let mut reply = BayeuxMessage::error(
                 message,
@@ -264,6 +329,7 @@ impl Bayeux {
             self.shared.engine.subscriber(),
             ack,
             self.shared.config.max_unacked,
+            who,
         ));
         self.sessions().insert(id.clone(), session);
         let mut reply = BayeuxMessage::reply_to(message, true);
@@ -356,11 +422,14 @@ impl Bayeux {
                     BayeuxError::Forbidden(name.to_string(), "service channels are not broadcast"),
                 );
             }
-            if subscribe && !self.shared.authorizer.can_subscribe(&session, &pattern) {
-                return BayeuxMessage::error(
-                    message,
-                    BayeuxError::Forbidden(name.to_string(), "Forbidden"),
-                );
+            if subscribe
+                && let Err(denied) = self.shared.authorizer.can_subscribe(
+                    self.shared.engine.policy(),
+                    &session,
+                    &pattern,
+                )
+            {
+                return refusal(message, name, denied);
             }
             patterns.push(pattern);
         }
@@ -402,11 +471,12 @@ impl Bayeux {
                 BayeuxError::BadRequest(message.channel.clone(), "data missing".into()),
             );
         };
-        if !self.shared.authorizer.can_publish(&session, &channel) {
-            return BayeuxMessage::error(
-                message,
-                BayeuxError::Forbidden(message.channel.clone(), "Forbidden"),
-            );
+        if let Err(denied) =
+            self.shared
+                .authorizer
+                .can_publish(self.shared.engine.policy(), &session, &channel)
+        {
+            return refusal(message, &message.channel, denied);
         }
         // RawValue holds valid JSON, so this only fails on... nothing; keep the error path
         // anyway rather than unwrap on client data.

@@ -13,6 +13,7 @@ use halley_proto::{Message, Pattern};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::access::{Identity, Principal};
 use crate::{Event, Subscription};
 
 /// What a wait for messages ended with.
@@ -32,6 +33,8 @@ struct Acks {
 
 pub struct Session {
     id: String,
+    /// Who opened the session (its handshake's credentials, or its transport's).
+    principal: Principal,
     ack_enabled: bool,
     /// The most unacknowledged messages kept for redelivery; more cuts the session off.
     unacked_limit: usize,
@@ -57,9 +60,11 @@ impl Session {
         sub: Subscription,
         ack_enabled: bool,
         unacked_limit: usize,
+        principal: Principal,
     ) -> Session {
         Session {
             id,
+            principal,
             ack_enabled,
             unacked_limit,
             sub: tokio::sync::Mutex::new(sub),
@@ -77,6 +82,11 @@ impl Session {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Who opened the session; every subscribe and publish of it is decided for them.
+    pub fn principal(&self) -> &Identity {
+        &self.principal
     }
 
     pub fn ack_enabled(&self) -> bool {

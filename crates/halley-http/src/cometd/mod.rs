@@ -14,14 +14,15 @@ use hyper::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderValue, SET_COOKIE, UP
 use hyper::{Method, Request, Response};
 use serde_json::Value;
 
-use crate::app::App;
 use crate::app::Handling;
 use crate::body::{Body, RequestBody, full};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::publish::read_body;
 use crate::query::{Query, valid_callback};
+use crate::state::App;
 use crate::transport::held_headers;
+use halley_engine::access::Principal;
 
 const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
 
@@ -47,11 +48,13 @@ async fn long_polling<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let browser = browser_id(request.headers());
+    // The transport's credentials, for a handshake in this batch (its `ext` wins over them).
+    let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     let body = Box::pin(read_body(app, request)).await?;
     let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // The body (and the connection's read buffer it may share) is not kept through the hold.
     drop(body);
-    let (out, new_browser) = process(app, batch, browser, Kind::LongPoll).await;
+    let (out, new_browser) = process(app, batch, browser, who, Kind::LongPoll).await;
     let mut response = Response::new(full(out.freeze()));
     let headers = response.headers_mut();
     headers.insert(
@@ -83,7 +86,8 @@ async fn callback_polling<B: RequestBody>(
     }
     let batch = parse_batch(message.as_bytes()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let browser = browser_id(request.headers());
-    let (out, new_browser) = process(app, batch, browser, Kind::Jsonp).await;
+    let who = app.admit(request.headers(), &query)?;
+    let (out, new_browser) = process(app, batch, browser, who, Kind::Jsonp).await;
     let mut body = BytesMut::with_capacity(out.len() + callback.len() + 8);
     body.put_slice(b"/**/");
     body.put_slice(callback.as_bytes());
@@ -109,6 +113,7 @@ async fn process(
     app: &Arc<App>,
     batch: Vec<BayeuxMessage>,
     browser: Option<String>,
+    who: Principal,
     kind: Kind,
 ) -> (BytesMut, Option<String>) {
     let mut out = Output::default();
@@ -116,7 +121,7 @@ async fn process(
     let mut handshaken = false;
     for message in batch {
         // Boxed: what handling a message needs is not kept through the hold below.
-        match Box::pin(app.bayeux.handle(message)).await {
+        match Box::pin(app.bayeux.handle_from(message, &who)).await {
             Handled::Reply(reply) => {
                 handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
                 out.reply(&reply);
@@ -129,6 +134,7 @@ async fn process(
             }
         }
     }
+    drop(who);
     let new_browser = (handshaken && browser.is_none()).then(new_browser_id);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);

@@ -15,18 +15,22 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
 use super::Output;
-use crate::app::App;
 use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
+use crate::query::Query;
+use crate::state::App;
 use crate::transport::{WsSink, WsStream, accept_websocket, spawn_upgraded};
+use halley_engine::access::Principal;
 
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
+    // The upgrade's credentials, for a handshake on this socket (its `ext` wins over them).
+    let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     spawn_upgraded(app, &mut request, |app, tx, rx| async move {
-        run(&app, tx, rx).await
+        run(&app, tx, rx, who).await
     });
     Ok(response)
 }
@@ -43,7 +47,7 @@ struct Held {
     _guard: ConnectGuard,
 }
 
-async fn run(app: &App, mut tx: WsSink, mut rx: WsStream) {
+async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
     // Whether a connect was already seen on this socket: the first one after a reconnect
@@ -85,7 +89,7 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream) {
                 let mut out = Output::default();
                 let mut disconnected = false;
                 for message in batch {
-                    match app.bayeux.handle(message).await {
+                    match app.bayeux.handle_from(message, &who).await {
                         Handled::Reply(reply) => {
                             disconnected |= reply.channel == "/meta/disconnect"
                                 && reply.successful == Some(true);

@@ -15,15 +15,16 @@ use std::sync::Arc;
 
 use crate::body::RequestBody;
 use halley_engine::Subscription;
+use halley_engine::access::Action;
 use halley_proto::{Channel, MessageId, Pattern, inbox};
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
 use hyper::{Request, Response};
 
-use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
+use crate::state::App;
 
 pub use stream::{Wire, chunks, held_headers, stream_response};
 pub use ws::{WsSink, WsStream, accept_websocket, spawn_upgraded};
@@ -52,6 +53,15 @@ pub async fn subscribe<B: RequestBody>(
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
     let presence = declarations(&query)?;
+    // One policy decision per channel and declaration, when the subscription starts; nothing
+    // is checked per message.
+    let who = app.admit(request.headers(), &query)?;
+    for pattern in &patterns {
+        app.decide(&who, Action::Subscribe(pattern))?;
+    }
+    for d in &presence {
+        app.decide(&who, Action::Presence(&d.channel))?;
+    }
     let callback = || -> Result<String, ApiError> {
         let callback = query.get("callback").unwrap_or("");
         if !valid_callback(callback) {
@@ -67,7 +77,7 @@ pub async fn subscribe<B: RequestBody>(
         Kind::WebSocket => {
             let announce = announce(&query);
             return Box::pin(ws::upgrade(
-                app, patterns, resume, presence, announce, request, &query,
+                app, patterns, resume, presence, announce, request, &who,
             ))
             .await;
         }

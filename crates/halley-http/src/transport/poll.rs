@@ -9,11 +9,11 @@ use halley_proto::{MessageId, Pattern};
 use hyper::Response;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 
-use crate::app::App;
 use crate::body::{Body, full};
 use crate::config::MAX_BATCH;
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
+use crate::state::App;
 
 use super::stream::held_headers;
 

@@ -11,10 +11,10 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::body::{Body, streaming};
 use crate::config::IFRAME_PADDING;
 use crate::metrics::{Kind, Open};
+use crate::state::App;
 
 /// Most queued messages coalesced into one write. Batching what is already queued saves a
 /// syscall per message under load; the cap keeps one chunk from growing large.

@@ -17,11 +17,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
-use crate::app::App;
 use crate::body::{Body, empty};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
-use crate::query::Query;
+use crate::state::App;
+use halley_engine::access::{Action, Identity, Via};
 
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
 /// biggest cost of an idle subscriber. Clients send little (an occasional publish), and a
@@ -40,14 +40,18 @@ pub async fn upgrade<B: RequestBody>(
     presence: Vec<super::Declaration>,
     announce: bool,
     mut request: Request<B>,
-    query: &Query,
+    who: &Identity,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
-    let headers = request.headers();
     // Frames are published to the channel subscribed to, when there is exactly one (and it is
-    // not a wildcard); a connection on several channels publishes with `POST /pub`.
+    // not a wildcard) and the policy lets this caller publish there from a connection; a
+    // connection on several channels publishes with `POST /pub`. Decided once, here.
     let publish_to = match patterns.as_slice() {
-        [Pattern::Exact(channel)] if app.authorize_publish(headers, query).is_ok() => {
+        [Pattern::Exact(channel)]
+            if app
+                .decide(who, Action::Publish(channel, Via::Client))
+                .is_ok() =>
+        {
             Some(channel.clone())
         }
         _ => None,

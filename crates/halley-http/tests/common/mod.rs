@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use halley_engine::bayeux::{AllowAll, Bayeux, BayeuxConfig, NoServices};
+use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
 use halley_engine::{Engine, EngineConfig};
 use halley_http::{HttpConfig, Server};
 use http_body_util::{BodyExt, Full};
@@ -115,7 +115,7 @@ impl TestServer {
         let bayeux = Bayeux::spawn(
             engine.clone(),
             bayeux,
-            Arc::new(AllowAll),
+            Arc::new(PolicyOnly),
             Arc::new(NoServices),
         );
         let server = Server::bind_with(http, engine, bayeux).await.unwrap();

@@ -1,0 +1,280 @@
+//! The route table: every endpoint Halley serves, read by everything that dispatches — the
+//! lean path's `classify` (which requests it may serve without hyper) and the router in `app`.
+//! A request is resolved once, to an [`Endpoint`]; an endpoint that is not in [`ROUTES`]
+//! cannot be reached.
+//!
+//! Each route says whether it asks the access policy ([`Gate::Policy`]) or is public and why
+//! ([`Gate::Public`]); the routes test walks this table and proves every policy-gated route
+//! refuses a caller the policy refuses.
+
+use hyper::Method;
+
+use crate::error::ApiError;
+
+/// What a route matches on the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The configured Bayeux path (`--cometd-path`) and anything under it (`/cometd/connect`:
+    /// the CometD client appends the message type).
+    Cometd,
+    /// `prefix/{rest}`: the prefix, a `/` and anything (a segment boundary is required:
+    /// `/publish/a` is not `/pub` + `lish/a`). The handler gets `/{rest}`.
+    Under(&'static str),
+    /// The path starts with this (which ends in `/`); the handler gets what follows.
+    Prefix(&'static str),
+    Exact(&'static str),
+    /// One of the built-in files (halley.js, the talk chat).
+    Asset,
+}
+
+/// The methods a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+impl Verb {
+    fn of(method: &Method) -> Option<Verb> {
+        Some(match *method {
+            Method::GET => Verb::Get,
+            Method::HEAD => Verb::Head,
+            Method::POST => Verb::Post,
+            Method::PUT => Verb::Put,
+            _ => return None,
+        })
+    }
+}
+
+/// Which handler serves a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Bayeux: long-polling POST, callback-polling GET, WebSocket upgrade.
+    Bayeux,
+    /// `POST`/`PUT /pub/{channel}`.
+    Publish,
+    /// `GET /pub/{channel}?data=&callback=`.
+    PublishJsonp,
+    /// `GET /sub/{channel}` and `GET /sub?channel=…`, every transport.
+    Subscribe,
+    /// A send to an inbox address.
+    InboxSend,
+    /// `/api/inbox`: a new inbox secret and address.
+    InboxMint,
+    /// `/api/presence`.
+    Presence,
+    /// `/api/history`.
+    History,
+    /// `/api/channels`.
+    Channels,
+    /// rupy `/push`.
+    Push,
+    /// rupy `/pull` (its `Head: less` form is spotted before HTTP parsing, and asks the same
+    /// policy).
+    Pull,
+    Healthz,
+    Metrics,
+    Asset,
+}
+
+/// Whether a route asks the access policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Policy,
+    /// Serves nothing the policy guards; the reason is part of the table.
+    Public(&'static str),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: Path,
+    pub methods: &'static [(Verb, Handler)],
+    pub gate: Gate,
+    /// A request path that reaches this route, for the routes test and the docs.
+    pub example: &'static str,
+}
+
+use Handler as H;
+use Verb as V;
+
+/// Every route, in the order they are tried.
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: Path::Cometd,
+        methods: &[(V::Get, H::Bayeux), (V::Post, H::Bayeux)],
+        gate: Gate::Policy,
+        example: "/cometd",
+    },
+    Route {
+        path: Path::Under("/pub"),
+        methods: &[
+            (V::Post, H::Publish),
+            (V::Put, H::Publish),
+            (V::Get, H::PublishJsonp),
+        ],
+        gate: Gate::Policy,
+        example: "/pub/locked/a",
+    },
+    Route {
+        path: Path::Under("/sub"),
+        methods: &[(V::Get, H::Subscribe)],
+        gate: Gate::Policy,
+        example: "/sub/locked/a",
+    },
+    Route {
+        path: Path::Exact("/sub"),
+        methods: &[(V::Get, H::Subscribe)],
+        gate: Gate::Policy,
+        example: "/sub?channel=/locked/a",
+    },
+    Route {
+        path: Path::Prefix(halley_proto::inbox::PREFIX),
+        methods: &[(V::Get, H::InboxSend), (V::Post, H::InboxSend)],
+        gate: Gate::Policy,
+        example: "/inbox/0123456789abcdef0123456789abcdef",
+    },
+    Route {
+        path: Path::Exact("/api/inbox"),
+        methods: &[(V::Get, H::InboxMint), (V::Post, H::InboxMint)],
+        gate: Gate::Public("mints a random secret; receiving on it is what the policy guards"),
+        example: "/api/inbox",
+    },
+    Route {
+        path: Path::Exact("/api/presence"),
+        methods: &[(V::Get, H::Presence)],
+        gate: Gate::Policy,
+        example: "/api/presence?channel=/locked/a",
+    },
+    Route {
+        path: Path::Exact("/api/history"),
+        methods: &[(V::Get, H::History)],
+        gate: Gate::Policy,
+        example: "/api/history?channel=/locked/a",
+    },
+    Route {
+        path: Path::Exact("/api/channels"),
+        methods: &[(V::Get, H::Channels)],
+        gate: Gate::Policy,
+        example: "/api/channels",
+    },
+    Route {
+        path: Path::Exact("/push"),
+        methods: &[(V::Get, H::Push), (V::Post, H::Push)],
+        gate: Gate::Policy,
+        example: "/push?name=one&message=hi&channel=/locked/a",
+    },
+    Route {
+        path: Path::Exact("/pull"),
+        methods: &[(V::Get, H::Pull)],
+        gate: Gate::Policy,
+        example: "/pull?name=one&channel=/locked/a",
+    },
+    Route {
+        path: Path::Exact("/healthz"),
+        methods: &[(V::Get, H::Healthz)],
+        gate: Gate::Public("liveness for load balancers: says nothing about channels"),
+        example: "/healthz",
+    },
+    Route {
+        path: Path::Exact("/metrics"),
+        methods: &[(V::Get, H::Metrics)],
+        gate: Gate::Public("counters by transport, no channel names or members"),
+        example: "/metrics",
+    },
+    Route {
+        path: Path::Asset,
+        methods: &[(V::Get, H::Asset), (V::Head, H::Asset)],
+        gate: Gate::Public("the client library and the chat page, the same for everyone"),
+        example: "/halley.js",
+    },
+];
+
+/// A request resolved against [`ROUTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint<'p> {
+    pub handler: Handler,
+    /// What the path captures: the channel of `/pub/…` and `/sub/…`, an inbox's address.
+    pub rest: Option<&'p str>,
+}
+
+/// The route of `method path` (`path` without its query). A path no route matches is 404; a
+/// path whose route does not take the method is 405.
+pub fn resolve<'p>(
+    method: &Method,
+    path: &'p str,
+    cometd_path: &str,
+) -> Result<Endpoint<'p>, ApiError> {
+    let verb = Verb::of(method);
+    for route in ROUTES {
+        let rest = match route.path {
+            Path::Cometd => (path == cometd_path
+                || path
+                    .strip_prefix(cometd_path)
+                    .is_some_and(|r| r.starts_with('/')))
+            .then_some(None),
+            Path::Under(prefix) => path
+                .strip_prefix(prefix)
+                .filter(|r| r.starts_with('/'))
+                .map(Some),
+            Path::Prefix(prefix) => path.strip_prefix(prefix).map(Some),
+            Path::Exact(p) => (path == p).then_some(None),
+            Path::Asset => crate::assets::find(path).is_some().then_some(None),
+        };
+        let Some(rest) = rest else { continue };
+        return match route.methods.iter().find(|(v, _)| Some(*v) == verb) {
+            Some(&(_, handler)) => Ok(Endpoint { handler, rest }),
+            None => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    Err(ApiError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(method: Method, path: &str, expected: Result<(Handler, Option<&str>), u16>) {
+        let got = resolve(&method, path, "/cometd")
+            .map(|e| (e.handler, e.rest))
+            .map_err(|e| e.status().as_u16());
+        assert_eq!(got, expected, "{method} {path}");
+    }
+
+    #[test]
+    fn resolves_every_kind_of_path() {
+        check(Method::POST, "/cometd", Ok((H::Bayeux, None)));
+        check(Method::POST, "/cometd/connect", Ok((H::Bayeux, None)));
+        check(Method::POST, "/cometdx", Err(404));
+        check(Method::POST, "/pub/a/b", Ok((H::Publish, Some("/a/b"))));
+        check(Method::GET, "/pub/a", Ok((H::PublishJsonp, Some("/a"))));
+        check(Method::DELETE, "/pub/a", Err(405));
+        check(Method::POST, "/publish/a", Err(404));
+        check(Method::GET, "/sub/a/**", Ok((H::Subscribe, Some("/a/**"))));
+        check(Method::GET, "/sub", Ok((H::Subscribe, None)));
+        check(Method::POST, "/sub", Err(405));
+        check(Method::GET, "/pull", Ok((H::Pull, None)));
+        check(Method::POST, "/push", Ok((H::Push, None)));
+        check(Method::GET, "/healthz", Ok((H::Healthz, None)));
+        check(Method::GET, "/halley.js", Ok((H::Asset, None)));
+        check(Method::HEAD, "/halley.js", Ok((H::Asset, None)));
+        check(Method::GET, "/nothing", Err(404));
+    }
+
+    #[test]
+    fn every_example_reaches_its_route() {
+        for route in ROUTES {
+            let path = route.example.split('?').next().unwrap_or_default();
+            let (verb, handler) = route.methods[0];
+            let method = match verb {
+                V::Get => Method::GET,
+                V::Head => Method::HEAD,
+                V::Post => Method::POST,
+                V::Put => Method::PUT,
+            };
+            let got = resolve(&method, path, "/cometd").map(|e| e.handler);
+            assert_eq!(got.ok(), Some(handler), "{route:?}");
+        }
+    }
+}
