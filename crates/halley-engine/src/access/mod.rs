@@ -15,13 +15,45 @@
 //! decides for it; a channel no namespace covers is closed to clients (the backend key still
 //! passes).
 //!
+//! In detail:
+//! - **Tokens** (JWT, `token.rs`): HS256 with a shared secret, RS256 and ES256 with a public key.
+//!   The header's `alg` must be the algorithm of a configured key (`none` and key confusion are
+//!   refused). Claims: `sub`, `exp`, `nbf`, `iat`, `aud`/`iss` (required and checked only when
+//!   configured), `channels`, `publish`, `info`. An empty `channels` claim is the same as none.
+//! - **The backend key** is compared in constant time; a key presented where none is configured
+//!   is ignored.
+//! - **Without namespaces** (a key or token keys set): publishing needs the backend key or a
+//!   token whose `publish` claim covers the channel; everything else is open.
+//! - **With namespaces**: subscribe rules `anyone | token | user`, publish rules
+//!   `backend | claim | anyone | nobody`; the backend passes everything but `nobody` and
+//!   `presence = false`. A pattern is in a namespace only if every channel it can match is
+//!   (`covers.rs`). History and reading presence are judged as subscribing; listing channels is
+//!   the backend's.
+//! - **The control API** needs the backend key, so it is closed when none is configured, even
+//!   on an open policy.
+//! - Refusals a credential could lift are 401 for a caller who presented none, 403 otherwise.
+//!
+//! Limits: [`CLOCK_LEEWAY_SECS`] (clock skew on `exp`/`nbf`), [`MAX_TOKEN_LEN`] (bytes of a
+//! token read before its signature is checked), [`MAX_REVOCATIONS`] (users with a revocation in
+//! force; beyond it [`Policy::revoke`] refuses).
+//!
 //! Invariant: pure decisions over parsed inputs — no I/O, no clock reads other than
 //! [`Policy::now`], which tests can replace.
 
+mod covers;
+mod token;
+
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use halley_proto::{Channel, Pattern};
+use subtle::ConstantTimeEq;
+
+use self::covers::{NsPattern, NsPatternError, Target, pattern_covers};
+pub use self::token::{CLOCK_LEEWAY_SECS, MAX_TOKEN_LEN};
+use self::token::{MintedClaims, Verifier, seconds};
 
 /// What a request presents. Extracting these from HTTP headers, query strings or a Bayeux
 /// handshake's `ext` is the transport's job; judging them is this module's.
@@ -163,20 +195,106 @@ pub struct NamespaceConfig {
     pub max_subscribers: Option<usize>,
 }
 
+impl NamespaceConfig {
+    /// A namespace with the defaults of the config file: anyone subscribes, the backend
+    /// publishes, clients may publish (where the rule allows), presence on.
+    pub fn new(channels: impl Into<String>) -> NamespaceConfig {
+        NamespaceConfig {
+            channels: channels.into(),
+            subscribe: SubscribeRule::default(),
+            publish: PublishRule::default(),
+            client_publish: true,
+            presence: true,
+            history_size: None,
+            history_ttl: None,
+            max_subscribers: None,
+        }
+    }
+}
+
+/// Why a policy could not be built, or a token minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("{key} is not a usable PEM public key: {reason}")]
+    BadPem { key: &'static str, reason: String },
+    #[error("hs256-secret is empty")]
+    EmptySecret,
+    #[error("hs256-secret is not usable: {0}")]
+    BadSecret(String),
+    #[error("namespace {pattern:?}: {reason}")]
+    BadNamespace { pattern: String, reason: String },
+    #[error("pattern {pattern:?}: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("minting needs an hs256-secret")]
+    NoSecret,
+    #[error("minting a token: {0}")]
+    Mint(String),
+    #[error("the revocation table is full ({MAX_REVOCATIONS} users)")]
+    RevocationsFull,
+}
+
+/// Most users with a revocation in force. Each entry is a user name and a time, kept until
+/// [`Policy::prune_revocations`] drops it, so the table is bounded: at the limit
+/// [`Policy::revoke`] refuses a new user (`AccessError::RevocationsFull`) rather than drop an
+/// older revocation, which would silently let revoked tokens back in. Re-revoking a user
+/// already in the table always succeeds.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// What a development token carries ([`Policy::mint`], `halley token`).
+#[derive(Debug, Clone, Default)]
+pub struct MintClaims {
+    pub sub: Option<String>,
+    /// Patterns the holder may subscribe to.
+    pub channels: Vec<String>,
+    /// Patterns the holder may publish to.
+    pub publish: Vec<String>,
+    pub info: Option<serde_json::Value>,
+    /// Lifetime from [`Policy::now`]; `None` mints a token that does not expire.
+    pub ttl: Option<std::time::Duration>,
+}
+
 /// The policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Policy {
-    #[allow(dead_code)]
     shared: Arc<Shared>,
+}
+
+struct Namespace {
+    pattern: NsPattern,
+    config: NamespaceConfig,
 }
 
 struct Shared {
     anonymous: Principal,
+    backend: Principal,
+    /// No key, no token keys, no namespaces: everything allowed (but the control API).
+    open: bool,
+    publish_key: Option<Box<[u8]>>,
+    verifier: Option<Verifier>,
+    namespaces: Vec<Namespace>,
+    /// user → tokens issued (`iat`) before this Unix second are refused.
+    revoked: Mutex<HashMap<Box<str>, u64>>,
+    /// Whether `revoked` has anything, so the common case takes no lock.
+    any_revoked: AtomicBool,
+    clock: Clock,
+}
+
+type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Policy")
+        f.debug_struct("Policy")
+            .field("open", &self.shared.open)
+            .field("publish_key", &self.shared.publish_key.is_some())
+            .field("tokens", &self.shared.verifier.is_some())
+            .field("namespaces", &self.shared.namespaces.len())
+            .finish()
     }
 }
 
@@ -186,14 +304,96 @@ impl Default for Policy {
     }
 }
 
+fn unauthenticated(why: &'static str) -> Denied {
+    Denied::Unauthenticated(Cow::Borrowed(why))
+}
+
+fn forbidden(why: &'static str) -> Denied {
+    Denied::Forbidden(Cow::Borrowed(why))
+}
+
+/// A refusal that a credential might lift: 401 for a caller who presented none, 403 for one
+/// whose credential does not cover it.
+fn refuse(who: &Identity, why: String) -> Denied {
+    if who.backend || who.token {
+        Denied::Forbidden(Cow::Owned(why))
+    } else {
+        Denied::Unauthenticated(Cow::Owned(why))
+    }
+}
+
 impl Policy {
     /// Everything allowed to everyone: nothing configured.
     pub fn open() -> Policy {
-        Policy {
+        Policy::build(AccessConfig::default(), Box::new(system_clock))
+            .expect("an empty configuration is valid")
+    }
+
+    /// The policy `config` describes, on the system clock.
+    pub fn new(config: AccessConfig) -> Result<Policy, AccessError> {
+        Policy::build(config, Box::new(system_clock))
+    }
+
+    /// The same, with `clock` (Unix seconds) instead of the system clock: for tests.
+    pub fn with_clock(
+        config: AccessConfig,
+        clock: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Result<Policy, AccessError> {
+        Policy::build(config, Box::new(clock))
+    }
+
+    fn build(config: AccessConfig, clock: Clock) -> Result<Policy, AccessError> {
+        let verifier = Verifier::new(&config.tokens)?;
+        let mut namespaces = Vec::with_capacity(config.namespaces.len());
+        for ns in config.namespaces {
+            let bad = |reason: String| AccessError::BadNamespace {
+                pattern: ns.channels.clone(),
+                reason,
+            };
+            let pattern = NsPattern::parse(&ns.channels).map_err(|e| {
+                bad(match e {
+                    NsPatternError::Channel(e) => e.to_string(),
+                    NsPatternError::MisplacedSub => "{sub} must be a whole segment".to_owned(),
+                })
+            })?;
+            if ns.subscribe == SubscribeRule::User && !pattern.has_sub() {
+                return Err(bad("subscribe = \"user\" needs a {sub} segment".to_owned()));
+            }
+            namespaces.push(Namespace {
+                pattern,
+                config: ns,
+            });
+        }
+        let publish_key = config
+            .publish_key
+            .filter(|k| !k.is_empty())
+            .map(|k| k.into_bytes().into_boxed_slice());
+        Ok(Policy {
             shared: Arc::new(Shared {
                 anonymous: Arc::new(Identity::default()),
+                backend: Arc::new(Identity {
+                    backend: true,
+                    ..Identity::default()
+                }),
+                open: publish_key.is_none() && verifier.is_none() && namespaces.is_empty(),
+                publish_key,
+                verifier,
+                namespaces,
+                revoked: Mutex::new(HashMap::new()),
+                any_revoked: AtomicBool::new(false),
+                clock,
             }),
-        }
+        })
+    }
+
+    /// Nothing configured: every decision but the control API is yes.
+    pub fn is_open(&self) -> bool {
+        self.shared.open
+    }
+
+    /// Now, in Unix seconds: the only clock this module reads.
+    pub fn now(&self) -> u64 {
+        (self.shared.clock)()
     }
 
     /// The caller who presents nothing. One shared allocation.
@@ -201,16 +401,307 @@ impl Policy {
         self.shared.anonymous.clone()
     }
 
+    /// The first namespace (in config order) whose pattern covers `channel`, `{sub}` standing
+    /// for any one segment.
+    pub fn namespace(&self, channel: &Channel) -> Option<&NamespaceConfig> {
+        self.find(Target::Channel(channel)).map(|ns| &ns.config)
+    }
+
+    /// The namespaces, in config order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &NamespaceConfig> {
+        self.shared.namespaces.iter().map(|ns| &ns.config)
+    }
+
+    fn find(&self, target: Target<'_>) -> Option<&Namespace> {
+        self.shared
+            .namespaces
+            .iter()
+            .find(|ns| ns.pattern.covers(target, None))
+    }
+
+    /// Refuse tokens of `user` issued (`iat`) before `before` (Unix seconds), from now on
+    /// and at the next [`Policy::check_open`] of connections already open. A token of that
+    /// user without `iat` is refused too. Bounded by [`MAX_REVOCATIONS`].
+    pub fn revoke(&self, user: &str, before: u64) -> Result<(), AccessError> {
+        let mut table = self
+            .shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = table.get_mut(user) {
+            *at = (*at).max(before);
+        } else if table.len() >= MAX_REVOCATIONS {
+            return Err(AccessError::RevocationsFull);
+        } else {
+            table.insert(user.into(), before);
+        }
+        self.shared.any_revoked.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops revocations older than `before` (Unix seconds): once every token issued before
+    /// a revocation has expired anyway, the entry protects nothing.
+    pub fn prune_revocations(&self, before: u64) {
+        let mut table = self
+            .shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        table.retain(|_, at| *at >= before);
+        self.shared
+            .any_revoked
+            .store(!table.is_empty(), Ordering::Release);
+    }
+
+    fn is_revoked(&self, user: Option<&str>, issued_at: Option<u64>) -> bool {
+        let Some(user) = user else { return false };
+        if !self.shared.any_revoked.load(Ordering::Acquire) {
+            return false;
+        }
+        let table = self
+            .shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        table
+            .get(user)
+            .is_some_and(|&before| issued_at.is_none_or(|iat| iat < before))
+    }
+
+    /// Whether an open connection's identity still holds now: its token not expired, not
+    /// revoked. Called at heartbeat ticks.
+    pub fn check_open(&self, who: &Identity) -> Result<(), Denied> {
+        if who.backend || !who.token {
+            return Ok(());
+        }
+        if who
+            .expires
+            .is_some_and(|exp| self.now() >= exp.saturating_add(CLOCK_LEEWAY_SECS))
+        {
+            return Err(unauthenticated("token expired"));
+        }
+        if self.is_revoked(who.user.as_deref(), who.issued_at) {
+            return Err(unauthenticated("token revoked"));
+        }
+        Ok(())
+    }
+
     /// Who presents `credentials`. Nothing presented is [`Policy::anonymous`], not an error;
     /// a credential presented and not valid is `Unauthenticated` (a wrong key, a bad token).
+    /// An empty key or token counts as none. A key presented where none is configured grants
+    /// nothing and is ignored (an open server stays open to clients that send one); when both
+    /// are presented, a right key wins.
     pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Principal, Denied> {
-        let _ = credentials;
-        Ok(self.anonymous())
+        let s = &*self.shared;
+        if let (Some(key), Some(expected)) =
+            (credentials.key.filter(|k| !k.is_empty()), &s.publish_key)
+        {
+            return if bool::from(key.as_bytes().ct_eq(expected)) {
+                Ok(s.backend.clone())
+            } else {
+                Err(unauthenticated("wrong key"))
+            };
+        }
+        let Some(token) = credentials.token.filter(|t| !t.is_empty()) else {
+            return Ok(self.anonymous());
+        };
+        let verifier = s
+            .verifier
+            .as_ref()
+            .ok_or_else(|| unauthenticated("tokens are not configured"))?;
+        let claims = verifier.verify(token)?;
+        let now = self.now();
+        let expires = seconds(claims.exp)?;
+        if expires.is_some_and(|exp| now >= exp.saturating_add(CLOCK_LEEWAY_SECS)) {
+            return Err(unauthenticated("token expired"));
+        }
+        if seconds(claims.nbf)?.is_some_and(|nbf| now.saturating_add(CLOCK_LEEWAY_SECS) < nbf) {
+            return Err(unauthenticated("token not yet valid"));
+        }
+        let issued_at = seconds(claims.iat)?;
+        if self.is_revoked(claims.sub.as_deref(), issued_at) {
+            return Err(unauthenticated("token revoked"));
+        }
+        let patterns = |list: Vec<String>| -> Result<Vec<Pattern>, Denied> {
+            list.iter()
+                .map(|p| Pattern::parse(p).map_err(|_| unauthenticated("malformed token")))
+                .collect()
+        };
+        Ok(Arc::new(Identity {
+            backend: false,
+            token: true,
+            user: claims.sub.map(String::into_boxed_str),
+            expires,
+            issued_at,
+            info: claims.info.map(|v| v.to_string().into_boxed_str()),
+            channels: patterns(claims.channels)?,
+            publish: patterns(claims.publish)?,
+        }))
+    }
+
+    /// An HS256 token for development (`halley token`), signed with the configured secret,
+    /// `iat` now and `aud`/`iss` as configured, so that this policy accepts it.
+    pub fn mint(&self, claims: &MintClaims) -> Result<String, AccessError> {
+        for p in claims.channels.iter().chain(&claims.publish) {
+            Pattern::parse(p).map_err(|e| AccessError::BadPattern {
+                pattern: p.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let verifier = self.shared.verifier.as_ref().ok_or(AccessError::NoSecret)?;
+        let iat = self.now();
+        verifier.mint(MintedClaims {
+            sub: claims.sub.as_deref(),
+            iat,
+            exp: claims.ttl.map(|ttl| iat.saturating_add(ttl.as_secs())),
+            aud: None,
+            iss: None,
+            channels: &claims.channels,
+            publish: &claims.publish,
+            info: claims.info.as_ref(),
+        })
     }
 
     /// May `who` do `action`?
     pub fn decide(&self, who: &Identity, action: Action<'_>) -> Result<(), Denied> {
-        let _ = (who, action);
+        let s = &*self.shared;
+        if let Action::Control = action {
+            return match (&s.publish_key, who.backend) {
+                (None, _) => Err(forbidden("the control API needs --publish-key")),
+                (Some(_), true) => Ok(()),
+                (Some(_), false) if who.token => {
+                    Err(forbidden("the control API needs the publish key"))
+                }
+                (Some(_), false) => Err(unauthenticated("the control API needs the publish key")),
+            };
+        }
+        if s.open || matches!(action, Action::Handshake) {
+            return Ok(());
+        }
+        if s.namespaces.is_empty() {
+            return match action {
+                Action::Publish(channel, _) => self.publish_by_claim(who, channel),
+                _ => Ok(()),
+            };
+        }
+        match action {
+            Action::Subscribe(p) | Action::ReadPresence(p) => {
+                self.subscribe(who, Target::Pattern(p))
+            }
+            Action::History(c) => self.subscribe(who, Target::Channel(c)),
+            Action::Presence(c) => {
+                let target = Target::Channel(c);
+                match self.find(target) {
+                    Some(ns) if !ns.config.presence => Err(Denied::Forbidden(Cow::Owned(format!(
+                        "presence is off on {c}"
+                    )))),
+                    _ => self.subscribe(who, target),
+                }
+            }
+            Action::Publish(c, via) => self.publish(who, c, via),
+            Action::ListChannels if who.backend => Ok(()),
+            Action::ListChannels => Err(refuse(
+                who,
+                "listing channels needs the publish key".to_owned(),
+            )),
+            Action::Handshake | Action::Control => Ok(()),
+        }
+    }
+
+    /// Publishing with no namespaces: the backend, or a token whose `publish` claim covers it.
+    fn publish_by_claim(&self, who: &Identity, channel: &Channel) -> Result<(), Denied> {
+        if who.backend || claims_cover(&who.publish, Target::Channel(channel)) {
+            Ok(())
+        } else if who.token {
+            Err(Denied::Forbidden(Cow::Owned(format!(
+                "token does not allow publishing to {channel}"
+            ))))
+        } else {
+            Err(unauthenticated(
+                "publishing needs the publish key or a token",
+            ))
+        }
+    }
+
+    fn subscribe(&self, who: &Identity, target: Target<'_>) -> Result<(), Denied> {
+        let Some(ns) = self.find(target) else {
+            return uncovered(who, target);
+        };
+        if who.backend {
+            return Ok(());
+        }
+        match ns.config.subscribe {
+            SubscribeRule::Anyone => Ok(()),
+            SubscribeRule::Token if !who.token => Err(refuse(
+                who,
+                format!("subscribing to {target} needs a token"),
+            )),
+            SubscribeRule::Token
+                if who.channels.is_empty() || claims_cover(&who.channels, target) =>
+            {
+                Ok(())
+            }
+            SubscribeRule::Token => Err(Denied::Forbidden(Cow::Owned(format!(
+                "token does not allow {target}"
+            )))),
+            SubscribeRule::User => match who.user.as_deref() {
+                Some(user) if who.token && ns.pattern.covers(target, Some(user)) => Ok(()),
+                Some(_) if who.token => Err(Denied::Forbidden(Cow::Owned(format!(
+                    "{target} belongs to another user"
+                )))),
+                _ => Err(refuse(
+                    who,
+                    format!("{target} needs a token with a subject"),
+                )),
+            },
+        }
+    }
+
+    fn publish(&self, who: &Identity, channel: &Channel, via: Via) -> Result<(), Denied> {
+        let target = Target::Channel(channel);
+        let Some(ns) = self.find(target) else {
+            return uncovered(who, target);
+        };
+        let rule = ns.config.publish;
+        if rule == PublishRule::Nobody {
+            return Err(Denied::Forbidden(Cow::Owned(format!(
+                "nobody may publish to {channel}"
+            ))));
+        }
+        if who.backend {
+            return Ok(());
+        }
+        if via == Via::Client && !ns.config.client_publish {
+            return Err(Denied::Forbidden(Cow::Owned(format!(
+                "clients may not publish to {channel} from a connection"
+            ))));
+        }
+        match rule {
+            PublishRule::Anyone => Ok(()),
+            PublishRule::Claim if claims_cover(&who.publish, target) => Ok(()),
+            PublishRule::Claim if who.token => Err(Denied::Forbidden(Cow::Owned(format!(
+                "token does not allow publishing to {channel}"
+            )))),
+            PublishRule::Claim => Err(refuse(
+                who,
+                format!("publishing to {channel} needs a token"),
+            )),
+            PublishRule::Backend | PublishRule::Nobody => Err(refuse(
+                who,
+                format!("publishing to {channel} needs the publish key"),
+            )),
+        }
+    }
+}
+
+fn claims_cover(claims: &[Pattern], target: Target<'_>) -> bool {
+    claims.iter().any(|claim| pattern_covers(claim, target))
+}
+
+fn uncovered(who: &Identity, target: Target<'_>) -> Result<(), Denied> {
+    if who.backend {
         Ok(())
+    } else {
+        Err(refuse(who, format!("no namespace allows {target}")))
     }
 }
