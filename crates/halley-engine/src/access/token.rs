@@ -220,7 +220,7 @@ impl Verifier {
 pub(crate) fn seconds(value: Option<f64>) -> Result<Option<u64>, Denied> {
     match value {
         None => Ok(None),
-        Some(v) if v.is_finite() && v >= 0.0 && v < 1e15 => Ok(Some(v as u64)),
+        Some(v) if (0.0..1e15).contains(&v) => Ok(Some(v as u64)),
         Some(_) => Err(unauthenticated("malformed token")),
     }
 }
