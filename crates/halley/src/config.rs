@@ -2,6 +2,12 @@
 //!
 //! clap reads each flag or its `HALLEY_*` variable (flag first); whatever neither gave is taken
 //! from the TOML file named by `--config`, and the rest from the defaults of the library crates.
+//!
+//! Access (`halley_engine::access`) comes from `--publish-key`, `--token-secret` and the file's
+//! `[tokens]` (hs256-secret, rs256-public-key and es256-public-key as paths relative to the
+//! file, audience, issuer) and `[[namespace]]` tables (channels, subscribe, publish,
+//! client-publish, presence, history-size, history-ttl, max-subscribers). The key files are read
+//! here and the [`Policy`] is built here, so a bad key or pattern stops startup.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use halley_engine::EngineConfig;
+use halley_engine::access::{
+    AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
+};
 use halley_engine::bayeux::BayeuxConfig;
 use halley_http::HttpConfig;
 use serde::Deserialize;
@@ -28,10 +37,172 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at startup: the size of the serve variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Print an HS256 token for development, signed with the configured secret.
+    Token(TokenArgs),
+    /// Validate a config file and print the namespaces it defines.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// `halley token`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The token's subject (`sub`): the user.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// A pattern the holder may subscribe to (repeatable), e.g. '/chat/**'.
+    #[arg(long = "channel")]
+    pub channels: Vec<String>,
+    /// A pattern the holder may publish to (repeatable).
+    #[arg(long = "publish")]
+    pub publish: Vec<String>,
+    /// Presence info the token vouches for, as JSON.
+    #[arg(long)]
+    pub info: Option<String>,
+    /// Seconds the token is valid; 0 for a token that does not expire [default: 3600].
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Config file whose [tokens] section (secret, audience, issuer) to use.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The HS256 secret (beats the config file's).
+    #[arg(long, env = "HALLEY_TOKEN_SECRET")]
+    pub secret: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token, minted with a policy built as `halley serve` would build it.
+    pub fn mint(self) -> anyhow::Result<String> {
+        let mut args = ServeArgs {
+            config: self.config,
+            token_secret: self.secret,
+            ..ServeArgs::default()
+        };
+        args.load_file()?;
+        let policy = args.policy()?;
+        let info = match &self.info {
+            Some(text) => Some(serde_json::from_str(text).context("--info must be valid JSON")?),
+            None => None,
+        };
+        policy
+            .mint(&MintClaims {
+                sub: self.sub,
+                channels: self.channels,
+                publish: self.publish,
+                info,
+                ttl: (self.ttl > 0).then(|| Duration::from_secs(self.ttl)),
+            })
+            .map_err(|e| match e {
+                halley_engine::access::AccessError::NoSecret => anyhow::anyhow!(
+                    "halley token needs an HS256 secret: --secret, HALLEY_TOKEN_SECRET or \
+                     [tokens] hs256-secret in --config"
+                ),
+                other => other.into(),
+            })
+    }
+}
+
+/// `[tokens]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokensFile {
+    pub hs256_secret: Option<String>,
+    /// Path of a PEM file, relative to the config file.
+    pub rs256_public_key: Option<PathBuf>,
+    /// Path of a PEM file, relative to the config file.
+    pub es256_public_key: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// One `[[namespace]]` of the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NamespaceFile {
+    pub channels: String,
+    #[serde(default)]
+    pub subscribe: SubscribeFile,
+    #[serde(default)]
+    pub publish: PublishFile,
+    pub client_publish: Option<bool>,
+    pub presence: Option<bool>,
+    pub history_size: Option<usize>,
+    /// Seconds.
+    pub history_ttl: Option<u64>,
+    pub max_subscribers: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeFile {
+    #[default]
+    Anyone,
+    Token,
+    User,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishFile {
+    #[default]
+    Backend,
+    Claim,
+    Anyone,
+    Nobody,
+}
+
+impl NamespaceFile {
+    fn to_config(&self) -> NamespaceConfig {
+        NamespaceConfig {
+            channels: self.channels.clone(),
+            subscribe: match self.subscribe {
+                SubscribeFile::Anyone => SubscribeRule::Anyone,
+                SubscribeFile::Token => SubscribeRule::Token,
+                SubscribeFile::User => SubscribeRule::User,
+            },
+            publish: match self.publish {
+                PublishFile::Backend => PublishRule::Backend,
+                PublishFile::Claim => PublishRule::Claim,
+                PublishFile::Anyone => PublishRule::Anyone,
+                PublishFile::Nobody => PublishRule::Nobody,
+            },
+            client_publish: self.client_publish.unwrap_or(true),
+            presence: self.presence.unwrap_or(true),
+            history_size: self.history_size,
+            history_ttl: self.history_ttl.map(Duration::from_secs),
+            max_subscribers: self.max_subscribers,
+        }
+    }
+}
+
+/// One line of `halley check-config`: a namespace and its rules.
+pub fn describe(ns: &NamespaceConfig) -> String {
+    let mut line = format!(
+        "{} subscribe={} publish={} client-publish={} presence={}",
+        ns.channels,
+        format!("{:?}", ns.subscribe).to_lowercase(),
+        format!("{:?}", ns.publish).to_lowercase(),
+        ns.client_publish,
+        ns.presence
+    );
+    if let Some(n) = ns.history_size {
+        line.push_str(&format!(" history-size={n}"));
+    }
+    if let Some(ttl) = ns.history_ttl {
+        line.push_str(&format!(" history-ttl={}", ttl.as_secs()));
+    }
+    if let Some(n) = ns.max_subscribers {
+        line.push_str(&format!(" max-subscribers={n}"));
+    }
+    line
 }
 
 /// Every option; each has a HALLEY_* environment variable and a key in the TOML file.
@@ -67,6 +238,16 @@ pub struct ServeArgs {
     /// Require this key (X-Halley-Key header or key= parameter) to publish [default: none].
     #[arg(long, env = "HALLEY_PUBLISH_KEY")]
     pub publish_key: Option<String>,
+    /// HS256 secret that tokens are signed with; beats [tokens] hs256-secret [default: none].
+    #[arg(long, env = "HALLEY_TOKEN_SECRET")]
+    pub token_secret: Option<String>,
+    /// `[tokens]` of the config file (no flag).
+    #[arg(skip)]
+    pub tokens: Option<TokensFile>,
+    /// `[[namespace]]` tables of the config file (no flag).
+    #[arg(skip)]
+    #[serde(rename = "namespace")]
+    pub namespaces: Option<Vec<NamespaceFile>>,
     /// Seconds open connections get to end on SIGTERM/SIGINT [default: 5].
     #[arg(long, env = "HALLEY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
@@ -131,6 +312,7 @@ pub struct Settings {
     pub engine: EngineConfig,
     pub bayeux: BayeuxConfig,
     pub broker: BrokerChoice,
+    pub policy: Policy,
 }
 
 macro_rules! merge {
@@ -140,8 +322,8 @@ macro_rules! merge {
 }
 
 impl ServeArgs {
-    /// Fills what flags and environment left open from the config file, then the defaults.
-    pub fn resolve(mut self) -> anyhow::Result<Settings> {
+    /// Fills what flags and environment left open from the config file.
+    fn load_file(&mut self) -> anyhow::Result<()> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
@@ -167,9 +349,65 @@ impl ServeArgs {
                 cometd_path,
                 session_timeout,
                 presence_grace,
-                assets
+                assets,
+                token_secret,
+                tokens,
+                namespaces
             );
         }
+        Ok(())
+    }
+
+    /// The access policy: the publish key, token keys (key files read here, relative to the
+    /// config file) and namespaces.
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let base = self
+            .config
+            .as_deref()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let file = self.tokens.as_ref();
+        let read = |path: Option<&PathBuf>, key: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            path.map(|p| {
+                let p = base.join(p);
+                std::fs::read(&p).with_context(|| format!("reading {key} {}", p.display()))
+            })
+            .transpose()
+        };
+        let tokens = TokenConfig {
+            hs256_secret: self
+                .token_secret
+                .clone()
+                .or_else(|| file.and_then(|t| t.hs256_secret.clone())),
+            rs256_public_key: read(
+                file.and_then(|t| t.rs256_public_key.as_ref()),
+                "rs256-public-key",
+            )?,
+            es256_public_key: read(
+                file.and_then(|t| t.es256_public_key.as_ref()),
+                "es256-public-key",
+            )?,
+            audience: file.and_then(|t| t.audience.clone()),
+            issuer: file.and_then(|t| t.issuer.clone()),
+        };
+        let config = AccessConfig {
+            publish_key: self.publish_key.clone().filter(|k| !k.is_empty()),
+            tokens,
+            namespaces: self
+                .namespaces
+                .iter()
+                .flatten()
+                .map(NamespaceFile::to_config)
+                .collect(),
+        };
+        Policy::new(config).context("access configuration")
+    }
+
+    /// Fills what flags and environment left open from the config file, then the defaults.
+    pub fn resolve(mut self) -> anyhow::Result<Settings> {
+        self.load_file()?;
+        let policy = self.policy()?;
         let secs = Duration::from_secs;
         let h = HttpConfig::default();
         let http = HttpConfig {
@@ -220,6 +458,7 @@ impl ServeArgs {
             engine,
             bayeux,
             broker,
+            policy,
         })
     }
 }
@@ -300,5 +539,45 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(args.resolve().is_err());
+    }
+
+    #[test]
+    fn token_secret_flag_beats_the_file_and_namespaces_are_read() {
+        let dir = std::env::temp_dir().join(format!("halley-config-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(
+            &path,
+            "[tokens]\nhs256-secret = \"file\"\n\n[[namespace]]\nchannels = \"/chat/**\"\n\
+             subscribe = \"token\"\nhistory-ttl = 30\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            token_secret: Some("flag".into()),
+            ..ServeArgs::default()
+        };
+        let policy = args.resolve().unwrap().policy;
+        let ns: Vec<String> = policy.namespaces().map(describe).collect();
+        assert_eq!(
+            ns,
+            [
+                "/chat/** subscribe=token publish=backend client-publish=true presence=true history-ttl=30"
+            ]
+        );
+        let token = policy.mint(&MintClaims::default()).unwrap();
+        let flag_only = Policy::new(AccessConfig {
+            tokens: TokenConfig {
+                hs256_secret: Some("flag".into()),
+                ..TokenConfig::default()
+            },
+            ..AccessConfig::default()
+        })
+        .unwrap();
+        let credentials = halley_engine::access::Credentials {
+            key: None,
+            token: Some(&token),
+        };
+        assert!(flag_only.authenticate(credentials).is_ok());
     }
 }

@@ -25,6 +25,11 @@ fn main() -> anyhow::Result<()> {
     let serve = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Token(args)) => {
+            println!("{}", args.mint()?);
+            return Ok(());
+        }
+        Some(Command::CheckConfig { file }) => return check_config(file),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -38,6 +43,26 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(run(settings))
+}
+
+/// `halley check-config FILE`: resolve it as `serve` would; print its namespaces.
+fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
+    let args = config::ServeArgs {
+        config: Some(file.clone()),
+        ..config::ServeArgs::default()
+    };
+    let settings = args
+        .resolve()
+        .with_context(|| format!("{} is not a valid config", file.display()))?;
+    let mut any = false;
+    for ns in settings.policy.namespaces() {
+        println!("{}", config::describe(ns));
+        any = true;
+    }
+    if !any {
+        println!("no namespaces: every channel is open to subscribers");
+    }
+    Ok(())
 }
 
 async fn run(settings: config::Settings) -> anyhow::Result<()> {
@@ -60,6 +85,9 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
         }
     };
     engine.set_presence_grace(settings.presence_grace);
+    if engine.set_policy(settings.policy.clone()).is_err() {
+        anyhow::bail!("the access policy was set twice");
+    }
     let bayeux = Bayeux::spawn(
         engine.clone(),
         settings.bayeux,
