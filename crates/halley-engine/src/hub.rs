@@ -4,6 +4,7 @@
 //! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
 //! way), so there is no lock-order cycle.
 
+use crate::access::{Denied, Policy, Principal};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -232,6 +233,7 @@ impl Hub {
             gap: false,
             position: None,
             kept: None,
+            admitted: None,
         }
     }
 
@@ -319,9 +321,30 @@ pub struct Subscription {
     /// +0.04 (halley-bench hold, 10,000).
     #[allow(clippy::box_collection)]
     kept: Option<Box<Vec<crate::PresenceGuard>>>,
+    /// The credential this subscription was admitted with, when it can lapse (a token with an
+    /// expiry or a subject that can be revoked), and the policy that judges it. Boxed and
+    /// absent for everyone else: an anonymous subscriber pays 8 bytes.
+    admitted: Option<Box<(Principal, Policy)>>,
 }
 
 impl Subscription {
+    /// Records who this subscription was admitted for, so that [`Subscription::lapsed`] can
+    /// end it when their token expires or is revoked. Credentials that cannot lapse (none, the
+    /// backend key) are not kept.
+    pub fn admitted_as(&mut self, who: &Principal, policy: &Policy) {
+        if who.expires.is_some() || who.user.is_some() {
+            self.admitted = Some(Box::new((who.clone(), policy.clone())));
+        }
+    }
+
+    /// Whether the credential this subscription was admitted with no longer holds (expired,
+    /// revoked), and why. Transports ask at heartbeat ticks, so a lapse ends an open
+    /// connection within one heartbeat interval, with a notice in the transport's form.
+    pub fn lapsed(&self) -> Option<Denied> {
+        let (who, policy) = self.admitted.as_deref()?;
+        policy.check_open(who).err()
+    }
+
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.
     pub fn keep(&mut self, guard: crate::PresenceGuard) {
         self.kept.get_or_insert_default().push(guard);

@@ -120,7 +120,7 @@ impl Services for Recorder {
     }
 }
 
-/// Refuses handshakes whose `ext.token` is "bad", and anything under `/secret`.
+/// Refuses handshakes whose `ext.password` is "bad", and anything under `/secret`.
 struct Rules;
 
 impl Authorizer for Rules {
@@ -130,7 +130,7 @@ impl Authorizer for Rules {
         _who: &Identity,
         message: &BayeuxMessage,
     ) -> Result<(), Denied> {
-        if message.ext_field("token") == Some(&json!("bad")) {
+        if message.ext_field("password") == Some(&json!("bad")) {
             return Err(Denied::Forbidden("Handshake denied".into()));
         }
         Ok(())
@@ -529,7 +529,7 @@ async fn authorizer_refusals_are_403_in_code_args_message_form() {
         Arc::new(NoServices),
     );
     s.check(
-        json!({"channel": "/meta/handshake", "version": "1.0", "id": "1", "ext": {"token": "bad"}}),
+        json!({"channel": "/meta/handshake", "version": "1.0", "id": "1", "ext": {"password": "bad"}}),
         json!({
             "successful": false,
             "error": "403::Handshake denied",

@@ -25,9 +25,6 @@ pub struct HttpConfig {
     /// Origins allowed to use Halley from a browser (CORS, JSONP, iframe, WebSocket). Empty or
     /// containing `*` means any origin (without credentials).
     pub allowed_origins: Vec<String>,
-    /// When set, publishing (`/pub`, `/push`, WebSocket frames) requires this key in the
-    /// `X-Halley-Key` header or the `key` query parameter; otherwise 401.
-    pub publish_key: Option<String>,
     /// On shutdown, how long open connections get to end before they are dropped.
     pub drain_timeout: Duration,
     /// The reconnect delay SSE clients are told to use (`retry:`), and long-poll clients after a
@@ -55,7 +52,6 @@ impl Default for HttpConfig {
             max_connections: 19_500,
             body_limit: 64 * 1024,
             allowed_origins: Vec::new(),
-            publish_key: None,
             drain_timeout: Duration::from_secs(5),
             retry: Duration::from_secs(2),
             cometd_path: "/cometd".into(),

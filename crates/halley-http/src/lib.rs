@@ -3,8 +3,10 @@
 //! - [`Server`] binds, accepts (under a connection cap), reads each request head under a
 //!   timeout, and serves HTTP/1.1 with hyper; [`Server::run`] drains on shutdown.
 //! - [`HttpConfig`] holds the budgets: hold timeout, heartbeat, header timeout, connection cap,
-//!   body limit, origin allowlist, publish key.
-//! - `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
+//!   body limit, origin allowlist. Who may do what is the engine's access policy
+//!   (`halley_engine::access`), which every entry point asks through `state::App`.
+//! - `routes` is the route table both dispatchers read; `state` is `App`'s home and the one
+//!   way handlers ask the access policy; `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
 //!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, WebSocket);
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;

@@ -85,7 +85,7 @@ pub async fn open_pull(
 ) -> Result<(halley_engine::Subscription, Wire), ApiError> {
     let name = name(query)?;
     let pattern = Pattern::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
-    app.allow(headers, query, Action::Subscribe(&pattern))?;
+    let who = app.allow(headers, query, Action::Subscribe(&pattern))?;
     let resume = match query.get("last_id").filter(|v| !v.is_empty()) {
         None => None,
         Some(text) => Some(
@@ -93,7 +93,8 @@ pub async fn open_pull(
                 .map_err(|_| ApiError::BadRequest(format!("malformed last_id {text:?}")))?,
         ),
     };
-    let sub = app.engine.subscribe(pattern, resume).await?;
+    let mut sub = app.engine.subscribe(pattern, resume).await?;
+    sub.admitted_as(&who, app.policy());
     let wire = Wire::Lines {
         json: false,
         skip: Some(own_prefix(name)),

@@ -194,7 +194,7 @@ async fn oversized_declared_bodies_are_refused_without_reading_them() {
 
 #[tokio::test]
 async fn publish_key_is_required_when_set() {
-    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    let s = TestServer::with_key("k").await;
     let text = ("content-type", "text/plain");
     // (method, path, headers, status)
     let cases: &[(&str, &str, Headers, u16)] = &[

@@ -113,7 +113,7 @@ async fn bad_pushes_and_pulls_are_refused() {
 
 #[tokio::test]
 async fn push_needs_the_publish_key_when_one_is_set() {
-    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    let s = TestServer::with_key("k").await;
     s.get("/push?name=a&message=m").await.expect_error(401);
     s.get("/push?name=a&message=m&key=x")
         .await

@@ -235,7 +235,7 @@ async fn websocket_frames_on_a_wildcard_subscription_are_refused() {
 
 #[tokio::test]
 async fn websocket_publishing_needs_the_publish_key_when_one_is_set() {
-    let s = TestServer::with(|http, _| http.publish_key = Some("k".into())).await;
+    let s = TestServer::with_key("k").await;
     let mut without = s.ws("/sub/w/k").await;
     send_text(&mut without, "no key").await;
     assert_eq!(ws_json(&mut without).await["event"], "error");

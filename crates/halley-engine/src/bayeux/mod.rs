@@ -349,6 +349,16 @@ impl Bayeux {
         let Some(session) = self.session(&message) else {
             return Handled::Reply(self.unknown_client(&message));
         };
+        // A session whose token expired or was revoked ends at its next connect: the client
+        // handshakes again with a fresh one.
+        if let Err(denied) = self.shared.engine.policy().check_open(session.principal()) {
+            self.forget(session.id());
+            let mut reply = refusal(&message, "", denied);
+            reply.advice = json!({"reconnect": "handshake", "interval": 0})
+                .as_object()
+                .cloned();
+            return Handled::Reply(reply);
+        }
         let asked = message
             .advice_field("timeout")
             .and_then(Value::as_u64)

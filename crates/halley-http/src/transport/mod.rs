@@ -59,8 +59,14 @@ pub async fn subscribe<B: RequestBody>(
     for pattern in &patterns {
         app.decide(&who, Action::Subscribe(pattern))?;
     }
-    for d in &presence {
+    let mut presence = presence;
+    for d in &mut presence {
         app.decide(&who, Action::Presence(&d.channel))?;
+        // What the application vouches for in the token is who this member is; a client
+        // cannot claim another name or colour.
+        if let Some(info) = who.info.as_deref().and_then(|i| serde_json::from_str(i).ok()) {
+            d.info = info;
+        }
     }
     let callback = || -> Result<String, ApiError> {
         let callback = query.get("callback").unwrap_or("");
@@ -77,20 +83,20 @@ pub async fn subscribe<B: RequestBody>(
         Kind::WebSocket => {
             let announce = announce(&query);
             return Box::pin(ws::upgrade(
-                app, patterns, resume, presence, announce, request, &who,
+                app, patterns, resume, presence, announce, request, who,
             ))
             .await;
         }
         // The request and its query are let go before the hold: their heap (headers, the
         // parsed query, ~0.8 KiB) would otherwise stay allocated for as long as it lasts.
         Kind::LongPoll => {
-            drop(query);
+            drop((query, who));
             drop(request);
             return Box::pin(poll::hold(app, patterns, resume, presence, None)).await;
         }
         Kind::Jsonp => {
             let cb = callback()?;
-            drop(query);
+            drop((query, who));
             drop(request);
             return Box::pin(poll::hold(app, patterns, resume, presence, Some(cb))).await;
         }
@@ -104,7 +110,8 @@ pub async fn subscribe<B: RequestBody>(
     };
     // Every branch that awaits is boxed, so that a held long-poll's future (above) is not sized
     // for the others.
-    let sub = Box::pin(open(app, patterns, resume, presence)).await?;
+    let mut sub = Box::pin(open(app, patterns, resume, presence)).await?;
+    sub.admitted_as(&who, app.policy());
     Ok(stream::stream_response_announcing(
         app,
         sub,
@@ -257,6 +264,12 @@ fn resume_id(headers: &HeaderMap, query: &Query, sse: bool) -> Result<Option<Mes
             .map(Some)
             .map_err(|_| ApiError::BadRequest(format!("malformed last_id {text:?}"))),
     }
+}
+
+/// The control object that ends an open connection whose token expired or was revoked:
+/// `{"event":"expired","error":…}`. The client fetches a new token and resumes from its last id.
+pub fn lapse_object(denied: &halley_engine::access::Denied) -> String {
+    serde_json::json!({ "event": "expired", "error": denied.to_string() }).to_string()
 }
 
 /// The control object sent in-band when a resume has a gap.

@@ -153,6 +153,16 @@ impl Wire {
         }
     }
 
+    /// The last words of a stream whose credential lapsed (see [`super::lapse_object`]). No
+    /// `retry:` for SSE: reconnecting with the same token would be refused; the client gets a
+    /// new one first.
+    pub fn lapse(&self, denied: &halley_engine::access::Denied, out: &mut BytesMut) {
+        self.control("expired", &super::lapse_object(denied), out);
+        if let Wire::Multipart = self {
+            out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        }
+    }
+
     /// The last words of a stream: after lagging, or on shutdown (with reconnect advice).
     pub fn farewell(&self, event: &str, retry_ms: u32, out: &mut BytesMut) {
         if let Wire::Sse { .. } = self {
@@ -242,6 +252,13 @@ impl Stream {
                 Ok(false) => {}
                 Ok(true) => {
                     self.heartbeat.mark_unchanged();
+                    // A token that expired or was revoked ends the stream, with a notice.
+                    if let Some(denied) = self.sub.lapsed() {
+                        self.done = true;
+                        let mut out = BytesMut::new();
+                        self.wire.lapse(&denied, &mut out);
+                        return Poll::Ready(Some(out.freeze()));
+                    }
                     return Poll::Ready(Some(self.wire.heartbeat()));
                 }
                 // The ticker is gone: the server is stopping.

@@ -21,7 +21,7 @@ use crate::body::{Body, empty};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::state::App;
-use halley_engine::access::{Action, Identity, Via};
+use halley_engine::access::{Action, Principal, Via};
 
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
 /// biggest cost of an idle subscriber. Clients send little (an occasional publish), and a
@@ -40,7 +40,7 @@ pub async fn upgrade<B: RequestBody>(
     presence: Vec<super::Declaration>,
     announce: bool,
     mut request: Request<B>,
-    who: &Identity,
+    who: Principal,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers())?;
     // Frames are published to the channel subscribed to, when there is exactly one (and it is
@@ -49,7 +49,7 @@ pub async fn upgrade<B: RequestBody>(
     let publish_to = match patterns.as_slice() {
         [Pattern::Exact(channel)]
             if app
-                .decide(who, Action::Publish(channel, Via::Client))
+                .decide(&who, Action::Publish(channel, Via::Client))
                 .is_ok() =>
         {
             Some(channel.clone())
@@ -58,7 +58,9 @@ pub async fn upgrade<B: RequestBody>(
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
-    let sub = super::open(app, patterns, resume, presence).await?;
+    let mut sub = super::open(app, patterns, resume, presence).await?;
+    sub.admitted_as(&who, app.policy());
+    drop(who);
     spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
         run(&app, tx, rx, sub, publish_to, announce).await;
     });
@@ -223,6 +225,18 @@ async fn run(
             Ok(false) => {}
             Ok(true) => {
                 heartbeat.mark_unchanged();
+                // A token that expired or was revoked ends the connection, said in-band first.
+                if let Some(denied) = sub.lapsed() {
+                    let notice = super::lapse_object(&denied);
+                    let _ = tx.feed(text(&Bytes::from(notice))).await;
+                    let _ = tx
+                        .send(Frame::Close(Some(CloseFrame {
+                            code: CloseCode::Policy,
+                            reason: Utf8Bytes::from(denied.to_string()),
+                        })))
+                        .await;
+                    break;
+                }
                 if tx.send(Frame::Ping(Bytes::new())).await.is_err() {
                     break;
                 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
+use halley_engine::access::{AccessConfig, Policy};
 use halley_engine::{Engine, EngineConfig};
 use halley_http::{HttpConfig, Server};
 use http_body_util::{BodyExt, Full};
@@ -83,8 +84,38 @@ impl TestServer {
         let mut http = test_http();
         let mut engine = EngineConfig::default();
         tweak(&mut http, &mut engine);
-        let key = http.publish_key.clone();
         let server = Server::bind(http, Engine::in_memory(engine)).await.unwrap();
+        TestServer::launch(server, None)
+    }
+
+    /// A server with only a publish key configured (every publish needs it).
+    pub async fn with_key(key: &str) -> TestServer {
+        TestServer::with_access(AccessConfig {
+            publish_key: Some(key.into()),
+            ..AccessConfig::default()
+        })
+        .await
+    }
+
+    /// A server whose engine asks the policy built from `access`.
+    pub async fn with_access(access: AccessConfig) -> TestServer {
+        let key = access.publish_key.clone();
+        let policy = Policy::new(access).expect("a valid access configuration");
+        TestServer::with_policy(policy, key, |_| {}).await
+    }
+
+    /// A server whose engine asks `policy` (a clone of which the test may keep, to revoke);
+    /// `key` is the backend key [`TestServer::publish`] sends.
+    pub async fn with_policy(
+        policy: Policy,
+        key: Option<String>,
+        tweak: impl FnOnce(&mut HttpConfig),
+    ) -> TestServer {
+        let mut http = test_http();
+        tweak(&mut http);
+        let engine = Engine::in_memory(EngineConfig::default());
+        assert!(engine.set_policy(policy).is_ok());
+        let server = Server::bind(http, engine).await.unwrap();
         TestServer::launch(server, key)
     }
 
@@ -110,7 +141,6 @@ impl TestServer {
             ..BayeuxConfig::default()
         };
         tweak(&mut http, &mut engine, &mut bayeux);
-        let key = http.publish_key.clone();
         let engine = Engine::in_memory(engine);
         let bayeux = Bayeux::spawn(
             engine.clone(),
@@ -119,7 +149,7 @@ impl TestServer {
             Arc::new(NoServices),
         );
         let server = Server::bind_with(http, engine, bayeux).await.unwrap();
-        TestServer::launch(server, key)
+        TestServer::launch(server, None)
     }
 
     fn launch(server: Server, key: Option<String>) -> TestServer {
