@@ -74,7 +74,20 @@
     key: null,
     /** Presence member id; default: random per Halley instance (8–64 of [A-Za-z0-9_-]). */
     member: null,
+    /**
+     * Access token (a JWT the application's server minted), sent as `?token=` on subscribe
+     * URLs and `Authorization: Bearer` on one-shot requests. Never logged.
+     */
+    token: null,
+    /**
+     * `() => string | Promise<string>`: called for a token before the first connection (when
+     * `token` is not given) and whenever a fresh one is needed (expired, refused with 401).
+     */
+    getToken: null,
   };
+
+  /** Auth failures in a row (refused again right after a fresh token) before giving up. */
+  var MAX_AUTH_RETRIES = 3;
 
   // ---------------------------------------------------------------------------------------
   // Pure helpers (unit-tested in Node; no DOM here).
@@ -297,8 +310,9 @@
    * @param {string} transport
    * @param {{channels: Array<{channel: string, inbox?: string}>, presence: Array<object>}} spec
    * @param {string|null} lastId
+   * @param {string|null} [token]
    */
-  function subscribeUrl(base, transport, spec, lastId) {
+  function subscribeUrl(base, transport, spec, lastId, token) {
     var first = spec.channels[0].channel;
     var params = [];
     spec.channels.slice(1).forEach(function (c) {
@@ -318,6 +332,9 @@
     // breaks before the first message (polls carry it in every answer anyway).
     if (transport === "websocket" || transport === "sse" || transport === "stream") params.push("position=1");
     if (lastId) params.push("last_id=" + encodeURIComponent(lastId));
+    // EventSource, WebSocket and script tags cannot send headers: the token rides the URL, and
+    // so it does on every transport, for one rule.
+    if (token) params.push("token=" + encodeURIComponent(token));
     var url = base + "/sub" + first + (params.length ? "?" + params.join("&") : "");
     if (transport === "websocket") url = url.replace(/^http/, "ws");
     return url;
@@ -332,6 +349,78 @@
     var rest = parts.pop();
     return { lines: parts, rest: rest };
   }
+
+  /**
+   * When a JWT says it expires (ms since the epoch), read without verifying (the server does
+   * that); null for a token that is not a JWT or has no `exp`. Only a hint: used where the
+   * browser cannot see why a connection failed (a refused script tag).
+   */
+  function tokenExpiry(token) {
+    if (typeof token !== "string") return null;
+    var parts = token.split(".");
+    if (parts.length !== 3) return null;
+    try {
+      var b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (b64.length % 4) b64 += "=";
+      var text = typeof root.atob === "function" ? root.atob(b64) : Buffer.from(b64, "base64").toString("binary");
+      var claims = JSON.parse(text);
+      return claims && typeof claims.exp === "number" ? claims.exp * 1000 : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /**
+   * The client's credential: a static `token`, and/or `getToken()` for fresh ones. One fetch at
+   * a time (concurrent needs share it). `onToken(reason)` is told after each fresh token.
+   * @param {{token: string|null, getToken: function|null}} options
+   * @param {function(string)} [onToken]
+   */
+  function Auth(options, onToken) {
+    this.token = options.token || null;
+    this.getToken = typeof options.getToken === "function" ? options.getToken : null;
+    this.inflight = null;
+    this.onToken = onToken || function () {};
+  }
+  /** Whether requests carry a token at all. */
+  Auth.prototype.active = function () {
+    return !!(this.token || this.getToken);
+  };
+  Auth.prototype.canRefresh = function () {
+    return !!this.getToken;
+  };
+  /** The fetch to wait for before a request: one in flight, or the first one. Else null. */
+  Auth.prototype.pending = function () {
+    if (this.inflight) return this.inflight;
+    if (this.getToken && !this.token) return this.refresh("initial");
+    return null;
+  };
+  /** Asks getToken() for a fresh token (reason: initial | expired | unauthorized). */
+  Auth.prototype.refresh = function (reason) {
+    if (this.inflight) return this.inflight;
+    if (!this.getToken) return Promise.reject(new Error("halley: no getToken to refresh the token with"));
+    var self = this;
+    var asked;
+    try {
+      asked = Promise.resolve(this.getToken());
+    } catch (e) {
+      asked = Promise.reject(e);
+    }
+    this.inflight = asked.then(
+      function (t) {
+        self.inflight = null;
+        if (typeof t !== "string" || !t.trim()) throw new Error("halley: getToken gave no token");
+        self.token = t.trim();
+        self.onToken(reason);
+        return self.token;
+      },
+      function (e) {
+        self.inflight = null;
+        throw e;
+      },
+    );
+    return this.inflight;
+  };
 
   function randomId(length) {
     var alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -513,6 +602,18 @@
     return promise;
   }
 
+  /** `url` with `token=` added (script tags send no headers). */
+  function withToken(url, token) {
+    if (!token) return url;
+    return url + (url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(token);
+  }
+
+  /** `headers` with `Authorization: Bearer` added when there is a token. */
+  function authHeaders(headers, token) {
+    if (token) headers.authorization = "Bearer " + token;
+    return headers;
+  }
+
   function parseAnswer(res) {
     var body = null;
     try {
@@ -523,6 +624,7 @@
     if (res.status >= 400 || res.status === 0) {
       var err = new Error("halley: " + ((body && body.error) || "HTTP " + res.status));
       err.status = res.status;
+      if (body && body.error) err.reason = body.error;
       throw err;
     }
     return body;
@@ -533,8 +635,27 @@
   //   h.open()           the connection works (first bytes / 101 / first answer);
   //   h.frame(object)    a message object or a control object ({event: ...});
   //   h.position(id)     resume from here even without a message (long-poll, JSONP);
-  //   h.fail(reason)     it ended: 'connect', 'buffered', 'dropped' or 'refused' (4xx);
+  //   h.fail(reason, info) it ended: 'connect', 'buffered', 'dropped', 'refused' (4xx),
+  //                      'unauthorized' (401), 'forbidden' (403) with info {status, error},
+  //                      or 'expired' (the server ended it: the token lapsed);
   // and returns { close() }. Calls after close() or after fail() are ignored by the caller.
+
+  /** The failure reason for an HTTP status that refused a subscription. */
+  function refusal(status) {
+    if (status === 401) return "unauthorized";
+    if (status === 403) return "forbidden";
+    return status >= 400 && status < 500 ? "refused" : "connect";
+  }
+
+  /** The `error` of a JSON error body, or null. */
+  function errorOf(text) {
+    try {
+      var body = JSON.parse(text);
+      return body && typeof body.error === "string" ? body.error : null;
+    } catch (e) {
+      return null;
+    }
+  }
 
   var OPENERS = {};
 
@@ -567,9 +688,11 @@
       h.frame(obj);
     };
     ws.onerror = function () {};
-    ws.onclose = function () {
+    ws.onclose = function (e) {
       clearTimeout(timer);
-      h.fail(opened ? "dropped" : "connect");
+      // 1008 (policy violation) is how the server ends a connection whose token lapsed; the
+      // `expired` frame before it usually said so already.
+      h.fail(opened ? (e && e.code === 1008 ? "expired" : "dropped") : "connect");
     };
     return {
       close: function () {
@@ -610,7 +733,7 @@
       flowing();
       h.frame(obj);
     };
-    ["position", "gap", "lagged", "reconnect"].forEach(function (type) {
+    ["position", "gap", "lagged", "reconnect", "expired"].forEach(function (type) {
       es.addEventListener(type, function (e) {
         var obj = {};
         try {
@@ -660,18 +783,27 @@
       ctrl.abort();
       h.fail("buffered");
     }, ctx.options.flushTimeout);
-    var end = function (reason) {
+    var end = function (reason, info) {
       if (closed) return;
       closed = true;
       clearTimeout(timer);
-      h.fail(reason);
+      h.fail(reason, info);
     };
     root
       .fetch(ctx.url(), { cache: "no-store", signal: ctrl.signal })
       .then(function (res) {
         if (closed) return;
         if (!res.ok) {
-          end(res.status >= 400 && res.status < 500 ? "refused" : "connect");
+          var reason = refusal(res.status);
+          if (reason === "unauthorized" || reason === "forbidden") {
+            res.text().then(errorOf, function () {
+              return null;
+            }).then(function (error) {
+              end(reason, { status: res.status, error: error });
+            });
+            return;
+          }
+          end(reason);
           return;
         }
         if (!res.body) {
@@ -751,7 +883,7 @@
           clearTimeout(settle);
           if (answer.refused) {
             closed = true;
-            h.fail("refused");
+            h.fail(refusal(answer.status), { status: answer.status, error: answer.error });
             return;
           }
           markOpen();
@@ -790,7 +922,7 @@
     return pollLoop(ctx, h, function (url) {
       var req = httpRequest("GET", url, undefined, undefined, ctx.options.pollTimeout);
       var answer = req.then(function (res) {
-        if (res.status >= 400 && res.status < 500) return { refused: true };
+        if (res.status >= 400 && res.status < 500) return { refused: true, status: res.status, error: errorOf(res.text) };
         if (res.status !== 200) throw new Error("halley: HTTP " + res.status);
         var messages = JSON.parse(res.text);
         return {
@@ -826,12 +958,18 @@
    * @param {Resume} resume
    * @param {{message: function(object), control: function(object), position: function(string),
    *          state: function(string, string|null), transport: function(object)}} events
+   * @param {Auth} [auth]
    */
-  function Upstream(base, options, resume, events) {
+  function Upstream(base, options, resume, events, auth) {
     this.base = base;
     this.options = options;
     this.resume = resume;
     this.events = events;
+    this.auth = auth || new Auth({});
+    /** Auth failures since the last connection that opened. */
+    this.authAttempts = 0;
+    /** Set when a refusal stopped the reconnecting (401 with nothing to refresh, 403). */
+    this.halted = false;
     this.ladder = new Ladder(options.transports, options.stepDownAfter);
     this.spec = { channels: [], presence: [] };
     this.specKey = "";
@@ -850,6 +988,9 @@
     this.spec = spec;
     this.specKey = key;
     this.planned = true;
+    // Another set of channels may well be allowed where the last was refused.
+    this.halted = false;
+    this.authAttempts = 0;
     this.schedule(this.options.debounce);
   };
 
@@ -896,6 +1037,19 @@
     // A new channel set is not a lost connection: stay 'connected' until the new one opens
     // (or fails).
     if (!(this.planned && this.connectedNow)) this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
+    // A token to fetch first (the first one, or a fresh one after expiry): connect once it is in.
+    var wait = this.auth.pending();
+    if (wait) {
+      wait.then(
+        function () {
+          if (gen === self.gen && !self.closed) self.connect();
+        },
+        function (e) {
+          if (gen === self.gen && !self.closed) self.halt(401, "getToken failed: " + ((e && e.message) || e));
+        },
+      );
+      return;
+    }
     this.planned = false;
     this.connectedNow = false;
     this.openedAt = 0;
@@ -909,16 +1063,18 @@
       self.resume.advance(id);
       if (self.resume.lastId !== before) self.events.position(self.resume.lastId);
     };
+    this.connSpec = spec;
     var ctx = {
       options: this.options,
       url: function () {
-        return subscribeUrl(self.base, transport, spec, self.resume.lastId);
+        return subscribeUrl(self.base, transport, spec, self.resume.lastId, self.auth.token);
       },
     };
     this.conn = OPENERS[transport](ctx, {
       open: function () {
         if (!live()) return;
         self.ladder.opened();
+        self.authAttempts = 0;
         self.openedAt = Date.now();
         self.everConnected = true;
         self.connectedNow = true;
@@ -932,6 +1088,8 @@
           if (obj.event === "position" && obj.last_id) position(obj.last_id);
           if (obj.event === "reconnect" && typeof obj.retry === "number") self.retryHint = obj.retry;
           self.events.control(obj);
+          // The token lapsed; the server ends the connection now. Not the transport's fault.
+          if (obj.event === "expired") self.failed(gen, "expired", { status: 401, error: obj.error || "token expired" });
           return;
         }
         if (!self.delivered) {
@@ -944,17 +1102,128 @@
       position: function (id) {
         if (live()) position(id);
       },
-      fail: function (reason) {
+      fail: function (reason, info) {
         if (!live()) return;
-        self.failed(gen, reason);
+        self.failed(gen, reason, info);
       },
     });
   };
 
-  Upstream.prototype.failed = function (gen, reason) {
+  Upstream.prototype.failed = function (gen, reason, info) {
     if (gen !== this.gen || this.closed) return;
+    var transport = this.ladder.current;
     this.stop();
     this.connectedNow = false;
+    if (reason === "unauthorized" || reason === "forbidden" || reason === "expired") {
+      this.authFailed(reason === "forbidden" ? 403 : 401, info && info.error, reason);
+      return;
+    }
+    if (reason === "connect" && this.auth.active() && (transport === "websocket" || transport === "sse" || transport === "jsonp")) {
+      // A refused WebSocket upgrade or EventSource shows the page no status, and a refused
+      // script tag no more than a load error: was it the token? Ask, before blaming the transport.
+      var self = this;
+      var now = this.gen;
+      this.whyRefused(transport, function (why) {
+        if (now !== self.gen || self.closed) return;
+        if (why) self.authFailed(why.status, why.error, why.status === 403 ? "forbidden" : "unauthorized");
+        else self.stepFailed("connect");
+      });
+      return;
+    }
+    this.stepFailed(reason);
+  };
+
+  /**
+   * Calls back with {status, error} if the token is why `transport` could not open, else null.
+   * WebSocket and SSE: the same subscription as a fetch stream, given up at its headers (the
+   * server checks the token before anything else). Where fetch cannot reach the server (JSONP
+   * without CORS) the token's own `exp` is the only hint.
+   */
+  Upstream.prototype.whyRefused = function (transport, done) {
+    var token = this.auth.token;
+    var expiry = tokenExpiry(token);
+    var hint = expiry !== null && expiry <= Date.now() ? { status: 401, error: "token expired" } : null;
+    if (transport === "jsonp" || !available("stream") || !this.connSpec) {
+      done(hint);
+      return;
+    }
+    var ctrl = new root.AbortController();
+    var finished = false;
+    var finish = function (why) {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      ctrl.abort();
+      done(why);
+    };
+    var timer = setTimeout(function () {
+      finish(null);
+    }, this.options.flushTimeout);
+    var url = subscribeUrl(this.base, "stream", { channels: this.connSpec.channels, presence: [] }, null, token);
+    root.fetch(url, { cache: "no-store", signal: ctrl.signal }).then(
+      function (res) {
+        if (res.status !== 401 && res.status !== 403) return finish(null);
+        res.text().then(errorOf, function () {
+          return null;
+        }).then(function (error) {
+          finish({ status: res.status, error: error });
+        });
+      },
+      function () {
+        finish(null);
+      },
+    );
+  };
+
+  /**
+   * A refusal for the token's sake. 401 (expired, revoked, bad): with getToken, fetch a fresh
+   * token and reconnect at once, resuming from the last id (refused again right after, back
+   * off; after MAX_AUTH_RETRIES, give up); without it, stop. 403 (the token does not cover the
+   * channels): stop. Never held against the transport.
+   */
+  Upstream.prototype.authFailed = function (status, error, reason) {
+    var transport = this.ladder.current;
+    if (status === 403) return this.halt(403, error || "forbidden");
+    if (!this.auth.canRefresh()) return this.halt(401, error || (reason === "expired" ? "token expired" : "unauthorized"));
+    this.authAttempts += 1;
+    if (this.authAttempts > MAX_AUTH_RETRIES) return this.halt(401, error || "unauthorized");
+    var self = this;
+    var gen = this.gen;
+    this.events.state("reconnecting", transport);
+    this.auth.refresh(reason === "unauthorized" && /expired/i.test(error || "") ? "expired" : reason).then(
+      function () {
+        if (gen !== self.gen || self.closed) return;
+        var delay = self.authAttempts === 1 ? 0 : backoffDelay(self.authAttempts - 2, self.options.backoff);
+        self.schedule(delay);
+      },
+      function (e) {
+        if (gen !== self.gen || self.closed) return;
+        self.halt(401, "getToken failed: " + ((e && e.message) || e));
+      },
+    );
+  };
+
+  /** Stops reconnecting after a refusal: 'unauthorized' state and an error event. */
+  Upstream.prototype.halt = function (status, error) {
+    this.stop();
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.halted = true;
+    this.connectedNow = false;
+    this.events.control({ event: "error", error: error, status: status });
+    this.events.state("unauthorized", this.ladder.current);
+  };
+
+  /** A new token from the application (setToken): try again now if a refusal stopped us. */
+  Upstream.prototype.retry = function () {
+    if (this.closed || !this.halted) return;
+    this.halted = false;
+    this.authAttempts = 0;
+    this.schedule(0);
+  };
+
+  /** What a failure to open or a cut means for the ladder and the backoff. */
+  Upstream.prototype.stepFailed = function (reason) {
     if (reason === "dropped") {
       // A connection that delivered, or lived a while, worked: start the backoff afresh. One
       // cut soon after opening, with nothing delivered, is no better than one that never
@@ -985,7 +1254,7 @@
 
   /** The browser says the network is back: stop waiting out the backoff. */
   Upstream.prototype.online = function () {
-    if (this.closed || this.conn || !this.timer) return;
+    if (this.closed || this.halted || this.conn || !this.timer) return;
     this.schedule(0);
   };
 
@@ -1072,6 +1341,12 @@
     this._peers = new Map();
     this._pushTimer = null;
     this._gapAt = undefined;
+    var self = this;
+    this._auth = new Auth(opts, function (reason) {
+      // Say that a fresh token came in (never which one).
+      if (self.role === "leader") self._post({ t: "token", info: { reason: reason } });
+      self._emit("token", { reason: reason });
+    });
     this.role = "solo";
     if (opts.share && canShare()) this._share();
     else this._lead();
@@ -1095,7 +1370,8 @@
 
   /**
    * Listens to 'state' ({state, transport}), 'transport' ({transport, from, reason}),
-   * 'gap' ({channel, lastId}), 'inbox' (data, message), 'message' (message), 'error' (object).
+   * 'gap' ({channel, lastId}), 'inbox' (data, message), 'message' (message), 'error' (object),
+   * 'token' ({reason}: a fresh token came from getToken; reason initial | expired | unauthorized).
    * @returns {function(): void} removes the listener
    */
   Halley.prototype.on = function (event, fn) {
@@ -1167,15 +1443,42 @@
     if (!isChannel(channel)) return Promise.reject(new Error("halley: cannot publish to " + JSON.stringify(channel)));
     var json = JSON.stringify(data === undefined ? null : data);
     var key = this.options.key;
-    if (this._jsonp()) {
-      var url = this.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
-      return jsonpRequest(url, this.options.pollTimeout).then(function (args) {
-        return args[0];
-      });
-    }
-    var headers = { "content-type": "application/json" };
-    if (key) headers["x-halley-key"] = key;
-    return httpRequest("POST", this.url + "/pub" + channel, json, headers).then(parseAnswer);
+    var self = this;
+    return this._authed(function (token) {
+      if (self._jsonp()) {
+        var url = self.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
+        return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
+          return args[0];
+        });
+      }
+      var headers = authHeaders({ "content-type": "application/json" }, token);
+      if (key) headers["x-halley-key"] = key;
+      return httpRequest("POST", self.url + "/pub" + channel, json, headers).then(parseAnswer);
+    });
+  };
+
+  /** Replaces the token (for apps that refresh it themselves); reconnects if a refusal stopped. */
+  Halley.prototype.setToken = function (token) {
+    this._auth.token = token || null;
+    if (this._upstream) this._upstream.retry();
+  };
+
+  /**
+   * Runs `request(token)` with the current token (after the first getToken(), if it is still
+   * on its way); answered 401 and able to refresh, once more with a fresh token.
+   */
+  Halley.prototype._authed = function (request) {
+    var auth = this._auth;
+    var go = function () {
+      return request(auth.token);
+    };
+    var wait = auth.pending();
+    var first = wait ? wait.then(go) : go();
+    if (!auth.canRefresh()) return first;
+    return first.catch(function (e) {
+      if (!e || e.status !== 401) throw e;
+      return auth.refresh(/expired/i.test(e.reason || "") ? "expired" : "unauthorized").then(go);
+    });
   };
 
   /**
@@ -1185,11 +1488,13 @@
   Halley.prototype.inbox = function () {
     var self = this;
     if (!this._inboxPromise) {
-      var minted = this._jsonp()
-        ? jsonpRequest(this.url + "/api/inbox", this.options.pollTimeout).then(function (args) {
-            return args[0];
-          })
-        : httpRequest("POST", this.url + "/api/inbox", "").then(parseAnswer);
+      var minted = this._authed(function (token) {
+        return self._jsonp()
+          ? jsonpRequest(withToken(self.url + "/api/inbox", token), self.options.pollTimeout).then(function (args) {
+              return args[0];
+            })
+          : httpRequest("POST", self.url + "/api/inbox", "", authHeaders({}, token)).then(parseAnswer);
+      });
       this._inboxPromise = minted.then(
         function (box) {
           self._inboxes.push({ channel: box.channel, secret: box.secret });
@@ -1212,16 +1517,19 @@
   Halley.prototype.send = function (address, data) {
     var json = JSON.stringify(data === undefined ? null : data);
     var key = this.options.key;
-    if (this._jsonp()) {
-      // A script tag can only GET: the JSON travels in `data`.
-      var url = address + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
-      return jsonpRequest(url, this.options.pollTimeout).then(function (args) {
-        return args[0];
-      });
-    }
-    var headers = { "content-type": "application/json" };
-    if (key) headers["x-halley-key"] = key;
-    return httpRequest("POST", address, json, headers).then(parseAnswer);
+    var self = this;
+    return this._authed(function (token) {
+      if (self._jsonp()) {
+        // A script tag can only GET: the JSON travels in `data`.
+        var url = address + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
+        return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
+          return args[0];
+        });
+      }
+      var headers = authHeaders({ "content-type": "application/json" }, token);
+      if (key) headers["x-halley-key"] = key;
+      return httpRequest("POST", address, json, headers).then(parseAnswer);
+    });
   };
 
   /** Who is on `channel`: the server's `{channel, members: [info, …]}`. */
@@ -1245,12 +1553,15 @@
   };
 
   Halley.prototype._get = function (path) {
-    if (this._jsonp()) {
-      return jsonpRequest(this.url + path, this.options.pollTimeout).then(function (args) {
-        return args[0];
-      });
-    }
-    return httpRequest("GET", this.url + path).then(parseAnswer);
+    var self = this;
+    return this._authed(function (token) {
+      if (self._jsonp()) {
+        return jsonpRequest(withToken(self.url + path, token), self.options.pollTimeout).then(function (args) {
+          return args[0];
+        });
+      }
+      return httpRequest("GET", self.url + path, undefined, authHeaders({}, token)).then(parseAnswer);
+    });
   };
 
   /** One-shot requests go over JSONP when that is the transport in use (no CORS assumed). */
@@ -1380,7 +1691,7 @@
         relay({ t: "transport", info: info });
         self._emit("transport", info);
       },
-    });
+    }, this._auth);
     if (typeof root.addEventListener === "function" && !this._onOnline) {
       this._onOnline = function () {
         if (self._upstream) self._upstream.online();
@@ -1512,6 +1823,9 @@
       case "transport":
         this._emit("transport", msg.info);
         break;
+      case "token":
+        this._emit("token", msg.info);
+        break;
     }
   };
 
@@ -1531,6 +1845,8 @@
     subscribeUrl: subscribeUrl,
     splitLines: splitLines,
     available: available,
+    tokenExpiry: tokenExpiry,
+    Auth: Auth,
   };
 
   root.Halley = Halley;
