@@ -8,8 +8,12 @@
 /** Transports, in the order the client prefers them. */
 export type Transport = "websocket" | "sse" | "stream" | "longpoll" | "jsonp";
 
-/** `idle`: no subscriptions, nothing open. */
-export type State = "connecting" | "connected" | "reconnecting" | "closed" | "idle";
+/**
+ * `idle`: no subscriptions, nothing open. `unauthorized`: the server refused the token (401 with
+ * no `getToken` to get a fresh one, or `getToken` failed, or 403: the token does not cover the
+ * channels); the client stopped reconnecting until `setToken()` or a change of subscriptions.
+ */
+export type State = "connecting" | "connected" | "reconnecting" | "closed" | "idle" | "unauthorized";
 
 /** Any JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -39,6 +43,18 @@ export interface HalleyOptions {
   key?: string | null;
   /** Presence member id, 8–64 of [A-Za-z0-9_-]. Default: random per instance. */
   member?: string | null;
+  /**
+   * Access token (a JWT your application's server minted). Sent as `?token=` on subscribe URLs
+   * (every transport) and `Authorization: Bearer` on fetch/XHR requests (`?token=` over JSONP).
+   */
+  token?: string | null;
+  /**
+   * Called for a token before the first connection (unless `token` is given) and whenever a
+   * fresh one is needed: the server said the token expired, or refused it with 401. A rejection
+   * (or an empty string) stops the client in state `unauthorized`. With tabs sharing one
+   * connection, the leader tab's is the one the connection uses.
+   */
+  getToken?: (() => string | Promise<string>) | null;
 }
 
 /** A message as the server sends it. */
@@ -103,8 +119,13 @@ export interface HalleyEvents {
   inbox: (data: Json, message: Message) => void;
   /** Every message, before the subscription callbacks. */
   message: (message: Message) => void;
-  /** A server `error` control object, or a refused subscription. */
-  error: (error: { event: "error"; error?: string }) => void;
+  /**
+   * A server `error` control object, or a refused subscription. `status` 401 or 403 when the
+   * token was refused and the client stopped (state `unauthorized`).
+   */
+  error: (error: { event: "error"; error?: string; status?: number }) => void;
+  /** A fresh token came from `getToken` (never which one): at start, after expiry, after a 401. */
+  token: (info: { reason: "initial" | "expired" | "unauthorized" }) => void;
 }
 
 declare class HalleyClient {
@@ -139,6 +160,11 @@ declare class HalleyClient {
   send(address: string, data: Json): Promise<unknown>;
   on<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): () => void;
   off<E extends keyof HalleyEvents>(event: E, listener: HalleyEvents[E]): void;
+  /**
+   * Replaces the token (for an app that refreshes it itself). The next requests and reconnects
+   * carry it; a client stopped in `unauthorized` reconnects at once, from its last id.
+   */
+  setToken(token: string | null): void;
   close(): void;
 
   static readonly TRANSPORTS: Transport[];
