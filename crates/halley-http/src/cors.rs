@@ -124,7 +124,9 @@ pub fn preflight(request: &HeaderMap, verdict: &Verdict) -> Response<Body> {
     let requested = request
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID, X-Halley-Key"));
+        .unwrap_or_else(|| {
+            HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID, X-Halley-Key")
+        });
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -62,8 +62,7 @@ fn now() -> u64 {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -190,12 +189,21 @@ async fn every_policy_gated_route_refuses_a_caller_the_policy_refuses() {
     let got = String::from_utf8(common::read_to_close(&mut pull).await).unwrap();
     assert!(got.contains("\"error\""), "{got:?}");
     // Every transport of /sub, not only long-polling.
-    for transport in ["sse", "stream", "iframe&callback=f", "multipart", "jsonp&callback=f"] {
+    for transport in [
+        "sse",
+        "stream",
+        "iframe&callback=f",
+        "multipart",
+        "jsonp&callback=f",
+    ] {
         let path = format!("/sub/locked/a?transport={transport}");
         s.get(&path).await.expect_error(401);
     }
     let refused = s.ws_with("/sub/locked/a", &[]).await;
-    assert!(refused.is_err(), "a WebSocket upgrade to /locked/a was accepted");
+    assert!(
+        refused.is_err(),
+        "a WebSocket upgrade to /locked/a was accepted"
+    );
 }
 
 // ---- Bayeux ----
@@ -226,7 +234,12 @@ async fn bayeux_client(s: &TestServer, ext: Value) -> String {
 
 fn error_code(reply: &Value) -> u16 {
     let error = reply["error"].as_str().unwrap_or_default();
-    error.split(':').next().unwrap_or_default().parse().unwrap_or(0)
+    error
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Regression: with `--publish-key` set, a Bayeux client (handshake, then publish on
@@ -234,9 +247,7 @@ fn error_code(reply: &Value) -> u16 {
 #[tokio::test]
 async fn bayeux_publish_without_the_publish_key_is_refused() {
     let s = TestServer::with_key("k").await;
-    let mut sub = s
-        .stream("/sub/chat/a?transport=stream&format=json")
-        .await;
+    let mut sub = s.stream("/sub/chat/a?transport=stream&format=json").await;
     let client = bayeux_client(&s, json!({})).await;
     let replies = bayeux(
         &s,
@@ -284,7 +295,11 @@ async fn bayeux_asks_the_policy_on_every_transport() {
     assert_eq!(error_code(&replies[1]), 401, "{}", replies[1]);
     assert_eq!(replies[2]["successful"], true, "{}", replies[2]);
     // A bad token in the handshake is refused there, with reconnect: none.
-    let reply = bayeux_handshake(&s, json!({"token": token_with(json!({"sub": "x"}), "other")})).await;
+    let reply = bayeux_handshake(
+        &s,
+        json!({"token": token_with(json!({"sub": "x"}), "other")}),
+    )
+    .await;
     assert_eq!(error_code(&reply), 401, "{reply}");
     assert_eq!(reply["advice"]["reconnect"], "none", "{reply}");
     // A token from the transport's Authorization header counts for the handshake.
@@ -341,8 +356,10 @@ async fn ws_send(ws: &mut Ws, batch: Value) {
 async fn credentials_by_entry_point() {
     let policy = Policy::new(locked()).unwrap();
     let s = TestServer::with_policy(policy.clone(), Some(KEY.into()), |_| {}).await;
-    let revoked = token(json!({"sub": "mallory", "exp": now() + 3600, "iat": now() - 10,
-                               "channels": ["/chat/**"], "publish": ["/chat/**"]}));
+    let revoked = token(
+        json!({"sub": "mallory", "exp": now() + 3600, "iat": now() - 10,
+                               "channels": ["/chat/**"], "publish": ["/chat/**"]}),
+    );
     policy.revoke("mallory", now()).unwrap();
     let none_alg = format!(
         "{}.{}.",
@@ -355,25 +372,34 @@ async fn credentials_by_entry_point() {
         ("no credential", None, 401),
         (
             "expired",
-            Some(token(json!({"sub": "alice", "exp": now() - 60, "channels": ["/chat/**"], "publish": ["/chat/**"]}))),
+            Some(token(
+                json!({"sub": "alice", "exp": now() - 60, "channels": ["/chat/**"], "publish": ["/chat/**"]}),
+            )),
             401,
         ),
         (
             "not yet valid",
-            Some(token(json!({"sub": "alice", "exp": now() + 3600, "nbf": now() + 600,
-                              "channels": ["/chat/**"], "publish": ["/chat/**"]}))),
+            Some(token(
+                json!({"sub": "alice", "exp": now() + 3600, "nbf": now() + 600,
+                              "channels": ["/chat/**"], "publish": ["/chat/**"]}),
+            )),
             401,
         ),
         (
             "bad signature",
-            Some(token_with(json!({"sub": "alice", "exp": now() + 3600, "channels": ["/chat/**"], "publish": ["/chat/**"]}), "another-secret-entirely-32-bytes")),
+            Some(token_with(
+                json!({"sub": "alice", "exp": now() + 3600, "channels": ["/chat/**"], "publish": ["/chat/**"]}),
+                "another-secret-entirely-32-bytes",
+            )),
             401,
         ),
         ("alg none", Some(none_alg), 401),
         ("revoked", Some(revoked), 401),
         (
             "wrong channel",
-            Some(token(json!({"sub": "alice", "exp": now() + 3600, "channels": ["/other/**"], "publish": ["/other/**"]}))),
+            Some(token(
+                json!({"sub": "alice", "exp": now() + 3600, "channels": ["/other/**"], "publish": ["/other/**"]}),
+            )),
             403,
         ),
         ("valid", Some(alice()), 200),
@@ -397,7 +423,11 @@ async fn credentials_by_entry_point() {
             "/api/presence?channel=/chat/a",
         ] {
             let open = s
-                .open(s.request("GET", &query(path)).body(Full::default()).unwrap())
+                .open(
+                    s.request("GET", &query(path))
+                        .body(Full::default())
+                        .unwrap(),
+                )
                 .await;
             got.push((path.to_string(), open.status.as_u16()));
         }
@@ -407,15 +437,22 @@ async fn credentials_by_entry_point() {
             if let Some(b) = &bearer {
                 request = request.header("authorization", b.as_str());
             }
-            let open = s.open(request.body(Full::new(Bytes::from_static(b"x"))).unwrap()).await;
+            let open = s
+                .open(request.body(Full::new(Bytes::from_static(b"x"))).unwrap())
+                .await;
             got.push((format!("{method} {path} (bearer)"), open.status.as_u16()));
         }
         // The WebSocket upgrade.
-        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
         let ws = s.ws_with("/sub/chat/a", &headers).await;
         let ws_status = match ws {
             Ok(_) => 200,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
             Err(e) => panic!("{what}: websocket: {e}"),
         };
         got.push(("websocket".into(), ws_status));
@@ -432,7 +469,11 @@ async fn credentials_by_entry_point() {
                 json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/chat/a", "id": "s"}]),
             )
             .await;
-            if replies[0]["successful"] == true { 200 } else { error_code(&replies[0]) }
+            if replies[0]["successful"] == true {
+                200
+            } else {
+                error_code(&replies[0])
+            }
         } else {
             error_code(&handshake)
         };
@@ -463,7 +504,10 @@ async fn a_token_that_expires_ends_open_connections_with_a_notice() {
         .await;
     assert_eq!(sse.status, 200);
     let mut ws = s
-        .ws_with("/sub/chat/a", &[("authorization", &format!("Bearer {short}"))])
+        .ws_with(
+            "/sub/chat/a",
+            &[("authorization", &format!("Bearer {short}"))],
+        )
         .await
         .unwrap();
     // Both are open and well; then the token's time is up (beyond any leeway).

@@ -418,7 +418,6 @@ impl ServeArgs {
             max_connections: self.max_connections.unwrap_or(h.max_connections),
             body_limit: self.body_limit.unwrap_or(h.body_limit),
             allowed_origins: self.allowed_origins.unwrap_or(h.allowed_origins),
-            publish_key: self.publish_key.or(h.publish_key).filter(|k| !k.is_empty()),
             drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
             retry: h.retry,
             cometd_path: self.cometd_path.unwrap_or(h.cometd_path),

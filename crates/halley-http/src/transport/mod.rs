@@ -64,7 +64,11 @@ pub async fn subscribe<B: RequestBody>(
         app.decide(&who, Action::Presence(&d.channel))?;
         // What the application vouches for in the token is who this member is; a client
         // cannot claim another name or colour.
-        if let Some(info) = who.info.as_deref().and_then(|i| serde_json::from_str(i).ok()) {
+        if let Some(info) = who
+            .info
+            .as_deref()
+            .and_then(|i| serde_json::from_str(i).ok())
+        {
             d.info = info;
         }
     }

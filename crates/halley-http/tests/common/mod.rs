@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
 use halley_engine::access::{AccessConfig, Policy};
+use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
 use halley_engine::{Engine, EngineConfig};
 use halley_http::{HttpConfig, Server};
 use http_body_util::{BodyExt, Full};
