@@ -1,8 +1,9 @@
 // halley.js with access tokens, in headless Chromium against the real binary: a namespace that
 // wants a token to subscribe, short-lived HS256 tokens minted here, getToken() served to the
-// page, and the server ending the connection when the token lapses. Over WebSocket and then
-// SSE (forced), the page must get every message published before, during and after the
-// expiry exactly once and in order, and must have asked getToken() for a fresh token. Then the
+// page, and the server ending the connection when the token lapses (streams: an `expired`
+// notice; polls: the next poll refused with 401). Over each transport in turn (forced), the page
+// must get every message published before, during and after the expiry exactly once and in
+// order, must have asked getToken() for a fresh token, and must not step down. Then the
 // refusals: a lapsed static token (401) and a token for other channels (403) stop the client.
 //   cargo build -p halley && cd interop && npm ci && node --test tests/halley-js-token.test.js
 import { test, before, after } from "node:test";
@@ -118,8 +119,8 @@ function start(page, options, channel, { getToken = false } = {}) {
   );
 }
 
-for (const transport of ["websocket", "sse"]) {
-  test(`forced ${transport}: the token expires on the open connection; getToken, resume, every message once`, async (t) => {
+for (const transport of ["websocket", "sse", "stream", "longpoll", "jsonp"]) {
+  test(`forced ${transport}: the token expires; getToken, resume, every message once`, async (t) => {
     if (unsupported) return t.skip(unsupported);
     const { page, minted } = await tokenPage(() => ({ channels: ["/chat/**"] }));
     const channel = `/chat/token/${transport}`;
