@@ -1028,12 +1028,6 @@
     var gen = this.gen;
     var self = this;
     var spec = this.spec;
-    if (spec.channels.length > MAX_SUB_CHANNELS || spec.presence.length > MAX_PRESENCE) {
-      // The server refuses more (PROTOCOL.md); connecting with none would be worse than
-      // connecting with the first ones and saying so.
-      this.events.control({ event: "error", error: "more than 16 channels or presence declarations: only the first 16 are connected" });
-      spec = { channels: spec.channels.slice(0, MAX_SUB_CHANNELS), presence: spec.presence.slice(0, MAX_PRESENCE) };
-    }
     // A new channel set is not a lost connection: stay 'connected' until the new one opens
     // (or fails).
     if (!(this.planned && this.connectedNow)) this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
@@ -1049,6 +1043,12 @@
         },
       );
       return;
+    }
+    if (spec.channels.length > MAX_SUB_CHANNELS || spec.presence.length > MAX_PRESENCE) {
+      // The server refuses more (PROTOCOL.md); connecting with none would be worse than
+      // connecting with the first ones and saying so.
+      this.events.control({ event: "error", error: "more than 16 channels or presence declarations: only the first 16 are connected" });
+      spec = { channels: spec.channels.slice(0, MAX_SUB_CHANNELS), presence: spec.presence.slice(0, MAX_PRESENCE) };
     }
     this.planned = false;
     this.connectedNow = false;
@@ -1189,7 +1189,7 @@
     if (this.authAttempts > MAX_AUTH_RETRIES) return this.halt(401, error || "unauthorized");
     var self = this;
     var gen = this.gen;
-    this.events.state("reconnecting", transport);
+    this.events.state(this.everConnected ? "reconnecting" : "connecting", transport);
     this.auth.refresh(reason === "unauthorized" && /expired/i.test(error || "") ? "expired" : reason).then(
       function () {
         if (gen !== self.gen || self.closed) return;
