@@ -232,8 +232,7 @@ impl Hub {
             floor: None,
             gap: false,
             position: None,
-            kept: None,
-            admitted: None,
+            extras: None,
         }
     }
 
@@ -315,16 +314,20 @@ pub struct Subscription {
     floor: Option<MessageId>,
     gap: bool,
     position: Option<MessageId>,
-    /// Presence declared by the connection this subscription serves; it ends with it. Boxed:
-    /// most subscriptions have none, and a subscription is moved into several futures of an
-    /// idle subscriber — a bare `Vec` measured +0.16 KiB per idle WebSocket subscriber, this
-    /// +0.04 (halley-bench hold, 10,000).
-    #[allow(clippy::box_collection)]
-    kept: Option<Box<Vec<crate::PresenceGuard>>>,
+    /// What only some subscriptions carry (presence, a credential that can lapse), in one box:
+    /// a subscription is moved into several futures of an idle subscriber, so each word here
+    /// is paid several times — a bare `Vec` measured +0.16 KiB per idle WebSocket subscriber,
+    /// one more boxed field +0.10 (halley-bench hold, 10,000).
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Default)]
+struct Extras {
+    /// Presence declared by the connection this subscription serves; it ends with it.
+    kept: Vec<crate::PresenceGuard>,
     /// The credential this subscription was admitted with, when it can lapse (a token with an
-    /// expiry or a subject that can be revoked), and the policy that judges it. Boxed and
-    /// absent for everyone else: an anonymous subscriber pays 8 bytes.
-    admitted: Option<Box<(Principal, Policy)>>,
+    /// expiry or a subject that can be revoked), and the policy that judges it.
+    admitted: Option<(Principal, Policy)>,
 }
 
 impl Subscription {
@@ -333,7 +336,7 @@ impl Subscription {
     /// backend key) are not kept.
     pub fn admitted_as(&mut self, who: &Principal, policy: &Policy) {
         if who.expires.is_some() || who.user.is_some() {
-            self.admitted = Some(Box::new((who.clone(), policy.clone())));
+            self.extras.get_or_insert_default().admitted = Some((who.clone(), policy.clone()));
         }
     }
 
@@ -341,13 +344,13 @@ impl Subscription {
     /// revoked), and why. Transports ask at heartbeat ticks, so a lapse ends an open
     /// connection within one heartbeat interval, with a notice in the transport's form.
     pub fn lapsed(&self) -> Option<Denied> {
-        let (who, policy) = self.admitted.as_deref()?;
+        let (who, policy) = self.extras.as_deref()?.admitted.as_ref()?;
         policy.check_open(who).err()
     }
 
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.
     pub fn keep(&mut self, guard: crate::PresenceGuard) {
-        self.kept.get_or_insert_default().push(guard);
+        self.extras.get_or_insert_default().kept.push(guard);
     }
 
     /// The first pattern (the only one, except for Bayeux sessions).

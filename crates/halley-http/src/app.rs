@@ -91,11 +91,7 @@ fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling
             let channel = rest();
             Box::pin(async move { publish::publish_jsonp(app, &channel, request).await })
         }
-        Handler::Subscribe => Box::pin(transport::subscribe(
-            app,
-            endpoint.rest.map(str::to_owned),
-            request,
-        )),
+        Handler::Subscribe => transport::subscribe(app, endpoint.rest.map(str::to_owned), request),
         Handler::InboxSend => {
             let address = rest();
             Box::pin(async move { api::send(app, &address, request).await })

@@ -106,21 +106,17 @@ async fn callback_polling<B: RequestBody>(
     Ok(response)
 }
 
-/// Runs a batch: everything is answered in order, except a `/meta/connect`, which is held last
-/// and answered together with the messages it collected. Returns the JSON array and, when the
-/// request had no browser cookie, the id to set.
-async fn process(
+/// Answers a batch's messages in order, but for its (last) `/meta/connect`, which is returned
+/// to be held; and whether it held a successful handshake.
+async fn answer(
     app: &Arc<App>,
     batch: Vec<BayeuxMessage>,
-    browser: Option<String>,
     who: Principal,
-    kind: Kind,
-) -> (BytesMut, Option<String>) {
+) -> (Output, Option<Connect>, bool) {
     let mut out = Output::default();
     let mut connect: Option<Connect> = None;
     let mut handshaken = false;
     for message in batch {
-        // Boxed: what handling a message needs is not kept through the hold below.
         match Box::pin(app.bayeux.handle_from(message, &who)).await {
             Handled::Reply(reply) => {
                 handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
@@ -134,7 +130,22 @@ async fn process(
             }
         }
     }
-    drop(who);
+    (out, connect, handshaken)
+}
+
+/// Runs a batch: everything is answered in order, except a `/meta/connect`, which is held last
+/// and answered together with the messages it collected. Returns the JSON array and, when the
+/// request had no browser cookie, the id to set.
+async fn process(
+    app: &Arc<App>,
+    batch: Vec<BayeuxMessage>,
+    browser: Option<String>,
+    who: Principal,
+    kind: Kind,
+) -> (BytesMut, Option<String>) {
+    // Boxed, and over before the hold: the batch and the caller's credentials are not kept
+    // by a held connect.
+    let (mut out, connect, handshaken) = Box::pin(answer(app, batch, who)).await;
     let new_browser = (handshaken && browser.is_none()).then(new_browser_id);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);

@@ -89,7 +89,8 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                 let mut out = Output::default();
                 let mut disconnected = false;
                 for message in batch {
-                    match app.bayeux.handle_from(message, &who).await {
+                    // Boxed: handling a message is not what an idle socket waits in.
+                    match Box::pin(app.bayeux.handle_from(message, &who)).await {
                         Handled::Reply(reply) => {
                             disconnected |= reply.channel == "/meta/disconnect"
                                 && reply.successful == Some(true);

@@ -17,10 +17,10 @@ use crate::body::RequestBody;
 use halley_engine::Subscription;
 use halley_engine::access::Action;
 use halley_proto::{Channel, MessageId, Pattern, inbox};
+use hyper::Request;
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
-use hyper::{Request, Response};
 
-use crate::body::Body;
+use crate::app::Handling;
 use crate::error::ApiError;
 use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
@@ -43,23 +43,37 @@ pub const MAX_PRESENCE_INFO: usize = 512;
 /// `GET /sub/{channel}` and `GET /sub?channel=…&channel=…`: subscribe one connection to every
 /// channel named (the path's and each `channel` parameter), with presence declarations and the
 /// inbox secret when given (clients/js/PROTOCOL.md).
-pub async fn subscribe<B: RequestBody>(
-    app: &Arc<App>,
+pub fn subscribe<'a, B: RequestBody>(
+    app: &'a Arc<App>,
     channel: Option<String>,
     request: Request<B>,
-) -> Result<Response<Body>, ApiError> {
+) -> Handling<'a> {
+    match prepare(app, channel, request) {
+        Ok(handling) => handling,
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
+}
+
+/// Everything a `/sub` request decides (its channels, transport, resume point, presence, and
+/// the policy's answer), done before any future exists: the held future of each transport
+/// carries only what that transport needs — not the request, the query or the caller's
+/// credentials (each word kept here is paid by every idle subscriber).
+fn prepare<'a, B: RequestBody>(
+    app: &'a Arc<App>,
+    channel: Option<String>,
+    request: Request<B>,
+) -> Result<Handling<'a>, ApiError> {
     let query = Query::parse(request.uri().query());
     let patterns = patterns(channel.as_deref(), &query)?;
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
-    let presence = declarations(&query)?;
+    let mut presence = declarations(&query)?;
     // One policy decision per channel and declaration, when the subscription starts; nothing
     // is checked per message.
     let who = app.admit(request.headers(), &query)?;
     for pattern in &patterns {
         app.decide(&who, Action::Subscribe(pattern))?;
     }
-    let mut presence = presence;
     for d in &mut presence {
         app.decide(&who, Action::Presence(&d.channel))?;
         // What the application vouches for in the token is who this member is; a client
@@ -83,26 +97,23 @@ pub async fn subscribe<B: RequestBody>(
         Ok(callback.to_string())
     };
     let json = query.get("format") == Some("json");
+    let announce = announce(&query);
     let wire = match kind {
         Kind::WebSocket => {
-            let announce = announce(&query);
-            return Box::pin(ws::upgrade(
+            return Ok(Box::pin(ws::upgrade(
                 app, patterns, resume, presence, announce, request, who,
-            ))
-            .await;
+            )));
         }
-        // The request and its query are let go before the hold: their heap (headers, the
-        // parsed query, ~0.8 KiB) would otherwise stay allocated for as long as it lasts.
-        Kind::LongPoll => {
-            drop((query, who));
-            drop(request);
-            return Box::pin(poll::hold(app, patterns, resume, presence, None)).await;
-        }
+        Kind::LongPoll => return Ok(Box::pin(poll::hold(app, patterns, resume, presence, None))),
         Kind::Jsonp => {
             let cb = callback()?;
-            drop((query, who));
-            drop(request);
-            return Box::pin(poll::hold(app, patterns, resume, presence, Some(cb))).await;
+            return Ok(Box::pin(poll::hold(
+                app,
+                patterns,
+                resume,
+                presence,
+                Some(cb),
+            )));
         }
         Kind::Sse => Wire::Sse { json },
         Kind::Stream => Wire::Lines { json, skip: None },
@@ -112,17 +123,14 @@ pub async fn subscribe<B: RequestBody>(
         Kind::Multipart => Wire::Multipart,
         Kind::Pull => unreachable!("select never picks pull"),
     };
-    // Every branch that awaits is boxed, so that a held long-poll's future (above) is not sized
-    // for the others.
-    let mut sub = Box::pin(open(app, patterns, resume, presence)).await?;
-    sub.admitted_as(&who, app.policy());
-    Ok(stream::stream_response_announcing(
-        app,
-        sub,
-        wire,
-        kind,
-        announce(&query),
-    ))
+    Ok(Box::pin(async move {
+        let mut sub = open(app, patterns, resume, presence).await?;
+        sub.admitted_as(&who, app.policy());
+        drop(who);
+        Ok(stream::stream_response_announcing(
+            app, sub, wire, kind, announce,
+        ))
+    }))
 }
 
 /// `?position=1`: open the stream with where it starts (`{"event":"position","last_id":…}`), so

@@ -225,16 +225,10 @@ async fn run(
             Ok(false) => {}
             Ok(true) => {
                 heartbeat.mark_unchanged();
-                // A token that expired or was revoked ends the connection, said in-band first.
+                // A token that expired or was revoked ends the connection, said in-band first
+                // (boxed: this rare goodbye would otherwise size every idle socket's task).
                 if let Some(denied) = sub.lapsed() {
-                    let notice = super::lapse_object(&denied);
-                    let _ = tx.feed(text(&Bytes::from(notice))).await;
-                    let _ = tx
-                        .send(Frame::Close(Some(CloseFrame {
-                            code: CloseCode::Policy,
-                            reason: Utf8Bytes::from(denied.to_string()),
-                        })))
-                        .await;
+                    Box::pin(say_lapsed(&mut tx, denied)).await;
                     break;
                 }
                 if tx.send(Frame::Ping(Bytes::new())).await.is_err() {
@@ -266,6 +260,18 @@ async fn run(
             },
         }
     }
+}
+
+/// The `expired` notice, then close 1008 (policy violation) with the reason.
+async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
+    let notice = Bytes::from(super::lapse_object(&denied));
+    let _ = tx.feed(text(&notice)).await;
+    let _ = tx
+        .send(Frame::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: Utf8Bytes::from(denied.to_string()),
+        })))
+        .await;
 }
 
 /// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
