@@ -171,6 +171,9 @@ struct Common {
     /// Append the JSON result line to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// An extra request header for every request (`Authorization: Bearer …`); repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -193,6 +196,7 @@ impl Common {
             nchan_sub: self.nchan_sub.clone(),
             nchan_pub: self.nchan_pub.clone(),
             connect_timeout_ms: self.connect_timeout,
+            headers: self.headers.clone(),
         }
     }
 }

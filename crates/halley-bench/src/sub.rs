@@ -50,6 +50,10 @@ pub struct Target {
     pub nchan_sub: String,
     pub nchan_pub: String,
     pub connect_timeout_ms: u64,
+    /// Extra request header lines (`--header`), e.g. `Authorization: Bearer …`, sent with every
+    /// request head.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 impl Target {
@@ -61,8 +65,15 @@ impl Target {
         format!("{}-{i}", self.prefix.trim_matches('/').replace('/', "-"))
     }
 
+    /// The `Host` header's value, followed by the extra header lines: every request head is
+    /// written as `…Host: {host()}\r\n…`, so this is where `--header` goes in.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        let mut host = self.addr.to_string();
+        for line in &self.headers {
+            host.push_str("\r\n");
+            host.push_str(line);
+        }
+        host
     }
 
     pub async fn connect(&self, index: usize) -> io::Result<Conn> {

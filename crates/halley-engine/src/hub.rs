@@ -4,7 +4,7 @@
 //! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
 //! way), so there is no lock-order cycle.
 
-use crate::access::{Denied, Policy, Principal};
+use crate::access::{Denied, Lapse, Policy, Principal};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -325,9 +325,11 @@ pub struct Subscription {
 struct Extras {
     /// Presence declared by the connection this subscription serves; it ends with it.
     kept: Vec<crate::PresenceGuard>,
-    /// The credential this subscription was admitted with, when it can lapse (a token with an
-    /// expiry or a subject that can be revoked), and the policy that judges it.
-    admitted: Option<(Principal, Policy)>,
+    /// What can make the credential this subscription was admitted with lapse (a token's
+    /// expiry, its subject), and the policy that judges it. Not the identity itself: its
+    /// claims are needed only at admission (keeping it cost +0.35 KiB per idle SSE subscriber
+    /// with a token, halley-bench hold).
+    admitted: Option<(Lapse, Policy)>,
 }
 
 impl Subscription {
@@ -335,8 +337,8 @@ impl Subscription {
     /// end it when their token expires or is revoked. Credentials that cannot lapse (none, the
     /// backend key) are not kept.
     pub fn admitted_as(&mut self, who: &Principal, policy: &Policy) {
-        if who.expires.is_some() || who.user.is_some() {
-            self.extras.get_or_insert_default().admitted = Some((who.clone(), policy.clone()));
+        if let Some(lapse) = Lapse::from_identity(who) {
+            self.extras.get_or_insert_default().admitted = Some((lapse, policy.clone()));
         }
     }
 
@@ -344,8 +346,8 @@ impl Subscription {
     /// revoked), and why. Transports ask at heartbeat ticks, so a lapse ends an open
     /// connection within one heartbeat interval, with a notice in the transport's form.
     pub fn lapsed(&self) -> Option<Denied> {
-        let (who, policy) = self.extras.as_deref()?.admitted.as_ref()?;
-        policy.check_open(who).err()
+        let (lapse, policy) = self.extras.as_deref()?.admitted.as_ref()?;
+        policy.check_lapse(lapse).err()
     }
 
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.

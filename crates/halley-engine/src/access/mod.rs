@@ -86,6 +86,31 @@ pub struct Identity {
     pub publish: Vec<Pattern>,
 }
 
+/// What an open connection keeps of its token to end it when the token lapses: not the whole
+/// identity (its claims' patterns and info are needed only when the connection starts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lapse {
+    pub expires: Option<u64>,
+    pub issued_at: Option<u64>,
+    pub user: Option<Box<str>>,
+}
+
+impl Lapse {
+    /// What can make `who`'s token lapse; `None` when nothing can (no token, or a token with
+    /// neither an expiry nor a subject to revoke).
+    pub fn from_identity(who: &Identity) -> Option<Lapse> {
+        (who.token && (who.expires.is_some() || who.user.is_some())).then(|| Lapse::of(who))
+    }
+
+    fn of(who: &Identity) -> Lapse {
+        Lapse {
+            expires: who.expires,
+            issued_at: who.issued_at,
+            user: who.user.clone(),
+        }
+    }
+}
+
 /// An authenticated caller.
 pub type Principal = Arc<Identity>;
 
@@ -474,13 +499,18 @@ impl Policy {
         if who.backend || !who.token {
             return Ok(());
         }
-        if who
+        self.check_lapse(&Lapse::of(who))
+    }
+
+    /// [`Policy::check_open`] for what an open connection keeps of its token ([`Lapse`]).
+    pub fn check_lapse(&self, lapse: &Lapse) -> Result<(), Denied> {
+        if lapse
             .expires
             .is_some_and(|exp| self.now() >= exp.saturating_add(CLOCK_LEEWAY_SECS))
         {
             return Err(unauthenticated("token expired"));
         }
-        if self.is_revoked(who.user.as_deref(), who.issued_at) {
+        if self.is_revoked(lapse.user.as_deref(), lapse.issued_at) {
             return Err(unauthenticated("token revoked"));
         }
         Ok(())
