@@ -25,6 +25,9 @@ pub enum EngineError {
     Forged,
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The channel's namespace allows this many subscribers, and it has them (on this node).
+    #[error("channel {0} has its most subscribers ({1}); try again later")]
+    Full(Channel, usize),
 }
 
 /// The result of a publish.
@@ -110,6 +113,25 @@ impl Engine {
     /// under it) and returns the policy given back.
     pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
         self.shared.policy.set(policy)
+    }
+
+    /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has
+    /// on this node. Checked when subscribing, not held as a reservation: subscribers arriving
+    /// at the same instant may pass it together by a few. Wildcard patterns are not counted
+    /// (they belong to no one channel).
+    pub fn check_capacity(&self, patterns: &[Pattern]) -> Result<(), EngineError> {
+        let policy = self.policy();
+        if policy.is_open() {
+            return Ok(());
+        }
+        for channel in patterns.iter().filter_map(Pattern::exact) {
+            if let Some(max) = policy.namespace(channel).and_then(|ns| ns.max_subscribers)
+                && self.shared.hub.subscribers(channel) >= max
+            {
+                return Err(EngineError::Full(channel.clone(), max));
+            }
+        }
+        Ok(())
     }
 
     /// The access policy: open unless [`Engine::set_policy`] was called.
@@ -297,6 +319,7 @@ impl Engine {
                 return Err(EngineError::Reserved(c.clone()));
             }
         }
+        self.check_capacity(&patterns)?;
         // Register before reading history or the cursor, so that nothing published in between
         // is missed; what is seen twice is dropped by id in the subscription.
         let mut sub = self.shared.hub.subscriber();

@@ -47,6 +47,7 @@ impl From<EngineError> for ApiError {
                 ApiError::Unavailable(e.to_string())
             }
             EngineError::Broker(b) => ApiError::Unavailable(b.to_string()),
+            EngineError::Full(..) => ApiError::Unavailable(e.to_string()),
         }
     }
 }

@@ -565,3 +565,29 @@ async fn a_bayeux_session_whose_token_expired_is_told_to_handshake() {
     assert_eq!(error_code(&reply), 401, "{reply}");
     assert_eq!(reply["advice"]["reconnect"], "handshake", "{reply}");
 }
+
+// ---- namespace limits ----
+
+#[tokio::test]
+async fn a_namespace_caps_the_subscribers_of_each_channel() {
+    let mut room = namespace("/room/**", SubscribeRule::Anyone, PublishRule::Anyone);
+    room.max_subscribers = Some(2);
+    let s = TestServer::with_access(AccessConfig {
+        namespaces: vec![room],
+        ..AccessConfig::default()
+    })
+    .await;
+    let _one = s.stream("/sub/room/a?transport=sse").await;
+    let _two = s.stream("/sub/room/a?transport=stream").await;
+    // The third, on any transport, is refused with a JSON error; another channel is not full.
+    s.get("/sub/room/a?transport=sse").await.expect_error(503);
+    let other = s.stream("/sub/room/b?transport=sse").await;
+    assert_eq!(other.status, 200);
+    let client = bayeux_client(&s, json!({})).await;
+    let replies = bayeux(
+        &s,
+        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/room/a", "id": "s"}]),
+    )
+    .await;
+    assert_eq!(error_code(&replies[0]), 503, "{}", replies[0]);
+}

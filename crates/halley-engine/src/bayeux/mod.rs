@@ -444,6 +444,9 @@ impl Bayeux {
             patterns.push(pattern);
         }
         if subscribe {
+            if let Err(e) = self.shared.engine.check_capacity(&patterns) {
+                return BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()));
+            }
             session.subscribe(patterns).await;
         } else {
             session.unsubscribe(&patterns).await;
@@ -514,7 +517,7 @@ impl Bayeux {
                 message,
                 BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
             ),
-            Err(EngineError::Broker(e)) => {
+            Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => {
                 BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()))
             }
         }
