@@ -6,64 +6,13 @@
 const { test, before, afterEach } = require("node:test");
 const assert = require("node:assert/strict");
 const path = require("node:path");
+const { until, FakeWebSocket, FakeEventSource, sockets, last, param } = require("../testing/fakes.js");
 
 let Halley;
 before(async () => {
   await import(path.join(__dirname, "..", "halley.js"));
   Halley = globalThis.Halley;
 });
-
-/** Resolves once `fn()` is truthy; fails after 5 s (bounded, never a fixed sleep). */
-async function until(fn, what) {
-  const deadline = Date.now() + 5000;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
-class FakeWebSocket {
-  constructor(url) {
-    this.url = url;
-    this.closed = false;
-    FakeWebSocket.all.push(this);
-  }
-  close() {
-    this.closed = true;
-  }
-  // What the server side of the test does:
-  accept() {
-    this.onopen?.();
-  }
-  deliver(obj) {
-    this.onmessage?.({ data: JSON.stringify(obj) });
-  }
-  drop() {
-    this.onclose?.({ code: 1006 });
-  }
-}
-
-class FakeEventSource {
-  constructor(url) {
-    this.url = url;
-    this.listeners = {};
-    FakeEventSource.all.push(this);
-  }
-  addEventListener(type, fn) {
-    (this.listeners[type] ??= []).push(fn);
-  }
-  close() {
-    this.closed = true;
-  }
-  /** Headers are in and the stream opens with its position, as Halley's does. */
-  accept(position = "e-0") {
-    this.onopen?.({});
-    this.emit("position", { event: "position", last_id: position });
-  }
-  emit(type, obj) {
-    for (const fn of this.listeners[type] ?? []) fn({ data: JSON.stringify(obj) });
-  }
-}
 
 const clients = [];
 function client(options) {
@@ -91,9 +40,6 @@ afterEach(() => {
   delete globalThis.EventSource;
 });
 
-const sockets = () => FakeWebSocket.all;
-const last = () => sockets()[sockets().length - 1];
-const param = (url, name) => new URL(url.replace(/^ws/, "http")).searchParams.getAll(name);
 
 test("a burst of subscribes is one connection carrying every channel", async () => {
   const { h, log } = client();

@@ -7,6 +7,7 @@
 const { test, before, afterEach } = require("node:test");
 const assert = require("node:assert/strict");
 const path = require("node:path");
+const { until, FakeWebSocket, FakeEventSource, sockets, last, param } = require("../testing/fakes.js");
 
 let Halley;
 before(async () => {
@@ -14,61 +15,7 @@ before(async () => {
   Halley = globalThis.Halley;
 });
 
-async function until(fn, what) {
-  const deadline = Date.now() + 5000;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-class FakeWebSocket {
-  constructor(url) {
-    this.url = url;
-    FakeWebSocket.all.push(this);
-  }
-  close() {
-    this.closed = true;
-  }
-  accept() {
-    this.onopen?.();
-  }
-  deliver(obj) {
-    this.onmessage?.({ data: JSON.stringify(obj) });
-  }
-  drop(code = 1006) {
-    this.onclose?.({ code });
-  }
-}
-
-class FakeEventSource {
-  constructor(url) {
-    this.url = url;
-    this.listeners = {};
-    FakeEventSource.all.push(this);
-  }
-  addEventListener(type, fn) {
-    (this.listeners[type] ??= []).push(fn);
-  }
-  close() {
-    this.closed = true;
-  }
-  accept(position = "e-0") {
-    this.onopen?.({});
-    this.emit("position", { event: "position", last_id: position });
-  }
-  emit(type, obj) {
-    for (const fn of this.listeners[type] ?? []) fn({ data: JSON.stringify(obj) });
-  }
-  message(obj) {
-    this.onmessage?.({ data: JSON.stringify(obj) });
-  }
-  /** The stream ended (or was refused before it began): EventSource fires a bare error. */
-  fail() {
-    this.onerror?.({});
-  }
-}
 
 /** fetch as the tests' server answers it: `fetchAnswer(url, init)` → a Response. */
 const realFetch = globalThis.fetch;
@@ -109,9 +56,6 @@ afterEach(() => {
   fetchAnswer = () => new Response("[]", { status: 200 });
 });
 
-const sockets = () => FakeWebSocket.all;
-const last = () => sockets()[sockets().length - 1];
-const param = (url, name) => new URL(url.replace(/^ws/, "http")).searchParams.getAll(name);
 const refused = (status, error) =>
   new Response(JSON.stringify({ error }), { status, headers: { "content-type": "application/json" } });
 
