@@ -11,7 +11,8 @@
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
-//!   `assets` serves halley.js and the talk chat.
+//!   `assets` serves halley.js and the talk chat; `outbound` is the client for calls to the
+//!   application (auth, webhooks, RPC).
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
@@ -27,6 +28,7 @@ mod cors;
 mod error;
 mod metrics;
 mod ops;
+pub mod outbound;
 mod publish;
 mod query;
 pub mod routes;
