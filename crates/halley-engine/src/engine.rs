@@ -1,4 +1,7 @@
-use crate::access::Policy;
+use crate::access::{
+    Action, Application, AskKind, Denied, Forwarded, Identity, Policy, Principal, Question,
+    Verdict, Vouched,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -53,6 +56,8 @@ pub(crate) struct Shared {
     stats: Arc<Stats>,
     /// Set once before serving ([`Engine::set_policy`]); open until then.
     policy: std::sync::OnceLock<Policy>,
+    /// The application, for namespaces that ask it ([`Engine::set_application`]).
+    application: std::sync::OnceLock<Arc<dyn Application>>,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -94,6 +99,7 @@ impl Engine {
                 broker,
                 stats,
                 policy: std::sync::OnceLock::new(),
+                application: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -137,6 +143,75 @@ impl Engine {
     /// The access policy: open unless [`Engine::set_policy`] was called.
     pub fn policy(&self) -> &Policy {
         self.shared.policy.get_or_init(Policy::open)
+    }
+
+    /// How the engine asks the application, for namespaces whose rules are `app`. Set once,
+    /// before serving; a second call is refused and returns what was given.
+    pub fn set_application(
+        &self,
+        application: Arc<dyn Application>,
+    ) -> Result<(), Arc<dyn Application>> {
+        self.shared.application.set(application)
+    }
+
+    /// The one decision, asking the application where the policy says it decides: may `who` do
+    /// `action`? On yes, returns who the caller is from now on — `who` itself, or, when the
+    /// application vouched for a user or presence info, `who` with those.
+    ///
+    /// Answers are kept per (credentials, action, channel) for the configured time; an
+    /// application that cannot be asked is a refusal (`Unavailable`), never a yes.
+    pub async fn authorize(
+        &self,
+        who: &Principal,
+        action: Action<'_>,
+    ) -> Result<Principal, Denied> {
+        match self.policy().judge(who, action)? {
+            Verdict::Allow => Ok(who.clone()),
+            Verdict::Ask(kind, channel) => Ok(crate::access::vouched(
+                who,
+                self.ask(who, kind, &channel).await?,
+            )),
+        }
+    }
+
+    /// Asks the application about `who` doing `kind` on `channel` (through its cache); its yes
+    /// comes with what it vouches for.
+    pub async fn ask(
+        &self,
+        who: &Identity,
+        kind: AskKind,
+        channel: &str,
+    ) -> Result<Vouched, Denied> {
+        let none = Forwarded::default();
+        let question = Question {
+            kind,
+            channel,
+            forwarded: who.forwarded.as_deref().unwrap_or(&none),
+            user: who.user.as_deref(),
+        };
+        let policy = self.policy();
+        let stats = &self.shared.stats;
+        match policy.cached_answer(&question) {
+            Some(answer) => {
+                Stats::add(&stats.app_cached, 1);
+                answer
+            }
+            None => {
+                let Some(application) = self.shared.application.get() else {
+                    Stats::add(&stats.app_unavailable, 1);
+                    return Err(Denied::Unavailable(
+                        "the application that decides this is not configured".into(),
+                    ));
+                };
+                Stats::add(&stats.app_asked, 1);
+                let answer = application.authorize(&question).await;
+                if matches!(answer, Err(Denied::Unavailable(_))) {
+                    Stats::add(&stats.app_unavailable, 1);
+                }
+                policy.remember_answer(&question, &answer);
+                answer
+            }
+        }
     }
 
     /// How long a member stays present after its last connection closed (see [`crate::presence`]).

@@ -16,6 +16,11 @@ pub struct Stats {
     /// Operations on the backing store (Redis) that failed: publishes and resumes refused as
     /// unavailable, lost connections, failed reconnects. Always 0 with the in-memory broker.
     pub broker_errors: AtomicU64,
+    /// Questions put to the application (`auth-url`), answered from its cache, and those it
+    /// could not answer (down, slow, busy: refused with 503).
+    pub app_asked: AtomicU64,
+    pub app_cached: AtomicU64,
+    pub app_unavailable: AtomicU64,
 }
 
 impl Stats {

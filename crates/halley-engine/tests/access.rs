@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use halley_engine::access::{
-    AccessConfig, Action, Credentials, Denied, NamespaceConfig, Policy, PublishRule, SubscribeRule,
-    TokenConfig, Via,
+    AccessConfig, AccessError, Action, AppConfig, AskKind, Credentials, Denied, NamespaceConfig,
+    Policy, PublishRule, SubscribeRule, TokenConfig, Verdict, Via,
 };
 use halley_proto::{Channel, Pattern};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -47,6 +47,7 @@ fn config() -> AccessConfig {
             },
             namespace("/locked/**", SubscribeRule::Anyone, PublishRule::Nobody),
         ],
+        app: None,
     }
 }
 
@@ -118,6 +119,7 @@ fn outcome(result: Result<(), Denied>) -> String {
         Ok(()) => "ok".into(),
         Err(Denied::Unauthenticated(why)) => format!("401 {why}"),
         Err(Denied::Forbidden(why)) => format!("403 {why}"),
+        Err(Denied::Unavailable(why)) => format!("503 {why}"),
     }
 }
 
@@ -235,14 +237,17 @@ fn credentials_times_actions() {
             "backend" => Credentials {
                 key: Some(KEY),
                 token: None,
+                ..Credentials::default()
             },
             "wrong key" => Credentials {
                 key: Some("nope"),
                 token: None,
+                ..Credentials::default()
             },
             _ => Credentials {
                 key: None,
                 token: Some(token.unwrap()),
+                ..Credentials::default()
             },
         };
         let want: Vec<&str> = want.split_whitespace().collect();
@@ -264,6 +269,7 @@ fn reason(policy: &Policy, token: &str) -> String {
     match policy.authenticate(Credentials {
         key: None,
         token: Some(token),
+        ..Credentials::default()
     }) {
         Ok(_) => "ok".into(),
         Err(e) => e.to_string(),
@@ -309,6 +315,7 @@ fn refusals_say_why() {
         .authenticate(Credentials {
             key: Some("nope"),
             token: None,
+            ..Credentials::default()
         })
         .unwrap_err();
     assert_eq!(who.to_string(), "wrong key");
@@ -321,6 +328,7 @@ fn identity_carries_the_claims() {
         .authenticate(Credentials {
             key: None,
             token: Some(&rs256(&claims(json!({})))),
+            ..Credentials::default()
         })
         .unwrap();
     assert!(who.token && !who.backend);
@@ -339,6 +347,7 @@ fn open_connections_end_on_expiry_and_revocation() {
         .authenticate(Credentials {
             key: None,
             token: Some(&rs256(&claims(json!({})))),
+            ..Credentials::default()
         })
         .unwrap();
     assert_eq!(policy.check_open(&who), Ok(()));
@@ -353,6 +362,7 @@ fn open_connections_end_on_expiry_and_revocation() {
         .authenticate(Credentials {
             key: Some(KEY),
             token: None,
+            ..Credentials::default()
         })
         .unwrap();
     assert_eq!(policy.check_open(&backend), Ok(()));
@@ -366,6 +376,7 @@ fn open_policy_allows_everything_but_control() {
         .authenticate(Credentials {
             key: Some("whatever"),
             token: None,
+            ..Credentials::default()
         })
         .unwrap();
     let ch = Channel::parse("/a").unwrap();
@@ -397,6 +408,7 @@ fn publish_key_without_namespaces() {
             ..TokenConfig::default()
         },
         namespaces: vec![],
+        app: None,
     });
     assert!(!policy.is_open());
     let anon = policy.anonymous();
@@ -421,6 +433,7 @@ fn publish_key_without_namespaces() {
         .authenticate(Credentials {
             key: None,
             token: Some(&minted),
+            ..Credentials::default()
         })
         .unwrap();
     assert_eq!(
@@ -481,4 +494,91 @@ fn bad_configurations_are_errors() {
             .namespace(&Channel::parse("/nowhere").unwrap())
             .is_none()
     );
+}
+
+/// Namespaces whose rules are `app`: the policy answers "ask the application", except for the
+/// backend key, and only with an application configured.
+#[test]
+fn app_namespaces_ask_the_application() {
+    let app_config = |app: Option<AppConfig>| AccessConfig {
+        publish_key: Some(KEY.into()),
+        namespaces: vec![namespace("/app/**", SubscribeRule::App, PublishRule::App)],
+        app,
+        ..AccessConfig::default()
+    };
+    assert!(matches!(
+        Policy::new(app_config(None)),
+        Err(AccessError::NoApplication {
+            rule: "subscribe",
+            ..
+        })
+    ));
+    let (policy, _) = policy(app_config(Some(AppConfig {
+        cache_ttl: std::time::Duration::from_secs(30),
+    })));
+    let room = Channel::parse("/app/room").unwrap();
+    let all = Pattern::parse("/app/**").unwrap();
+    let who = policy
+        .authenticate(Credentials {
+            cookie: Some("session=abc"),
+            origin: Some("http://app.example"),
+            // No token key is configured: a token is the application's to judge.
+            token: Some("opaque"),
+            ..Credentials::default()
+        })
+        .unwrap();
+    let forwarded = who.forwarded.as_deref().expect("kept for the application");
+    assert_eq!(forwarded.cookie.as_deref(), Some("session=abc"));
+    assert_eq!(forwarded.token.as_deref(), Some("opaque"));
+    let check = |action, expected: Verdict| {
+        assert_eq!(policy.judge(&who, action), Ok(expected));
+    };
+    check(
+        Action::Subscribe(&all),
+        Verdict::Ask(AskKind::Subscribe, "/app/**".into()),
+    );
+    check(
+        Action::History(&room),
+        Verdict::Ask(AskKind::Subscribe, "/app/room".into()),
+    );
+    check(
+        Action::Presence(&room),
+        Verdict::Ask(AskKind::Subscribe, "/app/room".into()),
+    );
+    check(
+        Action::Publish(&room, Via::Client),
+        Verdict::Ask(AskKind::Publish, "/app/room".into()),
+    );
+    // `decide` alone cannot ask: it refuses rather than allows.
+    assert!(matches!(
+        policy.decide(&who, Action::Subscribe(&all)),
+        Err(Denied::Unavailable(_))
+    ));
+    let backend = policy
+        .authenticate(Credentials {
+            key: Some(KEY),
+            ..Credentials::default()
+        })
+        .unwrap();
+    assert_eq!(
+        policy.judge(&backend, Action::Publish(&room, Via::Http)),
+        Ok(Verdict::Allow)
+    );
+    // Outside the app namespace nothing is asked (and nothing is allowed: no namespace).
+    let other = Pattern::parse("/other").unwrap();
+    assert!(policy.judge(&who, Action::Subscribe(&other)).is_err());
+}
+
+/// Without a namespace that asks the application, nothing of the caller's cookies is kept.
+#[test]
+fn forwarded_credentials_are_kept_only_for_the_application() {
+    let (policy, _) = policy(config());
+    let who = policy
+        .authenticate(Credentials {
+            cookie: Some("session=abc"),
+            ..Credentials::default()
+        })
+        .unwrap();
+    assert!(who.forwarded.is_none());
+    assert!(Arc::ptr_eq(&who, &policy.anonymous()));
 }

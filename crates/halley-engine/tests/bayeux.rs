@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use halley_engine::access::{Denied, Identity, Policy};
+use halley_engine::access::{Denied, Identity, Policy, Verdict};
 use halley_engine::bayeux::{
     Authorizer, Bayeux, BayeuxConfig, Connect, Handled, NoServices, PolicyOnly,
     SESSION_SWEEP_INTERVAL, Services, Session,
@@ -140,10 +140,10 @@ impl Authorizer for Rules {
         _policy: &Policy,
         _session: &Session,
         pattern: &Pattern,
-    ) -> Result<(), Denied> {
+    ) -> Result<Verdict, Denied> {
         match pattern.prefix().starts_with("/secret") {
             true => Err(Denied::Forbidden("Forbidden".into())),
-            false => Ok(()),
+            false => Ok(Verdict::Allow),
         }
     }
     fn can_publish(
@@ -151,10 +151,10 @@ impl Authorizer for Rules {
         _policy: &Policy,
         _session: &Session,
         channel: &Channel,
-    ) -> Result<(), Denied> {
+    ) -> Result<Verdict, Denied> {
         match channel.as_str().starts_with("/secret") {
             true => Err(Denied::Forbidden("Forbidden".into())),
-            false => Ok(()),
+            false => Ok(Verdict::Allow),
         }
     }
 }

@@ -83,7 +83,8 @@ pub async fn send<B: RequestBody>(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
-    )?;
+    )
+    .await?;
     let payload = match *request.method() {
         // A script tag can only send a GET: `data` carries JSON, `message` text.
         Method::GET if callback.is_some() => match query.get("data") {
@@ -131,13 +132,15 @@ pub async fn presence<B: RequestBody>(
     let value = match query.get("channel") {
         Some(name) => {
             let channel = Channel::parse(name)?;
-            app.decide(&who, Action::ReadPresence(&Pattern::Exact(channel.clone())))?;
+            app.authorize(&who, Action::ReadPresence(&Pattern::Exact(channel.clone())))
+                .await?;
             let members = app.engine.members(&channel).await?;
             json!({ "channel": channel.as_str(), "members": members })
         }
         None => {
             let prefix = query.get("prefix").unwrap_or("");
-            app.decide(&who, Action::ReadPresence(&covering(prefix)?))?;
+            app.authorize(&who, Action::ReadPresence(&covering(prefix)?))
+                .await?;
             let rows: Vec<Value> = app
                 .engine
                 .presence(prefix)
@@ -179,7 +182,8 @@ pub async fn history<B: RequestBody>(
     if channel.is_private() {
         return Err(ApiError::NotYours(format!("{channel} is an inbox")));
     }
-    app.allow(request.headers(), &query, Action::History(&channel))?;
+    app.allow(request.headers(), &query, Action::History(&channel))
+        .await?;
     let limit = match query.get("limit") {
         None => DEFAULT_HISTORY_LIMIT,
         Some(text) => text

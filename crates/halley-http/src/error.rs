@@ -61,6 +61,7 @@ impl ApiError {
             ApiError::Reserved(_) => StatusCode::BAD_REQUEST,
             ApiError::Denied(Denied::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(Denied::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Denied(Denied::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forbidden | ApiError::NotYours(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

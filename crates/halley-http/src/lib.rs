@@ -12,7 +12,7 @@
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
 //!   `assets` serves halley.js and the talk chat; `outbound` is the client for calls to the
-//!   application (auth, webhooks, RPC).
+//!   application (auth, webhooks, RPC); `auth` asks the application (`auth-url`).
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
@@ -21,6 +21,7 @@
 mod api;
 mod app;
 mod assets;
+pub mod auth;
 mod body;
 mod cometd;
 mod config;

@@ -112,6 +112,24 @@ pub fn metrics(app: &App) -> Response<Body> {
         "Broker (Redis) operations that failed.",
         counter(&s.broker_errors),
     );
+    metric(
+        "halley_auth_questions_total",
+        "counter",
+        "Questions put to the application (auth-url).",
+        counter(&s.app_asked),
+    );
+    metric(
+        "halley_auth_cached_total",
+        "counter",
+        "Questions for the application answered from its kept answers.",
+        counter(&s.app_cached),
+    );
+    metric(
+        "halley_auth_unavailable_total",
+        "counter",
+        "Callers refused (503) because the application could not be asked.",
+        counter(&s.app_unavailable),
+    );
     out.push_str("# HELP halley_subscribers Open subscribers by transport.\n# TYPE halley_subscribers gauge\n");
     for kind in Kind::ALL {
         let _ = writeln!(
@@ -134,7 +152,8 @@ pub async fn channels<B: RequestBody>(
     request: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
-    app.allow(request.headers(), &query, Action::ListChannels)?;
+    app.allow(request.headers(), &query, Action::ListChannels)
+        .await?;
     let rows = app
         .engine
         .channels(query.get("prefix").unwrap_or(""))

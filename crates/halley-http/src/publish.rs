@@ -27,7 +27,8 @@ pub async fn publish<B: RequestBody>(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
-    )?;
+    )
+    .await?;
     let is_json = request
         .headers()
         .get(CONTENT_TYPE)
@@ -87,7 +88,8 @@ pub async fn publish_jsonp<B: RequestBody>(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
-    )?;
+    )
+    .await?;
     let data = query
         .get("data")
         .ok_or_else(|| ApiError::BadRequest("data (JSON) is required".into()))?;

@@ -48,7 +48,8 @@ pub async fn push<B: RequestBody>(
         .get("message")
         .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
     let channel = Channel::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
-    app.allow(&headers, &query, Action::Publish(&channel, Via::Http))?;
+    app.allow(&headers, &query, Action::Publish(&channel, Via::Http))
+        .await?;
     // Built by hand so that "name" comes first: pullers recognise their own messages by
     // that prefix without parsing every message (see `own_prefix`).
     let data = format!(
@@ -85,7 +86,9 @@ pub async fn open_pull(
 ) -> Result<(halley_engine::Subscription, Wire), ApiError> {
     let name = name(query)?;
     let pattern = Pattern::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
-    let who = app.allow(headers, query, Action::Subscribe(&pattern))?;
+    let who = app
+        .allow(headers, query, Action::Subscribe(&pattern))
+        .await?;
     let resume = match query.get("last_id").filter(|v| !v.is_empty()) {
         None => None,
         Some(text) => Some(

@@ -1,13 +1,13 @@
 //! What every handler reaches: [`App`], the server's shared state, and the one way a handler
-//! asks the access policy ([`App::admit`], [`App::decide`]). Handlers import this module, never
+//! asks the access policy ([`App::admit`], [`App::authorize`]). Handlers import this module, never
 //! the router.
 
 use std::sync::Arc;
 
 use halley_engine::Engine;
-use halley_engine::access::{Action, Credentials, Identity, Policy, Principal};
+use halley_engine::access::{Action, Credentials, Identity, Policy, Principal, Verdict};
 use hyper::HeaderMap;
-use hyper::header::AUTHORIZATION;
+use hyper::header::{AUTHORIZATION, COOKIE, ORIGIN};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -38,8 +38,11 @@ pub struct App {
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a
 /// token in `Authorization: Bearer` or `?token=` (for what cannot send headers: EventSource,
-/// JSONP, iframes, multipart, the script tag).
+/// JSONP, iframes, multipart, the script tag); and what the application may recognise the
+/// caller by (`Cookie`, `Authorization`, `Origin`), which the policy keeps only when a
+/// namespace asks the application.
 pub fn credentials<'a>(headers: &'a HeaderMap, query: &'a Query) -> Credentials<'a> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let key = headers
         .get("x-halley-key")
         .and_then(|v| v.to_str().ok())
@@ -54,6 +57,9 @@ pub fn credentials<'a>(headers: &'a HeaderMap, query: &'a Query) -> Credentials<
     Credentials {
         key,
         token: bearer.or_else(|| query.get("token")),
+        cookie: header(COOKIE),
+        authorization: header(AUTHORIZATION),
+        origin: header(ORIGIN),
     }
 }
 
@@ -68,20 +74,31 @@ impl App {
         Ok(self.policy().authenticate(credentials(headers, query))?)
     }
 
-    /// May `who` do `action`? Every entry point asks this; no handler decides on its own.
-    pub fn decide(&self, who: &Identity, action: Action<'_>) -> Result<(), ApiError> {
-        Ok(self.policy().decide(who, action)?)
+    /// What the policy alone says of `who` doing `action`: yes, no, or ask the application
+    /// ([`App::authorize`] does). For entry points that decide before any future exists.
+    pub fn judge(&self, who: &Identity, action: Action<'_>) -> Result<Verdict, ApiError> {
+        Ok(self.policy().judge(who, action)?)
     }
 
-    /// [`App::admit`] then [`App::decide`], for a request that does one thing.
-    pub fn allow(
+    /// May `who` do `action`? Every entry point asks this (or [`App::judge`], then this for
+    /// what the application decides); no handler decides on its own. On yes, who the caller
+    /// is from now on (with what the application vouched for, if it was asked).
+    pub async fn authorize(
+        &self,
+        who: &Principal,
+        action: Action<'_>,
+    ) -> Result<Principal, ApiError> {
+        Ok(self.engine.authorize(who, action).await?)
+    }
+
+    /// [`App::admit`] then [`App::authorize`], for a request that does one thing.
+    pub async fn allow(
         &self,
         headers: &HeaderMap,
         query: &Query,
         action: Action<'_>,
     ) -> Result<Principal, ApiError> {
         let who = self.admit(headers, query)?;
-        self.decide(&who, action)?;
-        Ok(who)
+        self.authorize(&who, action).await
     }
 }

@@ -51,6 +51,7 @@ fn locked() -> AccessConfig {
             namespace("/chat/**", SubscribeRule::Token, PublishRule::Claim),
             namespace("/user/{sub}/**", SubscribeRule::User, PublishRule::Backend),
         ],
+        app: None,
     }
 }
 

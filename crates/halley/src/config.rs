@@ -6,8 +6,9 @@
 //! Access (`halley_engine::access`) comes from `--publish-key`, `--token-secret` and the file's
 //! `[tokens]` (hs256-secret, rs256-public-key and es256-public-key as paths relative to the
 //! file, audience, issuer) and `[[namespace]]` tables (channels, subscribe, publish,
-//! client-publish, presence, history-size, history-ttl, max-subscribers). The key files are read
-//! here and the [`Policy`] is built here, so a bad key or pattern stops startup.
+//! client-publish, presence, history-size, history-ttl, max-subscribers), and `--auth-url` (with
+//! its cache time, timeout and concurrency) for namespaces whose rules are `app`. The key files
+//! are read here and the [`Policy`] is built here, so a bad key, pattern or URL stops startup.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +18,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use halley_engine::EngineConfig;
 use halley_engine::access::{
-    AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
+    AccessConfig, AppConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule,
+    TokenConfig,
 };
 use halley_engine::bayeux::BayeuxConfig;
 use halley_http::HttpConfig;
+use halley_http::auth::AuthConfig;
+use halley_http::outbound::Endpoint;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -147,6 +151,7 @@ pub enum SubscribeFile {
     Anyone,
     Token,
     User,
+    App,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -157,6 +162,7 @@ pub enum PublishFile {
     Claim,
     Anyone,
     Nobody,
+    App,
 }
 
 impl NamespaceFile {
@@ -167,12 +173,14 @@ impl NamespaceFile {
                 SubscribeFile::Anyone => SubscribeRule::Anyone,
                 SubscribeFile::Token => SubscribeRule::Token,
                 SubscribeFile::User => SubscribeRule::User,
+                SubscribeFile::App => SubscribeRule::App,
             },
             publish: match self.publish {
                 PublishFile::Backend => PublishRule::Backend,
                 PublishFile::Claim => PublishRule::Claim,
                 PublishFile::Anyone => PublishRule::Anyone,
                 PublishFile::Nobody => PublishRule::Nobody,
+                PublishFile::App => PublishRule::App,
             },
             client_publish: self.client_publish.unwrap_or(true),
             presence: self.presence.unwrap_or(true),
@@ -241,6 +249,21 @@ pub struct ServeArgs {
     /// HS256 secret that tokens are signed with; beats [tokens] hs256-secret [default: none].
     #[arg(long, env = "HALLEY_TOKEN_SECRET")]
     pub token_secret: Option<String>,
+    /// Ask this application (`http://…`) who may subscribe and publish on namespaces whose
+    /// rule is `app` (a JSON POST with the caller's Cookie, Authorization and Origin)
+    /// [default: none].
+    #[arg(long, env = "HALLEY_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Seconds an answer of the application is kept per (credentials, action, channel); 0
+    /// asks every time [default: 30].
+    #[arg(long, env = "HALLEY_AUTH_CACHE_TTL")]
+    pub auth_cache_ttl: Option<u64>,
+    /// Milliseconds the application has to answer; slower is refused with 503 [default: 2000].
+    #[arg(long, env = "HALLEY_AUTH_TIMEOUT")]
+    pub auth_timeout: Option<u64>,
+    /// Questions to the application in flight at once [default: 64].
+    #[arg(long, env = "HALLEY_AUTH_CONCURRENCY")]
+    pub auth_concurrency: Option<usize>,
     /// `[tokens]` of the config file (no flag).
     #[arg(skip)]
     pub tokens: Option<TokensFile>,
@@ -313,6 +336,8 @@ pub struct Settings {
     pub bayeux: BayeuxConfig,
     pub broker: BrokerChoice,
     pub policy: Policy,
+    /// The application to ask, when `--auth-url` is set.
+    pub auth: Option<AuthConfig>,
 }
 
 macro_rules! merge {
@@ -351,6 +376,10 @@ impl ServeArgs {
                 presence_grace,
                 assets,
                 token_secret,
+                auth_url,
+                auth_cache_ttl,
+                auth_timeout,
+                auth_concurrency,
                 tokens,
                 namespaces
             );
@@ -392,6 +421,9 @@ impl ServeArgs {
             issuer: file.and_then(|t| t.issuer.clone()),
         };
         let config = AccessConfig {
+            app: self.auth_url.as_ref().map(|_| AppConfig {
+                cache_ttl: Duration::from_secs(self.auth_cache_ttl.unwrap_or(30)),
+            }),
             publish_key: self.publish_key.clone().filter(|k| !k.is_empty()),
             tokens,
             namespaces: self
@@ -408,6 +440,25 @@ impl ServeArgs {
     pub fn resolve(mut self) -> anyhow::Result<Settings> {
         self.load_file()?;
         let policy = self.policy()?;
+        let auth = match &self.auth_url {
+            None => None,
+            Some(url) => Some(AuthConfig {
+                url: Endpoint::parse(url).context("auth-url")?,
+                timeout: self
+                    .auth_timeout
+                    .map_or(AuthConfig::DEFAULT_TIMEOUT, Duration::from_millis),
+                concurrency: self
+                    .auth_concurrency
+                    .unwrap_or(AuthConfig::DEFAULT_CONCURRENCY),
+            }),
+        };
+        if let Some(auth) = &auth {
+            anyhow::ensure!(
+                auth.timeout > Duration::ZERO,
+                "auth-timeout must be at least 1 ms"
+            );
+            anyhow::ensure!(auth.concurrency > 0, "auth-concurrency must be at least 1");
+        }
         let secs = Duration::from_secs;
         let h = HttpConfig::default();
         let http = HttpConfig {
@@ -458,6 +509,7 @@ impl ServeArgs {
             bayeux,
             broker,
             policy,
+            auth,
         })
     }
 }
@@ -574,8 +626,8 @@ mod tests {
         })
         .unwrap();
         let credentials = halley_engine::access::Credentials {
-            key: None,
             token: Some(&token),
+            ..Default::default()
         };
         assert!(flag_only.authenticate(credentials).is_ok());
     }

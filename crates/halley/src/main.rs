@@ -88,6 +88,14 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     if engine.set_policy(settings.policy.clone()).is_err() {
         anyhow::bail!("the access policy was set twice");
     }
+    let outbound = halley_http::outbound::Outbound::new();
+    if let Some(auth) = settings.auth.clone() {
+        tracing::info!(url = %auth.url, "access: asking the application (auth-url)");
+        let application = halley_http::auth::AuthUrl::new(auth, outbound.clone());
+        if engine.set_application(Arc::new(application)).is_err() {
+            anyhow::bail!("the application was set twice");
+        }
+    }
     let bayeux = Bayeux::spawn(
         engine.clone(),
         settings.bayeux,

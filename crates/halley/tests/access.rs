@@ -127,8 +127,8 @@ fn minted_token_is_accepted_by_the_same_secret() {
     .unwrap();
     let who = policy
         .authenticate(Credentials {
-            key: None,
             token: Some(&token),
+            ..Credentials::default()
         })
         .unwrap();
     assert_eq!(who.user.as_deref(), Some("alice"));

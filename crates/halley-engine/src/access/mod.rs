@@ -29,6 +29,10 @@
 //!   `presence = false`. A pattern is in a namespace only if every channel it can match is
 //!   (`covers.rs`). History and reading presence are judged as subscribing; listing channels is
 //!   the backend's.
+//! - **Asking the application** (`ask.rs`): a namespace whose subscribe or publish rule is `app`
+//!   makes [`Policy::judge`] answer [`Verdict::Ask`]; [`crate::Engine::authorize`] then asks the
+//!   configured [`Application`] with what the caller presented ([`Forwarded`]: cookies,
+//!   `Authorization`, `Origin`), keeps the answer ([`AskCache`]) and fails closed.
 //! - **The control API** needs the backend key, so it is closed when none is configured, even
 //!   on an open policy.
 //! - Refusals a credential could lift are 401 for a caller who presented none, 403 otherwise.
@@ -40,6 +44,7 @@
 //! Invariant: pure decisions over parsed inputs — no I/O, no clock reads other than
 //! [`Policy::now`], which tests can replace.
 
+mod ask;
 mod covers;
 mod token;
 
@@ -51,6 +56,10 @@ use std::sync::{Arc, Mutex};
 use halley_proto::{Channel, Pattern};
 use subtle::ConstantTimeEq;
 
+pub use self::ask::{
+    Application, AskCache, AskKind, Forwarded, MAX_CACHE_TIME, MAX_CACHED_ANSWERS, MAX_VOUCHED,
+    Question, Vouched,
+};
 use self::covers::{NsPattern, NsPatternError, Target, pattern_covers};
 pub use self::token::{CLOCK_LEEWAY_SECS, MAX_TOKEN_LEN};
 use self::token::{MintedClaims, Verifier, seconds};
@@ -63,6 +72,11 @@ pub struct Credentials<'a> {
     pub key: Option<&'a str>,
     /// A JWT, from `Authorization: Bearer`, `?token=` or a Bayeux `ext.token`.
     pub token: Option<&'a str>,
+    /// What the application may recognise the caller by (`Cookie`, the whole `Authorization`
+    /// header, `Origin`), forwarded to it when a namespace asks it ([`ask`]).
+    pub cookie: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub origin: Option<&'a str>,
 }
 
 /// Who a caller is, once authenticated. Shared (an `Arc`) by everything a connection holds.
@@ -84,6 +98,9 @@ pub struct Identity {
     pub channels: Vec<Pattern>,
     /// The token's `publish` claim: patterns the holder may publish to.
     pub publish: Vec<Pattern>,
+    /// What the caller presented for the application to judge: kept only when some namespace
+    /// asks the application (`subscribe`/`publish = "app"`).
+    pub forwarded: Option<Box<Forwarded>>,
 }
 
 /// What an open connection keeps of its token to end it when the token lapses: not the whole
@@ -155,6 +172,19 @@ pub enum Denied {
     /// A valid credential that does not allow this. HTTP 403, Bayeux `403::`.
     #[error("{0}")]
     Forbidden(Cow<'static, str>),
+    /// The application that decides this could not be asked (down, slow, busy): refused
+    /// rather than allowed. HTTP 503, Bayeux `503::`.
+    #[error("{0}")]
+    Unavailable(Cow<'static, str>),
+}
+
+/// What the policy says when it does not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// The application decides (a namespace with `subscribe`/`publish = "app"`): ask it about
+    /// this, through [`crate::Engine::authorize`].
+    Ask(AskKind, String),
 }
 
 /// Everything the policy is built from (the `[access]`-related parts of the config file and
@@ -164,6 +194,16 @@ pub struct AccessConfig {
     pub publish_key: Option<String>,
     pub tokens: TokenConfig,
     pub namespaces: Vec<NamespaceConfig>,
+    /// Asking the application (`auth-url`); namespaces may use the `app` rules only with it.
+    pub app: Option<AppConfig>,
+}
+
+/// How the application's answers are kept. Where and how it is asked is the transport's
+/// business ([`Application`]).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// How long an answer (yes or no) is kept per (credentials, action, channel).
+    pub cache_ttl: std::time::Duration,
 }
 
 /// How tokens are verified. With no key set, tokens are refused (401) wherever presented.
@@ -190,6 +230,9 @@ pub enum SubscribeRule {
     Token,
     /// The namespace pattern has a `{sub}` segment that must equal the token's subject.
     User,
+    /// The application decides (`auth-url`), from the caller's cookies, `Authorization` and
+    /// `Origin`.
+    App,
 }
 
 /// Who may publish in a namespace.
@@ -203,6 +246,8 @@ pub enum PublishRule {
     Anyone,
     /// Not even the backend.
     Nobody,
+    /// The application decides (`auth-url`); the backend key passes.
+    App,
 }
 
 /// One `[[namespace]]` of the config file.
@@ -256,6 +301,8 @@ pub enum AccessError {
     Mint(String),
     #[error("the revocation table is full ({MAX_REVOCATIONS} users)")]
     RevocationsFull,
+    #[error("namespace {pattern:?}: {rule} = \"app\" needs auth-url (the application to ask)")]
+    NoApplication { pattern: String, rule: &'static str },
 }
 
 /// Most users with a revocation in force. Each entry is a user name and a time, kept until
@@ -297,6 +344,8 @@ struct Shared {
     publish_key: Option<Box<[u8]>>,
     verifier: Option<Verifier>,
     namespaces: Vec<Namespace>,
+    /// Answers of the application, when some namespace asks it.
+    asked: Option<AskCache>,
     /// user → tokens issued (`iat`) before this Unix second are refused.
     revoked: Mutex<HashMap<Box<str>, u64>>,
     /// Whether `revoked` has anything, so the common case takes no lock.
@@ -384,6 +433,19 @@ impl Policy {
             if ns.subscribe == SubscribeRule::User && !pattern.has_sub() {
                 return Err(bad("subscribe = \"user\" needs a {sub} segment".to_owned()));
             }
+            let app_rule = if ns.subscribe == SubscribeRule::App {
+                Some("subscribe")
+            } else if ns.publish == PublishRule::App {
+                Some("publish")
+            } else {
+                None
+            };
+            if let (Some(rule), None) = (app_rule, &config.app) {
+                return Err(AccessError::NoApplication {
+                    pattern: ns.channels.clone(),
+                    rule,
+                });
+            }
             namespaces.push(Namespace {
                 pattern,
                 config: ns,
@@ -393,6 +455,13 @@ impl Policy {
             .publish_key
             .filter(|k| !k.is_empty())
             .map(|k| k.into_bytes().into_boxed_slice());
+        let asks = namespaces.iter().any(|ns| {
+            ns.config.subscribe == SubscribeRule::App || ns.config.publish == PublishRule::App
+        });
+        let asked = config
+            .app
+            .filter(|_| asks)
+            .map(|app| AskCache::new(app.cache_ttl));
         Ok(Policy {
             shared: Arc::new(Shared {
                 anonymous: Arc::new(Identity::default()),
@@ -404,6 +473,7 @@ impl Policy {
                 publish_key,
                 verifier,
                 namespaces,
+                asked,
                 revoked: Mutex::new(HashMap::new()),
                 any_revoked: AtomicBool::new(false),
                 clock,
@@ -521,6 +591,10 @@ impl Policy {
     /// An empty key or token counts as none. A key presented where none is configured grants
     /// nothing and is ignored (an open server stays open to clients that send one); when both
     /// are presented, a right key wins.
+    ///
+    /// When some namespace asks the application, what the application may recognise the caller
+    /// by ([`Forwarded`]) is kept in the principal, and a token presented where no token key
+    /// is configured is the application's to judge (forwarded, not refused).
     pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Principal, Denied> {
         let s = &*self.shared;
         if let (Some(key), Some(expected)) =
@@ -532,8 +606,28 @@ impl Policy {
                 Err(unauthenticated("wrong key"))
             };
         }
-        let Some(token) = credentials.token.filter(|t| !t.is_empty()) else {
-            return Ok(self.anonymous());
+        let forwarded = s.asked.as_ref().and_then(|_| {
+            let text = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(Box::from);
+            let forwarded = Forwarded {
+                cookie: text(credentials.cookie),
+                authorization: text(credentials.authorization),
+                origin: text(credentials.origin),
+                token: text(credentials.token).filter(|_| s.verifier.is_none()),
+            };
+            (!forwarded.is_empty()).then(|| Box::new(forwarded))
+        });
+        let token = credentials
+            .token
+            .filter(|t| !t.is_empty())
+            .filter(|_| !(s.verifier.is_none() && s.asked.is_some()));
+        let Some(token) = token else {
+            return Ok(match forwarded {
+                None => self.anonymous(),
+                Some(forwarded) => Arc::new(Identity {
+                    forwarded: Some(forwarded),
+                    ..Identity::default()
+                }),
+            });
         };
         let verifier = s
             .verifier
@@ -566,6 +660,7 @@ impl Policy {
             info: claims.info.map(|v| v.to_string().into_boxed_str()),
             channels: patterns(claims.channels)?,
             publish: patterns(claims.publish)?,
+            forwarded,
         }))
     }
 
@@ -592,13 +687,25 @@ impl Policy {
         })
     }
 
-    /// May `who` do `action`?
+    /// May `who` do `action`? For what the application decides ([`Verdict::Ask`]) this is a
+    /// refusal (`Unavailable`): entry points that can meet such namespaces ask through
+    /// [`crate::Engine::authorize`], which asks the application.
     pub fn decide(&self, who: &Identity, action: Action<'_>) -> Result<(), Denied> {
+        match self.judge(who, action)? {
+            Verdict::Allow => Ok(()),
+            Verdict::Ask(..) => Err(Denied::Unavailable(Cow::Borrowed(
+                "the application decides this and was not asked",
+            ))),
+        }
+    }
+
+    /// What the policy says of `who` doing `action`: yes, no, or ask the application.
+    pub fn judge(&self, who: &Identity, action: Action<'_>) -> Result<Verdict, Denied> {
         let s = &*self.shared;
         if let Action::Control = action {
             return match (&s.publish_key, who.backend) {
                 (None, _) => Err(forbidden("the control API needs --publish-key")),
-                (Some(_), true) => Ok(()),
+                (Some(_), true) => Ok(Verdict::Allow),
                 (Some(_), false) if who.token => {
                     Err(forbidden("the control API needs the publish key"))
                 }
@@ -606,12 +713,12 @@ impl Policy {
             };
         }
         if s.open || matches!(action, Action::Handshake) {
-            return Ok(());
+            return Ok(Verdict::Allow);
         }
         if s.namespaces.is_empty() {
             return match action {
                 Action::Publish(channel, _) => self.publish_by_claim(who, channel),
-                _ => Ok(()),
+                _ => Ok(Verdict::Allow),
             };
         }
         match action {
@@ -629,19 +736,38 @@ impl Policy {
                 }
             }
             Action::Publish(c, via) => self.publish(who, c, via),
-            Action::ListChannels if who.backend => Ok(()),
+            Action::ListChannels if who.backend => Ok(Verdict::Allow),
             Action::ListChannels => Err(refuse(
                 who,
                 "listing channels needs the publish key".to_owned(),
             )),
-            Action::Handshake | Action::Control => Ok(()),
+            Action::Handshake | Action::Control => Ok(Verdict::Allow),
         }
     }
 
+    /// The application's answer to `question` if one is kept ([`AskCache`]).
+    pub fn cached_answer(&self, question: &Question<'_>) -> Option<Result<Vouched, Denied>> {
+        let cache = self.shared.asked.as_ref()?;
+        cache.get(&AskCache::key(question), self.now())
+    }
+
+    /// Keeps the application's answer to `question` (a refusal for being unreachable is not
+    /// kept).
+    pub fn remember_answer(&self, question: &Question<'_>, answer: &Result<Vouched, Denied>) {
+        if let Some(cache) = &self.shared.asked {
+            cache.put(AskCache::key(question), answer, self.now());
+        }
+    }
+
+    /// Whether some namespace asks the application.
+    pub fn asks_application(&self) -> bool {
+        self.shared.asked.is_some()
+    }
+
     /// Publishing with no namespaces: the backend, or a token whose `publish` claim covers it.
-    fn publish_by_claim(&self, who: &Identity, channel: &Channel) -> Result<(), Denied> {
+    fn publish_by_claim(&self, who: &Identity, channel: &Channel) -> Result<Verdict, Denied> {
         if who.backend || claims_cover(&who.publish, Target::Channel(channel)) {
-            Ok(())
+            Ok(Verdict::Allow)
         } else if who.token {
             Err(Denied::Forbidden(Cow::Owned(format!(
                 "token does not allow publishing to {channel}"
@@ -653,15 +779,16 @@ impl Policy {
         }
     }
 
-    fn subscribe(&self, who: &Identity, target: Target<'_>) -> Result<(), Denied> {
+    fn subscribe(&self, who: &Identity, target: Target<'_>) -> Result<Verdict, Denied> {
         let Some(ns) = self.find(target) else {
             return uncovered(who, target);
         };
         if who.backend {
-            return Ok(());
+            return Ok(Verdict::Allow);
         }
         match ns.config.subscribe {
-            SubscribeRule::Anyone => Ok(()),
+            SubscribeRule::Anyone => Ok(Verdict::Allow),
+            SubscribeRule::App => Ok(Verdict::Ask(AskKind::Subscribe, target.to_string())),
             SubscribeRule::Token if !who.token => Err(refuse(
                 who,
                 format!("subscribing to {target} needs a token"),
@@ -669,13 +796,15 @@ impl Policy {
             SubscribeRule::Token
                 if who.channels.is_empty() || claims_cover(&who.channels, target) =>
             {
-                Ok(())
+                Ok(Verdict::Allow)
             }
             SubscribeRule::Token => Err(Denied::Forbidden(Cow::Owned(format!(
                 "token does not allow {target}"
             )))),
             SubscribeRule::User => match who.user.as_deref() {
-                Some(user) if who.token && ns.pattern.covers(target, Some(user)) => Ok(()),
+                Some(user) if who.token && ns.pattern.covers(target, Some(user)) => {
+                    Ok(Verdict::Allow)
+                }
                 Some(_) if who.token => Err(Denied::Forbidden(Cow::Owned(format!(
                     "{target} belongs to another user"
                 )))),
@@ -687,7 +816,7 @@ impl Policy {
         }
     }
 
-    fn publish(&self, who: &Identity, channel: &Channel, via: Via) -> Result<(), Denied> {
+    fn publish(&self, who: &Identity, channel: &Channel, via: Via) -> Result<Verdict, Denied> {
         let target = Target::Channel(channel);
         let Some(ns) = self.find(target) else {
             return uncovered(who, target);
@@ -699,7 +828,7 @@ impl Policy {
             ))));
         }
         if who.backend {
-            return Ok(());
+            return Ok(Verdict::Allow);
         }
         if via == Via::Client && !ns.config.client_publish {
             return Err(Denied::Forbidden(Cow::Owned(format!(
@@ -707,8 +836,9 @@ impl Policy {
             ))));
         }
         match rule {
-            PublishRule::Anyone => Ok(()),
-            PublishRule::Claim if claims_cover(&who.publish, target) => Ok(()),
+            PublishRule::Anyone => Ok(Verdict::Allow),
+            PublishRule::App => Ok(Verdict::Ask(AskKind::Publish, channel.to_string())),
+            PublishRule::Claim if claims_cover(&who.publish, target) => Ok(Verdict::Allow),
             PublishRule::Claim if who.token => Err(Denied::Forbidden(Cow::Owned(format!(
                 "token does not allow publishing to {channel}"
             )))),
@@ -724,13 +854,28 @@ impl Policy {
     }
 }
 
+/// `who`, with what the application vouched for (a user, presence info) when it did.
+pub fn vouched(who: &Principal, vouched: Vouched) -> Principal {
+    if vouched.user.is_none() && vouched.info.is_none() {
+        return who.clone();
+    }
+    let mut identity = Identity::clone(who);
+    if let Some(user) = vouched.user {
+        identity.user = Some(user.into_boxed_str());
+    }
+    if let Some(info) = vouched.info {
+        identity.info = Some(info.to_string().into_boxed_str());
+    }
+    Arc::new(identity)
+}
+
 fn claims_cover(claims: &[Pattern], target: Target<'_>) -> bool {
     claims.iter().any(|claim| pattern_covers(claim, target))
 }
 
-fn uncovered(who: &Identity, target: Target<'_>) -> Result<(), Denied> {
+fn uncovered(who: &Identity, target: Target<'_>) -> Result<Verdict, Denied> {
     if who.backend {
-        Ok(())
+        Ok(Verdict::Allow)
     } else {
         Err(refuse(who, format!("no namespace allows {target}")))
     }

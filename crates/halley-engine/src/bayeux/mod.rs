@@ -8,7 +8,7 @@
 
 mod session;
 
-use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Via};
+use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Verdict, Via};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,7 +62,9 @@ impl Default for BayeuxConfig {
 /// Bayeux's adapter onto the access policy ([`crate::access`]): every default asks the
 /// engine's [`Policy`] for the session's principal, so a Bayeux client is decided exactly as the
 /// same caller on any other transport. An embedder may override a method to add a rule of its
-/// own; it should still ask the policy first (a refusal from it stands).
+/// own; it should still ask the policy first (a refusal from it stands). A
+/// [`Verdict::Ask`] is put to the application by the Bayeux server (through the engine) before
+/// the subscribe or publish goes ahead.
 pub trait Authorizer: Send + Sync + 'static {
     fn can_handshake(
         &self,
@@ -77,16 +79,16 @@ pub trait Authorizer: Send + Sync + 'static {
         policy: &Policy,
         session: &Session,
         pattern: &Pattern,
-    ) -> Result<(), Denied> {
-        policy.decide(session.principal(), Action::Subscribe(pattern))
+    ) -> Result<Verdict, Denied> {
+        policy.judge(session.principal(), Action::Subscribe(pattern))
     }
     fn can_publish(
         &self,
         policy: &Policy,
         session: &Session,
         channel: &Channel,
-    ) -> Result<(), Denied> {
-        policy.decide(session.principal(), Action::Publish(channel, Via::Client))
+    ) -> Result<Verdict, Denied> {
+        policy.judge(session.principal(), Action::Publish(channel, Via::Client))
     }
 }
 
@@ -107,6 +109,7 @@ fn refusal(message: &BayeuxMessage, args: &str, denied: Denied) -> BayeuxMessage
     let code = match denied {
         Denied::Unauthenticated(_) => 401,
         Denied::Forbidden(_) => 403,
+        Denied::Unavailable(_) => 503,
     };
     reply.error = Some(format!("{code}:{args}:{denied}"));
     reply
@@ -293,9 +296,20 @@ impl Bayeux {
         let presented = Credentials {
             key: text("key"),
             token: text("token"),
+            ..Credentials::default()
         };
         let who = if presented.key.is_some() || presented.token.is_some() {
-            policy.authenticate(presented)
+            // What the transport forwarded for the application (cookies…) stays with the
+            // session whichever credential wins.
+            policy
+                .authenticate(presented)
+                .map(|who| match &transport.forwarded {
+                    Some(forwarded) if who.forwarded.is_none() => Arc::new(Identity {
+                        forwarded: Some(forwarded.clone()),
+                        ..Identity::clone(&who)
+                    }),
+                    _ => who,
+                })
         } else {
             Ok(transport.clone())
         };
@@ -433,11 +447,16 @@ impl Bayeux {
                 );
             }
             if subscribe
-                && let Err(denied) = self.shared.authorizer.can_subscribe(
-                    self.shared.engine.policy(),
-                    &session,
-                    &pattern,
-                )
+                && let Err(denied) = self
+                    .judged(
+                        self.shared.authorizer.can_subscribe(
+                            self.shared.engine.policy(),
+                            &session,
+                            &pattern,
+                        ),
+                        &session,
+                    )
+                    .await
             {
                 return refusal(message, name, denied);
             }
@@ -484,11 +503,11 @@ impl Bayeux {
                 BayeuxError::BadRequest(message.channel.clone(), "data missing".into()),
             );
         };
-        if let Err(denied) =
+        let verdict =
             self.shared
                 .authorizer
-                .can_publish(self.shared.engine.policy(), &session, &channel)
-        {
+                .can_publish(self.shared.engine.policy(), &session, &channel);
+        if let Err(denied) = self.judged(verdict, &session).await {
             return refusal(message, &message.channel, denied);
         }
         // RawValue holds valid JSON, so this only fails on... nothing; keep the error path
@@ -520,6 +539,24 @@ impl Bayeux {
             Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => {
                 BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()))
             }
+        }
+    }
+
+    /// Follows a verdict through: what the application decides is asked (through the engine's
+    /// cache) for the session's principal.
+    async fn judged(
+        &self,
+        verdict: Result<Verdict, Denied>,
+        session: &Session,
+    ) -> Result<(), Denied> {
+        match verdict? {
+            Verdict::Allow => Ok(()),
+            Verdict::Ask(kind, channel) => self
+                .shared
+                .engine
+                .ask(session.principal(), kind, &channel)
+                .await
+                .map(drop),
         }
     }
 

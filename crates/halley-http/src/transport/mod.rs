@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::body::RequestBody;
 use halley_engine::Subscription;
-use halley_engine::access::Action;
+use halley_engine::access::{Action, Verdict};
 use halley_proto::{Channel, MessageId, Pattern, inbox};
 use hyper::Request;
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
@@ -67,23 +67,73 @@ fn prepare<'a, B: RequestBody>(
     let patterns = patterns(channel.as_deref(), &query)?;
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
-    let mut presence = declarations(&query)?;
+    let presence = declarations(&query)?;
     // One policy decision per channel and declaration, when the subscription starts; nothing
-    // is checked per message.
+    // is checked per message. What the application decides is asked in a future of its own,
+    // which only connections to such namespaces have.
     let who = app.admit(request.headers(), &query)?;
-    for pattern in &patterns {
-        app.decide(&who, Action::Subscribe(pattern))?;
+    let mut asks = Vec::new();
+    let actions = patterns
+        .iter()
+        .map(Action::Subscribe)
+        .chain(presence.iter().map(|d| Action::Presence(&d.channel)));
+    for action in actions {
+        if let Verdict::Ask(kind, channel) = app.judge(&who, action)? {
+            asks.push((kind, channel));
+        }
     }
-    for d in &mut presence {
-        app.decide(&who, Action::Presence(&d.channel))?;
-        // What the application vouches for in the token is who this member is; a client
-        // cannot claim another name or colour.
-        if let Some(info) = who
-            .info
-            .as_deref()
-            .and_then(|i| serde_json::from_str(i).ok())
-        {
-            d.info = info;
+    let admitted = Admitted {
+        who,
+        patterns,
+        kind,
+        resume,
+        presence,
+    };
+    if asks.is_empty() {
+        return dispatch(app, admitted, query, request);
+    }
+    Ok(Box::pin(async move {
+        let mut admitted = admitted;
+        for (kind, channel) in asks {
+            let vouched = app.engine.ask(&admitted.who, kind, &channel).await?;
+            admitted.who = halley_engine::access::vouched(&admitted.who, vouched);
+        }
+        dispatch(app, admitted, query, request)?.await
+    }))
+}
+
+/// A `/sub` request the policy (and the application, where it decides) said yes to.
+struct Admitted {
+    who: halley_engine::access::Principal,
+    patterns: Vec<Pattern>,
+    kind: Kind,
+    resume: Option<MessageId>,
+    presence: Vec<Declaration>,
+}
+
+/// The held future of the transport an admitted `/sub` request chose.
+fn dispatch<'a, B: RequestBody>(
+    app: &'a Arc<App>,
+    admitted: Admitted,
+    query: Query,
+    request: Request<B>,
+) -> Result<Handling<'a>, ApiError> {
+    let Admitted {
+        who,
+        patterns,
+        kind,
+        resume,
+        mut presence,
+    } = admitted;
+    // What the application vouches for (in the token, or in its answer) is who this member
+    // is; a client cannot claim another name or colour.
+    if let Some(info) = who
+        .info
+        .as_deref()
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+    {
+        for d in &mut presence {
+            d.info = info.clone();
         }
     }
     let callback = || -> Result<String, ApiError> {

@@ -47,13 +47,11 @@ pub async fn upgrade<B: RequestBody>(
     // not a wildcard) and the policy lets this caller publish there from a connection; a
     // connection on several channels publishes with `POST /pub`. Decided once, here.
     let publish_to = match patterns.as_slice() {
-        [Pattern::Exact(channel)]
-            if app
-                .decide(&who, Action::Publish(channel, Via::Client))
-                .is_ok() =>
-        {
-            Some(channel.clone())
-        }
+        [Pattern::Exact(channel)] => app
+            .authorize(&who, Action::Publish(channel, Via::Client))
+            .await
+            .is_ok()
+            .then(|| channel.clone()),
         _ => None,
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published

@@ -119,6 +119,13 @@ impl TestServer {
         TestServer::launch(server, key)
     }
 
+    /// A server over `engine` as the caller set it up (policy, application); `key` is the
+    /// backend key [`TestServer::publish`] sends.
+    pub async fn with_engine(engine: Engine, key: Option<String>) -> TestServer {
+        let server = Server::bind(test_http(), engine).await.unwrap();
+        TestServer::launch(server, key)
+    }
+
     /// A server whose members stay present for `grace` after their last connection closed.
     pub async fn with_presence_grace(grace: std::time::Duration) -> TestServer {
         let http = test_http();
