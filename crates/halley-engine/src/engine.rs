@@ -1,4 +1,4 @@
-use crate::access::Policy;
+use crate::access::{Identity, Policy, Stamp};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -28,6 +28,10 @@ pub enum EngineError {
     /// The channel's namespace allows this many subscribers, and it has them (on this node).
     #[error("channel {0} has its most subscribers ({1}); try again later")]
     Full(Channel, usize),
+    /// The channel's namespace stamps messages with their sender, and the data is not an
+    /// object ([`access::Stamp`](crate::access::Stamp)).
+    #[error(transparent)]
+    NotAnObject(#[from] crate::access::NotAnObject),
 }
 
 /// The result of a publish.
@@ -272,6 +276,34 @@ impl Engine {
             return Err(EngineError::Forged);
         }
         self.publish_trusted(channel, data).await
+    }
+
+    /// Publishes `data` from `who`, whom the policy already allowed to: where the channel's
+    /// namespace stamps messages (`stamp = true`), `who`'s identity is written into the data's
+    /// `"from"` first ([`Policy::stamp`]). Every publish a client makes goes through here, or
+    /// through [`Engine::publish_stamped`] for a connection that took its stamp when it opened.
+    pub async fn publish_as(
+        &self,
+        who: &Identity,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<Published, EngineError> {
+        let stamp = self.policy().stamp(who, &channel);
+        self.publish_stamped(channel, data, stamp.as_ref()).await
+    }
+
+    /// [`Engine::publish`] with `stamp` (from [`Policy::stamp`]) written into the data first.
+    pub async fn publish_stamped(
+        &self,
+        channel: Channel,
+        data: Payload,
+        stamp: Option<&Stamp>,
+    ) -> Result<Published, EngineError> {
+        let data = match stamp {
+            Some(stamp) => stamp.apply(&channel, &data)?,
+            None => data,
+        };
+        self.publish(channel, data).await
     }
 
     /// [`Engine::publish`] for what the server itself says (presence notices).
