@@ -271,6 +271,9 @@ impl Engine {
     ///
     /// An object with a top-level `presence` key is refused: it would pass for one of the
     /// server's presence notices ([`crate::presence`]).
+    ///
+    /// The data goes out as it is: a client's publish goes through [`Engine::publish_as`]
+    /// instead, which stamps it where its namespace says so.
     pub async fn publish(&self, channel: Channel, data: Payload) -> Result<Published, EngineError> {
         if presence::looks_like_notice(&data) {
             return Err(EngineError::Forged);
