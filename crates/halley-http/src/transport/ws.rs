@@ -284,8 +284,9 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
         .await;
 }
 
-/// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
-/// Returns an error object to send back, if any.
+/// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON),
+/// stamped with the connection's sender where the namespace says so (then only an object is
+/// published). Returns an error object to send back, if any.
 async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<String> {
     let Some(to) = to else {
         return Some(
