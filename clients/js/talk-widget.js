@@ -3,7 +3,10 @@
 //   <script src="http://HALLEY/talk-widget.js" async></script>
 //
 // Optional attributes on that script tag: data-room="support" (start in /talk/support instead of
-// the lobby), data-title="Chat with us" (the button and panel title), data-open (start open).
+// the lobby), data-title="Chat with us" (the button and panel title), data-open (start open),
+// data-token-url="/halley-token" (sign in with tokens from the page's own application: a URL
+// that answers {"token": "…"} for the signed-in visitor, fetched with their cookies; the chat
+// then shows the name and colour the token gives and asks for no nickname).
 //
 // It finds Halley's address from its own src, so the page needs nothing else. The chat itself is
 // talk/talk.js (the same code as the full page at `/`), mounted in a shadow root together with
@@ -28,6 +31,9 @@
   var base = script.src.replace(/[?#].*$/, "").replace(/\/talk-widget\.js$/, "");
   var title = script.getAttribute("data-title") || "Chat";
   var room = script.getAttribute("data-room");
+  // Relative to the page that embeds the widget: the token comes from that page's application.
+  var tokenUrl = script.getAttribute("data-token-url");
+  if (tokenUrl) tokenUrl = new URL(tokenUrl, document.baseURI).href;
   var KEY = "halley.talk.widget.open";
 
   function remembered() {
@@ -164,6 +170,7 @@
           url: base,
           compact: true,
           room: room || undefined,
+          tokenUrl: tokenUrl || undefined,
           onMessage: function (line) {
             if (panel.hidden && !line.mine) setUnread(unread + 1);
           },
@@ -192,6 +199,14 @@
         collapse(true);
       }
     });
+
+    // For the embedding page's own scripts: open or fold the widget, and reach the chat
+    // (`mount`'s handle; null until the chat was first opened).
+    window.HalleyTalkWidget = {
+      open: function () { open(true); },
+      close: function () { collapse(false); },
+      chat: function () { return chat; },
+    };
 
     document.body.appendChild(host);
     if (script.hasAttribute("data-open") || remembered()) open(false);

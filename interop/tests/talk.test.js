@@ -9,12 +9,11 @@
 // TALK_ASSETS=1 serves clients/js from disk instead (`halley serve --assets`).
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { startHalley, until, WAIT_MS } from "./harness.js";
-import { launch, staticServer, PAGES } from "./browser.js";
+import { launch, routingProxy, staticServer, PAGES } from "./browser.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(here, "..", "..");
@@ -483,61 +482,11 @@ test("one person in two tabs: one connection, both tabs chat, listed once, leave
   await hereNow(bob, [`bob3 ${await myColor(bob)}`]);
 });
 
-/**
- * A reverse proxy that serves Halley under /halley/ (HTTP and WebSocket upgrades), as a site
- * that mounts it in a sub-path would.
- */
-function prefixProxy(prefix, port) {
-  const server = http.createServer((req, res) => {
-    if (!req.url.startsWith(prefix)) return res.writeHead(404).end();
-    const upstream = http.request(
-      { host: "127.0.0.1", port, path: req.url.slice(prefix.length - 1), method: req.method, headers: req.headers },
-      (answer) => {
-        res.writeHead(answer.statusCode, answer.headers);
-        answer.pipe(res);
-      },
-    );
-    upstream.on("error", () => res.destroy());
-    res.on("close", () => upstream.destroy());
-    req.pipe(upstream);
-  });
-  server.on("upgrade", (req, socket, head) => {
-    const upstream = net.connect(port, "127.0.0.1", () => {
-      const lines = [`${req.method} ${req.url.slice(prefix.length - 1)} HTTP/1.1`];
-      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
-      upstream.write(lines.join("\r\n") + "\r\n\r\n");
-      upstream.write(head);
-      upstream.pipe(socket);
-      socket.pipe(upstream);
-    });
-    for (const s of [socket, upstream]) {
-      s.on("error", () => {});
-      s.on("close", () => {
-        socket.destroy();
-        upstream.destroy();
-      });
-    }
-  });
-  const sockets = new Set();
-  server.on("connection", (s) => { sockets.add(s); s.on("close", () => sockets.delete(s)); });
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () =>
-      resolve({
-        base: `http://127.0.0.1:${server.address().port}${prefix}`,
-        close: () => {
-          for (const s of sockets) s.destroy();
-          return new Promise((r) => server.close(r));
-        },
-      }),
-    ),
-  );
-}
-
 test("behind a proxy that mounts Halley at /halley/, the page finds its scripts and server there", async () => {
-  const proxy = await prefixProxy("/halley/", halley.port);
+  const proxy = await routingProxy({ "/halley/": halley.port });
   try {
-    const mia = await person("mia", { url: proxy.base });
-    assert.equal(await mia.evaluate(() => window.talk.client().url), proxy.base.replace(/\/$/, ""));
+    const mia = await person("mia", { url: `${proxy.base}/halley/` });
+    assert.equal(await mia.evaluate(() => window.talk.client().url), `${proxy.base}/halley`);
     // talk.css came through the proxy too (relative address).
     assert.equal(await mia.locator(".talk-chat").evaluate((e) => getComputedStyle(e).borderTopLeftRadius), "12px");
     const ned = await person("ned");

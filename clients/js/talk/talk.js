@@ -8,9 +8,12 @@
 // Wire shapes (see clients/js/PROTOCOL.md):
 // - the lobby is channel `/talk` (rupy's `/push` default), a room `r` is `/talk/r`;
 // - a chat message is `{"name","message","color"}` (rupy's `/push` publishes `{name,message}`);
+//   where the server stamps messages (a namespace with `stamp = true`), it adds
+//   `"from": {"user", "info": {"name","color"}}` from the sender's token, and the chat shows
+//   that name and colour instead of the ones the sender wrote (which anyone could forge);
 // - presence info is `{"name","color"}`; the server publishes `{"presence":"join"|"leave"|
 //   "update","info":{…},"was":{…}}` on the room's channel, and answers
-//   `GET /api/presence?channel=C` and `GET /api/presence?prefix=/talk`.
+//   `GET /api/presence?channel=C` and `GET /api/presence?prefix=/talk/`.
 //
 // Every piece of user text reaches the DOM through textContent, never innerHTML, and a colour
 // from the wire is used only after it matched COLOR_RE.
@@ -134,6 +137,60 @@
     return { name: name || "someone", color: color };
   }
 
+  /**
+   * The claims of a JWT, read without checking its signature: for showing who the chat signs
+   * you in as. The server checks the token; nothing here is trusted for anything else.
+   */
+  function tokenClaims(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      var binary = global.atob(part);
+      var bytes = new Uint8Array(binary.length);
+      for (var i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+      var claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === "object" && !Array.isArray(claims) ? claims : {};
+    } catch (e) {
+      return {};
+    }
+  }
+
+  /**
+   * Where the chat gets tokens: `getToken()` (a string or a promise of one), or `tokenUrl`, which
+   * is fetched with the browser's credentials (the application's session cookie) and answers
+   * `{"token": "…"}`. Null when neither is given: the chat asks for a nickname instead.
+   */
+  function tokenSource(options) {
+    if (typeof options.getToken === "function") {
+      return function () {
+        return Promise.resolve().then(options.getToken);
+      };
+    }
+    if (!options.tokenUrl) return null;
+    var url = String(options.tokenUrl);
+    return function () {
+      return fetch(url, { credentials: "include", cache: "no-store", headers: { accept: "application/json" } }).then(function (res) {
+        if (res.status === 401 || res.status === 403) throw new Error("you are not signed in");
+        if (!res.ok) throw new Error("the sign-in answered HTTP " + res.status);
+        return res.json();
+      }).then(function (answer) {
+        var token = answer && answer.token;
+        if (typeof token !== "string" || !token) throw new Error("the sign-in gave no token");
+        return token;
+      });
+    };
+  }
+
+  /** Who vouched-for data says sent it: `from` as the server stamps it, or null. */
+  function stamped(data) {
+    var from = data && data.from;
+    if (!from || typeof from !== "object" || Array.isArray(from)) return null;
+    var info = from.info && typeof from.info === "object" ? from.info : {};
+    var user = typeof from.user === "string" ? from.user : null;
+    if (typeof info.name !== "string" && !user) return null;
+    return { user: user, info: { name: typeof info.name === "string" ? info.name : user, color: info.color } };
+  }
+
   function clock(date) {
     return ("0" + date.getHours()).slice(-2) + ":" + ("0" + date.getMinutes()).slice(-2);
   }
@@ -148,6 +205,10 @@
    * options.hash     keep the room in location.hash (the full page)
    * options.title    keep an unread count in document.title (the full page)
    * options.Halley   the client constructor (default: window.Halley)
+   * options.getToken a function giving a token (string or promise) for Halley: the chat signs in
+   *                   with it instead of asking for a nickname, and shows the name and colour of
+   *                   the token's `info` (the server stamps them on every message)
+   * options.tokenUrl  the same from a URL that answers `{"token": "…"}` (fetched with cookies)
    * options.onMessage called with {channel, name, message, mine} for each chat line (the widget's
    *                   unread badge)
    */
@@ -158,6 +219,7 @@
     var local = storage("localStorage");
     var session = storage("sessionStorage");
     var HalleyClient = options.Halley || global.Halley;
+    var getToken = tokenSource(options);
 
     var state = {
       name: cleanName(local.getItem(STORE + "name")),
@@ -176,7 +238,16 @@
       unread: 0,
       sent: [],
       recall: -1,
+      /** Signed in with a token: name and colour come from it, `user` is its subject. */
+      signed: !!getToken,
+      user: null,
+      /** The first token, fetched before the chat starts; halley.js asks getToken for the next. */
+      token: null,
     };
+    if (state.signed) {
+      state.name = "";
+      state.color = null;
+    }
     session.setItem(STORE + "member", state.member);
     if (options.room && ROOM_RE.test(options.room)) state.room = roomChannel(String(options.room).toLowerCase());
     if (options.hash) {
@@ -242,7 +313,16 @@
       h(doc, "div", { class: "talk-form-row" }, nickInput, h(doc, "button", { class: "talk-send", type: "submit", text: "Join" })),
       nickError);
 
+    // With a token, a sign-in panel instead: who you are comes from the token.
+    var signinLead = h(doc, "p", { class: "talk-nick-lead", role: "status", text: "Signing in…" });
+    var signinError = h(doc, "p", { class: "talk-error", role: "alert" });
+    var signinRetry = h(doc, "button", { class: "talk-send", type: "button", text: "Try again", hidden: true });
+    var signin = h(doc, "div", { class: "talk-nick talk-signin", hidden: true },
+      h(doc, heading, { class: "talk-nick-title" }, h(doc, "span", { class: "talk-logo", "aria-hidden": "true", text: "☄" }), " talk"),
+      signinLead, signinError, signinRetry);
+
     root.appendChild(nickForm);
+    root.appendChild(signin);
     root.appendChild(chat);
 
     // ---- the log ----
@@ -290,19 +370,22 @@
     /** A chat message's line; `earlier` marks one from before you arrived (no arrival time). */
     function messageLine(channel, data, earlier) {
       var p, text;
+      var from = stamped(data);
       if (data && typeof data === "object" && !Array.isArray(data)) {
-        p = person(data);
+        // The server's word on who sent it, where it stamps messages; else what the sender wrote.
+        p = person(from ? from.info : data);
         text = typeof data.message === "string" ? data.message : JSON.stringify(data.message === undefined ? data : data.message);
       } else {
         // Plain publishes (`curl -d hi /pub/talk`) have no sender; show them anyway.
         p = { name: "?", color: null };
         text = typeof data === "string" ? data : JSON.stringify(data);
       }
-      var mine = p.name === state.name && p.color === myColor();
+      var mine = state.user && from ? from.user === state.user : p.name === state.name && p.color === myColor();
       var stamp = earlier ? h(doc, "span", { class: "talk-time", text: "earlier" }) : time();
       var line = h(doc, "div", {
         class: "talk-line talk-line--message" + (mine ? " talk-line--mine" : "") + (earlier ? " talk-line--earlier" : ""),
         "data-kind": earlier ? "earlier" : "message", "data-channel": channel,
+        "data-from": from && from.user ? from.user : undefined,
       }, stamp, nameTag(p), h(doc, "span", { class: "talk-text", text: text }));
       return { line: line, name: p.name, text: text, mine: mine };
     }
@@ -468,6 +551,11 @@
       } else if (now === "connecting") {
         state.online = false;
         setStatus("connecting", "connecting…");
+      } else if (now === "unauthorized") {
+        // The token was refused and no fresh one came (signed out, or the session ended).
+        state.online = false;
+        setStatus("offline", "signed out");
+        system("error", [state.signed ? "Your sign-in has ended: sign in again to chat." : "The server refused the connection."]);
       } else {
         // idle (nothing subscribed) or closed: we are out of the chat.
         state.online = false;
@@ -482,6 +570,17 @@
         return null;
       }
       var clientOptions = { member: state.member };
+      if (state.signed) {
+        // The first token is the one the chat signed in with; later ones (it expired) come
+        // from the same source, and say who you are again.
+        clientOptions.token = state.token;
+        clientOptions.getToken = function () {
+          return getToken().then(function (token) {
+            adopt(token);
+            return token;
+          });
+        };
+      }
       for (var key in options.clientOptions || {}) clientOptions[key] = options.clientOptions[key];
       var client = new HalleyClient(base, clientOptions);
       state.client = client;
@@ -580,12 +679,17 @@
     }
 
     function listRooms() {
-      // Over the client when there is one (it falls back to JSONP where CORS is off).
-      var asking = state.client && typeof state.client.rooms === "function"
-        ? state.client.rooms(LOBBY)
-        : getJSON("/api/presence?prefix=" + encodeURIComponent(LOBBY));
-      asking.then(function (answer) {
-        var rows = (Array.isArray(answer.channels) ? answer.channels : []).filter(function (row) {
+      // Over the client when there is one (it falls back to JSONP where CORS is off). The rooms
+      // under /talk/ and the lobby are asked apart: a listing by the prefix /talk would reach
+      // beyond the chat (/talkative…), which a server that locks /talk down does not allow.
+      var client = state.client && typeof state.client.rooms === "function" ? state.client : null;
+      var rooms = client ? client.rooms(LOBBY + "/") : getJSON("/api/presence?prefix=" + encodeURIComponent(LOBBY + "/"));
+      var lobby = client ? client.presence(LOBBY) : getJSON("/api/presence?channel=" + encodeURIComponent(LOBBY));
+      Promise.all([rooms, lobby]).then(function (answers) {
+        var listed = Array.isArray(answers[0].channels) ? answers[0].channels.slice() : [];
+        var members = Array.isArray(answers[1].members) ? answers[1].members : [];
+        if (members.length) listed.push({ channel: LOBBY, count: members.length, members: members });
+        var rows = listed.filter(function (row) {
           return row && typeof row.channel === "string" && isTalkChannel(row.channel);
         });
         rows.sort(function (a, b) {
@@ -637,6 +741,7 @@
           return listRooms();
         case "color":
         case "colour": {
+          if (state.signed) return system("info", ["Your colour comes from your sign-in: ", nameTag(person(myInfo())), " " + myColor() + "."]);
           if (!arg) return system("info", ["Your colour is ", nameTag(person(myInfo())), " " + myColor() + ". Change it with /color rrggbb."]);
           var color = normalizeColor(arg);
           if (!color) return system("error", ["“" + arg + "” is not a colour: use six hex digits, e.g. /color 1e90ff"]);
@@ -648,6 +753,7 @@
         }
         case "nick":
         case "name": {
+          if (state.signed) return system("info", ["Your name comes from your sign-in: you are ", nameTag(person(myInfo())), "."]);
           var nick = cleanName(arg);
           if (!nick) return system("error", ["Usage: /nick name"]);
           var keep = state.color;
@@ -756,7 +862,36 @@
       if (focus) input.focus();
     }
 
-    if (state.name) start(false);
+    /** Takes name, colour and subject from a token (for display; the server checks it). */
+    function adopt(token) {
+      var claims = tokenClaims(token);
+      var info = claims.info && typeof claims.info === "object" ? claims.info : {};
+      state.token = token;
+      state.user = typeof claims.sub === "string" ? claims.sub : null;
+      state.name = cleanName(typeof info.name === "string" ? info.name : state.user) || "someone";
+      state.color = normalizeColor(info.color);
+    }
+
+    function signIn() {
+      signin.hidden = false;
+      signinLead.textContent = "Signing in…";
+      signinError.textContent = "";
+      signinRetry.hidden = true;
+      getToken().then(function (token) {
+        if (typeof token !== "string" || !token) throw new Error("the sign-in gave no token");
+        adopt(token);
+        signin.hidden = true;
+        start(false);
+      }, function (err) {
+        signinLead.textContent = "Sign in to chat.";
+        signinError.textContent = "Could not sign you in: " + ((err && err.message) || err) + ".";
+        signinRetry.hidden = false;
+      });
+    }
+    signinRetry.addEventListener("click", signIn);
+
+    if (state.signed) signIn();
+    else if (state.name) start(false);
     else nickForm.hidden = false;
 
     return {
@@ -764,7 +899,7 @@
       input: input,
       /** The halley.js client while in the chat (null after /exit from the lobby). */
       client: function () { return state.client; },
-      focus: function () { (state.name ? input : nickInput).focus(); },
+      focus: function () { (state.name || state.signed ? input : nickInput).focus(); },
       /** Leaves the room and closes the connection. */
       destroy: function () {
         if (state.sub) state.sub.unsubscribe();

@@ -1,5 +1,5 @@
 use crate::access::{
-    Action, Application, AskKind, Denied, Forwarded, Identity, Policy, Principal, Question,
+    Action, Application, AskKind, Denied, Forwarded, Identity, Policy, Principal, Question, Stamp,
     Verdict, Vouched,
 };
 use std::collections::BTreeMap;
@@ -31,6 +31,10 @@ pub enum EngineError {
     /// The channel's namespace allows this many subscribers, and it has them (on this node).
     #[error("channel {0} has its most subscribers ({1}); try again later")]
     Full(Channel, usize),
+    /// The channel's namespace stamps messages with their sender, and the data is not an
+    /// object ([`access::Stamp`](crate::access::Stamp)).
+    #[error(transparent)]
+    NotAnObject(#[from] crate::access::NotAnObject),
 }
 
 /// The result of a publish.
@@ -342,11 +346,42 @@ impl Engine {
     ///
     /// An object with a top-level `presence` key is refused: it would pass for one of the
     /// server's presence notices ([`crate::presence`]).
+    ///
+    /// The data goes out as it is: a client's publish goes through [`Engine::publish_as`]
+    /// instead, which stamps it where its namespace says so.
     pub async fn publish(&self, channel: Channel, data: Payload) -> Result<Published, EngineError> {
         if presence::looks_like_notice(&data) {
             return Err(EngineError::Forged);
         }
         self.publish_trusted(channel, data).await
+    }
+
+    /// Publishes `data` from `who`, whom the policy already allowed to: where the channel's
+    /// namespace stamps messages (`stamp = true`), `who`'s identity is written into the data's
+    /// `"from"` first ([`Policy::stamp`]). Every publish a client makes goes through here, or
+    /// through [`Engine::publish_stamped`] for a connection that took its stamp when it opened.
+    pub async fn publish_as(
+        &self,
+        who: &Identity,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<Published, EngineError> {
+        let stamp = self.policy().stamp(who, &channel);
+        self.publish_stamped(channel, data, stamp.as_ref()).await
+    }
+
+    /// [`Engine::publish`] with `stamp` (from [`Policy::stamp`]) written into the data first.
+    pub async fn publish_stamped(
+        &self,
+        channel: Channel,
+        data: Payload,
+        stamp: Option<&Stamp>,
+    ) -> Result<Published, EngineError> {
+        let data = match stamp {
+            Some(stamp) => stamp.apply(&channel, &data)?,
+            None => data,
+        };
+        self.publish(channel, data).await
     }
 
     /// [`Engine::publish`] for what the server itself says (presence notices).

@@ -79,12 +79,13 @@ pub async fn send<B: RequestBody>(
     if address.len() != inbox::HEX_LEN || address.contains('/') {
         return Err(ApiError::NotFound);
     }
-    app.allow(
-        request.headers(),
-        &query,
-        Action::Publish(&channel, Via::Http),
-    )
-    .await?;
+    let who = app
+        .allow(
+            request.headers(),
+            &query,
+            Action::Publish(&channel, Via::Http),
+        )
+        .await?;
     let payload = match *request.method() {
         // A script tag can only send a GET: `data` carries JSON, `message` text.
         Method::GET if callback.is_some() => match query.get("data") {
@@ -111,7 +112,7 @@ pub async fn send<B: RequestBody>(
         }
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_as(&who, channel, payload).await?;
     Ok(reply(&published_json(&published), callback.as_deref()))
 }
 

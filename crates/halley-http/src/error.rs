@@ -48,6 +48,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Broker(b) => ApiError::Unavailable(b.to_string()),
             EngineError::Full(..) => ApiError::Unavailable(e.to_string()),
+            EngineError::NotAnObject(_) => ApiError::BadRequest(e.to_string()),
         }
     }
 }

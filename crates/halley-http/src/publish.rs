@@ -23,12 +23,13 @@ pub async fn publish<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let channel = Channel::parse(channel)?;
-    app.allow(
-        request.headers(),
-        &query,
-        Action::Publish(&channel, Via::Http),
-    )
-    .await?;
+    let who = app
+        .allow(
+            request.headers(),
+            &query,
+            Action::Publish(&channel, Via::Http),
+        )
+        .await?;
     let is_json = request
         .headers()
         .get(CONTENT_TYPE)
@@ -47,7 +48,7 @@ pub async fn publish<B: RequestBody>(
     } else {
         Payload::from_text(&body)?
     };
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_as(&who, channel, payload).await?;
     Ok(published_response(&published))
 }
 
@@ -84,17 +85,18 @@ pub async fn publish_jsonp<B: RequestBody>(
     };
     app.origins.check_embedding(request.headers())?;
     let channel = Channel::parse(channel)?;
-    app.allow(
-        request.headers(),
-        &query,
-        Action::Publish(&channel, Via::Http),
-    )
-    .await?;
+    let who = app
+        .allow(
+            request.headers(),
+            &query,
+            Action::Publish(&channel, Via::Http),
+        )
+        .await?;
     let data = query
         .get("data")
         .ok_or_else(|| ApiError::BadRequest("data (JSON) is required".into()))?;
     let payload = Payload::from_json(data.as_bytes())?;
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_as(&who, channel, payload).await?;
     Ok(crate::api::reply(
         &published_json(&published),
         Some(callback),

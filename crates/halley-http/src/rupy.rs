@@ -3,6 +3,8 @@
 //! A push publishes `{"name":N,"message":M}` to the channel (default `/talk`), so the same
 //! message reaches every other transport as an object. A pull is a chunked stream with one
 //! message per `\n`-terminated line (the object as compact JSON), never the puller's own.
+//! Where the channel's namespace stamps messages with their sender (`stamp = true`), a push
+//! with a token is published under the token's name, and with `"from"` like every publish.
 //! With the request header `Head: less` the stream has no status line and no headers at all
 //! (see `server.rs`, which spots such requests before HTTP parsing).
 
@@ -43,13 +45,21 @@ pub async fn push<B: RequestBody>(
             query.extend_form(&body);
         }
     }
-    let name = name(&query)?;
     let message = query
         .get("message")
         .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
     let channel = Channel::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
-    app.allow(&headers, &query, Action::Publish(&channel, Via::Http))
+    let who = app
+        .allow(&headers, &query, Action::Publish(&channel, Via::Http))
         .await?;
+    // In a namespace that stamps its messages, a token holder's name is the one its token
+    // gives (and `name` may be left out); the stamp adds "from" as on every other publish.
+    let stamp = app.policy().stamp(&who, &channel);
+    let signed = stamp.as_ref().and_then(|_| who.name());
+    let name = match &signed {
+        Some(signed) => signed,
+        None => name(&query)?,
+    };
     // Built by hand so that "name" comes first: pullers recognise their own messages by
     // that prefix without parsing every message (see `own_prefix`).
     let data = format!(
@@ -59,7 +69,10 @@ pub async fn push<B: RequestBody>(
     );
     // The text above is JSON by construction.
     let payload = Payload::from_json(data.as_bytes()).unwrap();
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app
+        .engine
+        .publish_stamped(channel, payload, stamp.as_ref())
+        .await?;
     Ok(published_response(&published))
 }
 

@@ -51,6 +51,28 @@ impl Payload {
         &self.0
     }
 
+    /// This data, a JSON object, with its top-level `key` set to `value`: every `key` it had
+    /// (however its name was escaped) is dropped and the new one is written last, so that a
+    /// reader keeping the first or the last of duplicate keys sees the same value. The other
+    /// members keep their order and their exact text. `None` if the data is not an object.
+    pub fn with_key(&self, key: &str, value: &Payload) -> Option<Payload> {
+        let Members(members) = serde_json::from_str(&self.0).ok()?;
+        let mut out = String::with_capacity(self.0.len() + key.len() + value.0.len() + 4);
+        out.push('{');
+        for (name, raw) in members.iter().filter(|(name, _)| name != key) {
+            push_json_string(&mut out, name);
+            out.push(':');
+            out.push_str(raw.get());
+            out.push(',');
+        }
+        push_json_string(&mut out, key);
+        out.push(':');
+        out.push_str(&value.0);
+        out.push('}');
+        // Compact members of a compact object, keys re-escaped: compact JSON again.
+        Some(Payload(out.into()))
+    }
+
     /// The text form used by text transports: a string as-is, anything else as compact JSON.
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         if self.0.starts_with('"') {
@@ -59,6 +81,34 @@ impl Payload {
         } else {
             std::borrow::Cow::Borrowed(&self.0)
         }
+    }
+}
+
+/// A JSON object's members in order, each value's text as it was: what [`Payload::with_key`]
+/// rewrites. Anything but an object does not deserialise into it.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(name) = map.next_key::<String>()? {
+                    let raw: &'de RawValue = map.next_value()?;
+                    members.push((name, raw));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
@@ -227,6 +277,38 @@ mod tests {
         check_json("", Err(PayloadError::InvalidJson));
         check_json("1 2", Err(PayloadError::InvalidJson));
         assert_eq!(Payload::from_json(b"\xff"), Err(PayloadError::NotUtf8));
+    }
+
+    fn check_with_key(data: &str, expected: Option<&str>) {
+        let data = Payload::from_json(data.as_bytes()).unwrap();
+        let value = Payload::from_json(br#"{"user":"alice"}"#).unwrap();
+        let got = data.with_key("from", &value);
+        assert_eq!(got.as_ref().map(Payload::json), expected, "{data:?}");
+        if let Some(got) = got {
+            // Still valid, compact JSON.
+            assert_eq!(Payload::from_json(got.json().as_bytes()).unwrap(), got);
+        }
+    }
+
+    #[test]
+    fn with_key_sets_one_member_last() {
+        let from = r#""from":{"user":"alice"}"#;
+        check_with_key("{}", Some(&format!("{{{from}}}")));
+        check_with_key(
+            r#"{"name":"bob","n":1.50,"x":[1,{"from":2}]}"#,
+            Some(&format!(
+                r#"{{"name":"bob","n":1.50,"x":[1,{{"from":2}}],{from}}}"#
+            )),
+        );
+        // Every spelling of the key goes, duplicates included; other keys keep their text.
+        check_with_key(
+            r#"{"from":"bob","a\"b":1,"fr\u006fm":"bob","from":null}"#,
+            Some(&format!(r#"{{"a\"b":1,{from}}}"#)),
+        );
+        check_with_key(r#"{"é":"ü"}"#, Some(&format!(r#"{{"é":"ü",{from}}}"#)));
+        for not_an_object in [r#""text""#, "[1]", "1", "null", "true"] {
+            check_with_key(not_an_object, None);
+        }
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! Access (`halley_engine::access`) comes from `--publish-key`, `--token-secret` and the file's
 //! `[tokens]` (hs256-secret, rs256-public-key and es256-public-key as paths relative to the
 //! file, audience, issuer) and `[[namespace]]` tables (channels, subscribe, publish,
-//! client-publish, presence, history-size, history-ttl, max-subscribers), and `--auth-url` (with
-//! its cache time, timeout and concurrency) for namespaces whose rules are `app`. The key files
-//! are read here and the [`Policy`] is built here, so a bad key, pattern or URL stops startup.
+//! client-publish, presence, history-size, history-ttl, max-subscribers, stamp), and
+//! `--auth-url` (with its cache time, timeout and concurrency) for namespaces whose rules are
+//! `app`. The key files are read here and the [`Policy`] is built here, so a bad key, pattern or
+//! URL stops startup.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -142,6 +143,8 @@ pub struct NamespaceFile {
     /// Seconds.
     pub history_ttl: Option<u64>,
     pub max_subscribers: Option<usize>,
+    /// Write each client publish's sender into its data (`"from"`).
+    pub stamp: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -187,6 +190,7 @@ impl NamespaceFile {
             history_size: self.history_size,
             history_ttl: self.history_ttl.map(Duration::from_secs),
             max_subscribers: self.max_subscribers,
+            stamp: self.stamp.unwrap_or(false),
         }
     }
 }
@@ -209,6 +213,9 @@ pub fn describe(ns: &NamespaceConfig) -> String {
     }
     if let Some(n) = ns.max_subscribers {
         line.push_str(&format!(" max-subscribers={n}"));
+    }
+    if ns.stamp {
+        line.push_str(" stamp=true");
     }
     line
 }
@@ -630,5 +637,31 @@ mod tests {
             ..Default::default()
         };
         assert!(flag_only.authenticate(credentials).is_ok());
+    }
+
+    #[test]
+    fn stamp_is_read_and_described() {
+        let dir = std::env::temp_dir().join(format!("halley-config-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(
+            &path,
+            "[[namespace]]\nchannels = \"/talk/**\"\nstamp = true\n\n\
+             [[namespace]]\nchannels = \"/news/**\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let policy = args.resolve().unwrap().policy;
+        let ns: Vec<String> = policy.namespaces().map(describe).collect();
+        assert_eq!(
+            ns,
+            [
+                "/talk/** subscribe=anyone publish=backend client-publish=true presence=true stamp=true",
+                "/news/** subscribe=anyone publish=backend client-publish=true presence=true",
+            ]
+        );
     }
 }

@@ -36,6 +36,9 @@
 //! - **The control API** needs the backend key, so it is closed when none is configured, even
 //!   on an open policy.
 //! - Refusals a credential could lift are 401 for a caller who presented none, 403 otherwise.
+//! - **Stamping** (`stamp.rs`): in a namespace with `stamp = true`, [`Policy::stamp`] gives what
+//!   a client's publish must carry under `"from"` (its token's `sub` and `info`, or `null`), so
+//!   that who said something is the server's word, not the client's.
 //!
 //! Limits: [`CLOCK_LEEWAY_SECS`] (clock skew on `exp`/`nbf`), [`MAX_TOKEN_LEN`] (bytes of a
 //! token read before its signature is checked), [`MAX_REVOCATIONS`] (users with a revocation in
@@ -46,6 +49,7 @@
 
 mod ask;
 mod covers;
+mod stamp;
 mod token;
 
 use std::borrow::Cow;
@@ -61,6 +65,7 @@ pub use self::ask::{
     Question, Vouched,
 };
 use self::covers::{NsPattern, NsPatternError, Target, pattern_covers};
+pub use self::stamp::{NotAnObject, Stamp};
 pub use self::token::{CLOCK_LEEWAY_SECS, MAX_TOKEN_LEN};
 use self::token::{MintedClaims, Verifier, seconds};
 
@@ -263,6 +268,9 @@ pub struct NamespaceConfig {
     pub history_size: Option<usize>,
     pub history_ttl: Option<std::time::Duration>,
     pub max_subscribers: Option<usize>,
+    /// Whether the server writes each client publish's sender into its data (`"from"`, see
+    /// [`Stamp`]), so that a chat name cannot be forged.
+    pub stamp: bool,
 }
 
 impl NamespaceConfig {
@@ -278,6 +286,7 @@ impl NamespaceConfig {
             history_size: None,
             history_ttl: None,
             max_subscribers: None,
+            stamp: false,
         }
     }
 }

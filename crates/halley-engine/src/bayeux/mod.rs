@@ -527,12 +527,18 @@ impl Bayeux {
             self.shared.services.call(&session, &channel, &payload);
             return reply;
         }
-        match self.shared.engine.publish(channel, payload).await {
+        // The session's principal is who publishes: a stamped namespace writes it into "from".
+        let published = self
+            .shared
+            .engine
+            .publish_as(session.principal(), channel, payload)
+            .await;
+        match published {
             Ok(_) => reply,
             Err(EngineError::Reserved(c)) => {
                 BayeuxMessage::error(message, BayeuxError::Forbidden(c.to_string(), "Forbidden"))
             }
-            Err(e @ EngineError::Forged) => BayeuxMessage::error(
+            Err(e @ (EngineError::Forged | EngineError::NotAnObject(_))) => BayeuxMessage::error(
                 message,
                 BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
             ),

@@ -21,7 +21,7 @@ use crate::body::{Body, empty};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::state::App;
-use halley_engine::access::{Action, Principal, Via};
+use halley_engine::access::{Action, Principal, Stamp, Via};
 
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
 /// biggest cost of an idle subscriber. Clients send little (an occasional publish), and a
@@ -45,13 +45,17 @@ pub async fn upgrade<B: RequestBody>(
     let response = accept_websocket(request.headers())?;
     // Frames are published to the channel subscribed to, when there is exactly one (and it is
     // not a wildcard) and the policy lets this caller publish there from a connection; a
-    // connection on several channels publishes with `POST /pub`. Decided once, here.
+    // connection on several channels publishes with `POST /pub`. Decided once, here, with the
+    // stamp its frames get where the namespace stamps messages (the identity is not kept).
     let publish_to = match patterns.as_slice() {
         [Pattern::Exact(channel)] => app
             .authorize(&who, Action::Publish(channel, Via::Client))
             .await
-            .is_ok()
-            .then(|| channel.clone()),
+            .ok()
+            .map(|who| Publishing {
+                channel: channel.clone(),
+                stamp: app.policy().stamp(&who, channel),
+            }),
         _ => None,
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
@@ -63,6 +67,12 @@ pub async fn upgrade<B: RequestBody>(
         run(&app, tx, rx, sub, publish_to, announce).await;
     });
     Ok(response)
+}
+
+/// Where a connection's text frames are published, and as whom.
+struct Publishing {
+    channel: Channel,
+    stamp: Option<Stamp>,
 }
 
 /// The WebSocket a request upgrades into.
@@ -160,7 +170,7 @@ async fn run(
     mut tx: WsSink,
     mut rx: WsStream,
     mut sub: Subscription,
-    publish_to: Option<Channel>,
+    publish_to: Option<Publishing>,
     announce: bool,
 ) {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
@@ -272,17 +282,22 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
         .await;
 }
 
-/// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
-/// Returns an error object to send back, if any.
-async fn publish(app: &App, channel: Option<&Channel>, body: &str) -> Option<String> {
-    let Some(channel) = channel else {
+/// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON),
+/// stamped with the connection's sender where the namespace says so (then only an object is
+/// published). Returns an error object to send back, if any.
+async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<String> {
+    let Some(to) = to else {
         return Some(
             r#"{"event":"error","error":"publishing is not allowed on this connection (wildcard subscription or missing publish key)"}"#
                 .into(),
         );
     };
     let payload = Payload::from_json(body.as_bytes()).unwrap_or_else(|_| Payload::string(body));
-    match app.engine.publish(channel.clone(), payload).await {
+    let published = app
+        .engine
+        .publish_stamped(to.channel.clone(), payload, to.stamp.as_ref())
+        .await;
+    match published {
         Ok(_) => None,
         Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),
     }
