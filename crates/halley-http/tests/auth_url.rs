@@ -135,6 +135,10 @@ async fn halley(url: &str, timeout: Duration, concurrency: usize) -> TestServer 
         namespaces: vec![
             namespace("/app/**", SubscribeRule::App, PublishRule::App),
             namespace("/open/**", SubscribeRule::Anyone, PublishRule::Anyone),
+            NamespaceConfig {
+                stamp: true,
+                ..namespace("/stamped/**", SubscribeRule::App, PublishRule::App)
+            },
         ],
         app: Some(AppConfig {
             cache_ttl: Duration::from_secs(30),
@@ -275,6 +279,36 @@ async fn what_the_application_vouches_for_is_the_members_presence() {
         members.json()["members"],
         json!([{"name": "Alice", "color": "#1e90ff"}]),
         "the client claimed Mallory"
+    );
+}
+
+/// In a namespace that stamps its messages, the sender is who the application said.
+#[tokio::test]
+async fn a_stamped_message_carries_whom_the_application_vouched_for() {
+    let app = Arc::new(App::default());
+    let s = halley(&serve(app.clone()).await, Duration::from_secs(2), 8).await;
+    let mut sub = s
+        .stream_with(
+            "/sub/stamped/room?transport=stream&format=json",
+            &[("cookie", "session=alice")],
+        )
+        .await;
+    let published = s
+        .send(
+            s.request("POST", "/pub/stamped/room")
+                .header("cookie", "session=alice")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"text":"hi","from":{"user":"bob"}}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    let message = within("the stamped message", sub.json_line()).await;
+    assert_eq!(
+        message["data"],
+        json!({"text": "hi", "from": {"user": "alice", "info": {"name": "Alice", "color": "#1e90ff"}}})
     );
 }
 

@@ -30,9 +30,10 @@ pub struct Stamp {
 pub struct NotAnObject(pub Channel);
 
 impl Stamp {
-    /// The stamp of `who`: its token's subject and info, or `null` without a token.
+    /// The stamp of `who`: its token's (or the application's answer's) subject and info, or
+    /// `null` for a caller nobody vouched for.
     pub fn of(who: &Identity) -> Stamp {
-        let from = if who.token {
+        let from = if who.token || who.user.is_some() || who.info.is_some() {
             let mut text = String::from("{\"user\":");
             match &who.user {
                 Some(user) => halley_proto::push_json_string(&mut text, user),
@@ -66,9 +67,10 @@ impl Stamp {
 
 impl Identity {
     /// The name the application gave this token holder: its `info`'s `name` when that is a
-    /// string, else its `sub`. `None` without a token.
+    /// string, else its `sub`. `None` for a caller nobody vouched for (no token, no answer of
+    /// the application).
     pub fn name(&self) -> Option<String> {
-        if !self.token {
+        if !self.token && self.user.is_none() && self.info.is_none() {
             return None;
         }
         let from_info =
