@@ -1,4 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
+
+use halley_proto::Channel;
 
 /// The engine's budgets. Every field bounds memory; see each for what happens on overflow.
 #[derive(Clone, Debug)]
@@ -20,6 +23,60 @@ pub struct EngineConfig {
     /// Most channels with history at once. Publishing to a new channel beyond it fails, so a
     /// client cannot grow the server by publishing to random names.
     pub max_channels: usize,
+    /// Channels whose history is kept otherwise than `history_size` and `history_ttl` say
+    /// (namespaces' `history-size` and `history-ttl`). Brokers ask [`EngineConfig::history`].
+    pub history_rules: HistoryRules,
+}
+
+/// What a channel's history keeps: at most `size` messages, none older than `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+/// Per-channel exceptions to the engine's history limits: for a channel, the size and age its
+/// rule sets (either may be left to the default). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct HistoryRules {
+    rule: Option<Arc<HistoryRule>>,
+}
+
+type HistoryRule = dyn Fn(&Channel) -> (Option<usize>, Option<Duration>) + Send + Sync;
+
+impl HistoryRules {
+    /// Rules given by `rule` (the binary builds it from the namespaces of the access policy).
+    pub fn new(
+        rule: impl Fn(&Channel) -> (Option<usize>, Option<Duration>) + Send + Sync + 'static,
+    ) -> HistoryRules {
+        HistoryRules {
+            rule: Some(Arc::new(rule)),
+        }
+    }
+}
+
+impl std::fmt::Debug for HistoryRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.rule.is_some() {
+            "HistoryRules(per channel)"
+        } else {
+            "HistoryRules(none)"
+        })
+    }
+}
+
+impl EngineConfig {
+    /// The history limits of `channel`: its rule's where it has one, else the defaults.
+    pub fn history(&self, channel: &Channel) -> HistoryLimits {
+        let (size, ttl) = match &self.history_rules.rule {
+            Some(rule) => rule(channel),
+            None => (None, None),
+        };
+        HistoryLimits {
+            size: size.unwrap_or(self.history_size),
+            ttl: ttl.unwrap_or(self.history_ttl),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -30,6 +87,7 @@ impl Default for EngineConfig {
             queue_capacity: 1024,
             replay_limit: 1000,
             max_channels: 100_000,
+            history_rules: HistoryRules::default(),
         }
     }
 }

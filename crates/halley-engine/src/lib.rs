@@ -34,7 +34,7 @@ pub mod presence;
 mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelEntry, Member, Replay};
-pub use config::EngineConfig;
+pub use config::{EngineConfig, HistoryLimits, HistoryRules};
 pub use engine::{ChannelInfo, Engine, EngineError, PresenceGuard, Published};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;

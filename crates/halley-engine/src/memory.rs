@@ -16,6 +16,8 @@ pub const HISTORY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 struct History {
     messages: VecDeque<(Instant, Arc<Message>)>,
+    /// How long this channel's messages stay (its namespace's `history-ttl`, or the default).
+    ttl: Duration,
     /// Highest offset evicted from this channel; a resume from below it has a gap.
     evicted: u64,
     last: MessageId,
@@ -64,10 +66,9 @@ impl MemoryBroker {
     }
 
     fn expire(&self, state: &mut State, now: Instant) {
-        let ttl = self.config.history_ttl;
         let mut forgotten = state.forgotten;
         state.channels.retain(|_, history| {
-            evict_old(history, now, ttl);
+            evict_old(history, now);
             let keep = !history.messages.is_empty();
             if !keep {
                 forgotten = forgotten.max(history.last.offset);
@@ -78,9 +79,9 @@ impl MemoryBroker {
     }
 }
 
-fn evict_old(history: &mut History, now: Instant, ttl: Duration) {
+fn evict_old(history: &mut History, now: Instant) {
     while let Some((at, m)) = history.messages.front() {
-        if now.duration_since(*at) < ttl {
+        if now.duration_since(*at) < history.ttl {
             break;
         }
         history.evicted = m.id.offset;
@@ -118,19 +119,22 @@ impl Broker for MemoryBroker {
         *offset += 1;
         let id = MessageId::new(self.epoch, *offset);
         let message = Arc::new(Message::new(channel.clone(), id, data));
+        let limits = self.config.history(&channel);
         let history = channels.entry(channel).or_insert_with(|| History {
             messages: VecDeque::new(),
+            ttl: limits.ttl,
             evicted: 0,
             last: id,
         });
         history.last = id;
+        history.ttl = limits.ttl;
         history.messages.push_back((now, message.clone()));
-        while history.messages.len() > self.config.history_size {
+        while history.messages.len() > limits.size {
             if let Some((_, m)) = history.messages.pop_front() {
                 history.evicted = m.id.offset;
             }
         }
-        evict_old(history, now, self.config.history_ttl);
+        evict_old(history, now);
         // Delivered under the lock: the next publish cannot overtake this one.
         let count = self.hub.deliver(&message);
         Ok((message, count))

@@ -277,3 +277,53 @@ async fn wildcards_never_see_inboxes() {
     let mut late = sub(&e, "/**", Some(MessageId::new(0, 0))).await;
     assert!(drain(&mut late).iter().all(|m| m != "secret"));
 }
+
+/// Namespaces' `history-size` and `history-ttl`: each channel keeps what its rule says, the
+/// others the defaults.
+#[tokio::test(start_paused = true)]
+async fn history_limits_per_channel() {
+    let e = engine(EngineConfig {
+        history_size: 3,
+        history_ttl: Duration::from_secs(600),
+        history_rules: halley_engine::HistoryRules::new(|channel| {
+            match channel.as_str().split('/').nth(1) {
+                Some("short") => (Some(1), None),
+                Some("brief") => (None, Some(Duration::from_secs(5))),
+                _ => (None, None),
+            }
+        }),
+        ..EngineConfig::default()
+    });
+    let mut first = Vec::new();
+    for channel in ["/short/a", "/brief/a", "/plain/a"] {
+        first.push(publish(&e, channel, "1").await);
+        for text in ["2", "3"] {
+            publish(&e, channel, text).await;
+        }
+    }
+    let kept = |channel: &'static str, from| {
+        let e = e.clone();
+        async move {
+            let mut s = sub(&e, channel, Some(from)).await;
+            (s.gap(), drain(&mut s))
+        }
+    };
+    assert_eq!(kept("/short/a", first[0]).await, (true, vec!["3".into()]));
+    assert_eq!(
+        kept("/brief/a", first[1]).await,
+        (false, vec!["2".into(), "3".into()])
+    );
+    assert_eq!(
+        kept("/plain/a", first[2]).await,
+        (false, vec!["2".into(), "3".into()])
+    );
+    // Six seconds on: the brief channel's messages are gone, the others' are not.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    publish(&e, "/brief/a", "4").await;
+    publish(&e, "/plain/a", "4").await;
+    assert_eq!(kept("/brief/a", first[1]).await, (true, vec!["4".into()]));
+    assert_eq!(
+        kept("/plain/a", first[2]).await,
+        (false, vec!["2".into(), "3".into(), "4".into()])
+    );
+}

@@ -240,9 +240,11 @@ impl Shared {
                 .collect(),
         };
         let limit = s.engine.replay_limit;
-        let oldest_ms = seq
-            .now_ms
-            .saturating_sub(s.engine.history_ttl.as_millis() as u64);
+        // Each channel's messages older than its history TTL count as evicted.
+        let oldest_ms = |channel: &Channel| {
+            seq.now_ms
+                .saturating_sub(s.engine.history(channel).ttl.as_millis() as u64)
+        };
         // Newest channels first: once `limit` messages are kept and the next channel's last
         // message is older than all of them, the rest could only be truncated away.
         let mut candidates = candidates;
@@ -272,7 +274,7 @@ impl Shared {
                     &channel,
                     epoch,
                     from,
-                    oldest_ms,
+                    oldest_ms(&channel),
                     limit,
                     entries,
                     &mut messages,
@@ -414,6 +416,7 @@ impl Broker for RedisBroker {
     ) -> Result<(Arc<Message>, usize), BrokerError> {
         let s = &self.shared;
         let mut conn = s.connection()?;
+        let limits = s.engine.history(&channel);
         let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         s.delivery
@@ -429,8 +432,8 @@ impl Broker for RedisBroker {
             .arg(channel.as_str())
             .arg(data.json())
             .arg(format!("{:x}", rand::random::<u64>() | 1))
-            .arg(s.engine.history_size)
-            .arg(s.engine.history_ttl.as_millis().max(1) as u64)
+            .arg(limits.size)
+            .arg(limits.ttl.as_millis().max(1) as u64)
             .arg(s.engine.max_channels)
             .arg(s.config.log_len)
             .arg(format!("{:x}:{seq}", s.node))

@@ -603,3 +603,72 @@ async fn chat_members_are_cluster_wide_and_moving_between_nodes_is_silent() {
     .await;
     drop(bob);
 }
+
+/// Namespaces' `history-size` and `history-ttl` hold in Redis too: each channel's history is
+/// trimmed and aged by its own rule, whichever node publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_limits_per_channel_hold_in_redis() {
+    let redis = Redis::start().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| {
+        e.history_size = 3;
+        e.history_rules =
+            halley_engine::HistoryRules::new(|channel| match channel.as_str().split('/').nth(1) {
+                Some("short") => (Some(1), None),
+                Some("brief") => (None, Some(Duration::from_secs(1))),
+                _ => (None, None),
+            });
+    };
+    let a = Node::with(&redis, tweak).await;
+    let b = Node::with(&redis, tweak).await;
+    let mut first = Vec::new();
+    for channel in ["/short/a", "/plain/a"] {
+        first.push(a.publish_id(channel, "1").await);
+        b.publish_id(channel, "2").await;
+        a.publish_id(channel, "3").await;
+    }
+    assert_eq!(history(&b, "/short/a").await, ["3"]);
+    assert_eq!(history(&b, "/plain/a").await, ["1", "2", "3"]);
+    let s = b
+        .stream(
+            &format!(
+                "/sub/short/a?transport=stream&format=json&last_id={}",
+                first[0]
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+
+    // A one-second history: gone once it has aged, while the default channel keeps its own.
+    let brief = a.publish_id("/brief/a", "1").await;
+    eventually(WAIT, "the brief channel's history aged out", || async {
+        history(&b, "/brief/a").await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(history(&a, "/plain/a").await, ["1", "2", "3"]);
+    let s = a
+        .stream(
+            &format!("/sub/brief/a?transport=stream&format=json&last_id={brief}"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        s.header("x-halley-gap"),
+        None,
+        "nothing was missed after it"
+    );
+}
+
+/// The data of the messages `/api/history` holds for `channel` on `node`, oldest first.
+async fn history(node: &Node, channel: &str) -> Vec<String> {
+    let reply = node
+        .get(&format!("/api/history?channel={channel}&limit=10"))
+        .await
+        .json();
+    reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect()
+}

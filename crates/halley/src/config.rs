@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use halley_engine::EngineConfig;
 use halley_engine::access::{
     AccessConfig, AppConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule,
     TokenConfig,
 };
 use halley_engine::bayeux::BayeuxConfig;
+use halley_engine::{EngineConfig, HistoryRules};
 use halley_http::HttpConfig;
 use halley_http::auth::AuthConfig;
 use halley_http::outbound::Endpoint;
@@ -193,6 +193,23 @@ impl NamespaceFile {
             stamp: self.stamp.unwrap_or(false),
         }
     }
+}
+
+/// The namespaces' `history-size` and `history-ttl`, for the brokers: a channel keeps what the
+/// first namespace covering it says, the defaults where it says nothing.
+fn history_rules(policy: &Policy) -> HistoryRules {
+    if !policy
+        .namespaces()
+        .any(|ns| ns.history_size.is_some() || ns.history_ttl.is_some())
+    {
+        return HistoryRules::default();
+    }
+    let policy = policy.clone();
+    HistoryRules::new(move |channel| {
+        policy
+            .namespace(channel)
+            .map_or((None, None), |ns| (ns.history_size, ns.history_ttl))
+    })
 }
 
 /// One line of `halley check-config`: a namespace and its rules.
@@ -497,6 +514,7 @@ impl ServeArgs {
             queue_capacity: self.queue_capacity.unwrap_or(e.queue_capacity),
             replay_limit: e.replay_limit,
             max_channels: self.max_channels.unwrap_or(e.max_channels),
+            history_rules: history_rules(&policy),
         };
         let bayeux = BayeuxConfig {
             timeout: http.hold_timeout,
@@ -553,6 +571,54 @@ mod tests {
         assert_eq!(settings.engine.history_size, 5);
         assert_eq!(settings.http.body_limit, 64 * 1024);
         assert_eq!(settings.broker, BrokerChoice::Memory);
+    }
+
+    fn settings_from(name: &str, text: &str) -> anyhow::Result<Settings> {
+        let dir = std::env::temp_dir().join(format!("halley-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn namespaces_set_their_channels_history() {
+        let settings = settings_from(
+            "history.toml",
+            "history-size = 100\nhistory-ttl = 60\n\
+             [[namespace]]\nchannels = \"/ticker/**\"\nhistory-size = 1\n\
+             [[namespace]]\nchannels = \"/chat/**\"\nhistory-ttl = 3600\n",
+        )
+        .unwrap();
+        let limits = |c: &str| {
+            let l = settings
+                .engine
+                .history(&halley_proto::Channel::parse(c).unwrap());
+            (l.size, l.ttl.as_secs())
+        };
+        assert_eq!(limits("/ticker/eur"), (1, 60));
+        assert_eq!(limits("/chat/room"), (100, 3600));
+        assert_eq!(limits("/other"), (100, 60));
+    }
+
+    #[test]
+    fn app_rules_need_an_auth_url_that_halley_can_speak() {
+        let ns = "[[namespace]]\nchannels = \"/team/**\"\nsubscribe = \"app\"\n";
+        let error = settings_from("app-none.toml", ns).err().unwrap();
+        assert!(format!("{error:#}").contains("needs auth-url"), "{error:#}");
+        let https = format!("auth-url = \"https://app.example/auth\"\n{ns}");
+        let error = settings_from("app-https.toml", &https).err().unwrap();
+        assert!(format!("{error:#}").contains("only http://"), "{error:#}");
+        let good = format!("auth-url = \"http://127.0.0.1:3000/auth\"\nauth-timeout = 500\n{ns}");
+        let settings = settings_from("app-good.toml", &good).unwrap();
+        let auth = settings.auth.unwrap();
+        assert_eq!(auth.timeout, Duration::from_millis(500));
+        assert_eq!(auth.concurrency, AuthConfig::DEFAULT_CONCURRENCY);
+        assert!(settings.policy.asks_application());
     }
 
     #[test]
