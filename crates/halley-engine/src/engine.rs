@@ -125,19 +125,33 @@ impl Engine {
         self.shared.policy.set(policy)
     }
 
-    /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has
-    /// on this node. Checked when subscribing, not held as a reservation: subscribers arriving
-    /// at the same instant may pass it together by a few. Wildcard patterns are not counted
-    /// (they belong to no one channel).
-    pub fn check_capacity(&self, patterns: &[Pattern]) -> Result<(), EngineError> {
+    /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has,
+    /// counting this node's subscribers and other nodes' (as their last presence update, at
+    /// most a second old, says). Checked when subscribing, not held as a reservation:
+    /// subscribers arriving at the same instant (on one node, or on several within a second)
+    /// may pass it together by a few. Wildcard patterns are not counted (they belong to no one
+    /// channel).
+    pub async fn check_capacity(&self, patterns: &[Pattern]) -> Result<(), EngineError> {
         let policy = self.policy();
         if policy.is_open() {
             return Ok(());
         }
         for channel in patterns.iter().filter_map(Pattern::exact) {
-            if let Some(max) = policy.namespace(channel).and_then(|ns| ns.max_subscribers)
-                && self.shared.hub.subscribers(channel) >= max
-            {
+            let Some(max) = policy.namespace(channel).and_then(|ns| ns.max_subscribers) else {
+                continue;
+            };
+            let mut count = self.shared.hub.subscribers(channel);
+            if count < max {
+                count += self
+                    .shared
+                    .broker
+                    .remote_subscribers(channel.as_str())
+                    .await?
+                    .into_iter()
+                    .find(|(name, _)| name == channel.as_str())
+                    .map_or(0, |(_, n)| n);
+            }
+            if count >= max {
                 return Err(EngineError::Full(channel.clone(), max));
             }
         }
@@ -429,7 +443,7 @@ impl Engine {
                 return Err(EngineError::Reserved(c.clone()));
             }
         }
-        self.check_capacity(&patterns)?;
+        self.check_capacity(&patterns).await?;
         // Register before reading history or the cursor, so that nothing published in between
         // is missed; what is seen twice is dropped by id in the subscription.
         let mut sub = self.shared.hub.subscriber();

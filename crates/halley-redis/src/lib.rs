@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below) |
 //! | `log:<epoch>` | stream | the fan-out log: every message, id `0-<offset>`, ~[`RedisConfig::log_len`] long |
-//! | `h:<epoch>:<channel>` | stream | a channel's history, id `0-<offset>`, ≤ `history_size`, TTL `history_ttl` |
+//! | `h:<epoch>:<channel>` | stream | a channel's history, id `0-<offset>`, ≤ its history size, TTL its history TTL (`EngineConfig::history`) |
 //! | `last` | zset | channel → offset of its last message (registry, `max_channels`, wildcard resume) |
 //! | `expiry` | zset | channel → when its history expires; the sweep then forgets it and raises `forgotten` |
 //! | `nodes` | set | ids of nodes that have written presence |
@@ -24,7 +24,7 @@
 //! Streams carry the epoch in their names, so a new epoch never appends to an old stream.
 //! A history entry holds the data, its time, and `e`: the highest offset the channel had lost
 //! (trimmed or expired) when it was added — a resume from below `e` has a gap. Entries older
-//! than `history_ttl` are treated as evicted at replay. Redis must not evict these keys on its
+//! than their channel's history TTL are treated as evicted at replay. Redis must not evict these keys on its
 //! own (`maxmemory-policy noeviction`, the default): a silently evicted key is a silent loss.
 //!
 //! # Why these choices

@@ -463,7 +463,7 @@ impl Bayeux {
             patterns.push(pattern);
         }
         if subscribe {
-            if let Err(e) = self.shared.engine.check_capacity(&patterns) {
+            if let Err(e) = self.shared.engine.check_capacity(&patterns).await {
                 return BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()));
             }
             session.subscribe(patterns).await;
