@@ -1,4 +1,5 @@
-use crate::access::Policy;
+use crate::access::{Identity, Policy};
+use crate::observe::{Event, Kind, Kinds, Observer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -53,6 +54,16 @@ pub(crate) struct Shared {
     stats: Arc<Stats>,
     /// Set once before serving ([`Engine::set_policy`]); open until then.
     policy: std::sync::OnceLock<Policy>,
+    /// Set once before serving ([`Engine::set_observer`]); nobody is told anything until then.
+    observer: std::sync::OnceLock<Observing>,
+    /// Which channels this node counts as occupied, for the observer.
+    pub(crate) occupancy: crate::occupancy::Occupancy,
+}
+
+/// The observer and the kinds of events channels report unless their namespace says.
+struct Observing {
+    observer: Arc<dyn Observer>,
+    defaults: Kinds,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -94,6 +105,8 @@ impl Engine {
                 broker,
                 stats,
                 policy: std::sync::OnceLock::new(),
+                observer: std::sync::OnceLock::new(),
+                occupancy: crate::occupancy::Occupancy::default(),
             }),
         }
     }
@@ -113,6 +126,68 @@ impl Engine {
     /// under it) and returns the policy given back.
     pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
         self.shared.policy.set(policy)
+    }
+
+    /// Who is told what happens on channels ([`crate::observe`]), and the kinds of events a
+    /// channel reports when its namespace does not say (`webhooks`). Set once, before serving,
+    /// like the policy; a second call is refused and returns the observer given back.
+    pub fn set_observer(
+        &self,
+        observer: Arc<dyn Observer>,
+        defaults: Kinds,
+    ) -> Result<(), Arc<dyn Observer>> {
+        self.shared
+            .observer
+            .set(Observing { observer, defaults })
+            .map_err(|o| o.observer)?;
+        // The hub tells us when an exact channel gains its first local subscriber or loses
+        // its last; nothing on its delivery path changes.
+        let weak = Arc::downgrade(&self.shared);
+        self.shared
+            .hub
+            .set_occupancy_hook(Box::new(move |channel, occupied| {
+                if let Some(shared) = weak.upgrade() {
+                    crate::occupancy::changed(&shared, channel, occupied);
+                }
+            }));
+        Ok(())
+    }
+
+    /// The observer, when `channel` reports events of `kind`: its namespace's `webhooks` when
+    /// it sets them, else the defaults — but for inboxes, which report only where a namespace
+    /// asks.
+    pub(crate) fn observer_for(&self, channel: &Channel, kind: Kind) -> Option<&dyn Observer> {
+        let observing = self.shared.observer.get()?;
+        let kinds = match self.policy().namespace(channel).and_then(|ns| ns.webhooks) {
+            Some(kinds) => kinds,
+            None if channel.is_private() => Kinds::NONE,
+            None => observing.defaults,
+        };
+        kinds.contains(kind).then_some(&*observing.observer)
+    }
+
+    /// Whether other nodes share the broker (their subscribers and members count too).
+    pub(crate) fn clustered(&self) -> bool {
+        self.shared.broker.clustered()
+    }
+
+    /// Whether another node has a subscriber of exactly `channel`. Best effort: when the broker
+    /// cannot answer, none.
+    pub(crate) async fn subscribed_elsewhere(&self, channel: &Channel) -> bool {
+        match self
+            .shared
+            .broker
+            .remote_subscribers(channel.as_str())
+            .await
+        {
+            Ok(counts) => counts
+                .iter()
+                .any(|(name, n)| *n > 0 && name == channel.as_str()),
+            Err(error) => {
+                tracing::debug!(%error, "occupancy: other nodes not asked");
+                false
+            }
+        }
     }
 
     /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has
@@ -165,6 +240,7 @@ impl Engine {
             channel: channel.clone(),
             member: member.to_string(),
         };
+        let mut new_member = false;
         let notice = match joined {
             Joined::Same => None,
             Joined::Changed(was) => Some(json!({"presence": "update", "info": info, "was": was})),
@@ -179,12 +255,22 @@ impl Engine {
                     )))
                     .await;
                 match elsewhere.get(&key) {
-                    None => Some(json!({"presence": "join", "info": info})),
+                    None => {
+                        new_member = true;
+                        Some(json!({"presence": "join", "info": info}))
+                    }
                     Some(was) if *was == info => None,
                     Some(was) => Some(json!({"presence": "update", "info": info, "was": was})),
                 }
             }
         };
+        if new_member && let Some(observer) = self.observer_for(&channel, Kind::Presence) {
+            observer.observe(Event::MemberJoined {
+                channel: channel.clone(),
+                member: member.to_owned(),
+                info,
+            });
+        }
         if let Some(data) = notice {
             presence::publish_notice(self, Notice::new(&channel, data)).await;
         }
@@ -272,6 +358,28 @@ impl Engine {
             return Err(EngineError::Forged);
         }
         self.publish_trusted(channel, data).await
+    }
+
+    /// [`Engine::publish`] on behalf of `who`, the caller the policy allowed: the observer is
+    /// told of it ([`Event::Published`]) when the channel reports publishes and `who` is not the
+    /// backend (the application knows what it published itself).
+    pub async fn publish_from(
+        &self,
+        who: &Identity,
+        channel: Channel,
+        data: Payload,
+    ) -> Result<Published, EngineError> {
+        let published = self.publish(channel, data).await?;
+        if !who.backend
+            && let Some(observer) = self.observer_for(&published.message.channel, Kind::Publish)
+        {
+            observer.observe(Event::Published {
+                message: published.message.clone(),
+                user: who.user.clone(),
+                info: who.info.clone(),
+            });
+        }
+        Ok(published)
     }
 
     /// [`Engine::publish`] for what the server itself says (presence notices).

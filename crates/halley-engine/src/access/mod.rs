@@ -218,6 +218,9 @@ pub struct NamespaceConfig {
     pub history_size: Option<usize>,
     pub history_ttl: Option<std::time::Duration>,
     pub max_subscribers: Option<usize>,
+    /// The kinds of events the application is told about for these channels (`webhooks`),
+    /// instead of the server-wide default ([`crate::Engine::set_observer`]).
+    pub webhooks: Option<crate::observe::Kinds>,
 }
 
 impl NamespaceConfig {
@@ -233,6 +236,7 @@ impl NamespaceConfig {
             history_size: None,
             history_ttl: None,
             max_subscribers: None,
+            webhooks: None,
         }
     }
 }
