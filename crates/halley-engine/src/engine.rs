@@ -166,6 +166,12 @@ impl Engine {
         kinds.contains(kind).then_some(&*observing.observer)
     }
 
+    /// Whether `channel` reports events of `kind` to an observer: for a connection that must
+    /// decide, when it opens, whether to keep what an event would need (its publisher).
+    pub fn observes(&self, channel: &Channel, kind: Kind) -> bool {
+        self.observer_for(channel, kind).is_some()
+    }
+
     /// Whether other nodes share the broker (their subscribers and members count too).
     pub(crate) fn clustered(&self) -> bool {
         self.shared.broker.clustered()

@@ -79,7 +79,7 @@ pub async fn send<B: RequestBody>(
     if address.len() != inbox::HEX_LEN || address.contains('/') {
         return Err(ApiError::NotFound);
     }
-    app.allow(
+    let who = app.allow(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
@@ -110,7 +110,7 @@ pub async fn send<B: RequestBody>(
         }
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_from(&who, channel, payload).await?;
     Ok(reply(&published_json(&published), callback.as_deref()))
 }
 

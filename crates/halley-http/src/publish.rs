@@ -23,7 +23,7 @@ pub async fn publish<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let channel = Channel::parse(channel)?;
-    app.allow(
+    let who = app.allow(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
@@ -46,7 +46,7 @@ pub async fn publish<B: RequestBody>(
     } else {
         Payload::from_text(&body)?
     };
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_from(&who, channel, payload).await?;
     Ok(published_response(&published))
 }
 
@@ -83,7 +83,7 @@ pub async fn publish_jsonp<B: RequestBody>(
     };
     app.origins.check_embedding(request.headers())?;
     let channel = Channel::parse(channel)?;
-    app.allow(
+    let who = app.allow(
         request.headers(),
         &query,
         Action::Publish(&channel, Via::Http),
@@ -92,7 +92,7 @@ pub async fn publish_jsonp<B: RequestBody>(
         .get("data")
         .ok_or_else(|| ApiError::BadRequest("data (JSON) is required".into()))?;
     let payload = Payload::from_json(data.as_bytes())?;
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_from(&who, channel, payload).await?;
     Ok(crate::api::reply(
         &published_json(&published),
         Some(callback),

@@ -48,7 +48,7 @@ pub async fn push<B: RequestBody>(
         .get("message")
         .ok_or_else(|| ApiError::BadRequest("message is required".into()))?;
     let channel = Channel::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
-    app.allow(&headers, &query, Action::Publish(&channel, Via::Http))?;
+    let who = app.allow(&headers, &query, Action::Publish(&channel, Via::Http))?;
     // Built by hand so that "name" comes first: pullers recognise their own messages by
     // that prefix without parsing every message (see `own_prefix`).
     let data = format!(
@@ -58,7 +58,7 @@ pub async fn push<B: RequestBody>(
     );
     // The text above is JSON by construction.
     let payload = Payload::from_json(data.as_bytes()).unwrap();
-    let published = app.engine.publish(channel, payload).await?;
+    let published = app.engine.publish_from(&who, channel, payload).await?;
     Ok(published_response(&published))
 }
 

@@ -34,6 +34,7 @@ fn namespace(channels: &str, subscribe: SubscribeRule, publish: PublishRule) -> 
         history_size: None,
         history_ttl: None,
         max_subscribers: None,
+        webhooks: None,
     }
 }
 

@@ -21,7 +21,8 @@ use crate::body::{Body, empty};
 use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::state::App;
-use halley_engine::access::{Action, Principal, Via};
+use halley_engine::access::{Action, Identity, Principal, Via};
+use halley_engine::observe;
 
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
 /// biggest cost of an idle subscriber. Clients send little (an occasional publish), and a
@@ -56,13 +57,19 @@ pub async fn upgrade<B: RequestBody>(
         }
         _ => None,
     };
+    // Who publishes, kept only where the channel reports publishes to the application: an open
+    // socket does not otherwise keep its caller's claims.
+    let publisher = publish_to
+        .as_ref()
+        .filter(|channel| app.engine.observes(channel, observe::Kind::Publish))
+        .map(|_| who.clone());
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let mut sub = super::open(app, patterns, resume, presence).await?;
     sub.admitted_as(&who, app.policy());
     drop(who);
     spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
-        run(&app, tx, rx, sub, publish_to, announce).await;
+        run(&app, tx, rx, sub, publish_to, publisher, announce).await;
     });
     Ok(response)
 }
@@ -163,6 +170,7 @@ async fn run(
     mut rx: WsStream,
     mut sub: Subscription,
     publish_to: Option<Channel>,
+    publisher: Option<Principal>,
     announce: bool,
 ) {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
@@ -245,7 +253,13 @@ async fn run(
                 Some(Ok(Frame::Text(body))) => {
                     // Boxed: the engine's publish inline would size every idle socket's task
                     // for it.
-                    let reply = Box::pin(publish(app, publish_to.as_ref(), body.as_str())).await;
+                    let reply = Box::pin(publish(
+                        app,
+                        publish_to.as_ref(),
+                        publisher.as_deref(),
+                        body.as_str(),
+                    ))
+                    .await;
                     if let Some(reply) = reply
                         && tx.send(text(&Bytes::from(reply))).await.is_err() {
                             break;
@@ -276,7 +290,12 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
 
 /// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
 /// Returns an error object to send back, if any.
-async fn publish(app: &App, channel: Option<&Channel>, body: &str) -> Option<String> {
+async fn publish(
+    app: &App,
+    channel: Option<&Channel>,
+    publisher: Option<&Identity>,
+    body: &str,
+) -> Option<String> {
     let Some(channel) = channel else {
         return Some(
             r#"{"event":"error","error":"publishing is not allowed on this connection (wildcard subscription or missing publish key)"}"#
@@ -284,7 +303,11 @@ async fn publish(app: &App, channel: Option<&Channel>, body: &str) -> Option<Str
         );
     };
     let payload = Payload::from_json(body.as_bytes()).unwrap_or_else(|_| Payload::string(body));
-    match app.engine.publish(channel.clone(), payload).await {
+    let published = match publisher {
+        Some(who) => app.engine.publish_from(who, channel.clone(), payload).await,
+        None => app.engine.publish(channel.clone(), payload).await,
+    };
+    match published {
         Ok(_) => None,
         Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),
     }
