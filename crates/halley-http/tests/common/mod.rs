@@ -8,6 +8,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod wire;
 
 use std::future::Future;
@@ -115,6 +116,19 @@ impl TestServer {
         tweak(&mut http);
         let engine = Engine::in_memory(EngineConfig::default());
         assert!(engine.set_policy(policy).is_ok());
+        let server = Server::bind(http, engine).await.unwrap();
+        TestServer::launch(server, key)
+    }
+
+    /// A server on `engine` (the test set its policy, grace…), with `key` the backend key
+    /// [`TestServer::publish`] sends and `tweak` applied to the test defaults.
+    pub async fn with_engine(
+        engine: Engine,
+        key: Option<String>,
+        tweak: impl FnOnce(&mut HttpConfig),
+    ) -> TestServer {
+        let mut http = test_http();
+        tweak(&mut http);
         let server = Server::bind(http, engine).await.unwrap();
         TestServer::launch(server, key)
     }
