@@ -92,7 +92,10 @@ async fn batches_are_signed_with_an_hmac_of_the_body() {
     assert_eq!(event["name"], "channel_occupied");
     assert_eq!(event["channel"], "/room/a");
     let at = event["time_ms"].as_u64().unwrap();
-    assert!(at >= before && body["time_ms"].as_u64().unwrap() >= at, "{body}");
+    assert!(
+        at >= before && body["time_ms"].as_u64().unwrap() >= at,
+        "{body}"
+    );
     s.wait_metric("halley_webhook_events_sent_total", 1).await;
 }
 
@@ -184,9 +187,7 @@ async fn a_full_queue_drops_and_counts_while_delivery_goes_on() {
     let mut hooks = hooks_to(&app);
     hooks.queue_size = 4;
     let s = server(hooks, publish_reporting(), None).await;
-    let mut sub = s
-        .stream("/sub/chat/a?transport=stream&format=json")
-        .await;
+    let mut sub = s.stream("/sub/chat/a?transport=stream&format=json").await;
     s.publish_json("/chat/a", "0").await;
     // The application holds the first batch: the sending task waits on it.
     let held = app.next().await;
@@ -198,7 +199,10 @@ async fn a_full_queue_drops_and_counts_while_delivery_goes_on() {
     for n in 0..20 {
         assert_eq!(sub.json_line().await["data"], n);
     }
-    assert!(!app.has_more(), "nothing more was sent while the batch was held");
+    assert!(
+        !app.has_more(),
+        "nothing more was sent while the batch was held"
+    );
     // One in flight, four queued, fifteen dropped.
     assert_eq!(s.metric("halley_webhook_queued").await, 5);
     assert_eq!(s.metric("halley_webhook_events_dropped_total").await, 15);
