@@ -124,7 +124,7 @@ impl Services for Recorder {
             "/service/echo" => Ok(RawValue::from_string(data.json().to_string()).unwrap()),
             "/service/fail" => Err(ServiceError {
                 code: 504,
-                message: "too slow".into(),
+                message: "too slow: try later, please".into(),
             }),
             _ => return None,
         };
@@ -1232,10 +1232,11 @@ async fn service_channels_go_to_the_services_hook_and_are_never_broadcast() {
         json!({"successful": true, "data": null}),
     )
     .await;
-    // A failed one says why, in the code:args:message form.
+    // A failed one says why, in the code:args:message form (its message in the characters
+    // the grammar allows).
     s.check(
         json!({"channel": "/service/fail", "clientId": client, "data": 0, "id": "s3"}),
-        json!({"id": "s3", "successful": false, "error": "504:/service/fail:too slow", "data": null}),
+        json!({"id": "s3", "successful": false, "error": "504:/service/fail:too slow try later please", "data": null}),
     )
     .await;
     assert_eq!(

@@ -264,7 +264,7 @@ async fn a_long_polling_service_call_is_answered_in_its_request() {
     assert_eq!(replies[0]["successful"], false, "{replies:?}");
     assert_eq!(
         replies[0]["error"],
-        "502:/service/add:the application failed: HTTP 500 Internal Server Error"
+        "502:/service/add:the application failed HTTP 500 Internal Server Error"
     );
 }
 

@@ -191,12 +191,26 @@ impl Call {
                 reply.successful = Some(false);
                 reply.error = Some(format!(
                     "{}:{}:{}",
-                    error.code, reply.channel, error.message
+                    error.code,
+                    reply.channel,
+                    error_message(&error.message)
                 ));
             }
         }
         reply
     }
+}
+
+/// `text` as the message part of a Bayeux error: the spec's grammar allows letters, digits,
+/// spaces and `-_!~()$@/*.` only, and clients that parse it (Faye) give up on anything else, so
+/// every other character (a `:` in an error chain, a comma) becomes a space.
+fn error_message(text: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " -_!~()$@/*.".contains(c);
+    let mapped: String = text
+        .chars()
+        .map(|c| if allowed(c) { c } else { ' ' })
+        .collect();
+    mapped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A validated `/meta/connect`.
