@@ -2,7 +2,9 @@
 //!
 //! Invariant: no lock here is held across an `.await`, and the registry lock is never taken while
 //! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
-//! way), so there is no lock-order cycle.
+//! way), so there is no lock-order cycle. The occupancy hook (an observer's channel occupied /
+//! vacated) is called from register and unregister only, after the registry lock is released;
+//! delivering never calls it.
 
 use crate::access::{Denied, Lapse, Policy, Principal};
 use std::collections::{HashMap, VecDeque};
