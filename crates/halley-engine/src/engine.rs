@@ -158,7 +158,9 @@ impl Engine {
     /// asks.
     pub(crate) fn observer_for(&self, channel: &Channel, kind: Kind) -> Option<&dyn Observer> {
         let observing = self.shared.observer.get()?;
-        let kinds = match self.policy().namespace(channel).and_then(|ns| ns.webhooks) {
+        // Not `policy()`: asking must not fix the policy to the open one before it is set.
+        let policy = self.shared.policy.get();
+        let kinds = match policy.and_then(|p| p.namespace(channel)?.webhooks) {
             Some(kinds) => kinds,
             None if channel.is_private() => Kinds::NONE,
             None => observing.defaults,
