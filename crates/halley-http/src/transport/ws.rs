@@ -57,12 +57,21 @@ pub async fn upgrade<B: RequestBody>(
         }
         _ => None,
     };
-    // Who publishes, kept only where the channel reports publishes to the application: an open
-    // socket does not otherwise keep its caller's claims.
+    // Who publishes, kept only where the channel reports publishes to the application, and only
+    // what the report says (user, info): an open socket does not otherwise keep its caller's
+    // claims.
     let publisher = publish_to
         .as_ref()
         .filter(|channel| app.engine.observes(channel, observe::Kind::Publish))
-        .map(|_| who.clone());
+        .map(|_| {
+            Arc::new(Identity {
+                backend: who.backend,
+                token: who.token,
+                user: who.user.clone(),
+                info: who.info.clone(),
+                ..Identity::default()
+            })
+        });
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let mut sub = super::open(app, patterns, resume, presence).await?;
