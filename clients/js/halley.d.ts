@@ -148,6 +148,13 @@ declare class HalleyClient {
     options?: SubscribeOptions,
   ): Subscription;
   publish(channel: string, data: Json): Promise<Published>;
+  /**
+   * Calls the application behind the server (`rpc-url`): `POST /rpc/{method}` with `data`;
+   * resolves with the application's answer. Rejects with an `Error` whose `status` is 401/403
+   * (the server's policy), a 4xx of the application (its `error` as `reason`), 502 (it
+   * failed), 503 (unreachable or busy), 504 (too slow) or 501 (no rpc-url).
+   */
+  rpc<T = Json>(method: string, data?: Json): Promise<T>;
   /** Declares presence on an exact channel (`null` withdraws it). */
   setPresence(channel: string, presence: PresenceOption | null): void;
   presence(channel: string): Promise<PresenceAnswer>;

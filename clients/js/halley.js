@@ -16,6 +16,7 @@
  *   const h = new Halley("https://halley.example", { transports, share, backoff, ... });
  *   const sub = h.subscribe("/chat/room", (data, message) => ..., { presence: { name } });
  *   await h.publish("/chat/room", { text: "hi" });
+ *   const found = await h.rpc("users/find", { name: "bob" });   // the application answers
  *   sub.unsubscribe(); h.close();
  *
  * The pieces, top to bottom:
@@ -25,9 +26,9 @@
  *     that reports open / frame / position / fail to its caller;
  *   - `Upstream`: one connection for a set of channels, walking the transport ladder with
  *     backoff and resuming from the last id;
- *   - `Halley`: subscriptions, events, publishing, inboxes, presence, and sharing one
- *     Upstream between the tabs of an origin (Web Locks elect a leader, BroadcastChannel
- *     carries subscriptions in and messages out).
+ *   - `Halley`: subscriptions, events, publishing, calls to the application, inboxes,
+ *     presence, and sharing one Upstream between the tabs of an origin (Web Locks elect a
+ *     leader, BroadcastChannel carries subscriptions in and messages out).
  */
 (function (root) {
   "use strict";
@@ -1454,6 +1455,31 @@
       var headers = authHeaders({ "content-type": "application/json" }, token);
       if (key) headers["x-halley-key"] = key;
       return httpRequest("POST", self.url + "/pub" + channel, json, headers).then(parseAnswer);
+    });
+  };
+
+  /**
+   * Calls the application behind the server (its `rpc-url`) with `data` (any JSON value) and
+   * resolves with its answer. `method` names what to call: `users/find` (or `/users/find`) is
+   * `POST /rpc/users/find`, judged by the server as a publish to `/service/users/find`.
+   * Rejects with an Error whose `status` says why: 401/403 the server's policy refused, a 4xx
+   * of the application's own (its `error` as `reason`), 502 the application failed, 503 it is
+   * unreachable or busy, 504 it did not answer in time, 501 the server has no rpc-url.
+   */
+  Halley.prototype.rpc = function (method, data) {
+    var path = typeof method === "string" ? "/" + method.replace(/^\//, "") : null;
+    if (!path || !isChannel("/service" + path)) {
+      return Promise.reject(new Error("halley: bad rpc method " + JSON.stringify(method)));
+    }
+    var json = JSON.stringify(data === undefined ? null : data);
+    var key = this.options.key;
+    var self = this;
+    return this._authed(function (token) {
+      // A call is a POST with a body; a script tag cannot make one.
+      if (self._jsonp()) return Promise.reject(new Error("halley: rpc needs fetch or XMLHttpRequest (CORS)"));
+      var headers = authHeaders({ "content-type": "application/json" }, token);
+      if (key) headers["x-halley-key"] = key;
+      return httpRequest("POST", self.url + "/rpc" + path, json, headers).then(parseAnswer);
     });
   };
 

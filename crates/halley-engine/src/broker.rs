@@ -81,6 +81,13 @@ pub trait Broker: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Whether other nodes share this broker, so that their subscribers and members count
+    /// too (the engine then asks [`Broker::remote_subscribers`] before announcing a channel
+    /// occupied or vacated). A single-node broker has none.
+    fn clustered(&self) -> bool {
+        false
+    }
+
     /// Whether the backing store is reachable (for `/healthz`).
     fn healthy(&self) -> bool {
         true

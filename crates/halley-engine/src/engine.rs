@@ -2,6 +2,7 @@ use crate::access::{
     Action, Application, AskKind, Denied, Forwarded, Identity, Policy, Principal, Question, Stamp,
     Verdict, Vouched,
 };
+use crate::observe::{Event, Kind, Kinds, Observer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -62,6 +63,16 @@ pub(crate) struct Shared {
     policy: std::sync::OnceLock<Policy>,
     /// The application, for namespaces that ask it ([`Engine::set_application`]).
     application: std::sync::OnceLock<Arc<dyn Application>>,
+    /// Set once before serving ([`Engine::set_observer`]); nobody is told anything until then.
+    observer: std::sync::OnceLock<Observing>,
+    /// Which channels this node counts as occupied, for the observer.
+    pub(crate) occupancy: crate::occupancy::Occupancy,
+}
+
+/// The observer and the kinds of events channels report unless their namespace says.
+struct Observing {
+    observer: Arc<dyn Observer>,
+    defaults: Kinds,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -104,6 +115,8 @@ impl Engine {
                 stats,
                 policy: std::sync::OnceLock::new(),
                 application: std::sync::OnceLock::new(),
+                observer: std::sync::OnceLock::new(),
+                occupancy: crate::occupancy::Occupancy::default(),
             }),
         }
     }
@@ -123,6 +136,76 @@ impl Engine {
     /// under it) and returns the policy given back.
     pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
         self.shared.policy.set(policy)
+    }
+
+    /// Who is told what happens on channels ([`crate::observe`]), and the kinds of events a
+    /// channel reports when its namespace does not say (`webhooks`). Set once, before serving,
+    /// like the policy; a second call is refused and returns the observer given back.
+    pub fn set_observer(
+        &self,
+        observer: Arc<dyn Observer>,
+        defaults: Kinds,
+    ) -> Result<(), Arc<dyn Observer>> {
+        self.shared
+            .observer
+            .set(Observing { observer, defaults })
+            .map_err(|o| o.observer)?;
+        // The hub tells us when an exact channel gains its first local subscriber or loses
+        // its last; nothing on its delivery path changes.
+        let weak = Arc::downgrade(&self.shared);
+        self.shared
+            .hub
+            .set_occupancy_hook(Box::new(move |channel, occupied| {
+                if let Some(shared) = weak.upgrade() {
+                    crate::occupancy::changed(&shared, channel, occupied);
+                }
+            }));
+        Ok(())
+    }
+
+    /// The observer, when `channel` reports events of `kind`: its namespace's `webhooks` when
+    /// it sets them, else the defaults — but for inboxes, which report only where a namespace
+    /// asks.
+    pub(crate) fn observer_for(&self, channel: &Channel, kind: Kind) -> Option<&dyn Observer> {
+        let observing = self.shared.observer.get()?;
+        // Not `policy()`: asking must not fix the policy to the open one before it is set.
+        let policy = self.shared.policy.get();
+        let kinds = match policy.and_then(|p| p.namespace(channel)?.webhooks) {
+            Some(kinds) => kinds,
+            None if channel.is_private() => Kinds::NONE,
+            None => observing.defaults,
+        };
+        kinds.contains(kind).then_some(&*observing.observer)
+    }
+
+    /// Whether `channel` reports events of `kind` to an observer: for a connection that must
+    /// decide, when it opens, whether to keep what an event would need (its publisher).
+    pub fn observes(&self, channel: &Channel, kind: Kind) -> bool {
+        self.observer_for(channel, kind).is_some()
+    }
+
+    /// Whether other nodes share the broker (their subscribers and members count too).
+    pub(crate) fn clustered(&self) -> bool {
+        self.shared.broker.clustered()
+    }
+
+    /// Whether another node has a subscriber of exactly `channel`. Best effort: when the broker
+    /// cannot answer, none.
+    pub(crate) async fn subscribed_elsewhere(&self, channel: &Channel) -> bool {
+        match self
+            .shared
+            .broker
+            .remote_subscribers(channel.as_str())
+            .await
+        {
+            Ok(counts) => counts
+                .iter()
+                .any(|(name, n)| *n > 0 && name == channel.as_str()),
+            Err(error) => {
+                tracing::debug!(%error, "occupancy: other nodes not asked");
+                false
+            }
+        }
     }
 
     /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has,
@@ -258,6 +341,7 @@ impl Engine {
             channel: channel.clone(),
             member: member.to_string(),
         };
+        let mut new_member = false;
         let notice = match joined {
             Joined::Same => None,
             Joined::Changed(was) => Some(json!({"presence": "update", "info": info, "was": was})),
@@ -272,12 +356,22 @@ impl Engine {
                     )))
                     .await;
                 match elsewhere.get(&key) {
-                    None => Some(json!({"presence": "join", "info": info})),
+                    None => {
+                        new_member = true;
+                        Some(json!({"presence": "join", "info": info}))
+                    }
                     Some(was) if *was == info => None,
                     Some(was) => Some(json!({"presence": "update", "info": info, "was": was})),
                 }
             }
         };
+        if new_member && let Some(observer) = self.observer_for(&channel, Kind::Presence) {
+            observer.observe(Event::MemberJoined {
+                channel: channel.clone(),
+                member: member.to_owned(),
+                info,
+            });
+        }
         if let Some(data) = notice {
             presence::publish_notice(self, Notice::new(&channel, data)).await;
         }
@@ -372,8 +466,10 @@ impl Engine {
 
     /// Publishes `data` from `who`, whom the policy already allowed to: where the channel's
     /// namespace stamps messages (`stamp = true`), `who`'s identity is written into the data's
-    /// `"from"` first ([`Policy::stamp`]). Every publish a client makes goes through here, or
-    /// through [`Engine::publish_stamped`] for a connection that took its stamp when it opened.
+    /// `"from"` first ([`Policy::stamp`]); the observer is told of it ([`Event::Published`])
+    /// when the channel reports publishes and `who` is not the backend (the application knows
+    /// what it published itself). Every publish a client makes goes through here, or through
+    /// [`Engine::publish_stamped`] for a connection that took its stamp when it opened.
     pub async fn publish_as(
         &self,
         who: &Identity,
@@ -381,7 +477,29 @@ impl Engine {
         data: Payload,
     ) -> Result<Published, EngineError> {
         let stamp = self.policy().stamp(who, &channel);
-        self.publish_stamped(channel, data, stamp.as_ref()).await
+        let published = self.publish_stamped(channel, data, stamp.as_ref()).await?;
+        if !who.backend {
+            self.observe_publish(&published, who.user.clone(), who.info.clone());
+        }
+        Ok(published)
+    }
+
+    /// Tells the observer of a client's publish (user and info: its publisher's), when the
+    /// channel reports publishes. For a connection that publishes with
+    /// [`Engine::publish_stamped`] and kept what the event needs when it opened.
+    pub fn observe_publish(
+        &self,
+        published: &Published,
+        user: Option<Box<str>>,
+        info: Option<Box<str>>,
+    ) {
+        if let Some(observer) = self.observer_for(&published.message.channel, Kind::Publish) {
+            observer.observe(Event::Published {
+                message: published.message.clone(),
+                user,
+                info,
+            });
+        }
     }
 
     /// [`Engine::publish`] with `stamp` (from [`Policy::stamp`]) written into the data first.

@@ -2,7 +2,9 @@
 //!
 //! Invariant: no lock here is held across an `.await`, and the registry lock is never taken while
 //! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
-//! way), so there is no lock-order cycle.
+//! way), so there is no lock-order cycle. The occupancy hook (an observer's channel occupied /
+//! vacated) is called from register and unregister only, after the registry lock is released;
+//! delivering never calls it.
 
 use crate::access::{Denied, Lapse, Policy, Principal};
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +32,14 @@ struct HubShared {
     next_id: AtomicU64,
     queue_capacity: usize,
     stats: Arc<Stats>,
+    /// Told when an exact channel gets its first local subscriber or loses its last (see
+    /// [`Hub::set_occupancy_hook`]). Called on register and unregister only, never on deliver.
+    occupancy: std::sync::OnceLock<OccupancyHook>,
 }
+
+/// Called with a channel and `true` when it got its first local subscriber, `false` when it
+/// lost its last. Called with no hub lock held; it must not block.
+pub(crate) type OccupancyHook = Box<dyn Fn(&Channel, bool) + Send + Sync>;
 
 /// This process's subscribers. Cheap to clone.
 #[derive(Clone)]
@@ -112,7 +121,19 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 queue_capacity: queue_capacity.max(1),
                 stats,
+                occupancy: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Sets the occupancy hook, once; a second is ignored.
+    pub(crate) fn set_occupancy_hook(&self, hook: OccupancyHook) {
+        let _ = self.shared.occupancy.set(hook);
+    }
+
+    fn occupancy_changed(&self, channel: &Channel, occupied: bool) {
+        if let Some(hook) = self.shared.occupancy.get() {
+            hook(channel, occupied);
         }
     }
 
@@ -242,11 +263,23 @@ impl Hub {
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let map = match pattern {
-            Pattern::Exact(c) => registry.exact.entry(c.clone()).or_default(),
-            _ => registry.wildcard.entry(pattern.clone()).or_default(),
+        let first = match pattern {
+            Pattern::Exact(c) => {
+                let map = registry.exact.entry(c.clone()).or_default();
+                map.insert(id, sub.clone());
+                // Emptied maps are removed (`remove_from`), so one entry is a first subscriber.
+                map.len() == 1
+            }
+            _ => {
+                let map = registry.wildcard.entry(pattern.clone()).or_default();
+                map.insert(id, sub.clone());
+                false
+            }
         };
-        map.insert(id, sub.clone());
+        drop(registry);
+        if first && let Pattern::Exact(c) = pattern {
+            self.occupancy_changed(c, true);
+        }
     }
 
     fn unregister(&self, pattern: &Pattern, id: u64) {
@@ -256,8 +289,16 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         match pattern {
-            Pattern::Exact(c) => remove_from(&mut registry.exact, c, id),
-            p => remove_from(&mut registry.wildcard, p, id),
+            Pattern::Exact(c) => {
+                let last = remove_from(&mut registry.exact, c, id);
+                drop(registry);
+                if last {
+                    self.occupancy_changed(c, false);
+                }
+            }
+            p => {
+                remove_from(&mut registry.wildcard, p, id);
+            }
         }
     }
 
@@ -290,13 +331,20 @@ impl Hub {
     }
 }
 
-fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Subscribers>, key: &K, id: u64) {
-    if let Some(subscribers) = map.get_mut(key) {
-        subscribers.remove(&id);
-        if subscribers.is_empty() {
-            map.remove(key);
-        }
+/// Removes subscriber `id` of `key`; true when that was the key's last subscriber.
+fn remove_from<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Subscribers>,
+    key: &K,
+    id: u64,
+) -> bool {
+    if let Some(subscribers) = map.get_mut(key)
+        && subscribers.remove(&id).is_some()
+        && subscribers.is_empty()
+    {
+        map.remove(key);
+        return true;
     }
+    false
 }
 
 /// One subscriber's handle: one queue, fed by one or more patterns. Dropping it unsubscribes.

@@ -15,6 +15,10 @@
 //!
 //! - [`presence`] keeps who is on a channel and announces joins and leaves.
 //!
+//! - [`observe`] tells an [`observe::Observer`] (set once, like the policy) what happens on
+//!   channels: members joining and leaving, channels occupied and vacated, clients publishing.
+//!   It only enqueues; nothing on the delivery path calls it.
+//!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
 //! Slow subscribers: every subscriber queue holds at most
@@ -30,6 +34,8 @@ mod config;
 mod engine;
 mod hub;
 mod memory;
+pub mod observe;
+mod occupancy;
 pub mod presence;
 mod stats;
 

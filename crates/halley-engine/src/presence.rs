@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::Engine;
 use crate::engine::Shared;
+use crate::observe::{Event, Kind};
 
 /// How long a member stays after its last connection closed, unless configured.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -226,10 +227,18 @@ pub(crate) fn spawn_sweeper(shared: Weak<Shared>) {
             let elsewhere = engine.remote_members(&gone).await;
             for (channel, member, info) in gone {
                 // A member that moved to another node has not left.
-                if elsewhere.contains_key(&(channel.clone(), member)) {
+                let key = (channel.clone(), member);
+                if elsewhere.contains_key(&key) {
                     continue;
                 }
                 let notice = Notice::new(&channel, json!({"presence": "leave", "info": info}));
+                if let Some(observer) = engine.observer_for(&channel, Kind::Presence) {
+                    observer.observe(Event::MemberLeft {
+                        channel: key.0,
+                        member: key.1,
+                        info,
+                    });
+                }
                 publish_notice(&engine, notice).await;
             }
         }

@@ -17,11 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use halley_engine::access::{Denied, Identity, Policy, Verdict};
 use halley_engine::bayeux::{
     Authorizer, Bayeux, BayeuxConfig, Connect, Handled, NoServices, PolicyOnly,
-    SESSION_SWEEP_INTERVAL, Services, Session,
+    SESSION_SWEEP_INTERVAL, ServiceCall, ServiceError, Services, Session,
 };
 use halley_engine::{Engine, EngineConfig};
 use halley_proto::bayeux::{BayeuxMessage, parse_batch};
 use halley_proto::{Channel, Message, Pattern, Payload};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -111,12 +112,23 @@ struct Recorder {
 }
 
 impl Services for Recorder {
-    fn call(&self, session: &Session, channel: &Channel, data: &Payload) {
+    /// Records the call; answers `/service/echo` with its data, fails `/service/fail`, and
+    /// leaves the rest unanswered (acknowledged at once).
+    fn call(&self, session: &Session, channel: &Channel, data: &Payload) -> Option<ServiceCall> {
         self.calls.lock().unwrap().push((
             session.id().to_string(),
             channel.to_string(),
             data.json().to_string(),
         ));
+        let answer = match channel.as_str() {
+            "/service/echo" => Ok(RawValue::from_string(data.json().to_string()).unwrap()),
+            "/service/fail" => Err(ServiceError {
+                code: 504,
+                message: "too slow: try later, please".into(),
+            }),
+            _ => return None,
+        };
+        Some(Box::pin(std::future::ready(answer)))
     }
 }
 
@@ -192,6 +204,7 @@ impl Server {
     async fn send(&self, json: Value) -> Value {
         match self.handle(&json).await {
             Handled::Reply(reply) => json_of(&reply),
+            Handled::Call(call) => json_of(&within(&json.to_string(), call.reply()).await),
             Handled::Connect(_) => panic!("{json} was taken as a connect to hold"),
         }
     }
@@ -260,6 +273,7 @@ impl Server {
         match self.handle(&json).await {
             Handled::Connect(connect) => Ok(connect),
             Handled::Reply(reply) => Err(json_of(&reply)),
+            Handled::Call(_) => panic!("connect {json} was taken as a service call"),
         }
     }
 
@@ -1165,6 +1179,7 @@ async fn faye_cve_2020_11020_unknown_meta_channels_are_refused_and_never_act() {
         });
         match s.handle(&request).await {
             Handled::Connect(_) => panic!("{channel} was taken as a connect"),
+            Handled::Call(_) => panic!("{channel} was taken as a service call"),
             Handled::Reply(reply) => assert_fields(
                 &json_of(&reply),
                 &json!({
@@ -1204,14 +1219,24 @@ async fn service_channels_go_to_the_services_hook_and_are_never_broadcast() {
                 .await,
         )
         .await;
+    // An answered call: its reply, to the caller alone, carries the request's id and the
+    // answer (what CometD's remoteCall waits for).
     s.check(
         json!({"channel": "/service/echo", "clientId": client, "data": {"q": [1, "two"]}, "id": "s1"}),
-        json!({"successful": true, "error": null}),
+        json!({"channel": "/service/echo", "id": "s1", "successful": true, "error": null, "data": {"q": [1, "two"]}}),
     )
     .await;
+    // An unanswered one is acknowledged at once.
     s.check(
         json!({"channel": "/service/a/b", "clientId": client, "data": "x", "id": "s2"}),
-        json!({"successful": true}),
+        json!({"successful": true, "data": null}),
+    )
+    .await;
+    // A failed one says why, in the code:args:message form (its message in the characters
+    // the grammar allows).
+    s.check(
+        json!({"channel": "/service/fail", "clientId": client, "data": 0, "id": "s3"}),
+        json!({"id": "s3", "successful": false, "error": "504:/service/fail:too slow try later please", "data": null}),
     )
     .await;
     assert_eq!(
@@ -1227,6 +1252,7 @@ async fn service_channels_go_to_the_services_hook_and_are_never_broadcast() {
                 "/service/a/b".to_string(),
                 r#""x""#.to_string()
             ),
+            (client.clone(), "/service/fail".to_string(), "0".to_string()),
         ]
     );
     // A `/**` subscriber got nothing: its held connect is still waiting, then times out empty.
@@ -1239,7 +1265,7 @@ async fn service_channels_go_to_the_services_hook_and_are_never_broadcast() {
         .await;
     s.send(json!({"channel": "/service/x", "clientId": client}))
         .await;
-    assert_eq!(recorder.calls.lock().unwrap().len(), 2);
+    assert_eq!(recorder.calls.lock().unwrap().len(), 3);
 }
 
 // ---- ack extension ----

@@ -13,7 +13,7 @@ use crate::cors;
 use crate::error::ApiError;
 use crate::routes::{self, Handler};
 use crate::state::App;
-use crate::{api, assets, cometd, ops, publish, rupy, transport};
+use crate::{api, assets, cometd, ops, publish, rpc, rupy, transport};
 
 /// A handler's future, boxed: a held request (long-poll, Bayeux connect) lives in it, sized
 /// for its own handler rather than the largest of all.
@@ -100,6 +100,10 @@ fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling
         Handler::Presence => Box::pin(async move { api::presence(app, &request).await }),
         Handler::History => Box::pin(async move { api::history(app, &request).await }),
         Handler::Channels => Box::pin(async move { ops::channels(app, &request).await }),
+        Handler::Rpc => {
+            let method = rest();
+            Box::pin(async move { rpc::call(app, &method, request).await })
+        }
         Handler::Push => Box::pin(rupy::push(app, request)),
         Handler::Pull => Box::pin(rupy::pull(app, request)),
         Handler::Healthz => now(Ok(ops::healthz(app))),

@@ -40,6 +40,15 @@ pub struct HttpConfig {
     /// Serve halley.js and the talk chat from this directory (`clients/js`) instead of the
     /// copies built into the binary: for editing them without rebuilding.
     pub assets_dir: Option<std::path::PathBuf>,
+    /// Tell the application what happens (`[webhooks]`); nothing is told when unset.
+    pub webhooks: Option<crate::hooks::WebhookConfig>,
+    /// Forward clients' calls to the application (`rpc-url`); `/rpc` answers 501 and Bayeux
+    /// `/service/**` is acknowledged and dropped when unset.
+    pub rpc: Option<crate::rpc::RpcConfig>,
+    /// Ask the application about namespaces whose rules are `app` (`auth-url`); the server
+    /// sets it on the engine ([`halley_engine::Engine::set_application`]) with the client it
+    /// shares with webhooks and RPC. Unset, such namespaces refuse (503).
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +66,9 @@ impl Default for HttpConfig {
             cometd_path: "/cometd".into(),
             multiple_clients_interval: Duration::from_secs(2),
             assets_dir: None,
+            webhooks: None,
+            rpc: None,
+            auth: None,
         }
     }
 }

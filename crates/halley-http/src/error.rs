@@ -37,6 +37,13 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Reserved(String),
+    /// An endpoint whose configuration is missing (`/rpc` without `rpc-url`): 501.
+    #[error("{0}")]
+    NotConfigured(&'static str),
+    /// A call to the application that got no answer: its own status (4xx refused, 502, 503,
+    /// 504).
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcError),
 }
 
 impl From<EngineError> for ApiError {
@@ -68,6 +75,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Rpc(e) => e.status(),
         }
     }
 

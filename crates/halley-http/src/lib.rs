@@ -12,7 +12,10 @@
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
 //!   `assets` serves halley.js and the talk chat; `outbound` is the client for calls to the
-//!   application (auth, webhooks, RPC); `auth` asks the application (`auth-url`).
+//!   application (auth, webhooks, RPC); `auth` asks the application (`auth-url`); `hooks`
+//!   tells the application what happens (webhooks: the engine's observer, a bounded queue,
+//!   signed batches, retries); `rpc` forwards clients' calls to it (`POST /rpc/…`, Bayeux
+//!   `/service/**`).
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
@@ -27,12 +30,14 @@ mod cometd;
 mod config;
 mod cors;
 mod error;
+pub mod hooks;
 mod metrics;
 mod ops;
 pub mod outbound;
 mod publish;
 mod query;
 pub mod routes;
+pub mod rpc;
 mod rupy;
 mod server;
 mod state;

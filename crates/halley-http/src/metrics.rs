@@ -53,6 +53,31 @@ pub struct Metrics {
     /// Requests answered with a 4xx because of bad input.
     pub bad_requests: AtomicU64,
     subscribers: [AtomicI64; 8],
+    /// Webhooks and RPC: what the calls to the application did.
+    pub outcalls: Outcalls,
+}
+
+/// What the calls to the application did (`hooks`, `rpc`).
+#[derive(Default, Debug)]
+pub struct Outcalls {
+    /// Webhook events the application took (a 2xx answer to their batch).
+    pub webhook_sent: AtomicU64,
+    /// Webhook events given up on: their batch was refused (not 2xx, not retried) or failed
+    /// every attempt.
+    pub webhook_failed: AtomicU64,
+    /// Webhook events dropped because the queue was full (events or bytes).
+    pub webhook_dropped: AtomicU64,
+    /// Webhook requests sent again after a failure.
+    pub webhook_retries: AtomicU64,
+    /// Webhook events waiting in the queue or being sent.
+    pub webhook_queued: AtomicI64,
+    /// RPC calls the application answered (2xx).
+    pub rpc_answered: AtomicU64,
+    /// RPC calls that got no answer: the application refused (4xx), failed (5xx, a bad
+    /// answer), was unreachable or too slow.
+    pub rpc_failed: AtomicU64,
+    /// RPC calls refused at once because the concurrency bound was reached.
+    pub rpc_busy: AtomicU64,
 }
 
 impl Metrics {

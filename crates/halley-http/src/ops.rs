@@ -130,6 +130,55 @@ pub fn metrics(app: &App) -> Response<Body> {
         "Callers refused (503) because the application could not be asked.",
         counter(&s.app_unavailable),
     );
+    let o = &m.outcalls;
+    metric(
+        "halley_webhook_events_sent_total",
+        "counter",
+        "Webhook events the application took.",
+        counter(&o.webhook_sent),
+    );
+    metric(
+        "halley_webhook_events_failed_total",
+        "counter",
+        "Webhook events refused by the application or failing every attempt.",
+        counter(&o.webhook_failed),
+    );
+    metric(
+        "halley_webhook_events_dropped_total",
+        "counter",
+        "Webhook events dropped because the queue was full.",
+        counter(&o.webhook_dropped),
+    );
+    metric(
+        "halley_webhook_retries_total",
+        "counter",
+        "Webhook requests sent again after a failure.",
+        counter(&o.webhook_retries),
+    );
+    metric(
+        "halley_webhook_queued",
+        "gauge",
+        "Webhook events waiting to be sent.",
+        o.webhook_queued.load(Ordering::Relaxed),
+    );
+    metric(
+        "halley_rpc_answered_total",
+        "counter",
+        "RPC calls the application answered.",
+        counter(&o.rpc_answered),
+    );
+    metric(
+        "halley_rpc_failed_total",
+        "counter",
+        "RPC calls the application refused, failed, or did not answer in time.",
+        counter(&o.rpc_failed),
+    );
+    metric(
+        "halley_rpc_busy_total",
+        "counter",
+        "RPC calls refused at the concurrency bound.",
+        counter(&o.rpc_busy),
+    );
     out.push_str("# HELP halley_subscribers Open subscribers by transport.\n# TYPE halley_subscribers gauge\n");
     for kind in Kind::ALL {
         let _ = writeln!(

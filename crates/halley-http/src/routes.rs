@@ -69,6 +69,8 @@ pub enum Handler {
     History,
     /// `/api/channels`.
     Channels,
+    /// `POST /rpc/{method}`: a call to the application (`rpc_url`).
+    Rpc,
     /// rupy `/push`.
     Push,
     /// rupy `/pull` (its `Head: less` form is spotted before HTTP parsing, and asks the same
@@ -158,6 +160,12 @@ pub const ROUTES: &[Route] = &[
         methods: &[(V::Get, H::Channels)],
         gate: Gate::Policy,
         example: "/api/channels",
+    },
+    Route {
+        path: Path::Under("/rpc"),
+        methods: &[(V::Post, H::Rpc)],
+        gate: Gate::Policy,
+        example: "/rpc/locked",
     },
     Route {
         path: Path::Exact("/push"),
@@ -255,6 +263,13 @@ mod tests {
         check(Method::GET, "/sub", Ok((H::Subscribe, None)));
         check(Method::POST, "/sub", Err(405));
         check(Method::GET, "/pull", Ok((H::Pull, None)));
+        check(
+            Method::POST,
+            "/rpc/users/find",
+            Ok((H::Rpc, Some("/users/find"))),
+        );
+        check(Method::GET, "/rpc/users/find", Err(405));
+        check(Method::POST, "/rpc", Err(404));
         check(Method::POST, "/push", Ok((H::Push, None)));
         check(Method::GET, "/healthz", Ok((H::Healthz, None)));
         check(Method::GET, "/halley.js", Ok((H::Asset, None)));

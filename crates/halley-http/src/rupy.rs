@@ -69,10 +69,7 @@ pub async fn push<B: RequestBody>(
     );
     // The text above is JSON by construction.
     let payload = Payload::from_json(data.as_bytes()).unwrap();
-    let published = app
-        .engine
-        .publish_stamped(channel, payload, stamp.as_ref())
-        .await?;
+    let published = app.engine.publish_as(&who, channel, payload).await?;
     Ok(published_response(&published))
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use halley_engine::Engine;
-use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly};
+use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly, Services};
 use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::server::conn::http1;
@@ -36,9 +36,12 @@ use crate::app;
 use crate::body::Body;
 use crate::config::MAX_HEAD;
 use crate::cors::Origins;
+use crate::hooks::Webhooks;
 use crate::metrics::{Kind, Metrics};
+use crate::outbound::Outbound;
 use crate::query::Query;
 use crate::routes::{self, Handler};
+use crate::rpc::Rpc;
 use crate::state::App;
 use crate::{HttpConfig, rupy};
 
@@ -53,6 +56,30 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a refused (503) connection gets to receive its answer.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a server shares with the calls it makes to the application.
+struct Parts {
+    /// The one pooled client for every call to the application.
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+    rpc: Option<Rpc>,
+}
+
+impl Parts {
+    fn new(config: &HttpConfig) -> Parts {
+        let outbound = Outbound::new();
+        let metrics = Arc::new(Metrics::default());
+        let rpc = config
+            .rpc
+            .clone()
+            .map(|rpc| Rpc::new(rpc, outbound.clone(), metrics.clone()));
+        Parts {
+            outbound,
+            metrics,
+            rpc,
+        }
+    }
+}
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
@@ -76,40 +103,92 @@ impl Drop for Slot {
 }
 
 impl Server {
-    /// Binds with a default Bayeux server (allow-all authorizer, connect held for the hold
+    /// Binds with a default Bayeux server (the policy decides, connects held for the hold
     /// timeout).
     pub async fn bind(config: HttpConfig, engine: Engine) -> io::Result<Server> {
-        let bayeux = Bayeux::spawn(
-            engine.clone(),
-            BayeuxConfig {
-                timeout: config.hold_timeout,
-                ..BayeuxConfig::default()
-            },
-            Arc::new(PolicyOnly),
-            Arc::new(NoServices),
-        );
-        Server::bind_with(config, engine, bayeux).await
+        let bayeux = BayeuxConfig {
+            timeout: config.hold_timeout,
+            ..BayeuxConfig::default()
+        };
+        Server::bind_configured(config, engine, bayeux).await
+    }
+
+    /// Binds with a Bayeux server built here with these budgets: the policy decides, and
+    /// `/service/**` calls go to the application when `config.rpc` is set (through the same
+    /// bound as `POST /rpc/…`).
+    pub async fn bind_configured(
+        config: HttpConfig,
+        engine: Engine,
+        bayeux: BayeuxConfig,
+    ) -> io::Result<Server> {
+        let parts = Parts::new(&config);
+        let services: Arc<dyn Services> = match &parts.rpc {
+            Some(rpc) => Arc::new(rpc.clone()),
+            None => Arc::new(NoServices),
+        };
+        let bayeux = Bayeux::spawn(engine.clone(), bayeux, Arc::new(PolicyOnly), services);
+        Server::assemble(config, engine, bayeux, parts)
     }
 
     /// Binds with a Bayeux server of the caller's (its own authorizer, services, budgets).
+    /// `POST /rpc/…` still calls `config.rpc` when set.
     pub async fn bind_with(
         config: HttpConfig,
         engine: Engine,
         bayeux: Bayeux,
     ) -> io::Result<Server> {
+        let parts = Parts::new(&config);
+        Server::assemble(config, engine, bayeux, parts)
+    }
+
+    fn assemble(
+        config: HttpConfig,
+        engine: Engine,
+        bayeux: Bayeux,
+        parts: Parts,
+    ) -> io::Result<Server> {
         let listener = listen(config.listen)?;
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let slots = Arc::new(Semaphore::new(config.max_connections));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        if let Some(webhooks) = config.webhooks.clone() {
+            let events = webhooks.events;
+            let observer = Webhooks::spawn(
+                webhooks,
+                parts.outbound.clone(),
+                parts.metrics.clone(),
+                shutdown.clone(),
+                &tracker,
+            );
+            if engine.set_observer(Arc::new(observer), events).is_err() {
+                shutdown.cancel();
+                return Err(io::Error::other(
+                    "the engine already tells another observer; webhooks need it",
+                ));
+            }
+        }
+        if let Some(auth) = config.auth.clone() {
+            tracing::info!(url = %auth.url, "access: asking the application (auth-url)");
+            let application = crate::auth::AuthUrl::new(auth, parts.outbound.clone());
+            if engine.set_application(Arc::new(application)).is_err() {
+                shutdown.cancel();
+                return Err(io::Error::other(
+                    "the engine already asks another application; auth-url needs it",
+                ));
+            }
+        }
         let app = Arc::new(App {
             engine,
             bayeux,
             browsers: std::sync::Mutex::default(),
             origins: Origins::new(&config.allowed_origins),
             config,
-            metrics: Arc::new(Metrics::default()),
+            metrics: parts.metrics,
             heartbeat: heartbeat_rx,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
+            rpc: parts.rpc,
         });
         Ok(Server {
             listener,

@@ -34,6 +34,9 @@ pub struct App {
     /// Tasks that outlive their HTTP connection (upgraded WebSockets) and the connections
     /// themselves, so that a drain can wait for them.
     pub tracker: tokio_util::task::TaskTracker,
+    /// Calls to the application's `rpc_url`, when configured (`POST /rpc/…`; Bayeux's
+    /// `/service/**` through the same bound when the server built its Bayeux).
+    pub rpc: Option<crate::rpc::Rpc>,
 }
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a

@@ -35,6 +35,7 @@ fn namespace(channels: &str, subscribe: SubscribeRule, publish: PublishRule) -> 
         history_ttl: None,
         max_subscribers: None,
         stamp: false,
+        webhooks: None,
     }
 }
 

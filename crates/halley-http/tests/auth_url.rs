@@ -157,7 +157,7 @@ async fn halley(url: &str, timeout: Duration, concurrency: usize) -> TestServer 
         Outbound::new(),
     );
     assert!(engine.set_application(Arc::new(auth)).is_ok());
-    TestServer::with_engine(engine, Some("backend".into())).await
+    TestServer::with_engine(engine, Some("backend".into()), |_| {}).await
 }
 
 async fn get_as(s: &TestServer, path: &str, cookie: Option<&str>) -> common::Reply {

@@ -585,6 +585,10 @@ impl Broker for RedisBroker {
         Ok(members)
     }
 
+    fn clustered(&self) -> bool {
+        true
+    }
+
     fn healthy(&self) -> bool {
         *self.shared.healthy.borrow()
     }

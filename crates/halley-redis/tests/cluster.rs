@@ -672,3 +672,90 @@ async fn history(node: &Node, channel: &str) -> Vec<String> {
         .map(|m| m["data"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Every event an engine's observer is told, as `"<kind> <channel>"`.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<String>>);
+
+impl halley_engine::observe::Observer for Told {
+    fn observe(&self, event: halley_engine::observe::Event) {
+        use halley_engine::observe::Event;
+        let kind = match &event {
+            Event::Occupied { .. } => "occupied",
+            Event::Vacated { .. } => "vacated",
+            _ => return,
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{kind} {}", event.channel()));
+    }
+}
+
+impl Told {
+    fn has(&self, line: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l == line)
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_is_occupied_and_vacated_once_for_the_cluster() {
+    let redis = Redis::start().await;
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (on_a, on_b) = (
+        std::sync::Arc::new(Told::default()),
+        std::sync::Arc::new(Told::default()),
+    );
+    for (node, told) in [(&a, &on_a), (&b, &on_b)] {
+        // Several presence intervals (100 ms here): the other node's counts are written by then.
+        node.engine.set_presence_grace(Duration::from_secs(1));
+        let observer: std::sync::Arc<dyn halley_engine::observe::Observer> = told.clone();
+        assert!(
+            node.engine
+                .set_observer(observer, halley_engine::observe::Kinds::DEFAULT)
+                .is_ok()
+        );
+    }
+    let first = a.sse("/occ/x", None).await;
+    eventually(WAIT, "A tells /occ/x occupied", || async {
+        on_a.has("occupied /occ/x").then_some(())
+    })
+    .await;
+    // B knows A's subscriber before its own arrives: it tells nothing.
+    b.wait_subscribers("/occ/x", 1).await;
+    let second = b.sse("/occ/x", None).await;
+    a.wait_subscribers("/occ/x", 2).await;
+
+    // A's subscriber leaves while B's stays: A tells nothing. A channel of A's own, left at the
+    // same moment, shows when A's grace has run out (the same sweep decides both).
+    let fence = a.sse("/occ/fence", None).await;
+    eventually(WAIT, "A tells /occ/fence occupied", || async {
+        on_a.has("occupied /occ/fence").then_some(())
+    })
+    .await;
+    drop(first);
+    drop(fence);
+    eventually(WAIT, "A tells /occ/fence vacated", || async {
+        on_a.has("vacated /occ/fence").then_some(())
+    })
+    .await;
+    // B's leaves last, a second after A's was decided: B tells it vacated.
+    drop(second);
+    eventually(WAIT, "B tells /occ/x vacated", || async {
+        on_b.has("vacated /occ/x").then_some(())
+    })
+    .await;
+    assert_eq!(
+        on_a.all(),
+        [
+            "occupied /occ/x",
+            "occupied /occ/fence",
+            "vacated /occ/fence"
+        ]
+    );
+    assert_eq!(on_b.all(), ["vacated /occ/x"]);
+}

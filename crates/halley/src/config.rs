@@ -6,10 +6,15 @@
 //! Access (`halley_engine::access`) comes from `--publish-key`, `--token-secret` and the file's
 //! `[tokens]` (hs256-secret, rs256-public-key and es256-public-key as paths relative to the
 //! file, audience, issuer) and `[[namespace]]` tables (channels, subscribe, publish,
-//! client-publish, presence, history-size, history-ttl, max-subscribers, stamp), and
+//! client-publish, presence, history-size, history-ttl, max-subscribers, stamp, webhooks), and
 //! `--auth-url` (with its cache time, timeout and concurrency) for namespaces whose rules are
 //! `app`. The key files are read here and the [`Policy`] is built here, so a bad key, pattern or
 //! URL stops startup.
+//!
+//! Calls to the application: `[webhooks]` (url, secret, events, queue-size, timeout, attempts;
+//! `--webhook-url` and `--webhook-secret` beat the table) and `rpc-url`, `rpc-timeout`,
+//! `rpc-concurrency`, `rpc-secret`. URLs are checked here ([`Endpoint::parse`]), so a typo
+//! stops startup rather than the first event.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,10 +27,13 @@ use halley_engine::access::{
     TokenConfig,
 };
 use halley_engine::bayeux::BayeuxConfig;
+use halley_engine::observe::Kinds;
 use halley_engine::{EngineConfig, HistoryRules};
 use halley_http::HttpConfig;
 use halley_http::auth::AuthConfig;
+use halley_http::hooks::{self, WebhookConfig};
 use halley_http::outbound::Endpoint;
+use halley_http::rpc::RpcConfig;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -145,7 +153,36 @@ pub struct NamespaceFile {
     pub max_subscribers: Option<usize>,
     /// Write each client publish's sender into its data (`"from"`).
     pub stamp: Option<bool>,
+    /// The kinds of events these channels tell the application (instead of `[webhooks]`
+    /// events): `presence`, `occupancy`, `publish`.
+    pub webhooks: Option<Vec<String>>,
 }
+
+/// `[webhooks]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebhooksFile {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    /// What every channel reports unless its namespace says [default: presence, occupancy].
+    pub events: Option<Vec<String>>,
+    pub queue_size: Option<usize>,
+    /// Seconds one POST may take.
+    pub timeout: Option<u64>,
+    pub attempts: Option<u32>,
+}
+
+/// Most events a webhook queue may be configured to hold: ~0.3 KiB each, 1,000,000 is
+/// ~300 MiB, more than a queue for an application that is away should take.
+const MAX_WEBHOOK_QUEUE: usize = 1_000_000;
+
+/// Longest timeout for one webhook POST or RPC call, in seconds: beyond a minute an answer is
+/// of no use to anyone waiting on it.
+const MAX_CALL_TIMEOUT_SECS: u64 = 60;
+
+/// Most RPC calls in flight configurable: each holds a connection to the application and a
+/// file descriptor of the 20,000 this process has.
+const MAX_RPC_CONCURRENCY: usize = 10_000;
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,8 +206,14 @@ pub enum PublishFile {
 }
 
 impl NamespaceFile {
-    fn to_config(&self) -> NamespaceConfig {
-        NamespaceConfig {
+    fn to_config(&self) -> anyhow::Result<NamespaceConfig> {
+        let webhooks = self
+            .webhooks
+            .as_deref()
+            .map(Kinds::parse)
+            .transpose()
+            .with_context(|| format!("namespace {:?}: webhooks", self.channels))?;
+        Ok(NamespaceConfig {
             channels: self.channels.clone(),
             subscribe: match self.subscribe {
                 SubscribeFile::Anyone => SubscribeRule::Anyone,
@@ -191,7 +234,8 @@ impl NamespaceFile {
             history_ttl: self.history_ttl.map(Duration::from_secs),
             max_subscribers: self.max_subscribers,
             stamp: self.stamp.unwrap_or(false),
-        }
+            webhooks,
+        })
     }
 }
 
@@ -234,7 +278,44 @@ pub fn describe(ns: &NamespaceConfig) -> String {
     if ns.stamp {
         line.push_str(" stamp=true");
     }
+    if let Some(kinds) = ns.webhooks {
+        line.push_str(&format!(" webhooks={}", names(kinds)));
+    }
     line
+}
+
+/// Event kinds for display: `presence,occupancy`, or `none`.
+fn names(kinds: Kinds) -> String {
+    if kinds.is_empty() {
+        "none".to_owned()
+    } else {
+        kinds.names().join(",")
+    }
+}
+
+/// The lines of `halley check-config` about calls to the application.
+pub fn describe_calls(http: &HttpConfig) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(w) = &http.webhooks {
+        lines.push(format!(
+            "webhooks {} events={} queue-size={} timeout={} attempts={}",
+            w.url,
+            names(w.events),
+            w.queue_size,
+            w.timeout.as_secs(),
+            w.attempts
+        ));
+    }
+    if let Some(r) = &http.rpc {
+        lines.push(format!(
+            "rpc {} timeout={} concurrency={} signed={}",
+            r.url,
+            r.timeout.as_secs(),
+            r.concurrency,
+            r.secret.is_some()
+        ));
+    }
+    lines
 }
 
 /// Every option; each has a HALLEY_* environment variable and a key in the TOML file.
@@ -329,6 +410,29 @@ pub struct ServeArgs {
     /// built-in copies, to edit them without rebuilding [default: built-in].
     #[arg(long, env = "HALLEY_ASSETS")]
     pub assets: Option<PathBuf>,
+    /// Where to tell the application what happens (webhooks: joins, leaves, occupied and
+    /// vacated channels, publishes where asked); beats [webhooks] url [default: none].
+    #[arg(long, env = "HALLEY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The key webhooks are signed with (X-Halley-Signature: sha256=HMAC of the body); beats
+    /// [webhooks] secret; required with a webhook url [default: none].
+    #[arg(long, env = "HALLEY_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// `[webhooks]` of the config file (url, secret, events, queue-size, timeout, attempts).
+    #[arg(skip)]
+    pub webhooks: Option<WebhooksFile>,
+    /// Where clients' calls go (POST /rpc/{method}, Bayeux /service/**) [default: none].
+    #[arg(long, env = "HALLEY_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// Seconds the application has to answer a call; then 504 [default: 5].
+    #[arg(long, env = "HALLEY_RPC_TIMEOUT")]
+    pub rpc_timeout: Option<u64>,
+    /// Calls in flight at most; one more gets 503 at once [default: 64].
+    #[arg(long, env = "HALLEY_RPC_CONCURRENCY")]
+    pub rpc_concurrency: Option<usize>,
+    /// Sign calls with this key, as webhooks are (X-Halley-Signature) [default: unsigned].
+    #[arg(long, env = "HALLEY_RPC_SECRET")]
+    pub rpc_secret: Option<String>,
 }
 
 /// Which broker the engine runs on.
@@ -360,8 +464,6 @@ pub struct Settings {
     pub bayeux: BayeuxConfig,
     pub broker: BrokerChoice,
     pub policy: Policy,
-    /// The application to ask, when `--auth-url` is set.
-    pub auth: Option<AuthConfig>,
 }
 
 macro_rules! merge {
@@ -405,7 +507,14 @@ impl ServeArgs {
                 auth_timeout,
                 auth_concurrency,
                 tokens,
-                namespaces
+                namespaces,
+                webhook_url,
+                webhook_secret,
+                webhooks,
+                rpc_url,
+                rpc_timeout,
+                rpc_concurrency,
+                rpc_secret
             );
         }
         Ok(())
@@ -455,9 +564,80 @@ impl ServeArgs {
                 .iter()
                 .flatten()
                 .map(NamespaceFile::to_config)
-                .collect(),
+                .collect::<anyhow::Result<_>>()?,
         };
         Policy::new(config).context("access configuration")
+    }
+
+    /// `[webhooks]` with the flags over it; `None` when no url is given anywhere.
+    fn webhooks(&mut self) -> anyhow::Result<Option<WebhookConfig>> {
+        let file = self.webhooks.take().unwrap_or_default();
+        let url = self.webhook_url.take().or(file.url);
+        let secret = self.webhook_secret.take().or(file.secret);
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            anyhow::ensure!(
+                secret.is_none(),
+                "a webhook secret is set but no webhook url ([webhooks] url or --webhook-url)"
+            );
+            return Ok(None);
+        };
+        let url = Endpoint::parse(&url).context("webhook url")?;
+        let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "webhooks need a secret to sign with ([webhooks] secret or --webhook-secret)"
+            )
+        })?;
+        let mut config = WebhookConfig::new(url, secret);
+        if let Some(events) = &file.events {
+            config.events = Kinds::parse(events).context("[webhooks] events")?;
+        }
+        if let Some(n) = file.queue_size {
+            anyhow::ensure!(
+                (1..=MAX_WEBHOOK_QUEUE).contains(&n),
+                "[webhooks] queue-size must be 1 to {MAX_WEBHOOK_QUEUE}"
+            );
+            config.queue_size = n;
+        }
+        if let Some(secs) = file.timeout {
+            anyhow::ensure!(
+                (1..=MAX_CALL_TIMEOUT_SECS).contains(&secs),
+                "[webhooks] timeout must be 1 to {MAX_CALL_TIMEOUT_SECS} seconds"
+            );
+            config.timeout = Duration::from_secs(secs);
+        }
+        if let Some(n) = file.attempts {
+            anyhow::ensure!(
+                (1..=hooks::MAX_ATTEMPTS).contains(&n),
+                "[webhooks] attempts must be 1 to {}",
+                hooks::MAX_ATTEMPTS
+            );
+            config.attempts = n;
+        }
+        Ok(Some(config))
+    }
+
+    /// `rpc-url` and its options; `None` without a url.
+    fn rpc(&mut self) -> anyhow::Result<Option<RpcConfig>> {
+        let Some(url) = self.rpc_url.take().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let mut config = RpcConfig::new(Endpoint::parse(&url).context("rpc-url")?);
+        config.secret = self.rpc_secret.take().filter(|s| !s.is_empty());
+        if let Some(secs) = self.rpc_timeout {
+            anyhow::ensure!(
+                (1..=MAX_CALL_TIMEOUT_SECS).contains(&secs),
+                "rpc-timeout must be 1 to {MAX_CALL_TIMEOUT_SECS} seconds"
+            );
+            config.timeout = Duration::from_secs(secs);
+        }
+        if let Some(n) = self.rpc_concurrency {
+            anyhow::ensure!(
+                (1..=MAX_RPC_CONCURRENCY).contains(&n),
+                "rpc-concurrency must be 1 to {MAX_RPC_CONCURRENCY}"
+            );
+            config.concurrency = n;
+        }
+        Ok(Some(config))
     }
 
     /// Fills what flags and environment left open from the config file, then the defaults.
@@ -483,6 +663,8 @@ impl ServeArgs {
             );
             anyhow::ensure!(auth.concurrency > 0, "auth-concurrency must be at least 1");
         }
+        let webhooks = self.webhooks()?;
+        let rpc = self.rpc()?;
         let secs = Duration::from_secs;
         let h = HttpConfig::default();
         let http = HttpConfig {
@@ -498,6 +680,9 @@ impl ServeArgs {
             cometd_path: self.cometd_path.unwrap_or(h.cometd_path),
             multiple_clients_interval: h.multiple_clients_interval,
             assets_dir: self.assets,
+            webhooks,
+            rpc,
+            auth,
         };
         anyhow::ensure!(
             http.cometd_path.starts_with('/'),
@@ -534,7 +719,6 @@ impl ServeArgs {
             bayeux,
             broker,
             policy,
-            auth,
         })
     }
 }
@@ -615,7 +799,7 @@ mod tests {
         assert!(format!("{error:#}").contains("only http://"), "{error:#}");
         let good = format!("auth-url = \"http://127.0.0.1:3000/auth\"\nauth-timeout = 500\n{ns}");
         let settings = settings_from("app-good.toml", &good).unwrap();
-        let auth = settings.auth.unwrap();
+        let auth = settings.http.auth.unwrap();
         assert_eq!(auth.timeout, Duration::from_millis(500));
         assert_eq!(auth.concurrency, AuthConfig::DEFAULT_CONCURRENCY);
         assert!(settings.policy.asks_application());
@@ -728,6 +912,87 @@ mod tests {
                 "/talk/** subscribe=anyone publish=backend client-publish=true presence=true stamp=true",
                 "/news/** subscribe=anyone publish=backend client-publish=true presence=true",
             ]
+        );
+    }
+
+    /// A config file with `text`, resolved (with `tweak` applied to the flags first).
+    fn resolve_file(
+        name: &str,
+        text: &str,
+        tweak: impl FnOnce(&mut ServeArgs),
+    ) -> anyhow::Result<Settings> {
+        let dir = std::env::temp_dir().join(format!("halley-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("halley.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        tweak(&mut args);
+        args.resolve()
+    }
+
+    #[test]
+    fn webhooks_and_rpc_are_read_and_checked() {
+        let file = "rpc-url = \"http://127.0.0.1:9000/rpc\"\nrpc-timeout = 2\n\n\
+                    [webhooks]\nurl = \"http://127.0.0.1:9000/events\"\nsecret = \"s\"\n\
+                    events = [\"publish\"]\nqueue-size = 50\nattempts = 3\n\n\
+                    [[namespace]]\nchannels = \"/chat/**\"\nwebhooks = [\"presence\", \"publish\"]\n";
+        let settings = resolve_file("calls", file, |_| {}).unwrap();
+        assert_eq!(
+            describe_calls(&settings.http),
+            [
+                "webhooks http://127.0.0.1:9000/events events=publish queue-size=50 timeout=5 attempts=3",
+                "rpc http://127.0.0.1:9000/rpc timeout=2 concurrency=64 signed=false",
+            ]
+        );
+        let ns: Vec<String> = settings.policy.namespaces().map(describe).collect();
+        assert!(ns[0].ends_with(" webhooks=presence,publish"), "{ns:?}");
+        // The flags beat the table.
+        let settings = resolve_file("calls-flags", file, |args| {
+            args.webhook_url = Some("http://10.0.0.1/hooks".into());
+        })
+        .unwrap();
+        assert_eq!(
+            settings.http.webhooks.unwrap().url.to_string(),
+            "http://10.0.0.1/hooks"
+        );
+
+        let refused = |name: &str, text: &str, why: &str| {
+            let error = format!("{:#}", resolve_file(name, text, |_| {}).err().unwrap());
+            assert!(error.contains(why), "{text:?}: {error}");
+        };
+        refused(
+            "no-secret",
+            "[webhooks]\nurl = \"http://127.0.0.1:9000/e\"\n",
+            "webhooks need a secret",
+        );
+        refused(
+            "https",
+            "[webhooks]\nurl = \"https://app/e\"\nsecret = \"s\"\n",
+            "only http:// is supported",
+        );
+        refused(
+            "kind",
+            "[webhooks]\nurl = \"http://a/e\"\nsecret = \"s\"\nevents = [\"joins\"]\n",
+            "unknown event kind \"joins\"",
+        );
+        refused(
+            "ns-kind",
+            "[[namespace]]\nchannels = \"/a/**\"\nwebhooks = [\"everything\"]\n",
+            "namespace \"/a/**\": webhooks",
+        );
+        refused(
+            "attempts",
+            "[webhooks]\nurl = \"http://a/e\"\nsecret = \"s\"\nattempts = 0\n",
+            "attempts must be 1 to 10",
+        );
+        refused("rpc-url", "rpc-url = \"ftp://app\"\n", "rpc-url");
+        refused(
+            "secret-only",
+            "[webhooks]\nsecret = \"s\"\n",
+            "no webhook url",
         );
     }
 }

@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use std::sync::Arc;
-
 use halley_engine::Engine;
-use halley_engine::bayeux::{AllowAll, Bayeux, NoServices};
 use halley_http::Server;
 
 use crate::config::{BrokerChoice, Cli, Command};
@@ -62,6 +59,9 @@ fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
     if !any {
         println!("no namespaces: every channel is open to subscribers");
     }
+    for line in config::describe_calls(&settings.http) {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -88,24 +88,18 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     if engine.set_policy(settings.policy.clone()).is_err() {
         anyhow::bail!("the access policy was set twice");
     }
-    let outbound = halley_http::outbound::Outbound::new();
-    if let Some(auth) = settings.auth.clone() {
-        tracing::info!(url = %auth.url, "access: asking the application (auth-url)");
-        let application = halley_http::auth::AuthUrl::new(auth, outbound.clone());
-        if engine.set_application(Arc::new(application)).is_err() {
-            anyhow::bail!("the application was set twice");
-        }
-    }
-    let bayeux = Bayeux::spawn(
-        engine.clone(),
-        settings.bayeux,
-        Arc::new(AllowAll),
-        Arc::new(NoServices),
-    );
-    let server = Server::bind_with(settings.http.clone(), engine, bayeux)
+    // The Bayeux server is built by the HTTP layer: the policy decides, and `/service/**` calls
+    // go to rpc-url through the same bound as POST /rpc.
+    let server = Server::bind_configured(settings.http.clone(), engine, settings.bayeux)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
     tracing::info!(listen = %server.local_addr(), "halley serving");
+    if let Some(webhooks) = &settings.http.webhooks {
+        tracing::info!(url = %webhooks.url, events = ?webhooks.events.names(), "webhooks");
+    }
+    if let Some(rpc) = &settings.http.rpc {
+        tracing::info!(url = %rpc.url, "rpc");
+    }
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

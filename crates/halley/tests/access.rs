@@ -11,6 +11,9 @@ fn halley(args: &[&str]) -> Output {
         .args(args)
         .env_remove("HALLEY_TOKEN_SECRET")
         .env_remove("HALLEY_CONFIG")
+        .env_remove("HALLEY_WEBHOOK_URL")
+        .env_remove("HALLEY_WEBHOOK_SECRET")
+        .env_remove("HALLEY_RPC_URL")
         .output()
         .expect("run halley")
 }
@@ -64,6 +67,28 @@ fn check_config_prints_the_namespaces() {
 }
 
 #[test]
+fn check_config_prints_webhooks_and_rpc() {
+    let path = write(
+        "calls.toml",
+        "rpc-url = \"http://127.0.0.1:9000/rpc\"\nrpc-secret = \"r\"\n\n\
+         [webhooks]\nurl = \"http://127.0.0.1:9000/events\"\nsecret = \"s\"\n\n\
+         [[namespace]]\nchannels = \"/chat/**\"\nwebhooks = [\"publish\"]\n",
+    );
+    let out = halley(&["check-config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "/chat/** subscribe=anyone publish=backend client-publish=true presence=true webhooks=publish",
+            "webhooks http://127.0.0.1:9000/events events=presence,occupancy queue-size=10000 timeout=5 attempts=5",
+            "rpc http://127.0.0.1:9000/rpc timeout=5 concurrency=64 signed=true",
+        ]
+    );
+}
+
+#[test]
 fn check_config_refuses_bad_files() {
     let check = |name: &str, text: &str, needle: &str| {
         let path = write(name, text);
@@ -86,6 +111,16 @@ fn check_config_refuses_bad_files() {
         "unknown.toml",
         "[[namespace]]\nchannels = \"/a/**\"\nsubscrib = \"anyone\"\n",
         "unknown field",
+    );
+    check(
+        "webhook-url.toml",
+        "[webhooks]\nurl = \"https://app.example/events\"\nsecret = \"s\"\n",
+        "only http:// is supported",
+    );
+    check(
+        "webhook-secret.toml",
+        "[webhooks]\nurl = \"http://127.0.0.1:9000/events\"\n",
+        "webhooks need a secret",
     );
     check(
         "nokey.toml",

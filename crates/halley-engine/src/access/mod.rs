@@ -271,6 +271,9 @@ pub struct NamespaceConfig {
     /// Whether the server writes each client publish's sender into its data (`"from"`, see
     /// [`Stamp`]), so that a chat name cannot be forged.
     pub stamp: bool,
+    /// The kinds of events the application is told about for these channels (`webhooks`),
+    /// instead of the server-wide default ([`crate::Engine::set_observer`]).
+    pub webhooks: Option<crate::observe::Kinds>,
 }
 
 impl NamespaceConfig {
@@ -287,6 +290,7 @@ impl NamespaceConfig {
             history_ttl: None,
             max_subscribers: None,
             stamp: false,
+            webhooks: None,
         }
     }
 }

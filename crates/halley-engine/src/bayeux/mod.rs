@@ -4,7 +4,8 @@
 //!
 //! Meta channels are matched exactly: `/meta/subscribe/x` is not a subscribe, it is refused
 //! (Faye CVE-2020-11020), and no subscription ever matches a meta channel. `/service/**` is
-//! handed to the [`Services`] hook and never broadcast.
+//! handed to the [`Services`] hook and never broadcast; a call it makes is answered to its
+//! caller alone ([`Handled::Call`]).
 
 mod session;
 
@@ -115,10 +116,35 @@ fn refusal(message: &BayeuxMessage, args: &str, denied: Denied) -> BayeuxMessage
     reply
 }
 
-/// Server-side handling of `/service/**` messages (request/response, never broadcast). The
-/// default accepts and discards them.
+/// Server-side handling of `/service/**` messages (request/response, never broadcast).
+///
+/// A client's message to `/service/**`, once the policy allowed it (as a client publish to
+/// that channel), is handed to [`Services::call`]. `None` (the default) acknowledges it at once
+/// and discards it. A [`ServiceCall`] is answered to that client alone, when it completes, as
+/// CometD's `remoteCall` expects: one reply on the same channel with the request's `id`,
+/// `successful: true` and the answer as `data`, or `successful: false` and the error as
+/// `code:channel:message`. Faye's `publish` sees that reply as its acknowledgement.
 pub trait Services: Send + Sync + 'static {
-    fn call(&self, _session: &Session, _channel: &Channel, _data: &Payload) {}
+    fn call(&self, _session: &Session, _channel: &Channel, _data: &Payload) -> Option<ServiceCall> {
+        None
+    }
+}
+
+/// What a service call ends with: the data for the caller, or why there is none.
+pub type ServiceAnswer = Result<Box<serde_json::value::RawValue>, ServiceError>;
+
+/// A service call under way. It must end by itself (its own deadline): the transport waits
+/// for it.
+pub type ServiceCall = std::pin::Pin<Box<dyn Future<Output = ServiceAnswer> + Send>>;
+
+/// Why a service call has no answer, as the reply's `code:channel:message` error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}::{message}")]
+pub struct ServiceError {
+    /// An HTTP-like status: 4xx the application refused, 502 it failed, 503 it is unreachable
+    /// or busy, 504 it did not answer in time.
+    pub code: u16,
+    pub message: String,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +159,61 @@ pub enum Handled {
     Reply(BayeuxMessage),
     /// A `/meta/connect` for this session: the transport holds it (see [`Connect`]).
     Connect(Connect),
+    /// A `/service/**` call whose answer is the reply ([`Call::reply`]). The transport need not
+    /// wait for it before going on (a WebSocket keeps delivering meanwhile).
+    Call(Call),
+}
+
+/// A `/service/**` message being answered by [`Services`].
+pub struct Call {
+    /// The reply, but for its outcome. Boxed: a call is kept while it runs.
+    reply: Box<BayeuxMessage>,
+    answer: ServiceCall,
+}
+
+impl Call {
+    /// Waits for the answer and returns the reply to send (to the caller only).
+    pub async fn reply(self) -> BayeuxMessage {
+        let answer = self.answer.await;
+        Call::finish(*self.reply, answer)
+    }
+
+    /// The reply to a call that will not be made (the transport's own bound on calls in
+    /// flight).
+    pub fn refuse(self, error: ServiceError) -> BayeuxMessage {
+        Call::finish(*self.reply, Err(error))
+    }
+
+    fn finish(mut reply: BayeuxMessage, answer: ServiceAnswer) -> BayeuxMessage {
+        match answer {
+            Ok(data) => {
+                reply.successful = Some(true);
+                reply.data = Some(data);
+            }
+            Err(error) => {
+                reply.successful = Some(false);
+                reply.error = Some(format!(
+                    "{}:{}:{}",
+                    error.code,
+                    reply.channel,
+                    error_message(&error.message)
+                ));
+            }
+        }
+        reply
+    }
+}
+
+/// `text` as the message part of a Bayeux error: the spec's grammar allows letters, digits,
+/// spaces and `-_!~()$@/*.` only, and clients that parse it (Faye) give up on anything else, so
+/// every other character (a `:` in an error chain, a comma) becomes a space.
+fn error_message(text: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " -_!~()$@/*.".contains(c);
+    let mapped: String = text
+        .chars()
+        .map(|c| if allowed(c) { c } else { ' ' })
+        .collect();
+    mapped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A validated `/meta/connect`.
@@ -268,7 +349,7 @@ impl Bayeux {
                 &message,
                 BayeuxError::Forbidden(other.to_string(), "Unknown meta channel"),
             ),
-            _ => self.publish(&message).await,
+            _ => return self.publish(&message).await,
         };
         Handled::Reply(reply)
     }
@@ -475,76 +556,92 @@ impl Bayeux {
         reply
     }
 
-    async fn publish(&self, message: &BayeuxMessage) -> BayeuxMessage {
+    async fn publish(&self, message: &BayeuxMessage) -> Handled {
+        match self.publish_or_call(message).await {
+            Ok(handled) => handled,
+            Err(refusal) => Handled::Reply(refusal),
+        }
+    }
+
+    /// A publish, or a `/service/**` call; `Err` is the refusal to send back.
+    async fn publish_or_call(&self, message: &BayeuxMessage) -> Result<Handled, BayeuxMessage> {
         let Some(session) = self.session(message) else {
-            return self.unknown_client(message);
+            return Err(self.unknown_client(message));
         };
         let channel = match Channel::parse(&message.channel) {
             Ok(c) => c,
             Err(ChannelError::Wildcard) => {
-                return BayeuxMessage::error(
+                return Err(BayeuxMessage::error(
                     message,
                     BayeuxError::NotAllowed(
                         message.channel.clone(),
                         "cannot publish to a wildcard",
                     ),
-                );
+                ));
             }
             Err(e) => {
-                return BayeuxMessage::error(
+                return Err(BayeuxMessage::error(
                     message,
                     BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
-                );
+                ));
             }
         };
         let Some(data) = &message.data else {
-            return BayeuxMessage::error(
+            return Err(BayeuxMessage::error(
                 message,
                 BayeuxError::BadRequest(message.channel.clone(), "data missing".into()),
-            );
+            ));
         };
         let verdict =
             self.shared
                 .authorizer
                 .can_publish(self.shared.engine.policy(), &session, &channel);
         if let Err(denied) = self.judged(verdict, &session).await {
-            return refusal(message, &message.channel, denied);
+            return Err(refusal(message, &message.channel, denied));
         }
         // RawValue holds valid JSON, so this only fails on... nothing; keep the error path
         // anyway rather than unwrap on client data.
-        let payload = match Payload::from_json(data.get().as_bytes()) {
-            Ok(p) => p,
-            Err(e) => {
-                return BayeuxMessage::error(
-                    message,
-                    BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
-                );
-            }
-        };
+        let payload = Payload::from_json(data.get().as_bytes()).map_err(|e| {
+            BayeuxMessage::error(
+                message,
+                BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
+            )
+        })?;
         let mut reply = BayeuxMessage::reply_to(message, true);
         reply.client_id = None;
         if channel.is_service() {
-            self.shared.services.call(&session, &channel, &payload);
-            return reply;
+            return Ok(
+                match self.shared.services.call(&session, &channel, &payload) {
+                    Some(answer) => Handled::Call(Call {
+                        reply: Box::new(reply),
+                        answer,
+                    }),
+                    None => Handled::Reply(reply),
+                },
+            );
         }
         // The session's principal is who publishes: a stamped namespace writes it into "from".
-        let published = self
+        match self
             .shared
             .engine
             .publish_as(session.principal(), channel, payload)
-            .await;
-        match published {
-            Ok(_) => reply,
-            Err(EngineError::Reserved(c)) => {
-                BayeuxMessage::error(message, BayeuxError::Forbidden(c.to_string(), "Forbidden"))
-            }
-            Err(e @ (EngineError::Forged | EngineError::NotAnObject(_))) => BayeuxMessage::error(
+            .await
+        {
+            Ok(_) => Ok(Handled::Reply(reply)),
+            Err(EngineError::Reserved(c)) => Err(BayeuxMessage::error(
                 message,
-                BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
-            ),
-            Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => {
-                BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()))
+                BayeuxError::Forbidden(c.to_string(), "Forbidden"),
+            )),
+            Err(e @ (EngineError::Forged | EngineError::NotAnObject(_))) => {
+                Err(BayeuxMessage::error(
+                    message,
+                    BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
+                ))
             }
+            Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => Err(BayeuxMessage::error(
+                message,
+                BayeuxError::Unavailable(e.to_string()),
+            )),
         }
     }
 

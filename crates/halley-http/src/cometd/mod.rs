@@ -122,6 +122,9 @@ async fn answer(
                 handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
                 out.reply(&reply);
             }
+            // A call to the application (`/service/**`): this request's answer waits for it,
+            // bounded by the call's timeout; a held connect is another request.
+            Handled::Call(call) => out.reply(&call.reply().await),
             Handled::Connect(c) => {
                 // Two connects in one batch: the earlier one is answered at once.
                 if let Some(earlier) = connect.replace(c) {

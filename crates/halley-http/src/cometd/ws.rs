@@ -5,8 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use halley_engine::bayeux::{Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, Session};
+use halley_engine::bayeux::{
+    Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, ServiceError, Session,
+};
+use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
 use tokio::time::Instant;
@@ -18,6 +22,7 @@ use super::Output;
 use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
 use crate::query::Query;
+use crate::rpc::MAX_CALLS_PER_CONNECTION;
 use crate::state::App;
 use crate::transport::{WsSink, WsStream, accept_websocket, spawn_upgraded};
 use halley_engine::access::Principal;
@@ -40,6 +45,10 @@ fn text(out: Output) -> Frame {
     Frame::Text(Utf8Bytes::try_from(Bytes::from(out.finish())).unwrap())
 }
 
+/// Service calls running for this socket; their replies are sent as they come, while
+/// deliveries go on.
+type Calls = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = BayeuxMessage> + Send>>>;
+
 /// A connect held on this socket; its guard keeps the session from expiring meanwhile.
 struct Held {
     connect: Connect,
@@ -53,6 +62,8 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
     // Whether a connect was already seen on this socket: the first one after a reconnect
     // resends every unacknowledged message, later ones only closed-but-unacked batches.
     let mut connected_here = false;
+    // Boxed and made on the first call: a socket that never calls pays one word.
+    let mut calls: Option<Box<Calls>> = None;
     loop {
         let delivering = session.clone().filter(|_| connected_here);
         let deadline = held.as_ref().map(|h| h.deadline);
@@ -95,6 +106,19 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                             disconnected |= reply.channel == "/meta/disconnect"
                                 && reply.successful == Some(true);
                             out.reply(&reply);
+                        }
+                        Handled::Call(call) => {
+                            let calls = calls.get_or_insert_with(Default::default);
+                            if calls.len() >= MAX_CALLS_PER_CONNECTION {
+                                out.reply(&call.refuse(ServiceError {
+                                    code: 503,
+                                    message: format!(
+                                        "more than {MAX_CALLS_PER_CONNECTION} calls in flight on this connection"
+                                    ),
+                                }));
+                            } else {
+                                calls.push(Box::pin(call.reply()));
+                            }
                         }
                         Handled::Connect(connect) => {
                             if let Some(earlier) = held.take() {
@@ -143,6 +167,17 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                     continue;
                 }
                 if !out.is_empty() && tx.send(text(out)).await.is_err() {
+                    break;
+                }
+            }
+            // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
+            Some(reply) = std::future::poll_fn(|cx| match calls.as_deref_mut() {
+                Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
+                _ => std::task::Poll::Pending,
+            }) => {
+                let mut out = Output::default();
+                out.reply(&reply);
+                if tx.send(text(out)).await.is_err() {
                     break;
                 }
             }

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::state::App;
 use halley_engine::access::{Action, Principal, Stamp, Via};
+use halley_engine::observe;
 
 /// tungstenite allocates its read buffer eagerly, 128 KiB by default: that alone would be the
 /// biggest cost of an idle subscriber. Clients send little (an occasional publish), and a
@@ -52,9 +53,17 @@ pub async fn upgrade<B: RequestBody>(
             .authorize(&who, Action::Publish(channel, Via::Client))
             .await
             .ok()
-            .map(|who| Publishing {
-                channel: channel.clone(),
-                stamp: app.policy().stamp(&who, channel),
+            .map(|who| {
+                Box::new(Publishing {
+                    channel: channel.clone(),
+                    stamp: app.policy().stamp(&who, channel),
+                    reported: (!who.backend
+                        && app.engine.observes(channel, observe::Kind::Publish))
+                    .then(|| Reported {
+                        user: who.user.clone(),
+                        info: who.info.clone(),
+                    }),
+                })
             }),
         _ => None,
     };
@@ -73,6 +82,16 @@ pub async fn upgrade<B: RequestBody>(
 struct Publishing {
     channel: Channel,
     stamp: Option<Stamp>,
+    /// Who publishes (user, info), kept only where the channel reports publishes to the
+    /// application and the caller is not the backend: an open socket does not otherwise keep
+    /// its caller's claims.
+    reported: Option<Reported>,
+}
+
+/// A publisher as a publish event reports it: its user and presence info.
+struct Reported {
+    user: Option<Box<str>>,
+    info: Option<Box<str>>,
 }
 
 /// The WebSocket a request upgrades into.
@@ -170,7 +189,9 @@ async fn run(
     mut tx: WsSink,
     mut rx: WsStream,
     mut sub: Subscription,
-    publish_to: Option<Publishing>,
+    // Boxed: kept for the socket's whole life, it would otherwise size every idle
+    // subscriber's task by a channel, a stamp and a publisher.
+    publish_to: Option<Box<Publishing>>,
     announce: bool,
 ) {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
@@ -253,7 +274,12 @@ async fn run(
                 Some(Ok(Frame::Text(body))) => {
                     // Boxed: the engine's publish inline would size every idle socket's task
                     // for it.
-                    let reply = Box::pin(publish(app, publish_to.as_ref(), body.as_str())).await;
+                    let reply = Box::pin(publish(
+                        app,
+                        publish_to.as_deref(),
+                        body.as_str(),
+                    ))
+                    .await;
                     if let Some(reply) = reply
                         && tx.send(text(&Bytes::from(reply))).await.is_err() {
                             break;
@@ -284,7 +310,8 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
 
 /// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON),
 /// stamped with the connection's sender where the namespace says so (then only an object is
-/// published). Returns an error object to send back, if any.
+/// published), and reported to the application where the channel asks. Returns an error
+/// object to send back, if any.
 async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<String> {
     let Some(to) = to else {
         return Some(
@@ -297,6 +324,10 @@ async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<Strin
         .engine
         .publish_stamped(to.channel.clone(), payload, to.stamp.as_ref())
         .await;
+    if let (Ok(published), Some(reported)) = (&published, &to.reported) {
+        app.engine
+            .observe_publish(published, reported.user.clone(), reported.info.clone());
+    }
     match published {
         Ok(_) => None,
         Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),

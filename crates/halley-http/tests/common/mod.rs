@@ -8,6 +8,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod wire;
 
 use std::future::Future;
@@ -119,10 +120,16 @@ impl TestServer {
         TestServer::launch(server, key)
     }
 
-    /// A server over `engine` as the caller set it up (policy, application); `key` is the
-    /// backend key [`TestServer::publish`] sends.
-    pub async fn with_engine(engine: Engine, key: Option<String>) -> TestServer {
-        let server = Server::bind(test_http(), engine).await.unwrap();
+    /// A server on `engine` (the test set its policy, grace…), with `key` the backend key
+    /// [`TestServer::publish`] sends and `tweak` applied to the test defaults.
+    pub async fn with_engine(
+        engine: Engine,
+        key: Option<String>,
+        tweak: impl FnOnce(&mut HttpConfig),
+    ) -> TestServer {
+        let mut http = test_http();
+        tweak(&mut http);
+        let server = Server::bind(http, engine).await.unwrap();
         TestServer::launch(server, key)
     }
 
