@@ -1,4 +1,5 @@
 use crate::access::Policy;
+use crate::control::{Command, ConnectionInfo, ControlError, Report};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub enum EngineError {
     /// The channel's namespace allows this many subscribers, and it has them (on this node).
     #[error("channel {0} has its most subscribers ({1}); try again later")]
     Full(Channel, usize),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// The result of a publish.
@@ -51,8 +54,6 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
-    /// Set once before serving ([`Engine::set_policy`]); open until then.
-    policy: std::sync::OnceLock<Policy>,
 }
 
 /// A member's presence on a channel, held by the connection that declared it.
@@ -89,12 +90,7 @@ impl Engine {
     /// An engine over any broker; the broker must deliver to `hub` (see [`Broker`]).
     pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>, stats: Arc<Stats>) -> Engine {
         Engine {
-            shared: Arc::new(Shared {
-                hub,
-                broker,
-                stats,
-                policy: std::sync::OnceLock::new(),
-            }),
+            shared: Arc::new(Shared { hub, broker, stats }),
         }
     }
 
@@ -112,7 +108,7 @@ impl Engine {
     /// a second call is refused (the policy a connection was admitted under must not change
     /// under it) and returns the policy given back.
     pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
-        self.shared.policy.set(policy)
+        self.shared.hub.set_policy(policy)
     }
 
     /// Refuses a subscription to a channel whose namespace's `max_subscribers` it already has
@@ -136,7 +132,75 @@ impl Engine {
 
     /// The access policy: open unless [`Engine::set_policy`] was called.
     pub fn policy(&self) -> &Policy {
-        self.shared.policy.get_or_init(Policy::open)
+        self.shared.hub.policy()
+    }
+
+    /// Ends every connection of `user` on this node now, each with a `disconnected` notice
+    /// carrying `reason`; returns how many. Not a ban: the client may come back.
+    pub fn disconnect_user(&self, user: &str, reason: Option<&str>) -> usize {
+        let command = Command::Disconnect {
+            user: user.to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        self.apply_here(&command).map_or(0, |o| o.count)
+    }
+
+    /// Takes `pattern` off every subscription of `user` on this node (a connection left with
+    /// no channel ends); returns how many subscriptions had it.
+    pub fn unsubscribe_user(&self, user: &str, pattern: &Pattern) -> usize {
+        let command = Command::Unsubscribe {
+            user: user.to_owned(),
+            pattern: pattern.clone(),
+        };
+        self.apply_here(&command).map_or(0, |o| o.count)
+    }
+
+    /// Refuses `user`'s tokens issued before `before` (Unix seconds) and ends, on this node,
+    /// the connections opened with one of them; returns how many ended.
+    pub fn revoke_user(&self, user: &str, before: u64) -> Result<usize, EngineError> {
+        let command = Command::Revoke {
+            user: user.to_owned(),
+            before,
+        };
+        Ok(self.apply_here(&command)?.count)
+    }
+
+    /// `user`'s connections on this node ([`crate::control::MAX_LISTED`] at most).
+    pub fn user_connections(&self, user: &str) -> Vec<ConnectionInfo> {
+        let command = Command::List {
+            user: user.to_owned(),
+        };
+        self.apply_here(&command)
+            .map(|o| o.connections)
+            .unwrap_or_default()
+    }
+
+    fn apply_here(&self, command: &Command) -> Result<crate::control::Outcome, EngineError> {
+        let mut outcome = self.shared.hub.apply(command)?;
+        let node = self.shared.broker.node();
+        for c in &mut outcome.connections {
+            c.node.clone_from(&node);
+        }
+        outcome.node = node;
+        Ok(outcome)
+    }
+
+    /// Runs `command` here and on every other node (the control API; [`crate::control`]).
+    /// This node's part is done first, whatever happens to the rest: when the broker cannot
+    /// reach the other nodes, the report says so ([`Report::unreachable`]) after this node has
+    /// done its share. An error is a command this node could not apply (the revocation table
+    /// is full).
+    pub async fn control(&self, command: Command) -> Result<Report, EngineError> {
+        let here = self.apply_here(&command)?;
+        let (remote, unreachable) = match self.shared.broker.control(&command).await {
+            Ok(remote) => (remote, None),
+            Err(e) => (Default::default(), Some(e)),
+        };
+        Ok(Report {
+            here,
+            remote,
+            unreachable,
+        })
     }
 
     /// How long a member stays present after its last connection closed (see [`crate::presence`]).

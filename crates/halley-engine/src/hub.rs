@@ -1,13 +1,14 @@
 //! The local subscriber registry and the per-subscriber bounded queues.
 //!
-//! Invariant: no lock here is held across an `.await`, and the registry lock is never taken while
-//! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
-//! way), so there is no lock-order cycle.
+//! Invariant: no lock here is held across an `.await`, and locks are taken in one order only:
+//! the user index (`control.rs`), then the registry, then a subscriber's queue (deliver takes
+//! registry, then subscriber; nothing goes the other way), so there is no lock-order cycle.
 
-use crate::access::{Denied, Lapse, Policy, Principal};
+use crate::access::{Denied, Identity, Lapse, Policy};
+use crate::control::{Closing, Users};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -15,32 +16,39 @@ use halley_proto::{Channel, Message, MessageId, Pattern};
 
 use crate::Stats;
 
-type Subscribers = HashMap<u64, Arc<Subscriber>>;
+pub(crate) type Subscribers = HashMap<u64, Arc<Subscriber>>;
 
 #[derive(Default)]
-struct Registry {
-    exact: HashMap<Channel, Subscribers>,
-    wildcard: HashMap<Pattern, Subscribers>,
+pub(crate) struct Registry {
+    pub(crate) exact: HashMap<Channel, Subscribers>,
+    pub(crate) wildcard: HashMap<Pattern, Subscribers>,
 }
 
-struct HubShared {
-    registry: RwLock<Registry>,
+pub(crate) struct HubShared {
+    pub(crate) registry: RwLock<Registry>,
     /// Who is on which channel on this node (kept here so that a broker can share it).
     presence: crate::presence::Presence,
     next_id: AtomicU64,
     queue_capacity: usize,
     stats: Arc<Stats>,
+    /// Token holders' subscriptions by user, and the control API's notices waiting for their
+    /// subscribers (`control.rs`). Anonymous subscribers are not in it.
+    pub(crate) users: Mutex<Users>,
+    /// The access policy, set once before serving (see [`Hub::set_policy`]): the hub judges
+    /// lapsed credentials and applies revocations that other nodes send.
+    policy: OnceLock<Policy>,
+    policy_set: tokio::sync::Notify,
 }
 
 /// This process's subscribers. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    shared: Arc<HubShared>,
+    pub(crate) shared: Arc<HubShared>,
 }
 
-struct Subscriber {
-    state: Mutex<Queue>,
-    signal: Signal,
+pub(crate) struct Subscriber {
+    pub(crate) state: Mutex<Queue>,
+    pub(crate) signal: Signal,
 }
 
 /// Wakes the task waiting on a subscriber. A subscriber has one consumer at a time, so one
@@ -49,13 +57,17 @@ struct Subscriber {
 /// sent while nobody waits is kept, so a wake-up between a check and the wait is not lost.
 /// When two tasks wait (a Bayeux connect replaced by the next one), the later one is woken.
 #[derive(Default)]
-struct Signal {
+pub(crate) struct Signal {
     pending: AtomicBool,
+    /// The control API left a notice for this subscriber (`control.rs`). Here rather than in
+    /// the queue, so that every `try_next` checks it without a lock; it fits in the padding
+    /// after `pending`, so no subscriber is larger for it.
+    pub(crate) notice: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Signal {
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.pending.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -78,9 +90,12 @@ impl Signal {
 }
 
 #[derive(Default)]
-struct Queue {
-    messages: VecDeque<Arc<Message>>,
+pub(crate) struct Queue {
+    pub(crate) messages: VecDeque<Arc<Message>>,
     lagged: bool,
+    /// Ended by the control API (disconnected, revoked): like `lagged`, the queue is freed and
+    /// deliveries cut it off, but the reason is the application's (`control.rs`).
+    pub(crate) closed: bool,
     /// The last message queued: a subscriber matched by several of its patterns is offered
     /// the same message once per pattern, one right after the other, and takes it once.
     last: Option<MessageId>,
@@ -101,6 +116,13 @@ pub enum Event {
     /// The subscriber fell more than the queue capacity behind and was cut off. The transport
     /// should end the response; the client resumes from its last id.
     Lagged,
+    /// The application ended this subscription through the control API ([`crate::control`]):
+    /// the transport says why in its own form and ends the response at once.
+    Closed(Closing),
+    /// The application took this pattern off the subscription (the control API); it is no
+    /// longer in [`Subscription::patterns`]. The transport tells the client, and ends the
+    /// response if no pattern is left.
+    Unsubscribed(Pattern),
 }
 
 impl Hub {
@@ -112,7 +134,43 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 queue_capacity: queue_capacity.max(1),
                 stats,
+                users: Mutex::default(),
+                policy: OnceLock::new(),
+                policy_set: tokio::sync::Notify::new(),
             }),
+        }
+    }
+
+    /// Sets the access policy (see [`crate::Engine::set_policy`]); refused (and given back)
+    /// when one is set already.
+    pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
+        let set = self.shared.policy.set(policy);
+        self.shared.policy_set.notify_waiters();
+        set
+    }
+
+    /// The access policy: open unless [`Hub::set_policy`] was called first.
+    pub fn policy(&self) -> &Policy {
+        if let Some(policy) = self.shared.policy.get() {
+            return policy;
+        }
+        let policy = self.shared.policy.get_or_init(Policy::open);
+        self.shared.policy_set.notify_waiters();
+        policy
+    }
+
+    /// Waits until the policy is settled (set, or taken as open by a first use), without
+    /// settling it: a broker that starts before the server has set its policy waits here
+    /// before it applies other nodes' revocations, which must reach the real policy.
+    pub async fn settled_policy(&self) -> &Policy {
+        loop {
+            let notified = self.shared.policy_set.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(policy) = self.shared.policy.get() {
+                return policy;
+            }
+            notified.await;
         }
     }
 
@@ -194,7 +252,7 @@ impl Hub {
     /// Queues one message; false when the subscriber is (now) cut off.
     fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.lagged {
+        if queue.lagged || queue.closed {
             return Pushed::CutOff;
         }
         if queue.last == Some(message.id) {
@@ -249,7 +307,7 @@ impl Hub {
         map.insert(id, sub.clone());
     }
 
-    fn unregister(&self, pattern: &Pattern, id: u64) {
+    pub(crate) fn unregister(&self, pattern: &Pattern, id: u64) {
         let mut registry = self
             .shared
             .registry
@@ -258,7 +316,7 @@ impl Hub {
         match pattern {
             Pattern::Exact(c) => remove_from(&mut registry.exact, c, id),
             p => remove_from(&mut registry.wildcard, p, id),
-        }
+        };
     }
 
     /// Subscriber counts per subscribed name (exact channels and wildcard patterns).
@@ -290,21 +348,28 @@ impl Hub {
     }
 }
 
-fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Subscribers>, key: &K, id: u64) {
-    if let Some(subscribers) = map.get_mut(key) {
-        subscribers.remove(&id);
-        if subscribers.is_empty() {
-            map.remove(key);
-        }
+/// Removes subscriber `id` from `key`'s subscribers; true if it was there.
+pub(crate) fn remove_from<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Subscribers>,
+    key: &K,
+    id: u64,
+) -> bool {
+    let Some(subscribers) = map.get_mut(key) else {
+        return false;
+    };
+    let removed = subscribers.remove(&id).is_some();
+    if subscribers.is_empty() {
+        map.remove(key);
     }
+    removed
 }
 
 /// One subscriber's handle: one queue, fed by one or more patterns. Dropping it unsubscribes.
 pub struct Subscription {
-    hub: Hub,
-    id: u64,
-    patterns: Vec<Pattern>,
-    sub: Arc<Subscriber>,
+    pub(crate) hub: Hub,
+    pub(crate) id: u64,
+    pub(crate) patterns: Vec<Pattern>,
+    pub(crate) sub: Arc<Subscriber>,
     /// History owed on resume, delivered before anything queued.
     replay: VecDeque<Arc<Message>>,
     /// Highest id already handed out. Queued messages at or below it are duplicates: of the
@@ -326,28 +391,42 @@ struct Extras {
     /// Presence declared by the connection this subscription serves; it ends with it.
     kept: Vec<crate::PresenceGuard>,
     /// What can make the credential this subscription was admitted with lapse (a token's
-    /// expiry, its subject), and the policy that judges it. Not the identity itself: its
-    /// claims are needed only at admission (keeping it cost +0.35 KiB per idle SSE subscriber
-    /// with a token, halley-bench hold).
-    admitted: Option<(Lapse, Policy)>,
+    /// expiry, its subject); the hub's policy judges it. Not the identity itself: its claims
+    /// are needed only at admission (keeping it cost +0.35 KiB per idle SSE subscriber with a
+    /// token, halley-bench hold). A subject also puts the subscription in the hub's user
+    /// index, which it leaves when dropped.
+    admitted: Option<Lapse>,
 }
 
 impl Subscription {
     /// Records who this subscription was admitted for, so that [`Subscription::lapsed`] can
-    /// end it when their token expires or is revoked. Credentials that cannot lapse (none, the
-    /// backend key) are not kept.
-    pub fn admitted_as(&mut self, who: &Principal, policy: &Policy) {
-        if let Some(lapse) = Lapse::from_identity(who) {
-            self.extras.get_or_insert_default().admitted = Some((lapse, policy.clone()));
+    /// end it when their token expires or is revoked, and — for a token with a subject — so
+    /// that the control API can reach it ([`crate::control`]); `transport` is how the client
+    /// is connected, for listings (`"sse"`, `"bayeux"`…). Credentials that cannot lapse (none,
+    /// the backend key) are not kept and cost nothing.
+    pub fn admitted_as(&mut self, who: &Identity, transport: &'static str) {
+        let Some(lapse) = Lapse::from_identity(who) else {
+            return;
+        };
+        if let Some(user) = &lapse.user {
+            self.hub
+                .index(user.clone(), self.id, &self.sub, transport, &lapse);
         }
+        self.extras.get_or_insert_default().admitted = Some(lapse);
+    }
+
+    /// The subject this subscription is indexed under, if any.
+    fn user(&self) -> Option<&Arc<str>> {
+        self.extras.as_deref()?.admitted.as_ref()?.user.as_ref()
     }
 
     /// Whether the credential this subscription was admitted with no longer holds (expired,
     /// revoked), and why. Transports ask at heartbeat ticks, so a lapse ends an open
-    /// connection within one heartbeat interval, with a notice in the transport's form.
+    /// connection within one heartbeat interval, with a notice in the transport's form. (A
+    /// revocation through the control API ends it at once: [`Event::Closed`].)
     pub fn lapsed(&self) -> Option<Denied> {
-        let (lapse, policy) = self.extras.as_deref()?.admitted.as_ref()?;
-        policy.check_lapse(lapse).err()
+        let lapse = self.extras.as_deref()?.admitted.as_ref()?;
+        self.hub.policy().check_lapse(lapse).err()
     }
 
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.
@@ -366,6 +445,11 @@ impl Subscription {
 
     /// Adds a pattern; false if it was already there.
     pub fn add(&mut self, pattern: Pattern) -> bool {
+        // A pattern the control API took off, but whose notice was not read yet, is gone
+        // already: settle that first, or adding it back would be taken for a no-op.
+        if self.sub.signal.notice.load(Ordering::Acquire) {
+            self.settle();
+        }
         if self.patterns.contains(&pattern) {
             return false;
         }
@@ -428,8 +512,14 @@ impl Subscription {
         Waiter(self.sub.clone())
     }
 
-    /// The next message, without waiting.
+    /// The next message, without waiting. Notices of the control API come first, before any
+    /// message already queued or owed.
     pub fn try_next(&mut self) -> Option<Event> {
+        if self.sub.signal.notice.load(Ordering::Acquire)
+            && let Some(event) = self.take_notice()
+        {
+            return Some(event);
+        }
         if let Some(m) = self.replay.pop_front() {
             self.floor = Some(m.id);
             return Some(Event::Message(m));
@@ -438,6 +528,10 @@ impl Subscription {
             let mut queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
             if queue.lagged {
                 return Some(Event::Lagged);
+            }
+            if queue.closed {
+                drop(queue);
+                return Some(Event::Closed(self.hub.closing(self.id)));
             }
             let message = queue.messages.pop_front()?;
             drop(queue);
@@ -491,6 +585,9 @@ impl Drop for Subscription {
         for pattern in &self.patterns {
             self.hub.unregister(pattern, self.id);
         }
+        if let Some(user) = self.user() {
+            self.hub.forget(user, self.id);
+        }
         self.hub
             .shared
             .stats
@@ -502,5 +599,19 @@ impl Drop for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Subscription({:?} #{})", self.patterns, self.id)
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// Every subscriber pays for these, also anonymous ones: the control API's flags live in
+    /// padding that was there before them (a `Subscriber` was 104 bytes, its `Arc` 120).
+    #[test]
+    fn an_idle_subscriber_is_no_larger_for_the_control_api() {
+        assert_eq!(std::mem::size_of::<Queue>(), 64);
+        assert_eq!(std::mem::size_of::<Signal>(), 32);
+        assert_eq!(std::mem::size_of::<Subscriber>(), 104);
     }
 }

@@ -15,6 +15,9 @@
 //!
 //! - [`presence`] keeps who is on a channel and announces joins and leaves.
 //!
+//! - [`control`] is the application's control over its users' connections (disconnect,
+//!   unsubscribe, revoke, list), here and — through the broker — on every node.
+//!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
 //! Slow subscribers: every subscriber queue holds at most
@@ -27,6 +30,7 @@ pub mod access;
 pub mod bayeux;
 mod broker;
 mod config;
+pub mod control;
 mod engine;
 mod hub;
 mod memory;

@@ -11,7 +11,8 @@
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
-//!   `assets` serves halley.js and the talk chat.
+//!   `control` is the application's control API (`/api/control/*`: disconnect, unsubscribe,
+//!   revoke, list a user); `assets` serves halley.js and the talk chat.
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
@@ -23,6 +24,7 @@ mod assets;
 mod body;
 mod cometd;
 mod config;
+mod control;
 mod cors;
 mod error;
 mod metrics;
@@ -36,4 +38,5 @@ mod state;
 mod transport;
 
 pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_NAME};
+pub use control::MAX_CONTROL_BODY;
 pub use server::Server;

@@ -17,6 +17,7 @@ use halley_proto::bayeux::{BAYEUX_VERSION, BayeuxError, BayeuxMessage};
 use halley_proto::{Channel, ChannelError, Pattern, Payload};
 use serde_json::{Map, Value, json};
 
+use crate::control::Closing;
 use crate::{Engine, EngineError};
 pub use session::{Batch, ConnectGuard, Session};
 
@@ -324,9 +325,12 @@ impl Bayeux {
         }
         let ack = message.ext_field("ack") == Some(&Value::Bool(true));
         let id = new_client_id();
+        // A token holder's session is one of their connections for the control API.
+        let mut sub = self.shared.engine.subscriber();
+        sub.admitted_as(&who, "bayeux");
         let session = Arc::new(Session::new(
             id.clone(),
-            self.shared.engine.subscriber(),
+            sub,
             ack,
             self.shared.config.max_unacked,
             who,
@@ -517,9 +521,48 @@ impl Bayeux {
                 message,
                 BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
             ),
-            Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => {
+            Err(e @ (EngineError::Broker(_) | EngineError::Full(..) | EngineError::Control(_))) => {
                 BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()))
             }
+        }
+    }
+
+    /// The reply to a connect whose session the application ended (the control API), and
+    /// the session's end. Disconnected: `402::disconnected[: reason]`; revoked: `401::token
+    /// revoked`. Either way with advice to handshake again, which CometD and Faye clients do
+    /// at once: a disconnected client comes back as a new session (it is not a ban), a revoked
+    /// one is refused at that handshake with advice `none`.
+    pub fn closed_reply(&self, connect: &Connect, closing: &Closing) -> BayeuxMessage {
+        self.forget(connect.session.id());
+        let mut reply = BayeuxMessage::reply_to(&connect.request, false);
+        reply.error = Some(match closing {
+            Closing::Disconnected(None) => "402::disconnected".to_owned(),
+            Closing::Disconnected(Some(reason)) => format!("402::disconnected: {reason}"),
+            Closing::Revoked(denied) => {
+                let code = match denied {
+                    Denied::Unauthenticated(_) => 401,
+                    Denied::Forbidden(_) => 403,
+                };
+                format!("{code}::{denied}")
+            }
+        });
+        reply.advice = json!({"reconnect": "handshake", "interval": 0})
+            .as_object()
+            .cloned();
+        reply
+    }
+
+    /// The reply to a connect once the transport is done holding it: [`Bayeux::closed_reply`]
+    /// when the batch says the application ended the session, else [`Bayeux::connect_reply`].
+    pub fn batch_reply(
+        &self,
+        connect: &Connect,
+        batch_ended: bool,
+        closing: Option<&Closing>,
+    ) -> BayeuxMessage {
+        match closing {
+            Some(closing) => self.closed_reply(connect, closing),
+            None => self.connect_reply(connect, batch_ended),
         }
     }
 
@@ -560,7 +603,11 @@ impl Bayeux {
         }
         messages.extend(batch.messages);
         let within_budget = session.record_sent(&messages[guard.resend.len()..]);
-        let reply = self.connect_reply(&connect, batch.ended || !within_budget);
+        let reply = self.batch_reply(
+            &connect,
+            batch.ended || !within_budget,
+            batch.closing.as_ref(),
+        );
         drop(guard);
         (messages, reply)
     }

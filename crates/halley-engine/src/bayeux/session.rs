@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::access::{Identity, Principal};
+use crate::control::Closing;
 use crate::{Event, Subscription};
 
 /// What a wait for messages ended with.
@@ -22,6 +23,8 @@ pub struct Batch {
     pub messages: Vec<Arc<Message>>,
     /// The session was cut off (queue or unacknowledged messages over budget) or closed.
     pub ended: bool,
+    /// The application ended it (the control API), and why.
+    pub closing: Option<Closing>,
 }
 
 struct Acks {
@@ -175,8 +178,8 @@ impl Session {
         loop {
             if self.is_closed() {
                 return Batch {
-                    messages: Vec::new(),
                     ended: true,
+                    ..Batch::default()
                 };
             }
             let waiter = {
@@ -196,7 +199,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut preempted => return Batch::default(),
-                _ = &mut closed => return Batch { messages: Vec::new(), ended: true },
+                _ = &mut closed => return Batch { ended: true, ..Batch::default() },
                 _ = waiter.wait() => {}
             }
         }
@@ -237,6 +240,14 @@ fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
                 batch.ended = true;
                 break;
             }
+            Event::Closed(closing) => {
+                batch.ended = true;
+                batch.closing = Some(closing);
+                break;
+            }
+            // The session's subscription lost a pattern (the control API); Bayeux has no
+            // message for that, the client just stops receiving it.
+            Event::Unsubscribed(_) => {}
         }
         if batch.messages.len() >= max {
             break;

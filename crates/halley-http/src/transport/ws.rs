@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::body::RequestBody;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
 use halley_proto::{Channel, MessageId, Pattern, Payload};
 use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
@@ -59,7 +60,7 @@ pub async fn upgrade<B: RequestBody>(
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let mut sub = super::open(app, patterns, resume, presence).await?;
-    sub.admitted_as(&who, app.policy());
+    sub.admitted_as(&who, Kind::WebSocket.name());
     drop(who);
     spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
         run(&app, tx, rx, sub, publish_to, announce).await;
@@ -193,6 +194,7 @@ async fn run(
             break;
         }
         let (mut fed, mut lagged) = (false, false);
+        let mut closed = None;
         while let Some(event) = sub.try_next() {
             match event {
                 Event::Message(m) => {
@@ -205,7 +207,28 @@ async fn run(
                     lagged = true;
                     break;
                 }
+                Event::Closed(closing) => {
+                    closed = Some(closing);
+                    break;
+                }
+                Event::Unsubscribed(pattern) => {
+                    let notice = Bytes::from(super::unsubscribed_object(&pattern));
+                    if tx.feed(text(&notice)).await.is_err() {
+                        return;
+                    }
+                    fed = true;
+                    if sub.patterns().is_empty() {
+                        let all = Closing::Disconnected(Some(super::UNSUBSCRIBED_ALL.into()));
+                        closed = Some(all);
+                        break;
+                    }
+                }
             }
+        }
+        if let Some(closing) = closed {
+            // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
+            Box::pin(say_closed(&mut tx, closing)).await;
+            break;
         }
         if lagged {
             let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
@@ -269,9 +292,40 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
     let _ = tx
         .send(Frame::Close(Some(CloseFrame {
             code: CloseCode::Policy,
-            reason: Utf8Bytes::from(denied.to_string()),
+            reason: close_reason(&denied.to_string()),
         })))
         .await;
+}
+
+/// The application ended the connection (the control API): `disconnected` and close 1008
+/// with the reason, or — revoked — the lapsed goodbye.
+async fn say_closed(tx: &mut WsSink, closing: Closing) {
+    let reason = match closing {
+        Closing::Revoked(denied) => return say_lapsed(tx, denied).await,
+        Closing::Disconnected(reason) => reason,
+    };
+    let notice = Bytes::from(super::disconnected_object(reason.as_deref()));
+    let _ = tx.feed(text(&notice)).await;
+    let reason = super::disconnect_reason(reason.as_deref());
+    let _ = tx
+        .send(Frame::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: close_reason(reason),
+        })))
+        .await;
+}
+
+/// Most bytes of a close frame's reason (RFC 6455: the frame's payload is at most 125 bytes,
+/// 2 of them the code). A longer reason is cut at a character boundary; the notice before
+/// the close has it whole.
+const MAX_CLOSE_REASON: usize = 123;
+
+fn close_reason(reason: &str) -> Utf8Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Utf8Bytes::from(reason[..end].to_owned())
 }
 
 /// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON).
