@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /api/control/disconnect {"user":U[,"reason":R]}` | ends every connection of U, on every node, now |
 //! | `POST /api/control/unsubscribe {"user":U,"channel":C}` | takes C (a channel or pattern, as subscribed) off U's connections |
-//! | `POST /api/control/revoke {"user":U[,"before":T]}` | refuses U's tokens issued before T (Unix seconds, default now), cluster-wide, and ends what they opened |
+//! | `POST /api/control/revoke {"user":U[,"before":T]}` | refuses U's tokens issued before T (Unix seconds; default: every token issued until now), cluster-wide, and ends what they opened |
 //! | `GET /api/control/user?user=U` | U's connections and their channels on every node |
 //!
 //! Answers are JSON with counts over every node that answered, and `"nodes": {"others": N,
@@ -146,7 +146,11 @@ pub async fn revoke<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let body: Revoke = admitted(app, request).await?;
     let user = user(body.user)?;
-    let before = body.before.unwrap_or_else(|| app.policy().now());
+    // By default every token issued so far, this second's included (`iat` is in seconds, and
+    // a revocation refuses those issued *before* it).
+    let before = body
+        .before
+        .unwrap_or_else(|| app.policy().now().saturating_add(1));
     let report = app
         .engine
         .control(Command::Revoke {
