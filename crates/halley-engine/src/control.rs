@@ -19,7 +19,7 @@
 //! deliveries cut it off, as for a lagging one.
 //!
 //! Limits: [`MAX_REASON`] (bytes of a disconnect reason), [`MAX_LISTED`] (connections listed
-//! per user per node).
+//! per user per node), [`MAX_LISTED_CHANNELS`] (channels listed per connection).
 //!
 //! [`Event::Closed`]: crate::Event::Closed
 //! [`Event::Unsubscribed`]: crate::Event::Unsubscribed
@@ -40,9 +40,14 @@ use crate::{Event, Subscription};
 pub const MAX_REASON: usize = 256;
 
 /// Most connections of one user listed per node. A person has a few (tabs, devices); a
-/// listing of more would only be a large answer. Beyond it the listing is cut (and says so);
-/// disconnecting and revoking still reach every connection.
+/// listing of more would only be a large answer. Beyond it the listing is cut (its count
+/// still says how many); disconnecting and revoking still reach every connection.
 pub const MAX_LISTED: usize = 100;
+
+/// Most channels listed per connection. A `/sub` connection has at most 16; a Bayeux session
+/// may have more, and its listing is cut here, to keep an answer (which may travel between
+/// nodes) small.
+pub const MAX_LISTED_CHANNELS: usize = 64;
 
 /// Why the application ended a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +118,9 @@ pub struct Outcome {
     /// A listing's connections, at most [`MAX_LISTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<ConnectionInfo>,
+    /// Why the node could not apply the command (its revocation table is full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why a command could not be applied.
@@ -265,16 +273,15 @@ impl Hub {
             Command::List { user } => {
                 let (count, connections) = self.connections(user);
                 return Ok(Outcome {
-                    node: None,
                     count,
                     connections,
+                    ..Outcome::default()
                 });
             }
         };
         Ok(Outcome {
-            node: None,
             count,
-            connections: Vec::new(),
+            ..Outcome::default()
         })
     }
 
@@ -371,19 +378,18 @@ impl Hub {
             .registry
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        for (channel, subscribers) in &registry.exact {
+        let mut note = |subscribers: &crate::hub::Subscribers, name: &dyn Fn() -> String| {
             for info in &mut listed {
-                if subscribers.contains_key(&info.id) {
-                    info.channels.push(channel.to_string());
+                if info.channels.len() < MAX_LISTED_CHANNELS && subscribers.contains_key(&info.id) {
+                    info.channels.push(name());
                 }
             }
+        };
+        for (channel, subscribers) in &registry.exact {
+            note(subscribers, &|| channel.to_string());
         }
         for (pattern, subscribers) in &registry.wildcard {
-            for info in &mut listed {
-                if subscribers.contains_key(&info.id) {
-                    info.channels.push(pattern.to_string());
-                }
-            }
+            note(subscribers, &|| pattern.to_string());
         }
         drop(registry);
         for info in &mut listed {

@@ -79,7 +79,7 @@ fn user(user: String) -> Result<String, ApiError> {
 fn answer(mut value: Value, report: &Report) -> Result<Response<Body>, ApiError> {
     if let Some(e) = &report.unreachable {
         return Err(ApiError::Unavailable(format!(
-            "done on this node ({} connections); other nodes not reached: {e}",
+            "applied on this node only (count here: {}); other nodes not reached: {e}",
             report.here.count
         )));
     }
@@ -87,6 +87,15 @@ fn answer(mut value: Value, report: &Report) -> Result<Response<Body>, ApiError>
         "others": report.remote.nodes,
         "answered": report.remote.answers.len(),
     });
+    let errors: Vec<&str> = report
+        .remote
+        .answers
+        .iter()
+        .filter_map(|o| o.error.as_deref())
+        .collect();
+    if !errors.is_empty() {
+        value["nodes"]["errors"] = json!(errors);
+    }
     Ok(reply(&value, None))
 }
 
