@@ -289,6 +289,7 @@ impl Hub {
             replay: VecDeque::new(),
             floor: None,
             gap: false,
+            indexed: false,
             position: None,
             extras: None,
         }
@@ -378,6 +379,9 @@ pub struct Subscription {
     /// comparison finds them.
     floor: Option<MessageId>,
     gap: bool,
+    /// In the hub's user index (the control API): it leaves it when dropped. A `bool` beside
+    /// `gap` fits in padding that was already there.
+    indexed: bool,
     position: Option<MessageId>,
     /// What only some subscriptions carry (presence, a credential that can lapse), in one box:
     /// a subscription is moved into several futures of an idle subscriber, so each word here
@@ -405,17 +409,36 @@ impl Subscription {
     /// is connected, for listings (`"sse"`, `"bayeux"`…). Credentials that cannot lapse (none,
     /// the backend key) are not kept and cost nothing.
     pub fn admitted_as(&mut self, who: &Identity, transport: &'static str) {
-        let Some(lapse) = Lapse::from_identity(who) else {
+        let Some(mut lapse) = Lapse::from_identity(who) else {
             return;
         };
-        if let Some(user) = &lapse.user {
-            self.hub
-                .index(user.clone(), self.id, &self.sub, transport, &lapse);
+        if who.user.is_some() {
+            // The index's copy of the name, shared: one per user, not one per connection.
+            lapse.user = self.index(who, transport, false);
         }
         self.extras.get_or_insert_default().admitted = Some(lapse);
     }
 
-    /// The subject this subscription is indexed under, if any.
+    /// Puts this subscription in the user index only, so that the control API reaches it,
+    /// without keeping what could make its credential lapse: for what checks the credential
+    /// again by itself — a long-poll (each poll is admitted anew) and a Bayeux session (each
+    /// connect checks the session's principal). Costs less than [`Subscription::admitted_as`].
+    pub fn reachable_as(&mut self, who: &Identity, transport: &'static str) {
+        if Lapse::from_identity(who).is_some() && who.user.is_some() {
+            self.index(who, transport, true);
+        }
+    }
+
+    fn index(&mut self, who: &Identity, transport: &'static str, by_id: bool) -> Option<Arc<str>> {
+        let user = who.user.as_deref()?;
+        self.indexed = true;
+        let shared = self
+            .hub
+            .index(user, self.id, &self.sub, transport, who.issued_at, by_id);
+        Some(shared)
+    }
+
+    /// The subject this subscription keeps for its lapse, if any.
     fn user(&self) -> Option<&Arc<str>> {
         self.extras.as_deref()?.admitted.as_ref()?.user.as_ref()
     }
@@ -585,8 +608,8 @@ impl Drop for Subscription {
         for pattern in &self.patterns {
             self.hub.unregister(pattern, self.id);
         }
-        if let Some(user) = self.user() {
-            self.hub.forget(user, self.id);
+        if self.indexed {
+            self.hub.forget(self.user().map(|u| &**u), self.id);
         }
         self.hub
             .shared
@@ -613,5 +636,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<Queue>(), 64);
         assert_eq!(std::mem::size_of::<Signal>(), 32);
         assert_eq!(std::mem::size_of::<Subscriber>(), 104);
+        assert_eq!(std::mem::size_of::<Subscription>(), 144);
     }
 }

@@ -327,7 +327,7 @@ impl Bayeux {
         let id = new_client_id();
         // A token holder's session is one of their connections for the control API.
         let mut sub = self.shared.engine.subscriber();
-        sub.admitted_as(&who, "bayeux");
+        sub.reachable_as(&who, "bayeux");
         let session = Arc::new(Session::new(
             id.clone(),
             sub,

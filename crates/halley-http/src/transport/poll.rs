@@ -42,7 +42,7 @@ pub async fn hold(
     let _open = Open::new(&app.metrics, kind);
     let mut sub = super::open(app, patterns, resume, presence).await?;
     // A held poll is one of its user's connections for the control API.
-    sub.admitted_as(&who, kind.name());
+    sub.reachable_as(&who, kind.name());
     drop(who);
     let mut batch = BytesMut::from(&b"["[..]);
     let mut last = sub.position();

@@ -194,8 +194,12 @@ async fn run(
             break;
         }
         let (mut fed, mut lagged) = (false, false);
-        let mut closed = None;
-        while let Some(event) = sub.try_next() {
+        // A control notice ends the loop as its value, so that it is no local of the loop's
+        // awaits (every idle socket's task would be sized for it).
+        let control = loop {
+            let Some(event) = sub.try_next() else {
+                break None;
+            };
             match event {
                 Event::Message(m) => {
                     if tx.feed(text(m.json_object())).await.is_err() {
@@ -205,30 +209,18 @@ async fn run(
                 }
                 Event::Lagged => {
                     lagged = true;
-                    break;
+                    break None;
                 }
-                Event::Closed(closing) => {
-                    closed = Some(closing);
-                    break;
-                }
-                Event::Unsubscribed(pattern) => {
-                    let notice = Bytes::from(super::unsubscribed_object(&pattern));
-                    if tx.feed(text(&notice)).await.is_err() {
-                        return;
-                    }
-                    fed = true;
-                    if sub.patterns().is_empty() {
-                        let all = Closing::Disconnected(Some(super::UNSUBSCRIBED_ALL.into()));
-                        closed = Some(all);
-                        break;
-                    }
-                }
+                other => break Some(other),
             }
-        }
-        if let Some(closing) = closed {
+        };
+        if let Some(event) = control {
             // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            Box::pin(say_closed(&mut tx, closing)).await;
-            break;
+            match Box::pin(say_control(&mut tx, &sub, event)).await {
+                Said::Over => break,
+                Said::Gone => return,
+                Said::GoingOn => continue,
+            }
         }
         if lagged {
             let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
@@ -295,6 +287,37 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
             reason: close_reason(&denied.to_string()),
         })))
         .await;
+}
+
+/// What saying a control notice left of the connection.
+enum Said {
+    /// It goes on (a channel was taken off, others are left).
+    GoingOn,
+    /// It is over, goodbye said.
+    Over,
+    /// The client is gone.
+    Gone,
+}
+
+/// A notice of the control API: a channel taken off (and, when it was the last, the end), or
+/// the end the application asked for.
+async fn say_control(tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
+    let closing = match event {
+        Event::Closed(closing) => closing,
+        Event::Unsubscribed(pattern) => {
+            let notice = Bytes::from(super::unsubscribed_object(&pattern));
+            if tx.send(text(&notice)).await.is_err() {
+                return Said::Gone;
+            }
+            if !sub.patterns().is_empty() {
+                return Said::GoingOn;
+            }
+            Closing::Disconnected(Some(super::UNSUBSCRIBED_ALL.into()))
+        }
+        Event::Message(_) | Event::Lagged => return Said::GoingOn,
+    };
+    say_closed(tx, closing).await;
+    Said::Over
 }
 
 /// The application ended the connection (the control API): `disconnected` and close 1008
