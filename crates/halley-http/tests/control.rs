@@ -562,6 +562,91 @@ async fn bad_control_requests_are_400_with_a_json_error() {
     s.assert_still_serving().await;
 }
 
+/// The transports not covered above: iframe and multipart (the control object in their
+/// framing, multipart's closing boundary), a raw line stream (just the end), and Bayeux over
+/// WebSocket (the held connect is answered; the socket stays for a new handshake).
+#[tokio::test]
+async fn disconnect_on_iframe_multipart_raw_lines_and_bayeux_websocket() {
+    let (s, policy, _) = server().await;
+    let alice = token(&policy, "alice");
+    let mut iframe = s
+        .stream(&format!(
+            "/sub/chat/a?transport=iframe&callback=cb&token={alice}"
+        ))
+        .await;
+    let mut multipart = s
+        .stream(&format!("/sub/chat/a?transport=multipart&token={alice}"))
+        .await;
+    let mut lines = s
+        .stream(&format!("/sub/chat/a?transport=stream&token={alice}"))
+        .await;
+    let mut ws = s.ws("/cometd").await;
+    let send = |batch: Value| Frame::Text(batch.to_string().into());
+    within(
+        "ws send",
+        ws.send(send(
+            json!([{"channel": "/meta/handshake", "version": "1.0", "id": "h",
+                "supportedConnectionTypes": ["websocket"], "ext": {"token": alice}}]),
+        )),
+    )
+    .await
+    .unwrap();
+    let client = ws_json(&mut ws).await[0]["clientId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    within(
+        "ws send",
+        ws.send(send(json!([
+            {"channel": "/meta/subscribe", "clientId": client, "subscription": "/chat/a", "id": "s"},
+            {"channel": "/meta/connect", "clientId": client, "connectionType": "websocket", "id": "c"},
+        ]))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws_json(&mut ws).await[0]["successful"], true);
+    wait_connections(&s, "alice", 4).await;
+
+    let reply = control(
+        &s,
+        "/api/control/disconnect",
+        json!({"user": "alice", "reason": "<b>bye</b>"}),
+    )
+    .await;
+    assert_eq!(reply.json()["disconnected"], 4, "{}", reply.body);
+    // iframe: a script call with the object ('<' escaped), then the end.
+    let rest = iframe.rest().await;
+    assert!(
+        rest.contains(r#"<script>parent.cb({"event":"disconnected","reason":"\u003cb>bye\u003c/b>"})</script>"#),
+        "{rest:?}"
+    );
+    // multipart: a part with the object, then the closing boundary.
+    let rest = multipart.rest().await;
+    assert!(rest.contains(r#"{"event":"disconnected""#), "{rest:?}");
+    assert!(rest.ends_with("--halley--\r\n"), "{rest:?}");
+    // Raw lines have no framing for a notice: the stream just ends.
+    assert_eq!(lines.rest().await, "");
+    // Bayeux over WebSocket: the held connect says so; the socket stays open.
+    let replies = ws_json(&mut ws).await;
+    let reply = connect_reply(replies.as_array().unwrap());
+    assert_eq!(reply["error"], "402::disconnected: <b>bye</b>", "{reply}");
+    assert_eq!(reply["advice"]["reconnect"], "handshake", "{reply}");
+    within(
+        "ws send",
+        ws.send(send(
+            json!([{"channel": "/meta/handshake", "version": "1.0", "id": "h2",
+                "supportedConnectionTypes": ["websocket"], "ext": {"token": alice}}]),
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ws_json(&mut ws).await[0]["successful"],
+        true,
+        "back as a new session"
+    );
+}
+
 /// A disconnect notice over the WebSocket is the last frame even when messages were queued,
 /// and a client that sends frames meanwhile does not hold it up.
 #[tokio::test]
