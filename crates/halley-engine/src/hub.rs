@@ -496,6 +496,17 @@ impl Subscription {
         true
     }
 
+    /// Why the application ended this subscription (the control API), if it did.
+    pub fn closing(&self) -> Option<crate::control::Closing> {
+        let closed = self
+            .sub
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed;
+        closed.then(|| self.hub.closing(self.id))
+    }
+
     /// Whether this subscriber was cut off for lagging.
     pub fn lagged(&self) -> bool {
         self.sub

@@ -552,23 +552,13 @@ impl Bayeux {
         reply
     }
 
-    /// The reply to a connect once the transport is done holding it: [`Bayeux::closed_reply`]
-    /// when the batch says the application ended the session, else [`Bayeux::connect_reply`].
-    pub fn batch_reply(
-        &self,
-        connect: &Connect,
-        batch_ended: bool,
-        closing: Option<&Closing>,
-    ) -> BayeuxMessage {
-        match closing {
-            Some(closing) => self.closed_reply(connect, closing),
-            None => self.connect_reply(connect, batch_ended),
-        }
-    }
-
     /// The reply to a connect once the transport is done holding it. A closed (cut off or
-    /// disconnected) session answers with advice to handshake again.
+    /// disconnected) session answers with advice to handshake again; one the application
+    /// ended, with [`Bayeux::closed_reply`].
     pub fn connect_reply(&self, connect: &Connect, ended: bool) -> BayeuxMessage {
+        if ended && let Some(closing) = connect.session.closing() {
+            return self.closed_reply(connect, &closing);
+        }
         if ended || connect.session.is_closed() {
             self.sessions().remove(connect.session.id());
             return self.unknown_client(&connect.request);
@@ -603,11 +593,7 @@ impl Bayeux {
         }
         messages.extend(batch.messages);
         let within_budget = session.record_sent(&messages[guard.resend.len()..]);
-        let reply = self.batch_reply(
-            &connect,
-            batch.ended || !within_budget,
-            batch.closing.as_ref(),
-        );
+        let reply = self.connect_reply(&connect, batch.ended || !within_budget);
         drop(guard);
         (messages, reply)
     }

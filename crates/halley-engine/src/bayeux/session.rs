@@ -21,10 +21,9 @@ use crate::{Event, Subscription};
 #[derive(Debug, Default)]
 pub struct Batch {
     pub messages: Vec<Arc<Message>>,
-    /// The session was cut off (queue or unacknowledged messages over budget) or closed.
+    /// The session was cut off (queue or unacknowledged messages over budget) or closed (by
+    /// the application too: [`Session::closing`] says why).
     pub ended: bool,
-    /// The application ended it (the control API), and why.
-    pub closing: Option<Closing>,
 }
 
 struct Acks {
@@ -94,6 +93,11 @@ impl Session {
 
     pub fn ack_enabled(&self) -> bool {
         self.ack_enabled
+    }
+
+    /// Why the application ended this session (the control API), if it did.
+    pub fn closing(&self) -> Option<Closing> {
+        self.sub.try_lock().ok()?.closing()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -240,9 +244,10 @@ fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
                 batch.ended = true;
                 break;
             }
-            Event::Closed(closing) => {
+            // The reason stays with the subscription: `Session::closing` (not in every batch,
+            // which a held connect keeps across its wait).
+            Event::Closed(_) => {
                 batch.ended = true;
-                batch.closing = Some(closing);
                 break;
             }
             // The session's subscription lost a pattern (the control API); Bayeux has no
