@@ -126,6 +126,16 @@ export interface HalleyEvents {
   error: (error: { event: "error"; error?: string; status?: number }) => void;
   /** A fresh token came from `getToken` (never which one): at start, after expiry, after a 401. */
   token: (info: { reason: "initial" | "expired" | "unauthorized" }) => void;
+  /**
+   * The application ended the connection (the server's control API). Not a ban: the client
+   * reconnects after a backoff (a revoked token comes as an expiry instead).
+   */
+  disconnected: (info: { reason: string | null }) => void;
+  /**
+   * The application took this channel off (the server's control API): this client's
+   * subscriptions to it have ended, and are not renewed on reconnect.
+   */
+  unsubscribed: (info: { channel: string }) => void;
 }
 
 declare class HalleyClient {

@@ -639,7 +639,19 @@
   //   h.fail(reason, info) it ended: 'connect', 'buffered', 'dropped', 'refused' (4xx),
   //                      'unauthorized' (401), 'forbidden' (403) with info {status, error},
   //                      or 'expired' (the server ended it: the token lapsed);
+  // (a `disconnected` notice — the application ended the connection — comes as a frame, and
+  // the Upstream ends it there)
   // and returns { close() }. Calls after close() or after fail() are ignored by the caller.
+
+  /** A header the server percent-encodes (a reason may be any text); null when absent. */
+  function decodeHeader(value) {
+    if (value === null || value === undefined) return null;
+    try {
+      return decodeURIComponent(value);
+    } catch (e) {
+      return value;
+    }
+  }
 
   /** The failure reason for an HTTP status that refused a subscription. */
   function refusal(status) {
@@ -734,7 +746,7 @@
       flowing();
       h.frame(obj);
     };
-    ["position", "gap", "lagged", "reconnect", "expired"].forEach(function (type) {
+    ["position", "gap", "lagged", "reconnect", "expired", "disconnected", "unsubscribed"].forEach(function (type) {
       es.addEventListener(type, function (e) {
         var obj = {};
         try {
@@ -891,6 +903,13 @@
           if (answer.gap) h.frame({ event: "gap", last_id: answer.lastId || null });
           for (var i = 0; i < answer.messages.length && !closed; i++) h.frame(answer.messages[i]);
           if (answer.lastId && !closed) h.position(answer.lastId);
+          // What the application did to this connection (the control API), after the
+          // position, so that a reconnect resumes from there.
+          (answer.unsubscribed || []).forEach(function (channel) {
+            if (!closed) h.frame({ event: "unsubscribed", channel: channel });
+          });
+          if (answer.expired && !closed) h.frame({ event: "expired", error: answer.expired });
+          if (answer.disconnected && !closed) h.frame({ event: "disconnected", reason: answer.disconnected });
           if (closed) return;
           // An empty answer is normally one the server held until its timeout. Empty answers
           // that come back at once (a draining server, a cache in the way) would make this a
@@ -926,11 +945,15 @@
         if (res.status >= 400 && res.status < 500) return { refused: true, status: res.status, error: errorOf(res.text) };
         if (res.status !== 200) throw new Error("halley: HTTP " + res.status);
         var messages = JSON.parse(res.text);
+        var unsubscribed = decodeHeader(res.header("x-halley-unsubscribed"));
         return {
           messages: Array.isArray(messages) ? messages : [],
           lastId: res.header("x-halley-last-id"),
           gap: res.header("x-halley-gap") === "true",
           retryAfter: Number(res.header("retry-after")) || 0,
+          unsubscribed: unsubscribed ? unsubscribed.split(",") : [],
+          disconnected: decodeHeader(res.header("x-halley-disconnected")),
+          expired: decodeHeader(res.header("x-halley-expired")),
         };
       });
       answer.abort = req.abort;
@@ -943,7 +966,14 @@
       var req = jsonpRequest(url, ctx.options.pollTimeout);
       var answer = req.then(function (args) {
         var meta = args[1] || {};
-        return { messages: Array.isArray(args[0]) ? args[0] : [], lastId: meta.last_id, gap: !!meta.gap };
+        return {
+          messages: Array.isArray(args[0]) ? args[0] : [],
+          lastId: meta.last_id,
+          gap: !!meta.gap,
+          unsubscribed: Array.isArray(meta.unsubscribed) ? meta.unsubscribed : [],
+          disconnected: typeof meta.disconnected === "string" ? meta.disconnected : null,
+          expired: typeof meta.expired === "string" ? meta.expired : null,
+        };
       });
       answer.abort = req.abort;
       return answer;
@@ -1089,8 +1119,11 @@
           if (obj.event === "position" && obj.last_id) position(obj.last_id);
           if (obj.event === "reconnect" && typeof obj.retry === "number") self.retryHint = obj.retry;
           self.events.control(obj);
-          // The token lapsed; the server ends the connection now. Not the transport's fault.
+          // The token lapsed (or was revoked); the server ends the connection now. Not the
+          // transport's fault.
           if (obj.event === "expired") self.failed(gen, "expired", { status: 401, error: obj.error || "token expired" });
+          // The application ended the connection (not a ban): come back after a backoff.
+          if (obj.event === "disconnected") self.failed(gen, "disconnected");
           return;
         }
         if (!self.delivered) {
@@ -1239,8 +1272,11 @@
     }
     var from = this.ladder.current;
     // A refusal (an HTTP error answer: bad channel, wrong inbox secret, origin not allowed,
-    // server overloaded) is not the transport's fault: back off and try again on it.
-    var step = reason === "refused" ? { transport: from, stepped: false, wrapped: false } : this.ladder.failed(reason);
+    // server overloaded) is not the transport's fault, nor is a disconnect by the application:
+    // back off and try again on it. The backoff grows with each one in a row, so a client the
+    // application keeps disconnecting does not hammer the server.
+    var blameless = reason === "refused" || reason === "disconnected";
+    var step = blameless ? { transport: from, stepped: false, wrapped: false } : this.ladder.failed(reason);
     if (step.stepped) this.events.transport({ transport: step.transport, from: from, reason: reason });
     if (reason === "refused") this.events.control({ event: "error", error: "subscription refused by the server" });
     if (step.stepped && !step.wrapped) {
@@ -1372,7 +1408,10 @@
   /**
    * Listens to 'state' ({state, transport}), 'transport' ({transport, from, reason}),
    * 'gap' ({channel, lastId}), 'inbox' (data, message), 'message' (message), 'error' (object),
-   * 'token' ({reason}: a fresh token came from getToken; reason initial | expired | unauthorized).
+   * 'token' ({reason}: a fresh token came from getToken; reason initial | expired | unauthorized),
+   * 'disconnected' ({reason}: the application ended the connection; the client reconnects
+   * after a backoff), 'unsubscribed' ({channel}: the application took this channel off; its
+   * subscriptions have ended).
    * @returns {function(): void} removes the listener
    */
   Halley.prototype.on = function (event, fn) {
@@ -1688,6 +1727,22 @@
       this._emit("gap", { channel: obj.channel || null, lastId: obj.last_id || null });
     } else if (obj.event === "error") {
       this._emit("error", obj);
+    } else if (obj.event === "unsubscribed" && typeof obj.channel === "string") {
+      // The application took this channel off (the control API): the subscriptions to it
+      // end here, or the next connection would ask for it again.
+      var gone = [];
+      this._subs.forEach(function (s, id) {
+        if (s.channel === obj.channel) gone.push(id);
+      });
+      if (gone.length === 0) return;
+      var subs = this._subs;
+      gone.forEach(function (id) {
+        subs.delete(id);
+      });
+      this._changed();
+      this._emit("unsubscribed", { channel: obj.channel });
+    } else if (obj.event === "disconnected") {
+      this._emit("disconnected", { reason: obj.reason || null });
     }
   };
 

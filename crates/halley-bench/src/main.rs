@@ -174,6 +174,10 @@ struct Common {
     /// An extra request header for every request (`Authorization: Bearer …`); repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// A file of header lines, one per subscriber in turn (subscriber i sends line i mod N):
+    /// e.g. `Authorization: Bearer …` with a different user's token on each line.
+    #[arg(long)]
+    header_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -197,6 +201,8 @@ impl Common {
             nchan_pub: self.nchan_pub.clone(),
             connect_timeout_ms: self.connect_timeout,
             headers: self.headers.clone(),
+            header_file: self.header_file.clone(),
+            per_subscriber: Vec::new(),
         }
     }
 }

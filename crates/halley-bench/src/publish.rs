@@ -63,7 +63,14 @@ impl Publisher {
         }
         if self.to == PublishTo::Bayeux && self.client_id.is_none() {
             let conn = self.conn.as_mut().expect("connected above");
-            let reply = bayeux_post(conn, &self.target, &handshake_message("long-polling")).await?;
+            let host = self.target.host();
+            let reply = bayeux_post(
+                conn,
+                &self.target,
+                &host,
+                &handshake_message("long-polling"),
+            )
+            .await?;
             let replies: Vec<serde_json::Value> =
                 serde_json::from_slice(&reply).unwrap_or_default();
             self.client_id = replies
@@ -83,7 +90,7 @@ impl Publisher {
                 self.target.channel(channel),
                 self.client_id.as_deref().unwrap_or("")
             );
-            let reply = bayeux_post(conn, &self.target, &body).await?;
+            let reply = bayeux_post(conn, &self.target, &host, &body).await?;
             if !memfind(&reply, br#""successful":true"#) {
                 self.client_id = None;
                 return Err(io::Error::other(format!(

@@ -54,6 +54,13 @@ pub struct Target {
     /// request head.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// `--header-file`: one more header line per subscriber, taken in turn (subscriber `i`
+    /// sends line `i mod N`), e.g. a different user's token for each. Workers get the path
+    /// (a command line could not hold 10,000 tokens) and read it ([`Target::load`]).
+    #[serde(default)]
+    pub header_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
+    pub per_subscriber: Vec<String>,
 }
 
 impl Target {
@@ -72,6 +79,28 @@ impl Target {
         for line in &self.headers {
             host.push_str("\r\n");
             host.push_str(line);
+        }
+        host
+    }
+
+    /// Reads the `--header-file`, if there is one.
+    pub fn load(&mut self) -> io::Result<()> {
+        if let Some(path) = &self.header_file {
+            self.per_subscriber = std::fs::read_to_string(path)?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// [`Target::host`] for subscriber `index`, with its line of `--header-file`.
+    pub fn host_for(&self, index: usize) -> String {
+        let mut host = self.host();
+        if !self.per_subscriber.is_empty() {
+            host.push_str("\r\n");
+            host.push_str(&self.per_subscriber[index % self.per_subscriber.len()]);
         }
         host
     }
@@ -213,7 +242,7 @@ async fn stream(
     stats: &Stats,
     ready: &mut Ready<'_>,
 ) -> io::Result<()> {
-    let host = target.host();
+    let host = target.host_for(index);
     let request = match kind {
         Kind::Sse => format!(
             "GET /sub{} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
@@ -260,7 +289,7 @@ async fn websocket(
 ) -> io::Result<()> {
     let mut conn = target.connect(index).await?;
     let path = format!("/sub{}", target.channel(channel));
-    conn.send(ws_upgrade(&path, &target.host()).as_bytes())
+    conn.send(ws_upgrade(&path, &target.host_for(index)).as_bytes())
         .await?;
     let head = conn.read_head().await?;
     status(&[101], head.status, "upgrade")?;
@@ -289,7 +318,7 @@ async fn longpoll(
     stats: &Stats,
     ready: &mut Ready<'_>,
 ) -> io::Result<()> {
-    let host = target.host();
+    let host = target.host_for(index);
     let path = format!("/sub{}?transport=longpoll", target.channel(channel));
     let mut conn = target.connect(index).await?;
     let mut last_id: Option<String> = None;
@@ -366,11 +395,15 @@ fn connect_message(client_id: &str, connection_type: &str) -> String {
 }
 
 /// POSTs a Bayeux batch on a keep-alive connection and returns the reply body.
-pub async fn bayeux_post(conn: &mut Conn, target: &Target, body: &str) -> io::Result<Vec<u8>> {
+pub async fn bayeux_post(
+    conn: &mut Conn,
+    target: &Target,
+    host: &str,
+    body: &str,
+) -> io::Result<Vec<u8>> {
     let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
         target.cometd_path,
-        target.host(),
         body.len()
     );
     conn.send(request.as_bytes()).await?;
@@ -391,12 +424,14 @@ async fn bayeux_lp(
     ready: &mut Ready<'_>,
 ) -> io::Result<()> {
     let mut conn = target.connect(index).await?;
+    let host = target.host_for(index);
     let client_id = handshake_reply(
-        &bayeux_post(&mut conn, target, &handshake_message("long-polling")).await?,
+        &bayeux_post(&mut conn, target, &host, &handshake_message("long-polling")).await?,
     )?;
     let reply = bayeux_post(
         &mut conn,
         target,
+        &host,
         &subscribe_message(&client_id, &target.channel(channel)),
     )
     .await?;
@@ -405,9 +440,8 @@ async fn bayeux_lp(
     stats.record(&mut scan, &reply);
     let connect = connect_message(&client_id, "long-polling");
     let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{connect}",
+        "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{connect}",
         target.cometd_path,
-        target.host(),
         connect.len()
     );
     loop {
@@ -434,7 +468,7 @@ async fn bayeux_ws(
     ready: &mut Ready<'_>,
 ) -> io::Result<()> {
     let mut conn = target.connect(index).await?;
-    conn.send(ws_upgrade(&target.cometd_path, &target.host()).as_bytes())
+    conn.send(ws_upgrade(&target.cometd_path, &target.host_for(index)).as_bytes())
         .await?;
     let head = conn.read_head().await?;
     status(&[101], head.status, "upgrade")?;

@@ -62,8 +62,11 @@ pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
     Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
 }
 
-pub async fn run(spec: WorkerSpec) {
+pub async fn run(mut spec: WorkerSpec) {
     let stats = Arc::new(Stats::new());
+    if let Err(e) = spec.target.load() {
+        stats.error(format!("--header-file: {e}"));
+    }
     let spec = Arc::new(spec);
     let gate = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     for i in 0..spec.count {

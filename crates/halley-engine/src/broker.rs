@@ -3,6 +3,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 
+use crate::control::{Command, Remote};
+
 /// A broker could not do its job; the message (or the resume) did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -86,6 +88,21 @@ pub trait Broker: Send + Sync + 'static {
     /// occupied or vacated). A single-node broker has none.
     fn clustered(&self) -> bool {
         false
+    }
+
+    /// Runs a control command ([`crate::control`]) on every *other* node and returns what
+    /// each did; the engine applies it here itself. Revocations must also reach nodes that
+    /// start (or reconnect) later: a broker keeps them. A single-node broker has no other
+    /// nodes.
+    async fn control(&self, command: &Command) -> Result<Remote, BrokerError> {
+        let _ = command;
+        Ok(Remote::default())
+    }
+
+    /// This node's name among the others (listings say where a connection is); `None` on a
+    /// single node.
+    fn node(&self) -> Option<String> {
+        None
     }
 
     /// Whether the backing store is reachable (for `/healthz`).

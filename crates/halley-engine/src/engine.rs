@@ -2,6 +2,7 @@ use crate::access::{
     Action, Application, AskKind, Denied, Forwarded, Identity, Policy, Principal, Question, Stamp,
     Verdict, Vouched,
 };
+use crate::control::{Command, ConnectionInfo, ControlError, Report};
 use crate::observe::{Event, Kind, Kinds, Observer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub enum EngineError {
     /// object ([`access::Stamp`](crate::access::Stamp)).
     #[error(transparent)]
     NotAnObject(#[from] crate::access::NotAnObject),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// The result of a publish.
@@ -59,8 +62,6 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
-    /// Set once before serving ([`Engine::set_policy`]); open until then.
-    policy: std::sync::OnceLock<Policy>,
     /// The application, for namespaces that ask it ([`Engine::set_application`]).
     application: std::sync::OnceLock<Arc<dyn Application>>,
     /// Set once before serving ([`Engine::set_observer`]); nobody is told anything until then.
@@ -113,7 +114,6 @@ impl Engine {
                 hub,
                 broker,
                 stats,
-                policy: std::sync::OnceLock::new(),
                 application: std::sync::OnceLock::new(),
                 observer: std::sync::OnceLock::new(),
                 occupancy: crate::occupancy::Occupancy::default(),
@@ -135,7 +135,7 @@ impl Engine {
     /// a second call is refused (the policy a connection was admitted under must not change
     /// under it) and returns the policy given back.
     pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
-        self.shared.policy.set(policy)
+        self.shared.hub.set_policy(policy)
     }
 
     /// Who is told what happens on channels ([`crate::observe`]), and the kinds of events a
@@ -169,7 +169,7 @@ impl Engine {
     pub(crate) fn observer_for(&self, channel: &Channel, kind: Kind) -> Option<&dyn Observer> {
         let observing = self.shared.observer.get()?;
         // Not `policy()`: asking must not fix the policy to the open one before it is set.
-        let policy = self.shared.policy.get();
+        let policy = self.shared.hub.policy_if_set();
         let kinds = match policy.and_then(|p| p.namespace(channel)?.webhooks) {
             Some(kinds) => kinds,
             None if channel.is_private() => Kinds::NONE,
@@ -243,7 +243,75 @@ impl Engine {
 
     /// The access policy: open unless [`Engine::set_policy`] was called.
     pub fn policy(&self) -> &Policy {
-        self.shared.policy.get_or_init(Policy::open)
+        self.shared.hub.policy()
+    }
+
+    /// Ends every connection of `user` on this node now, each with a `disconnected` notice
+    /// carrying `reason`; returns how many. Not a ban: the client may come back.
+    pub fn disconnect_user(&self, user: &str, reason: Option<&str>) -> usize {
+        let command = Command::Disconnect {
+            user: user.to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        self.apply_here(&command).map_or(0, |o| o.count)
+    }
+
+    /// Takes `pattern` off every subscription of `user` on this node (a connection left with
+    /// no channel ends); returns how many subscriptions had it.
+    pub fn unsubscribe_user(&self, user: &str, pattern: &Pattern) -> usize {
+        let command = Command::Unsubscribe {
+            user: user.to_owned(),
+            pattern: pattern.clone(),
+        };
+        self.apply_here(&command).map_or(0, |o| o.count)
+    }
+
+    /// Refuses `user`'s tokens issued before `before` (Unix seconds) and ends, on this node,
+    /// the connections opened with one of them; returns how many ended.
+    pub fn revoke_user(&self, user: &str, before: u64) -> Result<usize, EngineError> {
+        let command = Command::Revoke {
+            user: user.to_owned(),
+            before,
+        };
+        Ok(self.apply_here(&command)?.count)
+    }
+
+    /// `user`'s connections on this node ([`crate::control::MAX_LISTED`] at most).
+    pub fn user_connections(&self, user: &str) -> Vec<ConnectionInfo> {
+        let command = Command::List {
+            user: user.to_owned(),
+        };
+        self.apply_here(&command)
+            .map(|o| o.connections)
+            .unwrap_or_default()
+    }
+
+    fn apply_here(&self, command: &Command) -> Result<crate::control::Outcome, EngineError> {
+        let mut outcome = self.shared.hub.apply(command)?;
+        let node = self.shared.broker.node();
+        for c in &mut outcome.connections {
+            c.node.clone_from(&node);
+        }
+        outcome.node = node;
+        Ok(outcome)
+    }
+
+    /// Runs `command` here and on every other node (the control API; [`crate::control`]).
+    /// This node's part is done first, whatever happens to the rest: when the broker cannot
+    /// reach the other nodes, the report says so ([`Report::unreachable`]) after this node has
+    /// done its share. An error is a command this node could not apply (the revocation table
+    /// is full).
+    pub async fn control(&self, command: Command) -> Result<Report, EngineError> {
+        let here = self.apply_here(&command)?;
+        let (remote, unreachable) = match self.shared.broker.control(&command).await {
+            Ok(remote) => (remote, None),
+            Err(e) => (Default::default(), Some(e)),
+        };
+        Ok(Report {
+            here,
+            remote,
+            unreachable,
+        })
     }
 
     /// How the engine asks the application, for namespaces whose rules are `app`. Set once,

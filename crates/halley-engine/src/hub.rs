@@ -1,15 +1,16 @@
 //! The local subscriber registry and the per-subscriber bounded queues.
 //!
-//! Invariant: no lock here is held across an `.await`, and the registry lock is never taken while
-//! a subscriber's lock is held (deliver takes registry, then subscriber; nothing goes the other
-//! way), so there is no lock-order cycle. The occupancy hook (an observer's channel occupied /
-//! vacated) is called from register and unregister only, after the registry lock is released;
-//! delivering never calls it.
+//! Invariant: no lock here is held across an `.await`, and locks are taken in one order only:
+//! the user index (`control.rs`), then the registry, then a subscriber's queue (deliver takes
+//! registry, then subscriber; nothing goes the other way), so there is no lock-order cycle. The
+//! occupancy hook (an observer's channel occupied / vacated) is called from register and
+//! unregister only, with no hub lock held; delivering never calls it.
 
-use crate::access::{Denied, Lapse, Policy, Principal};
+use crate::access::{Denied, Identity, Lapse, Policy};
+use crate::control::{Closing, Users};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -17,16 +18,16 @@ use halley_proto::{Channel, Message, MessageId, Pattern};
 
 use crate::Stats;
 
-type Subscribers = HashMap<u64, Arc<Subscriber>>;
+pub(crate) type Subscribers = HashMap<u64, Arc<Subscriber>>;
 
 #[derive(Default)]
-struct Registry {
-    exact: HashMap<Channel, Subscribers>,
-    wildcard: HashMap<Pattern, Subscribers>,
+pub(crate) struct Registry {
+    pub(crate) exact: HashMap<Channel, Subscribers>,
+    pub(crate) wildcard: HashMap<Pattern, Subscribers>,
 }
 
-struct HubShared {
-    registry: RwLock<Registry>,
+pub(crate) struct HubShared {
+    pub(crate) registry: RwLock<Registry>,
     /// Who is on which channel on this node (kept here so that a broker can share it).
     presence: crate::presence::Presence,
     next_id: AtomicU64,
@@ -35,6 +36,13 @@ struct HubShared {
     /// Told when an exact channel gets its first local subscriber or loses its last (see
     /// [`Hub::set_occupancy_hook`]). Called on register and unregister only, never on deliver.
     occupancy: std::sync::OnceLock<OccupancyHook>,
+    /// Token holders' subscriptions by user, and the control API's notices waiting for their
+    /// subscribers (`control.rs`). Anonymous subscribers are not in it.
+    pub(crate) users: Mutex<Users>,
+    /// The access policy, set once before serving (see [`Hub::set_policy`]): the hub judges
+    /// lapsed credentials and applies revocations that other nodes send.
+    policy: OnceLock<Policy>,
+    policy_set: tokio::sync::Notify,
 }
 
 /// Called with a channel and `true` when it got its first local subscriber, `false` when it
@@ -44,12 +52,12 @@ pub(crate) type OccupancyHook = Box<dyn Fn(&Channel, bool) + Send + Sync>;
 /// This process's subscribers. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    shared: Arc<HubShared>,
+    pub(crate) shared: Arc<HubShared>,
 }
 
-struct Subscriber {
-    state: Mutex<Queue>,
-    signal: Signal,
+pub(crate) struct Subscriber {
+    pub(crate) state: Mutex<Queue>,
+    pub(crate) signal: Signal,
 }
 
 /// Wakes the task waiting on a subscriber. A subscriber has one consumer at a time, so one
@@ -58,13 +66,17 @@ struct Subscriber {
 /// sent while nobody waits is kept, so a wake-up between a check and the wait is not lost.
 /// When two tasks wait (a Bayeux connect replaced by the next one), the later one is woken.
 #[derive(Default)]
-struct Signal {
+pub(crate) struct Signal {
     pending: AtomicBool,
+    /// The control API left a notice for this subscriber (`control.rs`). Here rather than in
+    /// the queue, so that every `try_next` checks it without a lock; it fits in the padding
+    /// after `pending`, so no subscriber is larger for it.
+    pub(crate) notice: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Signal {
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.pending.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -87,9 +99,12 @@ impl Signal {
 }
 
 #[derive(Default)]
-struct Queue {
-    messages: VecDeque<Arc<Message>>,
+pub(crate) struct Queue {
+    pub(crate) messages: VecDeque<Arc<Message>>,
     lagged: bool,
+    /// Ended by the control API (disconnected, revoked): like `lagged`, the queue is freed and
+    /// deliveries cut it off, but the reason is the application's (`control.rs`).
+    pub(crate) closed: bool,
     /// The last message queued: a subscriber matched by several of its patterns is offered
     /// the same message once per pattern, one right after the other, and takes it once.
     last: Option<MessageId>,
@@ -110,6 +125,13 @@ pub enum Event {
     /// The subscriber fell more than the queue capacity behind and was cut off. The transport
     /// should end the response; the client resumes from its last id.
     Lagged,
+    /// The application ended this subscription through the control API ([`crate::control`]):
+    /// the transport says why in its own form and ends the response at once.
+    Closed(Closing),
+    /// The application took this pattern off the subscription (the control API); it is no
+    /// longer in [`Subscription::patterns`]. The transport tells the client, and ends the
+    /// response if no pattern is left.
+    Unsubscribed(Pattern),
 }
 
 impl Hub {
@@ -122,6 +144,9 @@ impl Hub {
                 queue_capacity: queue_capacity.max(1),
                 stats,
                 occupancy: std::sync::OnceLock::new(),
+                users: Mutex::default(),
+                policy: OnceLock::new(),
+                policy_set: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -131,9 +156,47 @@ impl Hub {
         let _ = self.shared.occupancy.set(hook);
     }
 
-    fn occupancy_changed(&self, channel: &Channel, occupied: bool) {
+    pub(crate) fn occupancy_changed(&self, channel: &Channel, occupied: bool) {
         if let Some(hook) = self.shared.occupancy.get() {
             hook(channel, occupied);
+        }
+    }
+
+    /// Sets the access policy (see [`crate::Engine::set_policy`]); refused (and given back)
+    /// when one is set already.
+    pub fn set_policy(&self, policy: Policy) -> Result<(), Policy> {
+        let set = self.shared.policy.set(policy);
+        self.shared.policy_set.notify_waiters();
+        set
+    }
+
+    /// The access policy if it was set (or settled as open), without settling it.
+    pub(crate) fn policy_if_set(&self) -> Option<&Policy> {
+        self.shared.policy.get()
+    }
+
+    /// The access policy: open unless [`Hub::set_policy`] was called first.
+    pub fn policy(&self) -> &Policy {
+        if let Some(policy) = self.shared.policy.get() {
+            return policy;
+        }
+        let policy = self.shared.policy.get_or_init(Policy::open);
+        self.shared.policy_set.notify_waiters();
+        policy
+    }
+
+    /// Waits until the policy is settled (set, or taken as open by a first use), without
+    /// settling it: a broker that starts before the server has set its policy waits here
+    /// before it applies other nodes' revocations, which must reach the real policy.
+    pub async fn settled_policy(&self) -> &Policy {
+        loop {
+            let notified = self.shared.policy_set.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(policy) = self.shared.policy.get() {
+                return policy;
+            }
+            notified.await;
         }
     }
 
@@ -215,7 +278,7 @@ impl Hub {
     /// Queues one message; false when the subscriber is (now) cut off.
     fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.lagged {
+        if queue.lagged || queue.closed {
             return Pushed::CutOff;
         }
         if queue.last == Some(message.id) {
@@ -252,6 +315,7 @@ impl Hub {
             replay: VecDeque::new(),
             floor: None,
             gap: false,
+            indexed: false,
             position: None,
             extras: None,
         }
@@ -282,7 +346,7 @@ impl Hub {
         }
     }
 
-    fn unregister(&self, pattern: &Pattern, id: u64) {
+    pub(crate) fn unregister(&self, pattern: &Pattern, id: u64) {
         let mut registry = self
             .shared
             .registry
@@ -290,9 +354,9 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner());
         match pattern {
             Pattern::Exact(c) => {
-                let last = remove_from(&mut registry.exact, c, id);
+                let emptied = remove_from(&mut registry.exact, c, id) == Some(true);
                 drop(registry);
-                if last {
+                if emptied {
                     self.occupancy_changed(c, false);
                 }
             }
@@ -331,28 +395,28 @@ impl Hub {
     }
 }
 
-/// Removes subscriber `id` of `key`; true when that was the key's last subscriber.
-fn remove_from<K: std::hash::Hash + Eq>(
+/// Removes subscriber `id` from `key`'s subscribers: `None` if it was not there, else whether
+/// that emptied `key` (its last subscriber left; the entry is removed).
+pub(crate) fn remove_from<K: std::hash::Hash + Eq>(
     map: &mut HashMap<K, Subscribers>,
     key: &K,
     id: u64,
-) -> bool {
-    if let Some(subscribers) = map.get_mut(key)
-        && subscribers.remove(&id).is_some()
-        && subscribers.is_empty()
-    {
+) -> Option<bool> {
+    let subscribers = map.get_mut(key)?;
+    subscribers.remove(&id)?;
+    let emptied = subscribers.is_empty();
+    if emptied {
         map.remove(key);
-        return true;
     }
-    false
+    Some(emptied)
 }
 
 /// One subscriber's handle: one queue, fed by one or more patterns. Dropping it unsubscribes.
 pub struct Subscription {
-    hub: Hub,
-    id: u64,
-    patterns: Vec<Pattern>,
-    sub: Arc<Subscriber>,
+    pub(crate) hub: Hub,
+    pub(crate) id: u64,
+    pub(crate) patterns: Vec<Pattern>,
+    pub(crate) sub: Arc<Subscriber>,
     /// History owed on resume, delivered before anything queued.
     replay: VecDeque<Arc<Message>>,
     /// Highest id already handed out. Queued messages at or below it are duplicates: of the
@@ -361,6 +425,9 @@ pub struct Subscription {
     /// comparison finds them.
     floor: Option<MessageId>,
     gap: bool,
+    /// In the hub's user index (the control API): it leaves it when dropped. A `bool` beside
+    /// `gap` fits in padding that was already there.
+    indexed: bool,
     position: Option<MessageId>,
     /// What only some subscriptions carry (presence, a credential that can lapse), in one box:
     /// a subscription is moved into several futures of an idle subscriber, so each word here
@@ -374,28 +441,66 @@ struct Extras {
     /// Presence declared by the connection this subscription serves; it ends with it.
     kept: Vec<crate::PresenceGuard>,
     /// What can make the credential this subscription was admitted with lapse (a token's
-    /// expiry, its subject), and the policy that judges it. Not the identity itself: its
-    /// claims are needed only at admission (keeping it cost +0.35 KiB per idle SSE subscriber
-    /// with a token, halley-bench hold).
-    admitted: Option<(Lapse, Policy)>,
+    /// expiry, its subject); the hub's policy judges it. Not the identity itself: its claims
+    /// are needed only at admission (keeping it cost +0.35 KiB per idle SSE subscriber with a
+    /// token, halley-bench hold). A subject also puts the subscription in the hub's user
+    /// index, which it leaves when dropped.
+    admitted: Option<Lapse>,
 }
 
 impl Subscription {
     /// Records who this subscription was admitted for, so that [`Subscription::lapsed`] can
-    /// end it when their token expires or is revoked. Credentials that cannot lapse (none, the
-    /// backend key) are not kept.
-    pub fn admitted_as(&mut self, who: &Principal, policy: &Policy) {
-        if let Some(lapse) = Lapse::from_identity(who) {
-            self.extras.get_or_insert_default().admitted = Some((lapse, policy.clone()));
+    /// end it when their token expires or is revoked, and — for a token with a subject — so
+    /// that the control API can reach it ([`crate::control`]); `transport` is how the client
+    /// is connected, for listings (`"sse"`, `"bayeux"`…). Credentials that cannot lapse (none,
+    /// the backend key) are not kept and cost nothing.
+    pub fn admitted_as(&mut self, who: &Identity, transport: &'static str) {
+        let Some(mut lapse) = Lapse::from_identity(who) else {
+            // A user the application vouched for (auth-url) has nothing that lapses, but the
+            // control API must reach them all the same.
+            self.reachable_as(who, transport);
+            return;
+        };
+        if who.user.is_some() {
+            // The index's copy of the name, shared: one per user, not one per connection.
+            lapse.user = self.index(who, transport, false);
         }
+        self.extras.get_or_insert_default().admitted = Some(lapse);
+    }
+
+    /// Puts this subscription in the user index only, so that the control API reaches it,
+    /// without keeping what could make its credential lapse: for what checks the credential
+    /// again by itself — a long-poll (each poll is admitted anew) and a Bayeux session (each
+    /// connect checks the session's principal). Costs less than [`Subscription::admitted_as`].
+    pub fn reachable_as(&mut self, who: &Identity, transport: &'static str) {
+        // A user is a token's subject or whom the application vouched for: either way the
+        // control API reaches them.
+        if who.user.is_some() {
+            self.index(who, transport, true);
+        }
+    }
+
+    fn index(&mut self, who: &Identity, transport: &'static str, by_id: bool) -> Option<Arc<str>> {
+        let user = who.user.as_deref()?;
+        self.indexed = true;
+        let shared = self
+            .hub
+            .index(user, self.id, &self.sub, transport, who.issued_at, by_id);
+        Some(shared)
+    }
+
+    /// The subject this subscription keeps for its lapse, if any.
+    fn user(&self) -> Option<&Arc<str>> {
+        self.extras.as_deref()?.admitted.as_ref()?.user.as_ref()
     }
 
     /// Whether the credential this subscription was admitted with no longer holds (expired,
     /// revoked), and why. Transports ask at heartbeat ticks, so a lapse ends an open
-    /// connection within one heartbeat interval, with a notice in the transport's form.
+    /// connection within one heartbeat interval, with a notice in the transport's form. (A
+    /// revocation through the control API ends it at once: [`Event::Closed`].)
     pub fn lapsed(&self) -> Option<Denied> {
-        let (lapse, policy) = self.extras.as_deref()?.admitted.as_ref()?;
-        policy.check_lapse(lapse).err()
+        let lapse = self.extras.as_deref()?.admitted.as_ref()?;
+        self.hub.policy().check_lapse(lapse).err()
     }
 
     /// Keeps `guard` (a member's presence) for as long as this subscription lives.
@@ -414,6 +519,11 @@ impl Subscription {
 
     /// Adds a pattern; false if it was already there.
     pub fn add(&mut self, pattern: Pattern) -> bool {
+        // A pattern the control API took off, but whose notice was not read yet, is gone
+        // already: settle that first, or adding it back would be taken for a no-op.
+        if self.sub.signal.notice.load(Ordering::Acquire) {
+            self.settle();
+        }
         if self.patterns.contains(&pattern) {
             return false;
         }
@@ -435,6 +545,17 @@ impl Subscription {
         self.patterns.swap_remove(i);
         self.hub.unregister(pattern, self.id);
         true
+    }
+
+    /// Why the application ended this subscription (the control API), if it did.
+    pub fn closing(&self) -> Option<crate::control::Closing> {
+        let closed = self
+            .sub
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed;
+        closed.then(|| self.hub.closing(self.id))
     }
 
     /// Whether this subscriber was cut off for lagging.
@@ -476,8 +597,14 @@ impl Subscription {
         Waiter(self.sub.clone())
     }
 
-    /// The next message, without waiting.
+    /// The next message, without waiting. Notices of the control API come first, before any
+    /// message already queued or owed.
     pub fn try_next(&mut self) -> Option<Event> {
+        if self.sub.signal.notice.load(Ordering::Acquire)
+            && let Some(event) = self.take_notice()
+        {
+            return Some(event);
+        }
         if let Some(m) = self.replay.pop_front() {
             self.floor = Some(m.id);
             return Some(Event::Message(m));
@@ -486,6 +613,10 @@ impl Subscription {
             let mut queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
             if queue.lagged {
                 return Some(Event::Lagged);
+            }
+            if queue.closed {
+                drop(queue);
+                return Some(Event::Closed(self.hub.closing(self.id)));
             }
             let message = queue.messages.pop_front()?;
             drop(queue);
@@ -539,6 +670,9 @@ impl Drop for Subscription {
         for pattern in &self.patterns {
             self.hub.unregister(pattern, self.id);
         }
+        if self.indexed {
+            self.hub.forget(self.user().map(|u| &**u), self.id);
+        }
         self.hub
             .shared
             .stats
@@ -550,5 +684,20 @@ impl Drop for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Subscription({:?} #{})", self.patterns, self.id)
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// Every subscriber pays for these, also anonymous ones: the control API's flags live in
+    /// padding that was there before them (a `Subscriber` was 104 bytes, its `Arc` 120).
+    #[test]
+    fn an_idle_subscriber_is_no_larger_for_the_control_api() {
+        assert_eq!(std::mem::size_of::<Queue>(), 64);
+        assert_eq!(std::mem::size_of::<Signal>(), 32);
+        assert_eq!(std::mem::size_of::<Subscriber>(), 104);
+        assert_eq!(std::mem::size_of::<Subscription>(), 144);
     }
 }

@@ -18,6 +18,8 @@
 //! - [`observe`] tells an [`observe::Observer`] (set once, like the policy) what happens on
 //!   channels: members joining and leaving, channels occupied and vacated, clients publishing.
 //!   It only enqueues; nothing on the delivery path calls it.
+//! - [`control`] is the application's control over its users' connections (disconnect,
+//!   unsubscribe, revoke, list), here and — through the broker — on every node.
 //!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
@@ -31,6 +33,7 @@ pub mod access;
 pub mod bayeux;
 mod broker;
 mod config;
+pub mod control;
 mod engine;
 mod hub;
 mod memory;

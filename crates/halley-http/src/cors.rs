@@ -7,9 +7,11 @@ use hyper::{Response, StatusCode};
 use crate::body::{Body, empty};
 use crate::error::ApiError;
 
-/// Response headers a cross-origin script may read (the resume position, the gap flag, and how
-/// long a draining server asks long-pollers to wait).
-const EXPOSE: &str = "X-Halley-Last-Id, X-Halley-Gap, Retry-After";
+/// Response headers a cross-origin script may read (the resume position, the gap flag, what
+/// the control API did to a held poll, and how long a draining server asks long-pollers to
+/// wait).
+const EXPOSE: &str = "X-Halley-Last-Id, X-Halley-Gap, X-Halley-Unsubscribed, \
+                      X-Halley-Disconnected, X-Halley-Expired, Retry-After";
 
 #[derive(Clone, Debug)]
 pub struct Origins {

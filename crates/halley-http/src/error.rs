@@ -56,6 +56,8 @@ impl From<EngineError> for ApiError {
             EngineError::Broker(b) => ApiError::Unavailable(b.to_string()),
             EngineError::Full(..) => ApiError::Unavailable(e.to_string()),
             EngineError::NotAnObject(_) => ApiError::BadRequest(e.to_string()),
+            // The revocation table is full: a limit of the server's, not the caller's fault.
+            EngineError::Control(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }

@@ -11,11 +11,12 @@
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
-//!   `assets` serves halley.js and the talk chat; `outbound` is the client for calls to the
-//!   application (auth, webhooks, RPC); `auth` asks the application (`auth-url`); `hooks`
-//!   tells the application what happens (webhooks: the engine's observer, a bounded queue,
-//!   signed batches, retries); `rpc` forwards clients' calls to it (`POST /rpc/…`, Bayeux
-//!   `/service/**`).
+//!   `control` is the application's control API (`/api/control/*`: disconnect, unsubscribe,
+//!   revoke, list a user); `assets` serves halley.js and the talk chat; `outbound` is the client
+//!   for calls to the application (auth, webhooks, RPC); `auth` asks the application
+//!   (`auth-url`); `hooks` tells the application what happens (webhooks: the engine's observer,
+//!   a bounded queue, signed batches, retries); `rpc` forwards clients' calls to it
+//!   (`POST /rpc/…`, Bayeux `/service/**`).
 //! - `error::ApiError` is the one place where a refusal becomes a status and a JSON body.
 //!
 //! Invariant: this is the only crate that knows HTTP. It talks to the engine only through
@@ -28,6 +29,7 @@ pub mod auth;
 mod body;
 mod cometd;
 mod config;
+mod control;
 mod cors;
 mod error;
 pub mod hooks;
@@ -44,4 +46,5 @@ mod state;
 mod transport;
 
 pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_NAME};
+pub use control::MAX_CONTROL_BODY;
 pub use server::Server;

@@ -55,7 +55,14 @@ pub async fn publish<B: RequestBody>(
 /// Reads a request body, refusing (413) anything over the body limit before reading it when
 /// `Content-Length` says so, and while reading it otherwise.
 pub async fn read_body<B: RequestBody>(app: &App, request: Request<B>) -> Result<Bytes, ApiError> {
-    let limit = app.config.body_limit;
+    read_body_within(request, app.config.body_limit).await
+}
+
+/// [`read_body`] with a limit of its own (413 beyond `limit` bytes).
+pub async fn read_body_within<B: RequestBody>(
+    request: Request<B>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

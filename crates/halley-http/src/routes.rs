@@ -76,6 +76,14 @@ pub enum Handler {
     /// rupy `/pull` (its `Head: less` form is spotted before HTTP parsing, and asks the same
     /// policy).
     Pull,
+    /// `POST /api/control/disconnect`: the control API (backend key).
+    ControlDisconnect,
+    /// `POST /api/control/unsubscribe`.
+    ControlUnsubscribe,
+    /// `POST /api/control/revoke`.
+    ControlRevoke,
+    /// `GET /api/control/user`.
+    ControlUser,
     Healthz,
     Metrics,
     Asset,
@@ -166,6 +174,30 @@ pub const ROUTES: &[Route] = &[
         methods: &[(V::Post, H::Rpc)],
         gate: Gate::Policy,
         example: "/rpc/locked",
+    },
+    Route {
+        path: Path::Exact("/api/control/disconnect"),
+        methods: &[(V::Post, H::ControlDisconnect)],
+        gate: Gate::Policy,
+        example: "/api/control/disconnect",
+    },
+    Route {
+        path: Path::Exact("/api/control/unsubscribe"),
+        methods: &[(V::Post, H::ControlUnsubscribe)],
+        gate: Gate::Policy,
+        example: "/api/control/unsubscribe",
+    },
+    Route {
+        path: Path::Exact("/api/control/revoke"),
+        methods: &[(V::Post, H::ControlRevoke)],
+        gate: Gate::Policy,
+        example: "/api/control/revoke",
+    },
+    Route {
+        path: Path::Exact("/api/control/user"),
+        methods: &[(V::Get, H::ControlUser)],
+        gate: Gate::Policy,
+        example: "/api/control/user?user=alice",
     },
     Route {
         path: Path::Exact("/push"),
@@ -271,6 +303,14 @@ mod tests {
         check(Method::GET, "/rpc/users/find", Err(405));
         check(Method::POST, "/rpc", Err(404));
         check(Method::POST, "/push", Ok((H::Push, None)));
+        check(
+            Method::POST,
+            "/api/control/disconnect",
+            Ok((H::ControlDisconnect, None)),
+        );
+        check(Method::GET, "/api/control/disconnect", Err(405));
+        check(Method::GET, "/api/control/user", Ok((H::ControlUser, None)));
+        check(Method::POST, "/api/control/nothing", Err(404));
         check(Method::GET, "/healthz", Ok((H::Healthz, None)));
         check(Method::GET, "/halley.js", Ok((H::Asset, None)));
         check(Method::HEAD, "/halley.js", Ok((H::Asset, None)));

@@ -107,7 +107,7 @@ pub async fn open_pull(
         ),
     };
     let mut sub = app.engine.subscribe(pattern, resume).await?;
-    sub.admitted_as(&who, app.policy());
+    sub.admitted_as(&who, Kind::Pull.name());
     let wire = Wire::Lines {
         json: false,
         skip: Some(own_prefix(name)),

@@ -383,7 +383,7 @@ async fn every_transport_and_bayeux_ask_the_application() {
         if !expected {
             assert_eq!(
                 replies[0]["error"],
-                "403:/app/b:the application refused: bob may not"
+                "403:/app/b:the application refused bob may not"
             );
         }
     }

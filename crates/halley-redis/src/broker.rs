@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use halley_engine::control::{Command, Remote};
 use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Member, Replay, Stats};
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 use redis::aio::MultiplexedConnection;
@@ -91,6 +92,8 @@ pub(crate) struct Shared {
     /// Bumped on every successful (re)connect, so presence is rewritten into a Redis that may
     /// have lost it.
     pub generation: AtomicU64,
+    /// The control channel (`control.rs`).
+    pub control: crate::control::State,
 }
 
 impl Shared {
@@ -346,16 +349,28 @@ impl RedisBroker {
             delivery: Mutex::new(Delivery::default()),
             next_seq: AtomicU64::new(1),
             generation: AtomicU64::new(0),
+            control: crate::control::State::default(),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(crate::node::supervise(shared.clone(), cancel.clone()));
         tokio::spawn(crate::node::housekeeping(shared.clone(), cancel.clone()));
+        tokio::spawn(crate::control::listen(shared.clone(), cancel.clone()));
         Ok(Arc::new(RedisBroker { shared, cancel }))
     }
 
     /// Waits up to `within` for the connection to Redis; true once connected.
     pub async fn connected(&self, within: Duration) -> bool {
         let mut rx = self.shared.healthy.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits up to `within` until this node listens to the control API's channel (see
+    /// `control.rs`): other nodes' disconnects and revocations reach it from then on. It
+    /// subscribes once the engine's policy is set.
+    pub async fn control_ready(&self, within: Duration) -> bool {
+        let mut rx = self.shared.control.up.subscribe();
         tokio::time::timeout(within, rx.wait_for(|up| *up))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -587,6 +602,14 @@ impl Broker for RedisBroker {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    async fn control(&self, command: &Command) -> Result<Remote, BrokerError> {
+        crate::control::request(&self.shared, command).await
+    }
+
+    fn node(&self) -> Option<String> {
+        Some(format!("{:x}", self.shared.node))
     }
 
     fn healthy(&self) -> bool {

@@ -20,6 +20,8 @@
 //! | `nodes` | set | ids of nodes that have written presence |
 //! | `presence:<node>` | hash | that node's subscriber counts by name; TTL [`RedisConfig::presence_ttl`] |
 //! | `members:<node>` | hash | that node's chat members: `<channel>\n<member id>` → info (JSON); same TTL |
+//! | `control`, `control:<node>` | pub/sub channels | the control API's commands, and answers to one node (`control.rs`) |
+//! | `revoked` | hash | user → revoked before (Unix seconds); read by every node when it (re)subscribes |
 //!
 //! Streams carry the epoch in their names, so a new epoch never appends to an old stream.
 //! A history entry holds the data, its time, and `e`: the highest offset the channel had lost
@@ -69,6 +71,13 @@
 //! `members:<node>`, so `/api/presence` on any node lists everyone, and a member whose reconnect
 //! lands on another node is not announced as leaving and joining.
 //!
+//! **Control.** The control API (disconnect, unsubscribe, revoke, list a user) reaches every
+//! node through a pub/sub channel; each node applies a command to its own hub and answers the
+//! asking node on that node's channel, which waits for as many answers as `PUBLISH` reached
+//! nodes (at most [`CONTROL_TIMEOUT`]). Revocations are also kept in the `revoked` hash, read
+//! by every node whenever it (re)subscribes, so a node that starts or reconnects later honours
+//! them. Details and why in `control.rs`.
+//!
 //! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
 //! fan-out log is one key by design) and Sentinel discovery. A single Redis (optionally with
 //! replicas and a failover that keeps its address) is the supported setup.
@@ -79,6 +88,7 @@
 //! [`BrokerError::Unavailable`]: halley_engine::BrokerError::Unavailable
 
 mod broker;
+mod control;
 mod node;
 mod reply;
 mod scripts;
@@ -89,6 +99,7 @@ use std::time::Duration;
 use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 
 pub use broker::RedisBroker;
+pub use control::{CONTROL_TIMEOUT, MAX_IN_FLIGHT, MAX_NODES, PING_INTERVAL};
 pub use node::{
     COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK, RECONNECT_MAX,
     RECONNECT_MIN,

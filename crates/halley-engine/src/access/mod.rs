@@ -114,7 +114,8 @@ pub struct Identity {
 pub struct Lapse {
     pub expires: Option<u64>,
     pub issued_at: Option<u64>,
-    pub user: Option<Box<str>>,
+    /// Shared with the hub's user index (the control API), which is keyed by it.
+    pub user: Option<Arc<str>>,
 }
 
 impl Lapse {
@@ -128,7 +129,7 @@ impl Lapse {
         Lapse {
             expires: who.expires,
             issued_at: who.issued_at,
-            user: who.user.clone(),
+            user: who.user.as_deref().map(Arc::from),
         }
     }
 }

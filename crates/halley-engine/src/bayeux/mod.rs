@@ -18,6 +18,7 @@ use halley_proto::bayeux::{BAYEUX_VERSION, BayeuxError, BayeuxMessage};
 use halley_proto::{Channel, ChannelError, Pattern, Payload};
 use serde_json::{Map, Value, json};
 
+use crate::control::Closing;
 use crate::{Engine, EngineError};
 pub use session::{Batch, ConnectGuard, Session};
 
@@ -107,13 +108,21 @@ pub use self::PolicyOnly as AllowAll;
 fn refusal(message: &BayeuxMessage, args: &str, denied: Denied) -> BayeuxMessage {
     let mut reply = BayeuxMessage::reply_to(message, false);
     reply.subscription = message.subscription.clone();
-    let code = match denied {
+    reply.error = Some(format!(
+        "{}:{args}:{}",
+        refusal_code(&denied),
+        error_message(&denied.to_string())
+    ));
+    reply
+}
+
+/// The Bayeux error code of a policy refusal.
+fn refusal_code(denied: &Denied) -> u16 {
+    match denied {
         Denied::Unauthenticated(_) => 401,
         Denied::Forbidden(_) => 403,
         Denied::Unavailable(_) => 503,
-    };
-    reply.error = Some(format!("{code}:{args}:{denied}"));
-    reply
+    }
 }
 
 /// Server-side handling of `/service/**` messages (request/response, never broadcast).
@@ -419,9 +428,12 @@ impl Bayeux {
         }
         let ack = message.ext_field("ack") == Some(&Value::Bool(true));
         let id = new_client_id();
+        // A token holder's session is one of their connections for the control API.
+        let mut sub = self.shared.engine.subscriber();
+        sub.reachable_as(&who, "bayeux");
         let session = Arc::new(Session::new(
             id.clone(),
-            self.shared.engine.subscriber(),
+            sub,
             ack,
             self.shared.config.max_unacked,
             who,
@@ -638,10 +650,12 @@ impl Bayeux {
                     BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
                 ))
             }
-            Err(e @ (EngineError::Broker(_) | EngineError::Full(..))) => Err(BayeuxMessage::error(
-                message,
-                BayeuxError::Unavailable(e.to_string()),
-            )),
+            Err(e @ (EngineError::Broker(_) | EngineError::Full(..) | EngineError::Control(_))) => {
+                Err(BayeuxMessage::error(
+                    message,
+                    BayeuxError::Unavailable(e.to_string()),
+                ))
+            }
         }
     }
 
@@ -663,9 +677,38 @@ impl Bayeux {
         }
     }
 
+    /// The reply to a connect whose session the application ended (the control API), and
+    /// the session's end. Disconnected: `402::disconnected[ reason]`; revoked: `401::token
+    /// revoked`. Either way with advice to handshake again, which CometD and Faye clients do
+    /// at once: a disconnected client comes back as a new session (it is not a ban), a revoked
+    /// one is refused at that handshake with advice `none`.
+    pub fn closed_reply(&self, connect: &Connect, closing: &Closing) -> BayeuxMessage {
+        self.forget(connect.session.id());
+        let mut reply = BayeuxMessage::reply_to(&connect.request, false);
+        reply.error = Some(match closing {
+            Closing::Disconnected(None) => "402::disconnected".to_owned(),
+            Closing::Disconnected(Some(reason)) => {
+                format!("402::disconnected {}", error_message(reason))
+            }
+            Closing::Revoked(denied) => format!(
+                "{}::{}",
+                refusal_code(denied),
+                error_message(&denied.to_string())
+            ),
+        });
+        reply.advice = json!({"reconnect": "handshake", "interval": 0})
+            .as_object()
+            .cloned();
+        reply
+    }
+
     /// The reply to a connect once the transport is done holding it. A closed (cut off or
-    /// disconnected) session answers with advice to handshake again.
+    /// disconnected) session answers with advice to handshake again; one the application
+    /// ended, with [`Bayeux::closed_reply`].
     pub fn connect_reply(&self, connect: &Connect, ended: bool) -> BayeuxMessage {
+        if ended && let Some(closing) = connect.session.closing() {
+            return self.closed_reply(connect, &closing);
+        }
         if ended || connect.session.is_closed() {
             self.sessions().remove(connect.session.id());
             return self.unknown_client(&connect.request);

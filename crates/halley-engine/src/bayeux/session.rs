@@ -14,13 +14,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::access::{Identity, Principal};
+use crate::control::Closing;
 use crate::{Event, Subscription};
 
 /// What a wait for messages ended with.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub messages: Vec<Arc<Message>>,
-    /// The session was cut off (queue or unacknowledged messages over budget) or closed.
+    /// The session was cut off (queue or unacknowledged messages over budget) or closed (by
+    /// the application too: [`Session::closing`] says why).
     pub ended: bool,
 }
 
@@ -91,6 +93,11 @@ impl Session {
 
     pub fn ack_enabled(&self) -> bool {
         self.ack_enabled
+    }
+
+    /// Why the application ended this session (the control API), if it did.
+    pub fn closing(&self) -> Option<Closing> {
+        self.sub.try_lock().ok()?.closing()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -175,8 +182,8 @@ impl Session {
         loop {
             if self.is_closed() {
                 return Batch {
-                    messages: Vec::new(),
                     ended: true,
+                    ..Batch::default()
                 };
             }
             let waiter = {
@@ -196,7 +203,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut preempted => return Batch::default(),
-                _ = &mut closed => return Batch { messages: Vec::new(), ended: true },
+                _ = &mut closed => return Batch { ended: true, ..Batch::default() },
                 _ = waiter.wait() => {}
             }
         }
@@ -237,6 +244,15 @@ fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
                 batch.ended = true;
                 break;
             }
+            // The reason stays with the subscription: `Session::closing` (not in every batch,
+            // which a held connect keeps across its wait).
+            Event::Closed(_) => {
+                batch.ended = true;
+                break;
+            }
+            // The session's subscription lost a pattern (the control API); Bayeux has no
+            // message for that, the client just stops receiving it.
+            Event::Unsubscribed(_) => {}
         }
         if batch.messages.len() >= max {
             break;

@@ -160,6 +160,10 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                 if batch.ended || !within_budget || current.is_closed() {
                     if let Some(h) = held.take() {
                         out.reply(&app.bayeux.connect_reply(&h.connect, true));
+                    } else if current.closing().is_some() {
+                        // Ended by the application between connects: the next connect on this
+                        // socket learns it (its session is gone: handshake again).
+                        app.bayeux.forget(current.id());
                     }
                     let _ = tx.send(text(out)).await;
                     session = None;

@@ -6,6 +6,12 @@
 //! `event: gap`, the JSON-framed transports (WebSocket, `format=json` streams, iframe,
 //! multipart) send a control object `{"event":"gap",…}` first, and JSONP passes
 //! `{"gap":true,…}` as the callback's second argument. Raw line streams have only the header.
+//!
+//! The control API's notices (`halley_engine::control`) come in the same family: SSE `event:
+//! disconnected` / `event: unsubscribed`, the control objects `{"event":"disconnected",
+//! "reason":…}` / `{"event":"unsubscribed","channel":…}` on JSON-framed transports, and on
+//! long-poll and JSONP the answer's headers and second argument (see `poll.rs`). A revocation
+//! is said as a lapsed token is (`expired`).
 
 mod poll;
 mod stream;
@@ -154,7 +160,11 @@ fn dispatch<'a, B: RequestBody>(
                 app, patterns, resume, presence, announce, request, who,
             )));
         }
-        Kind::LongPoll => return Ok(Box::pin(poll::hold(app, patterns, resume, presence, None))),
+        Kind::LongPoll => {
+            return Ok(Box::pin(poll::hold(
+                app, patterns, resume, presence, None, who,
+            )));
+        }
         Kind::Jsonp => {
             let cb = callback()?;
             return Ok(Box::pin(poll::hold(
@@ -163,6 +173,7 @@ fn dispatch<'a, B: RequestBody>(
                 resume,
                 presence,
                 Some(cb),
+                who,
             )));
         }
         Kind::Sse => Wire::Sse { json },
@@ -175,7 +186,7 @@ fn dispatch<'a, B: RequestBody>(
     };
     Ok(Box::pin(async move {
         let mut sub = open(app, patterns, resume, presence).await?;
-        sub.admitted_as(&who, app.policy());
+        sub.admitted_as(&who, kind.name());
         drop(who);
         Ok(stream::stream_response_announcing(
             app, sub, wire, kind, announce,
@@ -332,6 +343,29 @@ fn resume_id(headers: &HeaderMap, query: &Query, sse: bool) -> Result<Option<Mes
 /// `{"event":"expired","error":…}`. The client fetches a new token and resumes from its last id.
 pub fn lapse_object(denied: &halley_engine::access::Denied) -> String {
     serde_json::json!({ "event": "expired", "error": denied.to_string() }).to_string()
+}
+
+/// What a disconnect without a reason of the application's says.
+pub const DISCONNECTED: &str = "disconnected by the application";
+
+/// What ends a connection whose last channel the control API took off.
+pub const UNSUBSCRIBED_ALL: &str = "unsubscribed from every channel";
+
+/// The reason a disconnect notice gives.
+pub fn disconnect_reason(reason: Option<&str>) -> &str {
+    reason.unwrap_or(DISCONNECTED)
+}
+
+/// The control object that ends a connection the application disconnected (the control API):
+/// `{"event":"disconnected","reason":…}`. Not a ban: the client may come back.
+pub fn disconnected_object(reason: Option<&str>) -> String {
+    serde_json::json!({ "event": "disconnected", "reason": disconnect_reason(reason) }).to_string()
+}
+
+/// The control object that says the application took `pattern` off this connection:
+/// `{"event":"unsubscribed","channel":…}`.
+pub fn unsubscribed_object(pattern: &Pattern) -> String {
+    serde_json::json!({ "event": "unsubscribed", "channel": pattern.to_string() }).to_string()
 }
 
 /// The control object sent in-band when a resume has a gap.

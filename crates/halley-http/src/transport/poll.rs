@@ -1,9 +1,18 @@
 //! Long-polling and JSONP: hold the request until at least one message (or the hold timeout),
 //! then answer with everything available as one batch.
+//!
+//! The control API answers a held poll at once. The body stays a batch of messages; what
+//! happened is said beside it: long-poll in headers — `X-Halley-Unsubscribed: /a,/b` (the
+//! patterns taken off), `X-Halley-Disconnected: <reason>` (the connection is over; not a ban:
+//! the next poll is admitted if the credential still holds), `X-Halley-Expired: token revoked`
+//! (the next poll with that token is refused) — reasons percent-encoded UTF-8; JSONP in the
+//! second argument: `"unsubscribed": […]`, `"disconnected": "…"`, `"expired": "…"`.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use halley_engine::access::Principal;
+use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
 use halley_proto::{MessageId, Pattern};
 use hyper::Response;
@@ -23,6 +32,7 @@ pub async fn hold(
     resume: Option<MessageId>,
     presence: Vec<super::Declaration>,
     callback: Option<String>,
+    who: Principal,
 ) -> Result<Response<Body>, ApiError> {
     let kind = if callback.is_some() {
         Kind::Jsonp
@@ -31,6 +41,9 @@ pub async fn hold(
     };
     let _open = Open::new(&app.metrics, kind);
     let mut sub = super::open(app, patterns, resume, presence).await?;
+    // A held poll is one of its user's connections for the control API.
+    sub.reachable_as(&who, kind.name());
+    drop(who);
     let mut batch = BytesMut::from(&b"["[..]);
     let mut last = sub.position();
     let mut count = 0;
@@ -41,23 +54,70 @@ pub async fn hold(
         event = sub.next() => Some(event),
         _ = tokio::time::sleep(app.config.hold_timeout) => None,
     };
-    if let Some(event) = first {
-        let mut event = Some(event);
-        while let Some(Event::Message(m)) = event {
-            if count > 0 {
-                batch.put_u8(b',');
+    let mut notes = Notes::default();
+    let mut event = first;
+    while let Some(e) = event.take() {
+        match e {
+            Event::Message(m) => {
+                if count > 0 {
+                    batch.put_u8(b',');
+                }
+                batch.put_slice(m.json_object());
+                last = Some(m.id);
+                count += 1;
+                if count == MAX_BATCH {
+                    break;
+                }
             }
-            batch.put_slice(m.json_object());
-            last = Some(m.id);
-            count += 1;
-            if count == MAX_BATCH {
+            Event::Lagged => break,
+            Event::Closed(closing) => {
+                notes.closed = Some(closing);
                 break;
             }
-            event = sub.try_next();
+            Event::Unsubscribed(pattern) => {
+                notes.unsubscribed.push(pattern);
+                if sub.patterns().is_empty() {
+                    let all = super::UNSUBSCRIBED_ALL.into();
+                    notes.closed = Some(Closing::Disconnected(Some(all)));
+                    break;
+                }
+            }
         }
+        event = sub.try_next();
     }
     batch.put_u8(b']');
-    Ok(answer(app, &sub, batch, last, callback, shutting_down))
+    Ok(answer(
+        app,
+        &sub,
+        batch,
+        last,
+        callback,
+        shutting_down,
+        &notes,
+    ))
+}
+
+/// What the control API did to a held poll, said beside its batch.
+#[derive(Default)]
+struct Notes {
+    /// At most the connection's patterns (`MAX_SUB_CHANNELS`).
+    unsubscribed: Vec<Pattern>,
+    closed: Option<Closing>,
+}
+
+/// `text` as a header value: printable ASCII as it is, anything else (and `%`) percent-encoded
+/// as UTF-8, so that `decodeURIComponent` gives it back.
+fn header_text(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Only printable ASCII is left.
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn answer(
@@ -67,14 +127,32 @@ fn answer(
     last: Option<MessageId>,
     callback: Option<String>,
     shutting_down: bool,
+    notes: &Notes,
 ) -> Response<Body> {
     let last_text = last.map(|id| id.to_string());
+    let unsubscribed: Vec<String> = notes.unsubscribed.iter().map(|p| p.to_string()).collect();
+    let (disconnected, expired) = match &notes.closed {
+        None => (None, None),
+        Some(Closing::Disconnected(reason)) => {
+            (Some(super::disconnect_reason(reason.as_deref())), None)
+        }
+        Some(Closing::Revoked(denied)) => (None, Some(denied.to_string())),
+    };
     let (content_type, body) = match callback {
         None => ("application/json", batch.freeze()),
         Some(cb) => {
             // Script tags cannot read headers, so the position and gap ride in a second
-            // argument: f(messages, {last_id, gap}).
-            let meta = serde_json::json!({ "last_id": last_text, "gap": sub.gap() });
+            // argument: f(messages, {last_id, gap}), and so does what the control API did.
+            let mut meta = serde_json::json!({ "last_id": last_text, "gap": sub.gap() });
+            if !unsubscribed.is_empty() {
+                meta["unsubscribed"] = unsubscribed.clone().into();
+            }
+            if let Some(reason) = disconnected {
+                meta["disconnected"] = reason.into();
+            }
+            if let Some(error) = &expired {
+                meta["expired"] = error.as_str().into();
+            }
             let mut out = BytesMut::new();
             out.put_slice(b"/**/");
             out.put_slice(cb.as_bytes());
@@ -96,6 +174,18 @@ fn answer(
     }
     if let Some(id) = last_text.and_then(|t| HeaderValue::from_str(&t).ok()) {
         headers.insert("x-halley-last-id", id);
+    }
+    if !unsubscribed.is_empty() {
+        headers.insert(
+            "x-halley-unsubscribed",
+            header_text(&unsubscribed.join(",")),
+        );
+    }
+    if let Some(reason) = disconnected {
+        headers.insert("x-halley-disconnected", header_text(reason));
+    }
+    if let Some(error) = &expired {
+        headers.insert("x-halley-expired", header_text(error));
     }
     if shutting_down {
         let secs = app.config.retry.as_secs().max(1).to_string();

@@ -4,8 +4,9 @@
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
-use halley_proto::Message;
+use halley_proto::{Message, Pattern};
 use hyper::Response;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use tokio::sync::watch;
@@ -158,6 +159,29 @@ impl Wire {
     /// new one first.
     pub fn lapse(&self, denied: &halley_engine::access::Denied, out: &mut BytesMut) {
         self.control("expired", &super::lapse_object(denied), out);
+        self.end(out);
+    }
+
+    /// The last words of a stream the application ended (the control API): `disconnected`
+    /// with its reason, or — revoked — the same as a lapsed token.
+    pub fn closed(&self, closing: &Closing, out: &mut BytesMut) {
+        match closing {
+            Closing::Revoked(denied) => self.lapse(denied, out),
+            Closing::Disconnected(reason) => {
+                let reason = reason.as_deref();
+                self.control("disconnected", &super::disconnected_object(reason), out);
+                self.end(out);
+            }
+        }
+    }
+
+    /// Says that the application took `pattern` off this connection.
+    pub fn unsubscribed(&self, pattern: &Pattern, out: &mut BytesMut) {
+        self.control("unsubscribed", &super::unsubscribed_object(pattern), out);
+    }
+
+    /// The end of a multipart body; other wires end with the response.
+    fn end(&self, out: &mut BytesMut) {
         if let Wire::Multipart = self {
             out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
         }
@@ -173,9 +197,7 @@ impl Wire {
             &format!(r#"{{"event":"{event}","retry":{retry_ms}}}"#),
             out,
         );
-        if let Wire::Multipart = self {
-            out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-        }
+        self.end(out);
     }
 }
 
@@ -282,6 +304,21 @@ impl Stream {
                     self.done = true;
                     self.wire.farewell("lagged", self.retry_ms, out);
                     return;
+                }
+                Event::Closed(closing) => {
+                    self.done = true;
+                    self.wire.closed(&closing, out);
+                    return;
+                }
+                Event::Unsubscribed(pattern) => {
+                    self.wire.unsubscribed(&pattern, out);
+                    // A connection left with no channel has nothing more to say.
+                    if self.sub.patterns().is_empty() {
+                        self.done = true;
+                        let all = Closing::Disconnected(Some(super::UNSUBSCRIBED_ALL.into()));
+                        self.wire.closed(&all, out);
+                        return;
+                    }
                 }
             }
             // Stop before taking a message this chunk has no room for: it would be lost.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::body::RequestBody;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
 use halley_proto::{Channel, MessageId, Pattern, Payload};
 use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
@@ -70,7 +71,7 @@ pub async fn upgrade<B: RequestBody>(
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let mut sub = super::open(app, patterns, resume, presence).await?;
-    sub.admitted_as(&who, app.policy());
+    sub.admitted_as(&who, Kind::WebSocket.name());
     drop(who);
     spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
         run(&app, tx, rx, sub, publish_to, announce).await;
@@ -222,7 +223,12 @@ async fn run(
             break;
         }
         let (mut fed, mut lagged) = (false, false);
-        while let Some(event) = sub.try_next() {
+        // A control notice ends the loop as its value, so that it is no local of the loop's
+        // awaits (every idle socket's task would be sized for it).
+        let control = loop {
+            let Some(event) = sub.try_next() else {
+                break None;
+            };
             match event {
                 Event::Message(m) => {
                     if tx.feed(text(m.json_object())).await.is_err() {
@@ -232,8 +238,17 @@ async fn run(
                 }
                 Event::Lagged => {
                     lagged = true;
-                    break;
+                    break None;
                 }
+                other => break Some(other),
+            }
+        };
+        if let Some(event) = control {
+            // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
+            match Box::pin(say_control(&mut tx, &sub, event)).await {
+                Said::Over => break,
+                Said::Gone => return,
+                Said::GoingOn => continue,
             }
         }
         if lagged {
@@ -303,9 +318,71 @@ async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
     let _ = tx
         .send(Frame::Close(Some(CloseFrame {
             code: CloseCode::Policy,
-            reason: Utf8Bytes::from(denied.to_string()),
+            reason: close_reason(&denied.to_string()),
         })))
         .await;
+}
+
+/// What saying a control notice left of the connection.
+enum Said {
+    /// It goes on (a channel was taken off, others are left).
+    GoingOn,
+    /// It is over, goodbye said.
+    Over,
+    /// The client is gone.
+    Gone,
+}
+
+/// A notice of the control API: a channel taken off (and, when it was the last, the end), or
+/// the end the application asked for.
+async fn say_control(tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
+    let closing = match event {
+        Event::Closed(closing) => closing,
+        Event::Unsubscribed(pattern) => {
+            let notice = Bytes::from(super::unsubscribed_object(&pattern));
+            if tx.send(text(&notice)).await.is_err() {
+                return Said::Gone;
+            }
+            if !sub.patterns().is_empty() {
+                return Said::GoingOn;
+            }
+            Closing::Disconnected(Some(super::UNSUBSCRIBED_ALL.into()))
+        }
+        Event::Message(_) | Event::Lagged => return Said::GoingOn,
+    };
+    say_closed(tx, closing).await;
+    Said::Over
+}
+
+/// The application ended the connection (the control API): `disconnected` and close 1008
+/// with the reason, or — revoked — the lapsed goodbye.
+async fn say_closed(tx: &mut WsSink, closing: Closing) {
+    let reason = match closing {
+        Closing::Revoked(denied) => return say_lapsed(tx, denied).await,
+        Closing::Disconnected(reason) => reason,
+    };
+    let notice = Bytes::from(super::disconnected_object(reason.as_deref()));
+    let _ = tx.feed(text(&notice)).await;
+    let reason = super::disconnect_reason(reason.as_deref());
+    let _ = tx
+        .send(Frame::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: close_reason(reason),
+        })))
+        .await;
+}
+
+/// Most bytes of a close frame's reason (RFC 6455: the frame's payload is at most 125 bytes,
+/// 2 of them the code). A longer reason is cut at a character boundary; the notice before
+/// the close has it whole.
+const MAX_CLOSE_REASON: usize = 123;
+
+fn close_reason(reason: &str) -> Utf8Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Utf8Bytes::from(reason[..end].to_owned())
 }
 
 /// Publishes a client's frame (its JSON value, or the text as a string when it is not JSON),

@@ -243,6 +243,21 @@ impl Node {
         tweak: impl FnOnce(&mut EngineConfig),
         tweak_redis: impl FnOnce(&mut RedisConfig),
     ) -> Node {
+        Node::configured(redis, tweak, tweak_redis, None).await
+    }
+
+    /// A node whose engine asks `policy`; it returns once the node also listens to the
+    /// control API's channel (which it joins once its policy is set).
+    pub async fn with_policy(redis: &Redis, policy: halley_engine::access::Policy) -> Node {
+        Node::configured(redis, |_| {}, |_| {}, Some(policy)).await
+    }
+
+    async fn configured(
+        redis: &Redis,
+        tweak: impl FnOnce(&mut EngineConfig),
+        tweak_redis: impl FnOnce(&mut RedisConfig),
+        policy: Option<halley_engine::access::Policy>,
+    ) -> Node {
         // HALLEY_TEST_LOG=debug shows the nodes' logs (interleaved) when a test fails.
         if let Ok(filter) = std::env::var("HALLEY_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -265,6 +280,13 @@ impl Node {
             broker.connected(WAIT).await,
             "node did not connect to Redis"
         );
+        if let Some(policy) = policy {
+            assert!(engine.set_policy(policy).is_ok());
+            assert!(
+                broker.control_ready(WAIT).await,
+                "node did not subscribe to the control channel"
+            );
+        }
         let server = Server::bind(http, engine.clone()).await.unwrap();
         let addr = server.local_addr();
         let shutdown = server.shutdown_token();
