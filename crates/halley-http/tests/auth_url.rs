@@ -476,3 +476,29 @@ async fn questions_in_flight_are_bounded() {
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// Whom the application named in its answer is a user the control API reaches, as a token's
+/// subject is.
+#[tokio::test]
+async fn the_control_api_reaches_users_the_application_vouched_for() {
+    let app = Arc::new(App::default());
+    let s = halley(&serve(app.clone()).await, Duration::from_secs(2), 8).await;
+    let mut sse = s
+        .stream_with(
+            "/sub/app/room",
+            &[("accept", "text/event-stream"), ("cookie", "session=alice")],
+        )
+        .await;
+    assert_eq!(sse.status, 200);
+    let listed = s.get("/api/control/user?user=alice&key=backend").await;
+    assert_eq!(listed.json()["count"], 1, "{}", listed.body);
+    let done = s
+        .post(
+            "/api/control/disconnect?key=backend",
+            "application/json",
+            r#"{"user":"alice","reason":"bye"}"#,
+        )
+        .await;
+    assert_eq!(done.json()["disconnected"], 1, "{}", done.body);
+    within("the disconnected notice", sse.until("event: disconnected")).await;
+}

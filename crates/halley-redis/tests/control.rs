@@ -244,3 +244,45 @@ async fn without_redis_the_call_says_the_other_nodes_were_not_reached() {
     // This node did its part all the same.
     assert_eq!(here.next().await.event.as_deref(), Some("disconnected"));
 }
+
+/// A namespace's `max-subscribers` counts every node's subscribers: with two on node A and
+/// one on node B, a fourth is refused on B once A's count has reached Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscribers_is_a_cluster_wide_cap() {
+    let redis = Redis::start().await;
+    let capped = || {
+        let mut room = NamespaceConfig::new("/room/**");
+        room.max_subscribers = Some(3);
+        Policy::new(AccessConfig {
+            publish_key: Some(KEY.into()),
+            namespaces: vec![room],
+            ..AccessConfig::default()
+        })
+        .unwrap()
+    };
+    let a = Node::with_policy(&redis, capped()).await;
+    let b = Node::with_policy(&redis, capped()).await;
+    let _a1 = a.stream("/sub/room/x?transport=stream", &[]).await;
+    let _a2 = a.stream("/sub/room/x?transport=stream", &[]).await;
+    let _b1 = b.stream("/sub/room/x?transport=stream", &[]).await;
+    // B sees A's two once A's presence update (every 100 ms in these tests) is in Redis.
+    common::eventually(common::WAIT, "B counts A's subscribers", || async {
+        let rows = b
+            .get("/api/channels?prefix=/room/&key=backend-key")
+            .await
+            .json();
+        (rows[0]["subscribers"] == 3).then_some(())
+    })
+    .await;
+    let refused = b.get("/sub/room/x?transport=longpoll").await;
+    assert_eq!(refused.status.as_u16(), 503, "{}", refused.body);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("most subscribers")
+    );
+    // Another channel of the namespace has its own count.
+    let other = b.stream("/sub/room/y?transport=stream", &[]).await;
+    assert_eq!(other.status.as_u16(), 200);
+}
