@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{TestServer, Ws, within, ws_json};
+use common::{TestServer, Ws, bayeux, bayeux_client, bayeux_handshake, within, ws_json};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::access::{
     AccessConfig, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
@@ -210,30 +210,6 @@ async fn every_policy_gated_route_refuses_a_caller_the_policy_refuses() {
 }
 
 // ---- Bayeux ----
-
-async fn bayeux(s: &TestServer, batch: Value) -> Vec<Value> {
-    let reply = s
-        .post("/cometd", "application/json", batch.to_string())
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
-}
-
-async fn bayeux_handshake(s: &TestServer, ext: Value) -> Value {
-    let replies = bayeux(
-        s,
-        json!([{"channel": "/meta/handshake", "version": "1.0",
-                "supportedConnectionTypes": ["long-polling"], "id": "h", "ext": ext}]),
-    )
-    .await;
-    replies[0].clone()
-}
-
-async fn bayeux_client(s: &TestServer, ext: Value) -> String {
-    let reply = bayeux_handshake(s, ext).await;
-    assert_eq!(reply["successful"], true, "{reply}");
-    reply["clientId"].as_str().unwrap().to_string()
-}
 
 fn error_code(reply: &Value) -> u16 {
     let error = reply["error"].as_str().unwrap_or_default();

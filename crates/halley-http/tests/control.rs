@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Reply, TestServer, Ws, within, ws_json};
+use common::{Reply, TestServer, Ws, bayeux, within, ws_json};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::access::{
     AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
@@ -114,14 +114,6 @@ async fn wait_connections(s: &TestServer, user: &str, n: u64) {
 fn held_get(s: &Arc<TestServer>, path: String) -> JoinHandle<Reply> {
     let s = s.clone();
     tokio::spawn(async move { s.get(&path).await })
-}
-
-async fn bayeux(s: &TestServer, batch: Value) -> Vec<Value> {
-    let reply = s
-        .post("/cometd", "application/json", batch.to_string())
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
 }
 
 /// A Bayeux client of `/chat/a` with `token` in its handshake.

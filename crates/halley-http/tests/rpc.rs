@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::app::{Answer, FakeApp};
-use common::{Reply, TestServer, Ws, within, ws_json};
+use common::{Reply, TestServer, Ws, bayeux, within, ws_json};
 use futures_util::SinkExt;
 use halley_engine::access::{AccessConfig, NamespaceConfig, Policy, PublishRule, TokenConfig};
 use halley_engine::{Engine, EngineConfig};
@@ -219,14 +219,6 @@ async fn without_rpc_url_calls_are_501() {
 }
 
 // ---- Bayeux ----
-
-async fn bayeux(s: &TestServer, batch: Value) -> Vec<Value> {
-    let reply = s
-        .post("/cometd", "application/json", batch.to_string())
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json().as_array().unwrap().clone()
-}
 
 fn handshake(types: &str) -> Value {
     json!([{"channel": "/meta/handshake", "version": "1.0", "id": "h", "supportedConnectionTypes": [types]}])

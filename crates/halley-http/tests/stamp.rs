@@ -8,7 +8,7 @@ mod common;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Open, TestServer, Ws, ws_json};
+use common::{Open, TestServer, Ws, bayeux, bayeux_client, ws_json};
 use futures_util::SinkExt;
 use halley_engine::access::{
     AccessConfig, NamespaceConfig, PublishRule, SubscribeRule, TokenConfig,
@@ -118,26 +118,6 @@ async fn send(
             .unwrap(),
     )
     .await
-}
-
-async fn bayeux(s: &TestServer, batch: Value) -> Vec<Value> {
-    let reply = s
-        .post("/cometd", "application/json", batch.to_string())
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
-}
-
-/// A Bayeux session (long-polling) opened with `ext`.
-async fn bayeux_client(s: &TestServer, ext: Value) -> String {
-    let replies = bayeux(
-        s,
-        json!([{"channel": "/meta/handshake", "version": "1.0",
-                "supportedConnectionTypes": ["long-polling"], "id": "h", "ext": ext}]),
-    )
-    .await;
-    assert_eq!(replies[0]["successful"], true, "{}", replies[0]);
-    replies[0]["clientId"].as_str().unwrap().to_owned()
 }
 
 async fn ws_send(ws: &mut Ws, value: Value) {

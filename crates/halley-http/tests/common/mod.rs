@@ -634,3 +634,30 @@ pub fn parse_id(id: &str) -> (u64, u64) {
         offset.parse().expect("offset is decimal"),
     )
 }
+
+/// POSTs a Bayeux batch to `/cometd` (long-polling) and returns the replies.
+pub async fn bayeux(s: &TestServer, batch: Value) -> Vec<Value> {
+    let reply = s
+        .post("/cometd", "application/json", batch.to_string())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+/// The reply to a long-polling Bayeux handshake with `ext`.
+pub async fn bayeux_handshake(s: &TestServer, ext: Value) -> Value {
+    let replies = bayeux(
+        s,
+        serde_json::json!([{"channel": "/meta/handshake", "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"], "id": "h", "ext": ext}]),
+    )
+    .await;
+    replies[0].clone()
+}
+
+/// A long-polling Bayeux session opened with `ext`: its clientId.
+pub async fn bayeux_client(s: &TestServer, ext: Value) -> String {
+    let reply = bayeux_handshake(s, ext).await;
+    assert_eq!(reply["successful"], true, "{reply}");
+    reply["clientId"].as_str().unwrap().to_string()
+}
