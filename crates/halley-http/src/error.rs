@@ -92,3 +92,13 @@ impl ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// An `ApiError` is part of every request's future (a held long-poll's included): it must
+    /// not grow unnoticed.
+    #[test]
+    fn an_api_error_stays_small() {
+        assert!(std::mem::size_of::<super::ApiError>() <= 32);
+    }
+}

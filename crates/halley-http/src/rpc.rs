@@ -106,14 +106,15 @@ pub enum RpcError {
     #[error("too many calls to the application in flight ({0}); retry later")]
     Busy(usize),
     #[error("the application is unreachable: {0}")]
-    Down(String),
+    Down(Box<str>),
     #[error("the application did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the application failed: {0}")]
-    Failed(String),
-    /// The application answered with this 4xx and this reason.
+    Failed(Box<str>),
+    /// The application answered with this 4xx and this reason. (Texts here are `Box<str>`:
+    /// an `ApiError` is part of every request's future, and `String`s made it 8 bytes larger.)
     #[error("{1}")]
-    Refused(StatusCode, String),
+    Refused(StatusCode, Box<str>),
 }
 
 impl RpcError {
@@ -214,7 +215,7 @@ impl Rpc {
             counters.rpc_busy.fetch_add(1, Ordering::Relaxed);
             return Err(RpcError::Busy(shared.config.concurrency));
         };
-        let invalid = |what: &str| RpcError::Failed(format!("{what} is not JSON"));
+        let invalid = |what: &str| RpcError::Failed(format!("{what} is not JSON").into());
         let body = CallBody {
             method: channel
                 .as_str()
@@ -266,8 +267,8 @@ fn judge(
     let answer = match answer {
         Ok(answer) => answer,
         Err(OutboundError::Timeout(t)) => return Err(RpcError::Timeout(t)),
-        Err(OutboundError::Unreachable(why)) => return Err(RpcError::Down(why)),
-        Err(e @ OutboundError::TooLarge) => return Err(RpcError::Failed(e.to_string())),
+        Err(OutboundError::Unreachable(why)) => return Err(RpcError::Down(why.into())),
+        Err(e @ OutboundError::TooLarge) => return Err(RpcError::Failed(e.to_string().into())),
     };
     let status = answer.status;
     if status.is_success() && answer.body.iter().all(u8::is_ascii_whitespace) {
@@ -287,9 +288,9 @@ fn judge(
             .ok()
             .and_then(|a| a.error)
             .unwrap_or_else(|| format!("the application refused the call (HTTP {status})"));
-        return Err(RpcError::Refused(status, reason));
+        return Err(RpcError::Refused(status, reason.into()));
     }
-    Err(RpcError::Failed(format!("HTTP {status}")))
+    Err(RpcError::Failed(format!("HTTP {status}").into()))
 }
 
 impl Services for Rpc {

@@ -160,20 +160,20 @@ fn dispatch<'a, B: RequestBody>(
                 app, patterns, resume, presence, announce, request, who,
             )));
         }
-        Kind::LongPoll => {
-            return Ok(Box::pin(poll::hold(
-                app, patterns, resume, presence, None, who,
-            )));
-        }
-        Kind::Jsonp => {
-            let cb = callback()?;
+        Kind::LongPoll | Kind::Jsonp => {
+            let callback = match kind {
+                Kind::Jsonp => Some(callback()?),
+                _ => None,
+            };
             return Ok(Box::pin(poll::hold(
                 app,
-                patterns,
-                resume,
-                presence,
-                Some(cb),
-                who,
+                Box::new(poll::Poll {
+                    patterns,
+                    resume,
+                    presence,
+                    callback,
+                    who,
+                }),
             )));
         }
         Kind::Sse => Wire::Sse { json },

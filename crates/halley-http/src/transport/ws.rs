@@ -49,29 +49,34 @@ pub async fn upgrade<B: RequestBody>(
     // not a wildcard) and the policy lets this caller publish there from a connection; a
     // connection on several channels publishes with `POST /pub`. Decided once, here, with the
     // stamp its frames get where the namespace stamps messages (the identity is not kept).
-    let publish_to = match patterns.as_slice() {
-        [Pattern::Exact(channel)] => app
+    let (publish_to, extra) = match patterns.as_slice() {
+        [Pattern::Exact(channel)] => match app
             .authorize(&who, Action::Publish(channel, Via::Client))
             .await
-            .ok()
-            .map(|who| {
-                Box::new(Publishing {
-                    channel: channel.clone(),
-                    stamp: app.policy().stamp(&who, channel),
-                    reported: (!who.backend
-                        && app.engine.observes(channel, observe::Kind::Publish))
-                    .then(|| Reported {
-                        user: who.user.clone(),
-                        info: who.info.clone(),
-                    }),
-                })
-            }),
-        _ => None,
+        {
+            Ok(who) => {
+                let stamp = app.policy().stamp(&who, channel);
+                let reported = (!who.backend
+                    && app.engine.observes(channel, observe::Kind::Publish))
+                .then(|| Reported {
+                    user: who.user.clone(),
+                    info: who.info.clone(),
+                });
+                let extra = (stamp.is_some() || reported.is_some())
+                    .then_some(Publishing { stamp, reported });
+                (Some(channel.clone()), extra)
+            }
+            Err(_) => (None, None),
+        },
+        _ => (None, None),
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
     let mut sub = super::open(app, patterns, resume, presence).await?;
     sub.admitted_as(&who, Kind::WebSocket.name());
+    if let Some(extra) = extra {
+        sub.attach(extra);
+    }
     drop(who);
     spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
         run(&app, tx, rx, sub, publish_to, announce).await;
@@ -79,13 +84,14 @@ pub async fn upgrade<B: RequestBody>(
     Ok(response)
 }
 
-/// Where a connection's text frames are published, and as whom.
+/// How a connection's frames are published, where that is more than the channel (kept with
+/// its subscription: [`Subscription::attach`]).
 struct Publishing {
-    channel: Channel,
+    /// The stamp its frames get where the namespace stamps messages (the identity is not kept).
     stamp: Option<Stamp>,
-    /// Who publishes (user, info), kept only where the channel reports publishes to the
-    /// application and the caller is not the backend: an open socket does not otherwise keep
-    /// its caller's claims.
+    /// Who publishes, kept only where the channel reports publishes to the application and
+    /// the caller is not the backend: an open socket does not otherwise keep its caller's
+    /// claims.
     reported: Option<Reported>,
 }
 
@@ -190,9 +196,7 @@ async fn run(
     mut tx: WsSink,
     mut rx: WsStream,
     mut sub: Subscription,
-    // Boxed: kept for the socket's whole life, it would otherwise size every idle
-    // subscriber's task by a channel, a stamp and a publisher.
-    publish_to: Option<Box<Publishing>>,
+    publish_to: Option<Channel>,
     announce: bool,
 ) {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
@@ -291,7 +295,8 @@ async fn run(
                     // for it.
                     let reply = Box::pin(publish(
                         app,
-                        publish_to.as_deref(),
+                        publish_to.as_ref(),
+                        sub.attached::<Publishing>(),
                         body.as_str(),
                     ))
                     .await;
@@ -389,8 +394,13 @@ fn close_reason(reason: &str) -> Utf8Bytes {
 /// stamped with the connection's sender where the namespace says so (then only an object is
 /// published), and reported to the application where the channel asks. Returns an error
 /// object to send back, if any.
-async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<String> {
-    let Some(to) = to else {
+async fn publish(
+    app: &App,
+    channel: Option<&Channel>,
+    how: Option<&Publishing>,
+    body: &str,
+) -> Option<String> {
+    let Some(channel) = channel else {
         return Some(
             r#"{"event":"error","error":"publishing is not allowed on this connection (wildcard subscription or missing publish key)"}"#
                 .into(),
@@ -399,9 +409,9 @@ async fn publish(app: &App, to: Option<&Publishing>, body: &str) -> Option<Strin
     let payload = Payload::from_json(body.as_bytes()).unwrap_or_else(|_| Payload::string(body));
     let published = app
         .engine
-        .publish_stamped(to.channel.clone(), payload, to.stamp.as_ref())
+        .publish_stamped(channel.clone(), payload, how.and_then(|h| h.stamp.as_ref()))
         .await;
-    if let (Ok(published), Some(reported)) = (&published, &to.reported) {
+    if let (Ok(published), Some(reported)) = (&published, how.and_then(|h| h.reported.as_ref())) {
         app.engine
             .observe_publish(published, reported.user.clone(), reported.info.clone());
     }
