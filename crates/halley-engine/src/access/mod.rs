@@ -734,10 +734,10 @@ pub fn vouched(who: &Principal, vouched: Vouched) -> Principal {
     }
     let mut identity = Identity::clone(who);
     if let Some(user) = vouched.user {
-        identity.user = Some(user.into_boxed_str());
+        identity.user = Some(user);
     }
     if let Some(info) = vouched.info {
-        identity.info = Some(info.to_string().into_boxed_str());
+        identity.info = Some(info);
     }
     Arc::new(identity)
 }
