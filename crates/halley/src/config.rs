@@ -296,6 +296,14 @@ fn names(kinds: Kinds) -> String {
 /// The lines of `halley check-config` about calls to the application.
 pub fn describe_calls(http: &HttpConfig) -> Vec<String> {
     let mut lines = Vec::new();
+    if let Some(a) = &http.auth {
+        lines.push(format!(
+            "auth {} timeout={}ms concurrency={}",
+            a.url,
+            a.timeout.as_millis(),
+            a.concurrency
+        ));
+    }
     if let Some(w) = &http.webhooks {
         lines.push(format!(
             "webhooks {} events={} queue-size={} timeout={} attempts={}",
@@ -799,6 +807,10 @@ mod tests {
         assert!(format!("{error:#}").contains("only http://"), "{error:#}");
         let good = format!("auth-url = \"http://127.0.0.1:3000/auth\"\nauth-timeout = 500\n{ns}");
         let settings = settings_from("app-good.toml", &good).unwrap();
+        assert_eq!(
+            describe_calls(&settings.http),
+            ["auth http://127.0.0.1:3000/auth timeout=500ms concurrency=64"]
+        );
         let auth = settings.http.auth.unwrap();
         assert_eq!(auth.timeout, Duration::from_millis(500));
         assert_eq!(auth.concurrency, AuthConfig::DEFAULT_CONCURRENCY);
