@@ -532,6 +532,39 @@ async fn handshake_beyond_max_sessions_is_refused_503() {
     assert_eq!(s.bayeux.session_count(), 2);
 }
 
+/// A session cannot subscribe without end: one pattern past `MAX_SESSION_SUBSCRIPTIONS` is
+/// refused, a batch that would pass it adds nothing, and what the session had stays.
+#[tokio::test(start_paused = true)]
+async fn a_session_subscribes_to_at_most_max_session_subscriptions() {
+    use halley_engine::bayeux::MAX_SESSION_SUBSCRIPTIONS;
+    let s = Server::new();
+    let client = s.handshake().await;
+    let subscribe = |names: Vec<String>| json!({"channel": "/meta/subscribe", "clientId": client, "subscription": names, "id": "s"});
+    let first: Vec<String> = (0..MAX_SESSION_SUBSCRIPTIONS)
+        .map(|i| format!("/many/{i}"))
+        .collect();
+    let reply = s.send(subscribe(first.clone())).await;
+    assert_eq!(reply["successful"], true, "{reply}");
+    // Subscribing again to what it has adds nothing, so it is not refused.
+    let reply = s.send(subscribe(first[..3].to_vec())).await;
+    assert_eq!(reply["successful"], true, "{reply}");
+    let reply = s
+        .send(subscribe(vec!["/many/x".into(), "/many/y".into()]))
+        .await;
+    assert_eq!(reply["successful"], false, "{reply}");
+    assert_eq!(
+        reply["error"], "403::too many subscriptions on this session",
+        "{reply}"
+    );
+    assert_error_form(reply["error"].as_str().unwrap());
+    let listed = s.engine.channels("/many/").await.unwrap();
+    assert_eq!(
+        listed.len(),
+        MAX_SESSION_SUBSCRIPTIONS,
+        "nothing added, nothing lost"
+    );
+}
+
 // ---- authorizer ----
 
 #[tokio::test(start_paused = true)]

@@ -28,6 +28,12 @@ pub const CONNECTION_TYPES: [&str; 3] = ["websocket", "long-polling", "callback-
 /// How often idle sessions are looked for. A session outlives `max_interval` by at most this.
 pub const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most channels and patterns one session may subscribe to. Each costs the session's
+/// subscription a pattern and the hub an entry, so a client subscribing in a loop would grow
+/// the server without end; a browser application uses a few dozen. One more is refused
+/// (`403::too many subscriptions on this session`), and the session keeps what it had.
+pub const MAX_SESSION_SUBSCRIPTIONS: usize = 256;
+
 /// Most messages sent with one connect reply (long-polling) or in one WebSocket frame; the
 /// rest follow with the next one. Bounds the size of one response.
 pub const MAX_DELIVERY_BATCH: usize = 500;
@@ -559,7 +565,16 @@ impl Bayeux {
             if let Err(e) = self.shared.engine.check_capacity(&patterns).await {
                 return BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()));
             }
-            session.subscribe(patterns).await;
+            if session
+                .subscribe(patterns, MAX_SESSION_SUBSCRIPTIONS)
+                .await
+                .is_err()
+            {
+                return BayeuxMessage::error(
+                    message,
+                    BayeuxError::Forbidden(String::new(), "too many subscriptions on this session"),
+                );
+            }
         } else {
             session.unsubscribe(&patterns).await;
         }

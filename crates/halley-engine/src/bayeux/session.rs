@@ -121,11 +121,20 @@ impl Session {
                 > max_interval
     }
 
-    pub(crate) async fn subscribe(&self, patterns: Vec<Pattern>) {
+    /// Adds `patterns`; refused (nothing added) when the session would hold more than `max`.
+    pub(crate) async fn subscribe(&self, patterns: Vec<Pattern>, max: usize) -> Result<(), usize> {
         let mut sub = self.sub.lock().await;
+        let new = patterns
+            .iter()
+            .filter(|p| !sub.patterns().contains(p))
+            .count();
+        if sub.patterns().len() + new > max {
+            return Err(max);
+        }
         for p in patterns {
             sub.add(p);
         }
+        Ok(())
     }
 
     pub(crate) async fn unsubscribe(&self, patterns: &[Pattern]) {
