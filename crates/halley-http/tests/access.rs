@@ -7,10 +7,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestServer, Ws, bayeux, bayeux_client, bayeux_handshake, within, ws_json};
+use common::{
+    TestServer, Ws, bayeux, bayeux_client, bayeux_handshake, hs256, now, within, ws_json,
+};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::access::{
     AccessConfig, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
@@ -26,16 +28,9 @@ const SECRET: &str = "test-secret-of-32-bytes-or-more!";
 
 fn namespace(channels: &str, subscribe: SubscribeRule, publish: PublishRule) -> NamespaceConfig {
     NamespaceConfig {
-        channels: channels.into(),
         subscribe,
         publish,
-        client_publish: true,
-        presence: true,
-        history_size: None,
-        history_ttl: None,
-        max_subscribers: None,
-        stamp: false,
-        webhooks: None,
+        ..NamespaceConfig::new(channels)
     }
 }
 
@@ -57,13 +52,6 @@ fn locked() -> AccessConfig {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn b64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
@@ -81,12 +69,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// An HS256 token over `claims`, signed with `secret`.
 fn token_with(claims: Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(&claims, secret)
 }
 
 fn token(claims: Value) -> String {

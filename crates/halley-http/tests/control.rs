@@ -11,10 +11,10 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Reply, TestServer, Ws, bayeux, within, ws_json};
+use common::{Reply, TestServer, Ws, bayeux, now, within, ws_json};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::access::{
     AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
@@ -27,13 +27,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const KEY: &str = "backend-key";
 const SECRET: &str = "test-secret-of-32-bytes-or-more!";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// `/chat/**` needs a token; the backend key is `KEY`.
 fn access() -> AccessConfig {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::app::{Answer, FakeApp};
-use common::{TestServer, within, ws_json};
+use common::{TestServer, hs256, within, ws_json};
 use futures_util::SinkExt;
 use halley_engine::access::{
     AccessConfig, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
@@ -248,12 +248,7 @@ async fn members_joining_and_leaving_and_channels_occupied_and_vacated() {
 
 /// An HS256 token over `claims`.
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(&claims, TOKEN_SECRET)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::app::{Answer, FakeApp};
-use common::{Reply, TestServer, Ws, bayeux, within, ws_json};
+use common::{Reply, TestServer, Ws, bayeux, hs256, within, ws_json};
 use futures_util::SinkExt;
 use halley_engine::access::{AccessConfig, NamespaceConfig, Policy, PublishRule, TokenConfig};
 use halley_engine::{Engine, EngineConfig};
@@ -57,13 +57,9 @@ fn token_policy() -> Policy {
     .unwrap()
 }
 
+/// An HS256 token over `claims`.
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(&claims, TOKEN_SECRET)
 }
 
 fn alice() -> String {

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
-use common::{Open, TestServer, Ws, bayeux, bayeux_client, ws_json};
+use common::{Open, TestServer, Ws, bayeux, bayeux_client, hs256, now, ws_json};
 use futures_util::SinkExt;
 use halley_engine::access::{
     AccessConfig, NamespaceConfig, PublishRule, SubscribeRule, TokenConfig,
@@ -48,20 +46,9 @@ fn config() -> AccessConfig {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
+/// An HS256 token over `claims`.
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(&claims, SECRET)
 }
 
 /// Alice's token: she may publish anywhere under `/talk`, `/open` and `/plain`, and the

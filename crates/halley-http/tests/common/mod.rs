@@ -661,3 +661,21 @@ pub async fn bayeux_client(s: &TestServer, ext: Value) -> String {
     assert_eq!(reply["successful"], true, "{reply}");
     reply["clientId"].as_str().unwrap().to_string()
 }
+
+/// Now, in Unix seconds (for token claims).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token over `claims`, signed with `secret`.
+pub fn hs256(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
