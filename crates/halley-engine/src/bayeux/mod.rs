@@ -59,7 +59,8 @@ pub struct BayeuxConfig {
     /// handshake again. Covers a reconnect after a network blip without keeping dead sessions.
     pub max_interval: Duration,
     /// Most sessions at once; a handshake beyond gets `503::too many sessions` with advice to
-    /// try again in 5 s. Each idle session costs ~1 KiB.
+    /// try again in 5 s. Bounds the memory of sessions whose clients went away until they
+    /// expire (`max_interval`).
     pub max_sessions: usize,
     /// Handshakes a second from one source (an IPv4 address or an IPv6 /64), in bursts of up
     /// to [`BURST_SECONDS`] worth; one more gets `429::too many handshakes from this address`
