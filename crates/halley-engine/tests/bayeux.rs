@@ -1589,7 +1589,10 @@ async fn a_batch_of_handshakes_opens_one_session() {
     assert_eq!(s.bayeux.session_count(), 1);
     // The next batch may handshake again.
     let next = Caller::new(&principal);
-    assert_eq!(s.send_as(&next, handshake_json("4")).await["successful"], true);
+    assert_eq!(
+        s.send_as(&next, handshake_json("4")).await["successful"],
+        true
+    );
 }
 
 /// Regression (issue 12): one client opened 100,000 sessions in under a second and locked
@@ -1635,7 +1638,10 @@ async fn handshake_flood_from_one_source_is_refused_429_and_another_source_still
     // Waiting as advised is enough.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let batch = Caller::new(&principal).peer(flooder);
-    assert_eq!(s.send_as(&batch, handshake_json("f")).await["successful"], true);
+    assert_eq!(
+        s.send_as(&batch, handshake_json("f")).await["successful"],
+        true
+    );
 }
 
 // ---- session binding (issue 12) ----
@@ -1676,13 +1682,21 @@ async fn a_session_bound_to_its_browser_refuses_requests_without_it() {
             json!({"channel": "/meta/disconnect", "clientId": client}),
         ] {
             let reply = s.send_as(&other, request.clone()).await;
-            assert_fields(&reply, &unknown_client(), &format!("{stranger:?}: {request}"));
+            assert_fields(
+                &reply,
+                &unknown_client(),
+                &format!("{stranger:?}: {request}"),
+            );
         }
     }
     // The session is intact for its own browser.
     assert_eq!(s.bayeux.session_count(), 1);
     s.publish("/bound", json!("hi")).await;
-    let connect = match s.bayeux.handle_in(request(&connect_now_json(&client)), &own).await {
+    let connect = match s
+        .bayeux
+        .handle_in(request(&connect_now_json(&client)), &own)
+        .await
+    {
         Handled::Connect(connect) => connect,
         _ => panic!("the session's own browser was refused"),
     };
@@ -1737,7 +1751,11 @@ async fn the_first_connect_of_a_session_is_answered_at_once() {
     let first = s
         .hold(s.connect_ok(connect_json(&client, "1", None, None)).await)
         .await;
-    assert_eq!(start.elapsed(), Duration::ZERO, "the first connect was held");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the first connect was held"
+    );
     assert_fields(
         &first.reply,
         &json!({"successful": true, "id": "1",

@@ -47,7 +47,12 @@ impl Answer {
             .iter()
             .filter(|m| m["channel"] == channel && m.get("successful").is_some())
             .collect();
-        assert_eq!(found.len(), 1, "one reply on {channel}: {:?}", self.messages);
+        assert_eq!(
+            found.len(),
+            1,
+            "one reply on {channel}: {:?}",
+            self.messages
+        );
         found[0]
     }
 
@@ -70,9 +75,7 @@ async fn connect_from(s: &TestServer, source: &str) -> TcpStream {
 /// POSTs `batch` to `/cometd` from `source`, with the browser cookie if given.
 async fn post_from(s: &TestServer, source: &str, browser: Option<&str>, batch: Value) -> Answer {
     let body = batch.to_string();
-    let cookie = browser.map_or(String::new(), |b| {
-        format!("Cookie: BAYEUX_BROWSER={b}\r\n")
-    });
+    let cookie = browser.map_or(String::new(), |b| format!("Cookie: BAYEUX_BROWSER={b}\r\n"));
     let head = format!(
         "POST /cometd HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{cookie}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         s.addr,
@@ -110,9 +113,7 @@ async fn exchange(s: &TestServer, source: &str, request: &str) -> String {
 /// GETs `batch` the callback-polling way; the messages passed to the callback.
 async fn jsonp(s: &TestServer, browser: Option<&str>, batch: Value) -> Vec<Value> {
     let encoded: String = form_urlencoded::byte_serialize(batch.to_string().as_bytes()).collect();
-    let cookie = browser.map_or(String::new(), |b| {
-        format!("Cookie: BAYEUX_BROWSER={b}\r\n")
-    });
+    let cookie = browser.map_or(String::new(), |b| format!("Cookie: BAYEUX_BROWSER={b}\r\n"));
     let request = format!(
         "GET /cometd?jsonp=cb&message={encoded} HTTP/1.1\r\nHost: {}\r\n{cookie}Connection: close\r\n\r\n",
         s.addr
@@ -202,7 +203,13 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
     // The flood: one handshake per request, until refused (a burst of 10 at 1 a second).
     let mut accepted = 1;
     let refused = loop {
-        let answer = post_from(&s, HERE, None, json!([handshake_message(&["long-polling"])])).await;
+        let answer = post_from(
+            &s,
+            HERE,
+            None,
+            json!([handshake_message(&["long-polling"])]),
+        )
+        .await;
         let hs = answer.reply("/meta/handshake").clone();
         if hs["successful"] == false {
             break hs;
@@ -211,7 +218,10 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
         assert!(accepted <= 10, "more than a burst of handshakes accepted");
     };
     assert_eq!(accepted, 10, "the burst is ten seconds of handshakes");
-    assert_eq!(refused["error"], "429::too many handshakes from this address");
+    assert_eq!(
+        refused["error"],
+        "429::too many handshakes from this address"
+    );
     assert_eq!(refused["clientId"], Value::Null);
     assert_eq!(refused["advice"]["reconnect"], "handshake", "{refused}");
     let interval = refused["advice"]["interval"].as_u64().unwrap();
@@ -228,11 +238,21 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
     );
 
     // Another address is not locked out, on any transport.
-    let other = post_from(&s, ELSEWHERE, None, json!([handshake_message(&["long-polling"])])).await;
+    let other = post_from(
+        &s,
+        ELSEWHERE,
+        None,
+        json!([handshake_message(&["long-polling"])]),
+    )
+    .await;
     other.client_id();
     let mut ws = ws_from(&s, ELSEWHERE, None).await;
     let replies = ws_exchange(&mut ws, json!([handshake_message(&["websocket"])])).await;
-    assert_eq!(only(&replies, "/meta/handshake")["successful"], true, "{replies:?}");
+    assert_eq!(
+        only(&replies, "/meta/handshake")["successful"],
+        true,
+        "{replies:?}"
+    );
     s.assert_still_serving().await;
 }
 
@@ -246,9 +266,18 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
 #[tokio::test]
 async fn a_session_is_bound_to_the_browser_cookie_it_sends_back() {
     let s = TestServer::start().await;
-    let hs = post_from(&s, HERE, None, json!([handshake_message(&["long-polling"])])).await;
+    let hs = post_from(
+        &s,
+        HERE,
+        None,
+        json!([handshake_message(&["long-polling"])]),
+    )
+    .await;
     let client = hs.client_id();
-    let browser = hs.set_browser.clone().expect("the handshake sets BAYEUX_BROWSER");
+    let browser = hs
+        .set_browser
+        .clone()
+        .expect("the handshake sets BAYEUX_BROWSER");
     // The cookie comes back with the first connect: the session is bound.
     let first = post_from(
         &s,
@@ -272,16 +301,26 @@ async fn a_session_is_bound_to_the_browser_cookie_it_sends_back() {
     ];
     for request in &stranger_requests {
         let channel = request["channel"].as_str().unwrap();
-        for (source, cookie) in [(HERE, None), (ELSEWHERE, None), (ELSEWHERE, Some("0123abcd"))] {
+        for (source, cookie) in [
+            (HERE, None),
+            (ELSEWHERE, None),
+            (ELSEWHERE, Some("0123abcd")),
+        ] {
             let what = format!("{request} from {source} with {cookie:?}");
             let answer = post_from(&s, source, cookie, json!([request])).await;
             assert_unknown_client(answer.reply(channel), &what);
         }
         let replies = jsonp(&s, None, json!([request])).await;
-        assert_unknown_client(only(&replies, channel), &format!("{request} by callback-polling"));
+        assert_unknown_client(
+            only(&replies, channel),
+            &format!("{request} by callback-polling"),
+        );
         let mut ws = ws_from(&s, ELSEWHERE, None).await;
         let replies = ws_exchange(&mut ws, json!([request])).await;
-        assert_unknown_client(only(&replies, channel), &format!("{request} on a WebSocket"));
+        assert_unknown_client(
+            only(&replies, channel),
+            &format!("{request} on a WebSocket"),
+        );
     }
 
     // The session's own browser still has it, with its subscription, on every transport.
@@ -303,7 +342,11 @@ async fn a_session_is_bound_to_the_browser_cookie_it_sends_back() {
         json!([{"channel": "/bound/a", "clientId": client, "data": "mine", "id": "p"}]),
     )
     .await;
-    assert_eq!(only(&replies, "/bound/a")["successful"], true, "{replies:?}");
+    assert_eq!(
+        only(&replies, "/bound/a")["successful"],
+        true,
+        "{replies:?}"
+    );
     let mut ws = ws_from(&s, HERE, Some(&browser)).await;
     let replies = ws_exchange(
         &mut ws,
@@ -335,7 +378,10 @@ async fn websocket_sessions_are_bound_to_the_upgrade_cookie_and_cookieless_clien
         json!([connect_message(&client, "long-polling", "x")]),
     )
     .await;
-    assert_unknown_client(answer.reply("/meta/connect"), "long-polling without the cookie");
+    assert_unknown_client(
+        answer.reply("/meta/connect"),
+        "long-polling without the cookie",
+    );
     let answer = post_from(
         &s,
         HERE,
@@ -354,8 +400,16 @@ async fn websocket_sessions_are_bound_to_the_upgrade_cookie_and_cookieless_clien
         .to_string();
     drop(ws);
     let mut again = ws_from(&s, ELSEWHERE, None).await;
-    let replies = ws_exchange(&mut again, json!([connect_message(&free, "websocket", "c")])).await;
-    assert_eq!(only(&replies, "/meta/connect")["successful"], true, "{replies:?}");
+    let replies = ws_exchange(
+        &mut again,
+        json!([connect_message(&free, "websocket", "c")]),
+    )
+    .await;
+    assert_eq!(
+        only(&replies, "/meta/connect")["successful"],
+        true,
+        "{replies:?}"
+    );
 }
 
 // ---- the first connect ----
@@ -371,9 +425,14 @@ async fn the_first_connect_is_answered_at_once_on_every_bayeux_transport() {
     })
     .await;
     // Long-polling.
-    let client = post_from(&s, HERE, None, json!([handshake_message(&["long-polling"])]))
-        .await
-        .client_id();
+    let client = post_from(
+        &s,
+        HERE,
+        None,
+        json!([handshake_message(&["long-polling"])]),
+    )
+    .await
+    .client_id();
     let first = post_from(
         &s,
         HERE,
@@ -396,7 +455,10 @@ async fn the_first_connect_is_answered_at_once_on_every_bayeux_transport() {
         s.publish("/first/lp", "held").await
     };
     let (second, _) = tokio::join!(second, publish);
-    assert_eq!(second.messages[0]["data"], "held", "the second connect was held");
+    assert_eq!(
+        second.messages[0]["data"], "held",
+        "the second connect was held"
+    );
 
     // Callback-polling.
     let replies = jsonp(&s, None, json!([handshake_message(&["callback-polling"])])).await;
@@ -442,7 +504,11 @@ async fn the_first_connect_is_answered_at_once_on_every_bayeux_transport() {
     )
     .await;
     assert_eq!(only(&replies, "/meta/subscribe")["successful"], true);
-    assert_eq!(only(&replies, "/meta/connect")["successful"], true, "{replies:?}");
+    assert_eq!(
+        only(&replies, "/meta/connect")["successful"],
+        true,
+        "{replies:?}"
+    );
     // The second is held: a publish meanwhile comes in a frame of its own, not with a reply.
     let replies = ws_exchange(
         &mut ws,
@@ -452,7 +518,11 @@ async fn the_first_connect_is_answered_at_once_on_every_bayeux_transport() {
         ]),
     )
     .await;
-    assert_eq!(replies.len(), 1, "only the publish is answered: {replies:?}");
+    assert_eq!(
+        replies.len(),
+        1,
+        "only the publish is answered: {replies:?}"
+    );
     assert_eq!(only(&replies, "/first/ws")["successful"], true);
     let pushed = ws_json(&mut ws).await;
     assert_eq!(pushed[0]["data"], "pushed", "{pushed}");

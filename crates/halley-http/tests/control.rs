@@ -595,7 +595,10 @@ async fn disconnect_on_iframe_multipart_raw_lines_and_bayeux_websocket() {
     .unwrap();
     let replies = ws_json(&mut ws).await;
     assert_eq!(replies[0]["successful"], true, "{replies}");
-    assert_eq!(replies[1]["successful"], true, "the first connect: {replies}");
+    assert_eq!(
+        replies[1]["successful"], true,
+        "the first connect: {replies}"
+    );
     // The next connect is held; the subscribe's reply in its frame says it was taken.
     within(
         "ws send",

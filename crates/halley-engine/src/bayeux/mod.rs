@@ -24,8 +24,8 @@ use serde_json::{Map, Value, json};
 use crate::control::Closing;
 use crate::{Engine, EngineError};
 pub use session::{Batch, Browser, ConnectGuard, Session};
-pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 use sources::Sources;
+pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 
 /// Connection types this server offers, in its order of preference.
 pub const CONNECTION_TYPES: [&str; 3] = ["websocket", "long-polling", "callback-polling"];
