@@ -1689,8 +1689,14 @@ async fn a_session_bound_to_its_browser_refuses_requests_without_it() {
             );
         }
     }
-    // The session is intact for its own browser.
+    // The session is intact for its own browser, and for the connection its secret was
+    // offered on (a WebSocket whose 101 set the cookie).
     assert_eq!(s.bayeux.session_count(), 1);
+    let offered_on = Caller::new(&principal).browser(Browser::Offered("b1"));
+    let reply = s
+        .send_as(&offered_on, subscribe_json(&client, "/offered"))
+        .await;
+    assert_eq!(reply["successful"], true, "{reply}");
     s.publish("/bound", json!("hi")).await;
     let connect = match s
         .bayeux

@@ -133,6 +133,11 @@ async fn jsonp(s: &TestServer, browser: Option<&str>, batch: Value) -> Vec<Value
 
 /// A Bayeux WebSocket from `source`, upgraded with the browser cookie if given.
 async fn ws_from(s: &TestServer, source: &str, browser: Option<&str>) -> Ws {
+    ws_offered(s, source, browser).await.0
+}
+
+/// [`ws_from`], and the browser cookie its 101 answer set, if any.
+async fn ws_offered(s: &TestServer, source: &str, browser: Option<&str>) -> (Ws, Option<String>) {
     let mut request = format!("ws://{}/cometd", s.addr)
         .into_client_request()
         .unwrap();
@@ -142,13 +147,20 @@ async fn ws_from(s: &TestServer, source: &str, browser: Option<&str>) -> Ws {
             .insert("cookie", format!("BAYEUX_BROWSER={b}").parse().unwrap());
     }
     let stream = connect_from(s, source).await;
-    within(
+    let (ws, response) = within(
         "websocket handshake",
         tokio_tungstenite::client_async(request, stream),
     )
     .await
-    .unwrap()
-    .0
+    .unwrap();
+    let offered = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("BAYEUX_BROWSER="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    (ws, offered)
 }
 
 /// Sends `batch` on `ws` and returns the messages of the next frame.
@@ -391,14 +403,15 @@ async fn websocket_sessions_are_bound_to_the_upgrade_cookie_and_cookieless_clien
     .await;
     assert_eq!(answer.reply("/meta/connect")["successful"], true);
 
-    // No cookies at all: nothing is bound.
-    let mut ws = ws_from(&s, HERE, None).await;
+    // An upgrade without the cookie is answered with one (as a browser's first visit is); a
+    // client that never sends it back binds nothing and keeps working from a new socket.
+    let (mut ws, offered) = ws_offered(&s, HERE, None).await;
+    let offered = offered.expect("an upgrade without the cookie is answered with one");
     let replies = ws_exchange(&mut ws, json!([handshake_message(&["websocket"])])).await;
     let free = only(&replies, "/meta/handshake")["clientId"]
         .as_str()
         .unwrap()
         .to_string();
-    drop(ws);
     let mut again = ws_from(&s, ELSEWHERE, None).await;
     let replies = ws_exchange(
         &mut again,
@@ -407,6 +420,35 @@ async fn websocket_sessions_are_bound_to_the_upgrade_cookie_and_cookieless_clien
     .await;
     assert_eq!(
         only(&replies, "/meta/connect")["successful"],
+        true,
+        "{replies:?}"
+    );
+    // A browser's next socket carries the offered cookie: from then on the session is bound,
+    // and the socket it was offered on may still use it.
+    let (mut next, set) = ws_offered(&s, HERE, Some(&offered)).await;
+    assert_eq!(set, None, "an upgrade with the cookie is not given another");
+    let replies = ws_exchange(&mut next, json!([connect_message(&free, "websocket", "n")])).await;
+    assert_eq!(
+        only(&replies, "/meta/connect")["successful"],
+        true,
+        "{replies:?}"
+    );
+    let replies = ws_exchange(
+        &mut again,
+        json!([connect_message(&free, "websocket", "x")]),
+    )
+    .await;
+    assert_unknown_client(
+        only(&replies, "/meta/connect"),
+        "a socket without the cookie",
+    );
+    let replies = ws_exchange(
+        &mut ws,
+        json!([{"channel": "/meta/subscribe", "clientId": free, "subscription": "/ws/own", "id": "s"}]),
+    )
+    .await;
+    assert_eq!(
+        only(&replies, "/meta/subscribe")["successful"],
         true,
         "{replies:?}"
     );

@@ -27,8 +27,9 @@ pub enum Browser<'a> {
     Unknown,
     /// The request carried this one.
     Presented(&'a str),
-    /// The request carried none; the transport sets this one on its answer when a handshake in
-    /// it succeeds. The session is bound once a request comes back with it.
+    /// The request carried none; the transport sets this one on its answer (over HTTP when a
+    /// handshake in it succeeds, on a WebSocket's 101). A session handshaken with it is bound
+    /// once a request comes back with it; the connection it was offered on may go on without.
     Offered(&'a str),
 }
 
@@ -140,11 +141,16 @@ impl Session {
         let Some(own) = self.browser.as_deref() else {
             return true;
         };
-        if browser.presented() == Some(own) {
-            self.bound.store(true, Ordering::Release);
-            return true;
+        match browser {
+            Browser::Presented(b) if b == own => {
+                self.bound.store(true, Ordering::Release);
+                true
+            }
+            // The connection the secret was offered on (a WebSocket whose 101 set it) is the
+            // client's own, but proves nothing about its cookies: it binds nothing.
+            Browser::Offered(b) if b == own => true,
+            _ => !self.bound.load(Ordering::Acquire),
         }
-        !self.bound.load(Ordering::Acquire)
     }
 
     /// True for the session's first `/meta/connect` only.

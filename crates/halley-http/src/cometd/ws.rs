@@ -31,13 +31,19 @@ pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
-    let response = accept_websocket(request.headers())?;
+    let mut response = accept_websocket(request.headers())?;
     // The upgrade's credentials, for a handshake on this socket (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
+    // An upgrade without the browser cookie is answered with one, as a handshake over HTTP
+    // is: a browser's next socket (CometD reconnects with the same clientId) carries it.
+    let presented = super::browser_id(request.headers());
+    let offered = presented.is_none().then(super::new_browser_id);
+    super::set_browser_cookie(response.headers_mut(), offered.clone());
     let upgraded = Box::new(Upgraded {
         who,
         peer: crate::server::Peer::of(&request),
-        browser: super::browser_id(request.headers()).map(String::into_boxed_str),
+        presented: presented.is_some(),
+        browser: presented.or(offered).map(String::into_boxed_str),
     });
     spawn_upgraded(app, &mut request, |app, tx, rx| async move {
         run(&app, tx, rx, upgraded).await
@@ -58,11 +64,24 @@ type Calls = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Box<BayeuxMe
 
 /// What the upgrade request told about its client, for every batch on the socket. Boxed: an
 /// idle socket's task keeps one word for it. A session handshaken here is bound to the
-/// upgrade's browser cookie, as over HTTP; a socket upgraded without one binds nothing.
+/// upgrade's browser cookie, as over HTTP: at once when the upgrade carried it, else to the one
+/// its 101 answer set, once a request for the session comes back with it.
 struct Upgraded {
     who: Principal,
     peer: Option<std::net::IpAddr>,
+    /// The upgrade carried `browser` (else the 101 offered it).
+    presented: bool,
     browser: Option<Box<str>>,
+}
+
+impl Upgraded {
+    fn browser(&self) -> Browser<'_> {
+        match &self.browser {
+            None => Browser::Unknown,
+            Some(b) if self.presented => Browser::Presented(b),
+            Some(b) => Browser::Offered(b),
+        }
+    }
 }
 
 /// A connect held on this socket; its guard keeps the session from expiring meanwhile.
@@ -119,7 +138,7 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded
                 let caller = Box::new(
                     Caller::new(&upgraded.who)
                         .peer(upgraded.peer)
-                        .browser(upgraded.browser.as_deref().map_or(Browser::Unknown, Browser::Presented)),
+                        .browser(upgraded.browser()),
                 );
                 for message in batch {
                     // Boxed: handling a message is not what an idle socket waits in.
