@@ -68,8 +68,7 @@ pub fn handle<'a, B: RequestBody>(
             Ok(r) => r,
             Err(e) => reject(app, e),
         };
-        if let Some(allow) = allow.filter(|_| response.status() == StatusCode::METHOD_NOT_ALLOWED)
-        {
+        if let Some(allow) = allow.filter(|_| response.status() == StatusCode::METHOD_NOT_ALLOWED) {
             // Every 405 says what the route takes (RFC 9110 §15.5.6); the value is built from
             // the route table, and only for a 405.
             if let Ok(value) = HeaderValue::from_str(&allow.header()) {

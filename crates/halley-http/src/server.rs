@@ -429,7 +429,8 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
     let route = path.split_once('?').map_or(path, |(r, _)| r);
     // rupy's client sends its headerless pull without Host: it is not HTTP.
     if method == "GET"
-        && routes::resolve(&Method::GET, route, cometd_path).is_ok_and(|e| e.handler == Handler::Pull)
+        && routes::resolve(&Method::GET, route, cometd_path)
+            .is_ok_and(|e| e.handler == Handler::Pull)
         && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"))
     {
         return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
@@ -1072,7 +1073,18 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 mod tests {
     use super::*;
 
+    /// Classifies `head`, with a `Host` header added to an HTTP/1.1 head that has none.
     fn check(head: &str, expected: &str) {
+        let head = match head.split_once("HTTP/1.1\r\n") {
+            Some((line, rest)) if !head.to_ascii_lowercase().contains("\nhost:") => {
+                format!("{line}HTTP/1.1\r\nHost: h\r\n{rest}")
+            }
+            _ => head.to_string(),
+        };
+        check_exact(&head, expected);
+    }
+
+    fn check_exact(head: &str, expected: &str) {
         let got = match classify(head.as_bytes(), "/cometd", 100) {
             Route::HeadlessPull(q) => format!("headless {q}"),
             Route::Lean {
@@ -1082,6 +1094,8 @@ mod tests {
                 ..
             } => format!("lean keep_alive={keep_alive} http10={http10} more={more}"),
             Route::Hyper => "hyper".to_string(),
+            Route::Http2 => "http2".to_string(),
+            Route::Refuse(r) => format!("{} {}", r.status, r.error),
         };
         assert_eq!(got, expected, "{head:?}");
     }
@@ -1122,7 +1136,10 @@ mod tests {
         );
         check("GET /pub/a HTTP/1.1\r\n\r\n", "hyper");
         check("GET /healthz HTTP/1.1\r\n\r\n", "hyper");
-        check("garbage\r\n\r\n", "hyper");
+        check(
+            "garbage\r\n\r\n",
+            "400 malformed request head: invalid token",
+        );
         // Bayeux long-polling: a POST on /cometd with a bounded Content-Length body.
         let lean = "lean keep_alive=true http10=false";
         check(
@@ -1143,7 +1160,7 @@ mod tests {
         );
         check(
             "POST /cometd HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            "hyper",
+            "400 malformed Content-Length",
         );
         check(
             "POST /cometd HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -1162,6 +1179,111 @@ mod tests {
             "hyper",
         );
         check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
+        check("HEAD /sub/a HTTP/1.1\r\n\r\n", "hyper");
+    }
+
+    #[test]
+    fn refuses_malformed_heads() {
+        let bad = "400 malformed request head";
+        let cases = [
+            ("GET\r\n\r\n", &*format!("{bad}: invalid token")),
+            (
+                "GET /a HTTP/1.1 x\r\n\r\n",
+                &format!("{bad}: invalid new line"),
+            ),
+            (
+                "GET /a HTTP/2.0\r\n\r\n",
+                "400 malformed request line: HTTP/1.0 and HTTP/1.1 only",
+            ),
+            (
+                "GET /a HTTP/1.1\r\nBroken\r\n\r\n",
+                &format!("{bad}: invalid header name"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\nX: a\0b\r\n\r\n",
+                &format!("{bad}: invalid header value"),
+            ),
+            (
+                "GET /a\0 HTTP/1.1\r\n\r\n",
+                &format!("{bad}: invalid token"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                &format!("{bad}: invalid header name"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\n\r\n",
+                "400 an HTTP/1.1 request must carry a Host header",
+            ),
+            (
+                "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "400 more than one Host header",
+            ),
+            ("GET /a HTTP/1.0\r\n\r\n", "hyper"),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\n",
+                "400 malformed Content-Length",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                "400 malformed Content-Length",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "400 conflicting Content-Length headers",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 2\r\n\r\n",
+                "400 conflicting Content-Length headers",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                "hyper",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "400 Transfer-Encoding must end with chunked (the body's length is unknown)",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "501 only the chunked transfer coding is supported",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+                "400 both Content-Length and Transfer-Encoding: send one",
+            ),
+            (
+                "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "400 Transfer-Encoding in an HTTP/1.0 request",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "hyper",
+            ),
+            ("PRI * HTTP/2.0\r\n\r\n", "http2"),
+            // rupy's headerless pull is not HTTP, and its client sends no Host.
+            (
+                "GET /pull?name=a HTTP/1.1\r\nHead: less\r\n\r\n",
+                "headless name=a",
+            ),
+        ];
+        for (head, expected) in cases {
+            check_exact(head, expected);
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: y\r\n")).collect();
+        check_exact(
+            &format!("GET /a HTTP/1.1\r\nHost: h\r\n{many}\r\n"),
+            &format!("431 more than {MAX_HEADERS} header fields"),
+        );
+    }
+
+    #[test]
+    fn a_head_ends_at_an_empty_line() {
+        assert!(head_ends(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\n\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: h\n\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: h\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\n\r"));
     }
 }
 
