@@ -300,6 +300,13 @@ async fn head_works_wherever_a_safe_get_does() {
         let got = raw.header("content-type").unwrap_or("");
         assert!(got.starts_with(content_type), "{path}: {got}");
         assert!(raw.body.is_empty(), "{path}: {:?}", raw.body);
+        // A whole body's length is the GET's; a stream's is not claimed.
+        let length = raw.header("content-length");
+        if path.starts_with("/sub") || path.starts_with("/pull") {
+            assert_eq!(length, None, "{path}");
+        } else {
+            assert_ne!(length, Some("0"), "{path}");
+        }
     }
     // The checks of the GET still apply.
     let raw = exchange(
