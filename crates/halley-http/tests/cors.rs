@@ -79,14 +79,15 @@ async fn check(
     }
 }
 
-/// Requests on every transport (and Bayeux, and refusals), each from `origin`.
-fn every_transport(
-    origin: &'static str,
-) -> Vec<(
+/// (method, path, request headers)
+type Owned = (
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str)>,
-)> {
+);
+
+/// Requests on every transport (and Bayeux, and refusals), each from `origin`.
+fn every_transport(origin: &'static str) -> Vec<Owned> {
     let from = vec![("origin", origin)];
     let sse = vec![("origin", origin), ("accept", "text/event-stream")];
     vec![
