@@ -125,8 +125,8 @@ pub fn decorate(response: &mut Response<Body>, verdict: &Verdict) {
     }
 }
 
-/// The answer to a preflight (`OPTIONS` with `Access-Control-Request-Method`): the methods of
-/// the path's route (all of Halley's for a path no route has, which then answers 404).
+/// The answer to a preflight (`OPTIONS` with `Access-Control-Request-Method`), and to any
+/// `OPTIONS`: the methods of the path's route (all of Halley's for a path no route has).
 pub fn preflight<B>(app: &App, request: &Request<B>, verdict: &Verdict) -> Response<Body> {
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -136,6 +136,8 @@ pub fn preflight<B>(app: &App, request: &Request<B>, verdict: &Verdict) -> Respo
         .unwrap_or(HeaderValue::from_static("GET, HEAD, POST, PUT, OPTIONS"));
     let request = request.headers();
     let headers = response.headers_mut();
+    // A plain OPTIONS (no CORS) asks the same question; `Allow` is its answer.
+    headers.insert(header::ALLOW, methods.clone());
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     let requested = request
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)

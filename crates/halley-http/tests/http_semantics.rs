@@ -243,7 +243,8 @@ async fn http10_clients_get_http10_from_every_endpoint() {
     }
 }
 
-/// Every method a route does not take gets 405 with the `Allow` the route table gives.
+/// Every method a route does not take gets 405 with the `Allow` the route table gives, and
+/// `OPTIONS` gets the same list.
 #[tokio::test]
 async fn every_405_carries_allow_from_the_route_table() {
     let s = TestServer::start().await;
@@ -254,6 +255,15 @@ async fn every_405_carries_allow_from_the_route_table() {
         let request = s.request("DELETE", route.example).body(Full::default());
         let reply = s.send(request.unwrap()).await;
         reply.expect_error(405);
+        assert_eq!(reply.header("allow"), Some(allow.as_str()), "{route:?}");
+    }
+    // OPTIONS asks the same question of any path.
+    for route in ROUTES {
+        let path = route.example.split('?').next().unwrap();
+        let allow = routes::allow(path, "/cometd").unwrap().header();
+        let request = s.request("OPTIONS", route.example).body(Full::default());
+        let reply = s.send(request.unwrap()).await;
+        assert_eq!(reply.status, 204, "{route:?}");
         assert_eq!(reply.header("allow"), Some(allow.as_str()), "{route:?}");
     }
     // A 405 decided by the handler (a JSONP publish without its callback) says the same.
