@@ -2,8 +2,12 @@
 //!
 //! Every connection first has its request head read here (bounded in size and time: the
 //! slowloris guard), because rupy's `Head: less` pull must answer with no HTTP response at all,
-//! which an HTTP library cannot express. Everything else is handed to hyper with the bytes
-//! already read put back in front ([`Rewind`]).
+//! which an HTTP library cannot express. A malformed head is refused here with a JSON error
+//! (hyper's own refusals have empty bodies), and the HTTP/2 preface with a GOAWAY. GETs and
+//! POSTs with whole bodies are served here too (the lean path), each later head of the
+//! connection read the same way; everything else (upgrades, chunked bodies, `Expect`,
+//! pipelining, other methods) is handed to hyper with the bytes already read put back in front
+//! ([`Rewind`]), and hyper reads the rest of that connection.
 //!
 //! Drain: cancelling the shutdown token stops the accept loop, tells every held response to
 //! end with reconnect advice, asks idle keep-alive connections to close, and then waits up to
@@ -455,19 +459,13 @@ fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
     } else {
         Method::POST
     };
-    // The same route table as the router's: the lean path serves only what it resolves to.
-    let handler = routes::resolve(&method, route, cometd_path)
-        .ok()
-        .map(|e| e.handler);
+    // Every GET and POST with a whole body (none, or a Content-Length within the body limit,
+    // without `Expect: 100-continue`) is served here, so that each later head on the
+    // connection is read (and a malformed one refused with words) here too. hyper serves the
+    // rest: chunked bodies, `Expect`, upgrades, pipelining, bodies over the limit (the handler
+    // answers 413 while hyper streams them), other methods.
     let length = length.unwrap_or(0);
-    let lean_route = match (&method, handler) {
-        (&Method::GET, Some(Handler::Subscribe | Handler::Pull)) => length == 0,
-        // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
-        (&Method::POST, Some(Handler::Bayeux)) => {
-            length <= body_limit && header("expect").is_none()
-        }
-        _ => false,
-    };
+    let lean_route = length <= body_limit && header("expect").is_none();
     // Bytes beyond the body (a pipelined request) stay with hyper, which handles pipelining;
     // chunked bodies and upgrades too.
     let extra = head.len() - len;
@@ -875,6 +873,10 @@ fn encode_head(
         head.put_slice(value.as_bytes());
         head.put_slice(b"\r\n");
     }
+    // RFC 9110 §6.6.1, and what hyper sends on the requests it serves.
+    head.put_slice(b"date: ");
+    put_date(&mut head);
+    head.put_slice(b"\r\n");
     match length {
         Some(n) => head.put_slice(format!("content-length: {n}\r\n").as_bytes()),
         None if chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -886,6 +888,25 @@ fn encode_head(
         &b"connection: close\r\n\r\n"[..]
     });
     head
+}
+
+/// Writes the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted once
+/// per second per thread, as hyper does for its responses.
+fn put_date(out: &mut BytesMut) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.put_slice(text.as_bytes());
+    });
 }
 
 /// A lean-path response's head, its body, whether the connection may be kept, and whether the
@@ -1114,8 +1135,14 @@ mod tests {
             "GET /pull?name=a HTTP/1.1\r\nHost: x\r\n\r\n",
             "lean keep_alive=true http10=false more=0",
         );
-        check("GET /pullx HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
-        check("POST /pull HTTP/1.1\r\nHead: less\r\n\r\n", "hyper");
+        check(
+            "GET /pullx HTTP/1.1\r\nHead: less\r\n\r\n",
+            "lean keep_alive=true http10=false more=0",
+        );
+        check(
+            "POST /pull HTTP/1.1\r\nHead: less\r\n\r\n",
+            "lean keep_alive=true http10=false more=0",
+        );
         check(
             "GET /sub/a HTTP/1.1\r\nConnection: close\r\n\r\n",
             "lean keep_alive=false http10=false more=0",
@@ -1129,13 +1156,22 @@ mod tests {
             "lean keep_alive=true http10=true more=0",
         );
         check("GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "hyper");
-        check("GET /sub/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n", "hyper");
+        check(
+            "GET /sub/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "lean keep_alive=true http10=false more=3",
+        );
         check(
             "GET /sub/a HTTP/1.1\r\n\r\nGET /sub/b HTTP/1.1\r\n\r\n",
             "hyper",
         );
-        check("GET /pub/a HTTP/1.1\r\n\r\n", "hyper");
-        check("GET /healthz HTTP/1.1\r\n\r\n", "hyper");
+        check(
+            "GET /pub/a HTTP/1.1\r\n\r\n",
+            "lean keep_alive=true http10=false more=0",
+        );
+        check(
+            "GET /healthz HTTP/1.1\r\n\r\n",
+            "lean keep_alive=true http10=false more=0",
+        );
         check(
             "garbage\r\n\r\n",
             "400 malformed request head: invalid token",
@@ -1176,9 +1212,13 @@ mod tests {
         );
         check(
             "POST /cometdx HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
-            "hyper",
+            &format!("{lean} more=2"),
         );
-        check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
+        check(
+            "POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            &format!("{lean} more=2"),
+        );
+        check("PUT /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
         check("HEAD /sub/a HTTP/1.1\r\n\r\n", "hyper");
     }
 
@@ -1219,7 +1259,10 @@ mod tests {
                 "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                 "400 more than one Host header",
             ),
-            ("GET /a HTTP/1.0\r\n\r\n", "hyper"),
+            (
+                "GET /a HTTP/1.0\r\n\r\n",
+                "lean keep_alive=false http10=true more=0",
+            ),
             (
                 "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\n",
                 "400 malformed Content-Length",
@@ -1238,7 +1281,7 @@ mod tests {
             ),
             (
                 "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-                "hyper",
+                "lean keep_alive=true http10=false more=1",
             ),
             (
                 "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",

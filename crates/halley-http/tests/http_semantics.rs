@@ -81,6 +81,37 @@ async fn refused(head: &[u8], status: u16) -> String {
     error
 }
 
+/// A malformed head after a well-formed request on the same keep-alive connection is refused
+/// the same way (the server reads every head of a connection whose requests have whole
+/// bodies).
+#[tokio::test]
+async fn a_malformed_later_head_gets_400_json() {
+    let s = TestServer::start().await;
+    for (first, second) in [
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n",
+        ),
+        (
+            "POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na",
+            "POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+    ] {
+        // One after the other: a request sent before the answer to the one before it
+        // (pipelining) is left to hyper.
+        let mut stream = s.raw_request(first).await;
+        read_until(&mut stream, b"}").await;
+        within("raw write", stream.write_all(second.as_bytes()))
+            .await
+            .unwrap();
+        let refused = Raw::parse(&read_to_close(&mut stream).await);
+        assert_eq!(refused.status(), 400, "{second:?}");
+        assert_eq!(refused.header("connection"), Some("close"), "{second:?}");
+        let body: Value = serde_json::from_slice(&refused.body).unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_bad_request_line_gets_400_json() {
     refused(b"GET\r\n\r\n", 400).await;
@@ -139,7 +170,9 @@ async fn a_duplicate_content_length_gets_400_json() {
     // The same length twice says one thing (RFC 9110 §8.6); it is served.
     let s = TestServer::start().await;
     let same = b"POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\nConnection: close\r\n\r\na";
-    assert_eq!(exchange(&s, same).await.status(), 200);
+    let served = exchange(&s, same).await;
+    assert_eq!(served.status(), 200);
+    assert!(served.header("date").is_some(), "every answer is dated");
 }
 
 #[tokio::test]
