@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use crate::body::{Body, empty, full};
 use crate::state::App;
@@ -80,9 +80,8 @@ pub fn serve<B>(app: &App, path: &str, request: &Request<B>) -> Response<Body> {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
-    } else if request.method() == Method::HEAD {
-        Response::new(empty())
     } else {
+        // Also for HEAD: hyper sends the head alone, with the GET's Content-Length.
         Response::new(full(bytes))
     };
     let headers = response.headers_mut();

@@ -334,7 +334,10 @@ async fn static_files_with_revalidation() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(cross.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        cross.header("access-control-allow-origin"),
+        Some("http://elsewhere.example")
+    );
     s.get("/talk/nope.js").await.expect_error(404);
 }
 

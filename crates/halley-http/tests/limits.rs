@@ -186,7 +186,7 @@ async fn connections_over_the_cap_get_503() {
     for _ in 0..300 {
         tick.tick().await;
         let mut probe = s
-            .raw_request("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .raw_request("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await;
         let got = read_to_close(&mut probe).await;
         if got.starts_with(b"HTTP/1.1 200") {
