@@ -714,8 +714,9 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                     let boxed = request;
                     *boxed
                 };
-                // The lean path's only POST is Bayeux long-polling ([`classify`]).
-                if request.method() == Method::POST
+                // Bayeux (long-polling POSTs, callback-polling GETs) bounds handshakes per
+                // peer address; nothing else needs it.
+                if request.uri().path().starts_with(&*app.config.cometd_path)
                     && let Ok(peer) = stream.peer_addr()
                 {
                     request.extensions_mut().insert(Peer(peer.ip()));
