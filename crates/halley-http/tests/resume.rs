@@ -333,7 +333,7 @@ async fn a_far_behind_longpoll_gets_the_rest_on_its_next_poll() {
     let total = halley_http::MAX_BATCH + 50;
     let s = TestServer::with(|_, engine| {
         engine.history_size = 2 * total;
-        engine.replay_limit = 2 * total;
+        engine.replay_batch = 64;
     })
     .await;
     let start = s.publish("/far", "m0").await;
