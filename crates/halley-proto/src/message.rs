@@ -97,7 +97,7 @@ impl Payload {
     /// Whether this data is a JSON object with a top-level member named `key`, however the
     /// name is written (`"presence"`, `"\u0070resence"`): the decoded name counts, as every
     /// reader of the message sees it. The text is searched first, so data that has neither
-    /// the plain name nor any escape costs no parse.
+    /// the plain name nor an escape that could spell it costs no parse.
     pub fn has_key(&self, key: &str) -> bool {
         let json = self.json();
         if !json.starts_with('{') {
@@ -105,7 +105,11 @@ impl Payload {
         }
         let mut quoted = String::with_capacity(key.len() + 2);
         push_json_string(&mut quoted, key);
-        if !json.contains('\\') && !json.contains(&quoted) {
+        // Letters and digits can only be spelled `\uXXXX`; the short escapes (`\"`, `\n`, `\/`…)
+        // stand for quotes, slashes and controls only.
+        let short = key.contains(['"', '\\', '/']) || key.chars().any(char::is_control);
+        let escape = if short { "\\" } else { "\\u" };
+        if !json.contains(escape) && !json.contains(&quoted) {
             return false;
         }
         serde_json::from_str::<Members<'_>>(json)
