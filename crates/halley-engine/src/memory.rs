@@ -161,10 +161,10 @@ impl Broker for MemoryBroker {
             let start = history
                 .messages
                 .partition_point(|(_, m)| m.id.offset <= from);
-            let read = history.messages.range(start..).take(limit);
-            let cut = (history.messages.len() - start > limit)
-                .then(|| read.clone().last().map(|(_, m)| m.id))
-                .flatten();
+            let end = history.messages.len().min(start + limit);
+            // Cut at the limit: history holds more after the last message read.
+            let cut = (end < history.messages.len()).then(|| history.messages[end - 1].1.id);
+            let read = history.messages.range(start..end);
             batch.add(read.map(|(_, m)| m.clone()), cut);
         };
         match pattern.exact() {
