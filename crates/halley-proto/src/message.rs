@@ -103,13 +103,11 @@ impl Payload {
         if !json.starts_with('{') {
             return false;
         }
-        let mut quoted = String::with_capacity(key.len() + 2);
-        push_json_string(&mut quoted, key);
-        // Letters and digits can only be spelled `\uXXXX`; the short escapes (`\"`, `\n`, `\/`…)
-        // stand for quotes, slashes and controls only.
-        let short = key.contains(['"', '\\', '/']) || key.chars().any(char::is_control);
-        let escape = if short { "\\" } else { "\\u" };
-        if !json.contains(escape) && !json.contains(&quoted) {
+        // Letters and digits can only be escaped as `\uXXXX`: a key made of them is there only
+        // if its plain text or such an escape is (the short escapes `\"`, `\n`, `\/`… stand
+        // for quotes, slashes and controls).
+        let plain = !key.contains(['"', '\\', '/']) && !key.chars().any(char::is_control);
+        if plain && !json.contains(key) && !json.contains("\\u") {
             return false;
         }
         serde_json::from_str::<Members<'_>>(json)
@@ -187,56 +185,70 @@ fn compact(json: &str) -> Result<String, PayloadError> {
     let bytes = json.as_bytes();
     let mut out = Vec::with_capacity(json.len());
     let (mut in_string, mut depth) = (false, 0usize);
-    // The high surrogate just read, waiting for its low half in the very next escape.
+    // A high surrogate was just read: its low half must be the very next escape.
     let mut high = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        i += 1;
         if in_string {
-            out.push(b);
-            if b == b'\\' {
-                // Valid JSON: an escape is complete, `\u` with four hex digits.
-                let e = bytes.get(i).copied().unwrap_or(b'"');
-                out.push(e);
-                i += 1;
-                if e == b'u' {
-                    let hex = bytes.get(i..i + 4).unwrap_or(b"0000");
-                    out.extend_from_slice(hex);
-                    i += 4;
-                    let unit = std::str::from_utf8(hex)
-                        .ok()
-                        .and_then(|h| u16::from_str_radix(h, 16).ok())
-                        .unwrap_or(0);
-                    match unit {
-                        0xD800..=0xDBFF if !high => high = true,
-                        0xDC00..=0xDFFF if high => high = false,
-                        0xD800..=0xDFFF => return Err(PayloadError::LoneSurrogate),
-                        _ if high => return Err(PayloadError::LoneSurrogate),
-                        _ => {}
-                    }
-                    continue;
+            // A run of plain string bytes is copied at once.
+            let run = bytes[i..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\')
+                .unwrap_or(bytes.len() - i);
+            if run > 0 || b == b'"' {
+                if high {
+                    return Err(PayloadError::LoneSurrogate);
                 }
-            } else if b == b'"' {
-                in_string = false;
-            }
-            if high {
-                return Err(PayloadError::LoneSurrogate);
-            }
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(PayloadError::TooDeep);
-                    }
+                if run > 0 {
+                    out.extend_from_slice(&bytes[i..i + run]);
+                    i += run;
+                } else {
+                    out.push(b);
+                    in_string = false;
+                    i += 1;
                 }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
+                continue;
             }
-            out.push(b);
+            // An escape; valid JSON, so it is complete (`\u` with four hex digits).
+            let escape = bytes.get(i..(i + 6).min(bytes.len())).unwrap_or_default();
+            if escape.get(1) != Some(&b'u') {
+                if high {
+                    return Err(PayloadError::LoneSurrogate);
+                }
+                out.extend_from_slice(&escape[..escape.len().min(2)]);
+                i += 2;
+                continue;
+            }
+            out.extend_from_slice(escape);
+            i += 6;
+            let unit = std::str::from_utf8(&escape[2..])
+                .ok()
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+            high = match unit {
+                0xD800..=0xDBFF if !high => true,
+                0xDC00..=0xDFFF if high => false,
+                0xD800..=0xDFFF => return Err(PayloadError::LoneSurrogate),
+                _ if high => return Err(PayloadError::LoneSurrogate),
+                _ => false,
+            };
+            continue;
         }
+        i += 1;
+        match b {
+            b' ' | b'\n' | b'\r' | b'\t' => continue,
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(PayloadError::TooDeep);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(b);
     }
     String::from_utf8(out).map_err(|_| PayloadError::NotUtf8)
 }
@@ -397,6 +409,18 @@ mod tests {
         check_json(r#"{"\u0070":"\u2028"}"#, Ok(r#"{"\u0070":"\u2028"}"#));
         let deep: serde_json::Value = serde_json::from_str(&nested(MAX_DEPTH + 1)).unwrap();
         assert_eq!(Payload::from_value(&deep), Err(PayloadError::TooDeep));
+    }
+
+    #[test]
+    fn keys_are_judged_decoded() {
+        let has = |json: &str, key: &str| Payload::from_json(json.as_bytes()).unwrap().has_key(key);
+        assert!(has(r#"{"x":1,"presence":2}"#, "presence"));
+        assert!(has(r#"{"\u0070resence":2}"#, "presence"));
+        assert!(has(r#"{"caf\u00e9":1}"#, "café"));
+        assert!(has(r#"{"a\/b":1}"#, "a/b"));
+        assert!(!has(r#"{"a":"presence","b":{"presence":1}}"#, "presence"));
+        assert!(!has(r#"{"text":"line\nbreak \"quoted\""}"#, "presence"));
+        assert!(!has(r#"["presence"]"#, "presence"));
     }
 
     fn check_with_key(data: &str, expected: Option<&str>) {
