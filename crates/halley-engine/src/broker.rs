@@ -67,6 +67,12 @@ impl Gather {
         }
     }
 
+    /// The last id that can still make this batch, once that is known: a reader need not
+    /// take anything after it (it will be read again from the next batch's start).
+    pub fn bound(&self) -> Option<MessageId> {
+        self.cut
+    }
+
     fn trim(&mut self) {
         self.messages.sort_unstable_by_key(|m| m.id);
         // Two patterns of one subscriber can match the same message.

@@ -158,13 +158,23 @@ impl Broker for MemoryBroker {
             if history.evicted > from {
                 gap = true;
             }
+            if history.last.offset <= from {
+                // Nothing new here: one comparison, not a search.
+                return;
+            }
             let start = history
                 .messages
                 .partition_point(|(_, m)| m.id.offset <= from);
             let end = history.messages.len().min(start + limit);
             // Cut at the limit: history holds more after the last message read.
             let cut = (end < history.messages.len()).then(|| history.messages[end - 1].1.id);
-            let read = history.messages.range(start..end);
+            // Past what the batch can still take, nothing is copied (a `/**` resume over many
+            // channels copies about one batch, not one per channel).
+            let bound = batch.bound();
+            let read = history
+                .messages
+                .range(start..end)
+                .take_while(|(_, m)| bound.is_none_or(|b| m.id <= b));
             batch.add(read.map(|(_, m)| m.clone()), cut);
         };
         match pattern.exact() {

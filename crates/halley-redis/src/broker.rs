@@ -295,6 +295,12 @@ impl Shared {
                 let cut = (read.len() == limit)
                     .then(|| read.last().map(|e| MessageId::new(epoch, e.offset)))
                     .flatten();
+                // Past what the batch can still take, nothing is decoded.
+                let bound = batch.bound();
+                let read: Vec<Entry> = read
+                    .into_iter()
+                    .take_while(|e| bound.is_none_or(|b| e.offset <= b.offset))
+                    .collect();
                 let (messages, skipped) = decode(&channel, epoch, oldest_ms(&channel), read);
                 gap |= skipped;
                 batch.add(messages, cut);
