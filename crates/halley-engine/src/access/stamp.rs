@@ -47,9 +47,22 @@ impl Stamp {
         } else {
             "null".to_owned()
         };
+        // Built above from JSON pieces, so it parses; but `info` may nest deeper than stored
+        // data may (`halley_proto::MAX_DEPTH`) once under `"from"` (one level down): then the
+        // stamp says who without it, rather than make every publish of its holder fail.
+        let storable = Payload::from_json(format!("[{from}]").as_bytes()).is_ok();
+        let from = match (storable, &who.user) {
+            (true, _) => from,
+            (false, Some(user)) => {
+                let mut text = String::from("{\"user\":");
+                halley_proto::push_json_string(&mut text, user);
+                text.push_str(",\"info\":null}");
+                text
+            }
+            (false, None) => r#"{"user":null,"info":null}"#.to_owned(),
+        };
         Stamp {
-            // Built above from JSON pieces, so it parses.
-            from: Payload::from_json(from.as_bytes()).expect("a stamp is JSON"),
+            from: Payload::from_json(from.as_bytes()).unwrap_or_else(|_| Payload::string("")),
         }
     }
 
@@ -124,6 +137,25 @@ mod tests {
             got.as_ref().map(Payload::json).map_err(|_| ()),
             expected,
             "{who:?} {data:?}"
+        );
+    }
+
+    /// Issue 12: stored data nests at most `MAX_DEPTH` levels; a token's `info` deeper than a
+    /// stamp can carry is left out of it instead of failing (it panicked once the limit came).
+    #[test]
+    fn an_info_too_deep_to_store_is_left_out_of_the_stamp() {
+        let depth = halley_proto::MAX_DEPTH;
+        let info = format!("{}{}", "[".repeat(depth - 2), "]".repeat(depth - 2));
+        check(
+            &identity(Some("deep"), Some(&info)),
+            "{}",
+            Ok(&format!(r#"{{"from":{{"user":"deep","info":{info}}}}}"#)),
+        );
+        let info = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        check(
+            &identity(Some("deep"), Some(&info)),
+            r#"{"a":1}"#,
+            Ok(r#"{"a":1,"from":{"user":"deep","info":null}}"#),
         );
     }
 
