@@ -75,6 +75,10 @@ fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling
         Box::pin(std::future::ready(result))
     }
     let path = request.uri().path();
+    #[cfg(feature = "autobahn")]
+    if path == transport::AUTOBAHN_ECHO && request.method() == Method::GET {
+        return Box::pin(transport::echo(app, request));
+    }
     let endpoint = match routes::resolve(request.method(), path, &app.config.cometd_path) {
         Ok(endpoint) => endpoint,
         Err(e) => return now(Err(e)),
