@@ -40,7 +40,7 @@ pub async fn upgrade<B: RequestBody>(
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
         let ending = run(&app, &mut tx, &mut rx, who).await;
-        (tx, rx, ending)
+        (app, tx, rx, ending)
     });
     Ok(response)
 }

@@ -114,7 +114,7 @@ pub async fn upgrade<B: RequestBody>(
     drop(who);
     spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
         let ending = run(&app, &mut tx, &mut rx, sub, publish_to, announce).await;
-        (tx, rx, ending)
+        (app, tx, rx, ending)
     });
     Ok(response)
 }
@@ -157,7 +157,7 @@ pub async fn echo<B: RequestBody>(
                 Some(Ok(_)) => {}
             }
         };
-        (tx, rx, ending)
+        (app, tx, rx, ending)
     });
     Ok(response)
 }
@@ -195,13 +195,17 @@ pub enum Ending {
     Closed,
 }
 
+/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the two
+/// halves, and how it ended.
+pub type Served = (Arc<App>, WsSink, WsStream, Ending);
+
 /// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
 /// drain waits for it) that carries the connection's slot under the cap and counts as an open
 /// WebSocket subscriber; then closes the connection as `serve`'s [`Ending`] says.
 pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
 where
     F: FnOnce(Arc<App>, WsSink, WsStream) -> Fut + Send + 'static,
-    Fut: Future<Output = (WsSink, WsStream, Ending)> + Send + 'static,
+    Fut: Future<Output = Served> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
     let slot = request
@@ -223,10 +227,11 @@ where
                 // Split here, so that the socket is never an argument of the long-lived
                 // futures below (an argument keeps its room in a future for its whole life).
                 let (tx, rx) = ws.split();
-                let stall = app.config.write_stall_timeout;
-                if let (tx, rx, Ending::Closed) = serve(app, tx, rx).await {
+                // The app comes back with the halves: kept here meanwhile, it would be one more
+                // word in every idle socket's task.
+                if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
                     // Boxed: only a closing socket needs room for the linger.
-                    Box::pin(finish(tx, rx, stall)).await;
+                    Box::pin(finish(&app, tx, rx)).await;
                 }
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
@@ -330,18 +335,23 @@ pub fn refusal(error: &WsError) -> Option<Frame> {
 /// Ends a connection whose close frame is queued or sent: writes what is queued (the answer
 /// to a client's close), half-closes TCP, and reads and discards what the client still sends
 /// until it closes its side, within [`CLOSE_LINGER`] and [`MAX_LINGER_BYTES`] — so that the
-/// server ends TCP and the client sees a clean close, not a reset.
-async fn finish(mut tx: WsSink, rx: WsStream, stall: Duration) {
+/// server ends TCP and the client sees a clean close, not a reset. While the server drains,
+/// it does not wait for the client (the drain must end promptly): it half-closes and drops.
+async fn finish(app: &App, mut tx: WsSink, rx: WsStream) {
     // A flush that meets the closed state reports success (tokio-tungstenite), so an error
     // here means the socket failed: nothing to linger for.
-    if !send(stall, tx.flush()).await {
+    if !send(app.config.write_stall_timeout, tx.flush()).await {
         return;
     }
+    let lingers = !app.shutdown.is_cancelled();
     // The halves of one stream always reunite.
     let Ok(ws) = tx.reunite(rx) else { return };
     let mut io = ws.into_inner();
-    let linger = async {
+    let lingering = async {
         io.shutdown().await?;
+        if !lingers {
+            return Ok(());
+        }
         let mut scratch = [0u8; 1024];
         let mut left = MAX_LINGER_BYTES;
         loop {
@@ -352,7 +362,7 @@ async fn finish(mut tx: WsSink, rx: WsStream, stall: Duration) {
             left -= n;
         }
     };
-    let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, lingering).await;
 }
 
 /// The budgets of a server-side WebSocket (see the constants above).
