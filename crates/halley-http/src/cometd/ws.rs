@@ -64,8 +64,6 @@ struct Held {
 }
 
 async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> Ending {
-    // Every write is bounded: a client that takes no bytes for this long is dropped.
-    let stall = app.config.write_stall_timeout;
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
     // Whether a connect was already seen on this socket: the first one after a reconnect
@@ -82,7 +80,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                 if let Some(h) = held.take() {
                     let mut out = Output::default();
                     out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    if !send(stall, tx.send(text(out))).await {
+                    if !send(app, tx.send(text(out))).await {
                         return Ending::Gone;
                     }
                 }
@@ -90,7 +88,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                     code: CloseCode::Away,
                     reason: Utf8Bytes::from_static("server shutting down; reconnect"),
                 }));
-                return closed(send(stall, tx.send(away)).await);
+                return closed(send(app, tx.send(away)).await);
             }
             frame = rx.next() => {
                 let body = match frame {
@@ -98,7 +96,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                     // tungstenite has queued the answering close; it goes out as the
                     // connection ends.
                     Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                    Some(Err(error)) => return Box::pin(refuse(tx, &error, stall)).await,
+                    Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
                     None => return Ending::Gone,
                     Some(Ok(_)) => continue,
                 };
@@ -109,7 +107,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                             code: CloseCode::Invalid,
                             reason: Utf8Bytes::from(e.to_string()),
                         }));
-                        return closed(send(stall, tx.send(refused)).await);
+                        return closed(send(app, tx.send(refused)).await);
                     }
                 };
                 let mut out = Output::default();
@@ -157,11 +155,11 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                     if let Some(h) = held.take() {
                         out.reply(&app.bayeux.connect_reply(&h.connect, true));
                     }
-                    let sent = send(stall, tx.send(text(out))).await
-                        && send(stall, tx.send(Frame::Close(None))).await;
+                    let sent = send(app, tx.send(text(out))).await
+                        && send(app, tx.send(Frame::Close(None))).await;
                     return closed(sent);
                 }
-                if !out.is_empty() && !send(stall, tx.send(text(out))).await {
+                if !out.is_empty() && !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
                 }
             }
@@ -180,14 +178,14 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                         // socket learns it (its session is gone: handshake again).
                         app.bayeux.forget(current.id());
                     }
-                    if !send(stall, tx.send(text(out))).await {
+                    if !send(app, tx.send(text(out))).await {
                         return Ending::Gone;
                     }
                     session = None;
                     connected_here = false;
                     continue;
                 }
-                if !out.is_empty() && !send(stall, tx.send(text(out))).await {
+                if !out.is_empty() && !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
                 }
             }
@@ -198,7 +196,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
             }) => {
                 let mut out = Output::default();
                 out.reply(&reply);
-                if !send(stall, tx.send(text(out))).await {
+                if !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
                 }
             }
@@ -206,7 +204,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, who: Principal) -> E
                 if let Some(h) = held.take() {
                     let mut out = Output::default();
                     out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    if !send(stall, tx.send(text(out))).await {
+                    if !send(app, tx.send(text(out))).await {
                         return Ending::Gone;
                     }
                 }
