@@ -630,11 +630,12 @@ async fn write_all_buf(
         .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Runs a write (of any transport: bytes on a stream, a WebSocket frame); only one that cannot
-/// finish at once gets a timer, of `stall` ([`HttpConfig::write_stall_timeout`]). `None` when
-/// it made no progress for that long. Nearly every write fits the socket buffer, and arming a
-/// timeout for each cost ~450 instructions per delivery (callgrind).
-pub(crate) async fn bounded<F: Future>(stall: Duration, write: F) -> Option<F::Output> {
+/// Runs a write; only one that cannot finish at once gets a timer, of `stall`
+/// ([`HttpConfig::write_stall_timeout`]; WebSocket frames follow the same rule through
+/// `transport::ws::Sending`). `None` when it made no progress for that long. Nearly every write
+/// fits the socket buffer, and arming a timeout for each cost ~450 instructions per delivery
+/// (callgrind).
+async fn bounded<F: Future>(stall: Duration, write: F) -> Option<F::Output> {
     let mut write = std::pin::pin!(write);
     if let Poll::Ready(result) =
         std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
