@@ -109,6 +109,10 @@ fn route<'a, B: RequestBody>(
         Box::pin(std::future::ready(result))
     }
     let path = request.uri().path();
+    #[cfg(feature = "autobahn")]
+    if path == transport::AUTOBAHN_ECHO && request.method() == Method::GET {
+        return Box::pin(transport::echo(app, request));
+    }
     let (endpoint, allow) =
         routes::resolve_allowing(request.method(), path, &app.config.cometd_path);
     let endpoint = match endpoint {

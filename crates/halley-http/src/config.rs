@@ -20,8 +20,13 @@ pub struct HttpConfig {
     /// are kept for the listener, logs and broker connections. Over the cap a connection gets
     /// a 503 and is closed.
     pub max_connections: usize,
-    /// Largest request body (and WebSocket message) accepted; larger gets 413.
+    /// Largest request body (and WebSocket message) accepted; larger gets 413 (on a
+    /// WebSocket, close 1009).
     pub body_limit: usize,
+    /// How long one write to a client may make no progress before the connection is ended
+    /// ([`WRITE_STALL_TIMEOUT`] by default), on every transport: HTTP streams, long-poll
+    /// answers and WebSocket frames alike. Only a write that blocks arms this timer.
+    pub write_stall_timeout: Duration,
     /// Origins allowed to use Halley from a browser (CORS, JSONP, iframe, WebSocket). Empty or
     /// containing `*` means any origin. An allowed origin is echoed with credentials allowed
     /// (`crate::cors`): with "any origin" every page may act with its visitor's cookies.
@@ -61,6 +66,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 19_500,
             body_limit: 64 * 1024,
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
             allowed_origins: Vec::new(),
             drain_timeout: Duration::from_secs(5),
             retry: Duration::from_secs(2),
@@ -73,6 +79,13 @@ impl Default for HttpConfig {
         }
     }
 }
+
+/// How long one write may wait for a client that accepts no bytes. A subscriber that stops
+/// reading is cut off by its queue bound; this then frees its connection slot too, instead of
+/// letting it hold the socket (and its kernel buffers, and on a WebSocket up to
+/// `MAX_WRITE_BUFFER` of frames) for as long as it likes. The same rule for every transport;
+/// the default of [`HttpConfig::write_stall_timeout`].
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest request head (request line plus headers) accepted, in bytes. Browsers send a few
 /// hundred; cookies can push it to several KiB. Longer gets 431 and the connection is closed.

@@ -53,11 +53,6 @@ use crate::{HttpConfig, rupy};
 /// before trying again instead of spinning on the error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long one write may wait for a client that accepts no bytes. A subscriber that stops
-/// reading is cut off by its queue bound; this then frees its connection slot too, instead of
-/// letting it hold the socket (and its kernel buffers) for as long as it likes.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long a refused connection (503, a malformed head) gets to receive its answer, and then
 /// to stop sending before it is closed.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -727,7 +722,16 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                 };
                 let keep_alive = keep_alive && !app.shutdown.is_cancelled();
                 let (head, body, keep_alive, chunked) = response_head(response, keep_alive, http10);
-                match Box::pin(write_response(&mut stream, head, body, keep_alive, chunked)).await {
+                match Box::pin(write_response(
+                    &mut stream,
+                    head,
+                    body,
+                    keep_alive,
+                    chunked,
+                    app.config.write_stall_timeout,
+                ))
+                .await
+                {
                     Ok(true) if !app.shutdown.is_cancelled() => continue,
                     _ => return,
                 }
@@ -838,34 +842,42 @@ async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>)
     }
 }
 
-/// `write_all`, bounded by [`WRITE_STALL_TIMEOUT`].
-async fn write_all(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
-    bounded(stream.write_all(bytes)).await
+/// `write_all`, bounded by the write stall timeout.
+async fn write_all(
+    stream: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
+    bounded(stall, stream.write_all(bytes))
+        .await
+        .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// `write_all_buf` (vectored when the socket supports it), bounded by [`WRITE_STALL_TIMEOUT`].
+/// `write_all_buf` (vectored when the socket supports it), bounded by the write stall timeout.
 async fn write_all_buf(
     stream: &mut (impl AsyncWrite + Unpin),
     buf: &mut impl Buf,
+    stall: Duration,
 ) -> io::Result<()> {
-    bounded(stream.write_all_buf(buf)).await
+    bounded(stall, stream.write_all_buf(buf))
+        .await
+        .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Runs a write; only one that cannot finish at once gets a timer ([`WRITE_STALL_TIMEOUT`]).
-/// Nearly every write fits the socket buffer, and arming a timeout for each cost ~450
-/// instructions per delivery (callgrind).
-async fn bounded(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+/// Runs a write; only one that cannot finish at once gets a timer, of `stall`
+/// ([`HttpConfig::write_stall_timeout`]; WebSocket frames follow the same rule through
+/// `transport::ws::Sending`). `None` when it made no progress for that long. Nearly every write
+/// fits the socket buffer, and arming a timeout for each cost ~450 instructions per delivery
+/// (callgrind).
+async fn bounded<F: Future>(stall: Duration, write: F) -> Option<F::Output> {
     let mut write = std::pin::pin!(write);
     if let Poll::Ready(result) =
         std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
     {
-        return result;
+        return Some(result);
     }
     // Boxed, so that the timer takes no room in a held response's future until it is needed.
-    match Box::pin(tokio::time::timeout(WRITE_STALL_TIMEOUT, write)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+    Box::pin(tokio::time::timeout(stall, write)).await.ok()
 }
 
 /// The status line and headers of a lean-path response. Consumes the parts so that nothing of
@@ -960,9 +972,10 @@ async fn write_response(
     mut body: Body,
     keep_alive: bool,
     chunked: bool,
+    stall: Duration,
 ) -> io::Result<bool> {
     let (mut reader, mut writer) = stream.split();
-    write_all(&mut writer, &head).await?;
+    write_all(&mut writer, &head, stall).await?;
     drop(head);
     loop {
         let Some(data) = std::future::poll_fn(|cx| next_data(cx, &mut body, &mut reader)).await
@@ -978,13 +991,13 @@ async fn write_response(
             let mut size = [0u8; 18];
             let n = chunk_size_line(data.len(), &mut size);
             let mut chunk = Buf::chain(Buf::chain(&size[size.len() - n..], data), &b"\r\n"[..]);
-            write_all_buf(&mut writer, &mut chunk).await?;
+            write_all_buf(&mut writer, &mut chunk, stall).await?;
         } else {
-            write_all(&mut writer, &data).await?;
+            write_all(&mut writer, &data, stall).await?;
         }
     }
     if chunked {
-        write_all(&mut writer, b"0\r\n\r\n").await?;
+        write_all(&mut writer, b"0\r\n\r\n", stall).await?;
     }
     Ok(keep_alive)
 }
@@ -1380,7 +1393,14 @@ mod size_tests {
         });
         let response = Response::new(crate::body::empty());
         let (head, body, keep_alive, chunked) = response_head(response, true, false);
-        let writer = write_response(&mut client, head, body, keep_alive, chunked);
+        let writer = write_response(
+            &mut client,
+            head,
+            body,
+            keep_alive,
+            chunked,
+            crate::config::WRITE_STALL_TIMEOUT,
+        );
         assert!(
             std::mem::size_of_val(&writer) < 1024,
             "write_response: {}",

@@ -387,6 +387,10 @@ pub struct ServeArgs {
     /// Seconds open connections get to end on SIGTERM/SIGINT [default: 5].
     #[arg(long, env = "HALLEY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Seconds one write to a client may make no progress before the connection is ended
+    /// (HTTP streams, long-poll answers, WebSocket frames alike) [default: 30].
+    #[arg(long, env = "HALLEY_WRITE_STALL_TIMEOUT")]
+    pub write_stall_timeout: Option<u64>,
     /// Path of the Bayeux endpoint (long-polling, callback-polling, WebSocket) [default: /cometd].
     #[arg(long, env = "HALLEY_COMETD_PATH")]
     pub cometd_path: Option<String>,
@@ -509,6 +513,7 @@ impl ServeArgs {
                 allowed_origins,
                 publish_key,
                 drain_timeout,
+                write_stall_timeout,
                 history_size,
                 history_ttl,
                 queue_capacity,
@@ -695,6 +700,7 @@ impl ServeArgs {
             body_limit: self.body_limit.unwrap_or(h.body_limit),
             allowed_origins: self.allowed_origins.unwrap_or(h.allowed_origins),
             drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
+            write_stall_timeout: self.write_stall_timeout.map_or(h.write_stall_timeout, secs),
             retry: h.retry,
             cometd_path: self.cometd_path.unwrap_or(h.cometd_path),
             multiple_clients_interval: h.multiple_clients_interval,
@@ -706,6 +712,10 @@ impl ServeArgs {
         anyhow::ensure!(
             http.cometd_path.starts_with('/'),
             "cometd-path must start with /"
+        );
+        anyhow::ensure!(
+            http.write_stall_timeout > Duration::ZERO,
+            "write-stall-timeout must be at least 1 second"
         );
         anyhow::ensure!(
             http.heartbeat_interval > Duration::ZERO,

@@ -1,6 +1,8 @@
 //! Bayeux over WebSocket: batches in both directions as text frames. Messages are pushed as
 //! they arrive; a `/meta/connect` is held (answered after its timeout, or at once when a newer
-//! connect, a disconnect or shutdown comes) without holding up delivery.
+//! connect, a disconnect or shutdown comes) without holding up delivery. Closing, refusing a
+//! bad frame and a client that stops reading are handled as on every Halley WebSocket
+//! (`crate::transport::ws`).
 
 use std::sync::Arc;
 
@@ -24,14 +26,16 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::rpc::MAX_CALLS_PER_CONNECTION;
 use crate::state::App;
-use crate::transport::{WsSink, WsStream, accept_websocket, spawn_upgraded};
+use crate::transport::{
+    BAYEUX_PROTOCOLS, Ending, WsSink, WsStream, accept_websocket, refuse, send, spawn_upgraded,
+};
 use halley_engine::access::Principal;
 
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut response = accept_websocket(request.headers())?;
+    let mut response = accept_websocket(request.headers(), BAYEUX_PROTOCOLS)?;
     // The upgrade's credentials, for a handshake on this socket (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     // An upgrade without the browser cookie is answered with one, as a handshake over HTTP
@@ -45,8 +49,9 @@ pub async fn upgrade<B: RequestBody>(
         presented: presented.is_some(),
         browser: presented.or(offered).map(String::into_boxed_str),
     });
-    spawn_upgraded(app, &mut request, |app, tx, rx| async move {
-        run(&app, tx, rx, upgraded).await
+    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
+        let ending = run(&app, &mut tx, &mut rx, upgraded).await;
+        (app, tx, rx, ending)
     });
     Ok(response)
 }
@@ -91,7 +96,7 @@ struct Held {
     _guard: ConnectGuard,
 }
 
-async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded>) {
+async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgraded>) -> Ending {
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
     // Whether a connect was already seen on this socket: the first one after a reconnect
@@ -108,28 +113,34 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded
                 if let Some(h) = held.take() {
                     let mut out = Output::default();
                     out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    let _ = tx.send(text(out)).await;
+                    if !send(app, tx.send(text(out))).await {
+                        return Ending::Gone;
+                    }
                 }
-                let _ = tx.send(Frame::Close(Some(CloseFrame {
+                let away = Frame::Close(Some(CloseFrame {
                     code: CloseCode::Away,
                     reason: Utf8Bytes::from_static("server shutting down; reconnect"),
-                }))).await;
-                break;
+                }));
+                return closed(send(app, tx.send(away)).await);
             }
             frame = rx.next() => {
                 let body = match frame {
                     Some(Ok(Frame::Text(body))) => body,
-                    Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => break,
+                    // tungstenite has queued the answering close; it goes out as the
+                    // connection ends.
+                    Some(Ok(Frame::Close(_))) => return Ending::Closed,
+                    Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+                    None => return Ending::Gone,
                     Some(Ok(_)) => continue,
                 };
                 let batch = match parse_batch(body.as_bytes()) {
                     Ok(batch) => batch,
                     Err(e) => {
-                        let _ = tx.send(Frame::Close(Some(CloseFrame {
+                        let refused = Frame::Close(Some(CloseFrame {
                             code: CloseCode::Invalid,
                             reason: Utf8Bytes::from(e.to_string()),
-                        }))).await;
-                        break;
+                        }));
+                        return closed(send(app, tx.send(refused)).await);
                     }
                 };
                 let mut out = Output::default();
@@ -188,12 +199,12 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded
                     if let Some(h) = held.take() {
                         out.reply(&app.bayeux.connect_reply(&h.connect, true));
                     }
-                    let _ = tx.send(text(out)).await;
-                    let _ = tx.send(Frame::Close(None)).await;
-                    break;
+                    let sent = send(app, tx.send(text(out))).await
+                        && send(app, tx.send(Frame::Close(None))).await;
+                    return closed(sent);
                 }
-                if !out.is_empty() && tx.send(text(out)).await.is_err() {
-                    break;
+                if !out.is_empty() && !send(app, tx.send(text(out))).await {
+                    return Ending::Gone;
                 }
             }
             batch = async { delivering.unwrap().next_batch(MAX_DELIVERY_BATCH).await }, if delivering.is_some() => {
@@ -211,13 +222,15 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded
                         // socket learns it (its session is gone: handshake again).
                         app.bayeux.forget(current.id());
                     }
-                    let _ = tx.send(text(out)).await;
+                    if !send(app, tx.send(text(out))).await {
+                        return Ending::Gone;
+                    }
                     session = None;
                     connected_here = false;
                     continue;
                 }
-                if !out.is_empty() && tx.send(text(out)).await.is_err() {
-                    break;
+                if !out.is_empty() && !send(app, tx.send(text(out))).await {
+                    return Ending::Gone;
                 }
             }
             // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
@@ -227,19 +240,24 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded
             }) => {
                 let mut out = Output::default();
                 out.reply(&reply);
-                if tx.send(text(out)).await.is_err() {
-                    break;
+                if !send(app, tx.send(text(out))).await {
+                    return Ending::Gone;
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if let Some(h) = held.take() {
                     let mut out = Output::default();
                     out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    if tx.send(text(out)).await.is_err() {
-                        break;
+                    if !send(app, tx.send(text(out))).await {
+                        return Ending::Gone;
                     }
                 }
             }
         }
     }
+}
+
+/// How the connection ends after a goodbye: closed if the close frame went out.
+fn closed(sent: bool) -> Ending {
+    if sent { Ending::Closed } else { Ending::Gone }
 }

@@ -35,7 +35,11 @@ use crate::query::{Query, valid_callback};
 use crate::state::App;
 
 pub use stream::{Wire, chunks, head_only, held_headers, stream_response};
-pub use ws::{WsSink, WsStream, accept_websocket, spawn_upgraded};
+#[cfg(feature = "autobahn")]
+pub use ws::{AUTOBAHN_ECHO, echo};
+pub use ws::{
+    BAYEUX_PROTOCOLS, Ending, WsSink, WsStream, accept_websocket, refuse, send, spawn_upgraded,
+};
 
 /// Most channels (or patterns) one `/sub` connection may ask for. A browser's connection carries
 /// its rooms, its inbox and a few more; 16 keeps a resume (one history read per pattern) cheap.

@@ -1,8 +1,18 @@
 //! WebSocket on `/sub/{channel}`: one text frame per message (the message object), pings as
 //! heartbeats, and — when publishing is allowed — text frames from the client published to the
 //! channel it is on.
+//!
+//! Every WebSocket Halley serves (this one, Bayeux's, the Autobahn echo of test builds) ends
+//! the same way ([`spawn_upgraded`]): a client's close is answered with a close, a frame the
+//! server cannot take is refused with the close code RFC 6455 names for it ([`refusal`]: 1009
+//! over the body limit, 1007 for text that is not UTF-8, 1002 for a protocol violation), and
+//! after a close frame the server half-closes TCP and reads until the client closes its side
+//! ([`finish`]), so that clients see a clean close. A write that cannot progress for
+//! [`HttpConfig::write_stall_timeout`](crate::HttpConfig::write_stall_timeout) ends the
+//! connection without a goodbye, as on HTTP streams ([`send`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::body::RequestBody;
 use bytes::Bytes;
@@ -10,13 +20,17 @@ use futures_util::{SinkExt, StreamExt};
 use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
 use halley_proto::{Channel, MessageId, Pattern, Payload, PayloadError};
-use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
 
 use crate::body::{Body, empty};
 use crate::error::ApiError;
@@ -35,6 +49,26 @@ const READ_BUFFER: usize = 1024;
 /// connection is closed. The subscriber queue bounds messages; this bounds bytes.
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
+/// After its close frame, how long the server waits for the client to close its side of TCP
+/// (reading and discarding what it still sends) before it drops the socket anyway. Closing
+/// with unread bytes would make the kernel answer with a reset, which can destroy the close
+/// frame before the client reads it; a client answers a close within a round trip, so 2 s
+/// only matters for one that never does. The timer exists only for a closing socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes read and discarded while waiting for the client to close its side (its close
+/// answer, the rest of a refused message still in flight). Past this the socket is dropped.
+const MAX_LINGER_BYTES: usize = 256 * 1024;
+
+/// The subprotocol of native `/sub` WebSockets (`Sec-WebSocket-Protocol`): one JSON text
+/// frame per message or control object (clients/js/PROTOCOL.md). Requesting it is optional.
+pub const NATIVE_PROTOCOL: &str = "halley.v1";
+
+/// The subprotocols Bayeux WebSockets (`/cometd`) accept: Bayeux batches as text frames.
+/// The CometD and Faye clients send none by default; CometD's `protocol` option sends the
+/// one it is configured with, and these are the names in use for Bayeux.
+pub const BAYEUX_PROTOCOLS: &[&str] = &["bayeux", "cometd"];
+
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     patterns: Vec<Pattern>,
@@ -44,7 +78,7 @@ pub async fn upgrade<B: RequestBody>(
     mut request: Request<B>,
     who: Principal,
 ) -> Result<Response<Body>, ApiError> {
-    let response = accept_websocket(request.headers())?;
+    let response = accept_websocket(request.headers(), &[NATIVE_PROTOCOL])?;
     // Frames are published to the channel subscribed to, when there is exactly one (and it is
     // not a wildcard) and the policy lets this caller publish there from a connection; a
     // connection on several channels publishes with `POST /pub`. Decided once, here, with the
@@ -78,8 +112,51 @@ pub async fn upgrade<B: RequestBody>(
         sub.attach(extra);
     }
     drop(who);
-    spawn_upgraded(app, &mut request, move |app, tx, rx| async move {
-        run(&app, tx, rx, sub, publish_to, announce).await;
+    spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
+        let ending = run(&app, &mut tx, &mut rx, sub, publish_to, announce).await;
+        (app, tx, rx, ending)
+    });
+    Ok(response)
+}
+
+/// Test builds only (the `autobahn` feature): a WebSocket that echoes every message back, for
+/// the Autobahn test suite (`scripts/autobahn`). It runs on exactly what every Halley
+/// WebSocket runs on — [`websocket_config`] with the configured body limit,
+/// [`spawn_upgraded`], [`send`], [`refuse`] — so what the suite finds holds for `/sub` and
+/// `/cometd`.
+#[cfg(feature = "autobahn")]
+pub const AUTOBAHN_ECHO: &str = "/_autobahn/echo";
+
+/// The Autobahn echo's upgrade ([`AUTOBAHN_ECHO`]).
+#[cfg(feature = "autobahn")]
+pub async fn echo<B: RequestBody>(
+    app: &Arc<App>,
+    mut request: Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let response = accept_websocket(request.headers(), &[])?;
+    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
+        let ending = loop {
+            let frame = tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => {
+                    let away = close(CloseCode::Away, "server shutting down");
+                    break said(send(&app, tx.send(away)).await);
+                }
+                frame = rx.next() => frame,
+            };
+            match frame {
+                Some(Ok(message @ (Frame::Text(_) | Frame::Binary(_)))) => {
+                    if !send(&app, tx.send(message)).await {
+                        break Ending::Gone;
+                    }
+                }
+                Some(Ok(Frame::Close(_))) => break Ending::Closed,
+                Some(Err(error)) => break refuse(&app, &mut tx, &error).await,
+                None => break Ending::Gone,
+                Some(Ok(_)) => {}
+            }
+        };
+        (app, tx, rx, ending)
     });
     Ok(response)
 }
@@ -108,13 +185,26 @@ pub type WsSink = futures_util::stream::SplitSink<Upgraded, Frame>;
 /// Its receiving half.
 pub type WsStream = futures_util::stream::SplitStream<Upgraded>;
 
+/// How a WebSocket's conversation ended, and so how its connection is closed.
+pub enum Ending {
+    /// The client is gone, or stopped taking bytes: the socket is dropped as it is.
+    Gone,
+    /// A close frame was sent or a client's close answered (tungstenite queues that answer
+    /// itself): it goes out, then the server ends TCP ([`finish`]).
+    Closed,
+}
+
+/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the two
+/// halves, and how it ended.
+pub type Served = (Arc<App>, WsSink, WsStream, Ending);
+
 /// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
 /// drain waits for it) that carries the connection's slot under the cap and counts as an open
-/// WebSocket subscriber.
+/// WebSocket subscriber; then closes the connection as `serve`'s [`Ending`] says.
 pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
 where
     F: FnOnce(Arc<App>, WsSink, WsStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Served> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
     let slot = request
@@ -136,15 +226,26 @@ where
                 // Split here, so that the socket is never an argument of the long-lived
                 // futures below (an argument keeps its room in a future for its whole life).
                 let (tx, rx) = ws.split();
-                serve(app, tx, rx).await;
+                // The app comes back with the halves: kept here meanwhile, it would be one more
+                // word in every idle socket's task.
+                if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
+                    // Boxed: only a closing socket needs room for the linger.
+                    Box::pin(finish(&app, tx, rx)).await;
+                }
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
 }
 
-/// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer.
-pub fn accept_websocket(headers: &hyper::HeaderMap) -> Result<Response<Body>, ApiError> {
+/// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer. A
+/// request that offers subprotocols (`Sec-WebSocket-Protocol`) gets the first of them that is
+/// in `speaks` selected (spelled as the client did: browsers compare exactly), or a 400 that
+/// names what the endpoint speaks; one that offers none is answered without one.
+pub fn accept_websocket(
+    headers: &hyper::HeaderMap,
+    speaks: &[&str],
+) -> Result<Response<Body>, ApiError> {
     if headers
         .get("sec-websocket-version")
         .and_then(|v| v.to_str().ok())
@@ -155,6 +256,7 @@ pub fn accept_websocket(headers: &hyper::HeaderMap) -> Result<Response<Body>, Ap
     let key = headers
         .get("sec-websocket-key")
         .ok_or_else(|| ApiError::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    let protocol = select_protocol(headers, speaks)?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -166,7 +268,141 @@ pub fn accept_websocket(headers: &hyper::HeaderMap) -> Result<Response<Body>, Ap
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).unwrap(),
     );
+    if let Some(protocol) = protocol {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     Ok(response)
+}
+
+/// The subprotocol to select: `None` when the request offers none, the first offered that is
+/// in `speaks`, or a refusal naming what is spoken.
+fn select_protocol(
+    headers: &hyper::HeaderMap,
+    speaks: &[&str],
+) -> Result<Option<HeaderValue>, ApiError> {
+    let mut offered = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .peekable();
+    if offered.peek().is_none() {
+        return Ok(None);
+    }
+    match offered.find(|name| speaks.iter().any(|s| s.eq_ignore_ascii_case(name))) {
+        // A token of a header value that was valid text: a valid header value.
+        Some(name) => Ok(Some(HeaderValue::from_str(name).unwrap())),
+        None if speaks.is_empty() => Err(ApiError::BadRequest(
+            "this endpoint speaks no WebSocket subprotocol; connect without Sec-WebSocket-Protocol"
+                .into(),
+        )),
+        None => Err(ApiError::BadRequest(format!(
+            "unsupported WebSocket subprotocol; this endpoint speaks {} (or none)",
+            speaks.join(", ")
+        ))),
+    }
+}
+
+/// Sends a frame (`feed` only queues it, `flush` writes what is queued), bounded by the write
+/// stall timeout ([`HttpConfig::write_stall_timeout`](crate::HttpConfig::write_stall_timeout)):
+/// `false` when the client is gone or took no bytes for that long, and the connection should
+/// just be dropped. Its timer is armed only when the write cannot finish at once.
+pub fn send<F>(app: &App, write: F) -> Sending<'_, F>
+where
+    F: Future<Output = Result<(), WsError>> + Unpin,
+{
+    Sending {
+        write,
+        app,
+        timer: None,
+    }
+}
+
+/// A WebSocket write bounded by the stall timeout ([`send`]). A future of its own rather than
+/// an `async fn`: it is part of every WebSocket task's state (sized for its largest await), and
+/// an `async fn` kept the write twice (as its argument and as its awaitee) — 0.13 KiB more per
+/// idle WebSocket subscriber.
+pub struct Sending<'a, F> {
+    write: F,
+    app: &'a App,
+    /// Armed at the first poll that finds the write blocked; boxed, so that a write that never
+    /// blocks costs one word.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F> Future for Sending<'_, F>
+where
+    F: Future<Output = Result<(), WsError>> + Unpin,
+{
+    type Output = bool;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<bool> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(result) = std::pin::Pin::new(&mut this.write).poll(cx) {
+            return Poll::Ready(result.is_ok());
+        }
+        let stall = this.app.config.write_stall_timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        // The write made no progress for the whole stall timeout: give up on the client.
+        timer.as_mut().poll(cx).map(|()| false)
+    }
+}
+
+/// The close frame that answers a read error which is the client's fault (RFC 6455 §7.4.1):
+/// 1009 for a message over the body limit, 1007 for text that is not UTF-8, 1002 for a
+/// protocol violation. `None` for an error that leaves no one to tell (I/O, a reset).
+pub fn refusal(error: &WsError) -> Option<Frame> {
+    let (code, reason) = match error {
+        WsError::Capacity(_) => (CloseCode::Size, "message over the body limit".to_owned()),
+        WsError::Utf8(_) => (CloseCode::Invalid, "text is not valid UTF-8".to_owned()),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return None,
+        WsError::Protocol(error) => (CloseCode::Protocol, error.to_string()),
+        _ => return None,
+    };
+    Some(Frame::Close(Some(CloseFrame {
+        code,
+        reason: close_reason(&reason),
+    })))
+}
+
+/// Ends a connection whose close frame is queued or sent: writes what is queued (the answer
+/// to a client's close), half-closes TCP, and reads and discards what the client still sends
+/// until it closes its side, within [`CLOSE_LINGER`] and [`MAX_LINGER_BYTES`] — so that the
+/// server ends TCP and the client sees a clean close, not a reset. While the server drains,
+/// it does not wait for the client (the drain must end promptly): it half-closes and drops.
+async fn finish(app: &App, mut tx: WsSink, rx: WsStream) {
+    // A flush that meets the closed state reports success (tokio-tungstenite), so an error
+    // here means the socket failed: nothing to linger for.
+    if !send(app, tx.flush()).await {
+        return;
+    }
+    let lingers = !app.shutdown.is_cancelled();
+    // The halves of one stream always reunite.
+    let Ok(ws) = tx.reunite(rx) else { return };
+    let mut io = ws.into_inner();
+    let lingering = async {
+        io.shutdown().await?;
+        if !lingers {
+            return Ok(());
+        }
+        let mut scratch = [0u8; 1024];
+        let mut left = MAX_LINGER_BYTES;
+        loop {
+            let n = io.read(&mut scratch).await?;
+            if n == 0 || n >= left {
+                return Ok::<_, std::io::Error>(());
+            }
+            left -= n;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, lingering).await;
 }
 
 /// The budgets of a server-side WebSocket (see the constants above).
@@ -193,27 +429,23 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
 
 async fn run(
     app: &App,
-    mut tx: WsSink,
-    mut rx: WsStream,
+    tx: &mut WsSink,
+    rx: &mut WsStream,
     mut sub: Subscription,
     publish_to: Option<Channel>,
     announce: bool,
-) {
+) -> Ending {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
     if sub.gap() {
         let gap = Bytes::from(super::gap_object(&sub));
-        if tx.send(text(&gap)).await.is_err() {
-            return;
+        if !send(app, tx.send(text(&gap))).await {
+            return Ending::Gone;
         }
     }
     if announce && let Some(id) = sub.position() {
         let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
-        if tx
-            .send(text(&Bytes::from(object.to_string())))
-            .await
-            .is_err()
-        {
-            return;
+        if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
+            return Ending::Gone;
         }
     }
     // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
@@ -221,10 +453,8 @@ async fn run(
     // thing waited on is the client's next frame.
     loop {
         if app.shutdown.is_cancelled() {
-            let _ = tx
-                .send(close(CloseCode::Away, "server shutting down; reconnect"))
-                .await;
-            break;
+            let away = close(CloseCode::Away, "server shutting down; reconnect");
+            return said(send(app, tx.send(away)).await);
         }
         let (mut fed, mut lagged) = (false, false);
         // A control notice ends the loop as its value, so that it is no local of the loop's
@@ -235,8 +465,8 @@ async fn run(
             };
             match event {
                 Event::Message(m) => {
-                    if tx.feed(text(m.json_object())).await.is_err() {
-                        return;
+                    if !send(app, tx.feed(text(m.json_object()))).await {
+                        return Ending::Gone;
                     }
                     fed = true;
                 }
@@ -249,25 +479,21 @@ async fn run(
         };
         if let Some(event) = control {
             // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            match Box::pin(say_control(&mut tx, &sub, event)).await {
-                Said::Over => break,
-                Said::Gone => return,
+            match Box::pin(say_control(app, tx, &sub, event)).await {
+                Said::Over => return Ending::Closed,
+                Said::Gone => return Ending::Gone,
                 Said::GoingOn => continue,
             }
         }
         if lagged {
+            // The goodbye is bounded like any write: a client that reads nothing (which is
+            // how it fell behind) is dropped after the stall timeout instead of kept forever.
             let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
-            let _ = tx.feed(text(&notice)).await;
-            let _ = tx
-                .send(close(
-                    CloseCode::Again,
-                    "fell behind; resume from your last id",
-                ))
-                .await;
-            break;
+            let bye = close(CloseCode::Again, "fell behind; resume from your last id");
+            return said(send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await);
         }
-        if fed && tx.flush().await.is_err() {
-            return;
+        if fed && !send(app, tx.flush()).await {
+            return Ending::Gone;
         }
         match heartbeat.has_changed() {
             Ok(false) => {}
@@ -276,15 +502,14 @@ async fn run(
                 // A token that expired or was revoked ends the connection, said in-band first
                 // (boxed: this rare goodbye would otherwise size every idle socket's task).
                 if let Some(denied) = sub.lapsed() {
-                    Box::pin(say_lapsed(&mut tx, denied)).await;
-                    break;
+                    return said(Box::pin(say_lapsed(app, tx, denied)).await);
                 }
-                if tx.send(Frame::Ping(Bytes::new())).await.is_err() {
-                    break;
+                if !send(app, tx.send(Frame::Ping(Bytes::new()))).await {
+                    return Ending::Gone;
                 }
             }
             // The ticker is gone: the server is stopping.
-            Err(_) => break,
+            Err(_) => return Ending::Gone,
         }
         tokio::select! {
             biased;
@@ -301,31 +526,47 @@ async fn run(
                     ))
                     .await;
                     if let Some(reply) = reply
-                        && tx.send(text(&Bytes::from(reply))).await.is_err() {
-                            break;
+                        && !send(app, tx.send(text(&Bytes::from(reply)))).await {
+                            return Ending::Gone;
                         }
                 }
                 Some(Ok(Frame::Binary(_))) => {
-                    let _ = tx.send(close(CloseCode::Unsupported, "text frames only")).await;
-                    break;
+                    let refused = close(CloseCode::Unsupported, "text frames only");
+                    return said(send(app, tx.send(refused)).await);
                 }
-                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => break,
+                // tungstenite has queued the answering close; `finish` sends it.
+                Some(Ok(Frame::Close(_))) => return Ending::Closed,
+                Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+                None => return Ending::Gone,
                 Some(Ok(_)) => {}
             },
         }
     }
 }
 
-/// The `expired` notice, then close 1008 (policy violation) with the reason.
-async fn say_lapsed(tx: &mut WsSink, denied: halley_engine::access::Denied) {
+/// How a connection ends after its goodbye: closed if the close frame went out.
+fn said(sent: bool) -> Ending {
+    if sent { Ending::Closed } else { Ending::Gone }
+}
+
+/// Answers a read error with the close frame it calls for ([`refusal`]), if any.
+pub async fn refuse(app: &App, tx: &mut WsSink, error: &WsError) -> Ending {
+    tracing::debug!(%error, "websocket read failed");
+    match refusal(error) {
+        Some(frame) => said(send(app, tx.send(frame)).await),
+        None => Ending::Gone,
+    }
+}
+
+/// The `expired` notice, then close 1008 (policy violation) with the reason. Whether the
+/// close went out.
+async fn say_lapsed(app: &App, tx: &mut WsSink, denied: halley_engine::access::Denied) -> bool {
     let notice = Bytes::from(super::lapse_object(&denied));
-    let _ = tx.feed(text(&notice)).await;
-    let _ = tx
-        .send(Frame::Close(Some(CloseFrame {
-            code: CloseCode::Policy,
-            reason: close_reason(&denied.to_string()),
-        })))
-        .await;
+    let bye = Frame::Close(Some(CloseFrame {
+        code: CloseCode::Policy,
+        reason: close_reason(&denied.to_string()),
+    }));
+    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
 }
 
 /// What saying a control notice left of the connection.
@@ -340,12 +581,12 @@ enum Said {
 
 /// A notice of the control API: a channel taken off (and, when it was the last, the end), or
 /// the end the application asked for.
-async fn say_control(tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
+async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
     let closing = match event {
         Event::Closed(closing) => closing,
         Event::Unsubscribed(pattern) => {
             let notice = Bytes::from(super::unsubscribed_object(&pattern));
-            if tx.send(text(&notice)).await.is_err() {
+            if !send(app, tx.send(text(&notice))).await {
                 return Said::Gone;
             }
             if !sub.patterns().is_empty() {
@@ -355,26 +596,27 @@ async fn say_control(tx: &mut WsSink, sub: &Subscription, event: Event) -> Said 
         }
         Event::Message(_) | Event::Lagged => return Said::GoingOn,
     };
-    say_closed(tx, closing).await;
-    Said::Over
+    if say_closed(app, tx, closing).await {
+        Said::Over
+    } else {
+        Said::Gone
+    }
 }
 
 /// The application ended the connection (the control API): `disconnected` and close 1008
-/// with the reason, or — revoked — the lapsed goodbye.
-async fn say_closed(tx: &mut WsSink, closing: Closing) {
+/// with the reason, or — revoked — the lapsed goodbye. Whether the close went out.
+async fn say_closed(app: &App, tx: &mut WsSink, closing: Closing) -> bool {
     let reason = match closing {
-        Closing::Revoked(denied) => return say_lapsed(tx, denied).await,
+        Closing::Revoked(denied) => return say_lapsed(app, tx, denied).await,
         Closing::Disconnected(reason) => reason,
     };
     let notice = Bytes::from(super::disconnected_object(reason.as_deref()));
-    let _ = tx.feed(text(&notice)).await;
     let reason = super::disconnect_reason(reason.as_deref());
-    let _ = tx
-        .send(Frame::Close(Some(CloseFrame {
-            code: CloseCode::Policy,
-            reason: close_reason(reason),
-        })))
-        .await;
+    let bye = Frame::Close(Some(CloseFrame {
+        code: CloseCode::Policy,
+        reason: close_reason(reason),
+    }));
+    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
 }
 
 /// Most bytes of a close frame's reason (RFC 6455: the frame's payload is at most 125 bytes,
