@@ -111,7 +111,7 @@ fn route<'a, B: RequestBody>(
     let path = request.uri().path();
     #[cfg(feature = "autobahn")]
     if path == transport::AUTOBAHN_ECHO && request.method() == Method::GET {
-        return Box::pin(transport::echo(app, request));
+        return (Box::pin(transport::echo(app, request)), None);
     }
     let (endpoint, allow) =
         routes::resolve_allowing(request.method(), path, &app.config.cometd_path);
