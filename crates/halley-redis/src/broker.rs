@@ -261,9 +261,14 @@ impl Shared {
             }
             let mut pipe = redis::pipe();
             for (name, _) in chunk {
+                // Only up to the offset read above: the channels are read one after another,
+                // so a later message of one channel could be replayed while an earlier one of
+                // another (not yet a candidate when they were listed) is not — and the live
+                // flow would then drop it as older than what was replayed. What comes after
+                // `seq` reaches the subscriber live: it registered before this replay began.
                 pipe.cmd("XREVRANGE")
                     .arg(s.keys.history(epoch, name))
-                    .arg("+")
+                    .arg(format!("0-{}", seq.offset))
                     .arg(format!("(0-{from}"))
                     .arg("COUNT")
                     .arg(limit + 1);
