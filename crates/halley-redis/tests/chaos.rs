@@ -142,7 +142,12 @@ impl Check {
     fn message(&mut self, sub: &Subscriber, id: Option<&str>, data: &str) -> Result<(), String> {
         let (p, n) = data
             .split_once(':')
-            .and_then(|(p, n)| Some((p.parse::<usize>().ok()?, n.parse::<u64>().ok()?)))
+            .and_then(|(p, n)| {
+                // End markers are `<publisher>:<per>.<k>` (unique, so rupy's pull can resume
+                // from one).
+                let n = n.split('.').next()?;
+                Some((p.parse::<usize>().ok()?, n.parse::<u64>().ok()?))
+            })
             .ok_or_else(|| format!("not a chaos message: {data:?}"))?;
         if let Some(id) = id {
             let id = parse_id(id);
@@ -386,6 +391,7 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let marker = {
         let targets = targets.clone();
+        let published = published.clone();
         let on = publish_on.clone();
         tokio::spawn(async move {
             for p in &publishers_done(publishers).await {
@@ -394,18 +400,18 @@ where
             let published_in = began.elapsed();
             let mut stop = stop_rx;
             let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut k = 0;
             while !*stop.borrow() {
+                k += 1;
                 for p in 0..PUBLISHERS {
                     let client = targets.clients[on[0]];
                     let channel = format!("/chaos/{p}");
-                    client
-                        .post(
-                            &format!("/pub{channel}"),
-                            "text/plain",
-                            format!("{p}:{per}"),
-                        )
+                    let data = format!("{p}:{per}.{k}");
+                    let id = client
+                        .post(&format!("/pub{channel}"), "text/plain", data.clone())
                         .await
                         .expect_published(&channel);
+                    published.record(data, id);
                 }
                 tokio::select! {
                     _ = tick.tick() => {}
