@@ -261,14 +261,9 @@ impl Shared {
             }
             let mut pipe = redis::pipe();
             for (name, _) in chunk {
-                // Only up to the offset read above: the channels are read one after another,
-                // so a later message of one channel could be replayed while an earlier one of
-                // another (not yet a candidate when they were listed) is not — and the live
-                // flow would then drop it as older than what was replayed. What comes after
-                // `seq` reaches the subscriber live: it registered before this replay began.
                 pipe.cmd("XREVRANGE")
                     .arg(s.keys.history(epoch, name))
-                    .arg(format!("0-{}", seq.offset))
+                    .arg("+")
                     .arg(format!("(0-{from}"))
                     .arg("COUNT")
                     .arg(limit + 1);
@@ -294,6 +289,12 @@ impl Shared {
                 gap = true;
             }
         }
+        // Only up to the offset read first: the channels are listed and read one after
+        // another, so a message published meanwhile may be in one channel's read while an
+        // earlier one, on a channel listed before it existed, is not — and the live flow would
+        // then drop that one as older than what was replayed. What comes after `seq` reaches
+        // the subscriber live: it registered before this replay began.
+        messages.retain(|m| m.id.offset <= seq.offset);
         Ok(Replay { messages, gap })
     }
 }

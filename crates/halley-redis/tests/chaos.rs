@@ -222,7 +222,15 @@ async fn subscriber(
     ready.send(()).await.unwrap();
     let mut last_data: Option<String> = None;
     while !check.done() {
-        let life = MAX_LIFE.mul_f64(rng.random_range(0.05..1.0));
+        // A Bayeux connection lives longer: over WebSocket its messages are acknowledged only
+        // by a connect reply (every hold timeout), so one always cut sooner would pile up
+        // unacknowledged messages until the server cuts the session off.
+        let max = if kind.is_bayeux() {
+            MAX_LIFE * 4
+        } else {
+            MAX_LIFE
+        };
+        let life = max.mul_f64(rng.random_range(0.05..1.0));
         let mut moved = false;
         let mut since_connect = 0u64;
         let cut = tokio::time::sleep(life);
@@ -253,10 +261,12 @@ async fn subscriber(
                         near.sort();
                         return Err(format!(
                             "{kind:?}{} on node {node} (connection {}, {} since it opened): {e}; \
-                             previous id {before:?}, this id {id:?}; published between: {near:?}",
+                             previous id {before:?}, this id {id:?}; published between: {near:?}; \
+                             its last steps: {:#?}",
                             if slow { " (slow)" } else { "" },
                             sub.connects,
                             since_connect,
+                            sub.trace,
                         ));
                     }
                     since_connect += 1;
@@ -286,7 +296,11 @@ async fn subscriber(
             check.report.cuts += 1;
         }
         sub.cut();
-        node = targets.pick(&mut rng);
+        // A Bayeux session lives on its node: its client comes back there (as a sticky load
+        // balancer sends it) unless the node is gone.
+        if !kind.is_bayeux() || !targets.is_up(node) {
+            node = targets.pick(&mut rng);
+        }
         if kind == Kind::Pull
             && let Some(data) = &last_data
         {
@@ -521,14 +535,11 @@ async fn bayeux_polling_cut_during_a_held_connect_loses_nothing() {
     run(&BAYEUX, targets, vec![0], no_kill).await;
 }
 
-/// This test found a wildcard resume on a Redis node missing one message without a gap (the
-/// replay read channels' histories one after another past the offset it started from); see
-/// `RedisBroker::replay`, now bounded by that offset). It still fails: a long-poll on a Redis
-/// node now and then answers a message older than the `last_id` it was given (e.g. id …-336
-/// after …-337), before any node is killed. Runs with `cargo test -- --ignored` and
-/// `scripts/chaos --all`.
+/// Bayeux sessions live on their node: the killed node's Bayeux client handshakes again on
+/// another (an announced loss); every other subscriber moves with its last id and loses
+/// nothing. This test found a wildcard resume on a Redis node missing one message without a
+/// gap (see `RedisBroker::replay`, now bounded by the offset it started from).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a long-poll on a Redis node can answer a message older than its last_id"]
 async fn every_transport_resumes_without_loss_on_three_redis_nodes_one_killed() {
     let redis = Redis::start().await;
     let mut nodes = Vec::new();

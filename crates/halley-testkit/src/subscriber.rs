@@ -128,7 +128,13 @@ pub struct Subscriber {
     newest: Option<(u64, u64)>,
     /// Connections opened (the first included).
     pub connects: u64,
+    /// What it did last (connects, polls and what they answered), newest last: for a failing
+    /// test to show.
+    pub trace: VecDeque<String>,
 }
+
+/// Entries kept in [`Subscriber::trace`].
+const TRACE: usize = 16;
 
 impl Subscriber {
     pub fn new(kind: Kind, pattern: &str, last_id: Option<String>) -> Subscriber {
@@ -143,11 +149,15 @@ impl Subscriber {
             confirmed: None,
             newest: None,
             connects: 0,
+            trace: VecDeque::new(),
         }
     }
 
     /// Drops the connection (a cut: nothing is said to the server).
     pub fn cut(&mut self) {
+        if self.conn.is_some() {
+            self.log("cut".into());
+        }
         self.conn = None;
         self.pending.clear();
     }
@@ -163,6 +173,10 @@ impl Subscriber {
     pub async fn connect(&mut self, client: &Client) {
         self.cut();
         self.connects += 1;
+        self.log(format!(
+            "connect to {} after {:?}",
+            client.addr, self.last_id
+        ));
         let resume = self
             .last_id
             .as_ref()
@@ -262,6 +276,13 @@ impl Subscriber {
                 }
             }
         }
+    }
+
+    fn log(&mut self, entry: String) {
+        if self.trace.len() == TRACE {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(entry);
     }
 
     /// Remembers the position of a message handed out.
@@ -404,10 +425,18 @@ impl Subscriber {
                 reply.header("x-halley-last-id").map(str::to_owned),
             ),
         };
+        let list = messages.as_array().ok_or("the answer is not an array")?;
+        self.log(format!(
+            "GET {path} on {} → {} messages {:?}..{:?}, gap {gap}, position {position:?}",
+            client.addr,
+            list.len(),
+            list.first().map(|m| m["id"].clone()),
+            list.last().map(|m| m["id"].clone()),
+        ));
         if gap {
             self.pending.push_back(Item::Gap);
         }
-        for m in messages.as_array().ok_or("the answer is not an array")? {
+        for m in list {
             self.pending.push_back(object_item(m));
         }
         // An empty answer still moves the position (it says where to resume).
