@@ -195,18 +195,28 @@ impl Check {
 }
 
 /// Runs a subscriber until it has every publisher's last message (or end marker).
-async fn subscriber(
-    kind: Kind,
-    slow: bool,
+/// What every subscriber of one run shares.
+struct Run {
     targets: Arc<Targets>,
     published: Arc<Published>,
+    /// The id every subscriber starts after.
     start: String,
+    /// Messages per publisher.
     per: u64,
-    seed: u64,
     ready: tokio::sync::mpsc::Sender<()>,
-) -> Result<Report, String> {
+}
+
+async fn subscriber(kind: Kind, slow: bool, run: Arc<Run>, seed: u64) -> Result<Report, String> {
+    let Run {
+        targets,
+        published,
+        start,
+        per,
+        ready,
+    } = &*run;
+    let (targets, per) = (targets.clone(), *per);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut sub = Subscriber::new(kind, PATTERN, Some(start));
+    let mut sub = Subscriber::new(kind, PATTERN, Some(start.clone()));
     let mut check = Check {
         per,
         last: vec![None; PUBLISHERS],
@@ -349,6 +359,13 @@ where
         .chain([(Kind::WebSocket, true)])
         .collect();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(kinds.len());
+    let shared = Arc::new(Run {
+        targets: targets.clone(),
+        published: published.clone(),
+        start,
+        per,
+        ready: ready_tx,
+    });
     let subscribers: Vec<_> = kinds
         .iter()
         .enumerate()
@@ -356,12 +373,8 @@ where
             tokio::spawn(subscriber(
                 *kind,
                 *slow,
-                targets.clone(),
-                published.clone(),
-                start.clone(),
-                per,
+                shared.clone(),
                 seed ^ (i as u64 + 1),
-                ready_tx.clone(),
             ))
         })
         .collect();
