@@ -159,7 +159,15 @@ impl Subscriber {
             self.log("cut".into());
         }
         self.conn = None;
-        self.pending.clear();
+        if self.kind.is_bayeux() {
+            // A Bayeux batch that arrived whole is the client's (its connect reply is
+            // acknowledged with the next connect): cutting the connection does not unsee it.
+            self.pending
+                .retain(|item| matches!(item, Item::Message { .. }));
+        } else {
+            // Resumed from the last id handed out: what was read beyond it comes again.
+            self.pending.clear();
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -302,8 +310,31 @@ impl Subscriber {
         match self.kind {
             Kind::LongPoll | Kind::Jsonp => return self.poll(client).await,
             Kind::BayeuxLongPolling | Kind::BayeuxCallbackPolling => {
-                let batch = json!([self.bayeux_connect()]);
-                let replies = self.bayeux_http(client, &batch).await?;
+                let connect = self.bayeux_connect();
+                let replies = self.bayeux_http(client, &json!([connect])).await?;
+                let ids: Vec<&Value> = replies
+                    .iter()
+                    .filter(|r| {
+                        !r["channel"]
+                            .as_str()
+                            .unwrap_or("/meta/")
+                            .starts_with("/meta/")
+                    })
+                    .map(|r| &r["id"])
+                    .collect();
+                let reply = replies.iter().find(|r| r["channel"] == "/meta/connect");
+                self.log(format!(
+                    "connect (ack {}) on {} → {} messages {:?}..{:?}, reply {}",
+                    connect["ext"]["ack"],
+                    client.addr,
+                    ids.len(),
+                    ids.first(),
+                    ids.last(),
+                    reply.map_or("none".into(), |r| format!(
+                        "successful {} ack {}",
+                        r["successful"], r["ext"]["ack"]
+                    )),
+                ));
                 return self.bayeux_replies(client, None, replies).await;
             }
             _ => {}

@@ -35,7 +35,9 @@ fn sample(pid: u32) -> (u64, usize) {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     (rss, fds)
 }
 
@@ -184,8 +186,7 @@ async fn soak_returns_to_baseline() {
     };
     let (mut peak_rss, mut peak_fds) = (base_rss, base_fds);
     while Instant::now() < until {
-        tokio::time::sleep(SAMPLE_EVERY.min(until.saturating_duration_since(Instant::now())))
-            .await;
+        tokio::time::sleep(SAMPLE_EVERY.min(until.saturating_duration_since(Instant::now()))).await;
         let (rss, fds) = sample(pid);
         peak_rss = peak_rss.max(rss);
         peak_fds = peak_fds.max(fds);
@@ -232,10 +233,14 @@ async fn soak_returns_to_baseline() {
 /// Waits until the server holds no connection but the one asking and no subscription (Bayeux
 /// sessions expire after `--session-timeout`).
 async fn settle(client: &Client) {
-    eventually(Duration::from_secs(60), "connections and subscriptions gone", || async {
-        let connections = client.metric("halley_connections").await;
-        let subscriptions = client.metric("halley_subscriptions").await;
-        (connections <= 1 && subscriptions == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "connections and subscriptions gone",
+        || async {
+            let connections = client.metric("halley_connections").await;
+            let subscriptions = client.metric("halley_subscriptions").await;
+            (connections <= 1 && subscriptions == 0).then_some(())
+        },
+    )
     .await;
 }
