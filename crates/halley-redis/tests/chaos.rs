@@ -491,6 +491,14 @@ where
             r.redelivered
         );
     }
+    for r in reports.iter().filter(|r| !r.why.is_empty()) {
+        println!(
+            "chaos: {:?}{} ended by the server: {:?}",
+            r.kind.unwrap(),
+            if r.slow { " (slow)" } else { "" },
+            r.why
+        );
+    }
     println!(
         "chaos: lost* = missing after an announced gap; 0 lost otherwise, 0 duplicated, 0 reordered"
     );
