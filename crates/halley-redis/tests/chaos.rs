@@ -120,6 +120,8 @@ struct Report {
     lost_announced: u64,
     /// Bayeux: unacknowledged messages sent again after a cut (the ack extension's promise).
     redelivered: u64,
+    /// Why the server ended connections (the first few).
+    why: Vec<String>,
 }
 
 /// The order check: per publisher, each number follows the last unless a gap was announced
@@ -291,6 +293,9 @@ async fn subscriber(kind: Kind, slow: bool, run: Arc<Run>, seed: u64) -> Result<
                 Item::Gap => check.report.gaps += 1,
                 Item::End(why) => {
                     check.report.ends += 1;
+                    if check.report.why.len() < 3 {
+                        check.report.why.push(why.clone());
+                    }
                     if why == "lagged" {
                         check.report.lagged += 1;
                     }
