@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::subscriber::{BAYEUX, Item, Kind, NATIVE, Subscriber};
+use common::subscriber::{Item, Kind, NATIVE, Subscriber};
 use common::{Client, Node, Redis, TestServer, parse_id, within_for};
 use futures_util::FutureExt;
 use rand::rngs::StdRng;
