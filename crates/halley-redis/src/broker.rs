@@ -292,14 +292,24 @@ impl Shared {
                     None => u64::MAX,
                 };
                 gap |= evicted > from;
+                // A read that stopped past the offset read first holds all this batch takes
+                // of the channel.
                 let cut = (read.len() == limit)
                     .then(|| read.last().map(|e| MessageId::new(epoch, e.offset)))
-                    .flatten();
-                // Past what the batch can still take, nothing is decoded.
+                    .flatten()
+                    .filter(|c| c.offset <= seq.offset);
+                // Past what the batch can still take, nothing is decoded. Nor past the offset
+                // read first: the channels are listed and read one after another, so a
+                // message published meanwhile may be in one channel's read while an earlier
+                // one, on a channel listed before it existed, is not — and the live flow would
+                // then drop that one as older than what was replayed. What comes after `seq`
+                // reaches the subscriber live: it registered before its replay began.
                 let bound = batch.bound();
                 let read: Vec<Entry> = read
                     .into_iter()
-                    .take_while(|e| bound.is_none_or(|b| e.offset <= b.offset))
+                    .take_while(|e| {
+                        e.offset <= seq.offset && bound.is_none_or(|b| e.offset <= b.offset)
+                    })
                     .collect();
                 let (messages, skipped) = decode(&channel, epoch, oldest_ms(&channel), read);
                 gap |= skipped;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use super::within;
+use crate::within;
 
 /// How the application answers one request.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use halley_http::IFRAME_PADDING;
 use serde_json::Value;
 
-use super::{Open, message_object};
+use crate::{Open, message_object};
 
 /// A streaming HTTP transport (long-poll, JSONP and WebSocket have their own tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
