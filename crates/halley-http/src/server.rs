@@ -287,14 +287,14 @@ async fn reject(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
 }
 
-enum Head {
+pub(crate) enum Head {
     /// The connection closed or timed out before a full head; nothing to answer.
     Gone,
     TooLarge,
     Complete(BytesMut),
 }
 
-async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Head {
+pub(crate) async fn read_head(stream: &mut (impl AsyncRead + Unpin), timeout: Duration) -> Head {
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
@@ -316,7 +316,7 @@ async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Head {
 }
 
 /// What a request head asks for.
-enum Route {
+pub(crate) enum Route {
     /// rupy's `Head: less` pull, with its query string.
     HeadlessPull(String),
     /// A subscriber `GET`, or a Bayeux `POST` with a `Content-Length` body, served on the lean
@@ -333,7 +333,7 @@ enum Route {
     Hyper,
 }
 
-fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
+pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(len)) = parsed.parse(head) else {
