@@ -15,14 +15,81 @@ pub enum BrokerError {
     TooManyChannels(usize),
 }
 
-/// Messages owed to a resuming subscriber.
+/// One batch of the messages owed to a resuming subscriber ([`Broker::replay`]).
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// In id order, at most the replay limit.
+    /// In id order, oldest first: at most the number asked for.
     pub messages: Vec<Arc<Message>>,
-    /// True when history could not cover everything after the id: it was evicted, truncated,
+    /// True when history could not cover everything after the id asked from: it was evicted,
     /// lost with a restart (another epoch) or the id is not one this broker issued.
     pub gap: bool,
+    /// Where to ask again from, when history may hold more than this batch (it was cut at the
+    /// number asked for); `None` when this batch reaches the end of history. Past the last
+    /// message of the batch, or past entries a broker skipped (expired, undecodable).
+    pub more: Option<MessageId>,
+}
+
+/// Puts one batch of a replay together from several histories read separately (a broker's
+/// channels, or the engine's patterns): each read is oldest first and may have been cut at
+/// the batch size, so only what lies before the earliest cut is complete. Holds at most about
+/// twice the batch at a time however many reads are added.
+#[derive(Debug)]
+pub struct Gather {
+    limit: usize,
+    messages: Vec<Arc<Message>>,
+    /// The earliest point where a read was cut: nothing after it is known to be complete.
+    cut: Option<MessageId>,
+}
+
+impl Gather {
+    /// A batch of at most `limit` (at least 1) messages.
+    pub fn new(limit: usize) -> Gather {
+        Gather {
+            limit: limit.max(1),
+            messages: Vec::new(),
+            cut: None,
+        }
+    }
+
+    /// Adds one read: messages after the cursor, in id order; `cut` is where that read
+    /// stopped if it may have left more behind.
+    pub fn add(
+        &mut self,
+        messages: impl IntoIterator<Item = Arc<Message>>,
+        cut: Option<MessageId>,
+    ) {
+        self.messages.extend(messages);
+        if let Some(cut) = cut {
+            self.cut = Some(self.cut.map_or(cut, |c| c.min(cut)));
+        }
+        if self.messages.len() > 2 * self.limit {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.messages.sort_unstable_by_key(|m| m.id);
+        // Two patterns of one subscriber can match the same message.
+        self.messages.dedup_by_key(|m| m.id);
+        if let Some(cut) = self.cut {
+            let complete = self.messages.partition_point(|m| m.id <= cut);
+            self.messages.truncate(complete);
+        }
+        if self.messages.len() > self.limit {
+            self.messages.truncate(self.limit);
+            self.cut = self.messages.last().map(|m| m.id);
+        }
+    }
+
+    /// The batch: the oldest messages that are complete, and where to go on from.
+    pub fn finish(mut self, gap: bool) -> Replay {
+        self.trim();
+        Replay {
+            messages: self.messages,
+            gap,
+            more: self.cut,
+        }
+    }
 }
 
 /// A channel with history, for listings.
@@ -59,8 +126,28 @@ pub trait Broker: Send + Sync + 'static {
         data: Payload,
     ) -> Result<(Arc<Message>, usize), BrokerError>;
 
-    /// Everything after `after` on channels matching `pattern`, oldest first.
-    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError>;
+    /// What history holds after `after` on channels matching `pattern`, oldest first: at most
+    /// `limit` messages, the oldest ones, and where to ask again from if there is more
+    /// ([`Replay::more`]). A resume reads everything history holds this way, one bounded batch
+    /// at a time ([`EngineConfig::replay_batch`](crate::EngineConfig::replay_batch)).
+    async fn replay(
+        &self,
+        pattern: &Pattern,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Replay, BrokerError>;
+
+    /// How many messages a resume reads at once ([`Broker::replay`]'s `limit`).
+    fn replay_batch(&self) -> usize {
+        crate::DEFAULT_REPLAY_BATCH
+    }
+
+    /// The newest `limit` messages of `channel` still in history, oldest first.
+    async fn recent(
+        &self,
+        channel: &Channel,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError>;
 
     /// The position now: a subscriber that resumes from it is owed only later messages.
     async fn cursor(&self) -> Result<MessageId, BrokerError>;

@@ -3,6 +3,9 @@ use std::time::Duration;
 
 use halley_proto::Channel;
 
+/// [`EngineConfig::replay_batch`] unless configured.
+pub const DEFAULT_REPLAY_BATCH: usize = 256;
+
 /// The engine's budgets. Every field bounds memory; see each for what happens on overflow.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -16,10 +19,12 @@ pub struct EngineConfig {
     /// busy channel while a client's socket drains. On overflow the subscriber is cut off (see
     /// the crate docs); it resumes from history on reconnect.
     pub queue_capacity: usize,
-    /// Most messages one resume may replay. Protects the server from a `/**` resume with a
-    /// foreign id replaying every history at once; a longer replay is truncated to the newest
-    /// messages and reported as a gap.
-    pub replay_limit: usize,
+    /// Messages read from history at once for a resume. A resume delivers everything history
+    /// still holds after its id, however much that is, but reads it in batches of this many
+    /// as the subscriber takes them: a `/**` resume with a foreign id holds one batch (per
+    /// pattern) at a time, never every history at once. 256 keeps that to a few KiB of
+    /// pointers per resuming subscriber and a Redis resume to one round trip per 256 messages.
+    pub replay_batch: usize,
     /// Most channels with history at once. Publishing to a new channel beyond it fails, so a
     /// client cannot grow the server by publishing to random names.
     pub max_channels: usize,
@@ -85,7 +90,7 @@ impl Default for EngineConfig {
             history_size: 1000,
             history_ttl: Duration::from_secs(600),
             queue_capacity: 1024,
-            replay_limit: 1000,
+            replay_batch: DEFAULT_REPLAY_BATCH,
             max_channels: 100_000,
             history_rules: HistoryRules::default(),
         }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use crate::presence::{self, Joined, Notice};
+use crate::replay::{self, Replaying};
 use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Stats, Subscription};
 
 /// Why a publish or subscribe was refused.
@@ -673,35 +674,29 @@ impl Engine {
         }
         match resume {
             Some(after) => {
-                let mut messages = Vec::new();
-                let mut gap = false;
-                for pattern in &patterns {
-                    let replay = self.shared.broker.replay(pattern, after).await?;
-                    gap |= replay.gap;
-                    messages.extend(replay.messages);
-                }
-                if patterns.len() > 1 {
-                    messages.sort_by_key(|m| m.id);
-                    messages.dedup_by_key(|m| m.id);
-                }
+                let broker = &self.shared.broker;
+                let limit = broker.replay_batch();
+                let first = replay::batch(&**broker, &patterns, after, limit).await?;
+                let gap = first.gap;
                 // After a gap the id handed in is no position to come back to (another epoch,
                 // or older than history): the client resumes from just before what is
                 // replayed, or from now when nothing is.
                 let position = if gap {
                     Stats::add(&self.shared.stats.gaps, 1);
-                    match messages.first() {
+                    match first.messages.first() {
                         Some(m) => Some(MessageId::new(m.id.epoch, m.id.offset.saturating_sub(1))),
-                        None => Some(self.shared.broker.cursor().await?),
+                        None => Some(broker.cursor().await?),
                     }
                 } else {
                     Some(after)
                 };
                 let floor = (!gap).then_some(after);
-                sub.set_resume(messages, floor, gap, position);
+                let replaying = Replaying::new(first, broker, limit);
+                sub.set_resume(replaying, floor, gap, position);
             }
             None => {
                 let cursor = self.shared.broker.cursor().await?;
-                sub.set_resume(Vec::new(), None, false, Some(cursor));
+                sub.set_resume(None, None, false, Some(cursor));
             }
         }
         Ok(sub)
@@ -717,14 +712,7 @@ impl Engine {
         if channel.is_meta() || channel.is_service() || channel.is_private() {
             return Err(EngineError::Reserved(channel.clone()));
         }
-        let cursor = self.shared.broker.cursor().await?;
-        // Everything of this epoch (the broker keeps the newest when it has to truncate).
-        let pattern = Pattern::Exact(channel.clone());
-        let start = MessageId::new(cursor.epoch, 0);
-        let mut messages = self.shared.broker.replay(&pattern, start).await?.messages;
-        let older = messages.len().saturating_sub(limit);
-        messages.drain(..older);
-        Ok(messages)
+        Ok(self.shared.broker.recent(channel, limit).await?)
     }
 
     /// Channels with history or subscribers whose name starts with `prefix`, sorted by name.

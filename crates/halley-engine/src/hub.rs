@@ -17,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use halley_proto::{Channel, Message, MessageId, Pattern};
 
 use crate::Stats;
+use crate::replay::{Refill, Replaying};
 
 pub(crate) type Subscribers = HashMap<u64, Arc<Subscriber>>;
 
@@ -275,6 +276,22 @@ impl Hub {
         }
     }
 
+    /// Cuts a subscriber off as a full queue does: its queue is freed and its next event is
+    /// [`Event::Lagged`] (a replay that lost the history it was reading).
+    pub(crate) fn cut_off(&self, sub: &Subscriber) {
+        let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.lagged || queue.closed {
+            return;
+        }
+        let dropped = queue.messages.len() as u64;
+        queue.messages = VecDeque::new();
+        queue.lagged = true;
+        drop(queue);
+        Stats::add(&self.shared.stats.dropped, dropped);
+        Stats::add(&self.shared.stats.lagged, 1);
+        sub.signal.notify();
+    }
+
     /// Queues one message; false when the subscriber is (now) cut off.
     fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -312,7 +329,7 @@ impl Hub {
                 state: Mutex::default(),
                 signal: Signal::default(),
             }),
-            replay: VecDeque::new(),
+            replay: None,
             floor: None,
             gap: false,
             indexed: false,
@@ -417,8 +434,9 @@ pub struct Subscription {
     pub(crate) id: u64,
     pub(crate) patterns: Vec<Pattern>,
     pub(crate) sub: Arc<Subscriber>,
-    /// History owed on resume, delivered before anything queued.
-    replay: VecDeque<Arc<Message>>,
+    /// History owed on resume, delivered before anything queued: a batch at a time
+    /// ([`crate::replay`]), boxed since most subscriptions never have one.
+    replay: Option<Box<Replaying>>,
     /// Highest id already handed out. Queued messages at or below it are duplicates: of the
     /// replay (published between registering and reading history), or of a message matched by
     /// two of this subscriber's patterns. Ids reach a hub in increasing order, so one
@@ -597,15 +615,54 @@ impl Subscription {
 
     pub(crate) fn set_resume(
         &mut self,
-        replay: Vec<Arc<Message>>,
+        replay: Option<Box<Replaying>>,
         floor: Option<MessageId>,
         gap: bool,
         position: Option<MessageId>,
     ) {
-        self.floor = replay.last().map(|m| m.id).or(floor);
-        self.replay = replay.into();
+        self.floor = replay.as_ref().and_then(|r| r.last()).or(floor);
+        self.replay = replay;
         self.gap = gap;
         self.position = position;
+    }
+
+    /// The next message of the replay: `Ok(None)` when it is over, `Err(())` while its next
+    /// batch is being read.
+    fn next_replayed(&mut self) -> Result<Option<Arc<Message>>, ()> {
+        let Some(replaying) = self.replay.as_deref_mut() else {
+            return Ok(None);
+        };
+        // Bounded: each refill that is `Ready` took a batch that moved the replay on.
+        loop {
+            if let Some(m) = replaying.pop() {
+                return Ok(Some(m));
+            }
+            let ended = {
+                let queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
+                queue.lagged || queue.closed
+            };
+            if ended {
+                // Cut off or closed meanwhile: nothing more is read for it.
+                break;
+            }
+            match replaying.refill(&self.patterns, &self.sub) {
+                Refill::Ready => continue,
+                Refill::Waiting => return Err(()),
+                Refill::Done => break,
+                Refill::Lost => {
+                    self.hub.cut_off(&self.sub);
+                    break;
+                }
+            }
+        }
+        self.replay = None;
+        Ok(None)
+    }
+
+    /// Whether a resume's replay is still going: a message may be owed that `try_next` does
+    /// not have yet (its batch is being read from history).
+    pub fn replaying(&self) -> bool {
+        self.replay.is_some()
     }
 
     /// Something to wait on for this subscription's next message without holding the
@@ -622,9 +679,15 @@ impl Subscription {
         {
             return Some(event);
         }
-        if let Some(m) = self.replay.pop_front() {
-            self.floor = Some(m.id);
-            return Some(Event::Message(m));
+        if self.replay.is_some() {
+            match self.next_replayed() {
+                Ok(Some(m)) => {
+                    self.floor = Some(m.id);
+                    return Some(Event::Message(m));
+                }
+                Ok(None) => {}
+                Err(()) => return None,
+            }
         }
         loop {
             let mut queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -715,6 +778,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Queue>(), 64);
         assert_eq!(std::mem::size_of::<Signal>(), 32);
         assert_eq!(std::mem::size_of::<Subscriber>(), 104);
-        assert_eq!(std::mem::size_of::<Subscription>(), 144);
+        // 144 until a resume's replay became one optional box instead of a `VecDeque`.
+        assert_eq!(std::mem::size_of::<Subscription>(), 120);
     }
 }

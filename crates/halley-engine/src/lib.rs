@@ -40,10 +40,11 @@ mod memory;
 pub mod observe;
 mod occupancy;
 pub mod presence;
+mod replay;
 mod stats;
 
-pub use broker::{Broker, BrokerError, ChannelEntry, Member, Replay};
-pub use config::{EngineConfig, HistoryLimits, HistoryRules};
+pub use broker::{Broker, BrokerError, ChannelEntry, Gather, Member, Replay};
+pub use config::{DEFAULT_REPLAY_BATCH, EngineConfig, HistoryLimits, HistoryRules};
 pub use engine::{ChannelInfo, Engine, EngineError, PresenceGuard, Published};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;

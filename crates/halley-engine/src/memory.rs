@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 use tokio::time::Instant;
 
-use crate::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Replay};
+use crate::{Broker, BrokerError, ChannelEntry, EngineConfig, Gather, Hub, Replay};
 
 /// How often expired history is swept and empty channels forgotten, when nobody publishes to
 /// them. Expiry on publish keeps busy channels tidy; this catches the quiet ones.
@@ -140,7 +140,12 @@ impl Broker for MemoryBroker {
         Ok((message, count))
     }
 
-    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError> {
+    async fn replay(
+        &self,
+        pattern: &Pattern,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Replay, BrokerError> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut gap = after.epoch != self.epoch || after.offset > state.offset;
         let from = if after.epoch == self.epoch {
@@ -148,7 +153,7 @@ impl Broker for MemoryBroker {
         } else {
             0
         };
-        let mut messages: Vec<Arc<Message>> = Vec::new();
+        let mut batch = Gather::new(limit);
         let mut collect = |history: &History| {
             if history.evicted > from {
                 gap = true;
@@ -156,7 +161,11 @@ impl Broker for MemoryBroker {
             let start = history
                 .messages
                 .partition_point(|(_, m)| m.id.offset <= from);
-            messages.extend(history.messages.range(start..).map(|(_, m)| m.clone()));
+            let read = history.messages.range(start..).take(limit);
+            let cut = (history.messages.len() - start > limit)
+                .then(|| read.clone().last().map(|(_, m)| m.id))
+                .flatten();
+            batch.add(read.map(|(_, m)| m.clone()), cut);
         };
         match pattern.exact() {
             Some(channel) => {
@@ -176,12 +185,30 @@ impl Broker for MemoryBroker {
             gap = true;
         }
         drop(state);
-        messages.sort_unstable_by_key(|m| m.id.offset);
-        if messages.len() > self.config.replay_limit {
-            messages.drain(..messages.len() - self.config.replay_limit);
-            gap = true;
-        }
-        Ok(Replay { messages, gap })
+        Ok(batch.finish(gap))
+    }
+
+    async fn recent(
+        &self,
+        channel: &Channel,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state
+            .channels
+            .get(channel)
+            .map_or_else(Vec::new, |history| {
+                let older = history.messages.len().saturating_sub(limit);
+                history
+                    .messages
+                    .range(older..)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            }))
+    }
+
+    fn replay_batch(&self) -> usize {
+        self.config.replay_batch
     }
 
     async fn cursor(&self) -> Result<MessageId, BrokerError> {

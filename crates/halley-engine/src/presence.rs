@@ -66,10 +66,17 @@ pub(crate) struct Notice {
 
 impl Notice {
     pub(crate) fn new(channel: &Channel, data: Value) -> Notice {
+        // A member's info is the client's JSON: nested too deep to be stored
+        // (`halley_proto::MAX_DEPTH`), the notice still says who came or went, without it.
+        let data = Payload::from_value(&data).unwrap_or_else(|error| {
+            tracing::warn!(%channel, %error, "presence info left out of a notice");
+            let kind = data.get("presence").cloned().unwrap_or(Value::Null);
+            Payload::from_value(&json!({ "presence": kind, "info": null }))
+                .unwrap_or_else(|_| Payload::string(""))
+        });
         Notice {
             channel: channel.clone(),
-            // Serialised from a Value: always valid JSON.
-            data: Payload::from_json(data.to_string().as_bytes()).expect("notice is JSON"),
+            data,
         }
     }
 }
@@ -252,13 +259,10 @@ pub(crate) async fn publish_notice(engine: &Engine, notice: Notice) {
 }
 
 /// Whether published data would pass for a notice: a JSON object with a top-level `presence`
-/// key. The text is searched first, so the common case costs no parse.
+/// key, by its decoded name (`"\u0070resence"` is the same key to every reader). The text is
+/// searched first, so the common case costs no parse ([`Payload::has_key`]).
 pub(crate) fn looks_like_notice(data: &Payload) -> bool {
-    let json = data.json();
-    json.starts_with('{')
-        && json.contains("\"presence\"")
-        && serde_json::from_str::<serde_json::Map<String, Value>>(json)
-            .is_ok_and(|object| object.contains_key("presence"))
+    data.has_key("presence")
 }
 
 #[cfg(test)]
@@ -274,5 +278,14 @@ mod tests {
         assert!(!forged(r#"{"nested":{"presence":"join"}}"#));
         assert!(!forged(r#""presence""#));
         assert!(!forged(r#"["presence"]"#));
+        // Issue 12: the key is judged decoded, however it is escaped.
+        assert!(forged(
+            r#"{"\u0070resence":"join","info":{"name":"admin"}}"#
+        ));
+        assert!(forged(r#"{"a":"\n","pres\u0065nce":"leave"}"#));
+        assert!(forged(
+            r#"{"\u0070\u0072\u0065\u0073\u0065\u006e\u0063\u0065":1}"#
+        ));
+        assert!(!forged(r#"{"\u0070resenc":1,"x":{"\u0070resence":1}}"#));
     }
 }

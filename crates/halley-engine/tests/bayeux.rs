@@ -260,8 +260,10 @@ impl Server {
     async fn publish(&self, channel: &str, data: Value) -> String {
         let published = within(
             "engine publish",
-            self.engine
-                .publish(Channel::parse(channel).unwrap(), Payload::from_value(&data)),
+            self.engine.publish(
+                Channel::parse(channel).unwrap(),
+                Payload::from_value(&data).unwrap(),
+            ),
         )
         .await
         .unwrap();

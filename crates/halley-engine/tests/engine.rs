@@ -328,3 +328,64 @@ async fn history_limits_per_channel() {
         (false, vec!["2".into(), "3".into(), "4".into()])
     );
 }
+
+/// Issue 12 item 9: a resume delivers everything history holds, however much, but holds one
+/// batch (`replay_batch`) at a time: what is at hand without waiting is at most one batch,
+/// the next is read once it is taken.
+#[tokio::test]
+async fn replay_reads_history_a_batch_at_a_time() {
+    let e = engine(EngineConfig {
+        history_size: 5_000,
+        replay_batch: 10,
+        ..EngineConfig::default()
+    });
+    let start = publish(&e, "/b", "m0").await;
+    for i in 1..=2_500 {
+        publish(&e, "/b", &format!("m{i}")).await;
+    }
+    let mut s = sub(&e, "/b", Some(start)).await;
+    assert!(!s.gap());
+    let first = drain(&mut s);
+    assert_eq!(first, (1..=10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert!(s.replaying());
+    let mut rest = Vec::new();
+    while rest.len() < 2_490 {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Event::Message(m)) => rest.push(m.text().to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        rest,
+        (11..=2_500).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    publish(&e, "/b", "live").await;
+    assert_eq!(drain(&mut s), ["live"]);
+    assert!(!s.replaying());
+}
+
+/// History that goes while a replay is reading it (evicted past the replay's position) cannot
+/// be delivered: the subscriber is cut off as a lagging one is, and its resume from the last
+/// id it got reports the gap.
+#[tokio::test]
+async fn history_lost_mid_replay_cuts_the_subscriber_off() {
+    let e = engine(EngineConfig {
+        history_size: 30,
+        replay_batch: 10,
+        ..EngineConfig::default()
+    });
+    let mut ids = Vec::new();
+    for i in 1..=30 {
+        ids.push(publish(&e, "/l", &format!("m{i}")).await);
+    }
+    let mut s = sub(&e, "/l", Some(ids[0])).await;
+    assert!(!s.gap());
+    assert_eq!(drain(&mut s).len(), 10);
+    for i in 31..=60 {
+        publish(&e, "/l", &format!("m{i}")).await;
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+    assert!(matches!(event, Ok(Event::Lagged)), "{event:?}");
+    let again = sub(&e, "/l", Some(ids[10])).await;
+    assert!(again.gap());
+}

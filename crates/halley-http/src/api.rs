@@ -20,14 +20,26 @@ use crate::state::App;
 /// A JSON answer, or `/**/cb(<json>);` when the request named a callback (script tags cannot
 /// read anything else).
 pub fn reply(value: &Value, callback: Option<&str>) -> Response<Body> {
+    reply_json(value.to_string(), callback)
+}
+
+/// [`reply`] for JSON text already written. In a JSONP answer, U+2028 and U+2029 (line
+/// terminators to older JavaScript, though not to JSON) and `<` are escaped
+/// ([`crate::transport::put_script_safe`]).
+pub fn reply_json(json: String, callback: Option<&str>) -> Response<Body> {
     let (body, content_type) = match callback {
-        None => (value.to_string(), "application/json"),
-        Some(cb) => (
-            format!("/**/{cb}({value});"),
-            "application/javascript; charset=utf-8",
-        ),
+        None => (Bytes::from(json), "application/json"),
+        Some(cb) => {
+            let mut out = bytes::BytesMut::with_capacity(json.len() + cb.len() + 8);
+            out.extend_from_slice(b"/**/");
+            out.extend_from_slice(cb.as_bytes());
+            out.extend_from_slice(b"(");
+            crate::transport::put_script_safe(json.as_bytes(), &mut out);
+            out.extend_from_slice(b");");
+            (out.freeze(), "application/javascript; charset=utf-8")
+        }
     };
-    let mut response = Response::new(full(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if callback.is_some() {
@@ -195,13 +207,26 @@ pub async fn history<B: RequestBody>(
                 ApiError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}"))
             })?,
     };
-    let messages: Vec<Value> = app
-        .engine
-        .recent(&channel, limit)
-        .await?
-        .iter()
-        .map(|m| serde_json::from_slice(m.json_object()).expect("a message object is JSON"))
-        .collect();
-    let value = json!({ "channel": channel.as_str(), "messages": messages });
-    Ok(reply(&value, callback))
+    let messages = app.engine.recent(&channel, limit).await?;
+    // Each message's object is already written (and shared with every transport): the
+    // answer is put together from them, never parsed again, so it gives back exactly what
+    // was published — member order and escapes included — and cannot fail on stored data.
+    let mut body = String::with_capacity(
+        64 + messages
+            .iter()
+            .map(|m| m.json_object().len() + 1)
+            .sum::<usize>(),
+    );
+    body.push_str(r#"{"channel":"#);
+    halley_proto::push_json_string(&mut body, channel.as_str());
+    body.push_str(r#","messages":["#);
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        // A message object is UTF-8: written from a `String` in `Message::json_object`.
+        body.push_str(&String::from_utf8_lossy(m.json_object()));
+    }
+    body.push_str("]}");
+    Ok(reply_json(body, callback))
 }

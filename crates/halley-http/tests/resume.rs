@@ -333,7 +333,7 @@ async fn a_far_behind_longpoll_gets_the_rest_on_its_next_poll() {
     let total = halley_http::MAX_BATCH + 50;
     let s = TestServer::with(|_, engine| {
         engine.history_size = 2 * total;
-        engine.replay_limit = 2 * total;
+        engine.replay_batch = 64;
     })
     .await;
     let start = s.publish("/far", "m0").await;
@@ -367,4 +367,202 @@ async fn regression_a_burst_longer_than_one_chunk_loses_nothing() {
         let replayed: Vec<usize> = (2..=150).collect();
         check_resume(&s, transport, &channel, &ids, &ids[0], &replayed, false).await;
     }
+}
+
+/// A server whose history keeps 10,000 messages per channel, reading resumes `batch` at a time,
+/// with `n` messages `m1..mn` published on `channel` (straight into the engine: fast); returns
+/// their ids.
+async fn deep_history(
+    batch: usize,
+    channel: &str,
+    n: usize,
+) -> (TestServer, halley_engine::Engine, Vec<String>) {
+    let engine = halley_engine::Engine::in_memory(halley_engine::EngineConfig {
+        history_size: 10_000,
+        replay_batch: batch,
+        ..halley_engine::EngineConfig::default()
+    });
+    let s = TestServer::with_engine(engine.clone(), None, |_| {}).await;
+    let mut ids = Vec::new();
+    for i in 1..=n {
+        ids.push(engine_publish(&engine, channel, &format!("m{i}")).await);
+    }
+    (s, engine, ids)
+}
+
+async fn engine_publish(engine: &halley_engine::Engine, channel: &str, text: &str) -> String {
+    let channel = halley_proto::Channel::parse(channel).unwrap();
+    let published = engine
+        .publish(channel, halley_proto::Payload::string(text))
+        .await
+        .unwrap();
+    published.message.id.to_string()
+}
+
+/// Issue 12 item 9: with `--history-size 10000`, resuming 1,500 messages back reported a gap
+/// and delivered only the newest 1,000 (a fixed replay limit). Now everything history holds is
+/// delivered, read a batch at a time (`replay_batch`, default 256), in order, then live
+/// messages without a duplicate at the seam — here over SSE (with `Last-Event-ID`), a JSON
+/// stream and a WebSocket, with a message published while the replay is under way.
+#[tokio::test]
+async fn resume_beyond_a_thousand_delivers_everything_history_holds() {
+    let (s, engine, ids) = deep_history(halley_engine::DEFAULT_REPLAY_BATCH, "/far/a", 1_600).await;
+    let after = &ids[99];
+    let mut sse = s
+        .stream_with("/sub/far/a?transport=sse", &[("last-event-id", after)])
+        .await;
+    let mut json = s
+        .stream(&format!(
+            "/sub/far/a?transport=stream&format=json&last_id={after}"
+        ))
+        .await;
+    let mut ws = s.ws(&format!("/sub/far/a?last_id={after}")).await;
+    for open in [&sse, &json] {
+        assert_eq!(open.header("x-halley-gap"), None);
+    }
+    // Published once every subscription exists: live for them, and in history too.
+    let during = engine_publish(&engine, "/far/a", "during").await;
+    sse.expect("retry: 2000\n\n").await;
+    json.expect("\n").await;
+    let expected: Vec<(String, String)> = (101..=1_600)
+        .map(|i| (ids[i - 1].clone(), format!("m{i}")))
+        .chain([(during, "during".to_owned())])
+        .collect();
+    for (id, text) in &expected {
+        sse.expect(&format!("id: {id}\ndata: {text}\n\n")).await;
+        let line = json.json_line().await;
+        assert_eq!(
+            (line["id"].as_str(), line["data"].as_str()),
+            (Some(&**id), Some(&**text))
+        );
+        let frame = ws_json(&mut ws).await;
+        assert_eq!(
+            (frame["id"].as_str(), frame["data"].as_str()),
+            (Some(&**id), Some(&**text))
+        );
+    }
+    // The seam: the next live message comes next, once.
+    let live = engine_publish(&engine, "/far/a", "live").await;
+    sse.expect(&format!("id: {live}\ndata: live\n\n")).await;
+    assert_eq!(json.json_line().await["id"], live.as_str());
+    assert_eq!(ws_json(&mut ws).await["id"], live.as_str());
+    assert_eq!(s.metric("halley_resume_gaps_total").await, 0);
+}
+
+/// Issue 12 item 9 on long-polling (and JSONP): a resume 1,500 back is answered in full over
+/// successive polls — each answer as large as a poll answer may be (`MAX_BATCH`), not cut at a
+/// history batch — with no gap.
+#[tokio::test]
+async fn longpoll_resume_beyond_a_thousand_gets_everything_over_its_polls() {
+    let (s, _engine, ids) =
+        deep_history(halley_engine::DEFAULT_REPLAY_BATCH, "/far/p", 1_600).await;
+    for jsonp in [false, true] {
+        let mut after = ids[99].clone();
+        let mut seen = Vec::new();
+        for expected_len in [halley_http::MAX_BATCH, 500] {
+            let url = match jsonp {
+                false => format!("/sub/far/p?last_id={after}"),
+                true => format!("/sub/far/p?transport=jsonp&callback=f&last_id={after}"),
+            };
+            let reply = s.get(&url).await;
+            assert_eq!(reply.header("x-halley-gap"), None);
+            let body = match jsonp {
+                false => reply.body.clone(),
+                true => {
+                    let args = reply.body.strip_prefix("/**/f(").unwrap();
+                    args[..args.rfind(",{").unwrap()].to_owned()
+                }
+            };
+            let batch: Vec<Value> = serde_json::from_str(&body).unwrap();
+            assert_eq!(batch.len(), expected_len, "jsonp {jsonp}");
+            after = reply.header("x-halley-last-id").unwrap().to_owned();
+            seen.extend(batch.iter().map(|m| m["data"].as_str().unwrap().to_owned()));
+        }
+        let expected: Vec<String> = (101..=1_600).map(|i| format!("m{i}")).collect();
+        assert_eq!(seen, expected, "jsonp {jsonp}");
+    }
+}
+
+/// Many small batches, two overlapping patterns on one connection (each message matched by
+/// both), interleaved channels: every message once, in id order.
+#[tokio::test]
+async fn batched_replay_of_overlapping_patterns_has_no_duplicates() {
+    let engine = halley_engine::Engine::in_memory(halley_engine::EngineConfig {
+        replay_batch: 7,
+        ..halley_engine::EngineConfig::default()
+    });
+    let s = TestServer::with_engine(engine.clone(), None, |_| {}).await;
+    let start = engine_publish(&engine, "/ov/start", "0").await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let channel = if i % 3 == 0 { "/ov/a" } else { "/ov/b/c" };
+        ids.push(engine_publish(&engine, channel, &format!("m{i}")).await);
+    }
+    let mut open = s
+        .stream(&format!(
+            "/sub?channel=/ov/a&channel=/ov/**&transport=stream&format=json&last_id={start}"
+        ))
+        .await;
+    assert_eq!(open.header("x-halley-gap"), None);
+    for id in &ids {
+        assert_eq!(open.json_line().await["id"], id.as_str());
+    }
+    let live = engine_publish(&engine, "/ov/a", "live").await;
+    assert_eq!(open.json_line().await["id"], live.as_str());
+}
+
+/// Issue 12 item 10: the SSE `gap` event had no `id:`, so an EventSource that reconnected
+/// before the next message sent the id that had the gap again, and was told of the same gap
+/// on every reconnect. The gap event now carries the position after the gap; resuming from it
+/// (as EventSource does, with `Last-Event-ID`) has no gap and loses nothing.
+#[tokio::test]
+async fn an_sse_gap_event_has_an_id_to_resume_from() {
+    let s = evicted_server().await;
+    // Another epoch, nothing to replay: the gap is all the stream says before going quiet.
+    let old = foreign_epoch(&s.publish("/sg/other", "x").await);
+    let mut first = s
+        .stream_with("/sub/sg/a?transport=sse", &[("last-event-id", &old)])
+        .await;
+    assert_eq!(first.header("x-halley-gap"), Some("true"));
+    first.expect("retry: 2000\n\n").await;
+    let gap = Transport::Sse.read_control(&mut first).await;
+    let position = gap["_id_line"]
+        .as_str()
+        .expect("the gap event has an id")
+        .to_owned();
+    assert_eq!(gap["last_id"], position.as_str());
+    drop(first);
+    // Meanwhile, two messages.
+    let m1 = s.publish("/sg/a", "m1").await;
+    let m2 = s.publish("/sg/a", "m2").await;
+    // The reconnect, as EventSource makes it: no gap, both messages, in order.
+    let mut again = s
+        .stream_with("/sub/sg/a?transport=sse", &[("last-event-id", &position)])
+        .await;
+    assert_eq!(again.header("x-halley-gap"), None);
+    again.expect("retry: 2000\n\n").await;
+    again
+        .expect(&format!("id: {m1}\ndata: m1\n\nid: {m2}\ndata: m2\n\n"))
+        .await;
+
+    // After an eviction, the id is the position before what is replayed.
+    let ids = seed(&s, "/sg/b", 4).await;
+    let mut open = s
+        .stream_with("/sub/sg/b?transport=sse", &[("last-event-id", &ids[0])])
+        .await;
+    open.expect("retry: 2000\n\n").await;
+    let gap = Transport::Sse.read_control(&mut open).await;
+    let position = gap["_id_line"].as_str().unwrap().to_owned();
+    let (epoch, offset) = parse_id(&ids[2]);
+    assert_eq!(parse_id(&position), (epoch, offset - 1));
+    let reply = s.get(&format!("/sub/sg/b?last_id={position}")).await;
+    assert_eq!(reply.header("x-halley-gap"), None);
+    assert_eq!(
+        reply.body,
+        format!(
+            "[{},{}]",
+            message_object("/sg/b", &ids[2], &data(3)),
+            message_object("/sg/b", &ids[3], &data(4))
+        )
+    );
 }

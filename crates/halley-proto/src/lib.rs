@@ -22,4 +22,4 @@ mod message;
 
 pub use channel::{CHANNEL_MAX_LEN, Channel, ChannelError, Pattern};
 pub use id::{IdError, MessageId};
-pub use message::{Message, Payload, PayloadError, push_json_string};
+pub use message::{MAX_DEPTH, Message, Payload, PayloadError, push_json_string};

@@ -14,7 +14,23 @@ pub enum PayloadError {
     InvalidJson,
     #[error("body is not valid UTF-8")]
     NotUtf8,
+    /// Deeper than [`MAX_DEPTH`] arrays and objects.
+    #[error("body is too deeply nested (more than {MAX_DEPTH} levels of arrays and objects)")]
+    TooDeep,
+    /// A `\ud800`-style escape that is not half of a surrogate pair: it names no character,
+    /// so no UTF-8 reader can give it back (I-JSON, RFC 7493 §2.1, forbids it).
+    #[error(
+        "body has a lone surrogate escape (\\uD800-\\uDFFF not in a pair), which is no character"
+    )]
+    LoneSurrogate,
 }
+
+/// Most levels of arrays and objects a message's data may nest. Data is refused (400) beyond
+/// it on every way in, so that everything stored can be read back by any JSON reader: the
+/// stored text is wrapped in a few more levels on the way out (a message object, a history
+/// answer, a Bayeux batch), and common parsers stop at 128 (serde_json, Python's default
+/// recursion for deep data is near it too). Real data nests a handful of levels.
+pub const MAX_DEPTH: usize = 64;
 
 /// Message data before it is published: always valid, compact JSON (no whitespace outside
 /// strings), so that every line-based transport can write it on one line.
@@ -22,11 +38,14 @@ pub enum PayloadError {
 pub struct Payload(Box<str>);
 
 impl Payload {
-    /// A body declared as JSON. The number spelling is kept exactly (no float round trip).
+    /// A body declared as JSON. The number spelling, the member order and every escape are
+    /// kept exactly (no float round trip, no re-encoding). This is the one check of what may
+    /// be stored, whichever way a message comes in: valid JSON, at most [`MAX_DEPTH`] deep,
+    /// no lone surrogate escapes.
     pub fn from_json(body: &[u8]) -> Result<Payload, PayloadError> {
         let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
         let raw: &RawValue = serde_json::from_str(text).map_err(|_| PayloadError::InvalidJson)?;
-        Ok(Payload(compact(raw.get()).into()))
+        Ok(Payload(compact(raw.get())?.into()))
     }
 
     /// A body of any other type: UTF-8 text, which becomes a JSON string.
@@ -41,9 +60,11 @@ impl Payload {
     }
 
     /// From a JSON value already parsed elsewhere (e.g. a Bayeux message's `data`).
-    pub fn from_value(value: &serde_json::Value) -> Payload {
+    /// Also fails on data nested deeper than [`MAX_DEPTH`]. (A `Value` cannot hold a lone
+    /// surrogate: its strings are Rust strings.)
+    pub fn from_value(value: &serde_json::Value) -> Result<Payload, PayloadError> {
         // Serialising a Value cannot fail: its map keys are strings.
-        Payload(serde_json::to_string(value).unwrap().into())
+        Payload::from_json(serde_json::to_string(value).unwrap_or_default().as_bytes())
     }
 
     /// The compact JSON text.
@@ -73,11 +94,33 @@ impl Payload {
         Some(Payload(out.into()))
     }
 
+    /// Whether this data is a JSON object with a top-level member named `key`, however the
+    /// name is written (`"presence"`, `"\u0070resence"`): the decoded name counts, as every
+    /// reader of the message sees it. The text is searched first, so data that has neither
+    /// the plain name nor any escape costs no parse.
+    pub fn has_key(&self, key: &str) -> bool {
+        let json = self.json();
+        if !json.starts_with('{') {
+            return false;
+        }
+        let mut quoted = String::with_capacity(key.len() + 2);
+        push_json_string(&mut quoted, key);
+        if !json.contains('\\') && !json.contains(&quoted) {
+            return false;
+        }
+        serde_json::from_str::<Members<'_>>(json)
+            .is_ok_and(|Members(members)| members.iter().any(|(name, _)| name == key))
+    }
+
     /// The text form used by text transports: a string as-is, anything else as compact JSON.
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         if self.0.starts_with('"') {
-            // A Payload is valid JSON, so a leading quote means a well-formed string.
-            std::borrow::Cow::Owned(serde_json::from_str::<String>(&self.0).unwrap())
+            // A Payload is a valid string with no lone surrogate, so this does not fail; the
+            // JSON text is the answer if it ever did.
+            match serde_json::from_str::<String>(&self.0) {
+                Ok(text) => std::borrow::Cow::Owned(text),
+                Err(_) => std::borrow::Cow::Borrowed(&self.0),
+            }
         } else {
             std::borrow::Cow::Borrowed(&self.0)
         }
@@ -118,7 +161,6 @@ impl std::fmt::Debug for Payload {
     }
 }
 
-/// Drops whitespace outside strings from valid JSON text.
 /// Appends `text` to `out` as a JSON string literal.
 pub fn push_json_string(out: &mut String, text: &str) {
     if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
@@ -132,29 +174,67 @@ pub fn push_json_string(out: &mut String, text: &str) {
     }
 }
 
-fn compact(json: &str) -> String {
+/// Drops whitespace outside strings from valid JSON text, checking on the way what
+/// [`Payload::from_json`] refuses beyond validity: nesting deeper than [`MAX_DEPTH`], and
+/// `\u` escapes of a surrogate that is not half of a pair.
+fn compact(json: &str) -> Result<String, PayloadError> {
     // Bytes, not chars: everything removed or tracked is ASCII, and UTF-8 never uses ASCII bytes
     // inside a multi-byte character, so the result stays UTF-8.
+    let bytes = json.as_bytes();
     let mut out = Vec::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in json.as_bytes() {
+    let (mut in_string, mut depth) = (false, 0usize);
+    // The high surrogate just read, waiting for its low half in the very next escape.
+    let mut high = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
         if in_string {
             out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
+            if b == b'\\' {
+                // Valid JSON: an escape is complete, `\u` with four hex digits.
+                let e = bytes.get(i).copied().unwrap_or(b'"');
+                out.push(e);
+                i += 1;
+                if e == b'u' {
+                    let hex = bytes.get(i..i + 4).unwrap_or(b"0000");
+                    out.extend_from_slice(hex);
+                    i += 4;
+                    let unit = std::str::from_utf8(hex)
+                        .ok()
+                        .and_then(|h| u16::from_str_radix(h, 16).ok())
+                        .unwrap_or(0);
+                    match unit {
+                        0xD800..=0xDBFF if !high => high = true,
+                        0xDC00..=0xDFFF if high => high = false,
+                        0xD800..=0xDFFF => return Err(PayloadError::LoneSurrogate),
+                        _ if high => return Err(PayloadError::LoneSurrogate),
+                        _ => {}
+                    }
+                    continue;
+                }
             } else if b == b'"' {
                 in_string = false;
             }
+            if high {
+                return Err(PayloadError::LoneSurrogate);
+            }
         } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            if b == b'"' {
-                in_string = true;
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(PayloadError::TooDeep);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
             }
             out.push(b);
         }
     }
-    String::from_utf8(out).expect("ASCII removed from UTF-8 leaves UTF-8")
+    String::from_utf8(out).map_err(|_| PayloadError::NotUtf8)
 }
 
 /// A published message. Shared (`Arc<Message>`) by every subscriber it is delivered to; the wire
@@ -277,6 +357,42 @@ mod tests {
         check_json("", Err(PayloadError::InvalidJson));
         check_json("1 2", Err(PayloadError::InvalidJson));
         assert_eq!(Payload::from_json(b"\xff"), Err(PayloadError::NotUtf8));
+    }
+
+    /// Issue 12: what every reader must be able to give back is decided here, for every way
+    /// in: nesting beyond `MAX_DEPTH` and lone surrogate escapes are refused.
+    #[test]
+    fn storable_payloads_only() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        check_json(&nested(MAX_DEPTH), Ok(&nested(MAX_DEPTH)));
+        check_json(&nested(MAX_DEPTH + 1), Err(PayloadError::TooDeep));
+        check_json(&nested(200), Err(PayloadError::TooDeep));
+        let objects = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(MAX_DEPTH + 1),
+            "}".repeat(MAX_DEPTH + 1)
+        );
+        check_json(&objects, Err(PayloadError::TooDeep));
+        // Brackets inside strings are text, not nesting.
+        let text = format!(r#"["{}"]"#, "[{".repeat(100));
+        check_json(&text, Ok(&text));
+        for lone in [
+            r#""\ud800""#,
+            r#""\uDFFF""#,
+            r#"{"a":"x\ud83dy"}"#,
+            r#""\ud83d\n""#,
+            r#""\ud83d\ud83d""#,
+            r#""\ude00\ud83d""#,
+            r#"["\ud83d"]"#,
+        ] {
+            check_json(lone, Err(PayloadError::LoneSurrogate));
+        }
+        // A pair is one character; escaped backslashes are no escapes.
+        check_json(r#""\ud83d\ude00""#, Ok(r#""\ud83d\ude00""#));
+        check_json(r#""\\ud800""#, Ok(r#""\\ud800""#));
+        check_json(r#"{"\u0070":"\u2028"}"#, Ok(r#"{"\u0070":"\u2028"}"#));
+        let deep: serde_json::Value = serde_json::from_str(&nested(MAX_DEPTH + 1)).unwrap();
+        assert_eq!(Payload::from_value(&deep), Err(PayloadError::TooDeep));
     }
 
     fn check_with_key(data: &str, expected: Option<&str>) {

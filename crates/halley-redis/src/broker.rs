@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use halley_engine::control::{Command, Remote};
-use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Member, Replay, Stats};
+use halley_engine::{
+    Broker, BrokerError, ChannelEntry, EngineConfig, Gather, Hub, Member, Replay, Stats,
+};
 use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{oneshot, watch};
@@ -23,8 +25,9 @@ use crate::{ECHO_TIMEOUT, RedisConfig};
 const SCAN_PAGE: usize = 1000;
 
 /// Channel histories read per round trip during a wildcard resume. Each read returns up to
-/// `replay_limit + 1` messages, so a resume holds at most (this + 1) × `replay_limit`
-/// messages at once however many channels match; the newest `replay_limit` are kept.
+/// one batch (`replay_batch`) of messages and the batch being put together is trimmed back
+/// to one batch as it goes, so a resume holds at most (this + 2) batches at once however many
+/// channels match.
 const REPLAY_PIPELINE: usize = 8;
 
 /// Key names. Streams carry the epoch in their names (see `scripts`).
@@ -196,12 +199,14 @@ impl Shared {
         Ok(out)
     }
 
-    /// Everything after `after` on channels matching `pattern` (see [`Broker::replay`]).
+    /// One batch of what channels matching `pattern` hold after `after`, oldest first (see
+    /// [`Broker::replay`]).
     pub async fn replay(
         &self,
         conn: &mut MultiplexedConnection,
         pattern: &Pattern,
         after: MessageId,
+        limit: usize,
     ) -> Result<Replay, BrokerError> {
         let s = self;
         let seq = self.seq(conn).await?;
@@ -210,6 +215,7 @@ impl Shared {
             return Ok(Replay {
                 messages: Vec::new(),
                 gap: true,
+                more: None,
             });
         };
         let same_epoch = after.epoch == epoch;
@@ -242,54 +248,88 @@ impl Shared {
                 .filter(|(name, _)| Channel::parse(name).is_ok_and(|c| pattern.matches(&c)))
                 .collect(),
         };
-        let limit = s.engine.replay_limit;
+        let limit = limit.max(1);
         // Each channel's messages older than its history TTL count as evicted.
         let oldest_ms = |channel: &Channel| {
             seq.now_ms
                 .saturating_sub(s.engine.history(channel).ttl.as_millis() as u64)
         };
-        // Newest channels first: once `limit` messages are kept and the next channel's last
-        // message is older than all of them, the rest could only be truncated away.
-        let mut candidates = candidates;
-        candidates.sort_unstable_by_key(|(_, last)| std::cmp::Reverse(*last));
-        let mut messages: Vec<Arc<Message>> = Vec::new();
+        let mut batch = Gather::new(limit);
         for chunk in candidates.chunks(REPLAY_PIPELINE) {
-            let oldest_kept = messages.first().map_or(0, |m| m.id.offset);
-            if messages.len() >= limit && chunk[0].1 < oldest_kept {
-                gap = true;
-                break;
-            }
             let mut pipe = redis::pipe();
             for (name, _) in chunk {
+                let key = s.keys.history(epoch, name);
+                // The newest entry carries the highest offset the channel lost so far; the
+                // batch is read forward from the cursor.
                 pipe.cmd("XREVRANGE")
-                    .arg(s.keys.history(epoch, name))
+                    .arg(&key)
                     .arg("+")
-                    .arg(format!("(0-{from}"))
+                    .arg("-")
                     .arg("COUNT")
-                    .arg(limit + 1);
+                    .arg(1);
+                pipe.cmd("XRANGE")
+                    .arg(&key)
+                    .arg(format!("(0-{from}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit);
             }
             let replies: Vec<redis::Value> =
                 pipe.query_async(conn).await.map_err(|e| s.unavailable(e))?;
-            for ((name, _last), value) in chunk.iter().zip(replies) {
-                let entries = reply::entries(value).map_err(|e| s.unavailable(e))?;
+            let mut replies = replies.into_iter();
+            for (name, _last) in chunk {
+                let (Some(newest), Some(read)) = (replies.next(), replies.next()) else {
+                    return Err(s.unavailable(reply::Malformed("pipeline")));
+                };
+                let newest = reply::entries(newest).map_err(|e| s.unavailable(e))?;
+                let read = reply::entries(read).map_err(|e| s.unavailable(e))?;
                 let channel = Channel::parse(name).map_err(|e| s.unavailable(e))?;
-                gap |= collect(
-                    &channel,
-                    epoch,
-                    from,
-                    oldest_ms(&channel),
-                    limit,
-                    entries,
-                    &mut messages,
-                );
-            }
-            messages.sort_unstable_by_key(|m| m.id.offset);
-            if messages.len() > limit {
-                messages.drain(..messages.len() - limit);
-                gap = true;
+                let evicted = match newest.first() {
+                    Some(entry) => entry.number("e").unwrap_or(u64::MAX),
+                    // The channel has messages after `from` (that is why it is a
+                    // candidate), so no entry at all means its history expired before the
+                    // sweep forgot it.
+                    None => u64::MAX,
+                };
+                gap |= evicted > from;
+                let cut = (read.len() == limit)
+                    .then(|| read.last().map(|e| MessageId::new(epoch, e.offset)))
+                    .flatten();
+                let (messages, skipped) = decode(&channel, epoch, oldest_ms(&channel), read);
+                gap |= skipped;
+                batch.add(messages, cut);
             }
         }
-        Ok(Replay { messages, gap })
+        Ok(batch.finish(gap))
+    }
+
+    /// The newest `limit` messages of `channel` (see [`Broker::recent`]).
+    pub async fn recent(
+        &self,
+        conn: &mut MultiplexedConnection,
+        channel: &Channel,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        let s = self;
+        let seq = self.seq(conn).await?;
+        let Some(epoch) = seq.epoch else {
+            return Ok(Vec::new());
+        };
+        let read: redis::Value = redis::cmd("XREVRANGE")
+            .arg(s.keys.history(epoch, channel.as_str()))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        let mut read = reply::entries(read).map_err(|e| s.unavailable(e))?;
+        read.reverse();
+        let oldest_ms = seq
+            .now_ms
+            .saturating_sub(s.engine.history(channel).ttl.as_millis() as u64);
+        Ok(decode(channel, epoch, oldest_ms, read).0)
     }
 }
 
@@ -482,9 +522,27 @@ impl Broker for RedisBroker {
         Ok((Arc::new(Message::new(channel, id, data)), subscribers))
     }
 
-    async fn replay(&self, pattern: &Pattern, after: MessageId) -> Result<Replay, BrokerError> {
+    async fn replay(
+        &self,
+        pattern: &Pattern,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Replay, BrokerError> {
         let mut conn = self.shared.connection()?;
-        self.shared.replay(&mut conn, pattern, after).await
+        self.shared.replay(&mut conn, pattern, after, limit).await
+    }
+
+    fn replay_batch(&self) -> usize {
+        self.shared.engine.replay_batch
+    }
+
+    async fn recent(
+        &self,
+        channel: &Channel,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        let mut conn = self.shared.connection()?;
+        self.shared.recent(&mut conn, channel, limit).await
     }
 
     async fn cursor(&self) -> Result<MessageId, BrokerError> {
@@ -617,30 +675,25 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Adds one channel's replayable history (entries newest first) to `out`; true on a gap.
-fn collect(
+/// One channel's history entries (oldest first) as messages, and whether any had to be left
+/// out: older than the history TTL (evicted, as the in-memory broker does it) or undecodable
+/// (written by something else; skipped and logged rather than failing every reader).
+fn decode(
     channel: &Channel,
     epoch: u64,
-    from: u64,
     oldest_ms: u64,
-    limit: usize,
     entries: Vec<Entry>,
-    out: &mut Vec<Arc<Message>>,
-) -> bool {
-    // The channel has messages after `from` (that is why it is a candidate), so no entry at
-    // all means its history expired before the sweep forgot it.
-    let Some(newest) = entries.first() else {
-        return true;
-    };
-    let mut gap = newest.number("e").unwrap_or(u64::MAX) > from || entries.len() > limit;
-    for entry in entries.iter().take(limit) {
+) -> (Vec<Arc<Message>>, bool) {
+    let mut skipped = false;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
         if entry.number("t").unwrap_or(0) < oldest_ms {
-            // Older than the history TTL: evicted, like the in-memory broker does it.
-            gap = true;
+            skipped = true;
             continue;
         }
         let Some(data) = entry.field("d").and_then(|d| Payload::from_json(d).ok()) else {
-            gap = true;
+            tracing::warn!(%channel, offset = entry.offset, "redis broker: undecodable history entry skipped");
+            skipped = true;
             continue;
         };
         out.push(Arc::new(Message::new(
@@ -649,7 +702,7 @@ fn collect(
             data,
         )));
     }
-    gap
+    (out, skipped)
 }
 
 /// Escapes Redis glob metacharacters so that a user-supplied prefix matches literally.

@@ -194,7 +194,7 @@ async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisRes
 }
 
 /// Delivers what the fan-out log no longer holds between `position` and `next` from the
-/// channels' histories (bounded by the replay limit). What history cannot supply either is
+/// channels' histories, read in batches (`replay_batch`). What history cannot supply either is
 /// lost for this node's subscribers: logged and counted. Returns the new position.
 async fn repair(
     shared: &Shared,
@@ -204,15 +204,24 @@ async fn repair(
 ) -> MessageId {
     let missing = next.saturating_sub(position.offset + 1);
     let everything = Pattern::parse("/**").expect("/** is a valid pattern");
-    let replay = shared.replay(conn, &everything, position).await;
+    let batch = shared.engine.replay_batch.max(1);
     let mut delivered = 0;
     let mut last = position;
-    if let Ok(replay) = &replay {
+    let mut from = position;
+    // Each batch moves `from` on by at least one entry of the hole, so this many suffice.
+    for _ in 0..=missing / batch as u64 + 1 {
+        let Ok(replay) = shared.replay(conn, &everything, from, batch).await else {
+            break;
+        };
         for message in replay.messages.iter().filter(|m| m.id.offset < next) {
             shared.hub.deliver(message);
             set_position(shared, message.id);
             last = message.id;
             delivered += 1;
+        }
+        match replay.more {
+            Some(more) if more.offset + 1 < next => from = more,
+            _ => break,
         }
     }
     if delivered < missing {

@@ -705,7 +705,7 @@ impl ServeArgs {
             history_size: self.history_size.unwrap_or(e.history_size),
             history_ttl: self.history_ttl.map_or(e.history_ttl, secs),
             queue_capacity: self.queue_capacity.unwrap_or(e.queue_capacity),
-            replay_limit: e.replay_limit,
+            replay_batch: e.replay_batch,
             max_channels: self.max_channels.unwrap_or(e.max_channels),
             history_rules: history_rules(&policy),
         };

@@ -17,6 +17,8 @@ mod poll;
 mod stream;
 mod ws;
 
+pub(crate) use stream::put_script_safe;
+
 use std::sync::Arc;
 
 use crate::body::RequestBody;

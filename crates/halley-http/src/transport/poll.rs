@@ -99,7 +99,17 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
                 }
             }
         }
-        event = sub.try_next();
+        event = match sub.try_next() {
+            // A far-behind resume fills the answer from history, a batch at a time: wait for
+            // the next batch (read at once) rather than answer with part of one.
+            None if sub.replaying() => tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => None,
+                event = replayed(&mut sub) => event,
+                _ = tokio::time::sleep(app.config.hold_timeout) => None,
+            },
+            next => next,
+        };
     }
     batch.put_u8(b']');
     Ok(answer(
@@ -111,6 +121,19 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
         shutting_down,
         &notes,
     ))
+}
+
+/// The next event once the replay's next batch is in; `None` when the replay ended with
+/// nothing more (live messages are not waited for: the answer goes with what it has).
+async fn replayed(sub: &mut Subscription) -> Option<Event> {
+    // Bounded: each wake-up finds the batch in or the replay a step further.
+    while sub.replaying() {
+        sub.signalled().await;
+        if let Some(event) = sub.try_next() {
+            return Some(event);
+        }
+    }
+    None
 }
 
 /// What the control API did to a held poll, said beside its batch.
@@ -173,9 +196,9 @@ fn answer(
             out.put_slice(b"/**/");
             out.put_slice(cb.as_bytes());
             out.put_u8(b'(');
-            out.put_slice(&batch);
+            super::stream::put_script_safe(&batch, &mut out);
             out.put_u8(b',');
-            out.put_slice(meta.to_string().as_bytes());
+            super::stream::put_script_safe(meta.to_string().as_bytes(), &mut out);
             out.put_slice(b");");
             ("application/javascript; charset=utf-8", out.freeze())
         }

@@ -70,7 +70,16 @@ impl Wire {
             _ => {}
         }
         if sub.gap() {
-            self.control("gap", &super::gap_object(sub), &mut out);
+            match (self, sub.position()) {
+                // With an `id:` (the position after the gap), so that an EventSource that
+                // reconnects before the next message resumes from there: without it, it sent
+                // the id that had the gap again and was told of the same gap every time.
+                (Wire::Sse { .. }, Some(id)) => {
+                    let object = super::gap_object(sub);
+                    out.put_slice(format!("event: gap\nid: {id}\ndata: {object}\n\n").as_bytes());
+                }
+                _ => self.control("gap", &super::gap_object(sub), &mut out),
+            }
         }
         out.freeze()
     }
@@ -205,16 +214,40 @@ fn script(callback: &str, json: &[u8], out: &mut BytesMut) {
     out.put_slice(b"<script>parent.");
     out.put_slice(callback.as_bytes());
     out.put_u8(b'(');
-    // In JSON '<' only occurs inside strings, where \u003c means the same; this keeps a
-    // message from closing the script element.
-    for &b in json {
-        if b == b'<' {
-            out.put_slice(b"\\u003c");
-        } else {
-            out.put_u8(b);
-        }
-    }
+    put_script_safe(json, out);
     out.put_slice(b")</script>\n");
+}
+
+/// Appends JSON text to go inside a script (the forever-iframe's inline `<script>`, a JSONP
+/// answer) with what a script cannot take escaped: `<` as `\u003c`, so that no `</script>`
+/// or `<!--` in a message ends or bends the element, and U+2028 and U+2029 as `\u2028` and
+/// `\u2029`, which JSON allows raw in strings but JavaScript before ES2019 reads as line
+/// breaks (a syntax error in a string literal). All three only occur inside JSON strings,
+/// where the escape means the same character.
+pub fn put_script_safe(json: &[u8], out: &mut BytesMut) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < json.len() {
+        let (escape, len): (&[u8], usize) = match json[i] {
+            b'<' => (b"\\u003c", 1),
+            // U+2028 and U+2029 in UTF-8: E2 80 A8, E2 80 A9.
+            0xE2 if json.get(i + 1) == Some(&0x80) && json.get(i + 2) == Some(&0xA8) => {
+                (b"\\u2028", 3)
+            }
+            0xE2 if json.get(i + 1) == Some(&0x80) && json.get(i + 2) == Some(&0xA9) => {
+                (b"\\u2029", 3)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.put_slice(&json[start..i]);
+        out.put_slice(escape);
+        i += len;
+        start = i;
+    }
+    out.put_slice(&json[start..]);
 }
 
 fn part(body: &[u8], out: &mut BytesMut) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
-use halley_proto::{Channel, MessageId, Pattern, Payload};
+use halley_proto::{Channel, MessageId, Pattern, Payload, PayloadError};
 use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -406,7 +406,17 @@ async fn publish(
                 .into(),
         );
     };
-    let payload = Payload::from_json(body.as_bytes()).unwrap_or_else(|_| Payload::string(body));
+    // A frame that is not JSON is text; JSON that cannot be stored (too deep, a lone
+    // surrogate) is refused, as on every other way in.
+    let payload = match Payload::from_json(body.as_bytes()) {
+        Ok(payload) => payload,
+        Err(PayloadError::InvalidJson | PayloadError::NotUtf8) => Payload::string(body),
+        Err(e) => {
+            return Some(
+                serde_json::json!({ "event": "error", "error": e.to_string() }).to_string(),
+            );
+        }
+    };
     let published = app
         .engine
         .publish_stamped(channel.clone(), payload, how.and_then(|h| h.stamp.as_ref()))

@@ -104,7 +104,10 @@ impl Transport {
             Transport::StreamJson => format!("{object}\n"),
             Transport::Iframe => format!(
                 "<script>parent.{CALLBACK}({})</script>\n",
-                object.replace('<', "\\u003c")
+                object
+                    .replace('<', "\\u003c")
+                    .replace('\u{2028}', "\\u2028")
+                    .replace('\u{2029}', "\\u2029")
             ),
             Transport::Multipart => format!("{PART_HEAD}{object}\r\n"),
         }
@@ -127,7 +130,8 @@ impl Transport {
 
     /// Reads one control object (`{"event": …}`) in this transport's framing and returns it.
     /// For SSE the `event:` field must agree with the object; a leading `retry:` line (the
-    /// reconnect advice) is returned as the object's `"_retry_line"` member for the caller to check.
+    /// reconnect advice) is returned as the object's `"_retry_line"` member for the caller to
+    /// check, an `id:` line as `"_id_line"`.
     pub async fn read_control(self, open: &mut Open) -> Value {
         match self {
             Transport::Sse | Transport::SseAccept | Transport::SseJson => {
@@ -143,8 +147,16 @@ impl Transport {
                     .strip_prefix("event: ")
                     .and_then(|r| r.split_once("\ndata: "))
                     .unwrap_or_else(|| panic!("not an SSE event block: {block:?}"));
+                // An `id:` line (a gap's) comes between the event's name and its data.
+                let (event, id) = match event.split_once("\nid: ") {
+                    Some((event, id)) => (event, Some(id)),
+                    None => (event, None),
+                };
                 let mut object: Value = serde_json::from_str(data.trim_end()).unwrap();
                 assert_eq!(object["event"], event, "{block:?}");
+                if let Some(id) = id {
+                    object["_id_line"] = id.into();
+                }
                 if let Some(retry) = retry {
                     object["_retry_line"] = retry.into();
                 }
