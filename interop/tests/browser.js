@@ -35,9 +35,10 @@ const TYPES = {
 
 /**
  * Serves `routes` (URL prefix → directory) on its own port, so that pages come from another
- * origin than Halley's: what a site embedding Halley looks like.
+ * origin than Halley's: what a site embedding Halley looks like. `host` puts it on another
+ * address too (127.0.0.2: another site, not only another origin).
  */
-export function staticServer(routes) {
+export function staticServer(routes, { host = "127.0.0.1" } = {}) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://x");
     for (const [prefix, dir] of Object.entries(routes)) {
@@ -51,9 +52,9 @@ export function staticServer(routes) {
     res.writeHead(404).end();
   });
   return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () =>
+    server.listen(0, host, () =>
       resolve({
-        base: `http://127.0.0.1:${server.address().port}`,
+        base: `http://${host}:${server.address().port}`,
         close: () => new Promise((r) => server.close(r)),
       }),
     ),

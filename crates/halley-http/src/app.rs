@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::body::RequestBody;
-use hyper::header::HeaderValue;
-use hyper::{Method, Request, Response};
+use hyper::header::{ALLOW, CONNECTION, HOST, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::body::Body;
 use crate::cors;
@@ -26,26 +26,55 @@ pub fn handle<'a, B: RequestBody>(
     app: &'a Arc<App>,
     request: Request<B>,
 ) -> impl Future<Output = Response<Body>> + Send + 'a {
-    let (verdict, handling) = match app.origins.check(request.headers()) {
-        Err(e) => (None, Err(e)),
+    // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request without `Host`. A connection's
+    // first head is checked in `server.rs`; this catches later ones, which hyper parsed.
+    let hostless = request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST);
+    let checked = match app.origins.check(request.headers()) {
+        _ if hostless => Err(ApiError::BadRequest(
+            "an HTTP/1.1 request must carry a Host header".into(),
+        )),
+        checked => checked,
+    };
+    let (verdict, handling, allow) = match checked {
+        Err(e) => (None, Err(e), None),
         Ok(v) if request.method() == Method::OPTIONS => {
-            let preflight = cors::preflight(request.headers(), &v);
+            let preflight = cors::preflight(app, &request, &v);
             (
                 None,
                 Ok(Box::pin(std::future::ready(Ok(preflight))) as Handling<'a>),
+                None,
             )
         }
-        Ok(v) => (Some(v), Ok(route(app, request))),
+        Ok(v) => {
+            let (handling, allow) = route(app, request);
+            (Some(v), Ok(handling), allow)
+        }
     };
     async move {
         let handling = match handling {
             Ok(handling) => handling,
-            Err(e) => return reject(app, e),
+            Err(e) => {
+                let mut response = reject(app, e);
+                if hostless {
+                    // Whatever follows on this connection is not to be trusted either.
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                return response;
+            }
         };
         let mut response = match handling.await {
             Ok(r) => r,
             Err(e) => reject(app, e),
         };
+        if let Some(allow) = allow.filter(|_| response.status() == StatusCode::METHOD_NOT_ALLOWED) {
+            // Every 405 says what the route takes (RFC 9110 §15.5.6); the value is built from
+            // the route table, and only for a 405.
+            if let Ok(value) = HeaderValue::from_str(&allow.header()) {
+                response.headers_mut().insert(ALLOW, value);
+            }
+        }
         let Some(verdict) = verdict else {
             return response;
         };
@@ -69,19 +98,26 @@ fn reject(app: &App, error: ApiError) -> Response<Body> {
 }
 
 /// Picks the handler from the route table ([`crate::routes`]); each is boxed (see
-/// [`Handling`]). Handlers that answer at once are wrapped in a ready future.
-fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling<'a> {
+/// [`Handling`]). Handlers that answer at once are wrapped in a ready future. Also returns the
+/// methods of the route, for a 405's `Allow` (a handler answers 405 itself for some requests,
+/// e.g. a JSONP publish without a callback).
+fn route<'a, B: RequestBody>(
+    app: &'a Arc<App>,
+    request: Request<B>,
+) -> (Handling<'a>, Option<routes::Allow>) {
     fn now<'a>(result: Result<Response<Body>, ApiError>) -> Handling<'a> {
         Box::pin(std::future::ready(result))
     }
     let path = request.uri().path();
-    let endpoint = match routes::resolve(request.method(), path, &app.config.cometd_path) {
+    let (endpoint, allow) =
+        routes::resolve_allowing(request.method(), path, &app.config.cometd_path);
+    let endpoint = match endpoint {
         Ok(endpoint) => endpoint,
-        Err(e) => return now(Err(e)),
+        Err(e) => return (now(Err(e)), allow),
     };
     let rest = endpoint.rest.map(str::to_owned);
     let rest = || rest.unwrap_or_default();
-    match endpoint.handler {
+    let handling = match endpoint.handler {
         Handler::Bayeux => cometd::handle(app, request),
         Handler::Publish => {
             let channel = rest();
@@ -116,5 +152,6 @@ fn route<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling
             let path = path.to_owned();
             now(Ok(assets::serve(app, &path, &request)))
         }
-    }
+    };
+    (handling, allow)
 }

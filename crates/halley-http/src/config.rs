@@ -23,7 +23,8 @@ pub struct HttpConfig {
     /// Largest request body (and WebSocket message) accepted; larger gets 413.
     pub body_limit: usize,
     /// Origins allowed to use Halley from a browser (CORS, JSONP, iframe, WebSocket). Empty or
-    /// containing `*` means any origin (without credentials).
+    /// containing `*` means any origin. An allowed origin is echoed with credentials allowed
+    /// (`crate::cors`): with "any origin" every page may act with its visitor's cookies.
     pub allowed_origins: Vec<String>,
     /// On shutdown, how long open connections get to end before they are dropped.
     pub drain_timeout: Duration,
@@ -76,6 +77,11 @@ impl Default for HttpConfig {
 /// Longest request head (request line plus headers) accepted, in bytes. Browsers send a few
 /// hundred; cookies can push it to several KiB. Longer gets 431 and the connection is closed.
 pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most header fields in one request head. Browsers send 10 to 20; 64 leaves room for proxies'
+/// additions. More gets 431 and the connection is closed (hyper, which reads later heads on a
+/// keep-alive connection, is given the same bound).
+pub const MAX_HEADERS: usize = 64;
 
 /// Most messages in one long-poll or JSONP answer. A client far behind gets the rest on its
 /// next poll; this bounds the size of one response.

@@ -1,11 +1,22 @@
 //! The origin allowlist: CORS for XHR/fetch, and the same decision for JSONP, iframe and
 //! WebSocket, which browsers do not police themselves.
+//!
+//! An allowed origin is always echoed with `Access-Control-Allow-Credentials: true` and
+//! `Vary: Origin`, with an allowlist and with the default "any origin" alike: the official
+//! CometD client and `EventSource(url, {withCredentials: true})` send credentials, and a
+//! wildcard `*` would make browsers refuse those answers (the CometD client then falls back to
+//! callback-polling, a script tag that carries the cookies anyway). "Any origin" therefore
+//! means any page may act with its visitor's cookies — which JSONP, iframe and WebSocket allow
+//! under it regardless of CORS; where cookies authorize (`auth-url` forwards them to the
+//! application), `allowed-origins` is what locks all of them down (README, "Browsers on other
+//! origins").
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use crate::body::{Body, empty};
 use crate::error::ApiError;
+use crate::state::App;
 
 /// Response headers a cross-origin script may read (the resume position, the gap flag, what
 /// the control API did to a held poll, and how long a draining server asks long-pollers to
@@ -61,11 +72,7 @@ impl Origins {
         if !self.allows(text, headers) {
             return Err(ApiError::Forbidden);
         }
-        Ok(Verdict::Allowed(if self.is_any() {
-            HeaderValue::from_static("*")
-        } else {
-            origin.clone()
-        }))
+        Ok(Verdict::Allowed(origin.clone()))
     }
 
     /// JSONP and iframe requests are loaded by `<script>`/`<iframe>` tags, which send no
@@ -99,30 +106,37 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
     matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
 }
 
-/// Adds the CORS response headers for an allowed cross-origin request.
+/// Adds the CORS response headers for an allowed cross-origin request, and `Vary: Origin` to
+/// every response: the answer depends on the request's `Origin`, so that a cache must not hand
+/// one origin's answer (or a no-`Origin` one) to another.
 pub fn decorate(response: &mut Response<Body>, verdict: &Verdict) {
+    let headers = response.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Verdict::Allowed(origin) = verdict {
-        let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSE),
         );
-        if origin != "*" {
-            headers.append(header::VARY, HeaderValue::from_static("Origin"));
-        }
     }
 }
 
-/// The answer to a preflight (`OPTIONS` with `Access-Control-Request-Method`).
-pub fn preflight(request: &HeaderMap, verdict: &Verdict) -> Response<Body> {
+/// The answer to a preflight (`OPTIONS` with `Access-Control-Request-Method`): the methods of
+/// the path's route (all of Halley's for a path no route has, which then answers 404).
+pub fn preflight<B>(app: &App, request: &Request<B>, verdict: &Verdict) -> Response<Body> {
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
+    let methods = crate::routes::allow(request.uri().path(), &app.config.cometd_path)
+        .map(|allow| allow.header())
+        .and_then(|methods| HeaderValue::from_str(&methods).ok())
+        .unwrap_or(HeaderValue::from_static("GET, HEAD, POST, PUT, OPTIONS"));
+    let request = request.headers();
     let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, PUT, OPTIONS"),
-    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     let requested = request
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
@@ -151,7 +165,7 @@ mod tests {
         }
         let got = match origins.check(&headers) {
             Ok(Verdict::NoOrigin) => Ok("-"),
-            Ok(Verdict::Allowed(v)) => Ok(if v == "*" { "*" } else { "echo" }),
+            Ok(Verdict::Allowed(v)) => Ok(if v == origin.unwrap() { "echo" } else { "?" }),
             Err(_) => Err(()),
         };
         assert_eq!(got, expected, "{list:?} {origin:?}");
@@ -159,7 +173,8 @@ mod tests {
 
     #[test]
     fn origin_verdicts() {
-        check(&[], Some("http://a.example"), "h:1", Ok("*"));
+        check(&[], Some("http://a.example"), "h:1", Ok("echo"));
+        check(&["*"], Some("null"), "h:1", Ok("echo"));
         check(&["*"], None, "h:1", Ok("-"));
         check(
             &["http://a.example"],

@@ -47,6 +47,6 @@ mod server;
 mod state;
 mod transport;
 
-pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_NAME};
+pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_HEADERS, MAX_NAME};
 pub use control::MAX_CONTROL_BODY;
 pub use server::Server;

@@ -37,6 +37,21 @@ pub enum Verb {
 }
 
 impl Verb {
+    const ALL: [Verb; 4] = [Verb::Get, Verb::Head, Verb::Post, Verb::Put];
+
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Head => "HEAD",
+            Verb::Post => "POST",
+            Verb::Put => "PUT",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
     fn of(method: &Method) -> Option<Verb> {
         Some(match *method {
             Method::GET => Verb::Get,
@@ -87,6 +102,49 @@ pub enum Handler {
     Healthz,
     Metrics,
     Asset,
+}
+
+impl Handler {
+    /// Whether a `HEAD` is answered by this handler's `GET`. `HEAD` is safe (RFC 9110 §9.2.1):
+    /// a `GET` that changes something (a JSONP publish, an inbox send, a rupy push, a Bayeux
+    /// message by callback-polling) must not run for it, so those routes do not take `HEAD`
+    /// (405 with `Allow`). A streaming `GET` (`/sub`, `/pull`) answers a `HEAD` with the head
+    /// it would send, after the same checks and policy decision, without subscribing.
+    fn answers_head(self) -> bool {
+        !matches!(
+            self,
+            Handler::Bayeux | Handler::PublishJsonp | Handler::InboxSend | Handler::Push
+        )
+    }
+}
+
+/// The methods a route takes, for the `Allow` header of its 405s: those in its table, `HEAD`
+/// where its `GET` answers it, and `OPTIONS` (every path answers CORS preflights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allow(u8);
+
+impl Allow {
+    fn of(route: &Route) -> Allow {
+        let mut bits = 0;
+        for &(verb, handler) in route.methods {
+            bits |= verb.bit();
+            if verb == Verb::Get && handler.answers_head() {
+                bits |= Verb::Head.bit();
+            }
+        }
+        Allow(bits)
+    }
+
+    /// The header's value, e.g. `GET, HEAD, OPTIONS`.
+    pub fn header(self) -> String {
+        let mut out = String::new();
+        for verb in Verb::ALL.into_iter().filter(|v| self.0 & v.bit() != 0) {
+            out.push_str(verb.name());
+            out.push_str(", ");
+        }
+        out.push_str("OPTIONS");
+        out
+    }
 }
 
 /// Whether a route asks the access policy.
@@ -239,15 +297,9 @@ pub struct Endpoint<'p> {
     pub rest: Option<&'p str>,
 }
 
-/// The route of `method path` (`path` without its query). A path no route matches is 404; a
-/// path whose route does not take the method is 405.
-pub fn resolve<'p>(
-    method: &Method,
-    path: &'p str,
-    cometd_path: &str,
-) -> Result<Endpoint<'p>, ApiError> {
-    let verb = Verb::of(method);
-    for route in ROUTES {
+/// The route whose path matches `path` (without its query), and what the path captures.
+fn find<'p>(path: &'p str, cometd_path: &str) -> Option<(&'static Route, Option<&'p str>)> {
+    ROUTES.iter().find_map(|route| {
         let rest = match route.path {
             Path::Cometd => (path == cometd_path
                 || path
@@ -262,13 +314,51 @@ pub fn resolve<'p>(
             Path::Exact(p) => (path == p).then_some(None),
             Path::Asset => crate::assets::find(path).is_some().then_some(None),
         };
-        let Some(rest) = rest else { continue };
-        return match route.methods.iter().find(|(v, _)| Some(*v) == verb) {
-            Some(&(_, handler)) => Ok(Endpoint { handler, rest }),
-            None => Err(ApiError::MethodNotAllowed),
-        };
-    }
-    Err(ApiError::NotFound)
+        rest.map(|rest| (route, rest))
+    })
+}
+
+/// The methods the route of `path` takes (`None`: no route has that path).
+pub fn allow(path: &str, cometd_path: &str) -> Option<Allow> {
+    find(path, cometd_path).map(|(route, _)| Allow::of(route))
+}
+
+/// The route of `method path` (`path` without its query). A path no route matches is 404; a
+/// path whose route does not take the method is 405. A `HEAD` goes to the route's `GET` handler
+/// where that answers it ([`Handler::answers_head`]).
+pub fn resolve<'p>(
+    method: &Method,
+    path: &'p str,
+    cometd_path: &str,
+) -> Result<Endpoint<'p>, ApiError> {
+    resolve_allowing(method, path, cometd_path).0
+}
+
+/// [`resolve`], with the methods of the route that matched the path (for a 405's `Allow`).
+pub fn resolve_allowing<'p>(
+    method: &Method,
+    path: &'p str,
+    cometd_path: &str,
+) -> (Result<Endpoint<'p>, ApiError>, Option<Allow>) {
+    let Some((route, rest)) = find(path, cometd_path) else {
+        return (Err(ApiError::NotFound), None);
+    };
+    let verb = Verb::of(method);
+    let handler = route
+        .methods
+        .iter()
+        .find(|(v, _)| Some(*v) == verb)
+        .or_else(|| {
+            (verb == Some(Verb::Head))
+                .then(|| route.methods.iter().find(|(v, _)| *v == Verb::Get))
+                .flatten()
+                .filter(|(_, h)| h.answers_head())
+        });
+    let endpoint = match handler {
+        Some(&(_, handler)) => Ok(Endpoint { handler, rest }),
+        None => Err(ApiError::MethodNotAllowed),
+    };
+    (endpoint, Some(Allow::of(route)))
 }
 
 #[cfg(test)]
@@ -315,6 +405,31 @@ mod tests {
         check(Method::GET, "/halley.js", Ok((H::Asset, None)));
         check(Method::HEAD, "/halley.js", Ok((H::Asset, None)));
         check(Method::GET, "/nothing", Err(404));
+        // HEAD wherever a safe GET is; never where a GET changes something.
+        check(Method::HEAD, "/healthz", Ok((H::Healthz, None)));
+        check(Method::HEAD, "/metrics", Ok((H::Metrics, None)));
+        check(Method::HEAD, "/api/history", Ok((H::History, None)));
+        check(Method::HEAD, "/sub/a", Ok((H::Subscribe, Some("/a"))));
+        check(Method::HEAD, "/pull", Ok((H::Pull, None)));
+        check(Method::HEAD, "/pub/a", Err(405));
+        check(Method::HEAD, "/cometd", Err(405));
+        check(Method::HEAD, "/push", Err(405));
+        check(Method::HEAD, "/api/control/disconnect", Err(405));
+    }
+
+    #[test]
+    fn allow_lists_the_methods_of_the_route() {
+        let allow = |path| allow(path, "/cometd").map(Allow::header);
+        assert_eq!(allow("/healthz").as_deref(), Some("GET, HEAD, OPTIONS"));
+        assert_eq!(allow("/pub/a").as_deref(), Some("GET, POST, PUT, OPTIONS"));
+        assert_eq!(allow("/cometd/x").as_deref(), Some("GET, POST, OPTIONS"));
+        assert_eq!(allow("/sub").as_deref(), Some("GET, HEAD, OPTIONS"));
+        assert_eq!(allow("/halley.js").as_deref(), Some("GET, HEAD, OPTIONS"));
+        assert_eq!(
+            allow("/api/control/revoke").as_deref(),
+            Some("POST, OPTIONS")
+        );
+        assert_eq!(allow("/nothing"), None);
     }
 
     #[test]

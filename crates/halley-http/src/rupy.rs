@@ -120,6 +120,18 @@ pub async fn pull<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
+    if request.method() == Method::HEAD {
+        // The same checks and policy decision as the pull's, without subscribing.
+        name(&query)?;
+        let pattern = Pattern::parse(query.get("channel").unwrap_or(DEFAULT_CHANNEL))?;
+        app.allow(request.headers(), &query, Action::Subscribe(&pattern))
+            .await?;
+        let wire = Wire::Lines {
+            json: false,
+            skip: None,
+        };
+        return Ok(crate::transport::head_only(wire.content_type()));
+    }
     let (sub, wire) = open_pull(app, request.headers(), &query).await?;
     Ok(stream_response(app, sub, wire, Kind::Pull))
 }

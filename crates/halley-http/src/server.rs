@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app;
 use crate::body::Body;
-use crate::config::MAX_HEAD;
+use crate::config::{MAX_HEAD, MAX_HEADERS};
 use crate::cors::Origins;
 use crate::hooks::Webhooks;
 use crate::metrics::{Kind, Metrics};
@@ -54,8 +54,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// letting it hold the socket (and its kernel buffers) for as long as it likes.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a refused (503) connection gets to receive its answer.
+/// How long a refused connection (503, a malformed head) gets to receive its answer, and then
+/// to stop sending before it is closed.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most bytes read (and dropped) from a refused connection while waiting for it to close (see
+/// [`linger`]); a client still sending more is then cut off.
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// What a server shares with the calls it makes to the application.
 struct Parts {
@@ -170,6 +175,14 @@ impl Server {
         }
         if let Some(auth) = config.auth.clone() {
             tracing::info!(url = %auth.url, "access: asking the application (auth-url)");
+            if config.allowed_origins.is_empty() || config.allowed_origins.iter().any(|o| o == "*")
+            {
+                // auth-url forwards the caller's cookies, and "any origin" lets every page send
+                // its visitors' cookies (cors.rs).
+                tracing::warn!(
+                    "allowed-origins is any origin: every web page can act with its visitors' cookies; set allowed-origins to your sites"
+                );
+            }
             let application = crate::auth::AuthUrl::new(auth, parts.outbound.clone());
             if engine.set_application(Arc::new(application)).is_err() {
                 shutdown.cancel();
@@ -305,7 +318,7 @@ pub(crate) async fn read_head(stream: &mut (impl AsyncRead + Unpin), timeout: Du
                 Ok(0) | Err(_) => return Head::Gone,
                 Ok(_) => {}
             }
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head_ends(&buf) {
                 return Head::Complete(std::mem::take(&mut buf));
             }
         }
@@ -315,8 +328,45 @@ pub(crate) async fn read_head(stream: &mut (impl AsyncRead + Unpin), timeout: Du
         .unwrap_or(Head::Gone)
 }
 
+/// Whether `buf` holds a whole head: an empty line, ended by CRLF or (as hyper and httparse
+/// also accept) a bare LF.
+fn head_ends(buf: &[u8]) -> bool {
+    buf.windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(i + 2) == Some(&b'\n')))
+}
+
+/// The first line of the HTTP/2 connection preface (RFC 9113 §3.4), sent by
+/// `curl --http2-prior-knowledge`, h2load and gRPC clients.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// A head refused before anything is served: its status and the JSON error's text.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) error: String,
+    /// Answer in HTTP/1.0 (the request said so); HTTP/1.1 otherwise, also when the request
+    /// line could not be read.
+    http10: bool,
+}
+
+impl Refusal {
+    fn bad(error: impl Into<String>) -> Refusal {
+        Refusal {
+            status: 400,
+            error: error.into(),
+            http10: false,
+        }
+    }
+}
+
 /// What a request head asks for.
 pub(crate) enum Route {
+    /// A malformed head (or one Halley does not serve): answered with this, then closed.
+    Refuse(Refusal),
+    /// An HTTP/2 client that did not ask first (prior knowledge): refused with HTTP/2's own
+    /// words, so that it can say why.
+    Http2,
     /// rupy's `Head: less` pull, with its query string.
     HeadlessPull(String),
     /// A subscriber `GET`, or a Bayeux `POST` with a `Content-Length` body, served on the lean
@@ -333,18 +383,73 @@ pub(crate) enum Route {
     Hyper,
 }
 
+/// Reads a connection's first head: refuses what is malformed (with a JSON error, which hyper's
+/// own refusals lack), spots rupy's headerless pull, and picks the lean path or hyper.
 pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    if head.starts_with(HTTP2_PREFACE) {
+        return Route::Http2;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(len)) = parsed.parse(head) else {
-        return Route::Hyper;
+    let len = match parsed.parse(head) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return Route::Refuse(Refusal::bad("malformed request head: incomplete"));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Route::Refuse(Refusal {
+                status: 431,
+                error: format!("more than {MAX_HEADERS} header fields"),
+                http10: false,
+            });
+        }
+        Err(httparse::Error::Version) => {
+            return Route::Refuse(Refusal::bad(
+                "malformed request line: HTTP/1.0 and HTTP/1.1 only",
+            ));
+        }
+        Err(error) => {
+            // httparse's words ("invalid header name", …) say which part: a header line
+            // without a colon, a NUL, an obs-fold continuation line, a bad request line.
+            return Route::Refuse(Refusal::bad(format!("malformed request head: {error}")));
+        }
     };
-    let (Some(method @ ("GET" | "POST")), Some(path), Some(version)) =
-        (parsed.method, parsed.path, parsed.version)
+    // A complete parse has all three.
+    let (Some(method), Some(path), Some(version)) = (parsed.method, parsed.path, parsed.version)
     else {
-        return Route::Hyper;
+        return Route::Refuse(Refusal::bad("malformed request line"));
+    };
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     };
     let route = path.split_once('?').map_or(path, |(r, _)| r);
+    // rupy's client sends its headerless pull without Host: it is not HTTP.
+    if method == "GET"
+        && routes::resolve(&Method::GET, route, cometd_path)
+            .is_ok_and(|e| e.handler == Handler::Pull)
+        && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"))
+    {
+        return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
+    }
+    let refuse = |mut refusal: Refusal| {
+        refusal.http10 = version == 0;
+        Route::Refuse(refusal)
+    };
+    let length = match framing(parsed.headers, version) {
+        Ok(length) => length,
+        Err(refusal) => return refuse(refusal),
+    };
+    // What hyper would refuse with an empty 400 is refused here, with words.
+    if hyper::Uri::try_from(path).is_err() {
+        return refuse(Refusal::bad("malformed request target"));
+    }
+    if !matches!(method, "GET" | "POST") {
+        return Route::Hyper;
+    }
     let method = if method == "GET" {
         Method::GET
     } else {
@@ -354,26 +459,7 @@ pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Rou
     let handler = routes::resolve(&method, route, cometd_path)
         .ok()
         .map(|e| e.handler);
-    let header = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    if handler == Some(Handler::Pull)
-        && header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"))
-    {
-        return Route::HeadlessPull(path.split_once('?').map_or("", |(_, q)| q).to_string());
-    }
-    let length =
-        header("content-length").map(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok());
-    let length = match length {
-        None => 0,
-        Some(Some(n)) => n,
-        // A malformed length: hyper answers it properly.
-        Some(None) => return Route::Hyper,
-    };
+    let length = length.unwrap_or(0);
     let lean_route = match (&method, handler) {
         (&Method::GET, Some(Handler::Subscribe | Handler::Pull)) => length == 0,
         // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
@@ -428,6 +514,125 @@ pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Rou
     }
 }
 
+/// Checks what decides where a request ends and which host it is for (RFC 9112 §6.3, §3.2),
+/// the fields whose misreading lets one request hide another (smuggling): `Host` exactly once
+/// in HTTP/1.1, `Content-Length` a number that every occurrence agrees on, `Transfer-Encoding`
+/// only `chunked`, only in HTTP/1.1 and never with a `Content-Length`. Returns the length.
+fn framing(headers: &[httparse::Header<'_>], version: u8) -> Result<Option<usize>, Refusal> {
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    match (named("host").count(), version) {
+        (0, 1) => return Err(Refusal::bad("an HTTP/1.1 request must carry a Host header")),
+        (0 | 1, _) => {}
+        _ => return Err(Refusal::bad("more than one Host header")),
+    }
+    let mut length = None;
+    for value in named("content-length").flat_map(|v| v.split(|b| *b == b',')) {
+        let value = value.trim_ascii();
+        let n = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| Refusal::bad("malformed Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Refusal::bad("conflicting Content-Length headers"));
+        }
+        length = Some(n);
+    }
+    let codings: Vec<&[u8]> = named("transfer-encoding")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    if let Some(last) = codings.last() {
+        if version == 0 {
+            return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if length.is_some() {
+            return Err(Refusal::bad(
+                "both Content-Length and Transfer-Encoding: send one",
+            ));
+        }
+        if !last.eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal::bad(
+                "Transfer-Encoding must end with chunked (the body's length is unknown)",
+            ));
+        }
+        if codings.len() > 1 {
+            return Err(Refusal {
+                status: 501,
+                error: "only the chunked transfer coding is supported".into(),
+                http10: false,
+            });
+        }
+    }
+    Ok(length)
+}
+
+/// Answers a refused head with its JSON error and closes the connection.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let body = serde_json::json!({ "error": refusal.error }).to_string();
+    let reason = hyper::StatusCode::from_u16(refusal.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let response = format!(
+        "HTTP/1.{} {} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        if refusal.http10 { 0 } else { 1 },
+        refusal.status,
+        body.len()
+    );
+    let written =
+        tokio::time::timeout(REJECT_WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    if matches!(written, Ok(Ok(()))) {
+        linger(stream).await;
+    }
+}
+
+/// The HTTP/2 refusal: a server preface (an empty SETTINGS frame) and a GOAWAY with the error
+/// code HTTP_1_1_REQUIRED (RFC 9113 §7), whose debug data says so; curl prints it. When Halley
+/// speaks HTTP/2 (issue 15), this is where the preface is handed to the HTTP/2 server instead.
+async fn refuse_http2(mut stream: TcpStream) {
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    let debug = b"HTTP/1.1 only";
+    let mut frames = BytesMut::with_capacity(9 + 9 + 8 + debug.len());
+    // SETTINGS: length 0, type 0x4, no flags, stream 0.
+    frames.put_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    // GOAWAY: type 0x7 on stream 0; the last stream processed (none), the code, the text.
+    let length = (8 + debug.len()) as u32;
+    frames.put_slice(&length.to_be_bytes()[1..]);
+    frames.put_slice(&[0x7, 0, 0, 0, 0, 0]);
+    frames.put_u32(0);
+    frames.put_u32(HTTP_1_1_REQUIRED);
+    frames.put_slice(debug);
+    let written = tokio::time::timeout(REJECT_WRITE_TIMEOUT, stream.write_all(&frames)).await;
+    if matches!(written, Ok(Ok(()))) {
+        linger(stream).await;
+    }
+}
+
+/// Closes after a refusal without losing it: ends the sending side, then reads and drops what
+/// the client still sends (bounded) until it closes too. Closing at once with unread bytes in
+/// the socket makes the kernel send a reset, which can destroy the answer before the client
+/// has read it.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut scratch = [0u8; 1024];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, drain).await;
+}
+
 async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
     let _ = stream.set_nodelay(true);
     let head = loop {
@@ -448,14 +653,21 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         let mut head = match read.await {
             Head::Gone => return,
             Head::TooLarge => {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 38\r\n\r\n{\"error\":\"request head is too large\"}\n")
-                    .await;
-                return;
+                let refusal = Refusal {
+                    status: 431,
+                    error: format!("request head larger than {MAX_HEAD} bytes"),
+                    http10: false,
+                };
+                return Box::pin(refuse(stream, refusal)).await;
             }
             Head::Complete(head) => head,
         };
         match classify(&head, &app.config.cometd_path, app.config.body_limit) {
+            Route::Refuse(refusal) => {
+                app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return Box::pin(refuse(stream, refusal)).await;
+            }
+            Route::Http2 => return Box::pin(refuse_http2(stream)).await,
             Route::HeadlessPull(query) => return Box::pin(raw_pull(&app, stream, &query)).await,
             Route::Lean {
                 mut request,
@@ -526,6 +738,7 @@ async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc
         // Later heads on the connection get the same 16 KiB bound as the first (hyper answers
         // 431 above it).
         .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
         .header_read_timeout(app.config.header_timeout)
         .serve_connection(io, service)
         .with_upgrades();
@@ -641,12 +854,16 @@ fn encode_head(
     length: Option<u64>,
     chunked: bool,
     keep_alive: bool,
+    http10: bool,
 ) -> BytesMut {
     let mut head = BytesMut::with_capacity(512);
     let status = parts.status;
     head.put_slice(
         format!(
-            "HTTP/1.1 {} {}\r\n",
+            // As hyper does for the requests it serves: an HTTP/1.0 client is answered in
+            // HTTP/1.0, so that every endpoint says the same.
+            "{} {} {}\r\n",
+            if http10 { "HTTP/1.0" } else { "HTTP/1.1" },
             status.as_u16(),
             status.canonical_reason().unwrap_or("")
         )
@@ -684,7 +901,7 @@ fn response_head(
     let chunked = length.is_none() && !http10;
     let keep_alive = keep_alive && (length.is_some() || chunked);
     (
-        encode_head(parts, length, chunked, keep_alive),
+        encode_head(parts, length, chunked, keep_alive, http10),
         body,
         keep_alive,
         chunked,
@@ -856,7 +1073,18 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 mod tests {
     use super::*;
 
+    /// Classifies `head`, with a `Host` header added to an HTTP/1.1 head that has none.
     fn check(head: &str, expected: &str) {
+        let head = match head.split_once("HTTP/1.1\r\n") {
+            Some((line, rest)) if !head.to_ascii_lowercase().contains("\nhost:") => {
+                format!("{line}HTTP/1.1\r\nHost: h\r\n{rest}")
+            }
+            _ => head.to_string(),
+        };
+        check_exact(&head, expected);
+    }
+
+    fn check_exact(head: &str, expected: &str) {
         let got = match classify(head.as_bytes(), "/cometd", 100) {
             Route::HeadlessPull(q) => format!("headless {q}"),
             Route::Lean {
@@ -866,6 +1094,8 @@ mod tests {
                 ..
             } => format!("lean keep_alive={keep_alive} http10={http10} more={more}"),
             Route::Hyper => "hyper".to_string(),
+            Route::Http2 => "http2".to_string(),
+            Route::Refuse(r) => format!("{} {}", r.status, r.error),
         };
         assert_eq!(got, expected, "{head:?}");
     }
@@ -906,7 +1136,10 @@ mod tests {
         );
         check("GET /pub/a HTTP/1.1\r\n\r\n", "hyper");
         check("GET /healthz HTTP/1.1\r\n\r\n", "hyper");
-        check("garbage\r\n\r\n", "hyper");
+        check(
+            "garbage\r\n\r\n",
+            "400 malformed request head: invalid token",
+        );
         // Bayeux long-polling: a POST on /cometd with a bounded Content-Length body.
         let lean = "lean keep_alive=true http10=false";
         check(
@@ -927,7 +1160,7 @@ mod tests {
         );
         check(
             "POST /cometd HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            "hyper",
+            "400 malformed Content-Length",
         );
         check(
             "POST /cometd HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -946,6 +1179,111 @@ mod tests {
             "hyper",
         );
         check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
+        check("HEAD /sub/a HTTP/1.1\r\n\r\n", "hyper");
+    }
+
+    #[test]
+    fn refuses_malformed_heads() {
+        let bad = "400 malformed request head";
+        let cases = [
+            ("GET\r\n\r\n", &*format!("{bad}: invalid token")),
+            (
+                "GET /a HTTP/1.1 x\r\n\r\n",
+                &format!("{bad}: invalid new line"),
+            ),
+            (
+                "GET /a HTTP/2.0\r\n\r\n",
+                "400 malformed request line: HTTP/1.0 and HTTP/1.1 only",
+            ),
+            (
+                "GET /a HTTP/1.1\r\nBroken\r\n\r\n",
+                &format!("{bad}: invalid header name"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\nX: a\0b\r\n\r\n",
+                &format!("{bad}: invalid header value"),
+            ),
+            (
+                "GET /a\0 HTTP/1.1\r\n\r\n",
+                &format!("{bad}: invalid token"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                &format!("{bad}: invalid header name"),
+            ),
+            (
+                "GET /a HTTP/1.1\r\n\r\n",
+                "400 an HTTP/1.1 request must carry a Host header",
+            ),
+            (
+                "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "400 more than one Host header",
+            ),
+            ("GET /a HTTP/1.0\r\n\r\n", "hyper"),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\n",
+                "400 malformed Content-Length",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                "400 malformed Content-Length",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "400 conflicting Content-Length headers",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 2\r\n\r\n",
+                "400 conflicting Content-Length headers",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                "hyper",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "400 Transfer-Encoding must end with chunked (the body's length is unknown)",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "501 only the chunked transfer coding is supported",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+                "400 both Content-Length and Transfer-Encoding: send one",
+            ),
+            (
+                "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "400 Transfer-Encoding in an HTTP/1.0 request",
+            ),
+            (
+                "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "hyper",
+            ),
+            ("PRI * HTTP/2.0\r\n\r\n", "http2"),
+            // rupy's headerless pull is not HTTP, and its client sends no Host.
+            (
+                "GET /pull?name=a HTTP/1.1\r\nHead: less\r\n\r\n",
+                "headless name=a",
+            ),
+        ];
+        for (head, expected) in cases {
+            check_exact(head, expected);
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: y\r\n")).collect();
+        check_exact(
+            &format!("GET /a HTTP/1.1\r\nHost: h\r\n{many}\r\n"),
+            &format!("431 more than {MAX_HEADERS} header fields"),
+        );
+    }
+
+    #[test]
+    fn a_head_ends_at_an_empty_line() {
+        assert!(head_ends(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\n\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: h\n\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: h\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\n\r"));
     }
 }
 

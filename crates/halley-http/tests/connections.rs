@@ -133,11 +133,11 @@ async fn clients_that_leave_are_unsubscribed() {
         ("/u/lp", "GET /sub/u/lp HTTP/1.1\r\nHost: x\r\n\r\n"),
         (
             "/u/jsonp",
-            "GET /sub/u/jsonp?transport=jsonp&callback=f HTTP/1.1\r\n\r\n",
+            "GET /sub/u/jsonp?transport=jsonp&callback=f HTTP/1.1\r\nHost: x\r\n\r\n",
         ),
         (
             "/u/sse",
-            "GET /sub/u/sse HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+            "GET /sub/u/sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
         ),
         (
             "/u/stream",
@@ -145,7 +145,7 @@ async fn clients_that_leave_are_unsubscribed() {
         ),
         (
             "/u/pull",
-            "GET /pull?name=a&channel=/u/pull HTTP/1.1\r\n\r\n",
+            "GET /pull?name=a&channel=/u/pull HTTP/1.1\r\nHost: x\r\n\r\n",
         ),
         (
             "/u/headless",

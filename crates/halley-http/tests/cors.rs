@@ -1,5 +1,6 @@
-//! The origin allowlist: CORS headers for allowed origins, 403 for others, preflights, and
-//! the same decision for WebSocket upgrades and script/iframe-loaded transports (by `Referer`).
+//! The origin allowlist: CORS headers for allowed origins (the origin echoed, with credentials,
+//! and `Vary: Origin`), 403 for others, preflights, and the same decision for WebSocket upgrades
+//! and script/iframe-loaded transports (by `Referer`).
 
 mod common;
 
@@ -27,7 +28,8 @@ async fn restricted() -> TestServer {
 /// What a response must say about CORS.
 #[derive(Debug, Clone, Copy)]
 enum Expect<'a> {
-    /// The status, and the `Access-Control-Allow-Origin` value (None: absent).
+    /// The status, and the `Access-Control-Allow-Origin` value (None: absent). An allowed
+    /// origin is echoed with `Access-Control-Allow-Credentials: true`.
     Allowed(u16, Option<&'a str>),
     /// 403 with a JSON error.
     Refused,
@@ -63,9 +65,12 @@ async fn check(
                 .get_all("vary")
                 .iter()
                 .any(|v| v.to_str().unwrap().to_ascii_lowercase().contains("origin"));
-            // An echoed origin makes the response depend on the request's Origin.
-            let echoed = acao.is_some_and(|a| a != "*");
-            assert_eq!(vary_origin, echoed, "{what}: Vary");
+            // Every answer depends on the request's Origin: a cache must not hand one origin's
+            // answer (or a no-Origin one) to another.
+            assert!(vary_origin, "{what}: Vary");
+            let credentials = open.header("access-control-allow-credentials");
+            assert_eq!(credentials, acao.map(|_| "true"), "{what}: credentials");
+            assert_ne!(acao, Some("*"), "{what}: a wildcard refuses credentials");
             if acao.is_some() {
                 let exposed = open.header("access-control-expose-headers").unwrap_or("");
                 assert!(exposed.contains("X-Halley-Last-Id"), "{what}: {exposed}");
@@ -74,21 +79,59 @@ async fn check(
     }
 }
 
+/// Requests on every transport (and Bayeux, and refusals), each from `origin`.
+fn every_transport(
+    origin: &'static str,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+)> {
+    let from = vec![("origin", origin)];
+    let sse = vec![("origin", origin), ("accept", "text/event-stream")];
+    vec![
+        ("GET", "/healthz", from.clone()),
+        ("POST", "/pub/a", from.clone()),
+        ("GET", "/sub/a", from.clone()),
+        ("GET", "/sub/a?transport=sse", from.clone()),
+        // What `new EventSource(url, {withCredentials: true})` sends.
+        ("GET", "/sub/a", sse),
+        ("GET", "/sub/a?transport=stream", from.clone()),
+        ("GET", "/sub/a?transport=multipart", from.clone()),
+        ("GET", "/sub/a?transport=jsonp&callback=f", from.clone()),
+        ("GET", "/sub/a?transport=iframe&callback=f", from.clone()),
+        ("GET", "/pull?name=n&channel=/a", from.clone()),
+        ("GET", "/api/history?channel=/a", from.clone()),
+        ("HEAD", "/sub/a?transport=sse", from.clone()),
+        ("POST", "/cometd", from.clone()),
+        ("GET", "/cometd?message=[]&jsonp=f", from),
+    ]
+}
+
 #[tokio::test]
-async fn any_origin_gets_a_wildcard_allow_origin() {
+async fn any_origin_is_echoed_with_credentials_on_every_transport() {
     let s = any_origin().await;
+    for (method, path, headers) in every_transport("http://x.example") {
+        // A Bayeux POST without a body is a 400 with a JSON error; still readable by the page.
+        let status = if path == "/cometd" { 400 } else { 200 };
+        let expect = Expect::Allowed(status, Some("http://x.example"));
+        check(&s, method, path, &headers, expect).await;
+    }
     let from = [("origin", "http://x.example")];
     let cases: &[Case] = &[
-        ("GET", "/healthz", &from, Expect::Allowed(200, Some("*"))),
         ("GET", "/healthz", &[], Expect::Allowed(200, None)),
-        ("POST", "/pub/a", &from, Expect::Allowed(200, Some("*"))),
         // Refusals carry CORS headers too, so that the page can read why.
-        ("POST", "/pub/a/*", &from, Expect::Allowed(400, Some("*"))),
         (
-            "GET",
-            "/sub/a?transport=sse",
+            "POST",
+            "/pub/a/*",
             &from,
-            Expect::Allowed(200, Some("*")),
+            Expect::Allowed(400, Some("http://x.example")),
+        ),
+        (
+            "DELETE",
+            "/pub/a",
+            &from,
+            Expect::Allowed(405, Some("http://x.example")),
         ),
         (
             "GET",
@@ -109,7 +152,17 @@ async fn any_origin_gets_a_wildcard_allow_origin() {
                 ("origin", "http://x.example"),
                 ("access-control-request-method", "POST"),
             ],
-            Expect::Allowed(204, Some("*")),
+            Expect::Allowed(204, Some("http://x.example")),
+        ),
+        (
+            "OPTIONS",
+            "/cometd/handshake",
+            &[
+                ("origin", "http://x.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            Expect::Allowed(204, Some("http://x.example")),
         ),
     ];
     for &(method, path, headers, expect) in cases {
@@ -149,16 +202,28 @@ async fn a_restricted_allowlist_echoes_allowed_origins_and_refuses_others() {
         ),
         ("GET", "/sub/a?transport=sse", &evil, Expect::Refused),
         ("GET", "/sub/a", &evil, Expect::Refused),
+        ("POST", "/cometd", &evil, Expect::Refused),
     ];
     for &(method, path, headers, expect) in cases {
         check(&s, method, path, headers, expect).await;
+    }
+    for (method, path, headers) in every_transport(GOOD) {
+        let status = if path == "/cometd" { 400 } else { 200 };
+        check(
+            &s,
+            method,
+            path,
+            &headers,
+            Expect::Allowed(status, Some(GOOD)),
+        )
+        .await;
     }
     // A page served by Halley itself (the chat demo) is same-origin.
     let same = format!("http://{}", s.addr);
     let expect = Expect::Allowed(200, Some(&same));
     check(&s, "GET", "/healthz", &[("origin", &same)], expect).await;
-    // Only the allowed publish went through.
-    assert_eq!(s.metric("halley_messages_published_total").await, 1);
+    // Only the allowed publishes went through (one above, one among every transport's).
+    assert_eq!(s.metric("halley_messages_published_total").await, 2);
 }
 
 #[tokio::test]
@@ -195,10 +260,13 @@ async fn preflights_answer_for_allowed_origins_only() {
                 .unwrap(),
         )
         .await;
+    // The route's own methods, from the route table.
     let methods = reply.header("access-control-allow-methods").unwrap();
-    for method in ["GET", "POST", "PUT"] {
-        assert!(methods.contains(method), "{methods}");
-    }
+    assert_eq!(methods, "GET, POST, PUT, OPTIONS");
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
     let headers = reply
         .header("access-control-allow-headers")
         .unwrap()

@@ -353,7 +353,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HALLEY_BODY_LIMIT")]
     pub body_limit: Option<usize>,
     /// Comma-separated origins allowed from browsers (CORS, JSONP, iframe, WebSocket);
-    /// empty or * allows any [default: any].
+    /// empty or * allows any, with credentials (cookies) [default: any].
     #[arg(long, env = "HALLEY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
     /// Require this key (X-Halley-Key header or key= parameter) to publish [default: none].

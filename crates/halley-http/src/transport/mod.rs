@@ -25,8 +25,8 @@ use crate::body::RequestBody;
 use halley_engine::Subscription;
 use halley_engine::access::{Action, Verdict};
 use halley_proto::{Channel, MessageId, Pattern, inbox};
-use hyper::Request;
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
+use hyper::{Method, Request};
 
 use crate::app::Handling;
 use crate::error::ApiError;
@@ -34,7 +34,7 @@ use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 use crate::state::App;
 
-pub use stream::{Wire, chunks, held_headers, stream_response};
+pub use stream::{Wire, chunks, head_only, held_headers, stream_response};
 pub use ws::{WsSink, WsStream, accept_websocket, spawn_upgraded};
 
 /// Most channels (or patterns) one `/sub` connection may ask for. A browser's connection carries
@@ -155,6 +155,33 @@ fn dispatch<'a, B: RequestBody>(
         Ok(callback.to_string())
     };
     let json = query.get("format") == Some("json");
+    if request.method() == Method::HEAD {
+        // The head a GET would get, after the same checks and policy decision; nothing is
+        // subscribed and nothing held (an uptime checker's `curl -I`).
+        let content_type = match kind {
+            Kind::WebSocket => {
+                return Err(ApiError::BadRequest(
+                    "a WebSocket upgrade is a GET request".into(),
+                ));
+            }
+            Kind::LongPoll => "application/json",
+            Kind::Jsonp => {
+                callback()?;
+                "application/javascript; charset=utf-8"
+            }
+            Kind::Sse => Wire::Sse { json }.content_type(),
+            Kind::Stream => Wire::Lines { json, skip: None }.content_type(),
+            Kind::Iframe => Wire::Iframe {
+                callback: callback()?,
+            }
+            .content_type(),
+            Kind::Multipart => Wire::Multipart.content_type(),
+            Kind::Pull => unreachable!("select never picks pull"),
+        };
+        return Ok(Box::pin(std::future::ready(Ok(stream::head_only(
+            content_type,
+        )))));
+    }
     let announce = announce(&query);
     let wire = match kind {
         Kind::WebSocket => {

@@ -423,6 +423,17 @@ pub fn stream_response_announcing(
     response
 }
 
+/// The answer to a `HEAD` on a streaming or held endpoint: the status and headers its `GET`
+/// would start with. The body is an empty stream rather than an empty whole body, so that no
+/// `Content-Length: 0` claims the `GET`'s body is empty.
+pub fn head_only(content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(crate::body::streaming(futures_util::stream::empty()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    held_headers(headers, false);
+    response
+}
+
 /// Headers every held response carries so that proxies pass it through unbuffered.
 pub fn held_headers(headers: &mut hyper::HeaderMap, gap: bool) {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
