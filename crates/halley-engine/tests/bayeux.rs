@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use halley_engine::access::{Denied, Identity, Policy, Verdict};
 use halley_engine::bayeux::{
-    Authorizer, Bayeux, BayeuxConfig, Connect, Handled, NoServices, PolicyOnly,
+    Authorizer, Bayeux, BayeuxConfig, Browser, Caller, Connect, Handled, NoServices, PolicyOnly,
     SESSION_SWEEP_INTERVAL, ServiceCall, ServiceError, Services, Session,
 };
 use halley_engine::{Engine, EngineConfig};
@@ -200,6 +200,20 @@ impl Server {
         within(&json.to_string(), self.bayeux.handle(request(json))).await
     }
 
+    /// Sends a message answered at once as part of a batch from `caller`.
+    async fn send_as(&self, caller: &Caller<'_>, json: Value) -> Value {
+        let handled = within(
+            &json.to_string(),
+            self.bayeux.handle_in(request(&json), caller),
+        )
+        .await;
+        match handled {
+            Handled::Reply(reply) => json_of(&reply),
+            Handled::Call(call) => json_of(&within(&json.to_string(), call.reply()).await),
+            Handled::Connect(connect) => self.hold(connect).await.reply,
+        }
+    }
+
     /// Sends a message that is answered at once (anything but a valid connect).
     async fn send(&self, json: Value) -> Value {
         match self.handle(&json).await {
@@ -231,11 +245,15 @@ impl Server {
         .await
     }
 
-    /// A new session's clientId.
+    /// A new session's clientId, after its first connect (answered at once, as every client
+    /// sends it), so that the session's next connect is held.
     async fn handshake(&self) -> String {
         let reply = self.handshake_with(json!({})).await;
         assert_eq!(reply["successful"], true, "{reply}");
-        reply["clientId"].as_str().unwrap().to_string()
+        let client = reply["clientId"].as_str().unwrap().to_string();
+        let first = self.poll(&client, None).await;
+        assert_eq!(first.reply["successful"], true, "{first:?}");
+        client
     }
 
     /// A session with the ack extension on.
@@ -1543,4 +1561,217 @@ async fn overlapping_subscriptions_count_once_against_the_queue_budget() {
         delivery.reply
     );
     assert_eq!(delivery.data(), [json!(0), json!(1), json!(2)]);
+}
+
+// ---- handshake budgets (issue 12) ----
+
+fn handshake_json(id: &str) -> Value {
+    json!({"channel": "/meta/handshake", "version": "1.0",
+           "supportedConnectionTypes": ["long-polling"], "id": id})
+}
+
+/// A batch opens at most one session: the second handshake in it is refused, and the first
+/// still stands.
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_handshakes_opens_one_session() {
+    let s = Server::new();
+    let principal = s.engine.policy().anonymous();
+    let batch = Caller::new(&principal);
+    let first = s.send_as(&batch, handshake_json("1")).await;
+    assert_eq!(first["successful"], true, "{first}");
+    for id in ["2", "3"] {
+        let reply = s.send_as(&batch, handshake_json(id)).await;
+        assert_fields(
+            &reply,
+            &json!({"successful": false, "clientId": null,
+                    "error": "400::one handshake per batch"}),
+            id,
+        );
+    }
+    assert_eq!(s.bayeux.session_count(), 1);
+    // The next batch may handshake again.
+    let next = Caller::new(&principal);
+    assert_eq!(
+        s.send_as(&next, handshake_json("4")).await["successful"],
+        true
+    );
+}
+
+/// Regression (issue 12): one client opened 100,000 sessions in under a second and locked
+/// every new client out. Its address now gets `handshake_rate` a second in bursts of ten
+/// seconds' worth, is told when to try again, and another address is not held up by it.
+#[tokio::test(start_paused = true)]
+async fn handshake_flood_from_one_source_is_refused_429_and_another_source_still_handshakes() {
+    use halley_engine::bayeux::BURST_SECONDS;
+    let s = Server::with(
+        BayeuxConfig {
+            handshake_rate: 5,
+            ..BayeuxConfig::default()
+        },
+        EngineConfig::default(),
+    );
+    let principal = s.engine.policy().anonymous();
+    let flooder = "127.0.0.1".parse().ok();
+    let burst = 5 * BURST_SECONDS as usize;
+    let mut refused = None;
+    for n in 0..burst + 10 {
+        let batch = Caller::new(&principal).peer(flooder);
+        let reply = s.send_as(&batch, handshake_json("f")).await;
+        if reply["successful"] == false {
+            refused = Some((n, reply));
+            break;
+        }
+    }
+    let (n, reply) = refused.expect("the flood was never refused");
+    assert_eq!(n, burst, "the burst is rate × {BURST_SECONDS} s");
+    assert_fields(
+        &reply,
+        &json!({"successful": false, "clientId": null,
+                "error": "429::too many handshakes from this address",
+                "advice": {"reconnect": "handshake", "interval": 200}}),
+        "flood",
+    );
+    assert_eq!(s.bayeux.session_count(), burst);
+    let other = Caller::new(&principal).peer("127.0.0.2".parse().ok());
+    assert_eq!(
+        s.send_as(&other, handshake_json("o")).await["successful"],
+        true
+    );
+    // Waiting as advised is enough.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let batch = Caller::new(&principal).peer(flooder);
+    assert_eq!(
+        s.send_as(&batch, handshake_json("f")).await["successful"],
+        true
+    );
+}
+
+// ---- session binding (issue 12) ----
+
+fn connect_now_json(client: &str) -> Value {
+    connect_json(client, "c", Some(0), None)
+}
+
+/// A session handshaken without a browser secret, answered with one (`Browser::Offered`), is
+/// bound once a request comes back with it: from then on a request without it (or with
+/// another) cannot receive, subscribe, publish or disconnect for the session.
+#[tokio::test(start_paused = true)]
+async fn a_session_bound_to_its_browser_refuses_requests_without_it() {
+    let s = Server::new();
+    let principal = s.engine.policy().anonymous();
+    let reply = s
+        .send_as(
+            &Caller::new(&principal).browser(Browser::Offered("b1")),
+            handshake_json("h"),
+        )
+        .await;
+    let client = reply["clientId"].as_str().unwrap().to_string();
+    // Not yet bound: the client has not shown it keeps the cookie.
+    let reply = s
+        .send_as(&Caller::new(&principal), connect_now_json(&client))
+        .await;
+    assert_eq!(reply["successful"], true, "{reply}");
+    // The cookie comes back: bound.
+    let own = Caller::new(&principal).browser(Browser::Presented("b1"));
+    s.send_as(&own, subscribe_json(&client, "/bound")).await;
+    for stranger in [Browser::Unknown, Browser::Presented("b2")] {
+        let other = Caller::new(&principal).browser(stranger);
+        for request in [
+            connect_now_json(&client),
+            subscribe_json(&client, "/other"),
+            json!({"channel": "/meta/unsubscribe", "clientId": client, "subscription": "/bound"}),
+            json!({"channel": "/bound", "clientId": client, "data": "forged"}),
+            json!({"channel": "/meta/disconnect", "clientId": client}),
+        ] {
+            let reply = s.send_as(&other, request.clone()).await;
+            assert_fields(
+                &reply,
+                &unknown_client(),
+                &format!("{stranger:?}: {request}"),
+            );
+        }
+    }
+    // The session is intact for its own browser.
+    assert_eq!(s.bayeux.session_count(), 1);
+    s.publish("/bound", json!("hi")).await;
+    let connect = match s
+        .bayeux
+        .handle_in(request(&connect_now_json(&client)), &own)
+        .await
+    {
+        Handled::Connect(connect) => connect,
+        _ => panic!("the session's own browser was refused"),
+    };
+    assert_eq!(s.hold(connect).await.data(), [json!("hi")]);
+}
+
+/// A handshake that came with a browser secret is bound at once; one that came with none and
+/// was answered with none (a client that keeps no cookies) is not bound, as before.
+#[tokio::test(start_paused = true)]
+async fn a_presented_browser_binds_at_once_and_no_browser_binds_nothing() {
+    let s = Server::new();
+    let principal = s.engine.policy().anonymous();
+    let own = Caller::new(&principal).browser(Browser::Presented("b1"));
+    let bound = s.send_as(&own, handshake_json("h")).await["clientId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_fields(
+        &s.send_as(&Caller::new(&principal), connect_now_json(&bound))
+            .await,
+        &unknown_client(),
+        "a stranger to a presented-bound session",
+    );
+    let free = s
+        .send_as(&Caller::new(&principal), handshake_json("h"))
+        .await["clientId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for browser in [Browser::Unknown, Browser::Presented("b9")] {
+        let reply = s
+            .send_as(
+                &Caller::new(&principal).browser(browser),
+                subscribe_json(&free, "/free"),
+            )
+            .await;
+        assert_eq!(reply["successful"], true, "{browser:?}: {reply}");
+    }
+}
+
+// ---- first connect (issue 12) ----
+
+/// Regression (issue 12): aiocometd's `open()` took 25 s: a session's first connect without
+/// advice was held for the whole timeout. It is answered at once; the next one is held.
+#[tokio::test(start_paused = true)]
+async fn the_first_connect_of_a_session_is_answered_at_once() {
+    let s = Server::new();
+    let reply = s.handshake_with(json!({})).await;
+    let client = reply["clientId"].as_str().unwrap().to_string();
+    s.subscribe(&client, json!("/first")).await;
+    let start = Instant::now();
+    let first = s
+        .hold(s.connect_ok(connect_json(&client, "1", None, None)).await)
+        .await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the first connect was held"
+    );
+    assert_fields(
+        &first.reply,
+        &json!({"successful": true, "id": "1",
+                "advice": {"reconnect": "retry", "interval": 0, "timeout": 25000}}),
+        "first connect",
+    );
+    let second = s.connect_ok(connect_json(&client, "2", None, None)).await;
+    assert_eq!(second.timeout, Duration::from_secs(25));
+    let held = s.start_hold(second).await;
+    assert!(!held.is_finished(), "the second connect is held");
+    s.publish("/first", json!("x")).await;
+    assert_eq!(finished("second connect", held).await.data(), [json!("x")]);
+}
+
+fn subscribe_json(client: &str, subscription: &str) -> Value {
+    json!({"channel": "/meta/subscribe", "clientId": client, "subscription": subscription})
 }

@@ -267,6 +267,12 @@ async fn session(b: &Bayeux, who: &Principal, subscriptions: &[&str]) -> String 
         .await;
         assert_eq!(r["successful"], true, "{r}");
     }
+    // Past its first connect (answered at once), so that its next one is held.
+    let Handled::Connect(first) = send(b, connect(&client), who).await else {
+        panic!("the first connect was refused");
+    };
+    let (_, r) = b.hold(first, true, std::future::pending()).await;
+    assert_eq!(r.successful, Some(true), "{}", r.to_json());
     client
 }
 

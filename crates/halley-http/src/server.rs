@@ -107,6 +107,18 @@ impl Drop for Slot {
     }
 }
 
+/// The peer's address, for a request that needs it (Bayeux counts handshakes per source).
+/// Put in the request's extensions on hyper's path and on the lean path's Bayeux `POST`s only:
+/// an idle subscriber's request carries no extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::IpAddr);
+
+impl Peer {
+    pub fn of<B>(request: &Request<B>) -> Option<std::net::IpAddr> {
+        request.extensions().get::<Peer>().map(|p| p.0)
+    }
+}
+
 impl Server {
     /// Binds with a default Bayeux server (the policy decides, connects held for the hold
     /// timeout).
@@ -700,10 +712,16 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                 // Out of its box in a block of its own: a box moved out of is freed at the end
                 // of its scope, and this arm's scope lasts as long as the response (~0.25 KiB
                 // per idle subscriber, dhat).
-                let request = {
+                let mut request = {
                     let boxed = request;
                     *boxed
                 };
+                // The lean path's only POST is Bayeux long-polling ([`classify`]).
+                if request.method() == Method::POST
+                    && let Ok(peer) = stream.peer_addr()
+                {
+                    request.extensions_mut().insert(Peer(peer.ip()));
+                }
                 let handling = Box::pin(app::handle(&app, request));
                 let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await else {
                     return;
@@ -723,6 +741,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
 
 /// Hands the connection to hyper, with the head already read put back in front.
 async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc<Slot>) {
+    let peer = stream.peer_addr().ok().map(|a| Peer(a.ip()));
     let io = TokioIo::new(Rewind {
         prefix: head.freeze(),
         inner: stream,
@@ -730,6 +749,9 @@ async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc
     let service_app = app.clone();
     let service = service_fn(move |mut request| {
         request.extensions_mut().insert(slot.clone());
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
         let app = service_app.clone();
         async move { Ok::<_, std::convert::Infallible>(app::handle(&app, request).await) }
     });

@@ -128,15 +128,31 @@ async fn exchange_in(s: &TestServer, browser: &str, batch: Value) -> Vec<Value> 
     messages(&post(s, "/cometd", batch.to_string(), Some(browser)).await)
 }
 
+/// A new session's clientId, after its first connect (answered at once, as every client
+/// sends it), so that its next connect is held.
 async fn handshake(s: &TestServer) -> String {
     let replies = exchange(s, json!([handshake_message()])).await;
     let handshake = reply(&replies, "/meta/handshake", "h");
     assert_successful(handshake);
-    handshake["clientId"].as_str().unwrap().to_string()
+    let client = handshake["clientId"].as_str().unwrap().to_string();
+    first_connect(s, None, &client).await;
+    client
+}
+
+/// A session's first connect (without advice), which is answered at once.
+async fn first_connect(s: &TestServer, browser: Option<&str>, client: &str) {
+    let batch = json!([connect_message(client, "first")]).to_string();
+    let replies = messages(&post(s, "/cometd", batch, browser).await);
+    assert_successful(reply(&replies, "/meta/connect", "first"));
 }
 
 async fn subscribe(s: &TestServer, client: &str, channel: &str) {
     let replies = exchange(s, json!([subscribe_message(client, channel)])).await;
+    assert_successful(reply(&replies, "/meta/subscribe", "s"));
+}
+
+async fn subscribe_in(s: &TestServer, browser: &str, client: &str, channel: &str) {
+    let replies = exchange_in(s, browser, json!([subscribe_message(client, channel)])).await;
     assert_successful(reply(&replies, "/meta/subscribe", "s"));
 }
 
@@ -422,6 +438,8 @@ async fn callback_polling_end_to_end() {
     let hs = reply(&replies, "/meta/handshake", "h");
     assert_successful(hs);
     let client = hs["clientId"].as_str().unwrap().to_string();
+    let replies = jsonp(&s, "cb", json!([connect_message(&client, "c0")])).await;
+    assert_successful(reply(&replies, "/meta/connect", "c0"));
     let replies = jsonp(
         &s,
         "jQuery_123.cb$",
@@ -525,8 +543,11 @@ async fn second_held_connect_of_a_browser_gets_multiple_clients_advice() {
         .unwrap()
         .to_string();
     assert_ne!(a, b);
-    subscribe(&s, &a, "/mc/a").await;
-    subscribe(&s, &b, "/mc/b").await;
+    for client in [&a, &b] {
+        first_connect(&s, Some(&browser), client).await;
+    }
+    subscribe_in(&s, &browser, &a, "/mc/a").await;
+    subscribe_in(&s, &browser, &b, "/mc/b").await;
 
     let held_a = exchange_in(&s, &browser, json!([connect_message(&a, "a1")]));
     let tab_b = async {
@@ -627,7 +648,11 @@ async fn check_preemption(browser: bool) {
         .as_str()
         .unwrap()
         .to_string();
-    subscribe(&s, &client, "/pre").await;
+    first_connect(&s, cookie.as_deref(), &client).await;
+    match &cookie {
+        Some(browser) => subscribe_in(&s, browser, &client, "/pre").await,
+        None => subscribe(&s, &client, "/pre").await,
+    }
 
     let first = spawn_exchange(
         &s,
@@ -860,6 +885,9 @@ async fn ws_session(ws: &mut Ws, channel: &str) -> String {
     let hs = reply(&replies, "/meta/handshake", "h");
     assert_successful(hs);
     let client = hs["clientId"].as_str().unwrap().to_string();
+    // The first connect is answered at once.
+    send(ws, json!([ws_connect(&client, "first")])).await;
+    assert_successful(reply(&frame(ws).await, "/meta/connect", "first"));
     send(ws, json!([subscribe_message(&client, channel)])).await;
     assert_successful(reply(&frame(ws).await, "/meta/subscribe", "s"));
     client

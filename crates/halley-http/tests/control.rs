@@ -118,12 +118,15 @@ async fn bayeux_client(s: &TestServer, token: &str) -> String {
     )
     .await;
     let client = replies[0]["clientId"].as_str().unwrap().to_string();
+    // Subscribed, and past its first connect (answered at once): its next connect is held.
     let replies = bayeux(
         s,
-        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/chat/a"}]),
+        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/chat/a"},
+               {"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling"}]),
     )
     .await;
     assert_eq!(replies[0]["successful"], true, "{replies:?}");
+    assert_eq!(replies[1]["successful"], true, "{replies:?}");
     client
 }
 
@@ -590,7 +593,24 @@ async fn disconnect_on_iframe_multipart_raw_lines_and_bayeux_websocket() {
     )
     .await
     .unwrap();
-    assert_eq!(ws_json(&mut ws).await[0]["successful"], true);
+    let replies = ws_json(&mut ws).await;
+    assert_eq!(replies[0]["successful"], true, "{replies}");
+    assert_eq!(
+        replies[1]["successful"], true,
+        "the first connect: {replies}"
+    );
+    // The next connect is held; the subscribe's reply in its frame says it was taken.
+    within(
+        "ws send",
+        ws.send(send(json!([
+            {"channel": "/meta/connect", "clientId": client, "connectionType": "websocket", "id": "c"},
+            {"channel": "/meta/subscribe", "clientId": client, "subscription": "/chat/a", "id": "s2"},
+        ]))),
+    )
+    .await
+    .unwrap();
+    let replies = ws_json(&mut ws).await;
+    assert_eq!(replies[0]["id"], "s2", "{replies}");
     wait_connections(&s, "alice", 4).await;
 
     let reply = control(

@@ -152,6 +152,8 @@ pub enum BayeuxError {
     Unsupported(String, &'static str),
     /// 503: the server cannot take the message now (broker down, too many sessions).
     Unavailable(String),
+    /// 429: this client (or its address) asks too often; the advice says when to try again.
+    TooManyRequests(String),
 }
 
 impl std::fmt::Display for BayeuxError {
@@ -163,6 +165,7 @@ impl std::fmt::Display for BayeuxError {
             BayeuxError::NotAllowed(args, msg) => write!(f, "405:{args}:{msg}"),
             BayeuxError::Unsupported(args, msg) => write!(f, "406:{args}:{msg}"),
             BayeuxError::Unavailable(msg) => write!(f, "503::{msg}"),
+            BayeuxError::TooManyRequests(msg) => write!(f, "429::{msg}"),
         }
     }
 }

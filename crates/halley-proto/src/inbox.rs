@@ -56,6 +56,14 @@ mod tests {
         assert_ne!(channel_for(&secret_from(1)), Some(channel));
     }
 
+    /// The derivation clients/js/PROTOCOL.md documents, with its example: SHA-256 over
+    /// `"halley-inbox\0"` and the secret's text, the first 16 bytes in hex.
+    #[test]
+    fn the_documented_example() {
+        let channel = channel_for("0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(channel.as_str(), "/inbox/a0280a8cf5049c9b2a8711c6ffae1423");
+    }
+
     #[test]
     fn malformed_secrets() {
         for bad in ["", "abc", &"g".repeat(32), &"A".repeat(32), &"a".repeat(33)] {

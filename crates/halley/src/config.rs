@@ -394,6 +394,15 @@ pub struct ServeArgs {
     /// again (maxInterval) [default: 30].
     #[arg(long, env = "HALLEY_SESSION_TIMEOUT")]
     pub session_timeout: Option<u64>,
+    /// Most Bayeux sessions at once; a handshake beyond gets `503::too many sessions`
+    /// [default: 100000].
+    #[arg(long, env = "HALLEY_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Bayeux handshakes a second from one address (IPv6: one /64), in bursts of up to ten
+    /// seconds' worth; one more gets `429::too many handshakes from this address`. 0: no limit.
+    /// Behind a reverse proxy every client has the proxy's address [default: 100].
+    #[arg(long, env = "HALLEY_HANDSHAKE_RATE")]
+    pub handshake_rate: Option<u32>,
     /// Messages kept per channel for resume [default: 1000].
     #[arg(long, env = "HALLEY_HISTORY_SIZE")]
     pub history_size: Option<usize>,
@@ -507,6 +516,8 @@ impl ServeArgs {
                 broker,
                 cometd_path,
                 session_timeout,
+                max_sessions,
+                handshake_rate,
                 presence_grace,
                 assets,
                 token_secret,
@@ -715,8 +726,15 @@ impl ServeArgs {
                 .session_timeout
                 .map_or(BayeuxConfig::default().max_interval, secs),
             max_unacked: engine.queue_capacity,
+            max_sessions: self
+                .max_sessions
+                .unwrap_or(BayeuxConfig::default().max_sessions),
+            handshake_rate: self
+                .handshake_rate
+                .unwrap_or(BayeuxConfig::default().handshake_rate),
             ..BayeuxConfig::default()
         };
+        anyhow::ensure!(bayeux.max_sessions > 0, "max-sessions must be at least 1");
         let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
         Ok(Settings {
             presence_grace: self
@@ -763,6 +781,18 @@ mod tests {
         assert_eq!(settings.engine.history_size, 5);
         assert_eq!(settings.http.body_limit, 64 * 1024);
         assert_eq!(settings.broker, BrokerChoice::Memory);
+    }
+
+    #[test]
+    fn bayeux_session_budgets_are_read() {
+        let defaults = ServeArgs::default().resolve().unwrap();
+        assert_eq!(defaults.bayeux.max_sessions, 100_000);
+        assert_eq!(defaults.bayeux.handshake_rate, 100);
+        let settings =
+            settings_from("bayeux.toml", "max-sessions = 500\nhandshake-rate = 0\n").unwrap();
+        assert_eq!(settings.bayeux.max_sessions, 500);
+        assert_eq!(settings.bayeux.handshake_rate, 0);
+        assert!(settings_from("bayeux0.toml", "max-sessions = 0\n").is_err());
     }
 
     fn settings_from(name: &str, text: &str) -> anyhow::Result<Settings> {

@@ -8,9 +8,12 @@
 //! caller alone ([`Handled::Call`]).
 
 mod session;
+mod sources;
 
 use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Verdict, Via};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +23,9 @@ use serde_json::{Map, Value, json};
 
 use crate::control::Closing;
 use crate::{Engine, EngineError};
-pub use session::{Batch, ConnectGuard, Session};
+pub use session::{Batch, Browser, ConnectGuard, Session};
+use sources::Sources;
+pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 
 /// Connection types this server offers, in its order of preference.
 pub const CONNECTION_TYPES: [&str; 3] = ["websocket", "long-polling", "callback-polling"];
@@ -33,6 +38,11 @@ pub const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// the server without end; a browser application uses a few dozen. One more is refused
 /// (`403::too many subscriptions on this session`), and the session keeps what it had.
 pub const MAX_SESSION_SUBSCRIPTIONS: usize = 256;
+
+/// Most handshakes in one batch (one request, one WebSocket frame). A client handshakes once
+/// per batch; a batch of handshakes is a way to open sessions faster than requests can be
+/// counted. Each one past it is refused (`400::one handshake per batch`).
+pub const MAX_BATCH_HANDSHAKES: usize = 1;
 
 /// Most messages sent with one connect reply (long-polling) or in one WebSocket frame; the
 /// rest follow with the next one. Bounds the size of one response.
@@ -48,8 +58,15 @@ pub struct BayeuxConfig {
     /// A session with no connect for this long is dropped (`maxInterval`); its client must
     /// handshake again. Covers a reconnect after a network blip without keeping dead sessions.
     pub max_interval: Duration,
-    /// Most sessions at once; a handshake beyond gets `503`.
+    /// Most sessions at once; a handshake beyond gets `503::too many sessions` with advice to
+    /// try again in 5 s. Bounds the memory of sessions whose clients went away until they
+    /// expire (`max_interval`).
     pub max_sessions: usize,
+    /// Handshakes a second from one source (an IPv4 address or an IPv6 /64), in bursts of up
+    /// to [`BURST_SECONDS`] worth; one more gets `429::too many handshakes from this address`
+    /// with advice to try again when it may. 0: unlimited. Behind a reverse proxy every client
+    /// has the proxy's address.
+    pub handshake_rate: u32,
     /// Unacknowledged messages kept per session for the ack extension. A client further
     /// behind is cut off and must handshake again.
     pub max_unacked: usize,
@@ -62,6 +79,7 @@ impl Default for BayeuxConfig {
             interval: Duration::ZERO,
             max_interval: Duration::from_secs(30),
             max_sessions: 100_000,
+            handshake_rate: 100,
             max_unacked: 1024,
         }
     }
@@ -231,6 +249,40 @@ fn error_message(text: &str) -> String {
     mapped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Where a batch came from, as far as its transport can tell: whose credentials it came with,
+/// from which address, with which browser secret. Made per batch (it counts the batch's
+/// handshakes).
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// What the HTTP request or WebSocket upgrade presented; a handshake's `ext` wins over it.
+    pub principal: &'a Principal,
+    /// The peer's address, for the per-source handshake rate; `None` is not limited.
+    pub peer: Option<IpAddr>,
+    /// The browser secret the request came with (or will be answered with).
+    pub browser: Browser<'a>,
+    handshakes: AtomicUsize,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller with these credentials, no known address and no browser.
+    pub fn new(principal: &'a Principal) -> Caller<'a> {
+        Caller {
+            principal,
+            peer: None,
+            browser: Browser::Unknown,
+            handshakes: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn peer(self, peer: Option<IpAddr>) -> Caller<'a> {
+        Caller { peer, ..self }
+    }
+
+    pub fn browser(self, browser: Browser<'a>) -> Caller<'a> {
+        Caller { browser, ..self }
+    }
+}
+
 /// A validated `/meta/connect`.
 pub struct Connect {
     pub session: Arc<Session>,
@@ -250,6 +302,8 @@ struct Shared {
     authorizer: Arc<dyn Authorizer>,
     services: Arc<dyn Services>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Recent handshakes per source. Locked alone, briefly, before the session table.
+    sources: Mutex<Sources>,
 }
 
 /// The Bayeux server. Cheap to clone.
@@ -280,6 +334,7 @@ impl Bayeux {
         let bayeux = Bayeux {
             shared: Arc::new(Shared {
                 engine,
+                sources: Mutex::new(Sources::new(config.handshake_rate)),
                 config,
                 authorizer,
                 services,
@@ -307,9 +362,14 @@ impl Bayeux {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn session(&self, message: &BayeuxMessage) -> Option<Arc<Session>> {
+    /// The message's session, if it exists and admits this caller (else, to the caller, it
+    /// does not exist: see [`Session::admits`]).
+    fn session(&self, message: &BayeuxMessage, caller: &Caller<'_>) -> Option<Arc<Session>> {
         let id = message.client_id.as_deref()?;
-        self.sessions().get(id).cloned()
+        self.sessions()
+            .get(id)
+            .filter(|s| s.admits(caller.browser))
+            .cloned()
     }
 
     fn advice(&self) -> Map<String, Value> {
@@ -349,13 +409,20 @@ impl Bayeux {
     /// (`ext.token`, `ext.key`) wins over them; the session keeps the principal it was opened
     /// with, and every later subscribe and publish of it is decided for that principal.
     pub async fn handle_from(&self, message: BayeuxMessage, transport: &Principal) -> Handled {
+        self.handle_in(message, &Caller::new(transport)).await
+    }
+
+    /// [`Bayeux::handle_from`] for a message of a batch from `caller`: its handshakes are
+    /// counted per batch ([`MAX_BATCH_HANDSHAKES`]) and per source
+    /// ([`BayeuxConfig::handshake_rate`]), its session bound to the caller's browser.
+    pub async fn handle_in(&self, message: BayeuxMessage, caller: &Caller<'_>) -> Handled {
         let received_ms = now_ms();
         let reply = match message.channel.as_str() {
-            "/meta/handshake" => self.handshake(&message, transport, received_ms),
-            "/meta/connect" => return self.connect(message, received_ms),
-            "/meta/disconnect" => self.disconnect(&message),
-            "/meta/subscribe" => self.subscribe(&message, true).await,
-            "/meta/unsubscribe" => self.subscribe(&message, false).await,
+            "/meta/handshake" => self.handshake(&message, caller, received_ms),
+            "/meta/connect" => return self.connect(message, caller, received_ms),
+            "/meta/disconnect" => self.disconnect(&message, caller),
+            "/meta/subscribe" => self.subscribe(&message, caller, true).await,
+            "/meta/unsubscribe" => self.subscribe(&message, caller, false).await,
             "" => BayeuxMessage::error(
                 &message,
                 BayeuxError::BadRequest(String::new(), "channel missing".into()),
@@ -364,7 +431,7 @@ impl Bayeux {
                 &message,
                 BayeuxError::Forbidden(other.to_string(), "Unknown meta channel"),
             ),
-            _ => return self.publish(&message).await,
+            _ => return self.publish(&message, caller).await,
         };
         Handled::Reply(reply)
     }
@@ -372,9 +439,10 @@ impl Bayeux {
     fn handshake(
         &self,
         message: &BayeuxMessage,
-        transport: &Principal,
+        caller: &Caller<'_>,
         received_ms: u64,
     ) -> BayeuxMessage {
+        let transport = caller.principal;
         if let Some(types) = &message.supported_connection_types
             && !types.iter().any(|t| CONNECTION_TYPES.contains(&t.as_str()))
         {
@@ -385,6 +453,31 @@ impl Bayeux {
             reply.supported_connection_types =
                 Some(CONNECTION_TYPES.iter().map(|s| s.to_string()).collect());
             reply.version = Some(BAYEUX_VERSION.into());
+            return reply;
+        }
+        if caller.handshakes.fetch_add(1, Ordering::Relaxed) >= MAX_BATCH_HANDSHAKES {
+            return BayeuxMessage::error(
+                message,
+                BayeuxError::BadRequest(String::new(), "one handshake per batch".into()),
+            );
+        }
+        if let Some(peer) = caller.peer
+            && let Err(wait) = self
+                .shared
+                .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(peer, tokio::time::Instant::now())
+        {
+            let mut reply = BayeuxMessage::error(
+                message,
+                BayeuxError::TooManyRequests("too many handshakes from this address".into()),
+            );
+            // Whole milliseconds, rounded up: a client that waits as advised gets in.
+            let interval = wait.as_micros().div_ceil(1000) as u64;
+            reply.advice = json!({"reconnect": "handshake", "interval": interval})
+                .as_object()
+                .cloned();
             return reply;
         }
         let policy = self.shared.engine.policy();
@@ -443,6 +536,7 @@ impl Bayeux {
             ack,
             self.shared.config.max_unacked,
             who,
+            caller.browser,
         ));
         self.sessions().insert(id.clone(), session);
         let mut reply = BayeuxMessage::reply_to(message, true);
@@ -458,8 +552,8 @@ impl Bayeux {
         reply
     }
 
-    fn connect(&self, message: BayeuxMessage, received_ms: u64) -> Handled {
-        let Some(session) = self.session(&message) else {
+    fn connect(&self, message: BayeuxMessage, caller: &Caller<'_>, received_ms: u64) -> Handled {
+        let Some(session) = self.session(&message, caller) else {
             return Handled::Reply(self.unknown_client(&message));
         };
         // A session whose token expired or was revoked ends at its next connect: the client
@@ -476,9 +570,14 @@ impl Bayeux {
             .advice_field("timeout")
             .and_then(Value::as_u64)
             .map(Duration::from_millis);
-        let timeout = asked.map_or(self.shared.config.timeout, |t| {
-            t.min(self.shared.config.timeout)
-        });
+        // A session's first connect is answered at once, as CometD's server does: it tells the
+        // client its session works (some clients, aiocometd's `open()`, wait for it), and the
+        // client's next connect is the one that waits.
+        let timeout = match asked {
+            _ if session.first_connect() => Duration::ZERO,
+            Some(asked) => asked.min(self.shared.config.timeout),
+            None => self.shared.config.timeout,
+        };
         let ack = message.ext_field("ack").and_then(Value::as_u64);
         Handled::Connect(Connect {
             session,
@@ -489,21 +588,21 @@ impl Bayeux {
         })
     }
 
-    fn disconnect(&self, message: &BayeuxMessage) -> BayeuxMessage {
-        let Some(id) = message.client_id.as_deref() else {
+    fn disconnect(&self, message: &BayeuxMessage, caller: &Caller<'_>) -> BayeuxMessage {
+        let Some(session) = self.session(message, caller) else {
             return self.unknown_client(message);
         };
-        match self.sessions().remove(id) {
-            Some(session) => {
-                session.close();
-                BayeuxMessage::reply_to(message, true)
-            }
-            None => self.unknown_client(message),
-        }
+        self.forget(session.id());
+        BayeuxMessage::reply_to(message, true)
     }
 
-    async fn subscribe(&self, message: &BayeuxMessage, subscribe: bool) -> BayeuxMessage {
-        let Some(session) = self.session(message) else {
+    async fn subscribe(
+        &self,
+        message: &BayeuxMessage,
+        caller: &Caller<'_>,
+        subscribe: bool,
+    ) -> BayeuxMessage {
+        let Some(session) = self.session(message, caller) else {
             return self.unknown_client(message);
         };
         let names = message.subscriptions();
@@ -583,16 +682,20 @@ impl Bayeux {
         reply
     }
 
-    async fn publish(&self, message: &BayeuxMessage) -> Handled {
-        match self.publish_or_call(message).await {
+    async fn publish(&self, message: &BayeuxMessage, caller: &Caller<'_>) -> Handled {
+        match self.publish_or_call(message, caller).await {
             Ok(handled) => handled,
             Err(refusal) => Handled::Reply(refusal),
         }
     }
 
     /// A publish, or a `/service/**` call; `Err` is the refusal to send back.
-    async fn publish_or_call(&self, message: &BayeuxMessage) -> Result<Handled, BayeuxMessage> {
-        let Some(session) = self.session(message) else {
+    async fn publish_or_call(
+        &self,
+        message: &BayeuxMessage,
+        caller: &Caller<'_>,
+    ) -> Result<Handled, BayeuxMessage> {
+        let Some(session) = self.session(message, caller) else {
             return Err(self.unknown_client(message));
         };
         let channel = match Channel::parse(&message.channel) {
@@ -749,6 +852,7 @@ impl Bayeux {
         let guard = session.begin_connect(connect.ack, true);
         let mut messages = guard.resend.clone();
         let mut batch = session.try_batch(MAX_DELIVERY_BATCH);
+        let hold = hold && !connect.timeout.is_zero();
         if messages.is_empty() && batch.messages.is_empty() && !batch.ended && hold {
             batch = tokio::select! {
                 b = session.next_batch(MAX_DELIVERY_BATCH) => b,
@@ -795,6 +899,11 @@ async fn sweep(shared: std::sync::Weak<Shared>) {
             return;
         };
         let now = tokio::time::Instant::now();
+        shared
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .prune(now);
         let max_interval = shared.config.max_interval;
         let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| {

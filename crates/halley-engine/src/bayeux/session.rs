@@ -17,6 +17,31 @@ use crate::access::{Identity, Principal};
 use crate::control::Closing;
 use crate::{Event, Subscription};
 
+/// The browser secret (the `BAYEUX_BROWSER` cookie over HTTP) a request came with, which a
+/// session is bound to once its client has shown it sends it back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Browser<'a> {
+    /// The transport has none (a client that keeps no cookies, a WebSocket upgraded without
+    /// one, an embedder's own transport).
+    #[default]
+    Unknown,
+    /// The request carried this one.
+    Presented(&'a str),
+    /// The request carried none; the transport sets this one on its answer when a handshake in
+    /// it succeeds. The session is bound once a request comes back with it.
+    Offered(&'a str),
+}
+
+impl<'a> Browser<'a> {
+    /// The secret the request carried.
+    pub fn presented(self) -> Option<&'a str> {
+        match self {
+            Browser::Presented(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// What a wait for messages ended with.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -37,6 +62,14 @@ pub struct Session {
     id: String,
     /// Who opened the session (its handshake's credentials, or its transport's).
     principal: Principal,
+    /// The browser secret the session is bound to (see [`Browser`]), if its handshake came
+    /// with or was answered with one.
+    browser: Option<Box<str>>,
+    /// The client has shown it sends `browser` back: from now on only requests carrying it
+    /// reach the session.
+    bound: AtomicBool,
+    /// A `/meta/connect` was seen: the first one is answered at once.
+    connected: AtomicBool,
     ack_enabled: bool,
     /// The most unacknowledged messages kept for redelivery; more cuts the session off.
     unacked_limit: usize,
@@ -63,10 +96,19 @@ impl Session {
         ack_enabled: bool,
         unacked_limit: usize,
         principal: Principal,
+        browser: Browser<'_>,
     ) -> Session {
+        let (browser, bound) = match browser {
+            Browser::Unknown => (None, false),
+            Browser::Presented(b) => (Some(b.into()), true),
+            Browser::Offered(b) => (Some(b.into()), false),
+        };
         Session {
             id,
             principal,
+            browser,
+            bound: AtomicBool::new(bound),
+            connected: AtomicBool::new(false),
             ack_enabled,
             unacked_limit,
             sub: tokio::sync::Mutex::new(sub),
@@ -89,6 +131,25 @@ impl Session {
     /// Who opened the session; every subscribe and publish of it is decided for them.
     pub fn principal(&self) -> &Identity {
         &self.principal
+    }
+
+    /// Whether a request that came with `browser` may act for this session. A session not
+    /// bound to a browser admits anyone with its clientId (clients that keep no cookies); one
+    /// whose client sent its browser secret back admits only requests carrying that secret.
+    pub(crate) fn admits(&self, browser: Browser<'_>) -> bool {
+        let Some(own) = self.browser.as_deref() else {
+            return true;
+        };
+        if browser.presented() == Some(own) {
+            self.bound.store(true, Ordering::Release);
+            return true;
+        }
+        !self.bound.load(Ordering::Acquire)
+    }
+
+    /// True for the session's first `/meta/connect` only.
+    pub(crate) fn first_connect(&self) -> bool {
+        !self.connected.swap(true, Ordering::AcqRel)
     }
 
     pub fn ack_enabled(&self) -> bool {

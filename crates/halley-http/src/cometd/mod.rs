@@ -7,7 +7,7 @@ mod ws;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use halley_engine::bayeux::{Connect, Handled};
+use halley_engine::bayeux::{Browser, Caller, Connect, Handled};
 use halley_proto::Message;
 use halley_proto::bayeux::{BayeuxMessage, parse_batch};
 use hyper::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderValue, SET_COOKIE, UPGRADE};
@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::metrics::{Kind, Open};
 use crate::publish::read_body;
 use crate::query::{Query, valid_callback};
+use crate::server::Peer;
 use crate::state::App;
 use crate::transport::held_headers;
 use halley_engine::access::Principal;
@@ -48,13 +49,14 @@ async fn long_polling<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let browser = browser_id(request.headers());
+    let peer = Peer::of(&request);
     // The transport's credentials, for a handshake in this batch (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     let body = Box::pin(read_body(app, request)).await?;
     let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // The body (and the connection's read buffer it may share) is not kept through the hold.
     drop(body);
-    let (out, new_browser) = process(app, batch, browser, who, Kind::LongPoll).await;
+    let (out, new_browser) = process(app, batch, browser, peer, who, Kind::LongPoll).await;
     let mut response = Response::new(full(out.freeze()));
     let headers = response.headers_mut();
     headers.insert(
@@ -87,7 +89,8 @@ async fn callback_polling<B: RequestBody>(
     let batch = parse_batch(message.as_bytes()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let browser = browser_id(request.headers());
     let who = app.admit(request.headers(), &query)?;
-    let (out, new_browser) = process(app, batch, browser, who, Kind::Jsonp).await;
+    let peer = Peer::of(&request);
+    let (out, new_browser) = process(app, batch, browser, peer, who, Kind::Jsonp).await;
     let mut body = BytesMut::with_capacity(out.len() + callback.len() + 8);
     body.put_slice(b"/**/");
     body.put_slice(callback.as_bytes());
@@ -111,13 +114,13 @@ async fn callback_polling<B: RequestBody>(
 async fn answer(
     app: &Arc<App>,
     batch: Vec<BayeuxMessage>,
-    who: Principal,
+    caller: Caller<'_>,
 ) -> (Output, Option<Connect>, bool) {
     let mut out = Output::default();
     let mut connect: Option<Connect> = None;
     let mut handshaken = false;
     for message in batch {
-        match Box::pin(app.bayeux.handle_from(message, &who)).await {
+        match Box::pin(app.bayeux.handle_in(message, &caller)).await {
             Handled::Reply(reply) => {
                 handshaken |= reply.channel == "/meta/handshake" && reply.successful == Some(true);
                 out.reply(&reply);
@@ -139,17 +142,32 @@ async fn answer(
 /// Runs a batch: everything is answered in order, except a `/meta/connect`, which is held last
 /// and answered together with the messages it collected. Returns the JSON array and, when the
 /// request had no browser cookie, the id to set.
+///
+/// A session is bound to the browser cookie its handshake came with, or was answered with
+/// ([`Browser`]): once a request for it has come back with that cookie, requests for it
+/// without it are answered as for an unknown client.
 async fn process(
     app: &Arc<App>,
     batch: Vec<BayeuxMessage>,
     browser: Option<String>,
+    peer: Option<std::net::IpAddr>,
     who: Principal,
     kind: Kind,
 ) -> (BytesMut, Option<String>) {
+    // The id a handshake's answer will set, made only when one is asked for without a cookie.
+    let offered = (browser.is_none() && batch.iter().any(|m| m.channel == "/meta/handshake"))
+        .then(new_browser_id);
+    let bound = match (&browser, &offered) {
+        (Some(b), _) => Browser::Presented(b),
+        (None, Some(o)) => Browser::Offered(o),
+        (None, None) => Browser::Unknown,
+    };
+    let caller = Caller::new(&who).peer(peer).browser(bound);
     // Boxed, and over before the hold: the batch and the caller's credentials are not kept
     // by a held connect.
-    let (mut out, connect, handshaken) = Box::pin(answer(app, batch, who)).await;
-    let new_browser = (handshaken && browser.is_none()).then(new_browser_id);
+    let (mut out, connect, handshaken) = Box::pin(answer(app, batch, caller)).await;
+    drop(who);
+    let new_browser = offered.filter(|_| handshaken);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);
         let slot = browser

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::bayeux::{
-    Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, ServiceError, Session,
+    Browser, Caller, Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, ServiceError, Session,
 };
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
@@ -34,8 +34,13 @@ pub async fn upgrade<B: RequestBody>(
     let response = accept_websocket(request.headers())?;
     // The upgrade's credentials, for a handshake on this socket (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
+    let upgraded = Box::new(Upgraded {
+        who,
+        peer: crate::server::Peer::of(&request),
+        browser: super::browser_id(request.headers()).map(String::into_boxed_str),
+    });
     spawn_upgraded(app, &mut request, |app, tx, rx| async move {
-        run(&app, tx, rx, who).await
+        run(&app, tx, rx, upgraded).await
     });
     Ok(response)
 }
@@ -51,6 +56,15 @@ fn text(out: Output) -> Frame {
 /// Bayeux WebSocket client (halley-bench hold, 10,000).
 type Calls = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Box<BayeuxMessage>> + Send>>>;
 
+/// What the upgrade request told about its client, for every batch on the socket. Boxed: an
+/// idle socket's task keeps one word for it. A session handshaken here is bound to the
+/// upgrade's browser cookie, as over HTTP; a socket upgraded without one binds nothing.
+struct Upgraded {
+    who: Principal,
+    peer: Option<std::net::IpAddr>,
+    browser: Option<Box<str>>,
+}
+
 /// A connect held on this socket; its guard keeps the session from expiring meanwhile.
 struct Held {
     connect: Connect,
@@ -58,7 +72,7 @@ struct Held {
     _guard: ConnectGuard,
 }
 
-async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
+async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, upgraded: Box<Upgraded>) {
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
     // Whether a connect was already seen on this socket: the first one after a reconnect
@@ -101,9 +115,15 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                 };
                 let mut out = Output::default();
                 let mut disconnected = false;
+                // Boxed, like the handling: one per frame, so handshakes are counted per batch.
+                let caller = Box::new(
+                    Caller::new(&upgraded.who)
+                        .peer(upgraded.peer)
+                        .browser(upgraded.browser.as_deref().map_or(Browser::Unknown, Browser::Presented)),
+                );
                 for message in batch {
                     // Boxed: handling a message is not what an idle socket waits in.
-                    match Box::pin(app.bayeux.handle_from(message, &who)).await {
+                    match Box::pin(app.bayeux.handle_in(message, &caller)).await {
                         Handled::Reply(reply) => {
                             disconnected |= reply.channel == "/meta/disconnect"
                                 && reply.successful == Some(true);
@@ -132,6 +152,11 @@ async fn run(app: &App, mut tx: WsSink, mut rx: WsStream, who: Principal) {
                             }
                             connected_here = true;
                             session = Some(connect.session.clone());
+                            // A session's first connect is answered at once.
+                            if connect.timeout.is_zero() {
+                                out.reply(&app.bayeux.connect_reply(&connect, false));
+                                continue;
+                            }
                             held = Some(Held {
                                 deadline: Instant::now() + connect.timeout,
                                 connect,
