@@ -58,8 +58,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// An empty line: CRLF CRLF, or a bare LF where either ends (as httparse and hyper read it).
 fn has_end(bytes: &[u8]) -> bool {
-    bytes.windows(4).any(|w| w == b"\r\n\r\n")
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -100,6 +101,11 @@ fuzz_target!(|data: &[u8]| {
 fn check_classify(head: &[u8], body_limit: usize) {
     match classify(head, COMETD, body_limit) {
         Classified::Hyper => {}
+        Classified::Http2 => assert!(head.starts_with(b"PRI * HTTP/2.0\r\n")),
+        Classified::Refuse { status, error } => {
+            assert!(matches!(status, 400 | 431 | 501 | 505), "{status} {error}");
+            assert!(!error.is_empty());
+        }
         Classified::HeadlessPull(query) => {
             assert!(head.starts_with(b"GET /pull"));
             assert!(!query.contains([' ', '\r', '\n']));

@@ -30,6 +30,12 @@ pub async fn read_head(reader: &mut (impl AsyncRead + Unpin), timeout: Duration)
 /// How the server routes a request head.
 #[derive(Debug)]
 pub enum Classified {
+    /// Refused before anything is served: the status and the JSON error's text.
+    Refuse {
+        status: u16,
+        error: String,
+    },
+    Http2,
     HeadlessPull(String),
     Lean {
         method: Method,
@@ -45,6 +51,11 @@ pub enum Classified {
 /// The server's request classification.
 pub fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Classified {
     match server::classify(head, cometd_path, body_limit) {
+        Route::Refuse(refusal) => Classified::Refuse {
+            status: refusal.status,
+            error: refusal.error,
+        },
+        Route::Http2 => Classified::Http2,
         Route::HeadlessPull(query) => Classified::HeadlessPull(query),
         Route::Lean {
             request,
