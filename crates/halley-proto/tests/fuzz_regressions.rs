@@ -24,3 +24,17 @@ fn assert_storable(body: &[u8]) {
 fn publish_body_lone_surrogate() {
     assert_storable(br#""lii\ude00""#);
 }
+
+/// bayeux_batch, seed `numeric-id-beyond-u64`: a message id sent as a number beyond 2^64 (a
+/// float to serde_json) came back in the reply as a different number (one unit in the last
+/// place off), so the client could not match the reply to its request.
+#[test]
+fn bayeux_batch_numeric_id_echoed_as_sent() {
+    use halley_proto::bayeux::{BayeuxMessage, parse_batch};
+    let body = br#"{"cl":"","id":2222222444444442222223}"#;
+    let message = &parse_batch(body).unwrap()[0];
+    let reply = BayeuxMessage::reply_to(message, true);
+    let echoed = &parse_batch(reply.to_json().as_bytes()).unwrap()[0];
+    assert_eq!(echoed.id, message.id);
+    assert_eq!(echoed.to_json(), reply.to_json());
+}
