@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
             };
             check(&request, &reply);
             if request.channel == "/meta/handshake" && reply.successful == Some(true) {
-                let id = reply.client_id.clone().expect("a handshake gives a clientId");
+                let id = reply
+                    .client_id
+                    .clone()
+                    .expect("a handshake gives a clientId");
                 assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
                 sessions.push(id);
             }
@@ -78,7 +81,10 @@ fn check(request: &BayeuxMessage, reply: &BayeuxMessage) {
             let error = reply.error.as_deref().expect("a failure says why");
             let mut parts = error.splitn(3, ':');
             let code = parts.next().unwrap();
-            assert!(code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()), "{error}");
+            assert!(
+                code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()),
+                "{error}"
+            );
             assert!(parts.next().is_some() && parts.next().is_some(), "{error}");
         }
         None => panic!("a reply without successful: {}", reply.to_json()),

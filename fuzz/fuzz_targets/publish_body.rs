@@ -41,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let query = Query::parse(Some(query));
-            query.get("data").and_then(|d| Payload::from_json(d.as_bytes()).ok())
+            query
+                .get("data")
+                .and_then(|d| Payload::from_json(d.as_bytes()).ok())
         }
     };
     if let Some(payload) = payload {
@@ -73,12 +75,21 @@ fn check(payload: &Payload) {
         .map(|l| l.strip_prefix("data: ").expect("an SSE data line"))
         .collect();
     assert!(lines.iter().all(|l| !l.contains('\r')));
-    assert_eq!(lines.join("\n"), text.replace("\r\n", "\n").replace('\r', "\n"));
+    assert_eq!(
+        lines.join("\n"),
+        text.replace("\r\n", "\n").replace('\r', "\n")
+    );
     let stamp = Payload::from_json(br#"{"user":"fuzz"}"#).unwrap();
     let stamped = payload.with_key("from", &stamp);
     assert_eq!(stamped.is_some(), json.starts_with('{'));
     if let Some(stamped) = stamped {
-        assert_eq!(Payload::from_json(stamped.json().as_bytes()).as_ref(), Ok(&stamped));
-        assert!(stamped.json().ends_with(r#","from":{"user":"fuzz"}}"#) || stamped.json() == r#"{"from":{"user":"fuzz"}}"#);
+        assert_eq!(
+            Payload::from_json(stamped.json().as_bytes()).as_ref(),
+            Ok(&stamped)
+        );
+        assert!(
+            stamped.json().ends_with(r#","from":{"user":"fuzz"}}"#)
+                || stamped.json() == r#"{"from":{"user":"fuzz"}}"#
+        );
     }
 }

@@ -24,14 +24,14 @@ fuzz_target!(|data: &[u8]| {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     for (name, _) in pairs.iter().take(32) {
-        let first = pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let first = pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
         assert_eq!(parsed.get(name), first, "{name:?}");
         let all: Vec<&str> = parsed.get_all(name).collect();
         assert_eq!(all.first().copied(), first);
-        assert_eq!(
-            all.len(),
-            pairs.iter().filter(|(k, _)| k == name).count()
-        );
+        assert_eq!(all.len(), pairs.iter().filter(|(k, _)| k == name).count());
     }
     match parsed.callback() {
         Ok(Some(cb)) => {

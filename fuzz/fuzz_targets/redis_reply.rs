@@ -14,8 +14,13 @@ use redis::Value;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(offset) = reply::offset_of(data) {
-        let digits = data.strip_prefix(b"0-").expect("a stream id starts with 0-");
-        assert_eq!(std::str::from_utf8(digits).unwrap().parse::<u64>(), Ok(offset));
+        let digits = data
+            .strip_prefix(b"0-")
+            .expect("a stream id starts with 0-");
+        assert_eq!(
+            std::str::from_utf8(digits).unwrap().parse::<u64>(),
+            Ok(offset)
+        );
     }
     let Ok(value) = redis::parse_redis_value(data) else {
         return;
