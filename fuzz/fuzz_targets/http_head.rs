@@ -121,7 +121,11 @@ fn check_classify(head: &[u8], body_limit: usize) {
             assert!(head_len <= head.len());
             assert!(head[..head_len].ends_with(b"\n"));
             let extra = head.len() - head_len;
-            let request_line = head.split(|&b| b == b'\n').next().unwrap();
+            // Empty lines before the request line are skipped (RFC 9112 §2.2), as httparse does.
+            let request_line = head
+                .split(|&b| b == b'\n')
+                .find(|l| !l.trim_ascii().is_empty())
+                .unwrap();
             assert_eq!(http10, request_line.trim_ascii_end().ends_with(b"HTTP/1.0"));
             let route = uri.split_once('?').map_or(uri.as_str(), |(r, _)| r);
             let handler = routes::resolve(&method, route, COMETD)

@@ -38,3 +38,17 @@ fn bayeux_batch_numeric_id_echoed_as_sent() {
     assert_eq!(echoed.id, message.id);
     assert_eq!(echoed.to_json(), reply.to_json());
 }
+
+/// publish_body, seed `number-beyond-f64`: `9e1001` is valid JSON (RFC 8259 leaves number
+/// range to implementations) that serde_json cannot read into a `Value`. Halley keeps it
+/// verbatim and never reads data into a `Value`; the target checked too much and now checks
+/// validity. Pinned here: accepted, kept as sent, and the message object is valid JSON.
+#[test]
+fn publish_body_number_beyond_f64_kept_verbatim() {
+    use serde_json::value::RawValue;
+    let payload = Payload::from_json(b"9e1001").unwrap();
+    assert_eq!(payload.json(), "9e1001");
+    let message = Message::new(Channel::parse("/a").unwrap(), MessageId::new(1, 1), payload);
+    let object = std::str::from_utf8(message.json_object()).unwrap();
+    serde_json::from_str::<&RawValue>(object).expect("the message object is JSON");
+}
