@@ -27,10 +27,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = reply::bytes(value.clone());
     let _ = reply::optional_text(value.clone());
-    if let Ok(n) = reply::number(value.clone()) {
-        if let Value::Int(i) = value {
-            assert_eq!(i as u64, n);
-        }
+    if let Ok(n) = reply::number(value.clone())
+        && let Value::Int(i) = value
+    {
+        assert_eq!(i as u64, n);
     }
     if let Ok(items) = reply::array(value.clone()) {
         if let Ok(pairs) = reply::pairs(value.clone()) {
