@@ -32,6 +32,8 @@ mod config;
 mod control;
 mod cors;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 mod metrics;
 mod ops;

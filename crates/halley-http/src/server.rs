@@ -311,14 +311,14 @@ async fn reject(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
 }
 
-enum Head {
+pub(crate) enum Head {
     /// The connection closed or timed out before a full head; nothing to answer.
     Gone,
     TooLarge,
     Complete(BytesMut),
 }
 
-async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Head {
+pub(crate) async fn read_head(stream: &mut (impl AsyncRead + Unpin), timeout: Duration) -> Head {
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
@@ -353,9 +353,9 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// A head refused before anything is served: its status and the JSON error's text.
 #[derive(Debug, PartialEq, Eq)]
-struct Refusal {
-    status: u16,
-    error: String,
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) error: String,
     /// Answer in HTTP/1.0 (the request said so); HTTP/1.1 otherwise, also when the request
     /// line could not be read.
     http10: bool,
@@ -372,7 +372,7 @@ impl Refusal {
 }
 
 /// What a request head asks for.
-enum Route {
+pub(crate) enum Route {
     /// A malformed head (or one Halley does not serve): answered with this, then closed.
     Refuse(Refusal),
     /// An HTTP/2 client that did not ask first (prior knowledge): refused with HTTP/2's own
@@ -396,7 +396,7 @@ enum Route {
 
 /// Reads a connection's first head: refuses what is malformed (with a JSON error, which hyper's
 /// own refusals lack), spots rupy's headerless pull, and picks the lean path or hyper.
-fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
+pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
     if head.starts_with(HTTP2_PREFACE) {
         return Route::Http2;
     }

@@ -89,6 +89,8 @@
 
 mod broker;
 mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 mod node;
 mod reply;
 mod scripts;
