@@ -718,13 +718,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                     let boxed = request;
                     *boxed
                 };
-                // Bayeux (long-polling POSTs, callback-polling GETs) bounds handshakes per
-                // peer address; nothing else needs it.
-                if request.uri().path().starts_with(&*app.config.cometd_path)
-                    && let Ok(peer) = stream.peer_addr()
-                {
-                    request.extensions_mut().insert(Peer(peer.ip()));
-                }
+                mark_peer(&app, &stream, &mut request);
                 let handling = Box::pin(app::handle(&app, request));
                 let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await else {
                     return;
@@ -749,6 +743,17 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         }
     };
     Box::pin(serve_hyper(app, stream, head, slot)).await;
+}
+
+/// Bayeux (long-polling POSTs) bounds handshakes per peer address; nothing else on the lean
+/// path needs it. Out of line: inline, its temporaries sized every idle subscriber's task.
+#[inline(never)]
+fn mark_peer(app: &App, stream: &TcpStream, request: &mut Request<Full<Bytes>>) {
+    if request.uri().path().starts_with(&*app.config.cometd_path)
+        && let Ok(peer) = stream.peer_addr()
+    {
+        request.extensions_mut().insert(Peer(peer.ip()));
+    }
 }
 
 /// Hands the connection to hyper, with the head already read put back in front.
