@@ -235,8 +235,9 @@ async fn subscriber(kind: Kind, slow: bool, run: Arc<Run>, seed: u64) -> Result<
     let mut last_data: Option<String> = None;
     while !check.done() {
         // A Bayeux connection lives longer: over WebSocket its messages are acknowledged only
-        // by a connect reply (every hold timeout), so one always cut sooner would pile up
-        // unacknowledged messages until the server cuts the session off.
+        // by a connect reply (every hold timeout, or once half the unacknowledged budget is
+        // out), so one always cut sooner would pile up unacknowledged messages until the
+        // server cuts the session off.
         let max = if kind.is_bayeux() {
             MAX_LIFE * 4
         } else {
