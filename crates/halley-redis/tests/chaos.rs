@@ -554,7 +554,14 @@ fn tested() -> Vec<Kind> {
 /// dead, unknown to the server) loses nothing: once the new socket's connect began, the old
 /// socket's task takes nothing more from the session's queue, and what it took unacknowledged
 /// is resent on the new socket (found by this test: seed 8808696315723488189 missed one).
+/// The suite runs Bayeux WebSocket too (`tested`); this one is a longer run of it alone: with
+/// only one subscriber the default 2,000 messages are often all out before its first cut
+/// (the test then fails, having proved nothing), so it is run by hand with more, e.g.
+/// `HALLEY_CHAOS_MESSAGES=8000 cargo test -p halley-redis --test chaos -- --ignored` (27 s in
+/// debug). The regression test at unit size is `cometd.rs`
+/// `websocket_reconnect_on_a_new_socket_gets_everything_and_the_old_one_stops`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a longer run: HALLEY_CHAOS_MESSAGES=8000 (the suite covers Bayeux WebSocket)"]
 async fn bayeux_websocket_reconnect_loses_nothing() {
     let server = TestServer::with(|http, _| http.hold_timeout = Duration::from_millis(500)).await;
     let targets = Arc::new(Targets::new(vec![server.addr]));

@@ -13,6 +13,7 @@ use halley_proto::{Message, Pattern};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::MAX_DELIVERY_BATCH;
 use crate::access::{Identity, Principal};
 use crate::control::Closing;
 use crate::{Event, Subscription};
@@ -315,8 +316,9 @@ impl Session {
     /// with: what a preempted connection took is in the newer connect's resend, and once a
     /// newer connect began nothing more is taken (`preempted`). `ended` also when the
     /// session holds more unacknowledged messages than allowed (the batch is still sent).
-    /// Cancel-safe.
-    pub async fn deliver(&self, max: usize, connect: u64) -> Batch {
+    /// At most [`MAX_DELIVERY_BATCH`] messages (an argument less for the future every idle
+    /// WebSocket keeps). Cancel-safe.
+    pub async fn deliver(&self, connect: u64) -> Batch {
         let mut preempted = std::pin::pin!(self.preempt.notified());
         let closed = self.close_notify.notified();
         tokio::pin!(closed);
@@ -339,7 +341,7 @@ impl Session {
                         ..Batch::default()
                     };
                 }
-                let mut batch = drain(&mut sub, None, max);
+                let mut batch = drain(&mut sub, None, MAX_DELIVERY_BATCH);
                 if !batch.messages.is_empty() || batch.ended {
                     if self.ack_enabled {
                         let open = acks.open;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::bayeux::{
-    Browser, Caller, Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, ServiceError, Session,
+    Browser, Caller, Connect, ConnectGuard, Handled, ServiceError, Session,
 };
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
@@ -211,7 +211,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                     return Ending::Gone;
                 }
             }
-            batch = async move { delivering.unwrap().deliver(MAX_DELIVERY_BATCH, connected_here).await }, if delivering.is_some() => {
+            batch = async move { delivering.unwrap().deliver(connected_here).await }, if delivering.is_some() => {
                 let current = session.clone().unwrap();
                 let mut out = Output::default();
                 if batch.preempted {
