@@ -1084,3 +1084,130 @@ async fn shutdown_answers_held_connects() {
     let done = s.done.take().unwrap();
     within("run() returns after the drain", done).await.unwrap();
 }
+
+// ---- WebSocket with the ack extension ----
+
+/// Handshakes (ack extension on), makes the first connect and subscribes to `channel` over
+/// `ws`; returns the clientId and the first connect's acknowledged batch.
+async fn ws_ack_session(ws: &mut Ws, channel: &str) -> (String, Value) {
+    let mut handshake = handshake_message();
+    handshake["supportedConnectionTypes"] = json!(["websocket"]);
+    handshake["ext"] = json!({"ack": true});
+    send(ws, json!([handshake])).await;
+    let replies = frame(ws).await;
+    let hs = reply(&replies, "/meta/handshake", "h");
+    assert_successful(hs);
+    assert_eq!(hs["ext"]["ack"], true, "{hs}");
+    let client = hs["clientId"].as_str().unwrap().to_string();
+    send(ws, json!([ws_connect(&client, "first")])).await;
+    let first = frame(ws).await;
+    let first = reply(&first, "/meta/connect", "first");
+    assert_successful(first);
+    let ack = first["ext"]["ack"].clone();
+    assert!(ack.is_u64(), "{first}");
+    send(ws, json!([subscribe_message(&client, channel)])).await;
+    assert_successful(reply(&frame(ws).await, "/meta/subscribe", "s"));
+    (client, ack)
+}
+
+fn ws_ack_connect(client: &str, id: &str, ack: &Value) -> Value {
+    let mut connect = ws_connect(client, id);
+    connect["ext"] = json!({ "ack": ack });
+    connect
+}
+
+/// A client that comes back on a new socket with its clientId (the old socket never read
+/// again, as when it died unnoticed) gets every message on the new one: what the old socket
+/// was sent unacknowledged is resent, and the old socket takes nothing more from the session
+/// (its held connect is answered acknowledging nothing). Before, the old socket's task went
+/// on taking messages and writing them into the dead socket.
+#[tokio::test]
+async fn websocket_reconnect_on_a_new_socket_gets_everything_and_the_old_one_stops() {
+    let s = patient().await;
+    let mut old = s.ws("/cometd").await;
+    let (client, ack) = ws_ack_session(&mut old, "/ws/re").await;
+    send(&mut old, json!([ws_ack_connect(&client, "old", &ack)])).await;
+    ws_sync(&mut old, &client, "old-sync").await;
+    let first = s.publish("/ws/re", "0").await;
+    assert_eq!(deliveries(&frame(&mut old).await)[0]["id"], first);
+    // The old socket is not read again. The client comes back on a new one with the same
+    // clientId and its last acknowledged batch, which did not cover `first`.
+    let mut new = s.ws("/cometd").await;
+    send(&mut new, json!([ws_ack_connect(&client, "new", &ack)])).await;
+    // The connect's resend, in a frame of its own.
+    let resent = frame(&mut new).await;
+    assert_eq!(deliveries(&resent).len(), 1, "{resent:?}");
+    assert_eq!(resent[0]["id"], first);
+    ws_sync(&mut new, &client, "new-sync").await;
+    let mut published = Vec::new();
+    for i in 1..50 {
+        published.push(s.publish("/ws/re", &i.to_string()).await);
+    }
+    let mut received = Vec::new();
+    while received.len() < published.len() {
+        for m in frame(&mut new).await {
+            if m.get("successful").is_none() {
+                received.push(m["id"].clone());
+            }
+        }
+    }
+    assert_eq!(received, published, "every message once, in order");
+    // The old socket got its held connect answered, and nothing published after the new
+    // connect began.
+    let replies = frame(&mut old).await;
+    let answered = reply(&replies, "/meta/connect", "old");
+    assert_successful(answered);
+    assert!(answered["ext"].get("ack").is_none(), "{answered}");
+    assert!(deliveries(&replies).is_empty(), "{replies:?}");
+}
+
+/// With the ack extension, a WebSocket client that keeps up acknowledges as it goes: once
+/// half the unacknowledged budget (1,024) was sent within one held connect (25 s), that
+/// connect is answered so the client's next connect acknowledges them. Before, 3,000
+/// messages in one hold cut the session off (the client had to handshake again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_with_ack_receives_more_than_the_unacked_budget_within_one_hold() {
+    const MESSAGES: usize = 3_000;
+    let s = TestServer::with_bayeux(|http, _, bayeux| {
+        http.hold_timeout = Duration::from_secs(25);
+        bayeux.timeout = Duration::from_secs(25);
+    })
+    .await;
+    assert!(MESSAGES > 2 * halley_engine::bayeux::BayeuxConfig::default().max_unacked);
+    let mut ws = s.ws("/cometd").await;
+    let (client, mut ack) = ws_ack_session(&mut ws, "/ws/burst").await;
+    send(&mut ws, json!([ws_ack_connect(&client, "c0", &ack)])).await;
+    ws_sync(&mut ws, &client, "sync").await;
+    let publisher = async {
+        let mut ids = Vec::with_capacity(MESSAGES);
+        for i in 0..MESSAGES {
+            ids.push(s.publish("/ws/burst", &i.to_string()).await);
+        }
+        ids
+    };
+    let reader = async {
+        let mut received = Vec::with_capacity(MESSAGES);
+        let mut connects = 0;
+        while received.len() < MESSAGES {
+            for m in frame(&mut ws).await {
+                if m.get("successful").is_none() {
+                    received.push(m["id"].clone());
+                    continue;
+                }
+                assert_eq!(m["channel"], "/meta/connect", "{m}");
+                assert_successful(&m);
+                ack = m["ext"]["ack"].clone();
+                connects += 1;
+                send(
+                    &mut ws,
+                    json!([ws_ack_connect(&client, &format!("c{connects}"), &ack)]),
+                )
+                .await;
+            }
+        }
+        (received, connects)
+    };
+    let (published, (received, connects)) = tokio::join!(publisher, reader);
+    assert_eq!(received, published, "every message once, in order");
+    assert!(connects >= 2, "answered early: {connects} connects");
+}

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::control::Closing;
 use crate::{Engine, EngineError};
-pub use session::{Batch, Browser, ConnectGuard, Session};
+pub use session::{ACK_DUE_FRACTION, Batch, Browser, ConnectGuard, Session};
 use sources::Sources;
 pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 
@@ -836,6 +836,16 @@ impl Bayeux {
         if let Some(batch) = connect.session.close_batch() {
             reply.set_ext("ack", batch.into());
         }
+        timesync(&connect.request, &mut reply, connect.received_ms);
+        reply
+    }
+
+    /// The reply to a connect held on a connection that a newer connect of its session (on
+    /// another connection) took over: successful, and acknowledging nothing (no `ext.ack`),
+    /// since the messages of the open batch go out on the newer connection.
+    pub fn preempted_reply(&self, connect: &Connect) -> BayeuxMessage {
+        let mut reply = BayeuxMessage::reply_to(&connect.request, true);
+        reply.advice = Some(self.advice());
         timesync(&connect.request, &mut reply, connect.received_ms);
         reply
     }

@@ -13,6 +13,7 @@ use halley_proto::{Message, Pattern};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::MAX_DELIVERY_BATCH;
 use crate::access::{Identity, Principal};
 use crate::control::Closing;
 use crate::{Event, Subscription};
@@ -43,6 +44,13 @@ impl<'a> Browser<'a> {
     }
 }
 
+/// A connection that delivers while holding a connect (WebSocket) answers it once the
+/// unacknowledged messages reach 1/this of the session's budget (`max_unacked`), so that a
+/// client that keeps up acknowledges them with its next connect instead of reaching the budget
+/// within one hold (25 s) and being cut off. A client that does not acknowledge is still cut
+/// off at the budget.
+pub const ACK_DUE_FRACTION: usize = 2;
+
 /// What a wait for messages ended with.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -50,9 +58,16 @@ pub struct Batch {
     /// The session was cut off (queue or unacknowledged messages over budget) or closed (by
     /// the application too: [`Session::closing`] says why).
     pub ended: bool,
+    /// A newer connect (on another socket or request) took over delivery: nothing was taken
+    /// from the queue ([`Session::deliver`] only).
+    pub preempted: bool,
 }
 
 struct Acks {
+    /// Connects begun so far: the latest one's number says which connection delivers
+    /// ([`Session::deliver`]). Kept under this lock so that taking messages for a connection
+    /// and a newer connect's resend are ordered.
+    connects: u64,
     /// The batch that messages sent now belong to; a connect reply closes it.
     open: u64,
     /// Sent but not yet acknowledged, oldest first, with their batch.
@@ -114,6 +129,7 @@ impl Session {
             unacked_limit,
             sub: tokio::sync::Mutex::new(sub),
             acks: Mutex::new(Acks {
+                connects: 0,
                 open: 1,
                 unacked: VecDeque::new(),
             }),
@@ -214,11 +230,19 @@ impl Session {
     /// Starts a connect: answers any connect still held, applies the client's ack (dropping what
     /// it confirmed) and returns the unacknowledged messages to send again. `fresh` means a new
     /// request or connection, over which nothing of the current batch has been sent yet.
+    /// The guard's `connect` numbers it among the session's connects, for [`Session::deliver`].
     pub fn begin_connect(self: &Arc<Self>, ack: Option<u64>, fresh: bool) -> ConnectGuard {
-        self.preempt.notify_waiters();
         self.held.fetch_add(1, Ordering::AcqRel);
         self.touch();
         let mut resend = Vec::new();
+        let connect;
+        {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            acks.connects += 1;
+            connect = acks.connects;
+        }
+        // After the number moved on: a delivery waiting for an older connect wakes and sees it.
+        self.preempt.notify_waiters();
         if self.ack_enabled {
             let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(confirmed) = ack {
@@ -237,6 +261,7 @@ impl Session {
         ConnectGuard {
             session: self.clone(),
             resend,
+            connect,
         }
     }
 
@@ -283,6 +308,76 @@ impl Session {
                 _ = waiter.wait() => {}
             }
         }
+    }
+
+    /// A persistent connection's delivery (WebSocket): waits for messages (or the session's
+    /// end) while `connect` is the session's latest connect, takes them and records them as
+    /// sent ([`Session::record_sent`]) in one step that a newer connect's resend is ordered
+    /// with: what a preempted connection took is in the newer connect's resend, and once a
+    /// newer connect began nothing more is taken (`preempted`). `ended` also when the
+    /// session holds more unacknowledged messages than allowed (the batch is still sent).
+    /// At most [`MAX_DELIVERY_BATCH`] messages (an argument less for the future every idle
+    /// WebSocket keeps). Cancel-safe.
+    pub async fn deliver(&self, connect: u64) -> Batch {
+        let mut preempted = std::pin::pin!(self.preempt.notified());
+        let closed = self.close_notify.notified();
+        tokio::pin!(closed);
+        loop {
+            if self.is_closed() {
+                return Batch {
+                    ended: true,
+                    ..Batch::default()
+                };
+            }
+            let waiter = {
+                let mut sub = tokio::select! {
+                    sub = self.sub.lock() => sub,
+                    _ = &mut closed => continue,
+                };
+                let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+                if acks.connects != connect {
+                    return Batch {
+                        preempted: true,
+                        ..Batch::default()
+                    };
+                }
+                let mut batch = drain(&mut sub, None, MAX_DELIVERY_BATCH);
+                if !batch.messages.is_empty() || batch.ended {
+                    if self.ack_enabled {
+                        let open = acks.open;
+                        acks.unacked
+                            .extend(batch.messages.iter().map(|m| (open, m.clone())));
+                        batch.ended |= acks.unacked.len() > self.unacked_limit;
+                    }
+                    return batch;
+                }
+                drop(acks);
+                sub.waiter()
+            };
+            tokio::select! {
+                biased;
+                _ = &mut preempted => {
+                    // Checked again under the lock above; a later preemption wakes a new one.
+                    preempted.set(self.preempt.notified());
+                }
+                _ = &mut closed => {}
+                _ = waiter.wait() => {}
+            }
+        }
+    }
+
+    /// Whether the unacknowledged messages reached [`ACK_DUE_FRACTION`] of the budget: a
+    /// connection that holds a connect while delivering answers it now, so that the client's
+    /// next connect acknowledges them before the budget cuts the session off.
+    pub fn ack_due(&self) -> bool {
+        self.ack_enabled
+            && self
+                .acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unacked
+                .len()
+                >= (self.unacked_limit / ACK_DUE_FRACTION).max(1)
     }
 
     /// Records messages as sent in the open batch (ack extension); false when the session
@@ -345,6 +440,8 @@ pub struct ConnectGuard {
     session: Arc<Session>,
     /// Unacknowledged messages to send again before anything new.
     pub resend: Vec<Arc<Message>>,
+    /// This connect's number among the session's connects (for [`Session::deliver`]).
+    pub connect: u64,
 }
 
 impl Drop for ConnectGuard {

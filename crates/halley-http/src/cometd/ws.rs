@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::bayeux::{
-    Browser, Caller, Connect, ConnectGuard, Handled, MAX_DELIVERY_BATCH, ServiceError, Session,
+    Browser, Caller, Connect, ConnectGuard, Handled, ServiceError, Session,
 };
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
@@ -99,13 +99,15 @@ struct Held {
 async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgraded>) -> Ending {
     let mut session: Option<Arc<Session>> = None;
     let mut held: Option<Held> = None;
-    // Whether a connect was already seen on this socket: the first one after a reconnect
-    // resends every unacknowledged message, later ones only closed-but-unacked batches.
-    let mut connected_here = false;
+    // The number of the latest connect seen on this socket (0: none yet, or a newer connect
+    // on another connection took the session over). While it is the session's latest, this
+    // socket delivers; the first one after a reconnect resends every unacknowledged message,
+    // later ones only closed-but-unacked batches.
+    let mut connected_here = 0u64;
     // Boxed and made on the first call: a socket that never calls pays one word.
     let mut calls: Option<Box<Calls>> = None;
     loop {
-        let delivering = session.clone().filter(|_| connected_here);
+        let delivering = session.clone().filter(|_| connected_here != 0);
         let deadline = held.as_ref().map(|h| h.deadline);
         tokio::select! {
             biased;
@@ -176,11 +178,13 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                             if let Some(earlier) = held.take() {
                                 out.reply(&app.bayeux.connect_reply(&earlier.connect, false));
                             }
-                            let guard = connect.session.begin_connect(connect.ack, !connected_here);
+                            let guard = connect
+                                .session
+                                .begin_connect(connect.ack, connected_here == 0);
                             for m in &guard.resend {
                                 out.data(m);
                             }
-                            connected_here = true;
+                            connected_here = guard.connect;
                             session = Some(connect.session.clone());
                             // A session's first connect is answered at once.
                             if connect.timeout.is_zero() {
@@ -207,14 +211,27 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                     return Ending::Gone;
                 }
             }
-            batch = async { delivering.unwrap().next_batch(MAX_DELIVERY_BATCH).await }, if delivering.is_some() => {
+            batch = async move { delivering.unwrap().deliver(connected_here).await }, if delivering.is_some() => {
                 let current = session.clone().unwrap();
                 let mut out = Output::default();
+                if batch.preempted {
+                    // The client connected on another socket (this one is likely dead): that
+                    // one delivers now, and resends what this one sent unacknowledged. A
+                    // connect held here is answered acknowledging nothing.
+                    session = None;
+                    connected_here = 0;
+                    if let Some(h) = held.take() {
+                        out.reply(&app.bayeux.preempted_reply(&h.connect));
+                        if !send(app, tx.send(text(out))).await {
+                            return Ending::Gone;
+                        }
+                    }
+                    continue;
+                }
                 for m in &batch.messages {
                     out.data(m);
                 }
-                let within_budget = current.record_sent(&batch.messages);
-                if batch.ended || !within_budget || current.is_closed() {
+                if batch.ended || current.is_closed() {
                     if let Some(h) = held.take() {
                         out.reply(&app.bayeux.connect_reply(&h.connect, true));
                     } else if current.closing().is_some() {
@@ -226,8 +243,16 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                         return Ending::Gone;
                     }
                     session = None;
-                    connected_here = false;
+                    connected_here = 0;
                     continue;
+                }
+                // Half the unacknowledged budget sent within one hold: the held connect is
+                // answered now, so that the client's next connect acknowledges them.
+                if held.is_some()
+                    && current.ack_due()
+                    && let Some(h) = held.take()
+                {
+                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
                 }
                 if !out.is_empty() && !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
