@@ -1407,6 +1407,49 @@ async fn acknowledging_one_batch_keeps_the_later_ones() {
     assert_eq!(d3.data(), [json!(2)]);
 }
 
+/// A polling connect that a newer one took over is answered acknowledging nothing: the batch
+/// the newer connect delivers in stays open until that connect's own reply, so a client whose
+/// newer reply is lost gets those messages again instead of having them acknowledged by a
+/// reply that carried none of them.
+#[tokio::test(start_paused = true)]
+async fn a_preempted_polling_connect_closes_no_ack_batch() {
+    let s = Server::new();
+    let client = s.handshake_ack().await;
+    s.subscribe(&client, json!("/p")).await;
+    let b0 = s.poll(&client, Some(-1)).await.reply["ext"]["ack"]
+        .as_i64()
+        .unwrap();
+    let held = s
+        .start_hold(
+            s.connect_ok(connect_json(&client, "held", None, Some(b0)))
+                .await,
+        )
+        .await;
+    assert!(!held.is_finished());
+    let newer = s
+        .start_hold(
+            s.connect_ok(connect_json(&client, "newer", None, Some(b0)))
+                .await,
+        )
+        .await;
+    let preempted = finished("preempted connect", held).await;
+    assert_fields(
+        &preempted.reply,
+        &json!({"id": "held", "successful": true, "ext": null}),
+        "preempted",
+    );
+    s.publish("/p", json!("m")).await;
+    let delivery = finished("newer connect", newer).await;
+    assert_eq!(delivery.data(), [json!("m")]);
+    assert_eq!(
+        delivery.reply["ext"]["ack"].as_i64(),
+        Some(b0 + 1),
+        "the preempted reply closed no batch"
+    );
+    // The newer reply was lost: the client acknowledges what it last saw, and gets m again.
+    assert_eq!(s.poll(&client, Some(b0)).await.data(), [json!("m")]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn too_many_unacknowledged_messages_cut_the_session_off() {
     let s = Server::with(

@@ -38,11 +38,6 @@ pub struct HttpConfig {
     pub retry: Duration,
     /// Where Bayeux is served (long-polling POST, callback-polling GET, WebSocket upgrade).
     pub cometd_path: String,
-    /// After the first held `/meta/connect` of a browser (identified by the `BAYEUX_BROWSER`
-    /// cookie), further connects from the same browser are answered at once with
-    /// `multiple-clients` advice and this interval, so that tabs do not exhaust the browser's
-    /// per-host connection limit.
-    pub multiple_clients_interval: Duration,
     /// Serve halley.js and the talk chat from this directory (`clients/js`) instead of the
     /// copies built into the binary: for editing them without rebuilding.
     pub assets_dir: Option<std::path::PathBuf>,
@@ -71,7 +66,6 @@ impl Default for HttpConfig {
             drain_timeout: Duration::from_secs(5),
             retry: Duration::from_secs(2),
             cometd_path: "/cometd".into(),
-            multiple_clients_interval: Duration::from_secs(2),
             assets_dir: None,
             webhooks: None,
             rpc: None,

@@ -205,7 +205,6 @@ impl Server {
         let app = Arc::new(App {
             engine,
             bayeux,
-            browsers: std::sync::Mutex::default(),
             origins: Origins::new(&config.allowed_origins),
             config,
             metrics: parts.metrics,

@@ -21,9 +21,6 @@ use crate::query::Query;
 pub struct App {
     pub engine: Engine,
     pub bayeux: halley_engine::bayeux::Bayeux,
-    /// Per browser (`BAYEUX_BROWSER` cookie): the session holding connects and how many, for
-    /// `multiple-clients` advice.
-    pub browsers: std::sync::Mutex<std::collections::HashMap<String, (String, usize)>>,
     pub config: HttpConfig,
     pub origins: Origins,
     pub metrics: Arc<Metrics>,

@@ -703,7 +703,6 @@ impl ServeArgs {
             write_stall_timeout: self.write_stall_timeout.map_or(h.write_stall_timeout, secs),
             retry: h.retry,
             cometd_path: self.cometd_path.unwrap_or(h.cometd_path),
-            multiple_clients_interval: h.multiple_clients_interval,
             assets_dir: self.assets,
             webhooks,
             rpc,

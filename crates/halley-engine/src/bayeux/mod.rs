@@ -7,6 +7,7 @@
 //! handed to the [`Services`] hook and never broadcast; a call it makes is answered to its
 //! caller alone ([`Handled::Call`]).
 
+mod link;
 mod session;
 mod sources;
 
@@ -23,6 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::control::Closing;
 use crate::{Engine, EngineError};
+pub use link::{Link, Outbox, Wake};
 pub use session::{ACK_DUE_FRACTION, Batch, Browser, ConnectGuard, Session};
 use sources::Sources;
 pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
@@ -70,6 +72,9 @@ pub struct BayeuxConfig {
     /// Unacknowledged messages kept per session for the ack extension. A client further
     /// behind is cut off and must handshake again.
     pub max_unacked: usize,
+    /// `advice.interval` for a browser's second session polling over HTTP (another tab): its
+    /// connects are answered at once with `advice.multiple-clients` (see [`Bayeux::poll`]).
+    pub multiple_clients_interval: Duration,
 }
 
 impl Default for BayeuxConfig {
@@ -81,6 +86,7 @@ impl Default for BayeuxConfig {
             max_sessions: 100_000,
             handshake_rate: 100,
             max_unacked: 1024,
+            multiple_clients_interval: Duration::from_secs(2),
         }
     }
 }
@@ -294,6 +300,9 @@ pub struct Connect {
     /// The client's acknowledged batch (ack extension).
     pub ack: Option<u64>,
     received_ms: u64,
+    /// Another session of the same browser holds connects: this one is answered at once with
+    /// `advice.multiple-clients` ([`Bayeux::poll`]).
+    multiple_clients: bool,
 }
 
 struct Shared {
@@ -302,6 +311,9 @@ struct Shared {
     authorizer: Arc<dyn Authorizer>,
     services: Arc<dyn Services>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Per browser secret: the session holding connects over HTTP, and how many it holds
+    /// ([`Bayeux::poll`]). An entry lives only while a connect is held.
+    browsers: Mutex<HashMap<String, (String, usize)>>,
     /// Recent handshakes per source. Locked alone, briefly, before the session table.
     sources: Mutex<Sources>,
 }
@@ -339,6 +351,7 @@ impl Bayeux {
                 authorizer,
                 services,
                 sessions: Mutex::default(),
+                browsers: Mutex::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -358,6 +371,13 @@ impl Bayeux {
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.shared
             .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn browsers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, usize)>> {
+        self.shared
+            .browsers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -585,6 +605,7 @@ impl Bayeux {
             timeout,
             ack,
             received_ms,
+            multiple_clients: false,
         })
     }
 
@@ -832,7 +853,15 @@ impl Bayeux {
             return self.unknown_client(&connect.request);
         }
         let mut reply = BayeuxMessage::reply_to(&connect.request, true);
-        reply.advice = Some(self.advice());
+        let mut advice = self.advice();
+        if connect.multiple_clients {
+            advice.insert("multiple-clients".into(), Value::Bool(true));
+            advice.insert(
+                "interval".into(),
+                (self.shared.config.multiple_clients_interval.as_millis() as u64).into(),
+            );
+        }
+        reply.advice = Some(advice);
         if let Some(batch) = connect.session.close_batch() {
             reply.set_ext("ack", batch.into());
         }
@@ -848,33 +877,6 @@ impl Bayeux {
         reply.advice = Some(self.advice());
         timesync(&connect.request, &mut reply, connect.received_ms);
         reply
-    }
-
-    /// Long-polling and callback-polling: holds the connect until a message, preemption, the
-    /// timeout or `shutdown`, and returns the messages and the connect reply.
-    pub async fn hold(
-        &self,
-        connect: Connect,
-        hold: bool,
-        shutdown: impl Future<Output = ()>,
-    ) -> (Vec<Arc<halley_proto::Message>>, BayeuxMessage) {
-        let session = connect.session.clone();
-        let guard = session.begin_connect(connect.ack, true);
-        let mut messages = guard.resend.clone();
-        let mut batch = session.try_batch(MAX_DELIVERY_BATCH);
-        let hold = hold && !connect.timeout.is_zero();
-        if messages.is_empty() && batch.messages.is_empty() && !batch.ended && hold {
-            batch = tokio::select! {
-                b = session.next_batch(MAX_DELIVERY_BATCH) => b,
-                _ = tokio::time::sleep(connect.timeout) => Batch::default(),
-                _ = shutdown => Batch::default(),
-            };
-        }
-        messages.extend(batch.messages);
-        let within_budget = session.record_sent(&messages[guard.resend.len()..]);
-        let reply = self.connect_reply(&connect, batch.ended || !within_budget);
-        drop(guard);
-        (messages, reply)
     }
 
     /// Drops a session (used when its WebSocket closes with the client gone for good is not

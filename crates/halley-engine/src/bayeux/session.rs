@@ -59,7 +59,7 @@ pub struct Batch {
     /// the application too: [`Session::closing`] says why).
     pub ended: bool,
     /// A newer connect (on another socket or request) took over delivery: nothing was taken
-    /// from the queue ([`Session::deliver`] only).
+    /// from the queue.
     pub preempted: bool,
 }
 
@@ -265,59 +265,24 @@ impl Session {
         }
     }
 
-    /// Messages available now, without waiting.
-    pub fn try_batch(&self, max: usize) -> Batch {
+    /// What the connection of connect number `connect` may deliver now, without waiting (see
+    /// [`Session::deliver`]); an empty batch when the subscription is busy (a subscribe on
+    /// another request) or holds nothing.
+    pub fn deliver_now(&self, connect: u64) -> Batch {
         match self.sub.try_lock() {
-            Ok(mut sub) => drain(&mut sub, None, max),
+            Ok(mut sub) => self.take(&mut sub, connect).unwrap_or_default(),
             Err(_) => Batch::default(),
         }
     }
 
-    /// Waits for at least one message (or preemption, or the session's end) and returns what is
-    /// queued, up to `max`. Cancel-safe. The subscription is locked only to take messages, never
-    /// while waiting, so that a subscribe on another request is not held up by this one.
-    pub async fn next_batch(&self, max: usize) -> Batch {
-        let preempted = self.preempt.notified();
-        let closed = self.close_notify.notified();
-        tokio::pin!(preempted, closed);
-        loop {
-            if self.is_closed() {
-                return Batch {
-                    ended: true,
-                    ..Batch::default()
-                };
-            }
-            let waiter = {
-                let mut sub = tokio::select! {
-                    sub = self.sub.lock() => sub,
-                    _ = &mut preempted => return Batch::default(),
-                };
-                let batch = drain(&mut sub, None, max);
-                if !batch.messages.is_empty() || batch.ended {
-                    return batch;
-                }
-                sub.waiter()
-            };
-            // Preemption first: a preempted connect must not wait on the subscriber again, as
-            // that would take the wake-up from the connect that replaced it (the subscriber
-            // wakes one waiter, the latest).
-            tokio::select! {
-                biased;
-                _ = &mut preempted => return Batch::default(),
-                _ = &mut closed => return Batch { ended: true, ..Batch::default() },
-                _ = waiter.wait() => {}
-            }
-        }
-    }
-
-    /// A persistent connection's delivery (WebSocket): waits for messages (or the session's
-    /// end) while `connect` is the session's latest connect, takes them and records them as
-    /// sent ([`Session::record_sent`]) in one step that a newer connect's resend is ordered
-    /// with: what a preempted connection took is in the newer connect's resend, and once a
-    /// newer connect began nothing more is taken (`preempted`). `ended` also when the
-    /// session holds more unacknowledged messages than allowed (the batch is still sent).
-    /// At most [`MAX_DELIVERY_BATCH`] messages (an argument less for the future every idle
-    /// WebSocket keeps). Cancel-safe.
+    /// The delivery of the connection whose connect is number `connect` (a WebSocket, or one
+    /// held long-polling request): waits for messages (or the session's end) while `connect`
+    /// is the session's latest connect, takes them and records them as sent for the ack
+    /// extension in one step that a newer connect's resend is ordered with: what a preempted
+    /// connection took is in the newer connect's resend, and once a newer connect began nothing
+    /// more is taken (`preempted`). `ended` also when the session holds more unacknowledged
+    /// messages than allowed (the batch is still sent). At most [`MAX_DELIVERY_BATCH`]
+    /// messages. Cancel-safe.
     pub async fn deliver(&self, connect: u64) -> Batch {
         let mut preempted = std::pin::pin!(self.preempt.notified());
         let closed = self.close_notify.notified();
@@ -334,26 +299,14 @@ impl Session {
                     sub = self.sub.lock() => sub,
                     _ = &mut closed => continue,
                 };
-                let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-                if acks.connects != connect {
-                    return Batch {
-                        preempted: true,
-                        ..Batch::default()
-                    };
-                }
-                let mut batch = drain(&mut sub, None, MAX_DELIVERY_BATCH);
-                if !batch.messages.is_empty() || batch.ended {
-                    if self.ack_enabled {
-                        let open = acks.open;
-                        acks.unacked
-                            .extend(batch.messages.iter().map(|m| (open, m.clone())));
-                        batch.ended |= acks.unacked.len() > self.unacked_limit;
-                    }
+                if let Some(batch) = self.take(&mut sub, connect) {
                     return batch;
                 }
-                drop(acks);
                 sub.waiter()
             };
+            // Preemption first: a preempted connection must not wait on the subscriber again,
+            // as that would take the wake-up from the connect that replaced it (the subscriber
+            // wakes one waiter, the latest).
             tokio::select! {
                 biased;
                 _ = &mut preempted => {
@@ -364,6 +317,29 @@ impl Session {
                 _ = waiter.wait() => {}
             }
         }
+    }
+
+    /// Under the subscription's lock: `preempted` when `connect` is no longer the latest, else
+    /// what is queued, recorded as sent in the open batch; `None` when there is nothing.
+    fn take(&self, sub: &mut Subscription, connect: u64) -> Option<Batch> {
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        if acks.connects != connect {
+            return Some(Batch {
+                preempted: true,
+                ..Batch::default()
+            });
+        }
+        let mut batch = drain(sub);
+        if batch.messages.is_empty() && !batch.ended {
+            return None;
+        }
+        if self.ack_enabled {
+            let open = acks.open;
+            acks.unacked
+                .extend(batch.messages.iter().map(|m| (open, m.clone())));
+            batch.ended |= acks.unacked.len() > self.unacked_limit;
+        }
+        Some(batch)
     }
 
     /// Whether the unacknowledged messages reached [`ACK_DUE_FRACTION`] of the budget: a
@@ -380,19 +356,6 @@ impl Session {
                 >= (self.unacked_limit / ACK_DUE_FRACTION).max(1)
     }
 
-    /// Records messages as sent in the open batch (ack extension); false when the session
-    /// holds more unacknowledged messages than allowed and must be cut off.
-    pub fn record_sent(&self, messages: &[Arc<Message>]) -> bool {
-        if !self.ack_enabled || messages.is_empty() {
-            return true;
-        }
-        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-        let open = acks.open;
-        acks.unacked
-            .extend(messages.iter().map(|m| (open, m.clone())));
-        acks.unacked.len() <= self.unacked_limit
-    }
-
     /// Closes the open batch for a connect reply; its number goes in the reply's `ext.ack`.
     pub fn close_batch(&self) -> Option<u64> {
         if !self.ack_enabled {
@@ -405,9 +368,10 @@ impl Session {
     }
 }
 
-fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
+/// What is queued, up to [`MAX_DELIVERY_BATCH`] messages, or up to the subscription's end.
+fn drain(sub: &mut Subscription) -> Batch {
     let mut batch = Batch::default();
-    let mut event = first.or_else(|| sub.try_next());
+    let mut event = sub.try_next();
     while let Some(e) = event {
         match e {
             Event::Message(m) => batch.messages.push(m),
@@ -425,7 +389,7 @@ fn drain(sub: &mut Subscription, first: Option<Event>, max: usize) -> Batch {
             // message for that, the client just stops receiving it.
             Event::Unsubscribed(_) => {}
         }
-        if batch.messages.len() >= max {
+        if batch.messages.len() >= MAX_DELIVERY_BATCH {
             break;
         }
         event = sub.try_next();

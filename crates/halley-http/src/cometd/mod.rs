@@ -7,12 +7,11 @@ mod ws;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use halley_engine::bayeux::{Browser, Caller, Connect, Handled};
+use halley_engine::bayeux::{Browser, Caller, Connect, Handled, Outbox};
 use halley_proto::Message;
 use halley_proto::bayeux::{BayeuxMessage, parse_batch};
 use hyper::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::{Method, Request, Response};
-use serde_json::Value;
 
 use crate::app::Handling;
 use crate::body::{Body, RequestBody, full};
@@ -170,29 +169,29 @@ async fn process(
     let new_browser = offered.filter(|_| handshaken);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);
-        let slot = browser
-            .as_deref()
-            .and_then(|b| BrowserSlot::take(app, b, connect.session.id()));
-        let exclusive = browser.is_none() || slot.is_some();
-        let (messages, mut reply) = app
-            .bayeux
-            .hold(connect, exclusive, app.shutdown.cancelled())
+        app.bayeux
+            .poll(
+                connect,
+                browser.as_deref(),
+                app.shutdown.cancelled(),
+                &mut out,
+            )
             .await;
-        drop(slot);
-        if !exclusive && reply.successful == Some(true) {
-            let advice = reply.advice.get_or_insert_with(Default::default);
-            advice.insert("multiple-clients".into(), Value::Bool(true));
-            advice.insert(
-                "interval".into(),
-                (app.config.multiple_clients_interval.as_millis() as u64).into(),
-            );
-        }
-        for m in &messages {
-            out.data(m);
-        }
-        out.reply(&reply);
     }
     (out.finish(), new_browser)
+}
+
+impl Outbox for Output {
+    /// A delivered message is `{"channel","id","data"}`, which is already a valid Bayeux data
+    /// message, so the cached encoding is reused as is.
+    fn data(&mut self, message: &Arc<Message>) {
+        self.sep();
+        self.buf.put_slice(message.json_object());
+    }
+
+    fn reply(&mut self, reply: &BayeuxMessage) {
+        Output::reply(self, reply);
+    }
 }
 
 /// A JSON array being written.
@@ -210,13 +209,6 @@ impl Output {
     fn reply(&mut self, reply: &BayeuxMessage) {
         self.sep();
         self.buf.put_slice(reply.to_json().as_bytes());
-    }
-
-    /// A delivered message is `{"channel","id","data"}`, which is already a valid Bayeux data
-    /// message, so the cached encoding is reused as is.
-    fn data(&mut self, message: &Message) {
-        self.sep();
-        self.buf.put_slice(message.json_object());
     }
 
     fn is_empty(&self) -> bool {
@@ -256,42 +248,5 @@ fn set_browser_cookie(headers: &mut HeaderMap, id: Option<String>) {
         .ok()
     }) {
         headers.insert(SET_COOKIE, value);
-    }
-}
-
-/// The one session per browser allowed to hold a connect; released on drop. A session may
-/// hold it again (its newer connect preempts its own older one); another session of the same
-/// browser is refused, which is what `multiple-clients` advice is for.
-struct BrowserSlot<'a> {
-    app: &'a App,
-    browser: String,
-}
-
-impl<'a> BrowserSlot<'a> {
-    fn take(app: &'a App, browser: &str, session: &str) -> Option<BrowserSlot<'a>> {
-        let mut browsers = app.browsers.lock().unwrap_or_else(|e| e.into_inner());
-        let (holder, holds) = browsers
-            .entry(browser.to_string())
-            .or_insert_with(|| (session.to_string(), 0));
-        if holder != session {
-            return None;
-        }
-        *holds += 1;
-        Some(BrowserSlot {
-            app,
-            browser: browser.to_string(),
-        })
-    }
-}
-
-impl Drop for BrowserSlot<'_> {
-    fn drop(&mut self) {
-        let mut browsers = self.app.browsers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, holds)) = browsers.get_mut(&self.browser) {
-            *holds -= 1;
-            if *holds == 0 {
-                browsers.remove(&self.browser);
-            }
-        }
     }
 }

@@ -9,13 +9,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use halley_engine::bayeux::{
-    Browser, Caller, Connect, ConnectGuard, Handled, ServiceError, Session,
-};
+use halley_engine::bayeux::{Browser, Caller, Handled, Link, ServiceError};
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
@@ -89,35 +86,20 @@ impl Upgraded {
     }
 }
 
-/// A connect held on this socket; its guard keeps the session from expiring meanwhile.
-struct Held {
-    connect: Connect,
-    deadline: Instant,
-    _guard: ConnectGuard,
-}
-
 async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgraded>) -> Ending {
-    let mut session: Option<Arc<Session>> = None;
-    let mut held: Option<Held> = None;
-    // The number of the latest connect seen on this socket (0: none yet, or a newer connect
-    // on another connection took the session over). While it is the session's latest, this
-    // socket delivers; the first one after a reconnect resends every unacknowledged message,
-    // later ones only closed-but-unacked batches.
-    let mut connected_here = 0u64;
+    // The socket's part in its session's delivery: the connect it holds, the messages it
+    // delivers (the engine's one connect loop, driven here as over long-polling).
+    let mut link = Link::persistent();
     // Boxed and made on the first call: a socket that never calls pays one word.
     let mut calls: Option<Box<Calls>> = None;
     loop {
-        let delivering = session.clone().filter(|_| connected_here != 0);
-        let deadline = held.as_ref().map(|h| h.deadline);
         tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => {
-                if let Some(h) = held.take() {
-                    let mut out = Output::default();
-                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    if !send(app, tx.send(text(out))).await {
-                        return Ending::Gone;
-                    }
+                let mut out = Output::default();
+                link.release(&app.bayeux, false, &mut out);
+                if !out.is_empty() && !send(app, tx.send(text(out))).await {
+                    return Ending::Gone;
                 }
                 let away = Frame::Close(Some(CloseFrame {
                     code: CloseCode::Away,
@@ -174,35 +156,11 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                                 calls.push(Box::pin(async move { Box::new(call.reply().await) }));
                             }
                         }
-                        Handled::Connect(connect) => {
-                            if let Some(earlier) = held.take() {
-                                out.reply(&app.bayeux.connect_reply(&earlier.connect, false));
-                            }
-                            let guard = connect
-                                .session
-                                .begin_connect(connect.ack, connected_here == 0);
-                            for m in &guard.resend {
-                                out.data(m);
-                            }
-                            connected_here = guard.connect;
-                            session = Some(connect.session.clone());
-                            // A session's first connect is answered at once.
-                            if connect.timeout.is_zero() {
-                                out.reply(&app.bayeux.connect_reply(&connect, false));
-                                continue;
-                            }
-                            held = Some(Held {
-                                deadline: Instant::now() + connect.timeout,
-                                connect,
-                                _guard: guard,
-                            });
-                        }
+                        Handled::Connect(connect) => link.connect(&app.bayeux, connect, &mut out),
                     }
                 }
                 if disconnected {
-                    if let Some(h) = held.take() {
-                        out.reply(&app.bayeux.connect_reply(&h.connect, true));
-                    }
+                    link.release(&app.bayeux, true, &mut out);
                     let sent = send(app, tx.send(text(out))).await
                         && send(app, tx.send(Frame::Close(None))).await;
                     return closed(sent);
@@ -211,49 +169,9 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                     return Ending::Gone;
                 }
             }
-            batch = async move { delivering.unwrap().deliver(connected_here).await }, if delivering.is_some() => {
-                let current = session.clone().unwrap();
+            wake = link.wait() => {
                 let mut out = Output::default();
-                if batch.preempted {
-                    // The client connected on another socket (this one is likely dead): that
-                    // one delivers now, and resends what this one sent unacknowledged. A
-                    // connect held here is answered acknowledging nothing.
-                    session = None;
-                    connected_here = 0;
-                    if let Some(h) = held.take() {
-                        out.reply(&app.bayeux.preempted_reply(&h.connect));
-                        if !send(app, tx.send(text(out))).await {
-                            return Ending::Gone;
-                        }
-                    }
-                    continue;
-                }
-                for m in &batch.messages {
-                    out.data(m);
-                }
-                if batch.ended || current.is_closed() {
-                    if let Some(h) = held.take() {
-                        out.reply(&app.bayeux.connect_reply(&h.connect, true));
-                    } else if current.closing().is_some() {
-                        // Ended by the application between connects: the next connect on this
-                        // socket learns it (its session is gone: handshake again).
-                        app.bayeux.forget(current.id());
-                    }
-                    if !send(app, tx.send(text(out))).await {
-                        return Ending::Gone;
-                    }
-                    session = None;
-                    connected_here = 0;
-                    continue;
-                }
-                // Half the unacknowledged budget sent within one hold: the held connect is
-                // answered now, so that the client's next connect acknowledges them.
-                if held.is_some()
-                    && current.ack_due()
-                    && let Some(h) = held.take()
-                {
-                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                }
+                link.wake(&app.bayeux, wake, &mut out);
                 if !out.is_empty() && !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
                 }
@@ -267,15 +185,6 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgrad
                 out.reply(&reply);
                 if !send(app, tx.send(text(out))).await {
                     return Ending::Gone;
-                }
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                if let Some(h) = held.take() {
-                    let mut out = Output::default();
-                    out.reply(&app.bayeux.connect_reply(&h.connect, false));
-                    if !send(app, tx.send(text(out))).await {
-                        return Ending::Gone;
-                    }
                 }
             }
         }

@@ -1,0 +1,337 @@
+//! The one connect loop every Bayeux transport drives: a [`Link`] is a connection's (or one
+//! request's) part in a session's delivery — the `/meta/connect` it holds, the messages it
+//! delivers while its connect is the session's latest, and when that connect is answered.
+//!
+//! - Long-polling and callback-polling run one link per request ([`Bayeux::poll`]): the connect
+//!   is answered with the first messages there are (or the unacknowledged ones to send again),
+//!   at its timeout, when a newer connect takes over, or at shutdown.
+//! - A WebSocket keeps one link for the socket: messages go out as they come, while the held
+//!   connect is answered at its timeout, when the next connect arrives, when half the
+//!   unacknowledged budget went out within it, or when the session ends.
+//!
+//! Messages are taken from the session and recorded as sent (ack extension) in one step that a
+//! newer connect's resend is ordered with ([`Session::deliver`]), so what a preempted
+//! connection took is sent again by the newer one, and a preempted connect's reply closes no
+//! batch ([`Bayeux::preempted_reply`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use halley_proto::Message;
+use halley_proto::bayeux::BayeuxMessage;
+use tokio::time::Instant;
+
+use super::{Batch, Bayeux, Connect, ConnectGuard, Session};
+
+/// Where a link writes: the transport's batch being built (a JSON array).
+pub trait Outbox {
+    /// A delivered message.
+    fn data(&mut self, message: &Arc<Message>);
+    /// A reply (to a connect, here).
+    fn reply(&mut self, reply: &BayeuxMessage);
+}
+
+/// What a [`Link`] waited for ([`Link::wait`]); hand it to [`Link::wake`].
+pub enum Wake {
+    Delivered(Batch),
+    /// The held connect's timeout passed.
+    Deadline,
+}
+
+/// A connect held on a link; its guard keeps the session from expiring meanwhile.
+struct Held {
+    connect: Connect,
+    deadline: Instant,
+    _guard: ConnectGuard,
+}
+
+/// A connection's part in Bayeux delivery (see the module).
+pub struct Link {
+    /// Delivers between connects (a WebSocket), rather than answering its connect with the
+    /// first messages (a polling request).
+    persistent: bool,
+    /// The session this link delivers for, while `connect` is its latest connect.
+    session: Option<Arc<Session>>,
+    /// The number of the latest connect on this link (0: none yet, or a newer connect on
+    /// another connection took the session over). The first one of a persistent link, and every
+    /// polling one, sends every unacknowledged message again; later ones of a persistent link
+    /// only the closed-but-unacknowledged batches.
+    connect: u64,
+    held: Option<Held>,
+}
+
+impl Link {
+    /// A WebSocket's link.
+    pub fn persistent() -> Link {
+        Link {
+            persistent: true,
+            session: None,
+            connect: 0,
+            held: None,
+        }
+    }
+
+    fn polling() -> Link {
+        Link {
+            persistent: false,
+            ..Link::persistent()
+        }
+    }
+
+    /// A connect is held: its reply is still to come.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// A `/meta/connect` arrived on this link: answers the one it held, writes what is to be
+    /// sent again, and holds this one — or, when its timeout is zero (a session's first connect,
+    /// a browser's second session), and for a polling request that has messages to send
+    /// already, answers it at once.
+    pub fn connect(&mut self, bayeux: &Bayeux, connect: Connect, out: &mut impl Outbox) {
+        if let Some(earlier) = self.held.take() {
+            out.reply(&bayeux.connect_reply(&earlier.connect, false));
+        }
+        let session = connect.session.clone();
+        let guard = session.begin_connect(connect.ack, !self.persistent || self.connect == 0);
+        for m in &guard.resend {
+            out.data(m);
+        }
+        self.connect = guard.connect;
+        if self.persistent {
+            self.session = Some(session);
+            if connect.timeout.is_zero() {
+                out.reply(&bayeux.connect_reply(&connect, false));
+                return;
+            }
+        } else {
+            let now = session.deliver_now(self.connect);
+            if !guard.resend.is_empty()
+                || !now.messages.is_empty()
+                || now.ended
+                || now.preempted
+                || connect.timeout.is_zero()
+            {
+                self.answer(bayeux, &connect, now, out);
+                return;
+            }
+            self.session = Some(session);
+        }
+        self.held = Some(Held {
+            deadline: Instant::now() + connect.timeout,
+            connect,
+            _guard: guard,
+        });
+    }
+
+    /// Waits for what this link acts on next: messages to deliver (while its connect is the
+    /// session's latest), or the held connect's timeout. Pending while there is neither.
+    /// Cancel-safe: a transport waits for it alongside its own events.
+    pub async fn wait(&self) -> Wake {
+        let deadline = self.held.as_ref().map(|h| h.deadline);
+        match (self.session.as_deref(), deadline) {
+            (Some(session), Some(deadline)) => tokio::select! {
+                batch = session.deliver(self.connect) => Wake::Delivered(batch),
+                _ = tokio::time::sleep_until(deadline) => Wake::Deadline,
+            },
+            (Some(session), None) => Wake::Delivered(session.deliver(self.connect).await),
+            (None, Some(deadline)) => {
+                tokio::time::sleep_until(deadline).await;
+                Wake::Deadline
+            }
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    /// Acts on what [`Link::wait`] returned: writes the messages and, when it is due, the held
+    /// connect's reply.
+    pub fn wake(&mut self, bayeux: &Bayeux, wake: Wake, out: &mut impl Outbox) {
+        match wake {
+            Wake::Deadline => {
+                if !self.persistent {
+                    self.session = None;
+                }
+                if let Some(held) = self.held.take() {
+                    out.reply(&bayeux.connect_reply(&held.connect, false));
+                }
+            }
+            Wake::Delivered(batch) if !self.persistent => {
+                self.session = None;
+                if let Some(held) = self.held.take() {
+                    self.answer(bayeux, &held.connect, batch, out);
+                }
+            }
+            Wake::Delivered(batch) if batch.preempted => {
+                // The client connected on another connection (this one is likely dead): that
+                // one delivers now, and resends what this one sent unacknowledged. A connect
+                // held here is answered acknowledging nothing.
+                self.session = None;
+                self.connect = 0;
+                if let Some(held) = self.held.take() {
+                    out.reply(&bayeux.preempted_reply(&held.connect));
+                }
+            }
+            Wake::Delivered(batch) => {
+                let Some(session) = self.session.clone() else {
+                    return;
+                };
+                for m in &batch.messages {
+                    out.data(m);
+                }
+                if batch.ended || session.is_closed() {
+                    if let Some(held) = self.held.take() {
+                        out.reply(&bayeux.connect_reply(&held.connect, true));
+                    } else if session.closing().is_some() {
+                        // Ended by the application between connects: the next connect on this
+                        // link learns it (its session is gone: handshake again).
+                        bayeux.forget(session.id());
+                    }
+                    self.session = None;
+                    self.connect = 0;
+                } else if session.ack_due()
+                    && let Some(held) = self.held.take()
+                {
+                    // Half the unacknowledged budget sent within one hold: the held connect is
+                    // answered now, so that the client's next connect acknowledges them.
+                    out.reply(&bayeux.connect_reply(&held.connect, false));
+                }
+            }
+        }
+    }
+
+    /// Answers the held connect now: the session goes on (shutdown: the client reconnects
+    /// elsewhere), or it ended (`ended`: a disconnect).
+    pub fn release(&mut self, bayeux: &Bayeux, ended: bool, out: &mut impl Outbox) {
+        if !self.persistent {
+            self.session = None;
+        }
+        if let Some(held) = self.held.take() {
+            out.reply(&bayeux.connect_reply(&held.connect, ended));
+        }
+    }
+
+    /// A polling connect's answer: the messages taken for it, then its reply.
+    fn answer(&mut self, bayeux: &Bayeux, connect: &Connect, batch: Batch, out: &mut impl Outbox) {
+        if batch.preempted {
+            out.reply(&bayeux.preempted_reply(connect));
+            return;
+        }
+        for m in &batch.messages {
+            out.data(m);
+        }
+        out.reply(&bayeux.connect_reply(connect, batch.ended));
+    }
+}
+
+/// Collects what a link writes, for [`Bayeux::hold`].
+#[derive(Default)]
+struct Collected {
+    messages: Vec<Arc<Message>>,
+    reply: Option<BayeuxMessage>,
+}
+
+impl Outbox for Collected {
+    fn data(&mut self, message: &Arc<Message>) {
+        self.messages.push(message.clone());
+    }
+
+    fn reply(&mut self, reply: &BayeuxMessage) {
+        self.reply = Some(reply.clone());
+    }
+}
+
+impl Bayeux {
+    /// Long-polling and callback-polling: holds the connect until there are messages, a newer
+    /// connect takes over, its timeout or `shutdown`, writing the messages and then the
+    /// connect's reply to `out`.
+    ///
+    /// `browser` is the request's browser secret (the `BAYEUX_BROWSER` cookie): one session per
+    /// browser may hold a connect (browsers allow a handful of connections per host, shared by
+    /// every tab). Another session of the same browser (a second tab) is answered at once with
+    /// `advice.multiple-clients` and [`BayeuxConfig::multiple_clients_interval`], and polls.
+    pub async fn poll(
+        &self,
+        mut connect: Connect,
+        browser: Option<&str>,
+        shutdown: impl Future<Output = ()>,
+        out: &mut impl Outbox,
+    ) {
+        let slot = browser.map(|b| BrowserSlot::take(self, b, connect.session.id()));
+        let shared = matches!(slot, Some(None));
+        connect.multiple_clients = shared;
+        self.poll_into(connect, !shared, shutdown, out).await;
+        drop(slot);
+    }
+
+    /// [`Bayeux::poll`] without the browser's slot: `hold` false answers at once.
+    pub async fn poll_into(
+        &self,
+        mut connect: Connect,
+        hold: bool,
+        shutdown: impl Future<Output = ()>,
+        out: &mut impl Outbox,
+    ) {
+        if !hold {
+            connect.timeout = Duration::ZERO;
+        }
+        let mut link = Link::polling();
+        link.connect(self, connect, out);
+        let mut shutdown = std::pin::pin!(shutdown);
+        while link.holding() {
+            tokio::select! {
+                wake = link.wait() => link.wake(self, wake, out),
+                _ = &mut shutdown => link.release(self, false, out),
+            }
+        }
+    }
+
+    /// [`Bayeux::poll_into`], returning the messages and the connect's reply.
+    pub async fn hold(
+        &self,
+        connect: Connect,
+        hold: bool,
+        shutdown: impl Future<Output = ()>,
+    ) -> (Vec<Arc<Message>>, BayeuxMessage) {
+        let mut out = Collected::default();
+        // Never sent: every way out of a poll answers its connect.
+        let unanswered = self.preempted_reply(&connect);
+        self.poll_into(connect, hold, shutdown, &mut out).await;
+        (out.messages, out.reply.unwrap_or(unanswered))
+    }
+}
+
+/// The one session of a browser allowed to hold a connect; released on drop. A session may
+/// hold it again (its newer connect preempts its own older one); another session of the same
+/// browser is refused, which is what `multiple-clients` advice is for.
+struct BrowserSlot<'a> {
+    bayeux: &'a Bayeux,
+    browser: String,
+}
+
+impl<'a> BrowserSlot<'a> {
+    fn take(bayeux: &'a Bayeux, browser: &str, session: &str) -> Option<BrowserSlot<'a>> {
+        let mut browsers = bayeux.browsers();
+        let (holder, holds) = browsers
+            .entry(browser.to_string())
+            .or_insert_with(|| (session.to_string(), 0));
+        if holder != session {
+            return None;
+        }
+        *holds += 1;
+        Some(BrowserSlot {
+            bayeux,
+            browser: browser.to_string(),
+        })
+    }
+}
+
+impl Drop for BrowserSlot<'_> {
+    fn drop(&mut self) {
+        let mut browsers = self.bayeux.browsers();
+        if let Some((_, holds)) = browsers.get_mut(&self.browser) {
+            *holds -= 1;
+            if *holds == 0 {
+                browsers.remove(&self.browser);
+            }
+        }
+    }
+}
