@@ -92,8 +92,9 @@ impl Link {
             out.reply(&bayeux.connect_reply(&earlier.connect, false));
         }
         let session = connect.session.clone();
-        let guard = session.begin_connect(connect.ack, !self.persistent || self.connect == 0);
-        for m in &guard.resend {
+        let (guard, resend) =
+            session.begin_connect(connect.ack, !self.persistent || self.connect == 0);
+        for m in &resend {
             out.data(m);
         }
         self.connect = guard.connect;
@@ -105,7 +106,7 @@ impl Link {
             }
         } else {
             let now = session.deliver_now(self.connect);
-            if !guard.resend.is_empty()
+            if !resend.is_empty()
                 || !now.messages.is_empty()
                 || now.ended
                 || now.preempted
@@ -239,6 +240,18 @@ impl Outbox for Collected {
     }
 }
 
+impl Connect {
+    /// When `shared`, this connect is another session's of a browser whose connects one session
+    /// holds: it is answered at once with `advice.multiple-clients`.
+    fn answered_at_once(mut self, shared: bool) -> Connect {
+        if shared {
+            self.multiple_clients = true;
+            self.timeout = Duration::ZERO;
+        }
+        self
+    }
+}
+
 impl Bayeux {
     /// Long-polling and callback-polling: holds the connect until there are messages, a newer
     /// connect takes over, its timeout or `shutdown`, writing the messages and then the
@@ -250,51 +263,42 @@ impl Bayeux {
     /// `advice.multiple-clients` and [`BayeuxConfig::multiple_clients_interval`], and polls.
     pub async fn poll(
         &self,
-        mut connect: Connect,
+        connect: Connect,
         browser: Option<&str>,
         shutdown: impl Future<Output = ()>,
         out: &mut impl Outbox,
     ) {
+        // No `mut` parameter, no rebinding: a held request's future keeps room for each.
         let slot = browser.map(|b| BrowserSlot::take(self, b, connect.session.id()));
+        let mut link = Link::polling();
         let shared = matches!(slot, Some(None));
-        connect.multiple_clients = shared;
-        self.poll_into(connect, !shared, shutdown, out).await;
+        link.connect(self, connect.answered_at_once(shared), out);
+        // A polling link answers its connect at its first wake: one wait at most. (One async
+        // fn, no loop: a held request's future keeps one copy of what it waits with.)
+        if link.holding() {
+            tokio::select! {
+                wake = link.wait() => link.wake(self, wake, out),
+                _ = shutdown => link.release(self, false, out),
+            }
+        }
         drop(slot);
     }
 
-    /// [`Bayeux::poll`] without the browser's slot: `hold` false answers at once.
-    pub async fn poll_into(
+    /// [`Bayeux::poll`] for a request without a browser secret, returning the messages and
+    /// the connect's reply; `hold` false answers at once.
+    pub async fn hold(
         &self,
         mut connect: Connect,
         hold: bool,
         shutdown: impl Future<Output = ()>,
-        out: &mut impl Outbox,
-    ) {
+    ) -> (Vec<Arc<Message>>, BayeuxMessage) {
         if !hold {
             connect.timeout = Duration::ZERO;
         }
-        let mut link = Link::polling();
-        link.connect(self, connect, out);
-        let mut shutdown = std::pin::pin!(shutdown);
-        while link.holding() {
-            tokio::select! {
-                wake = link.wait() => link.wake(self, wake, out),
-                _ = &mut shutdown => link.release(self, false, out),
-            }
-        }
-    }
-
-    /// [`Bayeux::poll_into`], returning the messages and the connect's reply.
-    pub async fn hold(
-        &self,
-        connect: Connect,
-        hold: bool,
-        shutdown: impl Future<Output = ()>,
-    ) -> (Vec<Arc<Message>>, BayeuxMessage) {
         let mut out = Collected::default();
         // Never sent: every way out of a poll answers its connect.
         let unanswered = self.preempted_reply(&connect);
-        self.poll_into(connect, hold, shutdown, &mut out).await;
+        self.poll(connect, None, shutdown, &mut out).await;
         (out.messages, out.reply.unwrap_or(unanswered))
     }
 }

@@ -228,10 +228,15 @@ impl Session {
     }
 
     /// Starts a connect: answers any connect still held, applies the client's ack (dropping what
-    /// it confirmed) and returns the unacknowledged messages to send again. `fresh` means a new
-    /// request or connection, over which nothing of the current batch has been sent yet.
+    /// it confirmed) and returns the unacknowledged messages to send again before anything new.
+    /// `fresh` means a new request or connection, over which nothing of the current batch has
+    /// been sent yet.
     /// The guard's `connect` numbers it among the session's connects, for [`Session::deliver`].
-    pub fn begin_connect(self: &Arc<Self>, ack: Option<u64>, fresh: bool) -> ConnectGuard {
+    pub fn begin_connect(
+        self: &Arc<Self>,
+        ack: Option<u64>,
+        fresh: bool,
+    ) -> (ConnectGuard, Vec<Arc<Message>>) {
         self.held.fetch_add(1, Ordering::AcqRel);
         self.touch();
         let mut resend = Vec::new();
@@ -258,11 +263,13 @@ impl Session {
                     .map(|(_, m)| m.clone()),
             );
         }
-        ConnectGuard {
-            session: self.clone(),
+        (
+            ConnectGuard {
+                session: self.clone(),
+                connect,
+            },
             resend,
-            connect,
-        }
+        )
     }
 
     /// What the connection of connect number `connect` may deliver now, without waiting (see
@@ -402,8 +409,6 @@ fn drain(sub: &mut Subscription) -> Batch {
 /// a session alive or be answered later.
 pub struct ConnectGuard {
     session: Arc<Session>,
-    /// Unacknowledged messages to send again before anything new.
-    pub resend: Vec<Arc<Message>>,
     /// This connect's number among the session's connects (for [`Session::deliver`]).
     pub connect: u64,
 }
