@@ -17,6 +17,10 @@ fuzz_target!(|data: &[u8]| {
         let digits = data
             .strip_prefix(b"0-")
             .expect("a stream id starts with 0-");
+        assert!(
+            !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+            "an offset is ASCII digits only"
+        );
         assert_eq!(
             std::str::from_utf8(digits).unwrap().parse::<u64>(),
             Ok(offset)

@@ -179,6 +179,31 @@ pub fn metrics(app: &App) -> Response<Body> {
         "RPC calls refused at the concurrency bound.",
         counter(&o.rpc_busy),
     );
+    let b = app.bayeux.stats();
+    metric(
+        "halley_bayeux_sessions",
+        "gauge",
+        "Bayeux sessions (handshaken, not yet expired or disconnected).",
+        app.bayeux.session_count() as i64,
+    );
+    metric(
+        "halley_bayeux_handshakes_total",
+        "counter",
+        "Bayeux sessions opened.",
+        counter(&b.handshakes),
+    );
+    out.push_str("# HELP halley_bayeux_handshakes_refused_total Bayeux handshakes refused: after the first of a batch, over the source's rate, at the session cap.\n# TYPE halley_bayeux_handshakes_refused_total counter\n");
+    for (reason, c) in [
+        ("batch", &b.refused_batch),
+        ("rate", &b.refused_rate),
+        ("sessions", &b.refused_full),
+    ] {
+        let _ = writeln!(
+            out,
+            "halley_bayeux_handshakes_refused_total{{reason=\"{reason}\"}} {}",
+            counter(c)
+        );
+    }
     out.push_str("# HELP halley_subscribers Open subscribers by transport.\n# TYPE halley_subscribers gauge\n");
     for kind in Kind::ALL {
         let _ = writeln!(

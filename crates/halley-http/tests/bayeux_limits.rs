@@ -10,7 +10,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{TestServer, Ws, read_to_close, within, ws_json};
+use common::{TestServer, Ws, metric_value, read_to_close, within, ws_json};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -265,6 +265,23 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
         true,
         "{replies:?}"
     );
+    // What an operator sees of it.
+    let metrics = s.get("/metrics").await.body;
+    for (sample, value) in [
+        ("halley_bayeux_handshakes_total", 12),
+        ("halley_bayeux_sessions", 12),
+        (
+            "halley_bayeux_handshakes_refused_total{reason=\"batch\"}",
+            4,
+        ),
+        ("halley_bayeux_handshakes_refused_total{reason=\"rate\"}", 2),
+        (
+            "halley_bayeux_handshakes_refused_total{reason=\"sessions\"}",
+            0,
+        ),
+    ] {
+        assert_eq!(metric_value(&metrics, sample), Some(value), "{sample}");
+    }
     s.assert_still_serving().await;
 }
 

@@ -65,12 +65,12 @@ pub fn array(value: Value) -> Result<Vec<Value>, Malformed> {
     }
 }
 
-/// `0-<offset>` → offset. Halley writes every stream id in that form.
+/// `0-<offset>` → offset, the offset in ASCII digits. Halley writes every stream id in that
+/// form (and Redis answers ids as it was given them: a sign is not something it sends).
 pub fn offset_of(id: &[u8]) -> Result<u64, Malformed> {
-    std::str::from_utf8(id)
-        .ok()
-        .and_then(|id| id.strip_prefix("0-"))
-        .and_then(|n| n.parse().ok())
+    id.strip_prefix(b"0-")
+        .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
         .ok_or(Malformed("stream id not of the form 0-<offset>"))
 }
 
@@ -162,6 +162,9 @@ mod tests {
         check("1-1", None);
         check("0-", None);
         check("0-x", None);
+        check("0-+7", None);
+        check("0- 7", None);
+        check("0-18446744073709551616", None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod sources;
 use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Verdict, Via};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -305,8 +305,22 @@ pub struct Connect {
     multiple_clients: bool,
 }
 
+/// What the Bayeux server counted since it started (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct BayeuxStats {
+    /// Sessions opened.
+    pub handshakes: AtomicU64,
+    /// Handshakes refused: beyond the first of a batch ([`MAX_BATCH_HANDSHAKES`]), over their
+    /// source's rate ([`BayeuxConfig::handshake_rate`]), at the session cap
+    /// ([`BayeuxConfig::max_sessions`]).
+    pub refused_batch: AtomicU64,
+    pub refused_rate: AtomicU64,
+    pub refused_full: AtomicU64,
+}
+
 struct Shared {
     engine: Engine,
+    stats: BayeuxStats,
     config: BayeuxConfig,
     authorizer: Arc<dyn Authorizer>,
     services: Arc<dyn Services>,
@@ -346,6 +360,7 @@ impl Bayeux {
         let bayeux = Bayeux {
             shared: Arc::new(Shared {
                 engine,
+                stats: BayeuxStats::default(),
                 sources: Mutex::new(Sources::new(config.handshake_rate)),
                 config,
                 authorizer,
@@ -362,6 +377,10 @@ impl Bayeux {
 
     pub fn config(&self) -> &BayeuxConfig {
         &self.shared.config
+    }
+
+    pub fn stats(&self) -> &BayeuxStats {
+        &self.shared.stats
     }
 
     pub fn session_count(&self) -> usize {
@@ -475,7 +494,9 @@ impl Bayeux {
             reply.version = Some(BAYEUX_VERSION.into());
             return reply;
         }
+        let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
         if caller.handshakes.fetch_add(1, Ordering::Relaxed) >= MAX_BATCH_HANDSHAKES {
+            count(&self.shared.stats.refused_batch);
             return BayeuxMessage::error(
                 message,
                 BayeuxError::BadRequest(String::new(), "one handshake per batch".into()),
@@ -489,6 +510,7 @@ impl Bayeux {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(peer, tokio::time::Instant::now())
         {
+            count(&self.shared.stats.refused_rate);
             let mut reply = BayeuxMessage::error(
                 message,
                 BayeuxError::TooManyRequests("too many handshakes from this address".into()),
@@ -536,6 +558,7 @@ impl Bayeux {
             }
         };
         if self.sessions().len() >= self.shared.config.max_sessions {
+            count(&self.shared.stats.refused_full);
             let mut reply = BayeuxMessage::error(
                 message,
                 BayeuxError::Unavailable("too many sessions".into()),
@@ -559,6 +582,7 @@ impl Bayeux {
             caller.browser,
         ));
         self.sessions().insert(id.clone(), session);
+        count(&self.shared.stats.handshakes);
         let mut reply = BayeuxMessage::reply_to(message, true);
         reply.client_id = Some(id);
         reply.version = Some(BAYEUX_VERSION.into());
