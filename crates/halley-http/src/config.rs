@@ -31,6 +31,11 @@ pub struct HttpConfig {
     /// containing `*` means any origin. An allowed origin is echoed with credentials allowed
     /// (`crate::cors`): with "any origin" every page may act with its visitor's cookies.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed: a request
+    /// from one of them is counted as from the nearest address in that header that is not a
+    /// trusted proxy ([`crate::server::Peer::client`]), for Bayeux's per-address handshake
+    /// rate. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// On shutdown, how long open connections get to end before they are dropped.
     pub drain_timeout: Duration,
     /// The reconnect delay SSE clients are told to use (`retry:`), and long-poll clients after a
@@ -63,6 +68,7 @@ impl Default for HttpConfig {
             body_limit: 64 * 1024,
             write_stall_timeout: WRITE_STALL_TIMEOUT,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_secs(5),
             retry: Duration::from_secs(2),
             cometd_path: "/cometd".into(),

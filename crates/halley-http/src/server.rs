@@ -113,8 +113,40 @@ impl Drop for Slot {
 pub struct Peer(pub std::net::IpAddr);
 
 impl Peer {
+    /// The TCP peer's address.
     pub fn of<B>(request: &Request<B>) -> Option<std::net::IpAddr> {
         request.extensions().get::<Peer>().map(|p| p.0)
+    }
+
+    /// The client's address: the TCP peer's, or, when that is a trusted proxy, the nearest
+    /// address in `X-Forwarded-For` (read from the right: each proxy appends the address it
+    /// was reached from) that is not one. A malformed entry ends the walk at the last address
+    /// read before it: what a client wrote on its own left of it is never believed.
+    pub fn client<B>(request: &Request<B>, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+        let peer = Peer::of(request)?;
+        let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(&ip));
+        let mut client = peer.to_canonical();
+        if !is_trusted(client) {
+            return Some(client);
+        }
+        let values = request.headers().get_all("x-forwarded-for").iter().rev();
+        'walk: for value in values {
+            let Ok(value) = value.to_str() else {
+                break;
+            };
+            for hop in value.rsplit(',') {
+                match hop.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) => {
+                        client = ip.to_canonical();
+                        if !is_trusted(client) {
+                            break 'walk;
+                        }
+                    }
+                    Err(_) => break 'walk,
+                }
+            }
+        }
+        Some(client)
     }
 }
 

@@ -74,10 +74,15 @@ async fn connect_from(s: &TestServer, source: &str) -> TcpStream {
 
 /// POSTs `batch` to `/cometd` from `source`, with the browser cookie if given.
 async fn post_from(s: &TestServer, source: &str, browser: Option<&str>, batch: Value) -> Answer {
-    let body = batch.to_string();
     let cookie = browser.map_or(String::new(), |b| format!("Cookie: BAYEUX_BROWSER={b}\r\n"));
+    post_with(s, source, &cookie, batch).await
+}
+
+/// POSTs `batch` to `/cometd` from `source` with these extra header lines.
+async fn post_with(s: &TestServer, source: &str, headers: &str, batch: Value) -> Answer {
+    let body = batch.to_string();
     let head = format!(
-        "POST /cometd HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{cookie}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /cometd HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         s.addr,
         body.len()
     );
@@ -282,6 +287,60 @@ async fn handshake_flood_from_one_source_is_refused_and_another_source_still_han
     ] {
         assert_eq!(metric_value(&metrics, sample), Some(value), "{sample}");
     }
+    s.assert_still_serving().await;
+}
+
+/// Behind a reverse proxy every client has the proxy's address, so one handshake budget for
+/// all of them. With `--trusted-proxies`, a request from a trusted proxy counts as from the
+/// nearest address in `X-Forwarded-For` that is not one; what a client wrote left of that is
+/// not believed, and from a peer that is not trusted the header is ignored.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_handshake_rate_is_per_forwarded_client() {
+    let s = TestServer::with_bayeux(|http, _, bayeux| {
+        bayeux.handshake_rate = 1;
+        http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let handshake = |source: &'static str, forwarded: String| {
+        let s = &s;
+        async move {
+            let header = format!("X-Forwarded-For: {forwarded}\r\n");
+            let answer = post_with(
+                s,
+                source,
+                &header,
+                json!([handshake_message(&["long-polling"])]),
+            )
+            .await;
+            answer.reply("/meta/handshake")["error"].clone()
+        }
+    };
+    let refused = json!("429::too many handshakes from this address");
+    // One client behind the proxy spends its burst (ten seconds' worth at one a second).
+    for _ in 0..10 {
+        assert_eq!(handshake(HERE, "203.0.113.7".into()).await, Value::Null);
+    }
+    assert_eq!(handshake(HERE, "203.0.113.7".into()).await, refused);
+    // Another client behind the same proxy is not locked out.
+    assert_eq!(handshake(HERE, "198.51.100.9".into()).await, Value::Null);
+    // A client that writes its own X-Forwarded-For is counted by the address the proxy saw.
+    assert_eq!(
+        handshake(HERE, "192.0.2.1, 203.0.113.7".into()).await,
+        refused
+    );
+    // A chain of trusted proxies is walked through.
+    assert_eq!(
+        handshake(HERE, "203.0.113.7, 127.0.0.1".into()).await,
+        refused
+    );
+    // From a peer that is not a trusted proxy the header means nothing: its own budget.
+    for i in 0..10 {
+        assert_eq!(
+            handshake(ELSEWHERE, format!("198.51.100.{i}")).await,
+            Value::Null
+        );
+    }
+    assert_eq!(handshake(ELSEWHERE, "198.51.100.200".into()).await, refused);
     s.assert_still_serving().await;
 }
 

@@ -356,6 +356,11 @@ pub struct ServeArgs {
     /// empty or * allows any, with credentials (cookies) [default: any].
     #[arg(long, env = "HALLEY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Comma-separated reverse proxies (addresses, or networks as 10.0.0.0/8) whose
+    /// X-Forwarded-For names the client, for the per-address Bayeux handshake rate
+    /// [default: none: the TCP peer is the client].
+    #[arg(long, env = "HALLEY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Require this key (X-Halley-Key header or key= parameter) to publish [default: none].
     #[arg(long, env = "HALLEY_PUBLISH_KEY")]
     pub publish_key: Option<String>,
@@ -511,6 +516,7 @@ impl ServeArgs {
                 max_connections,
                 body_limit,
                 allowed_origins,
+                trusted_proxies,
                 publish_key,
                 drain_timeout,
                 write_stall_timeout,
@@ -699,6 +705,7 @@ impl ServeArgs {
             max_connections: self.max_connections.unwrap_or(h.max_connections),
             body_limit: self.body_limit.unwrap_or(h.body_limit),
             allowed_origins: self.allowed_origins.unwrap_or(h.allowed_origins),
+            trusted_proxies: trusted_proxies(self.trusted_proxies.as_deref().unwrap_or_default())?,
             drain_timeout: self.drain_timeout.map_or(h.drain_timeout, secs),
             write_stall_timeout: self.write_stall_timeout.map_or(h.write_stall_timeout, secs),
             retry: h.retry,
@@ -758,6 +765,23 @@ impl ServeArgs {
     }
 }
 
+/// `--trusted-proxies`: each an address (one host) or a network in CIDR notation.
+fn trusted_proxies(list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "trusted-proxies: {s:?} is neither an IP address nor a network (10.0.0.0/8)"
+                    )
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,6 +826,35 @@ mod tests {
         assert_eq!(settings.bayeux.max_sessions, 500);
         assert_eq!(settings.bayeux.handshake_rate, 0);
         assert!(settings_from("bayeux0.toml", "max-sessions = 0\n").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .unwrap()
+                .http
+                .trusted_proxies
+                .is_empty()
+        );
+        let settings = settings_from(
+            "proxies.toml",
+            "trusted-proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = settings
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let bad = settings_from("proxies-bad.toml", "trusted-proxies = [\"nginx\"]\n");
+        let Err(error) = bad else {
+            panic!("a name is not an address")
+        };
+        assert!(error.to_string().contains("\"nginx\""), "{error}");
     }
 
     fn settings_from(name: &str, text: &str) -> anyhow::Result<Settings> {

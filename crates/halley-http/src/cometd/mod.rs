@@ -48,7 +48,7 @@ async fn long_polling<B: RequestBody>(
     request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let browser = browser_id(request.headers());
-    let peer = Peer::of(&request);
+    let peer = Peer::client(&request, &app.config.trusted_proxies);
     // The transport's credentials, for a handshake in this batch (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     let body = Box::pin(read_body(app, request)).await?;
@@ -88,7 +88,7 @@ async fn callback_polling<B: RequestBody>(
     let batch = parse_batch(message.as_bytes()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let browser = browser_id(request.headers());
     let who = app.admit(request.headers(), &query)?;
-    let peer = Peer::of(&request);
+    let peer = Peer::client(&request, &app.config.trusted_proxies);
     let (out, new_browser) = process(app, batch, browser, peer, who, Kind::Jsonp).await;
     let mut body = BytesMut::with_capacity(out.len() + callback.len() + 8);
     body.put_slice(b"/**/");

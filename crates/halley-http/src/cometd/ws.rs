@@ -42,7 +42,7 @@ pub async fn upgrade<B: RequestBody>(
     super::set_browser_cookie(response.headers_mut(), offered.clone());
     let upgraded = Box::new(Upgraded {
         who,
-        peer: crate::server::Peer::of(&request),
+        peer: crate::server::Peer::client(&request, &app.config.trusted_proxies),
         presented: presented.is_some(),
         browser: presented.or(offered).map(String::into_boxed_str),
     });
