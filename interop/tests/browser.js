@@ -68,9 +68,10 @@ export const COMETD_JS = path.join(here, "..", "node_modules", "cometd");
  * A reverse proxy on one origin in front of several servers, as a site that mounts Halley
  * under a path would run: `routes` maps a path prefix (`/halley/`, or `/` for the rest) to a
  * local port; the longest matching prefix wins and is replaced by `/`. HTTP and WebSocket
- * upgrades both pass. `port` picks the proxy's own port (0: any free one).
+ * upgrades both pass. `port` picks the proxy's own port (0: any free one). `refuseWebSocket`
+ * makes it a proxy that refuses WebSocket upgrades (403), as some corporate proxies do.
  */
-export function routingProxy(routes, { port = 0 } = {}) {
+export function routingProxy(routes, { port = 0, refuseWebSocket = false } = {}) {
   const prefixes = Object.keys(routes).sort((a, b) => b.length - a.length);
   const target = (url) => {
     const prefix = prefixes.find((p) => url.startsWith(p));
@@ -93,6 +94,10 @@ export function routingProxy(routes, { port = 0 } = {}) {
   server.on("upgrade", (req, socket, head) => {
     const to = target(req.url);
     if (!to) return socket.destroy();
+    if (refuseWebSocket) {
+      socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
     const upstream = net.connect(to.port, "127.0.0.1", () => {
       const lines = [`${req.method} ${to.path} HTTP/1.1`];
       for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);

@@ -183,7 +183,12 @@ async fn long_polling_end_to_end() {
     assert_eq!(hs["version"], "1.0");
     assert_eq!(
         hs["supportedConnectionTypes"],
-        json!(["websocket", "long-polling", "callback-polling"])
+        json!([
+            "websocket",
+            "eventsource",
+            "long-polling",
+            "callback-polling"
+        ])
     );
     assert_eq!(hs["advice"]["timeout"], 30_000, "{hs}");
     assert_eq!(handshake.header("cache-control"), Some("no-cache"));
@@ -1210,4 +1215,91 @@ async fn websocket_with_ack_receives_more_than_the_unacked_budget_within_one_hol
     let (published, (received, connects)) = tokio::join!(publisher, reader);
     assert_eq!(received, published, "every message once, in order");
     assert!(connects >= 2, "answered early: {connects} connects");
+}
+
+// ---- Faye's eventsource ----
+
+/// Faye's `eventsource` connection type: the client opens an EventSource at
+/// `/cometd/{clientId}` and sends everything else, its connects included, as long-polling
+/// requests. Messages arrive on the stream as Bayeux arrays; a connect of this type is answered
+/// at once (advice: the next one after the hold timeout) and does not take delivery over; a
+/// long-polling connect does, and ends the stream.
+#[tokio::test]
+async fn eventsource_streams_messages_while_connects_keep_the_session() {
+    let s = patient().await;
+    let client = handshake(&s).await;
+    let replies = s
+        .bayeux_batch(&json!([subscribe_message(&client, "/es/a")]))
+        .await;
+    assert_successful(reply(&replies, "/meta/subscribe", "s"));
+
+    // Unknown client (or none): refused, so an EventSource gives up and Faye falls back.
+    let unknown = s
+        .send(
+            s.request("GET", "/cometd/0123456789abcdef")
+                .header("accept", "text/event-stream")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    unknown.expect_error(404);
+
+    let mut stream = s
+        .stream_with(
+            &format!("/cometd/{client}"),
+            &[("accept", "text/event-stream")],
+        )
+        .await;
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    stream.until("retry: ").await;
+    stream.until("\n\n").await;
+
+    // Connects of this type are answered at once and leave the stream delivering.
+    for id in ["c1", "c2"] {
+        let mut connect = connect_message(&client, id);
+        connect["connectionType"] = json!("eventsource");
+        let replies = within("an eventsource connect", s.bayeux_batch(&json!([connect]))).await;
+        let answer = reply(&replies, "/meta/connect", id);
+        assert_successful(answer);
+        assert_eq!(answer["advice"]["timeout"], 0, "{answer}");
+        assert_eq!(answer["advice"]["interval"], 30_000, "{answer}");
+        assert_eq!(deliveries(&replies), Vec::<Value>::new());
+    }
+    s.publish("/es/a", "one").await;
+    s.publish("/es/a", "two").await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = stream.until("\n\n").await;
+        if let Some(data) = event.trim_start_matches(":\n\n").strip_prefix("data: ") {
+            let batch: Value = serde_json::from_str(data.trim_end()).unwrap();
+            for m in batch.as_array().unwrap() {
+                assert_eq!(m["channel"], "/es/a", "{m}");
+                seen.push(m["data"].clone());
+            }
+        }
+    }
+    assert_eq!(seen, [json!("one"), json!("two")]);
+
+    // A long-polling connect takes delivery over: the stream ends, the poll gets what follows.
+    let poll = {
+        let s = common::Client::new(s.addr);
+        let client = client.clone();
+        tokio::spawn(async move {
+            s.bayeux_batch(&json!([connect_message(&client, "lp")]))
+                .await
+        })
+    };
+    assert_eq!(
+        within("the stream to end", stream.rest())
+            .await
+            .trim_matches(|c| c == ':' || c == '\n'),
+        ""
+    );
+    s.publish("/es/a", "three").await;
+    let replies = within("the long-poll", poll).await.unwrap();
+    let data: Vec<Value> = deliveries(&replies)
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!("three")]);
 }

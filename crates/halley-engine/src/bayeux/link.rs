@@ -124,6 +124,26 @@ impl Link {
         });
     }
 
+    /// Makes this link the one that delivers `session`'s messages, with no connect of its own:
+    /// a stream of them (Faye's `eventsource`), whose client connects over other requests
+    /// without taking delivery over. Writes what was sent before and not acknowledged. The
+    /// guard keeps the session from expiring while the stream is open; a newer connect that
+    /// does take over (the client moved to another connection type) ends it.
+    pub fn stream(&mut self, session: Arc<Session>, out: &mut impl Outbox) -> ConnectGuard {
+        let (guard, resend) = session.begin_connect(None, true);
+        for m in &resend {
+            out.data(m);
+        }
+        self.connect = guard.connect;
+        self.session = Some(session);
+        guard
+    }
+
+    /// Still delivering a session's messages (not preempted, the session not ended).
+    pub fn delivering(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Waits for what this link acts on next: messages to deliver (while its connect is the
     /// session's latest), or the held connect's timeout. Pending while there is neither.
     /// Cancel-safe: a transport waits for it alongside its own events.

@@ -29,8 +29,19 @@ pub use session::{ACK_DUE_FRACTION, Batch, Browser, ConnectGuard, Session};
 use sources::Sources;
 pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 
-/// Connection types this server offers, in its order of preference.
-pub const CONNECTION_TYPES: [&str; 3] = ["websocket", "long-polling", "callback-polling"];
+/// Connection types this server offers, in its order of preference. `eventsource` is Faye's:
+/// messages arrive on an EventSource at `{path}/{clientId}` ([`Link::stream`]) while the client
+/// sends everything, its connects included, as long-polling requests (answered at once:
+/// [`Bayeux::handle_in`]).
+pub const CONNECTION_TYPES: [&str; 4] = [
+    "websocket",
+    "eventsource",
+    "long-polling",
+    "callback-polling",
+];
+
+/// The connection type whose messages arrive on a stream of their own.
+pub const EVENTSOURCE: &str = "eventsource";
 
 /// How often idle sessions are looked for. A session outlives `max_interval` by at most this.
 pub const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -622,6 +633,9 @@ impl Bayeux {
             Some(asked) => asked.min(self.shared.config.timeout),
             None => self.shared.config.timeout,
         };
+        if message.connection_type.as_deref() == Some(EVENTSOURCE) {
+            return Handled::Reply(self.eventsource_connect(&session, &message, received_ms));
+        }
         let ack = message.ext_field("ack").and_then(Value::as_u64);
         Handled::Connect(Connect {
             session,
@@ -631,6 +645,43 @@ impl Bayeux {
             received_ms,
             multiple_clients: false,
         })
+    }
+
+    /// A connect of Faye's `eventsource` connection type: its messages go out on the session's
+    /// stream ([`Link::stream`]), so the connect is not held and takes nothing over; it keeps
+    /// the session alive and is answered at once, with advice to send the next one after the
+    /// hold timeout (what Faye's own server advises for it).
+    fn eventsource_connect(
+        &self,
+        session: &Session,
+        message: &BayeuxMessage,
+        received_ms: u64,
+    ) -> BayeuxMessage {
+        session.first_connect();
+        session.touch();
+        if session.is_closed() {
+            self.forget(session.id());
+            return self.unknown_client(message);
+        }
+        let mut reply = BayeuxMessage::reply_to(message, true);
+        let mut advice = self.advice();
+        advice.insert(
+            "interval".into(),
+            (self.shared.config.timeout.as_millis() as u64).into(),
+        );
+        advice.insert("timeout".into(), 0.into());
+        reply.advice = Some(advice);
+        timesync(message, &mut reply, received_ms);
+        reply
+    }
+
+    /// The session a stream of its messages is opened for (Faye's `eventsource`: `GET
+    /// {path}/{clientId}`), if it exists and admits a request with `browser`.
+    pub fn stream_session(&self, client_id: &str, browser: Browser<'_>) -> Option<Arc<Session>> {
+        self.sessions()
+            .get(client_id)
+            .filter(|s| s.admits(browser) && !s.is_closed())
+            .cloned()
     }
 
     fn disconnect(&self, message: &BayeuxMessage, caller: &Caller<'_>) -> BayeuxMessage {

@@ -1,7 +1,9 @@
 //! Bayeux on `/cometd`: `long-polling` (POST a JSON batch), `callback-polling` (GET with
-//! `message=` and `jsonp=`) and `websocket` (upgrade on the same path). The protocol itself is
+//! `message=` and `jsonp=`), `websocket` (upgrade on the same path) and Faye's `eventsource`
+//! (an event stream at `/cometd/{clientId}`). The protocol itself is
 //! `halley_engine::bayeux`; this module only frames it.
 
+mod eventsource;
 mod ws;
 
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub fn handle<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Han
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     match *request.method() {
         Method::GET if upgrade => Box::pin(ws::upgrade(app, request)),
+        Method::GET if eventsource::wanted(request.headers()) => {
+            Box::pin(eventsource::open(app, request))
+        }
         Method::GET => Box::pin(callback_polling(app, request)),
         Method::POST => Box::pin(long_polling(app, request)),
         _ => Box::pin(std::future::ready(Err(ApiError::MethodNotAllowed))),

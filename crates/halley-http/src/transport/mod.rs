@@ -34,7 +34,7 @@ use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 use crate::state::App;
 
-pub use stream::{Wire, chunks, head_only, held_headers, stream_response};
+pub use stream::{Wire, chunks, fresh, head_only, held_headers, stream_response};
 #[cfg(feature = "autobahn")]
 pub use ws::{AUTOBAHN_ECHO, echo};
 pub use ws::{
