@@ -187,6 +187,7 @@ async fn long_polling_end_to_end() {
             "websocket",
             "eventsource",
             "long-polling",
+            "cross-origin-long-polling",
             "callback-polling"
         ])
     );
@@ -1302,4 +1303,66 @@ async fn eventsource_streams_messages_while_connects_keep_the_session() {
         .map(|m| m["data"].clone())
         .collect();
     assert_eq!(data, [json!("three")]);
+}
+
+// ---- form bodies: Faye's cross-origin-long-polling, XDomainRequest ----
+
+/// Faye's cross-origin transport (and IE's XDomainRequest, which it uses where that is all
+/// there is) posts `message=<batch>` as a form, with a `text/plain` content type or none, no
+/// custom headers and no cookies; answered like a JSON batch. Anything else that is not JSON
+/// is a 400 with a JSON error.
+#[tokio::test]
+async fn long_polling_takes_a_form_body_as_faye_and_xdomainrequest_send_it() {
+    let s = patient().await;
+    let form = |batch: Value| -> String {
+        let encoded: String =
+            form_urlencoded::byte_serialize(batch.to_string().as_bytes()).collect();
+        format!("message={encoded}")
+    };
+    let send = |content_type: Option<&'static str>, body: String| {
+        let mut request = s.request("POST", "/cometd");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        s.send(request.body(Full::new(Bytes::from(body))).unwrap())
+    };
+    let mut handshake = handshake_message();
+    handshake["supportedConnectionTypes"] = json!(["cross-origin-long-polling"]);
+    let replies = messages(&send(Some("text/plain;charset=UTF-8"), form(json!([handshake]))).await);
+    let hs = reply(&replies, "/meta/handshake", "h");
+    assert_successful(hs);
+    let client = hs["clientId"].as_str().unwrap().to_string();
+    // No content type at all (XDomainRequest), a subscribe and the first connect.
+    let replies = messages(
+        &send(
+            None,
+            form(json!([
+                subscribe_message(&client, "/xdr/a"),
+                connect_now(&client, "c0")
+            ])),
+        )
+        .await,
+    );
+    assert_successful(reply(&replies, "/meta/subscribe", "s"));
+    s.publish("/xdr/a", "hello").await;
+    let mut connect = connect_message(&client, "c1");
+    connect["connectionType"] = json!("cross-origin-long-polling");
+    let replies = messages(
+        &send(
+            Some("application/x-www-form-urlencoded"),
+            form(json!([connect])),
+        )
+        .await,
+    );
+    assert_successful(reply(&replies, "/meta/connect", "c1"));
+    let data: Vec<Value> = deliveries(&replies)
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!("hello")]);
+
+    for body in ["message", "other=1", "message=%5Bnot%20json"] {
+        let refused = send(Some("text/plain"), body.to_string()).await;
+        refused.expect_error(400);
+    }
 }

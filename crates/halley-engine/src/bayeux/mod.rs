@@ -32,11 +32,14 @@ pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 /// Connection types this server offers, in its order of preference. `eventsource` is Faye's:
 /// messages arrive on an EventSource at `{path}/{clientId}` ([`Link::stream`]) while the client
 /// sends everything, its connects included, as long-polling requests (answered at once:
-/// [`Bayeux::handle_in`]).
-pub const CONNECTION_TYPES: [&str; 4] = [
+/// [`Bayeux::handle_in`]). `cross-origin-long-polling` is Faye's name for long-polling from
+/// another origin (CORS, or `XDomainRequest`), whose body is a form `message=<batch>`: the same
+/// transport here.
+pub const CONNECTION_TYPES: [&str; 5] = [
     "websocket",
     "eventsource",
     "long-polling",
+    "cross-origin-long-polling",
     "callback-polling",
 ];
 

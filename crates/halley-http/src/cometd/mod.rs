@@ -57,7 +57,7 @@ async fn long_polling<B: RequestBody>(
     // The transport's credentials, for a handshake in this batch (its `ext` wins over them).
     let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
     let body = Box::pin(read_body(app, request)).await?;
-    let batch = parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let batch = posted_batch(&body)?;
     // The body (and the connection's read buffer it may share) is not kept through the hold.
     drop(body);
     let (out, new_browser) = process(app, batch, browser, peer, who, Kind::LongPoll).await;
@@ -70,6 +70,28 @@ async fn long_polling<B: RequestBody>(
     held_headers(headers, false);
     set_browser_cookie(headers, new_browser);
     Ok(response)
+}
+
+/// A long-polling body: a JSON batch, or a form body `message=<batch>` — what Faye's
+/// cross-origin transport sends (through `XDomainRequest` where that is all there is), since a
+/// JSON content type from another origin costs a preflight and XDomainRequest cannot send one.
+/// Read by its first byte, whatever the content type says (`text/plain`, none, or a form's).
+fn posted_batch(body: &[u8]) -> Result<Vec<BayeuxMessage>, ApiError> {
+    let bad = |e: halley_proto::bayeux::BatchError| ApiError::BadRequest(e.to_string());
+    match body.trim_ascii_start().first() {
+        Some(b'[' | b'{') | None => parse_batch(body).map_err(bad),
+        Some(_) => {
+            let form = std::str::from_utf8(body)
+                .map_err(|_| ApiError::BadRequest("a form body must be UTF-8".into()))?;
+            let form = Query::parse(Some(form));
+            let message = form.get("message").ok_or_else(|| {
+                ApiError::BadRequest(
+                    "a long-polling body is a JSON batch, or a form with message=<batch>".into(),
+                )
+            })?;
+            parse_batch(message.as_bytes()).map_err(bad)
+        }
+    }
 }
 
 async fn callback_polling<B: RequestBody>(
