@@ -318,3 +318,38 @@ async fn script_and_iframe_transports_are_judged_by_referer() {
     }
     s.assert_still_serving().await;
 }
+
+/// IE8/9's `XDomainRequest` (how the talk chat of the founding documents reached another
+/// origin): GET or POST only, a `text/plain` body or none with no Content-Type, no custom
+/// headers, no cookies, no preflight — and the answer is dropped unless it carries
+/// `Access-Control-Allow-Origin` for the page. Publishing (the body is text) and a native
+/// long-poll both work in that shape.
+#[tokio::test]
+async fn xdomainrequest_shaped_requests_publish_and_long_poll() {
+    let s = any_origin().await;
+    let origin = "http://old-ie.example";
+    let xdr = |method: &str, path: &str, body: &'static str| {
+        s.request(method, path)
+            .header("origin", origin)
+            .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    // The long-poll waits; the publish (no Content-Type at all) completes it.
+    let poll = {
+        let request = xdr("GET", "/sub/xdr/room?transport=longpoll", "");
+        let client = common::Client::new(s.addr);
+        tokio::spawn(async move { client.send(request).await })
+    };
+    s.wait_subscribers("/xdr/room", 1).await;
+    let published = s.send(xdr("POST", "/pub/xdr/room", "hello from XDR")).await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    assert_eq!(
+        published.header("access-control-allow-origin"),
+        Some(origin)
+    );
+    let answer = common::within("the long-poll", poll).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("access-control-allow-origin"), Some(origin));
+    let messages = answer.json();
+    assert_eq!(messages[0]["data"], "hello from XDR", "{messages}");
+}
