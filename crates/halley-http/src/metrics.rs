@@ -14,10 +14,12 @@ pub enum Kind {
     Sse,
     WebSocket,
     Pull,
+    /// Opera's original event-source (`application/x-dom-event-stream`).
+    DomEvents,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::LongPoll,
         Kind::Jsonp,
         Kind::Stream,
@@ -26,6 +28,7 @@ impl Kind {
         Kind::Sse,
         Kind::WebSocket,
         Kind::Pull,
+        Kind::DomEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Sse => "sse",
             Kind::WebSocket => "websocket",
             Kind::Pull => "pull",
+            Kind::DomEvents => "dom-events",
         }
     }
 }
@@ -52,7 +56,7 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Requests answered with a 4xx because of bad input.
     pub bad_requests: AtomicU64,
-    subscribers: [AtomicI64; 8],
+    subscribers: [AtomicI64; Kind::ALL.len()],
     /// Webhooks and RPC: what the calls to the application did.
     pub outcalls: Outcalls,
 }

@@ -82,6 +82,49 @@ async fn query_transport_wins_over_accept_header() {
     open.expect("plain\n").await;
 }
 
+/// Opera 9's `<event-source>` ("Going Live with Comet": `Content-Type:
+/// application/x-dom-event-stream`, `Event: server-time`, `data: …`): asked for by its Accept
+/// header (or `transport=dom-events`), each message an `Event: message` block with its data,
+/// control notices under their own event names.
+#[tokio::test]
+async fn opera_event_source_gets_the_dom_event_stream() {
+    let s = TestServer::start().await;
+    let mut open = s
+        .stream_with(
+            "/sub/t/opera",
+            &[("accept", "application/x-dom-event-stream")],
+        )
+        .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/x-dom-event-stream")
+    );
+    let id = s.publish("/t/opera", "the time on the server").await;
+    open.expect(&format!(
+        "Event: message\nid: {id}\ndata: the time on the server\n\n"
+    ))
+    .await;
+    assert_eq!(
+        s.subscribers("/t/opera").await,
+        1,
+        "one subscriber, counted as dom-events"
+    );
+    assert_eq!(
+        s.metric(r#"halley_subscribers{transport="dom-events"}"#)
+            .await,
+        1
+    );
+    let mut by_query = s.stream("/sub/t/opera2?transport=dom-events").await;
+    assert_eq!(
+        by_query.header("content-type"),
+        Some("application/x-dom-event-stream")
+    );
+    s.publish("/t/opera2", "two\nlines").await;
+    by_query.until("Event: message\n").await;
+    let block = by_query.until("\n\n").await;
+    assert!(block.ends_with("data: two\ndata: lines\n\n"), "{block:?}");
+}
+
 #[tokio::test]
 async fn longpoll_answers_with_the_message_that_arrives() {
     let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;

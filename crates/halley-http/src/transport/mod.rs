@@ -180,6 +180,7 @@ fn dispatch<'a, B: RequestBody>(
             }
             .content_type(),
             Kind::Multipart => Wire::Multipart.content_type(),
+            Kind::DomEvents => Wire::DomEvents.content_type(),
             Kind::Pull => unreachable!("select never picks pull"),
         };
         return Ok(Box::pin(std::future::ready(Ok(stream::head_only(
@@ -215,6 +216,7 @@ fn dispatch<'a, B: RequestBody>(
             callback: callback()?,
         },
         Kind::Multipart => Wire::Multipart,
+        Kind::DomEvents => Wire::DomEvents,
         Kind::Pull => unreachable!("select never picks pull"),
     };
     Ok(Box::pin(async move {
@@ -333,8 +335,14 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         return Ok(Kind::WebSocket);
     }
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    if accept.is_some_and(|a| a.contains("text/event-stream")) && query.get("transport").is_none() {
-        return Ok(Kind::Sse);
+    if query.get("transport").is_none() {
+        if accept.is_some_and(|a| a.contains("text/event-stream")) {
+            return Ok(Kind::Sse);
+        }
+        // Opera 9's `<event-source>` asks for its own type.
+        if accept.is_some_and(|a| a.contains("application/x-dom-event-stream")) {
+            return Ok(Kind::DomEvents);
+        }
     }
     Ok(match query.get("transport") {
         None | Some("longpoll" | "long-polling" | "poll") => Kind::LongPoll,
@@ -342,6 +350,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         Some("stream") => Kind::Stream,
         Some("iframe") => Kind::Iframe,
         Some("multipart") => Kind::Multipart,
+        Some("dom-events") => Kind::DomEvents,
         Some("jsonp") => Kind::Jsonp,
         Some("websocket") => {
             return Err(ApiError::BadRequest(
@@ -350,7 +359,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         }
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, websocket)"
+                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, dom-events, websocket)"
             )));
         }
     })

@@ -39,6 +39,9 @@ pub enum Wire {
         callback: String,
     },
     Multipart,
+    /// Opera 9's event-source, SSE's forerunner (`application/x-dom-event-stream`): blocks of
+    /// `Event:` (the DOM event to fire, `message` for messages) and `data:` lines.
+    DomEvents,
 }
 
 impl Wire {
@@ -49,6 +52,7 @@ impl Wire {
             Wire::Lines { json: false, .. } => "text/plain; charset=utf-8",
             Wire::Iframe { .. } => "text/html; charset=utf-8",
             Wire::Multipart => "multipart/x-mixed-replace; boundary=halley",
+            Wire::DomEvents => "application/x-dom-event-stream",
         }
     }
 
@@ -113,6 +117,9 @@ impl Wire {
             Wire::Lines { json: false, .. } => {}
             Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
             Wire::Multipart => part(object.as_bytes(), out),
+            Wire::DomEvents => {
+                out.put_slice(format!("Event: {event}\ndata: {object}\n\n").as_bytes());
+            }
         }
     }
 
@@ -139,6 +146,12 @@ impl Wire {
             }
             Wire::Iframe { callback } => script(callback, m.json_object(), out),
             Wire::Multipart => part(m.json_object(), out),
+            // SSE's frame (`id:` and one `data:` line per line) after the event's name; a
+            // reader of the old format ignores the field it does not know.
+            Wire::DomEvents => {
+                out.put_slice(b"Event: message\n");
+                out.put_slice(m.sse_frame());
+            }
         }
     }
 
@@ -153,7 +166,7 @@ impl Wire {
 
     pub fn heartbeat(&self) -> Bytes {
         match self {
-            Wire::Sse { .. } => Bytes::from_static(b":\n\n"),
+            Wire::Sse { .. } | Wire::DomEvents => Bytes::from_static(b":\n\n"),
             Wire::Lines { .. } | Wire::Iframe { .. } => Bytes::from_static(b"\n"),
             Wire::Multipart => {
                 let mut out = BytesMut::new();
