@@ -16,10 +16,12 @@ pub enum Kind {
     Pull,
     /// Opera's original event-source (`application/x-dom-event-stream`).
     DomEvents,
+    /// Client pull (`transport=refresh`): answered at once, never open, so always 0.
+    Refresh,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::LongPoll,
         Kind::Jsonp,
         Kind::Stream,
@@ -29,6 +31,7 @@ impl Kind {
         Kind::WebSocket,
         Kind::Pull,
         Kind::DomEvents,
+        Kind::Refresh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::WebSocket => "websocket",
             Kind::Pull => "pull",
             Kind::DomEvents => "dom-events",
+            Kind::Refresh => "refresh",
         }
     }
 }

@@ -125,6 +125,63 @@ async fn opera_event_source_gets_the_dom_event_stream() {
     assert!(block.ends_with("data: two\ndata: lines\n\n"), "{block:?}");
 }
 
+/// Client pull (`transport=refresh`): a page of the channel's newest messages, escaped, with a
+/// `Refresh` header that reloads it with the newest id shown, after which newer ones are marked.
+#[tokio::test]
+async fn refresh_pages_reload_themselves_at_the_next_position() {
+    let s = TestServer::start().await;
+    s.publish("/t/pull", "first").await;
+    s.publish("/t/pull", "<b>second</b> & more").await;
+    let third = s.publish("/t/pull", "third").await;
+    let page = s.get("/sub/t/pull?transport=refresh&lines=2&every=7").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let next = format!("/sub/t/pull?transport=refresh&lines=2&every=7&last_id={third}");
+    assert_eq!(
+        page.header("refresh"),
+        Some(format!("7; url={next}").as_str())
+    );
+    assert!(
+        !page.body.contains("first"),
+        "two lines only: {}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("<li>&lt;b&gt;second&lt;/b&gt; &amp; more</li>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<li>third</li>"), "{}", page.body);
+
+    s.publish("/t/pull", "fourth").await;
+    let later = s.get(&next).await;
+    assert!(later.body.contains("<li>third</li>"), "{}", later.body);
+    assert!(
+        later.body.contains("<li class=\"new\">fourth</li>"),
+        "{}",
+        later.body
+    );
+
+    for bad in [
+        "/sub/t/*?transport=refresh",
+        "/sub/t/pull?transport=refresh&lines=0",
+        "/sub/t/pull?transport=refresh&every=0",
+        "/sub/t/pull?transport=refresh&lines=101",
+    ] {
+        s.get(bad).await.expect_error(400);
+    }
+}
+
 #[tokio::test]
 async fn longpoll_answers_with_the_message_that_arrives() {
     let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;

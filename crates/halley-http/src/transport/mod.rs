@@ -14,6 +14,7 @@
 //! is said as a lapsed token is (`expired`).
 
 mod poll;
+mod refresh;
 mod stream;
 mod ws;
 
@@ -181,6 +182,10 @@ fn dispatch<'a, B: RequestBody>(
             .content_type(),
             Kind::Multipart => Wire::Multipart.content_type(),
             Kind::DomEvents => Wire::DomEvents.content_type(),
+            Kind::Refresh => {
+                refresh::Refresh::from_query(&patterns, &query, resume)?;
+                "text/html; charset=utf-8"
+            }
             Kind::Pull => unreachable!("select never picks pull"),
         };
         return Ok(Box::pin(std::future::ready(Ok(stream::head_only(
@@ -217,6 +222,15 @@ fn dispatch<'a, B: RequestBody>(
         },
         Kind::Multipart => Wire::Multipart,
         Kind::DomEvents => Wire::DomEvents,
+        Kind::Refresh => {
+            let refresh = refresh::Refresh::from_query(&patterns, &query, resume)?;
+            let path = request.uri().path().to_owned();
+            let raw = request.uri().query().unwrap_or("").to_owned();
+            drop((who, presence, request));
+            return Ok(Box::pin(async move {
+                refresh::page(app, refresh, &path, &raw).await
+            }));
+        }
         Kind::Pull => unreachable!("select never picks pull"),
     };
     Ok(Box::pin(async move {
@@ -351,6 +365,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         Some("iframe") => Kind::Iframe,
         Some("multipart") => Kind::Multipart,
         Some("dom-events") => Kind::DomEvents,
+        Some("refresh") => Kind::Refresh,
         Some("jsonp") => Kind::Jsonp,
         Some("websocket") => {
             return Err(ApiError::BadRequest(
@@ -359,7 +374,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         }
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, dom-events, websocket)"
+                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, dom-events, refresh, websocket)"
             )));
         }
     })
