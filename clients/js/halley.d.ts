@@ -6,7 +6,7 @@
 // These declarations describe that global.
 
 /** Transports, in the order the client prefers them. */
-export type Transport = "websocket" | "sse" | "stream" | "longpoll" | "jsonp";
+export type Transport = "websocket" | "sse" | "stream" | "longpoll" | "jsonp" | "poll";
 
 /**
  * `idle`: no subscriptions, nothing open. `unauthorized`: the server refused the token (401 with
@@ -29,6 +29,10 @@ export interface HalleyOptions {
   pollTimeout?: number;
   /** A poll pending this long without failing counts as connected. Default 1000. */
   pollSettle?: number;
+  /** Interval polling (`poll`): ms to the next poll after one with messages. Default 2000. */
+  pollInterval?: number;
+  /** Interval polling: each empty answer in a row doubles the wait, up to this many ms. Default 30000. */
+  pollIntervalMax?: number;
   /** Reconnect delay: random in [0, min(max, base·2^attempt)) ms. Default {base: 500, max: 30000}. */
   backoff?: { base?: number; max?: number };
   /** A transport that once worked is given up after this many failures to open in a row. Default 3. */

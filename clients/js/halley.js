@@ -42,8 +42,12 @@
   /** A connection that lived this long (ms) worked, even if it delivered nothing. */
   var STABLE_MS = 5000;
 
-  /** Transports in order of preference; the ladder steps down this list. */
-  var TRANSPORTS = ["websocket", "sse", "stream", "longpoll", "jsonp"];
+  /**
+   * Transports in order of preference; the ladder steps down this list. `poll` is interval
+   * polling (requests the server answers at once), the last resort where even long-poll holds
+   * are cut by something in between.
+   */
+  var TRANSPORTS = ["websocket", "sse", "stream", "longpoll", "jsonp", "poll"];
 
   var DEFAULTS = {
     transports: TRANSPORTS,
@@ -63,6 +67,12 @@
     idleTimeout: 45000,
     /** A poll pending this long without failing counts as connected (it is held, not refused). */
     pollSettle: 1000,
+    /**
+     * Interval polling (`poll`): ms between polls after one that brought messages; each empty
+     * answer in a row doubles the wait, up to `pollIntervalMax`.
+     */
+    pollInterval: 2000,
+    pollIntervalMax: 30000,
     /** Exponential backoff with full jitter between reconnects, in ms. */
     backoff: { base: 500, max: 30000 },
     /** Failures to open in a row after which a transport that once worked is given up. */
@@ -186,7 +196,9 @@
    *   failed(reason)  'missing' (the browser lacks it) or 'buffered' (a proxy holds the
    *                   stream): banned for good and stepped over; 'connect' (could not open):
    *                   step down at once if it never worked, else after `stepDownAfter` in a
-   *                   row; 'dropped' (it worked and then ended): stay.
+   *                   row; 'cut' (a held poll failed: something in between cut it) counts
+   *                   like 'connect', so that holds cut again and again lead down to
+   *                   interval polling; 'dropped' (it worked and then ended): stay.
    * Stepping past the last transport wraps to the first one not banned (`wrapped`): everything
    * failed, which is a server outage more than a transport problem, so the caller backs off.
    * @param {string[]} list
@@ -327,7 +339,9 @@
         "presence=" + encodeURIComponent(JSON.stringify({ channel: p.channel, member: p.member, info: p.info })),
       );
     });
-    if (transport !== "websocket") params.push("transport=" + transport);
+    // Interval polling is a long-poll the server may not hold.
+    if (transport === "poll") params.push("transport=longpoll", "wait=0");
+    else if (transport !== "websocket") params.push("transport=" + transport);
     if (transport === "sse" || transport === "stream") params.push("format=json");
     // Streams open with {"event":"position","last_id"}: where to resume from if the connection
     // breaks before the first message (polls carry it in every answer anyway).
@@ -450,6 +464,7 @@
           typeof root.AbortController === "function"
         );
       case "longpoll":
+      case "poll":
         return typeof root.fetch === "function" || typeof root.XMLHttpRequest === "function";
       case "jsonp":
         return typeof root.document === "object" && root.document !== null;
@@ -870,8 +885,13 @@
     };
   };
 
-  /** Long-poll and JSONP share the loop: one held request after another, each resuming. */
-  function pollLoop(ctx, h, once) {
+  /**
+   * Long-poll, JSONP and interval polling share the loop: one request after another, each
+   * resuming. Held polls (`interval` false) follow each other at once; a held poll that fails
+   * after it was held was cut by something in between ('cut'). Interval polls wait
+   * `pollInterval` after an answer with messages, doubling while answers are empty.
+   */
+  function pollLoop(ctx, h, once, interval) {
     var opened = false;
     var closed = false;
     var pending = null;
@@ -883,13 +903,14 @@
       h.open();
     };
     var quick = 0;
+    var idle = 0;
     var wait = null;
     var next = function () {
       if (closed) return;
       // A refused or unreachable poll fails fast; one still pending after a moment is held.
       if (!opened) settle = setTimeout(markOpen, ctx.options.pollSettle);
       var sent = Date.now();
-      pending = once(ctx.url());
+      pending = once(ctx.url(), ctx);
       pending.then(
         function (answer) {
           if (closed) return;
@@ -916,6 +937,11 @@
           // busy loop: after a few, wait, and longer each time; Retry-After wins.
           quick = answer.messages.length === 0 && Date.now() - sent < QUICK_POLL_MS ? quick + 1 : 0;
           var delay = answer.retryAfter > 0 ? answer.retryAfter * 1000 : quick >= 3 ? backoffDelay(quick - 3, ctx.options.backoff) : 0;
+          if (interval) {
+            idle = answer.messages.length === 0 ? idle + 1 : 0;
+            var every = ctx.options.pollInterval * Math.pow(2, Math.min(idle, 30));
+            delay = Math.max(answer.retryAfter * 1000 || 0, Math.min(ctx.options.pollIntervalMax, every));
+          }
           if (delay > 0) wait = setTimeout(next, delay);
           else next();
         },
@@ -923,7 +949,7 @@
           if (closed) return;
           clearTimeout(settle);
           closed = true;
-          h.fail(opened ? "dropped" : "connect");
+          h.fail(!opened ? "connect" : interval ? "dropped" : "cut");
         },
       );
     };
@@ -939,27 +965,34 @@
   }
 
   OPENERS.longpoll = function (ctx, h) {
-    return pollLoop(ctx, h, function (url) {
-      var req = httpRequest("GET", url, undefined, undefined, ctx.options.pollTimeout);
-      var answer = req.then(function (res) {
-        if (res.status >= 400 && res.status < 500) return { refused: true, status: res.status, error: errorOf(res.text) };
-        if (res.status !== 200) throw new Error("halley: HTTP " + res.status);
-        var messages = JSON.parse(res.text);
-        var unsubscribed = decodeHeader(res.header("x-halley-unsubscribed"));
-        return {
-          messages: Array.isArray(messages) ? messages : [],
-          lastId: res.header("x-halley-last-id"),
-          gap: res.header("x-halley-gap") === "true",
-          retryAfter: Number(res.header("retry-after")) || 0,
-          unsubscribed: unsubscribed ? unsubscribed.split(",") : [],
-          disconnected: decodeHeader(res.header("x-halley-disconnected")),
-          expired: decodeHeader(res.header("x-halley-expired")),
-        };
-      });
-      answer.abort = req.abort;
-      return answer;
-    });
+    return pollLoop(ctx, h, longpollRequest, false);
   };
+
+  OPENERS.poll = function (ctx, h) {
+    return pollLoop(ctx, h, longpollRequest, true);
+  };
+
+  /** One long-poll request (held or not: the URL says), as the poll loop reads it. */
+  function longpollRequest(url, ctx) {
+    var req = httpRequest("GET", url, undefined, undefined, ctx.options.pollTimeout);
+    var answer = req.then(function (res) {
+      if (res.status >= 400 && res.status < 500) return { refused: true, status: res.status, error: errorOf(res.text) };
+      if (res.status !== 200) throw new Error("halley: HTTP " + res.status);
+      var messages = JSON.parse(res.text);
+      var unsubscribed = decodeHeader(res.header("x-halley-unsubscribed"));
+      return {
+        messages: Array.isArray(messages) ? messages : [],
+        lastId: res.header("x-halley-last-id"),
+        gap: res.header("x-halley-gap") === "true",
+        retryAfter: Number(res.header("retry-after")) || 0,
+        unsubscribed: unsubscribed ? unsubscribed.split(",") : [],
+        disconnected: decodeHeader(res.header("x-halley-disconnected")),
+        expired: decodeHeader(res.header("x-halley-expired")),
+      };
+    });
+    answer.abort = req.abort;
+    return answer;
+  }
 
   OPENERS.jsonp = function (ctx, h) {
     return pollLoop(ctx, h, function (url) {
@@ -977,7 +1010,7 @@
       });
       answer.abort = req.abort;
       return answer;
-    });
+    }, false);
   };
 
   // ---------------------------------------------------------------------------------------
@@ -1258,6 +1291,10 @@
 
   /** What a failure to open or a cut means for the ladder and the backoff. */
   Upstream.prototype.stepFailed = function (reason) {
+    // A held poll cut by something in between (a proxy's timeout shorter than the hold). One
+    // that got messages through is a working transport that dropped; cut again and again with
+    // nothing delivered, it is stepped down from, towards interval polling.
+    if (reason === "cut" && this.delivered) reason = "dropped";
     if (reason === "dropped") {
       // A connection that delivered, or lived a while, worked: start the backoff afresh. One
       // cut soon after opening, with nothing delivered, is no better than one that never

@@ -150,6 +150,18 @@ test("ladder: if everything got banned, the bans are lifted", () => {
   assert.throws(() => new I.Ladder([]));
 });
 
+test("ladder: held polls cut again and again step down, towards interval polling", () => {
+  const l = new I.Ladder(["longpoll", "jsonp", "poll"], 3);
+  l.opened();
+  assert.deepEqual(l.failed("cut"), { transport: "longpoll", stepped: false, wrapped: false });
+  assert.deepEqual(l.failed("cut"), { transport: "longpoll", stepped: false, wrapped: false });
+  assert.deepEqual(l.failed("cut"), { transport: "jsonp", stepped: true, wrapped: false });
+  l.opened();
+  l.failed("cut");
+  l.failed("cut");
+  assert.deepEqual(l.failed("cut"), { transport: "poll", stepped: true, wrapped: false });
+});
+
 test("channel names and patterns", () => {
   for (const ok of ["/a", "/a/b", "/chat/room-1", "/x/a.b~c:d@e!f_g"]) {
     assert.ok(I.isChannel(ok), ok);
@@ -211,6 +223,7 @@ test("subscribe URLs per transport (PROTOCOL.md)", () => {
   assert.equal(I.subscribeUrl(base, "stream", spec, null), `${base}/sub/a/**?${rest}&transport=stream&format=json&position=1`);
   assert.equal(I.subscribeUrl(base, "longpoll", spec, "e-3"), `${base}/sub/a/**?${rest}&transport=longpoll&last_id=e-3`);
   assert.equal(I.subscribeUrl(base, "jsonp", spec, null), `${base}/sub/a/**?${rest}&transport=jsonp`);
+  assert.equal(I.subscribeUrl(base, "poll", spec, "e-3"), `${base}/sub/a/**?${rest}&transport=longpoll&wait=0&last_id=e-3`);
   const one = I.mergeSpecs([{ channels: [{ channel: "/x" }], presence: [] }]);
   assert.equal(I.subscribeUrl("http://h", "websocket", one, null), "ws://h/sub/x?position=1");
 });

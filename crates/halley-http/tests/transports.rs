@@ -182,6 +182,40 @@ async fn refresh_pages_reload_themselves_at_the_next_position() {
     }
 }
 
+/// Interval polling, the last resort behind a proxy that cuts every held request: `wait=0`
+/// answers at once with what there is (the resume's messages, or none and the position), and
+/// `wait=N` holds at most N seconds.
+#[tokio::test]
+async fn a_poll_that_may_not_wait_is_answered_at_once() {
+    let s = TestServer::with(|http, _| http.hold_timeout = std::time::Duration::from_secs(600)).await;
+    let empty = common::within("an unheld poll", s.get("/sub/t/interval?wait=0")).await;
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert_eq!(empty.json(), serde_json::json!([]));
+    let position = empty.header("x-halley-last-id").unwrap().to_string();
+    s.publish("/t/interval", "one").await;
+    s.publish("/t/interval", "two").await;
+    let missed = common::within(
+        "an unheld poll resuming",
+        s.get(&format!("/sub/t/interval?wait=0&last_id={position}")),
+    )
+    .await;
+    let data: Vec<serde_json::Value> = missed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, ["one", "two"]);
+    let jsonp = common::within(
+        "an unheld JSONP poll",
+        s.get("/sub/t/interval?transport=jsonp&callback=cb&wait=0"),
+    )
+    .await;
+    assert!(jsonp.body.starts_with("/**/cb([],"), "{}", jsonp.body);
+    s.get("/sub/t/interval?wait=soon").await.expect_error(400);
+}
+
 #[tokio::test]
 async fn longpoll_answers_with_the_message_that_arrives() {
     let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;

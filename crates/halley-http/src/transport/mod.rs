@@ -204,6 +204,12 @@ fn dispatch<'a, B: RequestBody>(
                 Kind::Jsonp => Some(callback()?),
                 _ => None,
             };
+            let wait = match query.get("wait") {
+                None => None,
+                Some(text) => Some(std::time::Duration::from_secs(text.parse().map_err(
+                    |_| ApiError::BadRequest("wait is a number of seconds (0: do not hold)".into()),
+                )?)),
+            };
             return Ok(Box::pin(poll::hold(
                 app,
                 Box::new(poll::Poll {
@@ -212,6 +218,7 @@ fn dispatch<'a, B: RequestBody>(
                     presence,
                     callback,
                     who,
+                    wait,
                 }),
             )));
         }

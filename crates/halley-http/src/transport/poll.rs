@@ -34,6 +34,9 @@ pub struct Poll {
     /// JSONP's callback; `None` for a plain long-poll.
     pub callback: Option<String>,
     pub who: Principal,
+    /// The longest the client lets it be held (`wait`, at most the hold timeout); `0` is
+    /// interval polling: answered at once with what there is.
+    pub wait: Option<std::time::Duration>,
 }
 
 /// Holds a poll until there is something to say. The request comes boxed: an `async fn` keeps
@@ -49,6 +52,7 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
         presence,
         callback,
         who,
+        wait,
     } = *{ request };
     let kind = if callback.is_some() {
         Kind::Jsonp
@@ -64,12 +68,23 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
     let mut last = sub.position();
     let mut count = 0;
     let mut shutting_down = false;
-    let first = tokio::select! {
+    let hold = wait.map_or(app.config.hold_timeout, |w| w.min(app.config.hold_timeout));
+    let mut first = tokio::select! {
         biased;
         _ = app.shutdown.cancelled() => { shutting_down = true; None }
         event = sub.next() => Some(event),
-        _ = tokio::time::sleep(app.config.hold_timeout) => None,
+        _ = tokio::time::sleep(hold) => None,
     };
+    // A poll that may not wait (or waited less than a history read takes) still answers with
+    // what its resume reads from history.
+    if first.is_none() && !shutting_down && sub.replaying() {
+        first = tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => None,
+            event = replayed(&mut sub) => event,
+            _ = tokio::time::sleep(app.config.hold_timeout) => None,
+        };
+    }
     let mut notes = Notes::default();
     let mut event = first;
     while let Some(e) = event.take() {
