@@ -187,7 +187,8 @@ async fn refresh_pages_reload_themselves_at_the_next_position() {
 /// `wait=N` holds at most N seconds.
 #[tokio::test]
 async fn a_poll_that_may_not_wait_is_answered_at_once() {
-    let s = TestServer::with(|http, _| http.hold_timeout = std::time::Duration::from_secs(600)).await;
+    let s =
+        TestServer::with(|http, _| http.hold_timeout = std::time::Duration::from_secs(600)).await;
     let empty = common::within("an unheld poll", s.get("/sub/t/interval?wait=0")).await;
     assert_eq!(empty.status, 200, "{}", empty.body);
     assert_eq!(empty.json(), serde_json::json!([]));

@@ -206,9 +206,16 @@ fn dispatch<'a, B: RequestBody>(
             };
             let wait = match query.get("wait") {
                 None => None,
-                Some(text) => Some(std::time::Duration::from_secs(text.parse().map_err(
-                    |_| ApiError::BadRequest("wait is a number of seconds (0: do not hold)".into()),
-                )?)),
+                // Beyond u16, as long as the hold timeout anyway.
+                Some(text) => Some(
+                    text.parse::<u64>()
+                        .map(|w| w.min(u16::MAX.into()) as u16)
+                        .map_err(|_| {
+                            ApiError::BadRequest(
+                                "wait is a number of seconds (0: do not hold)".into(),
+                            )
+                        })?,
+                ),
             };
             return Ok(Box::pin(poll::hold(
                 app,
