@@ -281,27 +281,30 @@ impl Bayeux {
     /// browser may hold a connect (browsers allow a handful of connections per host, shared by
     /// every tab). Another session of the same browser (a second tab) is answered at once with
     /// `advice.multiple-clients` and [`BayeuxConfig::multiple_clients_interval`], and polls.
-    pub async fn poll(
-        &self,
+    pub fn poll<'a, O: Outbox>(
+        &'a self,
         connect: Connect,
         browser: Option<&str>,
-        shutdown: impl Future<Output = ()>,
-        out: &mut impl Outbox,
-    ) {
-        // No `mut` parameter, no rebinding: a held request's future keeps room for each.
+        shutdown: impl Future<Output = ()> + 'a,
+        out: &'a mut O,
+    ) -> impl Future<Output = ()> + 'a {
+        // The connect is taken before the future exists (its answer, when it is answered at
+        // once, is written now): a held request's future keeps the link, not the connect and
+        // the parameters an `async fn` would keep room for twice.
         let slot = browser.map(|b| BrowserSlot::take(self, b, connect.session.id()));
         let mut link = Link::polling();
         let shared = matches!(slot, Some(None));
         link.connect(self, connect.answered_at_once(shared), out);
-        // A polling link answers its connect at its first wake: one wait at most. (One async
-        // fn, no loop: a held request's future keeps one copy of what it waits with.)
-        if link.holding() {
-            tokio::select! {
-                wake = link.wait() => link.wake(self, wake, out),
-                _ = shutdown => link.release(self, false, out),
+        async move {
+            // A polling link answers its connect at its first wake: one wait at most.
+            if link.holding() {
+                tokio::select! {
+                    wake = link.wait() => link.wake(self, wake, out),
+                    _ = shutdown => link.release(self, false, out),
+                }
             }
+            drop(slot);
         }
-        drop(slot);
     }
 
     /// [`Bayeux::poll`] for a request without a browser secret, returning the messages and
