@@ -1,10 +1,16 @@
-//! rupy compatibility: `/push` publishes `{"name","message"}`, `/pull` streams one line per
-//! message but never the puller's own, and `Head: less` strips the HTTP response entirely.
+//! rupy compatibility: `/push` publishes `{"name","message"}`, `/pull` streams the pushed text
+//! one line per message but never the puller's own (the objects with `format=json`, a
+//! sandboxed HTML page for a browser), and `Head: less` gets rupy's minimal head. rupy's own
+//! ActionScript client (the seed's Comet Stream page) is replayed byte for byte.
 
 mod common;
 
-use common::{Open, TestServer, read_to_close, read_until};
+use std::time::{Duration, Instant};
+
+use common::{Open, TestServer, read_to_close, read_until, within};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn push(s: &TestServer, query: &str) -> String {
     let reply = s.get(&format!("/push?{query}")).await;
@@ -12,13 +18,18 @@ async fn push(s: &TestServer, query: &str) -> String {
     reply.json()["id"].as_str().unwrap().to_owned()
 }
 
-/// The line a pull carries: `{"name":…,"message":…}` as compact JSON, name first.
-fn line(name: &str, message: &str) -> String {
+/// The line a `format=json` pull carries: `{"name":…,"message":…}` as compact JSON, name first.
+fn object(name: &str, message: &str) -> String {
     format!(r#"{{"name":{},"message":{}}}"#, json!(name), json!(message))
 }
 
+/// The line a pull carries: the pushed text itself.
+fn line(_name: &str, message: &str) -> String {
+    message.to_owned()
+}
+
 #[tokio::test]
-async fn pull_streams_lines_but_never_your_own() {
+async fn pull_streams_the_pushed_text_but_never_your_own() {
     let s = TestServer::start().await;
     let mut alice = s.stream("/pull?name=alice").await;
     let mut bob = s.stream("/pull?name=bob").await;
@@ -73,6 +84,40 @@ async fn push_by_form_post_and_to_another_channel() {
 }
 
 #[tokio::test]
+async fn format_json_pull_keeps_the_objects() {
+    let s = TestServer::start().await;
+    let mut bob = s.stream("/pull?name=bob&format=json").await;
+    assert_eq!(
+        bob.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    push(&s, "name=bob&message=mine").await;
+    push(&s, "name=alice&message=a%0Ab").await;
+    assert_eq!(bob.line().await, object("alice", "a\nb"));
+}
+
+/// One message, one line: a pushed text with a line break comes as a JSON string (the break
+/// escaped); data that is not a push comes as every raw line stream gives it.
+#[tokio::test]
+async fn pull_text_keeps_one_message_per_line() {
+    let s = TestServer::start().await;
+    let mut bob = s.stream("/pull?name=bob").await;
+    push(&s, "name=alice&message=two%0Alines").await;
+    s.post("/pub/talk", "text/plain", "plain text").await;
+    s.post("/pub/talk", "application/json", r#"{"n":1}"#).await;
+    s.post(
+        "/pub/talk",
+        "application/json",
+        r#"{"name":"talk","message":"from the chat","color":"f00"}"#,
+    )
+    .await;
+    assert_eq!(bob.line().await, r#""two\nlines""#);
+    assert_eq!(bob.line().await, "plain text");
+    assert_eq!(bob.line().await, r#"{"n":1}"#);
+    assert_eq!(bob.line().await, "from the chat");
+}
+
+#[tokio::test]
 async fn pushes_reach_every_other_transport_as_objects() {
     let s = TestServer::start().await;
     let mut sub = s.stream("/sub/talk?transport=stream&format=json").await;
@@ -99,6 +144,7 @@ async fn bad_pushes_and_pulls_are_refused() {
         format!("/pull?name={long}"),
         "/pull?name=a&channel=nope".to_owned(),
         "/pull?name=a&last_id=bad".to_owned(),
+        "/pull?name=a&format=xml".to_owned(),
     ];
     for path in cases {
         let reply = s.get(&path).await;
@@ -139,33 +185,50 @@ async fn pull_resumes_from_last_id() {
     assert_eq!(open.line().await, line("alice", "3"));
 }
 
+/// What rupy sends for `Head: less` on a stream: the status line, the framing and the content
+/// type, nothing else.
+const MINIMAL_PULL_HEAD: &str =
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+
+/// The chunk that carries `line` (rupy frames each message as one chunk).
+fn chunk(line: &str) -> String {
+    format!("{:x}\r\n{line}\r\n", line.len())
+}
+
 #[tokio::test]
-async fn head_less_pull_sends_no_status_line_and_no_headers() {
+async fn head_less_pull_gets_rupys_minimal_head_and_chunks() {
     let s = TestServer::start().await;
     let mut raw = s
         .raw_request("GET /pull?name=bob HTTP/1.1\r\nHost: x\r\nHead: less\r\n\r\n")
         .await;
-    // No headers to wait for: the subscription shows in the channel listing instead.
-    s.wait_subscribers("/talk", 1).await;
+    // The head is sent once the pull is subscribed.
+    let head = read_until(&mut raw, b"\r\n\r\n").await;
+    assert_eq!(String::from_utf8(head).unwrap(), MINIMAL_PULL_HEAD);
     push(&s, "name=bob&message=mine").await;
     push(&s, "name=alice&message=hi").await;
-    push(&s, "name=carol&message=yo").await;
-    let expected = format!("{}\n{}\n", line("alice", "hi"), line("carol", "yo"));
+    push(&s, "name=carol&message=%3Cb%3Eyo%3C%2Fb%3E").await;
+    let expected = format!("{}{}", chunk("hi\n"), chunk("<b>yo</b>\n"));
     let got = read_until(&mut raw, expected.as_bytes()).await;
     assert_eq!(String::from_utf8(got).unwrap(), expected);
 }
 
 #[tokio::test]
-async fn head_less_pull_with_bad_input_sends_one_error_line_and_closes() {
+async fn head_less_pull_with_bad_input_sends_a_json_error_under_a_minimal_head() {
     let s = TestServer::start().await;
     let mut raw = s
         .raw_request("GET /pull?channel=/talk HTTP/1.1\r\nHead: less\r\n\r\n")
         .await;
     let got = String::from_utf8(read_to_close(&mut raw).await).unwrap();
-    let (first, rest) = got.split_once('\n').unwrap_or_else(|| panic!("{got:?}"));
-    assert_eq!(rest, "");
-    let error: Value = serde_json::from_str(first).unwrap();
-    assert!(error["error"].is_string(), "{got:?}");
+    let (head, body) = got.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(
+        head,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nContent-Type: application/json",
+            body.len()
+        )
+    );
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("name"), "{got:?}");
     s.assert_still_serving().await;
 }
 
