@@ -1481,6 +1481,10 @@ mod tests {
     fn check_exact(head: &str, expected: &str) {
         let got = match classify(head.as_bytes(), "/cometd", 100) {
             Route::HeadlessPull(q) => format!("headless {q}"),
+            Route::RupyPush(p) => format!(
+                "rupy push head_less={} length={:?} keep_alive={}",
+                p.head_less, p.length, p.keep_alive
+            ),
             Route::Lean {
                 keep_alive,
                 http10,
@@ -1573,6 +1577,35 @@ mod tests {
             "hyper",
         );
         check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
+        // rupy's pushes: `Head: less`, or a POST whose form follows with no Content-Length.
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\n\r\nname=a&message=b",
+            "rupy push head_less=true length=None keep_alive=true",
+        );
+        check(
+            "POST /push HTTP/1.1\r\n\r\nname=a&message=b",
+            "rupy push head_less=false length=None keep_alive=true",
+        );
+        check(
+            "GET /push?name=a&message=b HTTP/1.1\r\nHead: less\r\n\r\n",
+            "rupy push head_less=true length=Some(0) keep_alive=true",
+        );
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nContent-Length: 3\r\n\r\na=b",
+            "rupy push head_less=true length=Some(3) keep_alive=true",
+        );
+        // An HTTP push: hyper's, as before (a message in the query string needs no body).
+        check("GET /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
+        check("POST /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
+        check("POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\na=b", "hyper");
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nContent-Length: 1\r\n\r\na=b",
+            "hyper",
+        );
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "hyper",
+        );
         check("PUT /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
         check("HEAD /sub/a HTTP/1.1\r\n\r\n", "hyper");
     }
