@@ -548,7 +548,13 @@ impl Nginx {
              location / {{ proxy_pass http://{upstream}; proxy_buffering off; }}\n }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
-        let child = std::process::Command::new("nginx")
+        // Debian puts it in /usr/sbin, which is not on every user's PATH.
+        let binary = if std::path::Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = std::process::Command::new(binary)
             .arg("-p")
             .arg(&dir)
             .arg("-e")
