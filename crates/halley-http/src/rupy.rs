@@ -101,23 +101,29 @@ pub fn own_prefix(name: &str) -> String {
 pub const PULL_HTML_POLICY: &str =
     "sandbox; default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
 
-/// Which form a pull's lines take: `format=json|text|html`, else HTML for a browser (one
-/// that accepts `text/html`: what a browser asks for when it opens a page), else the text.
+/// Which form a pull's lines take: `format=json|text|html|sse`, else Server-Sent Events for an
+/// EventSource (it accepts `text/event-stream`), HTML for a browser (one that accepts
+/// `text/html`: what a browser asks for when it opens a page), else the text.
 pub fn pull_form(headers: &HeaderMap, query: &Query) -> Result<PullForm, ApiError> {
     match query.get("format") {
         Some("json") => Ok(PullForm::Json),
         Some("text") => Ok(PullForm::Text),
         Some("html") => Ok(PullForm::Html),
+        Some("sse") => Ok(PullForm::Sse),
         Some(other) => Err(ApiError::BadRequest(format!(
-            "unknown format {other:?} (text, json, html)"
+            "unknown format {other:?} (text, json, html, sse)"
         ))),
         None => {
-            let browser = headers
-                .get_all(ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.contains("text/html"));
-            Ok(if browser {
+            let accepts = |what: &str| {
+                headers
+                    .get_all(ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains(what))
+            };
+            Ok(if accepts("text/event-stream") {
+                PullForm::Sse
+            } else if accepts("text/html") {
                 PullForm::Html
             } else {
                 PullForm::Text

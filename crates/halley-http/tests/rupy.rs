@@ -620,3 +620,22 @@ async fn head_less_pull_through_nginx() {
     let log = nginx.error_log();
     assert!(!log.contains("upstream sent"), "{log}");
 }
+
+/// An EventSource's pull (it accepts `text/event-stream`, or `format=sse`): the pushed text as
+/// `data:` lines, never your own; and rupy's event-stream demo page is served at `/event.html`.
+#[tokio::test]
+async fn event_source_pull_gets_the_text_as_server_sent_events() {
+    let s = TestServer::start().await;
+    let mut one = s
+        .stream_with("/pull?name=one", &[("accept", "text/event-stream")])
+        .await;
+    assert_eq!(one.header("content-type"), Some("text/event-stream"));
+    push(&s, "name=one&message=mine").await;
+    push(&s, "name=two&message=hello%3Cbr%3E").await;
+    push(&s, "name=two&message=a%0Ab").await;
+    assert_eq!(one.until("\n\n").await, "data: hello<br>\n\n");
+    assert_eq!(one.until("\n\n").await, "data: \"a\\nb\"\n\n");
+    let page = s.get("/event.html").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("new EventSource("), "{}", page.body);
+}

@@ -55,6 +55,9 @@ pub enum PullForm {
     Html,
     /// The data as one line of JSON (`{"name":…,"message":…}` for a push): `format=json`.
     Json,
+    /// The text as Server-Sent Events (`data:` lines), for an EventSource: rupy's event-stream
+    /// demo (`Accept: text/event-stream`, or `format=sse`).
+    Sse,
 }
 
 impl Wire {
@@ -67,6 +70,10 @@ impl Wire {
                 form: PullForm::Html,
                 ..
             } => "text/html; charset=utf-8",
+            Wire::Pull {
+                form: PullForm::Sse,
+                ..
+            } => "text/event-stream",
             Wire::Pull { .. } => "text/plain; charset=utf-8",
             Wire::Iframe { .. } => "text/html; charset=utf-8",
             Wire::Multipart => "multipart/x-mixed-replace; boundary=halley",
@@ -170,6 +177,12 @@ impl Wire {
                 match form {
                     PullForm::Json => out.put_slice(m.line().as_bytes()),
                     PullForm::Text | PullForm::Html => put_pushed_text(m, out),
+                    PullForm::Sse => {
+                        // One line of text (see `put_pushed_text`), so one `data:` line.
+                        out.put_slice(b"data: ");
+                        put_pushed_text(m, out);
+                        out.put_u8(b'\n');
+                    }
                 }
                 out.put_u8(b'\n');
             }
@@ -189,7 +202,11 @@ impl Wire {
 
     pub fn heartbeat(&self) -> Bytes {
         match self {
-            Wire::Sse { .. } => Bytes::from_static(b":\n\n"),
+            Wire::Sse { .. }
+            | Wire::Pull {
+                form: PullForm::Sse,
+                ..
+            } => Bytes::from_static(b":\n\n"),
             Wire::Lines { .. } | Wire::Pull { .. } | Wire::Iframe { .. } => {
                 Bytes::from_static(b"\n")
             }
