@@ -1182,11 +1182,7 @@ async fn raw_pull(app: &Arc<App>, stream: TcpStream, query: &str) {
             return;
         }
     };
-    let head = minimal_head(
-        hyper::StatusCode::OK,
-        None,
-        wire.content_type().as_bytes(),
-    );
+    let head = minimal_head(hyper::StatusCode::OK, None, wire.content_type().as_bytes());
     if write_all(&mut writer, &head, stall).await.is_err() {
         return;
     }
@@ -1597,7 +1593,10 @@ mod tests {
         // An HTTP push: hyper's, as before (a message in the query string needs no body).
         check("GET /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
         check("POST /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
-        check("POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\na=b", "hyper");
+        check(
+            "POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\na=b",
+            "hyper",
+        );
         check(
             "POST /push HTTP/1.1\r\nHead: less\r\nContent-Length: 1\r\n\r\na=b",
             "hyper",

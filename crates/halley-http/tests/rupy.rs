@@ -187,8 +187,7 @@ async fn pull_resumes_from_last_id() {
 
 /// What rupy sends for `Head: less` on a stream: the status line, the framing and the content
 /// type, nothing else.
-const MINIMAL_PULL_HEAD: &str =
-    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+const MINIMAL_PULL_HEAD: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
 
 /// The chunk that carries `line` (rupy frames each message as one chunk).
 fn chunk(line: &str) -> String {
@@ -219,7 +218,9 @@ async fn head_less_pull_with_bad_input_sends_a_json_error_under_a_minimal_head()
         .raw_request("GET /pull?channel=/talk HTTP/1.1\r\nHead: less\r\n\r\n")
         .await;
     let got = String::from_utf8(read_to_close(&mut raw).await).unwrap();
-    let (head, body) = got.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{got:?}"));
+    let (head, body) = got
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{got:?}"));
     assert_eq!(
         head,
         format!(
@@ -274,7 +275,11 @@ async fn minimal_answer(push: &mut TcpStream) -> (String, String) {
     let mut buf = [0u8; 4096];
     loop {
         let n = within("a push answer", push.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "push connection closed after {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "push connection closed after {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
@@ -311,7 +316,9 @@ async fn actionscript_stream_client_replayed_byte_for_byte() {
     let request = format!("GET /pull?name=one HTTP/1.1\r\nHost: {AS_HOST}\r\nHead: less\r\n\r\n");
     pull.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    let n = within("the pull's head", pull.read(&mut buf)).await.unwrap();
+    let n = within("the pull's head", pull.read(&mut buf))
+        .await
+        .unwrap();
     let head = String::from_utf8(buf[..n].to_vec()).unwrap();
     assert_eq!(head, MINIMAL_PULL_HEAD);
     // What the client shows for that read: the framing header (index 1 of any head).
@@ -322,7 +329,9 @@ async fn actionscript_stream_client_replayed_byte_for_byte() {
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while !output.ends_with(&last) {
-            let n = within("the pulled messages", pull.read(&mut buf)).await.unwrap();
+            let n = within("the pulled messages", pull.read(&mut buf))
+                .await
+                .unwrap();
             assert!(n > 0, "the pull closed; shown so far: {output:?}");
             output.push_str(&as_pull_data(&String::from_utf8_lossy(&buf[..n])));
         }
@@ -421,7 +430,10 @@ async fn head_less_stays_for_the_pushes_of_its_connection() {
         .await
         .unwrap();
     let (head, _) = minimal_answer(&mut raw).await;
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\nContent-Length: "), "{head:?}");
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\nContent-Length: "),
+        "{head:?}"
+    );
     raw.write_all(
         b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\n\r\nname=a&message=22",
     )
@@ -461,17 +473,33 @@ async fn unframed_pushes_are_bounded() {
         .await
         .unwrap();
     let got = String::from_utf8(read_to_close(&mut big).await).unwrap();
-    assert!(got.starts_with("HTTP/1.1 413 Payload Too Large\r\nContent-Length: "), "{got:?}");
-    assert!(got.ends_with(r#"{"error":"body larger than 1024 bytes"}"#), "{got:?}");
+    assert!(
+        got.starts_with("HTTP/1.1 413 Payload Too Large\r\nContent-Length: "),
+        "{got:?}"
+    );
+    assert!(
+        got.ends_with(r#"{"error":"body larger than 1024 bytes"}"#),
+        "{got:?}"
+    );
 
-    let mut silent = s.raw_request("POST /push HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut silent = s
+        .raw_request("POST /push HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let got = String::from_utf8(read_to_close(&mut silent).await).unwrap();
-    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got:?}");
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got:?}"
+    );
     let body = got.split_once("\r\n\r\n").unwrap().1;
     let error: Value = serde_json::from_str(body).unwrap();
-    assert!(error["error"].as_str().unwrap().contains("no form body"), "{body}");
+    assert!(
+        error["error"].as_str().unwrap().contains("no form body"),
+        "{body}"
+    );
 
-    let mut bad = s.raw_request("POST /push HTTP/1.1\r\nHost: x\r\nHead: less\r\n\r\nname=a").await;
+    let mut bad = s
+        .raw_request("POST /push HTTP/1.1\r\nHost: x\r\nHead: less\r\n\r\nname=a")
+        .await;
     let (head, body) = minimal_answer(&mut bad).await;
     assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head:?}");
     assert!(body.contains("message is required"), "{body}");
@@ -497,10 +525,16 @@ async fn browser_pull_is_a_sandboxed_html_page() {
     let page = one.until("hello<br>\n").await;
     assert!(page.starts_with("<!DOCTYPE html><html>"), "{page:?}");
     let padding = page.find("hello").unwrap();
-    assert!(padding >= 1024, "only {padding} bytes before the first message");
+    assert!(
+        padding >= 1024,
+        "only {padding} bytes before the first message"
+    );
     // A program that asks for nothing in particular gets the text.
     let plain = s.stream("/pull?name=three").await;
-    assert_eq!(plain.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
     assert_eq!(plain.header("content-security-policy"), None);
     // And HEAD says what GET would.
     let reply = s
@@ -511,7 +545,10 @@ async fn browser_pull_is_a_sandboxed_html_page() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(reply.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(reply.header("content-security-policy").is_some());
 }
 
@@ -612,7 +649,11 @@ async fn head_less_pull_through_nginx() {
             "{path}: {head:?}"
         );
         s.wait_subscribers(&channel, 1).await;
-        push(&s, &format!("name=two&message=through+nginx&channel={channel}")).await;
+        push(
+            &s,
+            &format!("name=two&message=through+nginx&channel={channel}"),
+        )
+        .await;
         let got = String::from_utf8(read_until(&mut raw, b"through nginx\n").await).unwrap();
         // nginx read Halley's chunk framing and frames the line again: one chunk, no doubling.
         assert_eq!(got, chunk("through nginx\n"), "{path}");
