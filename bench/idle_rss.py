@@ -22,6 +22,9 @@ import time
 REQUESTS = {
     "sse": "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
     "stream": "GET {path}?transport=stream HTTP/1.1\r\nHost: {host}\r\n\r\n",
+    # rupy's pull (--path /pull?name=n&channel=/bench/idle), over HTTP and with Head: less.
+    "pull": "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+    "pull-less": "GET {path} HTTP/1.1\r\nHost: {host}\r\nHead: less\r\n\r\n",
     "ws": (
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.b64encode(b"halley-bench-key").decode() + "\r\n\r\n"

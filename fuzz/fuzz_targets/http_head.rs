@@ -110,6 +110,23 @@ fn check_classify(head: &[u8], body_limit: usize) {
             assert!(head.starts_with(b"GET /pull"));
             assert!(!query.contains([' ', '\r', '\n']));
         }
+        Classified::RupyPush {
+            method,
+            uri,
+            head_less: _,
+            head_len,
+            length,
+        } => {
+            // Only rupy's push, and a body never past its declared length.
+            assert!(method == Method::GET || method == Method::POST, "{method}");
+            assert!(uri.starts_with("/push"), "{uri}");
+            assert!(head_len <= head.len());
+            if let Some(length) = length {
+                assert!(head.len() - head_len <= length);
+            } else {
+                assert_eq!(method, Method::POST);
+            }
+        }
         Classified::Lean {
             method,
             uri,

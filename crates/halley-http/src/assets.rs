@@ -44,6 +44,7 @@ static ASSETS: &[Asset] = &[
         "text/javascript; charset=utf-8"
     ),
     asset!("/talk/talk.css", "talk/talk.css", "text/css; charset=utf-8"),
+    asset!("/event.html", "rupy/event.html", "text/html; charset=utf-8"),
     asset!(
         "/talk-widget.js",
         "talk-widget.js",

@@ -37,6 +37,14 @@ pub enum Classified {
     },
     Http2,
     HeadlessPull(String),
+    /// A rupy push served on the lean path; `length` is `None` for rupy's unframed body.
+    RupyPush {
+        method: Method,
+        uri: String,
+        head_less: bool,
+        head_len: usize,
+        length: Option<usize>,
+    },
     Lean {
         method: Method,
         uri: String,
@@ -57,6 +65,13 @@ pub fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Classified
         },
         Route::Http2 => Classified::Http2,
         Route::HeadlessPull(query) => Classified::HeadlessPull(query),
+        Route::RupyPush(push) => Classified::RupyPush {
+            method: push.request.method().clone(),
+            uri: push.request.uri().to_string(),
+            head_less: push.head_less,
+            head_len: push.head_len,
+            length: push.length,
+        },
         Route::Lean {
             request,
             keep_alive,

@@ -411,6 +411,10 @@ pub(crate) enum Route {
     Http2,
     /// rupy's `Head: less` pull, with its query string.
     HeadlessPull(String),
+    /// rupy's push: one that says `Head: less`, or a `POST` whose form follows the head with
+    /// no `Content-Length` (rupy's own clients send both), or any push on a connection that
+    /// spoke so before. Served by [`rupy_pushes`].
+    RupyPush(Box<RupyPush>),
     /// A subscriber `GET`, or a Bayeux `POST` with a `Content-Length` body, served on the lean
     /// path. The buffer read so far holds `head_len` bytes of head, then the start of the body;
     /// `more` body bytes are still to be read.
@@ -425,9 +429,29 @@ pub(crate) enum Route {
     Hyper,
 }
 
+/// A rupy push read on the lean path.
+pub(crate) struct RupyPush {
+    pub(crate) request: Request<Full<Bytes>>,
+    /// It said `Head: less`: it, and every later push on its connection, is answered with
+    /// rupy's minimal head.
+    pub(crate) head_less: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) head_len: usize,
+    /// The body's declared length; `None` for rupy's unframed form: the body is what follows
+    /// the head (see [`unframed_body`]).
+    pub(crate) length: Option<usize>,
+}
+
 /// Reads a connection's first head: refuses what is malformed (with a JSON error, which hyper's
-/// own refusals lack), spots rupy's headerless pull, and picks the lean path or hyper.
+/// own refusals lack), spots rupy's headerless pull and pushes, and picks the lean path or
+/// hyper.
 pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Route {
+    classify_on(head, cometd_path, body_limit, false)
+}
+
+/// [`classify`], on a connection that has already spoken rupy's push (`rupy`): every push on
+/// it is rupy's.
+pub(crate) fn classify_on(head: &[u8], cometd_path: &str, body_limit: usize, rupy: bool) -> Route {
     if head.starts_with(HTTP2_PREFACE) {
         return Route::Http2;
     }
@@ -504,25 +528,6 @@ pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Rou
     let handler = routes::resolve(&method, route, cometd_path)
         .ok()
         .map(|e| e.handler);
-    let length = length.unwrap_or(0);
-    let lean_route = match (&method, handler) {
-        (&Method::GET, Some(Handler::Subscribe | Handler::Pull)) => length == 0,
-        // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
-        (&Method::POST, Some(Handler::Bayeux)) => {
-            length <= body_limit && header("expect").is_none()
-        }
-        _ => false,
-    };
-    // Bytes beyond the body (a pipelined request) stay with hyper, which handles pipelining;
-    // chunked bodies and upgrades too.
-    let extra = head.len() - len;
-    if !lean_route
-        || header("transfer-encoding").is_some()
-        || header("upgrade").is_some()
-        || extra > length
-    {
-        return Route::Hyper;
-    }
     let connection = header("connection").map(|v| v.to_ascii_lowercase());
     let has = |token: &[u8]| {
         connection
@@ -535,6 +540,76 @@ pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Rou
     } else {
         !has(b"close")
     };
+    let extra = head.len() - len;
+    if handler == Some(Handler::Push)
+        && header("transfer-encoding").is_none()
+        && header("upgrade").is_none()
+        && header("expect").is_none()
+    {
+        let head_less = header("head").is_some_and(|v| v.eq_ignore_ascii_case(b"less"));
+        // A POST without Content-Length has no body in HTTP (RFC 9112 §6.3); rupy's clients
+        // send their form after such a head all the same. A push whose message is in its
+        // query string needs no body: it is read the HTTP way.
+        let query = path.split_once('?').map_or("", |(_, q)| q);
+        let has_message = form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "message");
+        let unframed = method == Method::POST && length.is_none() && !has_message;
+        let length = if unframed {
+            None
+        } else {
+            Some(length.unwrap_or(0))
+        };
+        if (head_less || unframed || rupy)
+            && length.is_none_or(|n| extra <= n)
+            && let Some(request) = build_request(method.clone(), path, http10, parsed.headers)
+        {
+            return Route::RupyPush(Box::new(RupyPush {
+                request,
+                head_less,
+                keep_alive,
+                head_len: len,
+                length,
+            }));
+        }
+    }
+    let length = length.unwrap_or(0);
+    let lean_route = match (&method, handler) {
+        (&Method::GET, Some(Handler::Subscribe | Handler::Pull)) => length == 0,
+        // Bayeux long-polling: the held connect is the idle cost of a Bayeux client.
+        (&Method::POST, Some(Handler::Bayeux)) => {
+            length <= body_limit && header("expect").is_none()
+        }
+        _ => false,
+    };
+    // Bytes beyond the body (a pipelined request) stay with hyper, which handles pipelining;
+    // chunked bodies and upgrades too.
+    if !lean_route
+        || header("transfer-encoding").is_some()
+        || header("upgrade").is_some()
+        || extra > length
+    {
+        return Route::Hyper;
+    }
+    match build_request(method, path, http10, parsed.headers) {
+        Some(request) => Route::Lean {
+            request: Box::new(request),
+            keep_alive,
+            http10,
+            head_len: len,
+            more: length - extra,
+        },
+        // A header or URI that the http types refuse: let hyper give the proper error.
+        None => Route::Hyper,
+    }
+}
+
+/// The request a parsed head describes, with an empty body; `None` when the http types refuse
+/// a header or the URI.
+fn build_request(
+    method: Method,
+    path: &str,
+    http10: bool,
+    headers: &[httparse::Header<'_>],
+) -> Option<Request<Full<Bytes>>> {
     let mut builder = Request::builder()
         .method(method)
         .uri(path)
@@ -543,20 +618,10 @@ pub(crate) fn classify(head: &[u8], cometd_path: &str, body_limit: usize) -> Rou
         } else {
             Version::HTTP_11
         });
-    for h in parsed.headers.iter() {
+    for h in headers.iter() {
         builder = builder.header(h.name, h.value);
     }
-    match builder.body(Full::new(Bytes::new())) {
-        Ok(request) => Route::Lean {
-            request: Box::new(request),
-            keep_alive,
-            http10,
-            head_len: len,
-            more: length - extra,
-        },
-        // A header or URI that the http types refuse: let hyper give the proper error.
-        Err(_) => Route::Hyper,
-    }
+    builder.body(Full::new(Bytes::new())).ok()
 }
 
 /// Checks what decides where a request ends and which host it is for (RFC 9112 §6.3, §3.2),
@@ -713,7 +778,23 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                 return Box::pin(refuse(stream, refusal)).await;
             }
             Route::Http2 => return Box::pin(refuse_http2(stream)).await,
-            Route::HeadlessPull(query) => return Box::pin(raw_pull(&app, stream, &query)).await,
+            Route::HeadlessPull(query) => {
+                // Nothing of the head may stay allocated while the pull lasts (1 KiB per idle
+                // `Head: less` pull, measured with bench/idle_rss.py).
+                drop(head);
+                let Some((head, body)) = Box::pin(open_raw_pull(&app, &mut stream, query)).await
+                else {
+                    return;
+                };
+                // The lean path's writer, from this future as for every held response: a
+                // future of the pull's own around it cost each idle pull 0.5 KiB (RSS).
+                let stall = app.config.write_stall_timeout;
+                let _ = Box::pin(write_response(&mut stream, head, body, false, true, stall)).await;
+                return;
+            }
+            Route::RupyPush(push) => {
+                return Box::pin(rupy_pushes(app, stream, head, push, slot)).await;
+            }
             Route::Lean {
                 mut request,
                 keep_alive,
@@ -1068,36 +1149,229 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
     out.len() - at
 }
 
-/// rupy's `Head: less` pull: message lines straight onto the socket, no HTTP framing.
-async fn raw_pull(app: &Arc<App>, stream: TcpStream, query: &str) {
-    let query = Query::parse(Some(query));
-    let (mut reader, mut writer) = stream.into_split();
-    let (sub, wire) = match rupy::open_pull(app, &hyper::HeaderMap::new(), &query).await {
-        Ok(opened) => opened,
+/// rupy's minimal head (what rupy sends for `Head: less`): the status line, the framing
+/// (`Content-Length`, else `Transfer-Encoding: chunked`) and the content type; no `Date`,
+/// `Server`, `Connection` or cookies.
+fn minimal_head(status: hyper::StatusCode, length: Option<usize>, content_type: &[u8]) -> BytesMut {
+    let mut head = BytesMut::with_capacity(128);
+    head.put_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    match length {
+        Some(n) => head.put_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        None => head.put_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    head.put_slice(b"Content-Type: ");
+    head.put_slice(content_type);
+    head.put_slice(b"\r\n\r\n");
+    head
+}
+
+/// A JSON error under rupy's minimal head, in one write.
+fn minimal_error(status: hyper::StatusCode, error: &str) -> BytesMut {
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut out = minimal_head(status, Some(body.len()), b"application/json");
+    out.put_slice(body.as_bytes());
+    out
+}
+
+/// Opens rupy's `Head: less` pull: rupy's minimal head and the chunks to follow it (rupy's
+/// clients read the chunk framing), with TCP_NODELAY (set on every connection). A refusal is
+/// written here, a JSON error under the same head, and the connection closes.
+async fn open_raw_pull(
+    app: &Arc<App>,
+    stream: &mut TcpStream,
+    query: String,
+) -> Option<(BytesMut, Body)> {
+    let opened = {
+        let query = Query::parse(Some(&query));
+        rupy::open_pull(app, &hyper::HeaderMap::new(), &query).await
+    };
+    match opened {
+        // Then written by the lean path's writer: chunk-framed (rupy's ActionScript client
+        // splits each read on CRLF and shows the odd elements; size line, data and CRLF go in
+        // one write), ended with the last chunk, and ended early when the client goes away.
+        Ok((sub, wire)) => Some((
+            minimal_head(hyper::StatusCode::OK, None, wire.content_type().as_bytes()),
+            crate::body::streaming(crate::transport::chunks(app, sub, wire, Kind::Pull, false)),
+        )),
         Err(error) => {
-            // No headers to carry a status: the error object is the one line sent.
-            let line = format!("{}\n", serde_json::json!({ "error": error.to_string() }));
-            let _ = writer.write_all(line.as_bytes()).await;
+            let refusal = minimal_error(error.status(), &error.to_string());
+            let _ = write_all(stream, &refusal, app.config.write_stall_timeout).await;
+            None
+        }
+    }
+}
+
+/// Most bytes of a rupy push's unframed form body read at a time.
+const UNFRAMED_READ: usize = 4096;
+
+/// The body of a rupy push sent with no `Content-Length` (rupy's own clients): what came
+/// after the head in the same read, else the first bytes to arrive (within the header
+/// timeout), and whatever else has already arrived with them. There is no other end to find:
+/// rupy's server reads it the same way, and its clients send each form in one write and the
+/// next push only once this one is answered. More than `limit` bytes is refused.
+async fn unframed_body(
+    stream: &mut TcpStream,
+    body: &mut BytesMut,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(), Refusal> {
+    let too_large = || Refusal {
+        status: 413,
+        error: format!("body larger than {limit} bytes"),
+        http10: false,
+    };
+    if body.is_empty() {
+        body.reserve(UNFRAMED_READ);
+        match tokio::time::timeout(timeout, stream.read_buf(body)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(Refusal::bad("the connection closed before the push's form")),
+            Err(_) => {
+                return Err(Refusal {
+                    status: 408,
+                    error: format!(
+                        "no form body within {} s: send it right after the head (or with a Content-Length)",
+                        timeout.as_secs()
+                    ),
+                    http10: false,
+                });
+            }
+        }
+    }
+    loop {
+        if body.len() > limit {
+            return Err(too_large());
+        }
+        body.reserve(UNFRAMED_READ);
+        match stream.try_read_buf(body) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(Refusal::bad("the connection failed while reading the push")),
+        }
+    }
+}
+
+/// rupy's pushes, one after another on one connection, each answered before the next is read:
+/// with rupy's minimal head once one said `Head: less` (its ActionScript client says it on the
+/// first push only), else with the lean path's whole head. A request that is not a push hands
+/// the connection to hyper.
+async fn rupy_pushes(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    mut head: BytesMut,
+    mut push: Box<RupyPush>,
+    slot: Arc<Slot>,
+) {
+    let stall = app.config.write_stall_timeout;
+    let mut minimal = false;
+    loop {
+        minimal |= push.head_less;
+        let RupyPush {
+            mut request,
+            keep_alive,
+            head_len,
+            length,
+            ..
+        } = *push;
+        let mut body = head.split_off(head_len);
+        drop(head);
+        let read = match length {
+            Some(n) if n > app.config.body_limit => Err(Refusal {
+                status: 413,
+                error: format!("body larger than {} bytes", app.config.body_limit),
+                http10: false,
+            }),
+            Some(n) => {
+                let more = n - body.len();
+                let reading = read_more(&mut stream, &mut body, more);
+                match tokio::time::timeout(app.config.header_timeout, reading).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => return,
+                }
+            }
+            None => {
+                unframed_body(
+                    &mut stream,
+                    &mut body,
+                    app.config.body_limit,
+                    app.config.header_timeout,
+                )
+                .await
+            }
+        };
+        if let Err(refusal) = read {
+            app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            if !minimal {
+                return refuse(stream, refusal).await;
+            }
+            let status = hyper::StatusCode::from_u16(refusal.status)
+                .unwrap_or(hyper::StatusCode::BAD_REQUEST);
+            let answer = minimal_error(status, &refusal.error);
+            if write_all(&mut stream, &answer, stall).await.is_ok() {
+                linger(stream).await;
+            }
             return;
         }
-    };
-    let mut chunks = std::pin::pin!(crate::transport::chunks(app, sub, wire, Kind::Pull, false));
-    let mut scratch = [0u8; 64];
-    loop {
-        tokio::select! {
-            chunk = futures_util::StreamExt::next(&mut chunks) => match chunk {
-                Some(chunk) => {
-                    if writer.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                }
-                None => return,
-            },
-            // Anything the client sends is ignored; end of stream means it went away.
-            read = reader.read(&mut scratch) => if matches!(read, Ok(0) | Err(_)) {
-                return;
-            },
+        *request.body_mut() = Full::new(body.freeze());
+        let http10 = request.version() == Version::HTTP_10;
+        let response = app::handle(&app, request).await;
+        let keep_alive = keep_alive && !app.shutdown.is_cancelled();
+        let written = if minimal {
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let content_type = parts
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .map_or(&b"application/json"[..], |v| v.as_bytes());
+            // Head and body in one write: rupy's client sends its next push on each read.
+            let mut answer = minimal_head(parts.status, Some(body.len()), content_type);
+            answer.put_slice(&body);
+            write_all(&mut stream, &answer, stall)
+                .await
+                .map(|()| keep_alive)
+        } else {
+            let (head, body, keep_alive, chunked) = response_head(response, keep_alive, http10);
+            write_response(&mut stream, head, body, keep_alive, chunked, stall).await
+        };
+        if !matches!(written, Ok(true)) || app.shutdown.is_cancelled() {
+            return;
         }
+        let read = read_head(&mut stream, app.config.header_timeout);
+        head = tokio::select! {
+            head = read => match head {
+                Head::Complete(head) => head,
+                Head::Gone => return,
+                Head::TooLarge => {
+                    let refusal = Refusal {
+                        status: 431,
+                        error: format!("request head larger than {MAX_HEAD} bytes"),
+                        http10: false,
+                    };
+                    return refuse(stream, refusal).await;
+                }
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        push = match classify_on(&head, &app.config.cometd_path, app.config.body_limit, true) {
+            Route::RupyPush(push) => push,
+            Route::Refuse(refusal) => {
+                app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return refuse(stream, refusal).await;
+            }
+            Route::Http2 => return refuse_http2(stream).await,
+            // Anything else (a pull, a publish, a page): hyper serves the rest.
+            _ => return serve_hyper(app, stream, head, slot).await,
+        };
     }
 }
 
@@ -1194,6 +1468,10 @@ mod tests {
     fn check_exact(head: &str, expected: &str) {
         let got = match classify(head.as_bytes(), "/cometd", 100) {
             Route::HeadlessPull(q) => format!("headless {q}"),
+            Route::RupyPush(p) => format!(
+                "rupy push head_less={} length={:?} keep_alive={}",
+                p.head_less, p.length, p.keep_alive
+            ),
             Route::Lean {
                 keep_alive,
                 http10,
@@ -1286,6 +1564,38 @@ mod tests {
             "hyper",
         );
         check("POST /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
+        // rupy's pushes: `Head: less`, or a POST whose form follows with no Content-Length.
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\n\r\nname=a&message=b",
+            "rupy push head_less=true length=None keep_alive=true",
+        );
+        check(
+            "POST /push HTTP/1.1\r\n\r\nname=a&message=b",
+            "rupy push head_less=false length=None keep_alive=true",
+        );
+        check(
+            "GET /push?name=a&message=b HTTP/1.1\r\nHead: less\r\n\r\n",
+            "rupy push head_less=true length=Some(0) keep_alive=true",
+        );
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nContent-Length: 3\r\n\r\na=b",
+            "rupy push head_less=true length=Some(3) keep_alive=true",
+        );
+        // An HTTP push: hyper's, as before (a message in the query string needs no body).
+        check("GET /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
+        check("POST /push?name=a&message=b HTTP/1.1\r\n\r\n", "hyper");
+        check(
+            "POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\na=b",
+            "hyper",
+        );
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nContent-Length: 1\r\n\r\na=b",
+            "hyper",
+        );
+        check(
+            "POST /push HTTP/1.1\r\nHead: less\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "hyper",
+        );
         check("PUT /pub/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n", "hyper");
         check("HEAD /sub/a HTTP/1.1\r\n\r\n", "hyper");
     }

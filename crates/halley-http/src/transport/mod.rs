@@ -35,7 +35,7 @@ use crate::metrics::Kind;
 use crate::query::{Query, valid_callback};
 use crate::state::App;
 
-pub use stream::{Wire, chunks, fresh, head_only, held_headers, stream_response};
+pub use stream::{PullForm, Wire, chunks, fresh, head_only, held_headers, stream_response};
 #[cfg(feature = "autobahn")]
 pub use ws::{AUTOBAHN_ECHO, echo};
 pub use ws::{
@@ -175,7 +175,7 @@ fn dispatch<'a, B: RequestBody>(
                 "application/javascript; charset=utf-8"
             }
             Kind::Sse => Wire::Sse { json }.content_type(),
-            Kind::Stream => Wire::Lines { json, skip: None }.content_type(),
+            Kind::Stream => Wire::Lines { json }.content_type(),
             Kind::Iframe => Wire::Iframe {
                 callback: callback()?,
             }
@@ -230,7 +230,7 @@ fn dispatch<'a, B: RequestBody>(
             )));
         }
         Kind::Sse => Wire::Sse { json },
-        Kind::Stream => Wire::Lines { json, skip: None },
+        Kind::Stream => Wire::Lines { json },
         Kind::Iframe => Wire::Iframe {
             callback: callback()?,
         },

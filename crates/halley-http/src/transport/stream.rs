@@ -29,11 +29,15 @@ pub enum Wire {
     Sse {
         json: bool,
     },
-    /// One message per `\n`-terminated line. `skip` drops messages whose JSON starts with that
-    /// prefix (rupy's "never your own messages").
+    /// One message per `\n`-terminated line.
     Lines {
         json: bool,
-        skip: Option<String>,
+    },
+    /// rupy's pull: one message per `\n`-terminated line, never the puller's own (`skip`: the
+    /// prefix of its own pushes' JSON, see `rupy::own_prefix`), in one of its [`PullForm`]s.
+    Pull {
+        form: PullForm,
+        skip: Box<str>,
     },
     Iframe {
         callback: String,
@@ -44,12 +48,36 @@ pub enum Wire {
     DomEvents,
 }
 
+/// What a rupy pull's lines carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullForm {
+    /// The pushed message text itself (what rupy's clients read), as plain text.
+    Text,
+    /// The same text as HTML, for a browser: a page whose messages format (`hello<br>`)
+    /// but, sandboxed, never run script (`rupy::pull` sets the headers).
+    Html,
+    /// The data as one line of JSON (`{"name":…,"message":…}` for a push): `format=json`.
+    Json,
+    /// The text as Server-Sent Events (`data:` lines), for an EventSource: rupy's event-stream
+    /// demo (`Accept: text/event-stream`, or `format=sse`).
+    Sse,
+}
+
 impl Wire {
     pub fn content_type(&self) -> &'static str {
         match self {
             Wire::Sse { .. } => "text/event-stream",
             Wire::Lines { json: true, .. } => "application/x-ndjson",
             Wire::Lines { json: false, .. } => "text/plain; charset=utf-8",
+            Wire::Pull {
+                form: PullForm::Html,
+                ..
+            } => "text/html; charset=utf-8",
+            Wire::Pull {
+                form: PullForm::Sse,
+                ..
+            } => "text/event-stream",
+            Wire::Pull { .. } => "text/plain; charset=utf-8",
             Wire::Iframe { .. } => "text/html; charset=utf-8",
             Wire::Multipart => "multipart/x-mixed-replace; boundary=halley",
             Wire::DomEvents => "application/x-dom-event-stream",
@@ -64,6 +92,17 @@ impl Wire {
             Wire::Sse { .. } => out.put_slice(format!("retry: {retry_ms}\n\n").as_bytes()),
             Wire::Iframe { .. } => {
                 out.put_slice(b"<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>");
+                out.put_slice(b"<!--");
+                out.put_bytes(b' ', IFRAME_PADDING);
+                out.put_slice(b"-->\n");
+            }
+            // The same padding as the forever-iframe's, for the same browsers; no script at
+            // all (the page is sandboxed without it).
+            Wire::Pull {
+                form: PullForm::Html,
+                ..
+            } => {
+                out.put_slice(b"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>pull</title></head><body>");
                 out.put_slice(b"<!--");
                 out.put_bytes(b' ', IFRAME_PADDING);
                 out.put_slice(b"-->\n");
@@ -114,7 +153,7 @@ impl Wire {
                 out.put_slice(object.as_bytes());
                 out.put_u8(b'\n');
             }
-            Wire::Lines { json: false, .. } => {}
+            Wire::Lines { json: false, .. } | Wire::Pull { .. } => {}
             Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
             Wire::Multipart => part(object.as_bytes(), out),
             Wire::DomEvents => {
@@ -131,16 +170,26 @@ impl Wire {
                 out.put_slice(m.json_object());
                 out.put_slice(b"\n\n");
             }
-            Wire::Lines { json, skip } => {
-                if skip
-                    .as_ref()
-                    .is_some_and(|s| m.data.json().starts_with(s.as_str()))
-                {
-                    return;
-                }
+            Wire::Lines { json } => {
                 match json {
                     true => out.put_slice(m.json_object()),
                     false => out.put_slice(m.line().as_bytes()),
+                }
+                out.put_u8(b'\n');
+            }
+            Wire::Pull { form, skip } => {
+                if m.data.json().starts_with(&**skip) {
+                    return;
+                }
+                match form {
+                    PullForm::Json => out.put_slice(m.line().as_bytes()),
+                    PullForm::Text | PullForm::Html => put_pushed_text(m, out),
+                    PullForm::Sse => {
+                        // One line of text (see `put_pushed_text`), so one `data:` line.
+                        out.put_slice(b"data: ");
+                        put_pushed_text(m, out);
+                        out.put_u8(b'\n');
+                    }
                 }
                 out.put_u8(b'\n');
             }
@@ -166,8 +215,15 @@ impl Wire {
 
     pub fn heartbeat(&self) -> Bytes {
         match self {
-            Wire::Sse { .. } | Wire::DomEvents => Bytes::from_static(b":\n\n"),
-            Wire::Lines { .. } | Wire::Iframe { .. } => Bytes::from_static(b"\n"),
+            Wire::Sse { .. }
+            | Wire::DomEvents
+            | Wire::Pull {
+                form: PullForm::Sse,
+                ..
+            } => Bytes::from_static(b":\n\n"),
+            Wire::Lines { .. } | Wire::Pull { .. } | Wire::Iframe { .. } => {
+                Bytes::from_static(b"\n")
+            }
             Wire::Multipart => {
                 let mut out = BytesMut::new();
                 part(br#"{"event":"heartbeat"}"#, &mut out);
@@ -220,6 +276,32 @@ impl Wire {
             out,
         );
         self.end(out);
+    }
+}
+
+/// A message as rupy's pull shows it: the text of its `message` (what `/push` publishes, and
+/// what the talk chat sends), else the data as [`Message::line`] gives it (a string as it is,
+/// anything else as JSON). A text with a line break is sent as a JSON string, where the break
+/// is escaped, so that one message stays one line.
+fn put_pushed_text(m: &Message, out: &mut BytesMut) {
+    #[derive(serde::Deserialize)]
+    struct Pushed<'a> {
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+    }
+    let json = m.data.json();
+    // Only an object can have a message; anything else is not parsed at all.
+    let pushed = json
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Pushed<'_>>(json).ok())
+        .flatten();
+    match pushed {
+        Some(Pushed { message }) if message.contains(['\n', '\r']) => {
+            // Serialising a string cannot fail.
+            out.put_slice(serde_json::to_string(&*message).unwrap().as_bytes());
+        }
+        Some(Pushed { message }) => out.put_slice(message.as_bytes()),
+        None => out.put_slice(m.line().as_bytes()),
     }
 }
 
