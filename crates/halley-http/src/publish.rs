@@ -6,7 +6,7 @@ use crate::body::RequestBody;
 use bytes::Bytes;
 use halley_engine::Published;
 use halley_engine::access::{Action, Via};
-use halley_proto::{Channel, Payload, push_json_string};
+use halley_proto::{Channel, Payload, is_binary_type, push_json_string};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
@@ -30,7 +30,7 @@ pub async fn publish<B: RequestBody>(
             Action::Publish(&channel, Via::Http),
         )
         .await?;
-    let is_json = request
+    let content_type = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -41,10 +41,14 @@ pub async fn publish<B: RequestBody>(
                 .trim()
                 .to_ascii_lowercase()
         })
-        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+        .unwrap_or_default();
     let body = read_body(app, request).await?;
-    let payload = if is_json {
+    // The body's type is kept: JSON as JSON, images, sound, video and octet streams as bytes
+    // with their type (`Payload::binary`), anything else as text.
+    let payload = if content_type == "application/json" || content_type.ends_with("+json") {
         Payload::from_json(&body)?
+    } else if is_binary_type(&content_type) {
+        Payload::binary(&content_type, &body)
     } else {
         Payload::from_text(&body)?
     };

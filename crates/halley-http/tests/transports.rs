@@ -217,6 +217,95 @@ async fn a_poll_that_may_not_wait_is_answered_at_once() {
     s.get("/sub/t/interval?wait=soon").await.expect_error(400);
 }
 
+/// Live images (the webcam of the founding documents): a body published as an image keeps its
+/// type and bytes. Multipart sends it as a part of its own type (what an `<img>` plays); JSON
+/// transports and history carry it as base64 with a marker; resume works as for any message.
+#[tokio::test]
+async fn binary_bodies_travel_as_bytes_on_multipart_and_as_base64_in_json() {
+    let s = TestServer::start().await;
+    let mut parts = s.stream("/sub/cam/live?transport=multipart").await;
+    let image: &[u8] = b"\x89PNG\r\n\x1a\n\0\xff--halley\r\nnot a boundary";
+    let reply = s
+        .send(
+            s.request("POST", "/pub/cam/live")
+                .header("content-type", "image/png")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(image)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let head = parts.until("\r\n\r\n").await;
+    assert_eq!(head, "--halley\r\nContent-Type: image/png\r\n\r\n");
+    // The bytes, then the next part opened at once with the same type (a browser shows a part
+    // only once the next one's headers came).
+    let reopened = b"\r\n--halley\r\nContent-Type: image/png\r\n\r\n";
+    while parts.buf.len() < parts.seen + image.len() + reopened.len() {
+        assert!(parts.try_fill().await.unwrap(), "the part's bytes");
+    }
+    assert_eq!(&parts.buf[parts.seen..parts.seen + image.len()], image);
+    assert_eq!(
+        &parts.buf[parts.seen + image.len()..][..reopened.len()],
+        reopened
+    );
+    parts.seen += image.len() + reopened.len();
+
+    // JSON transports and history: base64 with its type.
+    let history = s.get("/api/history?channel=/cam/live").await.json();
+    let data = &history["messages"][0]["data"];
+    assert_eq!(data["type"], "image/png", "{history}");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data["$binary"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(decoded, image);
+    // Resume on multipart gives the bytes again.
+    let mut resumed = s
+        .stream(&format!(
+            "/sub/cam/live?transport=multipart&last_id={}",
+            foreign_or_before(&id)
+        ))
+        .await;
+    let head = resumed.until("\r\n\r\n").await;
+    assert!(head.contains("Content-Type: image/png"), "{head}");
+    // A JSON body that merely looks like one, with a type that is not binary, stays JSON.
+    s.post(
+        "/pub/cam/live",
+        "application/json",
+        r#"{"$binary":"PHNjcmlwdD4=","type":"text/html"}"#,
+    )
+    .await;
+    // The open part is closed with the same image again, then the JSON part follows.
+    while parts.buf.len() < parts.seen + image.len() + 2 {
+        assert!(parts.try_fill().await.unwrap(), "the open part closed");
+    }
+    assert_eq!(&parts.buf[parts.seen..parts.seen + image.len()], image);
+    parts.seen += image.len() + 2;
+    let json_part = parts.until("}\r\n").await;
+    assert!(
+        json_part.starts_with("--halley\r\nContent-Type: application/json\r\n\r\n"),
+        "{json_part:?}"
+    );
+    // Other types stay text.
+    let text = s
+        .send(
+            s.request("POST", "/pub/cam/text")
+                .header("content-type", "text/csv")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"a,b")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(text.status, 200);
+    let history = s.get("/api/history?channel=/cam/text").await.json();
+    assert_eq!(history["messages"][0]["data"], "a,b");
+}
+
+/// The id just before `id` (same epoch, one less), to resume from.
+fn foreign_or_before(id: &str) -> String {
+    let (epoch, offset) = id.split_once('-').unwrap();
+    format!("{epoch}-{}", offset.parse::<u64>().unwrap() - 1)
+}
+
 #[tokio::test]
 async fn longpoll_answers_with_the_message_that_arrives() {
     let s = TestServer::with(|http, _| http.hold_timeout = Duration::from_secs(10)).await;

@@ -22,4 +22,7 @@ mod message;
 
 pub use channel::{CHANNEL_MAX_LEN, Channel, ChannelError, Pattern};
 pub use id::{IdError, MessageId};
-pub use message::{MAX_DEPTH, Message, Payload, PayloadError, push_json_string};
+pub use message::{
+    BINARY_KEY, Binary, MAX_CONTENT_TYPE, MAX_DEPTH, Message, Payload, PayloadError,
+    is_binary_type, push_json_string,
+};

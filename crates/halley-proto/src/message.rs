@@ -67,6 +67,23 @@ impl Payload {
         Payload::from_json(serde_json::to_string(value).unwrap_or_default().as_bytes())
     }
 
+    /// A binary body (an image, a sound…; [`is_binary_type`]), kept as JSON that every JSON
+    /// transport, history and the broker carry as they are: `{"$binary":"<base64>","type":
+    /// "<content type>"}`. Transports that can carry bytes send the bytes with their type
+    /// ([`Message::binary`]).
+    pub fn binary(content_type: &str, bytes: &[u8]) -> Payload {
+        use base64::Engine as _;
+        let mut out = String::with_capacity(bytes.len() * 4 / 3 + content_type.len() + 32);
+        out.push_str("{\"");
+        out.push_str(BINARY_KEY);
+        out.push_str("\":\"");
+        base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
+        out.push_str("\",\"type\":");
+        push_json_string(&mut out, content_type);
+        out.push('}');
+        Payload(out.into())
+    }
+
     /// The compact JSON text.
     pub fn json(&self) -> &str {
         &self.0
@@ -126,6 +143,70 @@ impl Payload {
         } else {
             std::borrow::Cow::Borrowed(&self.0)
         }
+    }
+}
+
+/// The key of a binary body's JSON form ([`Payload::binary`]).
+pub const BINARY_KEY: &str = "$binary";
+
+/// Most bytes of a binary body's content type.
+pub const MAX_CONTENT_TYPE: usize = 100;
+
+/// Whether a body of this content type (`type/subtype`, lower case, no parameters) travels as
+/// bytes ([`Payload::binary`]): images, sound, video and `application/octet-stream`. Every
+/// other type is text (JSON for `application/json` and `+json`).
+pub fn is_binary_type(content_type: &str) -> bool {
+    let Some((kind, subtype)) = content_type.split_once('/') else {
+        return false;
+    };
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    content_type.len() <= MAX_CONTENT_TYPE
+        && token(subtype)
+        && match kind {
+            "image" | "audio" | "video" => true,
+            "application" => subtype == "octet-stream",
+            _ => false,
+        }
+}
+
+/// A binary body's bytes and content type ([`Message::binary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binary {
+    pub content_type: Box<str>,
+    pub bytes: Bytes,
+}
+
+impl Binary {
+    /// From a payload's JSON: an object whose `$binary` member is base64 and whose `type` is a
+    /// binary content type; anything else (plain data, a bad type or encoding) is not binary.
+    fn of(payload: &Payload) -> Option<Binary> {
+        use base64::Engine as _;
+        let json = payload.json();
+        if !json.starts_with("{\"$binary\":") {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Form<'a> {
+            #[serde(rename = "$binary", borrow)]
+            data: std::borrow::Cow<'a, str>,
+            #[serde(rename = "type", borrow)]
+            content_type: std::borrow::Cow<'a, str>,
+        }
+        let form: Form<'_> = serde_json::from_str(json).ok()?;
+        if !is_binary_type(&form.content_type) {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(form.data.as_bytes())
+            .ok()?;
+        Some(Binary {
+            content_type: form.content_type.into(),
+            bytes: Bytes::from(bytes),
+        })
     }
 }
 
@@ -262,6 +343,7 @@ pub struct Message {
     object: OnceLock<Bytes>,
     text: OnceLock<Box<str>>,
     sse: OnceLock<Bytes>,
+    binary: OnceLock<Option<Box<Binary>>>,
 }
 
 impl Message {
@@ -273,7 +355,16 @@ impl Message {
             object: OnceLock::new(),
             text: OnceLock::new(),
             sse: OnceLock::new(),
+            binary: OnceLock::new(),
         }
+    }
+
+    /// The bytes and content type of a binary body ([`Payload::binary`]), decoded once; `None`
+    /// for any other data.
+    pub fn binary(&self) -> Option<&Binary> {
+        self.binary
+            .get_or_init(|| Binary::of(&self.data).map(Box::new))
+            .as_deref()
     }
 
     /// `{"channel":…,"id":…,"data":…}` as compact JSON.

@@ -180,7 +180,7 @@ fn dispatch<'a, B: RequestBody>(
                 callback: callback()?,
             }
             .content_type(),
-            Kind::Multipart => Wire::Multipart.content_type(),
+            Kind::Multipart => Wire::Multipart { open: None }.content_type(),
             Kind::DomEvents => Wire::DomEvents.content_type(),
             Kind::Refresh => {
                 refresh::Refresh::from_query(&patterns, &query, resume)?;
@@ -234,7 +234,7 @@ fn dispatch<'a, B: RequestBody>(
         Kind::Iframe => Wire::Iframe {
             callback: callback()?,
         },
-        Kind::Multipart => Wire::Multipart,
+        Kind::Multipart => Wire::Multipart { open: None },
         Kind::DomEvents => Wire::DomEvents,
         Kind::Refresh => {
             let refresh = refresh::Refresh::from_query(&patterns, &query, resume)?;

@@ -42,7 +42,15 @@ pub enum Wire {
     Iframe {
         callback: String,
     },
-    Multipart,
+    /// One part per message: its object as `application/json`, or — a binary body
+    /// ([`halley_proto::Payload::binary`]) — its bytes with their own content type, so that a
+    /// live image plays in an `<img>`. A browser shows a part only once the next part's headers
+    /// have come, so after a binary part the next one is opened at once with the same type
+    /// (`open`, with the bytes that close it if something else comes first: the same image
+    /// again). A heartbeat repeats the image (an `<img>` breaks on a JSON part).
+    Multipart {
+        open: Option<Box<halley_proto::Binary>>,
+    },
     /// Opera 9's event-source, SSE's forerunner (`application/x-dom-event-stream`): blocks of
     /// `Event:` (the DOM event to fire, `message` for messages) and `data:` lines.
     DomEvents,
@@ -79,7 +87,7 @@ impl Wire {
             } => "text/event-stream",
             Wire::Pull { .. } => "text/plain; charset=utf-8",
             Wire::Iframe { .. } => "text/html; charset=utf-8",
-            Wire::Multipart => "multipart/x-mixed-replace; boundary=halley",
+            Wire::Multipart { .. } => "multipart/x-mixed-replace; boundary=halley",
             Wire::DomEvents => "application/x-dom-event-stream",
         }
     }
@@ -155,7 +163,7 @@ impl Wire {
             }
             Wire::Lines { json: false, .. } | Wire::Pull { .. } => {}
             Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
-            Wire::Multipart => part(object.as_bytes(), out),
+            Wire::Multipart { .. } => part(object.as_bytes(), out),
             Wire::DomEvents => {
                 out.put_slice(format!("Event: {event}\ndata: {object}\n\n").as_bytes());
             }
@@ -194,7 +202,7 @@ impl Wire {
                 out.put_u8(b'\n');
             }
             Wire::Iframe { callback } => script(callback, m.json_object(), out),
-            Wire::Multipart => part(m.json_object(), out),
+            Wire::Multipart { .. } => part(m.json_object(), out),
             // SSE's frame (`id:` and one `data:` line per line) after the event's name; a
             // reader of the old format ignores the field it does not know.
             Wire::DomEvents => {
@@ -224,7 +232,14 @@ impl Wire {
             Wire::Lines { .. } | Wire::Pull { .. } | Wire::Iframe { .. } => {
                 Bytes::from_static(b"\n")
             }
-            Wire::Multipart => {
+            Wire::Multipart { open: Some(open) } => {
+                let mut out = BytesMut::new();
+                out.put_slice(&open.bytes);
+                out.put_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
+                part_head(&open.content_type, &mut out);
+                out.freeze()
+            }
+            Wire::Multipart { open: None } => {
                 let mut out = BytesMut::new();
                 part(br#"{"event":"heartbeat"}"#, &mut out);
                 out.freeze()
@@ -260,7 +275,7 @@ impl Wire {
 
     /// The end of a multipart body; other wires end with the response.
     fn end(&self, out: &mut BytesMut) {
-        if let Wire::Multipart = self {
+        if let Wire::Multipart { .. } = self {
             out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
         }
     }
@@ -345,6 +360,52 @@ pub fn put_script_safe(json: &[u8], out: &mut BytesMut) {
     out.put_slice(&json[start..]);
 }
 
+fn part_head(content_type: &str, out: &mut BytesMut) {
+    out.put_slice(format!("Content-Type: {content_type}\r\n\r\n").as_bytes());
+}
+
+impl Wire {
+    /// Writes a message; on multipart, a binary body as described at [`Wire::Multipart`].
+    fn write_message(&mut self, m: &Message, out: &mut BytesMut) {
+        let Wire::Multipart { open } = self else {
+            return self.message(m, out);
+        };
+        match (m.binary(), open.as_deref()) {
+            // The open part takes the bytes; the next one is opened.
+            (Some(binary), Some(part)) if part.content_type == binary.content_type => {
+                out.put_slice(&binary.bytes);
+            }
+            (Some(binary), _) => {
+                self.close_open(out);
+                out.put_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+                part_head(&binary.content_type, out);
+                out.put_slice(&binary.bytes);
+            }
+            (None, _) => {
+                self.close_open(out);
+                return self.message(m, out);
+            }
+        }
+        let Some(binary) = m.binary() else { return };
+        out.put_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
+        part_head(&binary.content_type, out);
+        if let Wire::Multipart { open } = self {
+            *open = Some(Box::new(binary.clone()));
+        }
+    }
+
+    /// Ends the part a binary body left open (multipart) with that body again, so that what
+    /// follows starts a part of its own.
+    fn close_open(&mut self, out: &mut BytesMut) {
+        if let Wire::Multipart { open } = self
+            && let Some(part) = open.take()
+        {
+            out.put_slice(&part.bytes);
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
 fn part(body: &[u8], out: &mut BytesMut) {
     out.put_slice(format!("--{BOUNDARY}\r\nContent-Type: application/json\r\n\r\n").as_bytes());
     out.put_slice(body);
@@ -377,6 +438,7 @@ impl Stream {
             if self.shutdown.is_cancelled() {
                 self.done = true;
                 let mut out = BytesMut::new();
+                self.wire.close_open(&mut out);
                 self.wire.farewell("reconnect", self.retry_ms, &mut out);
                 return Poll::Ready(Some(out.freeze()));
             }
@@ -406,6 +468,7 @@ impl Stream {
                     if let Some(denied) = self.sub.lapsed() {
                         self.done = true;
                         let mut out = BytesMut::new();
+                        self.wire.close_open(&mut out);
                         self.wire.lapse(&denied, &mut out);
                         return Poll::Ready(Some(out.freeze()));
                     }
@@ -427,18 +490,21 @@ impl Stream {
     fn take(&mut self, mut event: Event, out: &mut BytesMut) {
         for written in 1..=COALESCE {
             match event {
-                Event::Message(m) => self.wire.message(&m, out),
+                Event::Message(m) => self.wire.write_message(&m, out),
                 Event::Lagged => {
                     self.done = true;
+                    self.wire.close_open(out);
                     self.wire.farewell("lagged", self.retry_ms, out);
                     return;
                 }
                 Event::Closed(closing) => {
                     self.done = true;
+                    self.wire.close_open(out);
                     self.wire.closed(&closing, out);
                     return;
                 }
                 Event::Unsubscribed(pattern) => {
+                    self.wire.close_open(out);
                     self.wire.unsubscribed(&pattern, out);
                     // A connection left with no channel has nothing more to say.
                     if self.sub.patterns().is_empty() {
