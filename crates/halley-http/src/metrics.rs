@@ -14,10 +14,11 @@ pub enum Kind {
     Sse,
     WebSocket,
     Pull,
+    Gif,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::LongPoll,
         Kind::Jsonp,
         Kind::Stream,
@@ -26,6 +27,7 @@ impl Kind {
         Kind::Sse,
         Kind::WebSocket,
         Kind::Pull,
+        Kind::Gif,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Sse => "sse",
             Kind::WebSocket => "websocket",
             Kind::Pull => "pull",
+            Kind::Gif => "gif",
         }
     }
 }
@@ -52,7 +55,7 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Requests answered with a 4xx because of bad input.
     pub bad_requests: AtomicU64,
-    subscribers: [AtomicI64; 8],
+    subscribers: [AtomicI64; Kind::ALL.len()],
     /// Webhooks and RPC: what the calls to the application did.
     pub outcalls: Outcalls,
 }
