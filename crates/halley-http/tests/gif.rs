@@ -133,8 +133,15 @@ async fn each_message_is_a_new_frame_showing_its_text() {
     assert_eq!(first.repeat, gif::Repeat::Infinite);
     let netscape = open.buf.windows(11).position(|w| w == b"NETSCAPE2.0");
     let image = open.buf.iter().position(|b| *b == 0x2c);
-    assert!(netscape.is_some() && netscape < image, "the loop extension opens the GIF");
-    assert_eq!(ink(&whole(&first)[0].pixels), 0, "a fresh channel: a blank first frame");
+    assert!(
+        netscape.is_some() && netscape < image,
+        "the loop extension opens the GIF"
+    );
+    assert_eq!(
+        ink(&whole(&first)[0].pixels),
+        0,
+        "a fresh channel: a blank first frame"
+    );
 
     s.publish("/gif/a", "HI").await;
     let d = screens(&mut open, 2).await;
@@ -157,7 +164,11 @@ async fn each_message_is_a_new_frame_showing_its_text() {
     }
     assert!(ink(&line_pixels(&hi, 0)) > 0);
     assert_eq!(ink(&line_pixels(&hi, 1)), 0, "one message, one line");
-    assert_eq!(ink(&hi.pixels), ink(&line_pixels(&hi, 0)), "nothing outside it");
+    assert_eq!(
+        ink(&hi.pixels),
+        ink(&line_pixels(&hi, 0)),
+        "nothing outside it"
+    );
 
     s.publish("/gif/a", "there").await;
     let d = screens(&mut open, 3).await;
@@ -166,7 +177,11 @@ async fn each_message_is_a_new_frame_showing_its_text() {
     assert_eq!(line_pixels(&two, 0), line_pixels(&hi, 0), "HI stays on top");
     let there = line_pixels(&two, 1);
     assert_ne!(ink(&there), 0);
-    assert_ne!(ink(&there), ink(&line_pixels(&hi, 0)), "another text, other pixels");
+    assert_ne!(
+        ink(&there),
+        ink(&line_pixels(&hi, 0)),
+        "another text, other pixels"
+    );
 
     // Full: the oldest line scrolls off, the others move up.
     s.publish("/gif/a", "HI").await;
@@ -186,7 +201,8 @@ async fn json_data_shows_compact_or_its_field_and_long_lines_are_cut() {
         .await;
     screens(&mut plain, 1).await;
     screens(&mut field, 1).await;
-    s.publish_json("/gif/j", r#"{"text":"I","who":"ann"}"#).await;
+    s.publish_json("/gif/j", r#"{"text":"I","who":"ann"}"#)
+        .await;
     let plain = whole(&screens(&mut plain, 2).await)[1].clone();
     let field = whole(&screens(&mut field, 2).await)[1].clone();
     // `I` alone: 11 pixels of the font. The object as compact JSON fills the 10 columns
@@ -280,7 +296,11 @@ async fn shutdown_ends_the_gif_with_a_closing_frame_and_the_trailer() {
     assert_eq!(frames.len(), 2);
     let last = frames[1];
     assert!(ink(&line_pixels(last, 0)) > 0, "a line says why it ended");
-    assert_eq!(last.delay, u16::MAX, "and stays up rather than replaying the loop");
+    assert_eq!(
+        last.delay,
+        u16::MAX,
+        "and stays up rather than replaying the loop"
+    );
 }
 
 #[tokio::test]
@@ -303,7 +323,10 @@ async fn bad_parameters_are_refused_with_400() {
     ] {
         let reply = s.get(&format!("/sub/gif/b?transport=gif&{query}")).await;
         reply.expect_error(400);
-        let error = reply.json()["error"].as_str().unwrap_or_default().to_owned();
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let name = query.split('=').next().unwrap();
         assert!(error.contains(name), "{query}: {error}");
     }

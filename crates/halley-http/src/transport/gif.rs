@@ -14,7 +14,7 @@
 //! Frames are encoded by the `gif` crate (its LZW); the glyphs are `font`'s.
 
 use std::collections::VecDeque;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gif::{DisposalMethod, Encoder, Frame, Repeat};
@@ -240,9 +240,15 @@ impl Screen {
         pixels
     }
 
-    /// One frame of the whole screen (with the GIF's opening when `opening`), encoded by the
-    /// `gif` crate into a buffer of its own and copied out without its header or trailer.
+    /// One frame of the whole screen (with the GIF's opening when `opening`): from
+    /// [`FRAMES`] when another GIF just showed the same, else drawn and encoded by the `gif`
+    /// crate into a buffer of its own and copied out without its header or trailer.
     fn encode(&self, opening: bool, delay: u16, out: &mut BytesMut) {
+        let key = self.key(opening, delay);
+        if let Some(bytes) = FRAMES.get(&key) {
+            out.put_slice(&bytes);
+            return;
+        }
         let frame = Frame {
             delay,
             dispose: DisposalMethod::Keep,
@@ -251,9 +257,75 @@ impl Screen {
             buffer: self.render().into(),
             ..Frame::default()
         };
-        if let Err(e) = encode_into(self.width, self.height, &self.palette, opening, &frame, out) {
-            tracing::error!("gif: could not encode a frame: {e}");
+        let mut bytes = BytesMut::new();
+        match encode_into(
+            self.width,
+            self.height,
+            &self.palette,
+            opening,
+            &frame,
+            &mut bytes,
+        ) {
+            Ok(()) => {
+                out.put_slice(&bytes);
+                FRAMES.put(key, bytes.freeze());
+            }
+            Err(e) => tracing::error!("gif: could not encode a frame: {e}"),
         }
+    }
+
+    /// Everything a frame's bytes depend on: the opening or not, the delay, the size, the
+    /// scale, the palette and the lines (which hold no control character, so a line break
+    /// separates them unambiguously).
+    fn key(&self, opening: bool, delay: u16) -> Vec<u8> {
+        let mut key =
+            Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 1).sum::<usize>());
+        key.push(u8::from(opening));
+        key.extend_from_slice(&delay.to_le_bytes());
+        key.extend_from_slice(&self.width.to_le_bytes());
+        key.extend_from_slice(&self.height.to_le_bytes());
+        key.push(self.scale);
+        key.extend_from_slice(&self.palette);
+        for line in &self.lines {
+            key.push(b'\n');
+            key.extend_from_slice(line.as_bytes());
+        }
+        key
+    }
+}
+
+/// Most frames kept in [`FRAMES`]. A message to a channel with many GIF subscribers is the
+/// same frame for all whose parameters and lines match; 64 covers several busy channels at a
+/// few parameter sets each. At the bound the oldest frame is forgotten (it is encoded again if
+/// asked for). At most 64 × 45 KiB at the largest parameters, 64 × 4 KiB at the defaults.
+const FRAME_CACHE: usize = 64;
+
+/// The frames encoded last, shared by every GIF: under fan-out, one encode per message instead
+/// of one per subscriber.
+static FRAMES: FrameCache = FrameCache(Mutex::new(VecDeque::new()));
+
+struct FrameCache(Mutex<VecDeque<(Vec<u8>, Bytes)>>);
+
+impl FrameCache {
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        let frames = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        frames
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    fn put(&self, key: Vec<u8>, bytes: Bytes) {
+        let mut frames = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Two GIFs may have encoded the same frame at once: keep one.
+        if frames.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        if frames.len() == FRAME_CACHE {
+            frames.pop_front();
+        }
+        frames.push_back((key, bytes));
     }
 }
 
@@ -386,6 +458,57 @@ mod tests {
         s.push(&message(r#"{"text":1}"#));
         s.push(&message("[1, 2]"));
         assert_eq!(s.lines, [r#"hi"#, r#"{"text":1}"#, "[1,2]"].map(Box::from));
+    }
+
+    /// Not a check: what one frame costs to draw and encode (each message a new picture), and
+    /// what it costs another GIF showing the same picture (the shared frame), for
+    /// bench/README.md. Run with
+    /// `cargo test --release -p halley-http --lib measure_frame_encode -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_frame_encode() {
+        for query in ["", "width=1024&lines=32&scale=4"] {
+            let mut s = screen(query);
+            let line = |i: usize| {
+                format!(
+                    "\"{i} ann: {}\"",
+                    "the quick brown fox jumps over ".repeat(4)
+                )
+            };
+            for i in 0..s.capacity() {
+                s.push(&message(&line(i)));
+            }
+            let n = 200;
+            let mut bytes = 0;
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                let mut out = BytesMut::new();
+                s.push(&message(&line(1000 + i)));
+                s.flush(&mut out);
+                bytes = out.len();
+            }
+            let drawn = start.elapsed() / n as u32;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let mut out = BytesMut::new();
+                s.dirty = true;
+                s.flush(&mut out);
+            }
+            let shared = start.elapsed() / n as u32;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(s.render());
+            }
+            let render = start.elapsed() / n as u32;
+            println!(
+                "{}x{} px, {} lines of {} characters: {drawn:?} per frame drawn and encoded \
+                 (drawing {render:?}), {shared:?} per frame shared, {bytes} bytes",
+                s.width,
+                s.height,
+                s.capacity(),
+                s.columns
+            );
+        }
     }
 
     #[test]
