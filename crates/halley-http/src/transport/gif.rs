@@ -89,8 +89,10 @@ pub struct Screen {
     /// Background then text colour, as RGB.
     palette: [u8; 6],
     field: Option<Box<str>>,
-    /// The lines shown, oldest (top) first, each already cut to `columns` characters.
-    lines: VecDeque<Box<str>>,
+    /// The lines shown, oldest (top) first, each already cut to `columns` characters and
+    /// ended by a line break (lines hold no control character): one allocation for them all,
+    /// exactly their size, rather than one per line and a queue.
+    lines: Box<str>,
     /// Lines came since the last frame.
     dirty: bool,
 }
@@ -145,7 +147,7 @@ impl Screen {
             columns: columns as u16,
             palette,
             field,
-            lines: VecDeque::new(),
+            lines: Box::default(),
             dirty: false,
         })
     }
@@ -174,11 +176,21 @@ impl Screen {
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(self.columns.into())
             .collect();
-        if self.lines.len() == self.capacity() {
-            self.lines.pop_front();
+        let mut kept = &*self.lines;
+        if self.lines().count() == self.capacity() {
+            kept = kept.split_once('\n').map_or("", |(_, rest)| rest);
         }
-        self.lines.push_back(line.into_boxed_str());
+        let mut lines = String::with_capacity(kept.len() + line.len() + 1);
+        lines.push_str(kept);
+        lines.push_str(&line);
+        lines.push('\n');
+        self.lines = lines.into_boxed_str();
         self.dirty = true;
+    }
+
+    /// The lines shown, oldest first.
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.lines.split_terminator('\n')
     }
 
     /// What a line shows of `m`: the `field` of object data when it is a string there, else
@@ -223,7 +235,7 @@ impl Screen {
     pub fn render(&self) -> Vec<u8> {
         let (width, scale) = (usize::from(self.width), usize::from(self.scale));
         let mut pixels = vec![BG; width * usize::from(self.height)];
-        for (row, line) in self.lines.iter().enumerate() {
+        for (row, line) in self.lines().enumerate() {
             let top = (MARGIN + row * CELL_HEIGHT) * scale;
             for (column, c) in line.chars().enumerate() {
                 let left = (MARGIN + column * CELL_WIDTH) * scale;
@@ -275,21 +287,16 @@ impl Screen {
     }
 
     /// Everything a frame's bytes depend on: the opening or not, the delay, the size, the
-    /// scale, the palette and the lines (which hold no control character, so a line break
-    /// separates them unambiguously).
+    /// scale, the palette and the lines.
     fn key(&self, opening: bool, delay: u16) -> Vec<u8> {
-        let mut key =
-            Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 1).sum::<usize>());
+        let mut key = Vec::with_capacity(16 + self.lines.len());
         key.push(u8::from(opening));
         key.extend_from_slice(&delay.to_le_bytes());
         key.extend_from_slice(&self.width.to_le_bytes());
         key.extend_from_slice(&self.height.to_le_bytes());
         key.push(self.scale);
         key.extend_from_slice(&self.palette);
-        for line in &self.lines {
-            key.push(b'\n');
-            key.extend_from_slice(line.as_bytes());
-        }
+        key.extend_from_slice(self.lines.as_bytes());
         key
     }
 }
@@ -448,7 +455,11 @@ mod tests {
         ] {
             s.push(&message(text));
         }
-        assert_eq!(s.lines, ["two lines", "a very lon"].map(Box::from));
+        assert_eq!(s.lines().collect::<Vec<_>>(), ["two lines", "a very lon"]);
+        s.push(&message("\"\""));
+        assert_eq!(s.lines().collect::<Vec<_>>(), ["a very lon", ""]);
+        s.push(&message("\"x\""));
+        assert_eq!(s.lines().collect::<Vec<_>>(), ["", "x"]);
     }
 
     #[test]
@@ -457,7 +468,10 @@ mod tests {
         s.push(&message(r#"{"text":"hi","who":"ann"}"#));
         s.push(&message(r#"{"text":1}"#));
         s.push(&message("[1, 2]"));
-        assert_eq!(s.lines, [r#"hi"#, r#"{"text":1}"#, "[1,2]"].map(Box::from));
+        assert_eq!(
+            s.lines().collect::<Vec<_>>(),
+            ["hi", r#"{"text":1}"#, "[1,2]"]
+        );
     }
 
     /// Not a check: what one frame costs to draw and encode (each message a new picture), and
@@ -509,6 +523,21 @@ mod tests {
                 s.columns
             );
         }
+    }
+
+    #[test]
+    fn the_frame_cache_is_bounded_and_keeps_the_newest() {
+        let cache = FrameCache(Mutex::new(VecDeque::new()));
+        for i in 0..=FRAME_CACHE {
+            cache.put(i.to_le_bytes().to_vec(), Bytes::from(vec![i as u8]));
+        }
+        assert_eq!(cache.0.lock().unwrap().len(), FRAME_CACHE);
+        assert_eq!(cache.get(&0usize.to_le_bytes()), None, "the oldest went");
+        let newest = FRAME_CACHE.to_le_bytes();
+        assert_eq!(
+            cache.get(&newest).as_deref(),
+            Some(&[FRAME_CACHE as u8][..])
+        );
     }
 
     #[test]
