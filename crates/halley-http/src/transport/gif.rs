@@ -525,6 +525,16 @@ mod tests {
         }
     }
 
+    /// What every idle GIF subscriber keeps, besides its lines' text (bench/README.md).
+    #[test]
+    fn a_screen_stays_small() {
+        assert!(
+            std::mem::size_of::<Screen>() <= 56,
+            "{}",
+            std::mem::size_of::<Screen>()
+        );
+    }
+
     #[test]
     fn the_frame_cache_is_bounded_and_keeps_the_newest() {
         let cache = FrameCache(Mutex::new(VecDeque::new()));
