@@ -13,6 +13,7 @@
 //!
 //! Frames are encoded by the `gif` crate (its LZW); the glyphs are `font`'s.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 
@@ -195,7 +196,7 @@ impl Screen {
 
     /// What a line shows of `m`: the `field` of object data when it is a string there, else
     /// the text (a string as it is, anything else as compact JSON).
-    fn text_of(&self, m: &Message) -> String {
+    fn text_of<'m>(&self, m: &'m Message) -> Cow<'m, str> {
         let json = m.data.json();
         if let Some(field) = &self.field
             && json.starts_with('{')
@@ -203,9 +204,9 @@ impl Screen {
                 serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
             && let Some(serde_json::Value::String(text)) = object.remove(&**field)
         {
-            return text;
+            return Cow::Owned(text);
         }
-        m.text().to_owned()
+        Cow::Borrowed(m.text())
     }
 
     /// The GIF's opening: header, logical screen, palette, the loop extension, and a first
