@@ -25,6 +25,9 @@ pub enum Kind {
     Sse,
     /// Halley `GET /sub/{ch}?transport=stream` (chunked lines).
     Stream,
+    /// Halley `GET /sub/{ch}?transport=gif` (the forever GIF). Its frames are pictures, with no
+    /// timestamp to read: for `hold` (what an idle GIF costs), deliveries stay 0.
+    Gif,
     /// Halley `GET /sub/{ch}?transport=longpoll`, re-issued with `last_id` after each answer.
     Longpoll,
     /// Halley WebSocket on `/sub/{ch}`.
@@ -206,7 +209,7 @@ pub async fn run(
         permit: Some(permit),
     };
     let result = match kind {
-        Kind::Sse | Kind::Stream | Kind::NchanSse => {
+        Kind::Sse | Kind::Stream | Kind::Gif | Kind::NchanSse => {
             stream(kind, target, index, channel, stats, &mut ready).await
         }
         Kind::Ws => websocket(target, index, channel, stats, &mut ready).await,
@@ -250,6 +253,10 @@ async fn stream(
         ),
         Kind::Stream => format!(
             "GET /sub{}?transport=stream HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            target.channel(channel)
+        ),
+        Kind::Gif => format!(
+            "GET /sub{}?transport=gif HTTP/1.1\r\nHost: {host}\r\n\r\n",
             target.channel(channel)
         ),
         _ => format!(

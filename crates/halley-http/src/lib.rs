@@ -7,7 +7,7 @@
 //!   (`halley_engine::access`), which every entry point asks through `state::App`.
 //! - `routes` is the route table both dispatchers read; `state` is `App`'s home and the one
 //!   way handlers ask the access policy; `app` routes requests; `publish` is `/pub`; `transport` picks and runs the subscriber
-//!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, WebSocket);
+//!   transports (long-poll, JSONP, chunked stream, iframe, multipart, SSE, the forever GIF, WebSocket);
 //!   `cometd` is Bayeux on `/cometd` (long-polling, callback-polling, WebSocket);
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);

@@ -18,10 +18,11 @@ pub enum Kind {
     DomEvents,
     /// Client pull (`transport=refresh`): answered at once, never open, so always 0.
     Refresh,
+    Gif,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::LongPoll,
         Kind::Jsonp,
         Kind::Stream,
@@ -32,6 +33,7 @@ impl Kind {
         Kind::Pull,
         Kind::DomEvents,
         Kind::Refresh,
+        Kind::Gif,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Pull => "pull",
             Kind::DomEvents => "dom-events",
             Kind::Refresh => "refresh",
+            Kind::Gif => "gif",
         }
     }
 }

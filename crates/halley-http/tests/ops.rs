@@ -100,6 +100,7 @@ async fn subscriber_gauges_count_open_subscribers_by_transport() {
         ("stream", "/sub/g/a?transport=stream"),
         ("iframe", "/sub/g/a?transport=iframe&callback=f"),
         ("multipart", "/sub/g/a?transport=multipart"),
+        ("gif", "/sub/g/a?transport=gif"),
         ("pull", "/pull?name=n&channel=/g/a"),
     ];
     for (label, path) in streaming {

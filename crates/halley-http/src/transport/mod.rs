@@ -13,6 +13,8 @@
 //! long-poll and JSONP the answer's headers and second argument (see `poll.rs`). A revocation
 //! is said as a lapsed token is (`expired`).
 
+mod font;
+mod gif;
 mod poll;
 mod refresh;
 mod stream;
@@ -81,6 +83,11 @@ fn prepare<'a, B: RequestBody>(
     let kind = select(request.headers(), &query)?;
     let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
     let presence = declarations(&query)?;
+    // A GIF's parameters are checked before anything is asked or subscribed.
+    let screen = match kind {
+        Kind::Gif => Some(Box::new(gif::Screen::from_query(&query)?)),
+        _ => None,
+    };
     // One policy decision per channel and declaration, when the subscription starts; nothing
     // is checked per message. What the application decides is asked in a future of its own,
     // which only connections to such namespaces have.
@@ -101,6 +108,7 @@ fn prepare<'a, B: RequestBody>(
         kind,
         resume,
         presence,
+        screen,
     };
     if asks.is_empty() {
         return dispatch(app, admitted, query, request);
@@ -122,6 +130,8 @@ struct Admitted {
     kind: Kind,
     resume: Option<MessageId>,
     presence: Vec<Declaration>,
+    /// What a GIF shows and how (`transport=gif`).
+    screen: Option<Box<gif::Screen>>,
 }
 
 /// The held future of the transport an admitted `/sub` request chose.
@@ -137,6 +147,7 @@ fn dispatch<'a, B: RequestBody>(
         kind,
         resume,
         mut presence,
+        screen,
     } = admitted;
     // What the application vouches for (in the token, or in its answer) is who this member
     // is; a client cannot claim another name or colour.
@@ -186,6 +197,7 @@ fn dispatch<'a, B: RequestBody>(
                 refresh::Refresh::from_query(&patterns, &query, resume)?;
                 "text/html; charset=utf-8"
             }
+            Kind::Gif => "image/gif",
             Kind::Pull => unreachable!("select never picks pull"),
         };
         return Ok(Box::pin(std::future::ready(Ok(stream::head_only(
@@ -240,14 +252,25 @@ fn dispatch<'a, B: RequestBody>(
             let refresh = refresh::Refresh::from_query(&patterns, &query, resume)?;
             let path = request.uri().path().to_owned();
             let raw = request.uri().query().unwrap_or("").to_owned();
-            drop((who, presence, request));
+            drop((who, presence, request, screen));
             return Ok(Box::pin(async move {
                 refresh::page(app, refresh, &path, &raw).await
             }));
         }
+        Kind::Gif => match screen {
+            Some(screen) => Wire::Gif(screen),
+            None => unreachable!("prepare checks a GIF's parameters"),
+        },
         Kind::Pull => unreachable!("select never picks pull"),
     };
     Ok(Box::pin(async move {
+        let mut wire = wire;
+        let mut resume = resume;
+        if let Wire::Gif(screen) = &mut wire
+            && resume.is_none()
+        {
+            resume = gif_backlog(app, &patterns, screen).await;
+        }
         let mut sub = open(app, patterns, resume, presence).await?;
         sub.admitted_as(&who, kind.name());
         drop(who);
@@ -255,6 +278,25 @@ fn dispatch<'a, B: RequestBody>(
             app, sub, wire, kind, announce,
         ))
     }))
+}
+
+/// A GIF opened with no resume point starts with the channel's last lines, as a chat box does:
+/// the oldest of them is drawn in the first frame and the subscription resumes after it, so
+/// the others come through history in order, and nothing published meanwhile is missed or
+/// shown twice. Only for one exact public channel; with none (or no history), a blank start.
+async fn gif_backlog(
+    app: &App,
+    patterns: &[Pattern],
+    screen: &mut gif::Screen,
+) -> Option<MessageId> {
+    let [pattern] = patterns else {
+        return None;
+    };
+    let channel = pattern.exact().filter(|c| !c.is_private())?;
+    let recent = app.engine.recent(channel, screen.capacity()).await.ok()?;
+    let oldest = recent.first()?;
+    screen.seed(oldest);
+    Some(oldest.id)
 }
 
 /// `?position=1`: open the stream with where it starts (`{"event":"position","last_id":…}`), so
@@ -381,6 +423,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         Some("dom-events") => Kind::DomEvents,
         Some("refresh") => Kind::Refresh,
         Some("jsonp") => Kind::Jsonp,
+        Some("gif") => Kind::Gif,
         Some("websocket") => {
             return Err(ApiError::BadRequest(
                 "transport=websocket needs an Upgrade: websocket request".into(),
@@ -388,7 +431,7 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
         }
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, dom-events, refresh, websocket)"
+                "unknown transport {other:?} (longpoll, jsonp, stream, iframe, multipart, sse, dom-events, gif, refresh, websocket)"
             )));
         }
     })

@@ -1,4 +1,5 @@
-//! The streaming transports: SSE, chunked lines, forever-iframe, multipart, and rupy's pull.
+//! The streaming transports: SSE, chunked lines, forever-iframe, multipart, the forever GIF,
+//! and rupy's pull.
 //! One loop serves them all; [`Wire`] is the only thing that differs.
 
 use std::task::{Context, Poll};
@@ -54,6 +55,8 @@ pub enum Wire {
     /// Opera 9's event-source, SSE's forerunner (`application/x-dom-event-stream`): blocks of
     /// `Event:` (the DOM event to fire, `message` for messages) and `data:` lines.
     DomEvents,
+    /// The forever GIF (`gif.rs`): a frame of the last lines per batch of messages.
+    Gif(Box<super::gif::Screen>),
 }
 
 /// What a rupy pull's lines carry.
@@ -89,6 +92,7 @@ impl Wire {
             Wire::Iframe { .. } => "text/html; charset=utf-8",
             Wire::Multipart { .. } => "multipart/x-mixed-replace; boundary=halley",
             Wire::DomEvents => "application/x-dom-event-stream",
+            Wire::Gif(_) => "image/gif",
         }
     }
 
@@ -115,6 +119,7 @@ impl Wire {
                 out.put_bytes(b' ', IFRAME_PADDING);
                 out.put_slice(b"-->\n");
             }
+            Wire::Gif(screen) => screen.preamble(&mut out),
             // A first byte at once, so a client can tell a live stream from one a proxy holds
             // back (clients/js/PROTOCOL.md); a blank line is a heartbeat to NDJSON readers.
             Wire::Lines { json: true, .. } => out.put_u8(b'\n'),
@@ -161,7 +166,8 @@ impl Wire {
                 out.put_slice(object.as_bytes());
                 out.put_u8(b'\n');
             }
-            Wire::Lines { json: false, .. } | Wire::Pull { .. } => {}
+            // A GIF has nowhere to say them but its picture; its end says why it ended.
+            Wire::Lines { json: false, .. } | Wire::Pull { .. } | Wire::Gif(_) => {}
             Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
             Wire::Multipart { .. } => part(object.as_bytes(), out),
             Wire::DomEvents => {
@@ -170,7 +176,7 @@ impl Wire {
         }
     }
 
-    pub fn message(&self, m: &Message, out: &mut BytesMut) {
+    pub fn message(&mut self, m: &Message, out: &mut BytesMut) {
         match self {
             Wire::Sse { json: false } => out.put_slice(m.sse_frame()),
             Wire::Sse { json: true } => {
@@ -209,6 +215,15 @@ impl Wire {
                 out.put_slice(b"Event: message\n");
                 out.put_slice(m.sse_frame());
             }
+            // Drawn by [`Wire::flush`], once for all the messages taken together.
+            Wire::Gif(screen) => screen.push(m),
+        }
+    }
+
+    /// What the messages just written leave to say: the GIF's frame of its new lines.
+    fn flush(&mut self, out: &mut BytesMut) {
+        if let Wire::Gif(screen) = self {
+            screen.flush(out);
         }
     }
 
@@ -244,26 +259,27 @@ impl Wire {
                 part(br#"{"event":"heartbeat"}"#, &mut out);
                 out.freeze()
             }
+            Wire::Gif(_) => super::gif::heartbeat(),
         }
     }
 
     /// The last words of a stream whose credential lapsed (see [`super::lapse_object`]). No
     /// `retry:` for SSE: reconnecting with the same token would be refused; the client gets a
     /// new one first.
-    pub fn lapse(&self, denied: &halley_engine::access::Denied, out: &mut BytesMut) {
+    pub fn lapse(&mut self, denied: &halley_engine::access::Denied, out: &mut BytesMut) {
         self.control("expired", &super::lapse_object(denied), out);
-        self.end(out);
+        self.end("expired", out);
     }
 
     /// The last words of a stream the application ended (the control API): `disconnected`
     /// with its reason, or — revoked — the same as a lapsed token.
-    pub fn closed(&self, closing: &Closing, out: &mut BytesMut) {
+    pub fn closed(&mut self, closing: &Closing, out: &mut BytesMut) {
         match closing {
             Closing::Revoked(denied) => self.lapse(denied, out),
             Closing::Disconnected(reason) => {
                 let reason = reason.as_deref();
                 self.control("disconnected", &super::disconnected_object(reason), out);
-                self.end(out);
+                self.end("disconnected", out);
             }
         }
     }
@@ -273,15 +289,18 @@ impl Wire {
         self.control("unsubscribed", &super::unsubscribed_object(pattern), out);
     }
 
-    /// The end of a multipart body; other wires end with the response.
-    fn end(&self, out: &mut BytesMut) {
-        if let Wire::Multipart { .. } = self {
-            out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    /// The end of a multipart body, or of a GIF (a last frame saying `why`, and the
+    /// trailer); other wires end with the response.
+    fn end(&mut self, why: &str, out: &mut BytesMut) {
+        match self {
+            Wire::Multipart { .. } => out.put_slice(format!("--{BOUNDARY}--\r\n").as_bytes()),
+            Wire::Gif(screen) => screen.end(why, out),
+            _ => {}
         }
     }
 
     /// The last words of a stream: after lagging, or on shutdown (with reconnect advice).
-    pub fn farewell(&self, event: &str, retry_ms: u32, out: &mut BytesMut) {
+    pub fn farewell(&mut self, event: &str, retry_ms: u32, out: &mut BytesMut) {
         if let Wire::Sse { .. } = self {
             out.put_slice(format!("retry: {retry_ms}\n").as_bytes());
         }
@@ -290,7 +309,7 @@ impl Wire {
             &format!(r#"{{"event":"{event}","retry":{retry_ms}}}"#),
             out,
         );
-        self.end(out);
+        self.end(event, out);
     }
 }
 
@@ -486,8 +505,14 @@ impl Stream {
         }
     }
 
-    /// Writes `event` and whatever else is already queued (up to [`COALESCE`]).
-    fn take(&mut self, mut event: Event, out: &mut BytesMut) {
+    /// Writes `event` and whatever else is already queued (up to [`COALESCE`]), then what the
+    /// wire draws of them all (a GIF's frame).
+    fn take(&mut self, event: Event, out: &mut BytesMut) {
+        self.take_queued(event, out);
+        self.wire.flush(out);
+    }
+
+    fn take_queued(&mut self, mut event: Event, out: &mut BytesMut) {
         for written in 1..=COALESCE {
             match event {
                 Event::Message(m) => self.wire.write_message(&m, out),
