@@ -300,6 +300,65 @@ async fn binary_bodies_travel_as_bytes_on_multipart_and_as_base64_in_json() {
     assert_eq!(history["messages"][0]["data"], "a,b");
 }
 
+/// Over a native WebSocket a binary body is its message object (base64 with its type, and the
+/// channel and id a client resumes with), or — asked for with `binary=frames` — a binary frame
+/// of its bytes; other messages stay text frames either way.
+#[tokio::test]
+async fn websocket_binary_frames_carry_binary_bodies_when_asked() {
+    let s = TestServer::start().await;
+    let mut plain = s.ws("/sub/cam/ws").await;
+    let mut frames = s.ws("/sub/cam/ws?binary=frames").await;
+    s.wait_subscribers("/cam/ws", 2).await;
+    let image: &[u8] = b"\x89PNG\r\n\x1a\n\0\xff";
+    let reply = s
+        .send(
+            s.request("POST", "/pub/cam/ws")
+                .header("content-type", "image/png")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(image)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    s.publish("/cam/ws", "and text").await;
+    match common::ws_next(&mut frames).await {
+        Frame::Binary(bytes) => assert_eq!(&bytes[..], image),
+        other => panic!("expected a binary frame, got {other:?}"),
+    }
+    match common::ws_next(&mut frames).await {
+        Frame::Text(text) => assert!(text.contains("and text"), "{text}"),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+    let object = common::ws_json(&mut plain).await;
+    assert_eq!(object["data"]["type"], "image/png", "{object}");
+    assert_eq!(object["channel"], "/cam/ws");
+}
+
+/// `transport=stream&binary=raw`: the bytes of binary bodies one after another and nothing
+/// else (no line ends, heartbeats or other messages) — a sound stream to a player.
+#[tokio::test]
+async fn a_raw_stream_is_the_binary_bodies_bytes_and_nothing_else() {
+    let s = TestServer::with(|http, _| http.heartbeat_interval = Duration::from_millis(50)).await;
+    let mut raw = s.stream("/sub/radio?transport=stream&binary=raw").await;
+    assert_eq!(raw.header("content-type"), Some("application/octet-stream"));
+    let publish = |bytes: &'static [u8]| {
+        s.send(
+            s.request("POST", "/pub/radio")
+                .header("content-type", "audio/ogg")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(bytes)))
+                .unwrap(),
+        )
+    };
+    assert_eq!(publish(b"OggS\0\x01").await.status, 200);
+    s.publish("/radio", "a text message is left out").await;
+    // Heartbeat ticks pass meanwhile and add nothing.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(publish(b"OggS\0\x02").await.status, 200);
+    while raw.buf.len() < 12 {
+        assert!(raw.try_fill().await.unwrap(), "the bytes");
+    }
+    assert_eq!(&raw.buf[..], b"OggS\0\x01OggS\0\x02");
+}
+
 /// The id just before `id` (same epoch, one less), to resume from.
 fn foreign_or_before(id: &str) -> String {
     let (epoch, offset) = id.split_once('-').unwrap();

@@ -186,6 +186,7 @@ fn dispatch<'a, B: RequestBody>(
                 "application/javascript; charset=utf-8"
             }
             Kind::Sse => Wire::Sse { json }.content_type(),
+            Kind::Stream if query.get("binary") == Some("raw") => Wire::Raw.content_type(),
             Kind::Stream => Wire::Lines { json }.content_type(),
             Kind::Iframe => Wire::Iframe {
                 callback: callback()?,
@@ -207,8 +208,14 @@ fn dispatch<'a, B: RequestBody>(
     let announce = announce(&query);
     let wire = match kind {
         Kind::WebSocket => {
+            // `binary=frames`: binary bodies as binary frames of their bytes (a live image's
+            // frames for a page that shows them); by default every message is its JSON object.
+            let frames = ws::Frames {
+                announce,
+                binary: query.get("binary") == Some("frames"),
+            };
             return Ok(Box::pin(ws::upgrade(
-                app, patterns, resume, presence, announce, request, who,
+                app, patterns, resume, presence, frames, request, who,
             )));
         }
         Kind::LongPoll | Kind::Jsonp => {
@@ -242,6 +249,7 @@ fn dispatch<'a, B: RequestBody>(
             )));
         }
         Kind::Sse => Wire::Sse { json },
+        Kind::Stream if query.get("binary") == Some("raw") => Wire::Raw,
         Kind::Stream => Wire::Lines { json },
         Kind::Iframe => Wire::Iframe {
             callback: callback()?,

@@ -34,6 +34,10 @@ pub enum Wire {
     Lines {
         json: bool,
     },
+    /// The bytes of binary bodies one after another, and nothing else: no line ends, no
+    /// heartbeats, no notices, other messages left out (`transport=stream&binary=raw`: a sound
+    /// stream to a player, frames to a file).
+    Raw,
     /// rupy's pull: one message per `\n`-terminated line, never the puller's own (`skip`: the
     /// prefix of its own pushes' JSON, see `rupy::own_prefix`), in one of its [`PullForm`]s.
     Pull {
@@ -80,6 +84,7 @@ impl Wire {
             Wire::Sse { .. } => "text/event-stream",
             Wire::Lines { json: true, .. } => "application/x-ndjson",
             Wire::Lines { json: false, .. } => "text/plain; charset=utf-8",
+            Wire::Raw => "application/octet-stream",
             Wire::Pull {
                 form: PullForm::Html,
                 ..
@@ -167,7 +172,7 @@ impl Wire {
                 out.put_u8(b'\n');
             }
             // A GIF has nowhere to say them but its picture; its end says why it ended.
-            Wire::Lines { json: false, .. } | Wire::Pull { .. } | Wire::Gif(_) => {}
+            Wire::Lines { json: false, .. } | Wire::Raw | Wire::Pull { .. } | Wire::Gif(_) => {}
             Wire::Iframe { callback } => script(callback, object.as_bytes(), out),
             Wire::Multipart { .. } => part(object.as_bytes(), out),
             Wire::DomEvents => {
@@ -183,6 +188,11 @@ impl Wire {
                 out.put_slice(format!("id: {}\ndata: ", m.id).as_bytes());
                 out.put_slice(m.json_object());
                 out.put_slice(b"\n\n");
+            }
+            Wire::Raw => {
+                if let Some(binary) = m.binary() {
+                    out.put_slice(&binary.bytes);
+                }
             }
             Wire::Lines { json } => {
                 match json {
@@ -244,6 +254,8 @@ impl Wire {
                 form: PullForm::Sse,
                 ..
             } => Bytes::from_static(b":\n\n"),
+            // Nothing: see `chunks`, which drops empty chunks.
+            Wire::Raw => Bytes::new(),
             Wire::Lines { .. } | Wire::Pull { .. } | Wire::Iframe { .. } => {
                 Bytes::from_static(b"\n")
             }
@@ -578,7 +590,16 @@ pub fn chunks(
     };
     // A hand-written poll, not an async block: nothing is moved or boxed per chunk.
     let mut stream = stream;
-    futures_util::stream::poll_fn(move |cx| stream.poll_chunk(cx))
+    // Empty chunks (a raw byte stream's heartbeats and notices) are not written: an empty
+    // chunk is how a chunked body ends.
+    futures_util::stream::poll_fn(move |cx| {
+        loop {
+            match stream.poll_chunk(cx) {
+                Poll::Ready(Some(chunk)) if chunk.is_empty() => continue,
+                other => return other,
+            }
+        }
+    })
 }
 
 /// A held streaming response for `sub` in `wire`'s format.

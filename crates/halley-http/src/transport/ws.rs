@@ -69,12 +69,22 @@ pub const NATIVE_PROTOCOL: &str = "halley.v1";
 /// one it is configured with, and these are the names in use for Bayeux.
 pub const BAYEUX_PROTOCOLS: &[&str] = &["bayeux", "cometd"];
 
+/// What a native WebSocket sends besides message objects, as the upgrade asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Frames {
+    /// Open with `{"event":"position",…}` (`position=1`).
+    pub announce: bool,
+    /// A binary body ([`halley_proto::Payload::binary`]) as a binary frame of its bytes
+    /// (`binary=frames`), not its message object (which carries its channel and id).
+    pub binary: bool,
+}
+
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     patterns: Vec<Pattern>,
     resume: Option<MessageId>,
     presence: Vec<super::Declaration>,
-    announce: bool,
+    frames: Frames,
     mut request: Request<B>,
     who: Principal,
 ) -> Result<Response<Body>, ApiError> {
@@ -113,7 +123,7 @@ pub async fn upgrade<B: RequestBody>(
     }
     drop(who);
     spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, sub, publish_to, announce).await;
+        let ending = run(&app, &mut tx, &mut rx, sub, publish_to, frames).await;
         (app, tx, rx, ending)
     });
     Ok(response)
@@ -433,7 +443,7 @@ async fn run(
     rx: &mut WsStream,
     mut sub: Subscription,
     publish_to: Option<Channel>,
-    announce: bool,
+    frames: Frames,
 ) -> Ending {
     let mut heartbeat = super::stream::fresh(&app.heartbeat);
     if sub.gap() {
@@ -442,7 +452,9 @@ async fn run(
             return Ending::Gone;
         }
     }
-    if announce && let Some(id) = sub.position() {
+    if frames.announce
+        && let Some(id) = sub.position()
+    {
         let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
         if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
             return Ending::Gone;
@@ -465,7 +477,11 @@ async fn run(
             };
             match event {
                 Event::Message(m) => {
-                    if !send(app, tx.feed(text(m.json_object()))).await {
+                    let frame = match m.binary() {
+                        Some(binary) if frames.binary => Frame::Binary(binary.bytes.clone()),
+                        _ => text(m.json_object()),
+                    };
+                    if !send(app, tx.feed(frame)).await {
                         return Ending::Gone;
                     }
                     fed = true;
