@@ -772,90 +772,95 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
             }
             Head::Complete(head) => head,
         };
-        match classify(&head, &app.config.cometd_path, app.config.body_limit) {
-            Route::Refuse(refusal) => {
-                app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
-                return Box::pin(refuse(stream, refusal)).await;
-            }
-            Route::Http2 => return Box::pin(refuse_http2(stream)).await,
-            Route::HeadlessPull(query) => {
-                // Nothing of the head may stay allocated while the pull lasts (1 KiB per idle
-                // `Head: less` pull, measured with bench/idle_rss.py).
-                drop(head);
-                let Some((head, body)) = Box::pin(open_raw_pull(&app, &mut stream, query)).await
-                else {
-                    return;
-                };
-                // The lean path's writer, from this future as for every held response: a
-                // future of the pull's own around it cost each idle pull 0.5 KiB (RSS).
-                let stall = app.config.write_stall_timeout;
-                let _ = Box::pin(write_response(&mut stream, head, body, false, true, stall)).await;
-                return;
-            }
-            Route::RupyPush(push) => {
-                return Box::pin(rupy_pushes(app, stream, head, push, slot)).await;
-            }
-            Route::Lean {
-                mut request,
-                keep_alive,
-                http10,
-                head_len,
-                more,
-            } => {
-                if head.len() > head_len || more > 0 {
-                    // The body follows the head: what was read with it, then the rest.
-                    let mut body = head.split_off(head_len);
-                    if more > 0 {
-                        // A slow body is bounded like a slow head (slowloris).
-                        let reading = read_more(&mut stream, &mut body, more);
-                        // Boxed: a timer inline would size this task's future for its
-                        // whole life.
-                        let reading =
-                            Box::pin(tokio::time::timeout(app.config.header_timeout, reading));
-                        match reading.await {
-                            Ok(Ok(())) => {}
-                            _ => return,
-                        }
-                    }
-                    *request.body_mut() = Full::new(body.freeze());
+        // What the lean path writes, whichever way it was made: one write below for every
+        // arm, so that their heads and bodies share one place in this future (an arm with a
+        // write of its own sized every connection's task for both: +128 bytes per idle
+        // subscriber, dhat).
+        let (response_head, body, keep_alive, chunked) =
+            match classify(&head, &app.config.cometd_path, app.config.body_limit) {
+                Route::Refuse(refusal) => {
+                    app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    return Box::pin(refuse(stream, refusal)).await;
                 }
-                // Nothing may keep the head buffer (or a slice of it) past this point: it
-                // would stay allocated for as long as the response streams (regression: an
-                // empty split-off tail kept 1 KiB per idle subscriber alive).
-                drop(head);
-                // Out of its box in a block of its own: a box moved out of is freed at the end
-                // of its scope, and this arm's scope lasts as long as the response (~0.25 KiB
-                // per idle subscriber, dhat).
-                // Marked inside the block too: a local borrowed in this arm's scope would keep
-                // its room (the whole request, 256 bytes) across the awaits below (dhat: +0.25
-                // KiB per idle subscriber).
-                let request = {
-                    let boxed = request;
-                    let mut request = *boxed;
-                    mark_peer(&app, &stream, &mut request);
-                    request
-                };
-                let handling = Box::pin(app::handle(&app, request));
-                let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await else {
-                    return;
-                };
-                let keep_alive = keep_alive && !app.shutdown.is_cancelled();
-                let (head, body, keep_alive, chunked) = response_head(response, keep_alive, http10);
-                match Box::pin(write_response(
-                    &mut stream,
-                    head,
-                    body,
+                Route::Http2 => return Box::pin(refuse_http2(stream)).await,
+                Route::HeadlessPull(query) => {
+                    // Nothing of the head may stay allocated while the pull lasts (1 KiB per idle
+                    // `Head: less` pull, measured with bench/idle_rss.py).
+                    drop(head);
+                    let Some((head, body)) =
+                        Box::pin(open_raw_pull(&app, &mut stream, query)).await
+                    else {
+                        return;
+                    };
+                    // The lean path's writer, from this future as for every held response: a
+                    // future of the pull's own around it cost each idle pull 0.5 KiB (RSS).
+                    (head, body, false, true)
+                }
+                Route::RupyPush(push) => {
+                    return Box::pin(rupy_pushes(app, stream, head, push, slot)).await;
+                }
+                Route::Lean {
+                    mut request,
                     keep_alive,
-                    chunked,
-                    app.config.write_stall_timeout,
-                ))
-                .await
-                {
-                    Ok(true) if !app.shutdown.is_cancelled() => continue,
-                    _ => return,
+                    http10,
+                    head_len,
+                    more,
+                } => {
+                    if head.len() > head_len || more > 0 {
+                        // The body follows the head: what was read with it, then the rest.
+                        let mut body = head.split_off(head_len);
+                        if more > 0 {
+                            // A slow body is bounded like a slow head (slowloris).
+                            let reading = read_more(&mut stream, &mut body, more);
+                            // Boxed: a timer inline would size this task's future for its
+                            // whole life.
+                            let reading =
+                                Box::pin(tokio::time::timeout(app.config.header_timeout, reading));
+                            match reading.await {
+                                Ok(Ok(())) => {}
+                                _ => return,
+                            }
+                        }
+                        *request.body_mut() = Full::new(body.freeze());
+                    }
+                    // Nothing may keep the head buffer (or a slice of it) past this point: it
+                    // would stay allocated for as long as the response streams (regression: an
+                    // empty split-off tail kept 1 KiB per idle subscriber alive).
+                    drop(head);
+                    // Out of its box in a block of its own: a box moved out of is freed at the end
+                    // of its scope, and this arm's scope lasts as long as the response (~0.25 KiB
+                    // per idle subscriber, dhat).
+                    // Marked inside the block too: a local borrowed in this arm's scope would keep
+                    // its room (the whole request, 256 bytes) across the awaits below (dhat: +0.25
+                    // KiB per idle subscriber).
+                    let request = {
+                        let boxed = request;
+                        let mut request = *boxed;
+                        mark_peer(&app, &stream, &mut request);
+                        request
+                    };
+                    let handling = Box::pin(app::handle(&app, request));
+                    let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await
+                    else {
+                        return;
+                    };
+                    let keep_alive = keep_alive && !app.shutdown.is_cancelled();
+                    self::response_head(response, keep_alive, http10)
                 }
-            }
-            Route::Hyper => break head,
+                Route::Hyper => break head,
+            };
+        match Box::pin(write_response(
+            &mut stream,
+            response_head,
+            body,
+            keep_alive,
+            chunked,
+            app.config.write_stall_timeout,
+        ))
+        .await
+        {
+            Ok(true) if keep_alive && !app.shutdown.is_cancelled() => continue,
+            _ => return,
         }
     };
     Box::pin(serve_hyper(app, stream, head, slot)).await;
