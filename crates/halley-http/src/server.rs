@@ -762,14 +762,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         });
         let mut head = match read.await {
             Head::Gone => return,
-            Head::TooLarge => {
-                let refusal = Refusal {
-                    status: 431,
-                    error: format!("request head larger than {MAX_HEAD} bytes"),
-                    http10: false,
-                };
-                return Box::pin(refuse(stream, refusal)).await;
-            }
+            Head::TooLarge => return Box::pin(refuse(stream, head_too_large())).await,
             Head::Complete(head) => head,
         };
         // What the lean path writes, whichever way it was made: one write below for every
@@ -864,6 +857,16 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
         }
     };
     Box::pin(serve_hyper(app, stream, head, slot)).await;
+}
+
+/// The refusal of a request head longer than [`MAX_HEAD`], on the first request of a
+/// connection or a later one.
+fn head_too_large() -> Refusal {
+    Refusal {
+        status: 431,
+        error: format!("request head larger than {MAX_HEAD} bytes"),
+        http10: false,
+    }
 }
 
 /// Bayeux (long-polling POSTs) bounds handshakes per peer address; nothing else on the lean
@@ -1356,14 +1359,7 @@ async fn rupy_pushes(
             head = read => match head {
                 Head::Complete(head) => head,
                 Head::Gone => return,
-                Head::TooLarge => {
-                    let refusal = Refusal {
-                        status: 431,
-                        error: format!("request head larger than {MAX_HEAD} bytes"),
-                        http10: false,
-                    };
-                    return refuse(stream, refusal).await;
-                }
+                Head::TooLarge => return refuse(stream, head_too_large()).await,
             },
             _ = app.shutdown.cancelled() => return,
         };
