@@ -400,7 +400,7 @@ impl Hub {
         for (_, sub, _) in &ended {
             let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
             queue.closed = true;
-            queue.messages = VecDeque::new();
+            queue.drop_all();
             drop(queue);
             sub.signal.notice.store(true, Ordering::Release);
             sub.signal.notify();

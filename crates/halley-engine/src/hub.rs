@@ -17,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use halley_proto::{Channel, Message, MessageId, Pattern};
 
 use crate::Stats;
+use crate::direct::Writes;
 use crate::replay::{Refill, Replaying};
 
 pub(crate) type Subscribers = HashMap<u64, Arc<Subscriber>>;
@@ -82,7 +83,7 @@ impl Signal {
         self.waker.wake();
     }
 
-    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.pending.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -102,18 +103,46 @@ impl Signal {
 #[derive(Default)]
 pub(crate) struct Queue {
     pub(crate) messages: VecDeque<Arc<Message>>,
-    lagged: bool,
+    pub(crate) lagged: bool,
     /// Ended by the control API (disconnected, revoked): like `lagged`, the queue is freed and
     /// deliveries cut it off, but the reason is the application's (`control.rs`).
     pub(crate) closed: bool,
     /// The last message queued: a subscriber matched by several of its patterns is offered
     /// the same message once per pattern, one right after the other, and takes it once.
     last: Option<MessageId>,
+    /// Who may write to the subscriber's socket now: its transport, or the delivering loop
+    /// (`direct.rs`). In padding that was already there.
+    pub(crate) writer: crate::direct::Writer,
+    /// How many bytes of the first queued message the delivering loop wrote before the socket
+    /// was full (`direct.rs`): the transport writes the rest. In padding too.
+    pub(crate) written: u32,
+    /// The transport's socket, when it lets the delivering loop write to it (`direct.rs`).
+    pub(crate) sink: Option<Arc<dyn crate::direct::Sink>>,
+}
+
+impl Queue {
+    /// Frees what is queued (the subscriber was cut off or closed) and returns how many
+    /// messages that was. A message the delivering loop began to write stays: its transport
+    /// finishes it before its last words, so that they do not land in the middle of a frame.
+    pub(crate) fn drop_all(&mut self) -> usize {
+        let begun = (self.written > 0)
+            .then(|| self.messages.pop_front())
+            .flatten();
+        let dropped = self.messages.len();
+        self.messages = VecDeque::new();
+        if let Some(message) = begun {
+            self.messages.push_back(message);
+        }
+        dropped
+    }
 }
 
 /// What offering a message to a subscriber did.
 enum Pushed {
     Queued,
+    /// The subscriber's transport is idle and lets the delivering loop write for it: the
+    /// caller writes the message to this sink and then [`crate::direct::release`]s it.
+    Direct(Arc<dyn crate::direct::Sink>),
     /// Already queued through another of the subscriber's patterns.
     Duplicate,
     CutOff,
@@ -221,8 +250,20 @@ impl Hub {
     }
 
     /// Hands `message` to every local subscriber whose pattern matches; returns how many.
-    /// Brokers call this in id order (see [`crate::Broker`]).
+    /// Brokers call this in id order (see [`crate::Broker`]). Subscribers whose transport is
+    /// idle get it written to their socket before this returns ([`Hub::deliver_deferred`]).
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
+        let (count, writes) = self.deliver_deferred(message);
+        drop(writes);
+        count
+    }
+
+    /// [`Hub::deliver`], leaving the writes to idle subscribers' sockets to the returned
+    /// [`Writes`], which does them when dropped: a broker that must call this under its lock
+    /// (so that the next message cannot overtake this one) drops the writes after releasing
+    /// it. Each subscriber written to stays the delivering loop's until its write is done, and
+    /// anything delivered to it meanwhile is queued behind, so the order holds whoever writes.
+    pub fn deliver_deferred(&self, message: &Arc<Message>) -> (usize, Writes) {
         let registry = self
             .shared
             .registry
@@ -230,6 +271,7 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner());
         let mut count = 0;
         let mut cut_off = Vec::new();
+        let mut direct = Vec::new();
         let exact_key = Pattern::Exact(message.channel.clone());
         let exact = registry
             .exact
@@ -243,6 +285,10 @@ impl Hub {
             for (id, sub) in subscribers {
                 match self.push(sub, message) {
                     Pushed::Queued => count += 1,
+                    Pushed::Direct(sink) => {
+                        count += 1;
+                        direct.push((sub.clone(), sink));
+                    }
                     Pushed::Duplicate => {}
                     Pushed::CutOff => cut_off.push((pattern.clone(), *id)),
                 }
@@ -257,7 +303,8 @@ impl Hub {
                 self.unregister(&pattern, id);
             }
         }
-        count
+        let writes = Writes::new(self.shared.stats.clone(), message.clone(), direct);
+        (count, writes)
     }
 
     /// Wakes every subscriber's waiting task without giving it a message: the server's
@@ -283,8 +330,7 @@ impl Hub {
         if queue.lagged || queue.closed {
             return;
         }
-        let dropped = queue.messages.len() as u64;
-        queue.messages = VecDeque::new();
+        let dropped = queue.drop_all() as u64;
         queue.lagged = true;
         drop(queue);
         Stats::add(&self.shared.stats.dropped, dropped);
@@ -292,7 +338,8 @@ impl Hub {
         sub.signal.notify();
     }
 
-    /// Queues one message; false when the subscriber is (now) cut off.
+    /// Queues one message, or takes the subscriber's socket to write it there when its
+    /// transport is idle and lets the delivering loop write (`direct.rs`).
     fn push(&self, sub: &Subscriber, message: &Arc<Message>) -> Pushed {
         let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
         if queue.lagged || queue.closed {
@@ -301,9 +348,16 @@ impl Hub {
         if queue.last == Some(message.id) {
             return Pushed::Duplicate;
         }
+        if queue.writer == crate::direct::Writer::Armed
+            && queue.messages.is_empty()
+            && let Some(sink) = queue.sink.clone()
+        {
+            queue.writer = crate::direct::Writer::Direct;
+            queue.last = Some(message.id);
+            return Pushed::Direct(sink);
+        }
         if queue.messages.len() >= self.shared.queue_capacity {
-            let dropped = queue.messages.len() as u64 + 1;
-            queue.messages = VecDeque::new();
+            let dropped = queue.drop_all() as u64 + 1;
             queue.lagged = true;
             drop(queue);
             Stats::add(&self.shared.stats.dropped, dropped);
@@ -313,8 +367,13 @@ impl Hub {
         }
         queue.messages.push_back(message.clone());
         queue.last = Some(message.id);
+        // While the delivering loop writes for this subscriber its transport may not, so it
+        // is not woken: the loop wakes it when it is done, seeing this queued.
+        let wake = !queue.writer.delivering();
         drop(queue);
-        sub.signal.notify();
+        if wake {
+            sub.signal.notify();
+        }
         Pushed::Queued
     }
 
@@ -665,6 +724,33 @@ impl Subscription {
         self.replay.is_some()
     }
 
+    /// The slot through which this subscription's transport lends its socket to the hub
+    /// (`direct.rs`).
+    pub fn sink_slot(&self) -> crate::direct::SinkSlot {
+        crate::direct::SinkSlot(self.sub.clone())
+    }
+
+    /// Lets the delivering loop write the next message to this subscription's socket itself
+    /// (`direct.rs`), if the transport lent it one and has nothing left to take: no replay
+    /// owed, nothing queued, no notice. The transport calls this when it is about to wait with
+    /// everything written, and takes the socket back ([`crate::direct::SinkSlot::poll_take`])
+    /// before it writes again. True when armed.
+    pub fn arm(&self) -> bool {
+        if self.replay.is_some() || self.sub.signal.notice.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut queue = self.sub.state.lock().unwrap_or_else(|e| e.into_inner());
+        let free = queue.sink.is_some()
+            && queue.writer == crate::direct::Writer::Task
+            && queue.messages.is_empty()
+            && !queue.lagged
+            && !queue.closed;
+        if free {
+            queue.writer = crate::direct::Writer::Armed;
+        }
+        free
+    }
+
     /// Something to wait on for this subscription's next message without holding the
     /// subscription itself (so that patterns can be added meanwhile).
     pub fn waiter(&self) -> Waiter {
@@ -747,6 +833,12 @@ impl Waiter {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // The socket goes with its transport, not with the last handle on this subscriber.
+        self.sub
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sink = None;
         for pattern in &self.patterns {
             self.hub.unregister(pattern, self.id);
         }
@@ -772,12 +864,13 @@ mod tests {
     use super::*;
 
     /// Every subscriber pays for these, also anonymous ones: the control API's flags live in
-    /// padding that was there before them (a `Subscriber` was 104 bytes, its `Arc` 120).
+    /// padding that was there before them (a `Subscriber` was 104 bytes, its `Arc` 120), and so
+    /// do the direct writer's state and offset (`direct.rs`); its socket, 16 bytes, does not.
     #[test]
     fn an_idle_subscriber_is_no_larger_for_the_control_api() {
-        assert_eq!(std::mem::size_of::<Queue>(), 64);
+        assert_eq!(std::mem::size_of::<Queue>(), 80);
         assert_eq!(std::mem::size_of::<Signal>(), 32);
-        assert_eq!(std::mem::size_of::<Subscriber>(), 104);
+        assert_eq!(std::mem::size_of::<Subscriber>(), 120);
         // 144 until a resume's replay became one optional box instead of a `VecDeque`.
         assert_eq!(std::mem::size_of::<Subscription>(), 120);
     }

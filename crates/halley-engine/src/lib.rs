@@ -34,6 +34,7 @@ pub mod bayeux;
 mod broker;
 mod config;
 pub mod control;
+pub mod direct;
 mod engine;
 mod hub;
 mod memory;

@@ -135,8 +135,12 @@ impl Broker for MemoryBroker {
             }
         }
         evict_old(history, now);
-        // Delivered under the lock: the next publish cannot overtake this one.
-        let count = self.hub.deliver(&message);
+        // Delivered under the lock: the next publish cannot overtake this one. The writes to
+        // idle subscribers' sockets are done after it (`direct.rs` keeps their order), so that
+        // publishes to other channels do not wait for them.
+        let (count, writes) = self.hub.deliver_deferred(&message);
+        drop(state);
+        drop(writes);
         Ok((message, count))
     }
 

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
+    /// Deliveries written whole to the subscriber's socket by the delivering loop itself, its
+    /// transport idle (`direct.rs`); the rest were queued for the transport to write.
+    pub written_direct: AtomicU64,
     /// Messages discarded because their subscriber was cut off for lagging.
     pub dropped: AtomicU64,
     /// Subscribers cut off because their queue was full.

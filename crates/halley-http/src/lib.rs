@@ -31,6 +31,7 @@ mod cometd;
 mod config;
 mod control;
 mod cors;
+mod direct;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

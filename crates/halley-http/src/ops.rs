@@ -89,6 +89,12 @@ pub fn metrics(app: &App) -> Response<Body> {
         counter(&s.delivered),
     );
     metric(
+        "halley_messages_written_direct_total",
+        "counter",
+        "Deliveries written whole to an idle subscriber's socket by the delivering loop itself.",
+        counter(&s.written_direct),
+    );
+    metric(
         "halley_messages_dropped_total",
         "counter",
         "Queued messages discarded when their subscriber was cut off.",

@@ -40,6 +40,7 @@ use crate::app;
 use crate::body::Body;
 use crate::config::{MAX_HEAD, MAX_HEADERS};
 use crate::cors::Origins;
+use crate::direct;
 use crate::hooks::Webhooks;
 use crate::metrics::{Kind, Metrics};
 use crate::outbound::Outbound;
@@ -833,22 +834,31 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                         request
                     };
                     let handling = Box::pin(app::handle(&app, request));
-                    let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await
+                    let Some(mut response) = Box::pin(until_peer_closes(&stream, handling)).await
                     else {
                         return;
                     };
+                    if let Some(offer) = response.extensions_mut().remove::<direct::Offer>() {
+                        // The connection ends with the stream: the socket is shared with the
+                        // hub's deliveries from now on.
+                        let (head, body, _, chunked) = self::response_head(response, false, http10);
+                        let stall = app.config.write_stall_timeout;
+                        return Box::pin(serve_direct(stream, head, body, chunked, offer, stall))
+                            .await;
+                    }
                     let keep_alive = keep_alive && !app.shutdown.is_cancelled();
                     self::response_head(response, keep_alive, http10)
                 }
                 Route::Hyper => break head,
             };
         match Box::pin(write_response(
-            &mut stream,
+            &stream,
             response_head,
             body,
             keep_alive,
             chunked,
             app.config.write_stall_timeout,
+            None,
         ))
         .await
         {
@@ -944,31 +954,38 @@ async fn peer_closed(stream: &TcpStream) {
     }
 }
 
-/// The body's next data (`Some(None)` at its end), or `None` once the peer has closed (or the
-/// socket failed). Polled by hand rather than as a `select!` of `frame()` and [`peer_closed`]:
-/// the peek's readiness future would sit in every held response's future (dhat: ~0.1 KiB per
-/// idle subscriber), where `poll_peek` keeps its waker in the socket's own slot. A peer that
-/// sends data instead (a pipelined request) is not closed; that data is read after the
-/// response.
-fn next_data(
-    cx: &mut Context<'_>,
-    body: &mut Body,
-    reader: &mut tokio::net::tcp::ReadHalf<'_>,
-) -> Poll<Option<Option<Bytes>>> {
+/// What a lean-path writer does next.
+enum Next {
+    /// Write this body data.
+    Data(Bytes),
+    /// Write the rest of a message a delivery began (`crate::direct`): these bytes.
+    Rest(BytesMut),
+    /// The body ended.
+    End,
+    /// The peer closed (or the socket failed).
+    Closed,
+}
+
+/// The body's next data, or its end, or `Closed` once the peer has closed (or the socket
+/// failed). Polled by hand rather than as a `select!` of `frame()` and [`peer_closed`]: the
+/// peek's readiness future would sit in every held response's future (dhat: ~0.1 KiB per idle
+/// subscriber), where `poll_peek` keeps its waker in the socket's own slot. A peer that sends
+/// data instead (a pipelined request) is not closed; that data is read after the response.
+fn next_data(cx: &mut Context<'_>, body: &mut Body, stream: &TcpStream) -> Poll<Next> {
     loop {
         match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => return Poll::Ready(Some(Some(data))),
+                Ok(data) => return Poll::Ready(Next::Data(data)),
                 // Trailers: the lean path sends none.
                 Err(_) => continue,
             },
-            Poll::Ready(None | Some(Err(_))) => return Poll::Ready(Some(None)),
+            Poll::Ready(None | Some(Err(_))) => return Poll::Ready(Next::End),
             Poll::Pending => break,
         }
     }
     let mut byte = [0u8; 1];
-    match reader.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
-        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+    match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Next::Closed),
         Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
     }
 }
@@ -1105,23 +1122,45 @@ fn response_head(
 
 /// Writes a response on the lean path: `Content-Length` for whole bodies, chunked (or, for
 /// HTTP/1.0, close-delimited) for streams. Returns whether the connection may be reused.
+/// With `direct`, the socket is shared with the hub's deliveries (`crate::direct`): it is
+/// taken back from them before every write.
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     head: BytesMut,
     mut body: Body,
     keep_alive: bool,
     chunked: bool,
     stall: Duration,
+    direct: Option<(&direct::Offer, &direct::Socket)>,
 ) -> io::Result<bool> {
-    let (mut reader, mut writer) = stream.split();
+    let mut writer = direct::Shared(stream);
     write_all(&mut writer, &head, stall).await?;
     drop(head);
     loop {
-        let Some(data) = std::future::poll_fn(|cx| next_data(cx, &mut body, &mut reader)).await
-        else {
-            return Ok(false);
+        let next = std::future::poll_fn(|cx| {
+            if let Some((offer, socket)) = direct {
+                match offer.slot.poll_take(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some((message, written))) => {
+                        let mut rest = socket.encode(&message);
+                        let _ = rest.split_to((written as usize).min(rest.len()));
+                        return Poll::Ready(Next::Rest(rest));
+                    }
+                    Poll::Ready(None) => {}
+                }
+            }
+            next_data(cx, &mut body, stream)
+        })
+        .await;
+        let data = match next {
+            Next::Data(data) => data,
+            Next::Rest(rest) => {
+                write_all(&mut writer, &rest, stall).await?;
+                continue;
+            }
+            Next::End => break,
+            Next::Closed => return Ok(false),
         };
-        let Some(data) = data else { break };
         if data.is_empty() {
             continue;
         }
@@ -1141,8 +1180,25 @@ async fn write_response(
     Ok(keep_alive)
 }
 
+/// Writes a streaming response whose frames the hub's deliveries may write themselves
+/// (`crate::direct`): the socket is shared with them for as long as the stream lasts, and the
+/// connection ends with it.
+async fn serve_direct(
+    stream: TcpStream,
+    head: BytesMut,
+    body: Body,
+    chunked: bool,
+    offer: direct::Offer,
+    stall: Duration,
+) {
+    let socket = Arc::new(direct::Socket::new(stream, offer.frames, chunked));
+    offer.slot.attach(socket.clone());
+    let direct = Some((&offer, &*socket));
+    let _ = write_response(&socket.stream, head, body, false, chunked, stall, direct).await;
+}
+
 /// Writes `len` in hex and CRLF at the end of `out`; returns how many bytes that took.
-fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+pub(crate) fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
     let mut at = out.len() - 2;
     out[at..].copy_from_slice(b"\r\n");
     let mut n = len;
@@ -1349,7 +1405,7 @@ async fn rupy_pushes(
                 .map(|()| keep_alive)
         } else {
             let (head, body, keep_alive, chunked) = response_head(response, keep_alive, http10);
-            write_response(&mut stream, head, body, keep_alive, chunked, stall).await
+            write_response(&stream, head, body, keep_alive, chunked, stall, None).await
         };
         if !matches!(written, Ok(true)) || app.shutdown.is_cancelled() {
             return;
@@ -1734,12 +1790,13 @@ mod size_tests {
         let response = Response::new(crate::body::empty());
         let (head, body, keep_alive, chunked) = response_head(response, true, false);
         let writer = write_response(
-            &mut client,
+            &client,
             head,
             body,
             keep_alive,
             chunked,
             crate::config::WRITE_STALL_TIMEOUT,
+            None,
         );
         assert!(
             std::mem::size_of_val(&writer) < 1024,

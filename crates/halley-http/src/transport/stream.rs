@@ -237,6 +237,16 @@ impl Wire {
         }
     }
 
+    /// The frames a delivery may write for this wire itself (`crate::direct`): only those
+    /// that are the same for every subscriber and need nothing of the stream's state.
+    pub fn direct_frames(&self) -> Option<crate::direct::Frames> {
+        match self {
+            Wire::Sse { json: false } => Some(crate::direct::Frames::Sse),
+            Wire::Lines { json: true } => Some(crate::direct::Frames::Ndjson),
+            _ => None,
+        }
+    }
+
     /// The message's frame as bytes shared with every other subscriber, when this wire has
     /// one (SSE's frame is cached on the message).
     fn shared_frame(&self, m: &Message) -> Option<Bytes> {
@@ -451,6 +461,9 @@ struct Stream {
     retry_ms: u32,
     preamble: Option<Bytes>,
     done: bool,
+    /// The wire's frames can be written by a delivery (`crate::direct`). Beside `done`, in
+    /// padding.
+    direct: bool,
     _open: Open,
 }
 
@@ -512,6 +525,11 @@ impl Stream {
                 }
             }
             if self.sub.poll_signalled(cx).is_pending() {
+                // Everything is written and the stream waits: a delivery may write the next
+                // message itself (`crate::direct`), when the server lent it the socket.
+                if self.direct {
+                    self.sub.arm();
+                }
                 return Poll::Pending;
             }
         }
@@ -580,6 +598,7 @@ pub fn chunks(
     }
     let stream = Stream {
         preamble: Some(preamble.freeze()),
+        direct: wire.direct_frames().is_some(),
         sub,
         wire,
         heartbeat: fresh(&app.heartbeat),
@@ -619,8 +638,15 @@ pub fn stream_response_announcing(
     let gap = sub.gap();
     let position = sub.position();
     let content_type = wire.content_type();
+    let offer = wire.direct_frames().map(|frames| crate::direct::Offer {
+        slot: sub.sink_slot(),
+        frames,
+    });
     let body = streaming(chunks(app, sub, wire, kind, announce));
     let mut response = Response::new(body);
+    if let Some(offer) = offer {
+        response.extensions_mut().insert(offer);
+    }
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     held_headers(headers, gap);

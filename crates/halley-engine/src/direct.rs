@@ -1,0 +1,213 @@
+//! Writing a broadcast from the delivering loop: a subscriber whose transport is idle gets
+//! the message written to its socket by whoever delivers it, without waking its task.
+//!
+//! Waking each subscriber's task for each message, which then encodes and writes, costs a
+//! wake-up, a poll and the scheduler's queues per delivery; for a broadcast to thousands of idle
+//! subscribers that is most of the server's user-space work, and it spreads the writes of one
+//! message over the scheduler's order rather than the subscribers'. So a transport whose frames
+//! are the same for every subscriber (SSE, NDJSON) hands the hub its socket as a [`Sink`], and
+//! *arms* it whenever it has nothing left to write and waits ([`crate::Subscription::arm`]):
+//! the next message is then written by the delivering loop itself, one non-blocking write per
+//! socket, in the order the hub holds them.
+//!
+//! **Invariant:** one writer at a time. [`Writer`] says whose the socket is, under the
+//! subscriber's queue lock: the transport's (`Task`), free for the delivering loop (`Armed`),
+//! or taken by a delivery that is writing (`Direct`). A delivery that finds it taken queues
+//! its message behind, as it would for a busy transport, and the writing delivery wakes the
+//! transport when it is done; the transport takes the socket back ([`SinkSlot::poll_take`])
+//! before it writes anything itself (a heartbeat, a goodbye). So the order of messages, the
+//! queue bound, `lagged`, heartbeats and goodbyes are what they were.
+//!
+//! **Invariant:** nothing is lost when a socket is full. A write that the socket takes only
+//! part of leaves the message first in the queue with how much was written; the transport
+//! writes the rest before anything else ([`SinkSlot::poll_take`]). A write that it does not
+//! take at all leaves the message queued as if it had never been offered.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use halley_proto::Message;
+
+use crate::hub::Subscriber;
+
+/// Whose a subscriber's socket is (see the module's invariant).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// The transport's: it writes, the delivering loop queues.
+    #[default]
+    Task,
+    /// Free: the transport waits with nothing to write; a delivery may take it.
+    Armed,
+    /// A delivery took it and is writing.
+    Direct,
+    /// A delivery took it, and the transport wants it back (it was woken meanwhile).
+    DirectWanted,
+}
+
+impl Writer {
+    /// Whether a delivery is writing to the socket now.
+    pub(crate) fn delivering(self) -> bool {
+        matches!(self, Writer::Direct | Writer::DirectWanted)
+    }
+}
+
+/// How much of a message a [`Sink`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    All,
+    /// The socket took this many bytes of the message's frame and no more.
+    Part(u32),
+    /// The socket took nothing (full, or failed: the transport finds out when it writes).
+    Nothing,
+}
+
+/// A transport's socket, as the delivering loop writes to it: a message's frame in the
+/// transport's format, without blocking. Implemented by the HTTP layer.
+pub trait Sink: Send + Sync {
+    fn offer(&self, message: &Message) -> Offered;
+}
+
+/// The transport's side of a subscriber's socket ([`crate::Subscription::sink_slot`]): where
+/// it lends the socket to the hub and takes it back.
+#[derive(Clone)]
+pub struct SinkSlot(pub(crate) Arc<Subscriber>);
+
+impl SinkSlot {
+    /// Lends the socket to the hub for good; the subscription arms it when idle.
+    pub fn attach(&self, sink: Arc<dyn Sink>) {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).sink = Some(sink);
+    }
+
+    /// Takes the socket back before the transport writes: ready once no delivery writes to
+    /// it, with the message a delivery began and could not finish (and how many bytes of it
+    /// are written) — the transport writes the rest of it first. Registers for the
+    /// subscription's signal while a delivery writes, which wakes it when done.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<(Arc<Message>, u32)>> {
+        loop {
+            {
+                let mut queue = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !queue.writer.delivering() {
+                    queue.writer = Writer::Task;
+                    if queue.written == 0 {
+                        return Poll::Ready(None);
+                    }
+                    let written = std::mem::take(&mut queue.written);
+                    return Poll::Ready(queue.messages.pop_front().map(|m| (m, written)));
+                }
+                queue.writer = Writer::DirectWanted;
+            }
+            // The delivery notifies when it is done; a signal that was already pending is taken
+            // here, and everything it could mean is checked again by the transport afterwards.
+            if self.0.signal.poll_wait(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// The writes a delivery owes to idle subscribers' sockets ([`Hub::deliver_deferred`]): done
+/// when this is dropped, a large broadcast spread over the runtime's worker threads.
+pub struct Writes {
+    stats: Arc<crate::Stats>,
+    message: Arc<Message>,
+    to: Vec<(Arc<Subscriber>, Arc<dyn Sink>)>,
+}
+
+/// Fewest writes a delivery hands to another worker thread: below this a task's spawn and
+/// wake-up cost more than the writes it would take over (a write is ~5 µs on loopback).
+const SPREAD_MIN: usize = 256;
+
+impl Writes {
+    pub(crate) fn new(
+        stats: Arc<crate::Stats>,
+        message: Arc<Message>,
+        to: Vec<(Arc<Subscriber>, Arc<dyn Sink>)>,
+    ) -> Writes {
+        Writes { stats, message, to }
+    }
+
+    /// How many sockets these writes go to.
+    pub fn len(&self) -> usize {
+        self.to.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty()
+    }
+
+    fn write(&mut self) {
+        let to = std::mem::take(&mut self.to);
+        let mut whole = 0;
+        for (sub, sink) in to {
+            let offered = sink.offer(&self.message);
+            whole += u64::from(offered == Offered::All);
+            release(&sub, &self.message, offered);
+        }
+        if whole > 0 {
+            crate::Stats::add(&self.stats.written_direct, whole);
+        }
+    }
+
+    /// Splits off what other worker threads write: up to one part per further worker, of at
+    /// least [`SPREAD_MIN`] writes each. Each subscriber is this delivery's until written, so
+    /// the parts may be written in any order, on any thread.
+    fn spread(&mut self) {
+        if self.to.len() < 2 * SPREAD_MIN {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let workers = runtime.metrics().num_workers();
+        let parts = workers.min(self.to.len() / SPREAD_MIN);
+        if parts < 2 {
+            return;
+        }
+        let each = self.to.len().div_ceil(parts);
+        while self.to.len() > each {
+            let rest = self.to.split_off(self.to.len() - each);
+            let mut part = Writes::new(self.stats.clone(), self.message.clone(), rest);
+            runtime.spawn(async move { part.write() });
+        }
+    }
+}
+
+impl Drop for Writes {
+    fn drop(&mut self) {
+        self.spread();
+        self.write();
+    }
+}
+
+/// Gives a subscriber's socket back after a delivery wrote to it: armed again when the
+/// transport still has nothing to do, else the transport's, woken to write what came meanwhile
+/// (or the rest of this message).
+fn release(sub: &Subscriber, message: &Arc<Message>, offered: Offered) {
+    let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
+    let wanted = queue.writer == Writer::DirectWanted;
+    let idle = !wanted
+        && offered == Offered::All
+        && queue.messages.is_empty()
+        && !queue.lagged
+        && !queue.closed
+        && !sub.signal.notice.load(std::sync::atomic::Ordering::Acquire);
+    if idle {
+        queue.writer = Writer::Armed;
+        return;
+    }
+    queue.writer = Writer::Task;
+    match offered {
+        Offered::All => {}
+        // First, before whatever was queued behind it while it was being written.
+        Offered::Part(written) => {
+            queue.messages.push_front(message.clone());
+            queue.written = written;
+        }
+        Offered::Nothing if queue.lagged || queue.closed => {}
+        // Queued as if never offered; this may put the queue one over its bound, which the
+        // next delivery settles as usual.
+        Offered::Nothing => queue.messages.push_front(message.clone()),
+    }
+    drop(queue);
+    sub.signal.notify();
+}

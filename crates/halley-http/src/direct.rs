@@ -1,0 +1,157 @@
+//! The socket of a streaming response, lent to the hub so that a delivery writes a message
+//! to an idle subscriber itself (the engine's `direct` module says how, and why).
+//!
+//! Only for frames that are the same for every subscriber and need no state of the stream's:
+//! SSE's (cached on the message) and NDJSON's. A response that can take direct writes carries
+//! an [`Offer`] in its extensions; the lean path (`server.rs`) takes it, moves its socket
+//! into a [`Socket`] and attaches it, and its writer takes the socket back from the hub
+//! before each of its own writes. On hyper's path the offer is ignored: nothing is attached,
+//! and the stream never arms.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use halley_engine::direct::{Offered, Sink, SinkSlot};
+use halley_proto::Message;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+/// Which frames a direct write sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frames {
+    /// SSE's `id:` and `data:` lines ([`Message::sse_frame`]).
+    Sse,
+    /// The message's JSON object and a line end.
+    Ndjson,
+}
+
+/// What a streaming response offers the server that writes it (in its extensions).
+#[derive(Clone)]
+pub(crate) struct Offer {
+    pub(crate) slot: SinkSlot,
+    pub(crate) frames: Frames,
+}
+
+/// A response's socket, shared by its writer and the hub's deliveries (one at a time: the
+/// engine's `direct::Writer`).
+pub(crate) struct Socket {
+    pub(crate) stream: TcpStream,
+    frames: Frames,
+    /// Chunked transfer coding (HTTP/1.1); an HTTP/1.0 body is delimited by the close.
+    chunked: bool,
+}
+
+impl Socket {
+    pub(crate) fn new(stream: TcpStream, frames: Frames, chunked: bool) -> Socket {
+        Socket {
+            stream,
+            frames,
+            chunked,
+        }
+    }
+
+    /// The message's frame, and what follows it on the wire (a line end, the chunk's CRLF).
+    fn frame<'m>(&self, m: &'m Message) -> (&'m Bytes, &'static [u8]) {
+        match (self.frames, self.chunked) {
+            (Frames::Sse, true) => (m.sse_frame(), b"\r\n"),
+            (Frames::Sse, false) => (m.sse_frame(), b""),
+            (Frames::Ndjson, true) => (m.json_object(), b"\n\r\n"),
+            (Frames::Ndjson, false) => (m.json_object(), b"\n"),
+        }
+    }
+
+    /// The bytes a message takes on the wire, framing included: what the writer sends the
+    /// rest of when a delivery could write only part of it.
+    pub(crate) fn encode(&self, m: &Message) -> BytesMut {
+        let (frame, tail) = self.frame(m);
+        let mut out = BytesMut::with_capacity(frame.len() + 24);
+        if self.chunked {
+            let mut size = [0u8; 18];
+            let n = crate::server::chunk_size_line(frame.len() + self.line_end(), &mut size);
+            out.put_slice(&size[size.len() - n..]);
+        }
+        out.put_slice(frame);
+        out.put_slice(tail);
+        out
+    }
+
+    /// The line end that is part of the chunk's data (NDJSON's), not of its framing.
+    fn line_end(&self) -> usize {
+        match self.frames {
+            Frames::Sse => 0,
+            Frames::Ndjson => 1,
+        }
+    }
+}
+
+impl Sink for Socket {
+    fn offer(&self, m: &Message) -> Offered {
+        let (frame, tail) = self.frame(m);
+        let mut size = [0u8; 18];
+        let n = if self.chunked {
+            crate::server::chunk_size_line(frame.len() + self.line_end(), &mut size)
+        } else {
+            0
+        };
+        let slices = [
+            IoSlice::new(&size[size.len() - n..]),
+            IoSlice::new(frame),
+            IoSlice::new(tail),
+        ];
+        let total = n + frame.len() + tail.len();
+        match self.stream.try_write_vectored(&slices) {
+            Ok(written) if written >= total => Offered::All,
+            Ok(0) | Err(_) => Offered::Nothing,
+            // A frame is far below 4 GiB (the body limit).
+            Ok(written) => Offered::Part(u32::try_from(written).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+/// Writes to a socket through a shared reference, as tokio's own halves do (wait for
+/// writability, try, and on `WouldBlock` wait again: the try clears the readiness).
+pub(crate) struct Shared<'a>(pub(crate) &'a TcpStream);
+
+impl AsyncWrite for Shared<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

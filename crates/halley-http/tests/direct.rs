@@ -1,0 +1,139 @@
+//! A delivery writes a message to an idle SSE or NDJSON subscriber's socket itself (the
+//! engine's `direct` module): what a subscriber receives must be exactly what its transport
+//! would have written — every message, in order, never a frame cut by another — whether the
+//! socket takes the write whole, in part, or not at all.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::wire::Transport;
+use common::{Open, TestServer, within};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+
+const WRITTEN_DIRECT: &str = "halley_messages_written_direct_total";
+
+#[tokio::test]
+async fn a_broadcast_to_idle_streams_is_written_by_the_delivering_loop() {
+    let s = TestServer::start().await;
+    let sse = Transport::Sse;
+    let ndjson = Transport::StreamJson;
+    let mut streams = Vec::new();
+    for transport in [sse, sse, sse, ndjson, ndjson] {
+        let mut open = s
+            .stream_with(&transport.url("/d/idle", &[]), transport.headers())
+            .await;
+        open.expect(&transport.preamble()).await;
+        streams.push((transport, open));
+    }
+    let before = s.metric(WRITTEN_DIRECT).await;
+    for i in 0..10 {
+        let data = format!(r#"{{"n":{i},"text":"line one\nline two"}}"#);
+        let id = s.publish_json("/d/idle", &data).await;
+        for (transport, open) in &mut streams {
+            open.expect(&transport.frame("/d/idle", &id, &data)).await;
+        }
+    }
+    // Each subscriber was idle when each message came (the previous one had been read), so
+    // deliveries wrote to them directly — all of them but for a subscriber that had not armed
+    // again yet when the next publish came: never none.
+    let written = s.metric(WRITTEN_DIRECT).await - before;
+    assert!(
+        written > 0 && written <= 50,
+        "{written} of 50 deliveries written directly"
+    );
+}
+
+/// Opens an SSE subscriber whose socket takes little: a receive buffer of 4 KiB that nobody
+/// reads until told, so that the server's writes fill it and block.
+async fn small_window_sse(s: &TestServer, channel: &str) -> Open {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within("connect", socket.connect(s.addr)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = s
+        .request("GET", &format!("/sub{channel}"))
+        .header("accept", "text/event-stream")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = within("the response head", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (head, body) = response.into_parts();
+    Open {
+        status: head.status,
+        headers: head.headers,
+        body,
+        buf: Vec::new(),
+        seen: 0,
+        wait: s.wait,
+    }
+}
+
+#[tokio::test]
+async fn a_full_socket_gets_the_rest_of_each_frame_before_anything_else() {
+    // Heartbeats every 20 ms, so that they come while frames are half written.
+    let s = TestServer::with(|http, _| http.heartbeat_interval = Duration::from_millis(20)).await;
+    let mut open = small_window_sse(&s, "/d/full").await;
+    open.until("\n\n").await;
+    let before = s.metric(WRITTEN_DIRECT).await;
+    // 400 messages of ~20 KiB: ~8 MiB, more than the two sockets' buffers hold (the sending one
+    // grows to 4 MiB by default, `tcp_wmem`) while the
+    // subscriber does not read, so that deliveries find the socket full or take part of it.
+    let mut sent = Vec::new();
+    for i in 0..400 {
+        let filler = format!("{i:03}").repeat(6_000);
+        let data = format!(r#"{{"n":{i},"filler":"{filler}"}}"#);
+        let id = s.publish_json("/d/full", &data).await;
+        sent.push((id, data));
+    }
+    let written = s.metric(WRITTEN_DIRECT).await - before;
+    assert!(written < 400, "every write fit: the socket never filled");
+    eprintln!("{written} of 400 written whole by deliveries");
+    // Now read: every frame whole and in order, heartbeats only between frames.
+    for (id, data) in &sent {
+        loop {
+            let event = open.until("\n\n").await;
+            if event == ":\n\n" {
+                continue;
+            }
+            assert_eq!(
+                event,
+                format!("id: {id}\ndata: {data}\n\n"),
+                "frame of {id}"
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_closed_mid_broadcast_leaves_the_others_whole() {
+    let s = TestServer::start().await;
+    let mut keep = s
+        .stream_with("/sub/d/close", &[("accept", "text/event-stream")])
+        .await;
+    keep.until("\n\n").await;
+    let mut gone = s
+        .stream_with("/sub/d/close", &[("accept", "text/event-stream")])
+        .await;
+    gone.until("\n\n").await;
+    s.wait_subscribers("/d/close", 2).await;
+    drop(gone);
+    for i in 0..20 {
+        let data = format!(r#"{{"n":{i}}}"#);
+        let id = s.publish_json("/d/close", &data).await;
+        keep.expect(&format!("id: {id}\ndata: {data}\n\n")).await;
+    }
+    // The closed subscriber's socket is let go of: it leaves the channel.
+    common::eventually(common::WAIT, "the closed subscriber leaves", || async {
+        (s.subscribers("/d/close").await == 1).then_some(())
+    })
+    .await;
+}
