@@ -51,20 +51,24 @@ impl Writer {
     }
 }
 
-/// How much of a message a [`Sink`] took.
+/// How much of the messages offered a [`Sink`] took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     All,
-    /// The socket took this many bytes of the message's frame and no more.
-    Part(u32),
+    /// The socket took this many bytes of the messages' frames, one after the other, and no
+    /// more.
+    Part(usize),
     /// The socket took nothing (full, or failed: the transport finds out when it writes).
     Nothing,
 }
 
-/// A transport's socket, as the delivering loop writes to it: a message's frame in the
-/// transport's format, without blocking. Implemented by the HTTP layer.
+/// A transport's socket, as a delivery writes to it: messages' frames in the transport's
+/// format, without blocking. Implemented by the HTTP layer.
 pub trait Sink: Send + Sync {
-    fn offer(&self, message: &Message) -> Offered;
+    /// Writes the messages' frames, one after the other, in one non-blocking write.
+    fn offer(&self, messages: &[Arc<Message>]) -> Offered;
+    /// How many bytes a message's frame takes on this socket.
+    fn frame_len(&self, message: &Message) -> usize;
 }
 
 /// The transport's side of a subscriber's socket ([`crate::Subscription::sink_slot`]): where
@@ -105,8 +109,15 @@ impl SinkSlot {
     }
 }
 
-/// The writes a delivery owes to idle subscribers' sockets ([`Hub::deliver_deferred`]): done
-/// when this is dropped, a large broadcast spread over the runtime's worker threads.
+/// The writes a delivery owes to idle subscribers' sockets ([`Hub::deliver_deferred`]).
+///
+/// Done when this is dropped — not at once, but by a task of their own that first lets
+/// whatever else is ready on its worker run (`yield_now`). When the server is idle that costs
+/// a few microseconds; when it is busy (publishes queued behind this one), further messages for
+/// the same subscribers queue meanwhile and go out in the same write: one `writev` carries up
+/// to [`COALESCE`] messages to a socket, as a transport's own write would, so that a saturated
+/// server makes fewer writes than deliveries rather than one each. A large broadcast is split
+/// over the runtime's worker threads.
 pub struct Writes {
     stats: Arc<crate::Stats>,
     message: Arc<Message>,
@@ -116,6 +127,9 @@ pub struct Writes {
 /// Fewest writes a delivery hands to another worker thread: below this a task's spawn and
 /// wake-up cost more than the writes it would take over (a write is ~5 µs on loopback).
 const SPREAD_MIN: usize = 256;
+
+/// Most messages one write to a socket carries (as many as a stream's own write coalesces).
+pub const COALESCE: usize = 64;
 
 impl Writes {
     pub(crate) fn new(
@@ -138,10 +152,25 @@ impl Writes {
     fn write(&mut self) {
         let to = std::mem::take(&mut self.to);
         let mut whole = 0;
+        let mut batch = Vec::with_capacity(1);
         for (sub, sink) in to {
-            let offered = sink.offer(&self.message);
-            whole += u64::from(offered == Offered::All);
-            release(&sub, &self.message, offered);
+            batch.push(self.message.clone());
+            {
+                // What was delivered to this subscriber since it was taken goes in the same
+                // write; its transport was not woken for it.
+                let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !queue.lagged && !queue.closed {
+                    let more = queue.messages.len().min(COALESCE - 1);
+                    batch.extend(queue.messages.drain(..more));
+                }
+            }
+            let offered = sink.offer(&batch);
+            whole += match offered {
+                Offered::All => batch.len() as u64,
+                _ => 0,
+            };
+            release(&sub, &*sink, &batch, offered);
+            batch.clear();
         }
         if whole > 0 {
             crate::Stats::add(&self.stats.written_direct, whole);
@@ -151,13 +180,10 @@ impl Writes {
     /// Splits off what other worker threads write: up to one part per further worker, of at
     /// least [`SPREAD_MIN`] writes each. Each subscriber is this delivery's until written, so
     /// the parts may be written in any order, on any thread.
-    fn spread(&mut self) {
+    fn spread(&mut self, runtime: &tokio::runtime::Handle) {
         if self.to.len() < 2 * SPREAD_MIN {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let workers = runtime.metrics().num_workers();
         let parts = workers.min(self.to.len() / SPREAD_MIN);
         if parts < 2 {
@@ -174,15 +200,31 @@ impl Writes {
 
 impl Drop for Writes {
     fn drop(&mut self) {
-        self.spread();
-        self.write();
+        if self.to.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime (a test, an embedder's thread): written here and now.
+            return self.write();
+        };
+        let mut writes = Writes::new(
+            self.stats.clone(),
+            self.message.clone(),
+            std::mem::take(&mut self.to),
+        );
+        let handle = runtime.clone();
+        runtime.spawn(async move {
+            tokio::task::yield_now().await;
+            writes.spread(&handle);
+            writes.write();
+        });
     }
 }
 
-/// Gives a subscriber's socket back after a delivery wrote to it: armed again when the
-/// transport still has nothing to do, else the transport's, woken to write what came meanwhile
-/// (or the rest of this message).
-fn release(sub: &Subscriber, message: &Arc<Message>, offered: Offered) {
+/// Gives a subscriber's socket back after a delivery wrote `batch` to it: armed again when
+/// the transport still has nothing to do, else the transport's, woken to write what came
+/// meanwhile (or what of `batch` the socket did not take, which goes first).
+fn release(sub: &Subscriber, sink: &dyn Sink, batch: &[Arc<Message>], offered: Offered) {
     let mut queue = sub.state.lock().unwrap_or_else(|e| e.into_inner());
     let wanted = queue.writer == Writer::DirectWanted;
     let idle = !wanted
@@ -196,17 +238,38 @@ fn release(sub: &Subscriber, message: &Arc<Message>, offered: Offered) {
         return;
     }
     queue.writer = Writer::Task;
-    match offered {
-        Offered::All => {}
-        // First, before whatever was queued behind it while it was being written.
-        Offered::Part(written) => {
-            queue.messages.push_front(message.clone());
-            queue.written = written;
+    let (skip, written) = match offered {
+        Offered::All => (batch.len(), 0),
+        Offered::Nothing => (0, 0),
+        Offered::Part(mut bytes) => {
+            // Whole frames written, then how much of the next.
+            let mut skip = 0;
+            while skip < batch.len() && bytes >= sink.frame_len(&batch[skip]) {
+                bytes -= sink.frame_len(&batch[skip]);
+                skip += 1;
+            }
+            (skip, bytes)
         }
-        Offered::Nothing if queue.lagged || queue.closed => {}
-        // Queued as if never offered; this may put the queue one over its bound, which the
-        // next delivery settles as usual.
-        Offered::Nothing => queue.messages.push_front(message.clone()),
+    };
+    let unwritten = &batch[skip..];
+    if !unwritten.is_empty() {
+        if written > 0 {
+            // Begun: its transport finishes it first, whatever else happened meanwhile.
+            queue.messages.push_front(unwritten[0].clone());
+            for m in unwritten[1..].iter().rev() {
+                if !queue.lagged && !queue.closed {
+                    queue.messages.insert(1, m.clone());
+                }
+            }
+            // A frame is far below 4 GiB (the body limit).
+            queue.written = u32::try_from(written).unwrap_or(u32::MAX);
+        } else if !queue.lagged && !queue.closed {
+            // Queued again, first, as if never offered: this may put the queue past its
+            // bound by what this write took from it, which the next delivery settles as usual.
+            for m in unwritten.iter().rev() {
+                queue.messages.push_front(m.clone());
+            }
+        }
     }
     drop(queue);
     sub.signal.notify();

@@ -13,7 +13,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use halley_engine::direct::{Offered, Sink, SinkSlot};
+use std::sync::Arc;
+
+use halley_engine::direct::{COALESCE, Offered, Sink, SinkSlot};
 use halley_proto::Message;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -87,26 +89,47 @@ impl Socket {
 }
 
 impl Sink for Socket {
-    fn offer(&self, m: &Message) -> Offered {
+    fn offer(&self, messages: &[Arc<Message>]) -> Offered {
+        let messages = &messages[..messages.len().min(COALESCE)];
+        let mut sizes = [[0u8; 18]; COALESCE];
+        let mut lens = [0usize; COALESCE];
+        for (i, m) in messages.iter().enumerate() {
+            if self.chunked {
+                let (frame, _) = self.frame(m);
+                lens[i] =
+                    crate::server::chunk_size_line(frame.len() + self.line_end(), &mut sizes[i]);
+            }
+        }
+        let mut slices = [IoSlice::new(&[]); 3 * COALESCE];
+        let mut total = 0;
+        for (i, m) in messages.iter().enumerate() {
+            let (frame, tail) = self.frame(m);
+            let size = &sizes[i][18 - lens[i]..];
+            total += size.len() + frame.len() + tail.len();
+            slices[3 * i] = IoSlice::new(size);
+            slices[3 * i + 1] = IoSlice::new(frame);
+            slices[3 * i + 2] = IoSlice::new(tail);
+        }
+        match self
+            .stream
+            .try_write_vectored(&slices[..3 * messages.len()])
+        {
+            Ok(written) if written >= total => Offered::All,
+            Ok(0) | Err(_) => Offered::Nothing,
+            Ok(written) => Offered::Part(written),
+        }
+    }
+
+    fn frame_len(&self, m: &Message) -> usize {
         let (frame, tail) = self.frame(m);
-        let mut size = [0u8; 18];
-        let n = if self.chunked {
-            crate::server::chunk_size_line(frame.len() + self.line_end(), &mut size)
+        let data = frame.len() + self.line_end();
+        let size = if self.chunked {
+            // Hex digits of the chunk's length, and CRLF.
+            (usize::BITS - data.leading_zeros()).div_ceil(4).max(1) as usize + 2
         } else {
             0
         };
-        let slices = [
-            IoSlice::new(&size[size.len() - n..]),
-            IoSlice::new(frame),
-            IoSlice::new(tail),
-        ];
-        let total = n + frame.len() + tail.len();
-        match self.stream.try_write_vectored(&slices) {
-            Ok(written) if written >= total => Offered::All,
-            Ok(0) | Err(_) => Offered::Nothing,
-            // A frame is far below 4 GiB (the body limit).
-            Ok(written) => Offered::Part(u32::try_from(written).unwrap_or(u32::MAX)),
-        }
+        size + frame.len() + tail.len()
     }
 }
 
@@ -153,5 +176,34 @@ impl AsyncWrite for Shared<'_> {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halley_proto::{Channel, MessageId, Payload};
+
+    /// A partial write is split into whole frames and the rest by these lengths: they must be
+    /// what is written.
+    #[tokio::test]
+    async fn a_frame_is_as_long_as_its_encoding() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for frames in [Frames::Sse, Frames::Ndjson] {
+            for chunked in [true, false] {
+                let socket = Socket::new(TcpStream::connect(addr).await.unwrap(), frames, chunked);
+                for len in [0, 1, 9, 10, 11, 250, 4093, 4094, 70_000] {
+                    let text = format!("\"{}\"", "x".repeat(len));
+                    let data = Payload::from_json(text.as_bytes()).unwrap();
+                    let m = Message::new(Channel::parse("/a").unwrap(), MessageId::new(1, 7), data);
+                    assert_eq!(
+                        socket.frame_len(&m),
+                        socket.encode(&m).len(),
+                        "{frames:?}, chunked {chunked}, {len}"
+                    );
+                }
+            }
+        }
     }
 }

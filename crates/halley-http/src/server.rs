@@ -1782,7 +1782,7 @@ mod size_tests {
         .await
         .unwrap();
         let app = server.app.clone();
-        let mut client = TcpStream::connect(server.local_addr()).await.unwrap();
+        let client = TcpStream::connect(server.local_addr()).await.unwrap();
         let slot = Arc::new(Slot {
             _permit: server.slots.clone().try_acquire_owned().unwrap(),
             metrics: app.metrics.clone(),
