@@ -345,7 +345,14 @@ impl Hub {
         if queue.lagged || queue.closed {
             return Pushed::CutOff;
         }
-        if queue.last == Some(message.id) {
+        // Offered once per matching pattern, one right after the other; and, for a
+        // subscription that resumed, the live copy of what its replay gave (`arm` sets `last`
+        // to what the transport handed out, since a delivery that writes itself does not go
+        // through `try_next`'s check).
+        if let Some(last) = queue.last
+            && last.epoch == message.id.epoch
+            && message.id <= last
+        {
             return Pushed::Duplicate;
         }
         if queue.writer == crate::direct::Writer::Armed
@@ -747,6 +754,15 @@ impl Subscription {
             && !queue.closed;
         if free {
             queue.writer = crate::direct::Writer::Armed;
+            // A delivery that writes itself skips what the transport handed out already (the
+            // live copies of a replay), as `try_next` does.
+            if let Some(floor) = self.floor
+                && queue
+                    .last
+                    .is_none_or(|last| last.epoch != floor.epoch || last < floor)
+            {
+                queue.last = Some(floor);
+            }
         }
         free
     }

@@ -843,8 +843,12 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                         // hub's deliveries from now on.
                         let (head, body, _, chunked) = self::response_head(response, false, http10);
                         let stall = app.config.write_stall_timeout;
-                        return Box::pin(serve_direct(stream, head, body, chunked, offer, stall))
-                            .await;
+                        let socket = Arc::new(direct::Socket::new(stream, offer.frames, chunked));
+                        offer.slot.attach(socket.clone());
+                        let on = Sock::Direct(socket, offer.slot);
+                        let writing = write_response(on, head, body, false, chunked, stall);
+                        let _ = Box::pin(writing).await;
+                        return;
                     }
                     let keep_alive = keep_alive && !app.shutdown.is_cancelled();
                     self::response_head(response, keep_alive, http10)
@@ -852,13 +856,12 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                 Route::Hyper => break head,
             };
         match Box::pin(write_response(
-            &stream,
+            Sock::Borrowed(&stream),
             response_head,
             body,
             keep_alive,
             chunked,
             app.config.write_stall_timeout,
-            None,
         ))
         .await
         {
@@ -1122,24 +1125,27 @@ fn response_head(
 
 /// Writes a response on the lean path: `Content-Length` for whole bodies, chunked (or, for
 /// HTTP/1.0, close-delimited) for streams. Returns whether the connection may be reused.
-/// With `direct`, the socket is shared with the hub's deliveries (`crate::direct`): it is
-/// taken back from them before every write.
+/// On a socket shared with the hub's deliveries (`crate::direct`), the socket is taken back
+/// from them before every write.
 async fn write_response(
-    stream: &TcpStream,
+    sock: Sock<'_>,
     head: BytesMut,
     mut body: Body,
     keep_alive: bool,
     chunked: bool,
     stall: Duration,
-    direct: Option<(&direct::Offer, &direct::Socket)>,
 ) -> io::Result<bool> {
+    let (stream, direct) = match &sock {
+        Sock::Borrowed(stream) => (*stream, None),
+        Sock::Direct(socket, slot) => (&socket.stream, Some((slot, &**socket))),
+    };
     let mut writer = direct::Shared(stream);
     write_all(&mut writer, &head, stall).await?;
     drop(head);
     loop {
         let next = std::future::poll_fn(|cx| {
-            if let Some((offer, socket)) = direct {
-                match offer.slot.poll_take(cx) {
+            if let Some((slot, socket)) = direct {
+                match slot.poll_take(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some((message, written))) => {
                         let mut rest = socket.encode(&message);
@@ -1180,21 +1186,13 @@ async fn write_response(
     Ok(keep_alive)
 }
 
-/// Writes a streaming response whose frames the hub's deliveries may write themselves
-/// (`crate::direct`): the socket is shared with them for as long as the stream lasts, and the
-/// connection ends with it.
-async fn serve_direct(
-    stream: TcpStream,
-    head: BytesMut,
-    body: Body,
-    chunked: bool,
-    offer: direct::Offer,
-    stall: Duration,
-) {
-    let socket = Arc::new(direct::Socket::new(stream, offer.frames, chunked));
-    offer.slot.attach(socket.clone());
-    let direct = Some((&offer, &*socket));
-    let _ = write_response(&socket.stream, head, body, false, chunked, stall, direct).await;
+/// The socket a lean-path response is written to: the connection's own, or one shared with
+/// the hub's deliveries (`crate::direct`) for as long as the stream lasts (the connection ends
+/// with it). Held by the writer's future itself, so that no wrapper future (and its copy of
+/// the arguments) sits in every idle subscriber's task.
+enum Sock<'a> {
+    Borrowed(&'a TcpStream),
+    Direct(Arc<direct::Socket>, halley_engine::direct::SinkSlot),
 }
 
 /// Writes `len` in hex and CRLF at the end of `out`; returns how many bytes that took.
@@ -1405,7 +1403,15 @@ async fn rupy_pushes(
                 .map(|()| keep_alive)
         } else {
             let (head, body, keep_alive, chunked) = response_head(response, keep_alive, http10);
-            write_response(&stream, head, body, keep_alive, chunked, stall, None).await
+            write_response(
+                Sock::Borrowed(&stream),
+                head,
+                body,
+                keep_alive,
+                chunked,
+                stall,
+            )
+            .await
         };
         if !matches!(written, Ok(true)) || app.shutdown.is_cancelled() {
             return;
@@ -1790,13 +1796,12 @@ mod size_tests {
         let response = Response::new(crate::body::empty());
         let (head, body, keep_alive, chunked) = response_head(response, true, false);
         let writer = write_response(
-            &client,
+            Sock::Borrowed(&client),
             head,
             body,
             keep_alive,
             chunked,
             crate::config::WRITE_STALL_TIMEOUT,
-            None,
         );
         assert!(
             std::mem::size_of_val(&writer) < 1024,
