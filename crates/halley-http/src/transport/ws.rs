@@ -122,11 +122,30 @@ pub async fn upgrade<B: RequestBody>(
         sub.attach(extra);
     }
     drop(who);
+    // Made here and captured boxed: the socket's loop borrows it, so that none of it is an
+    // argument of an `async fn` (each would keep a second copy of itself in every idle
+    // socket's task), and the closure that carries it into the task and the future it
+    // becomes each keep a word for it, not the whole (160 bytes twice, `-Zprint-type-sizes`).
+    let mut socket = Box::new(Socket {
+        heartbeat: super::stream::fresh(&app.heartbeat),
+        sub,
+        publish_to,
+        frames,
+    });
     spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, sub, publish_to, frames).await;
+        let ending = run(&app, &mut tx, &mut rx, &mut socket).await;
         (app, tx, rx, ending)
     });
     Ok(response)
+}
+
+/// What a native WebSocket keeps while it is open: its subscription, where its frames are
+/// published, what it sends, and its view of the heartbeat ticker.
+struct Socket {
+    sub: Subscription,
+    publish_to: Option<Channel>,
+    heartbeat: tokio::sync::watch::Receiver<()>,
+    frames: Frames,
 }
 
 /// Test builds only (the `autobahn` feature): a WebSocket that echoes every message back, for
@@ -224,28 +243,44 @@ where
     let app = app.clone();
     app.clone().tracker.spawn(async move {
         let _held = (open, slot);
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = websocket_config(app.config.body_limit);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                // Split here, so that the socket is never an argument of the long-lived
-                // futures below (an argument keeps its room in a future for its whole life).
-                let (tx, rx) = ws.split();
-                // The app comes back with the halves: kept here meanwhile, it would be one more
-                // word in every idle socket's task.
-                if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
-                    // Boxed: only a closing socket needs room for the linger.
-                    Box::pin(finish(&app, tx, rx)).await;
-                }
-            }
-            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        // Boxed: the upgrade and the making of the WebSocket are over before the socket
+        // idles, and inline they sized every idle socket's task for them.
+        let Some((tx, rx)) = Box::pin(accept(app.config.body_limit, on_upgrade)).await else {
+            return;
+        };
+        // The app comes back with the halves: kept here meanwhile, it would be one more word
+        // in every idle socket's task.
+        if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
+            // Boxed: only a closing socket needs room for the linger.
+            Box::pin(finish(&app, tx, rx)).await;
         }
     });
+}
+
+/// The upgraded connection as a WebSocket, split into its halves; `None` when the upgrade
+/// failed.
+async fn accept(
+    body_limit: usize,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(WsSink, WsStream)> {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let config = websocket_config(body_limit);
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            // Split here, so that the socket is never an argument of the long-lived futures
+            // (an argument keeps its room in a future for its whole life).
+            Some(ws.split())
+        }
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            None
+        }
+    }
 }
 
 /// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer. A
@@ -437,48 +472,32 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
     }))
 }
 
-async fn run(
-    app: &App,
-    tx: &mut WsSink,
-    rx: &mut WsStream,
-    mut sub: Subscription,
-    publish_to: Option<Channel>,
-    frames: Frames,
-) -> Ending {
-    let mut heartbeat = super::stream::fresh(&app.heartbeat);
-    if sub.gap() {
-        let gap = Bytes::from(super::gap_object(&sub));
-        if !send(app, tx.send(text(&gap))).await {
-            return Ending::Gone;
-        }
-    }
-    if frames.announce
-        && let Some(id) = sub.position()
-    {
-        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
-        if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
-            return Ending::Gone;
-        }
+/// A native WebSocket's life. Everything it keeps is borrowed ([`Socket`]); what it does
+/// rarely (its opening notices, goodbyes, a client's publish) is boxed, so that an idle
+/// socket's task is sized for its wait and one write (`-Zprint-type-sizes`: 744 → see
+/// bench/README.md).
+async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket) -> Ending {
+    if !Box::pin(opening(app, tx, socket)).await {
+        return Ending::Gone;
     }
     // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
     // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
     // thing waited on is the client's next frame.
     loop {
         if app.shutdown.is_cancelled() {
-            let away = close(CloseCode::Away, "server shutting down; reconnect");
-            return said(send(app, tx.send(away)).await);
+            return said(Box::pin(say_away(app, tx)).await);
         }
         let (mut fed, mut lagged) = (false, false);
         // A control notice ends the loop as its value, so that it is no local of the loop's
         // awaits (every idle socket's task would be sized for it).
         let control = loop {
-            let Some(event) = sub.try_next() else {
+            let Some(event) = socket.sub.try_next() else {
                 break None;
             };
             match event {
                 Event::Message(m) => {
                     let frame = match m.binary() {
-                        Some(binary) if frames.binary => Frame::Binary(binary.bytes.clone()),
+                        Some(binary) if socket.frames.binary => Frame::Binary(binary.bytes.clone()),
                         _ => text(m.json_object()),
                     };
                     if !send(app, tx.feed(frame)).await {
@@ -495,29 +514,25 @@ async fn run(
         };
         if let Some(event) = control {
             // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            match Box::pin(say_control(app, tx, &sub, event)).await {
+            match Box::pin(say_control(app, tx, &socket.sub, event)).await {
                 Said::Over => return Ending::Closed,
                 Said::Gone => return Ending::Gone,
                 Said::GoingOn => continue,
             }
         }
         if lagged {
-            // The goodbye is bounded like any write: a client that reads nothing (which is
-            // how it fell behind) is dropped after the stall timeout instead of kept forever.
-            let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
-            let bye = close(CloseCode::Again, "fell behind; resume from your last id");
-            return said(send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await);
+            return said(Box::pin(say_lagged(app, tx)).await);
         }
         if fed && !send(app, tx.flush()).await {
             return Ending::Gone;
         }
-        match heartbeat.has_changed() {
+        match socket.heartbeat.has_changed() {
             Ok(false) => {}
             Ok(true) => {
-                heartbeat.mark_unchanged();
+                socket.heartbeat.mark_unchanged();
                 // A token that expired or was revoked ends the connection, said in-band first
                 // (boxed: this rare goodbye would otherwise size every idle socket's task).
-                if let Some(denied) = sub.lapsed() {
+                if let Some(denied) = socket.sub.lapsed() {
                     return said(Box::pin(say_lapsed(app, tx, denied)).await);
                 }
                 if !send(app, tx.send(Frame::Ping(Bytes::new()))).await {
@@ -527,36 +542,79 @@ async fn run(
             // The ticker is gone: the server is stopping.
             Err(_) => return Ending::Gone,
         }
-        tokio::select! {
+        let frame = tokio::select! {
             biased;
-            _ = sub.signalled() => {}
-            frame = rx.next() => match frame {
-                Some(Ok(Frame::Text(body))) => {
-                    // Boxed: the engine's publish inline would size every idle socket's task
-                    // for it.
-                    let reply = Box::pin(publish(
-                        app,
-                        publish_to.as_ref(),
-                        sub.attached::<Publishing>(),
-                        body.as_str(),
-                    ))
-                    .await;
-                    if let Some(reply) = reply
-                        && !send(app, tx.send(text(&Bytes::from(reply)))).await {
-                            return Ending::Gone;
-                        }
+            _ = socket.sub.signalled() => continue,
+            frame = rx.next() => frame,
+        };
+        match frame {
+            Some(Ok(Frame::Text(body))) => {
+                // Boxed: the engine's publish inline would size every idle socket's task for
+                // it.
+                if !Box::pin(publish_frame(app, tx, socket, body)).await {
+                    return Ending::Gone;
                 }
-                Some(Ok(Frame::Binary(_))) => {
-                    let refused = close(CloseCode::Unsupported, "text frames only");
-                    return said(send(app, tx.send(refused)).await);
-                }
-                // tungstenite has queued the answering close; `finish` sends it.
-                Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
-                None => return Ending::Gone,
-                Some(Ok(_)) => {}
-            },
+            }
+            Some(Ok(Frame::Binary(_))) => {
+                let refused = close(CloseCode::Unsupported, "text frames only");
+                return said(Box::pin(send(app, tx.send(refused))).await);
+            }
+            // tungstenite has queued the answering close; `finish` sends it.
+            Some(Ok(Frame::Close(_))) => return Ending::Closed,
+            Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+            None => return Ending::Gone,
+            Some(Ok(_)) => {}
         }
+    }
+}
+
+/// What a socket says first, when there is something: the resume's gap, its position.
+/// Whether the client is still there.
+async fn opening(app: &App, tx: &mut WsSink, socket: &Socket) -> bool {
+    if socket.sub.gap() {
+        let gap = Bytes::from(super::gap_object(&socket.sub));
+        if !send(app, tx.send(text(&gap))).await {
+            return false;
+        }
+    }
+    if socket.frames.announce
+        && let Some(id) = socket.sub.position()
+    {
+        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
+        if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// The server is shutting down: close 1001. Whether the close went out.
+async fn say_away(app: &App, tx: &mut WsSink) -> bool {
+    let away = close(CloseCode::Away, "server shutting down; reconnect");
+    send(app, tx.send(away)).await
+}
+
+/// The client fell behind: the `lagged` notice, then close 1013. The goodbye is bounded like
+/// any write: a client that reads nothing (which is how it fell behind) is dropped after the
+/// stall timeout instead of kept forever. Whether the close went out.
+async fn say_lagged(app: &App, tx: &mut WsSink) -> bool {
+    let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
+    let bye = close(CloseCode::Again, "fell behind; resume from your last id");
+    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+}
+
+/// Publishes a client's text frame and answers a refusal. Whether the client is still there.
+async fn publish_frame(app: &App, tx: &mut WsSink, socket: &Socket, body: Utf8Bytes) -> bool {
+    let reply = publish(
+        app,
+        socket.publish_to.as_ref(),
+        socket.sub.attached::<Publishing>(),
+        body.as_str(),
+    )
+    .await;
+    match reply {
+        Some(reply) => send(app, tx.send(text(&Bytes::from(reply)))).await,
+        None => true,
     }
 }
 
