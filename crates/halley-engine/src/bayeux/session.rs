@@ -302,9 +302,15 @@ impl Session {
                 };
             }
             let waiter = {
-                let mut sub = tokio::select! {
-                    sub = self.sub.lock() => sub,
-                    _ = &mut closed => continue,
+                // The lock is rarely contended (a publish or subscribe of the session's own):
+                // its wait is boxed, so that it does not size every held connect's future
+                // (the lock's future is 64 bytes more than the wait below).
+                let mut sub = match self.sub.try_lock() {
+                    Ok(sub) => sub,
+                    Err(_) => tokio::select! {
+                        sub = Box::pin(self.sub.lock()) => sub,
+                        _ = &mut closed => continue,
+                    },
                 };
                 if let Some(batch) = self.take(&mut sub, connect) {
                     return batch;
