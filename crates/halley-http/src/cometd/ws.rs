@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
 use halley_engine::bayeux::{Browser, Caller, Handled, Link, ServiceError};
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
@@ -23,9 +23,7 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::rpc::MAX_CALLS_PER_CONNECTION;
 use crate::state::App;
-use crate::transport::{
-    BAYEUX_PROTOCOLS, Ending, WsSink, WsStream, accept_websocket, refuse, send, spawn_upgraded,
-};
+use crate::transport::{BAYEUX_PROTOCOLS, Ending, Ws, accept_websocket, refuse, spawn_upgraded};
 use halley_engine::access::Principal;
 
 pub async fn upgrade<B: RequestBody>(
@@ -55,9 +53,9 @@ pub async fn upgrade<B: RequestBody>(
         link: Link::persistent(),
         calls: None,
     });
-    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, &mut socket).await;
-        (app, tx, rx, ending)
+    spawn_upgraded(app, &mut request, |app, mut ws| async move {
+        let ending = run(&app, &mut ws, &mut socket).await;
+        (app, ws, ending)
     });
     Ok(response)
 }
@@ -107,30 +105,30 @@ struct Socket {
 
 /// A Bayeux WebSocket's life. Everything it keeps is borrowed ([`Socket`]); handling a frame
 /// and the goodbyes are boxed, so that an idle socket's task is sized for its wait.
-async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket) -> Ending {
+async fn run(app: &App, ws: &mut Ws, socket: &mut Socket) -> Ending {
     loop {
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => return Box::pin(say_away(app, tx, &mut socket.link)).await,
-            frame = rx.next() => {
+            _ = app.shutdown.cancelled() => return Box::pin(say_away(app, ws, &mut socket.link)).await,
+            frame = ws.next() => {
                 let body = match frame {
                     Some(Ok(Frame::Text(body))) => body,
                     // tungstenite has queued the answering close; it goes out as the
                     // connection ends.
                     Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                    Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+                    Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
                     None => return Ending::Gone,
                     Some(Ok(_)) => continue,
                 };
                 // Boxed: handling a batch is not what an idle socket waits in.
-                if let Some(ending) = Box::pin(handle_frame(app, tx, socket, body)).await {
+                if let Some(ending) = Box::pin(handle_frame(app, ws, socket, body)).await {
                     return ending;
                 }
             }
             wake = socket.link.wait() => {
                 let mut out = Output::default();
                 socket.link.wake(&app.bayeux, wake, &mut out);
-                if !out.is_empty() && !send(app, tx.send(text(out))).await {
+                if !out.is_empty() && !ws.send(app, text(out)).await {
                     return Ending::Gone;
                 }
             }
@@ -141,7 +139,7 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
             }) => {
                 let mut out = Output::default();
                 out.reply(&reply);
-                if !send(app, tx.send(text(out))).await {
+                if !ws.send(app, text(out)).await {
                     return Ending::Gone;
                 }
             }
@@ -150,23 +148,23 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
 }
 
 /// The server is shutting down: the held connect answered, then close 1001.
-async fn say_away(app: &App, tx: &mut WsSink, link: &mut Link) -> Ending {
+async fn say_away(app: &App, ws: &mut Ws, link: &mut Link) -> Ending {
     let mut out = Output::default();
     link.release(&app.bayeux, false, &mut out);
-    if !out.is_empty() && !send(app, tx.send(text(out))).await {
+    if !out.is_empty() && !ws.send(app, text(out)).await {
         return Ending::Gone;
     }
     let away = Frame::Close(Some(CloseFrame {
         code: CloseCode::Away,
         reason: Utf8Bytes::from_static("server shutting down; reconnect"),
     }));
-    closed(send(app, tx.send(away)).await)
+    closed(ws.send(app, away).await)
 }
 
 /// Handles a batch that came in a text frame; `Some` when the connection is over.
 async fn handle_frame(
     app: &App,
-    tx: &mut WsSink,
+    ws: &mut Ws,
     socket: &mut Socket,
     body: Utf8Bytes,
 ) -> Option<Ending> {
@@ -177,7 +175,7 @@ async fn handle_frame(
                 code: CloseCode::Invalid,
                 reason: Utf8Bytes::from(e.to_string()),
             }));
-            return Some(closed(send(app, tx.send(refused)).await));
+            return Some(closed(ws.send(app, refused).await));
         }
     };
     let mut out = Output::default();
@@ -215,11 +213,10 @@ async fn handle_frame(
     }
     if disconnected {
         socket.link.release(&app.bayeux, true, &mut out);
-        let sent =
-            send(app, tx.send(text(out))).await && send(app, tx.send(Frame::Close(None))).await;
+        let sent = ws.send(app, text(out)).await && ws.send(app, Frame::Close(None)).await;
         return Some(closed(sent));
     }
-    if !out.is_empty() && !send(app, tx.send(text(out))).await {
+    if !out.is_empty() && !ws.send(app, text(out)).await {
         return Some(Ending::Gone);
     }
     None

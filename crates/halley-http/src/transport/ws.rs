@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::body::RequestBody;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
@@ -25,7 +25,7 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -132,9 +132,9 @@ pub async fn upgrade<B: RequestBody>(
         publish_to,
         frames,
     });
-    spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, &mut socket).await;
-        (app, tx, rx, ending)
+    spawn_upgraded(app, &mut request, move |app, mut ws| async move {
+        let ending = run(&app, &mut ws, &mut socket).await;
+        (app, ws, ending)
     });
     Ok(response)
 }
@@ -163,29 +163,29 @@ pub async fn echo<B: RequestBody>(
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers(), &[])?;
-    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
+    spawn_upgraded(app, &mut request, |app, mut ws| async move {
         let ending = loop {
             let frame = tokio::select! {
                 biased;
                 _ = app.shutdown.cancelled() => {
                     let away = close(CloseCode::Away, "server shutting down");
-                    break said(send(&app, tx.send(away)).await);
+                    break said(ws.send(&app, away).await);
                 }
-                frame = rx.next() => frame,
+                frame = ws.next() => frame,
             };
             match frame {
                 Some(Ok(message @ (Frame::Text(_) | Frame::Binary(_)))) => {
-                    if !send(&app, tx.send(message)).await {
+                    if !ws.send(&app, message).await {
                         break Ending::Gone;
                     }
                 }
                 Some(Ok(Frame::Close(_))) => break Ending::Closed,
-                Some(Err(error)) => break refuse(&app, &mut tx, &error).await,
+                Some(Err(error)) => break refuse(&app, &mut ws, &error).await,
                 None => break Ending::Gone,
                 Some(Ok(_)) => {}
             }
         };
-        (app, tx, rx, ending)
+        (app, ws, ending)
     });
     Ok(response)
 }
@@ -207,12 +207,290 @@ struct Reported {
     info: Option<Box<str>>,
 }
 
-/// The WebSocket a request upgrades into.
-pub type Upgraded = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-/// Its sending half.
-pub type WsSink = futures_util::stream::SplitSink<Upgraded, Frame>;
-/// Its receiving half.
-pub type WsStream = futures_util::stream::SplitStream<Upgraded>;
+/// The connection a request upgrades into.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A server-side WebSocket that keeps tungstenite's state only while a message is being read.
+///
+/// tungstenite allocates its read buffer ([`READ_BUFFER`]) when a socket is made and keeps it
+/// for the socket's life, with its write buffer and tokio-tungstenite's two waker proxies:
+/// ~1.5 KiB per idle socket, most of what an idle WebSocket cost (dhat). Here they exist from
+/// the first byte a client sends until what was read ends on a message boundary ([`Bounds`]);
+/// then they are dropped, and the socket waits for its next byte with nothing but the
+/// connection. The server's frames are written here ([`Ws::send`]), not through tungstenite:
+/// they are whole, unmasked frames, and writing them needs no state.
+pub struct Ws {
+    /// The connection, while tungstenite's state is dropped.
+    idle: Option<Io>,
+    /// tungstenite's state, while a message is being read (boxed: an idle socket keeps a word).
+    live: Option<Box<WebSocketStream<Io>>>,
+    /// Messages tungstenite has handed out: [`Bounds`] counts those the client sent.
+    read: u64,
+    /// The body limit, for the sockets made again ([`websocket_config`]).
+    body_limit: usize,
+}
+
+/// The upgraded connection, with what its reads have shown of the client's frames.
+pub struct Io {
+    inner: Upgraded,
+    bounds: Bounds,
+}
+
+/// Where the bytes read from a client stand among its frames: in a frame's header, in its
+/// payload, inside a fragmented message, and how many messages (control frames, and data
+/// frames that end a message) have ended. Only lengths and flags are read; tungstenite, which
+/// reads the same bytes, checks them.
+#[derive(Default)]
+struct Bounds {
+    /// The header being read (at most 14 bytes: 2, an extended length of 8, a mask of 4).
+    head: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// The current frame's first byte (FIN and opcode).
+    first: u8,
+    /// A data message has begun and not ended (FIN not yet seen).
+    open: bool,
+    /// Messages ended so far.
+    ended: u64,
+}
+
+impl Bounds {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64);
+                self.left -= n;
+                bytes = &bytes[n as usize..];
+                if self.left == 0 {
+                    self.end_frame();
+                }
+                continue;
+            }
+            self.head[usize::from(self.have)] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let second = self.head[1];
+            let extended = match second & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if second & 0x80 != 0 { 4 } else { 0 };
+            if usize::from(self.have) < 2 + extended + mask {
+                continue;
+            }
+            self.left = match extended {
+                2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                8 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0; 8])),
+                _ => u64::from(second & 0x7f),
+            };
+            self.first = self.head[0];
+            self.have = 0;
+            if self.left == 0 {
+                self.end_frame();
+            }
+        }
+    }
+
+    fn end_frame(&mut self) {
+        let fin = self.first & 0x80 != 0;
+        if self.first & 0x08 != 0 {
+            // A control frame is a message of its own (tungstenite hands each out).
+            self.ended += 1;
+        } else if fin {
+            self.ended += 1;
+            self.open = false;
+        } else {
+            self.open = true;
+        }
+    }
+
+    /// What was read ends on a message boundary, and tungstenite has handed out `read` of
+    /// its messages: it holds nothing of the client's.
+    fn at_rest(&self, read: u64) -> bool {
+        self.have == 0 && self.left == 0 && !self.open && self.ended == read
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            this.bounds.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Ws {
+    /// The client's next message; `None` once it is gone. Cancel-safe: the loops wait for it
+    /// alongside their own events.
+    pub async fn next(&mut self) -> Option<Result<Frame, WsError>> {
+        if let Some(live) = self.live.as_deref_mut()
+            && live.get_ref().bounds.at_rest(self.read)
+        {
+            // Nothing of a message is read: tungstenite's state goes, once what it queued
+            // (the answer to a ping) is written.
+            live.flush().await.ok()?;
+            self.idle = self.live.take().map(|live| live.into_inner());
+        }
+        if self.live.is_none() {
+            // Idle: the first bytes the client sends are read here, into the stack, and
+            // tungstenite is made with them.
+            let io = self.idle.as_mut()?;
+            let part = std::future::poll_fn(|cx| {
+                let mut chunk = [0u8; READ_BUFFER];
+                let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+                std::pin::Pin::new(&mut *io)
+                    .poll_read(cx, &mut buf)
+                    .map(|read| read.map(|()| buf.filled().to_vec()))
+            })
+            .await;
+            // Its end (nothing read) or a failed read: the client is gone.
+            let part = part.ok().filter(|part| !part.is_empty())?;
+            let io = self.idle.take()?;
+            let config = websocket_config(self.body_limit);
+            // Ready at its first poll (tokio-tungstenite makes the socket without I/O), so
+            // that nothing taken above is lost to a cancel. Boxed: its future is 560 bytes,
+            // and inline it sized every socket's task for it.
+            let live = Box::pin(WebSocketStream::from_partially_read(
+                io,
+                part,
+                Role::Server,
+                Some(config),
+            ))
+            .await;
+            self.live = Some(Box::new(live));
+        }
+        let message = self.live.as_deref_mut()?.next().await;
+        if let Some(Ok(_)) = message {
+            self.read += 1;
+        }
+        message
+    }
+
+    /// Writes a frame, bounded by the write stall timeout ([`send`]): `false` when the client
+    /// is gone or took no bytes for that long, and the connection should just be dropped.
+    /// What tungstenite queued (a pong, a close's answer) goes out whole first.
+    ///
+    /// Not an `async fn`: the frame is encoded before the future exists, which keeps only its
+    /// bytes (an `async fn` kept the frame as its argument and again as a local: this future
+    /// is part of every socket's task, sized for its largest await).
+    pub fn send<'a>(&'a mut self, app: &'a App, frame: Frame) -> impl Future<Output = bool> + 'a {
+        let (head, payload) = encode(frame);
+        let mut bytes = head.chain(payload);
+        async move {
+            if let Some(live) = self.live.as_deref_mut()
+                && !send(app, live.flush()).await
+            {
+                return false;
+            }
+            let io = match (self.idle.as_mut(), self.live.as_deref_mut()) {
+                (Some(io), _) => io,
+                (None, Some(live)) => live.get_mut(),
+                (None, None) => return false,
+            };
+            let write = std::pin::pin!(io.write_all_buf(&mut bytes));
+            send(app, write).await
+        }
+    }
+
+    /// The connection, with tungstenite's state dropped once what it queued is written.
+    async fn into_io(mut self, app: &App) -> Option<Io> {
+        if let Some(live) = self.live.as_deref_mut() {
+            // A flush that meets the closed state reports success (tokio-tungstenite), so an
+            // error here means the socket failed: nothing to linger for.
+            if !send(app, live.flush()).await {
+                return None;
+            }
+        }
+        self.idle.or(self.live.map(|live| live.into_inner()))
+    }
+}
+
+/// A server frame's header (FIN, opcode, length; never masked) and payload.
+fn encode(frame: Frame) -> (Bytes, Bytes) {
+    let (opcode, payload) = match frame {
+        Frame::Text(text) => (0x1, Bytes::from(text)),
+        Frame::Binary(bytes) => (0x2, bytes),
+        Frame::Close(None) => (0x8, Bytes::new()),
+        Frame::Close(Some(close)) => {
+            let mut payload = Vec::with_capacity(2 + close.reason.len());
+            payload.extend_from_slice(&u16::from(close.code).to_be_bytes());
+            payload.extend_from_slice(close.reason.as_bytes());
+            (0x8, Bytes::from(payload))
+        }
+        Frame::Ping(bytes) => (0x9, bytes),
+        Frame::Pong(bytes) => (0xa, bytes),
+        // A raw frame: Halley never sends one; it is written as tungstenite formats it.
+        Frame::Frame(frame) => {
+            let mut bytes = Vec::with_capacity(frame.len());
+            // Writing into a Vec cannot fail.
+            let _ = frame.format(&mut bytes);
+            return (Bytes::from(bytes), Bytes::new());
+        }
+    };
+    let mut head = Vec::with_capacity(10);
+    head.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => head.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            head.push(126);
+            head.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            head.push(127);
+            head.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    (Bytes::from(head), payload)
+}
 
 /// How a WebSocket's conversation ended, and so how its connection is closed.
 pub enum Ending {
@@ -223,16 +501,16 @@ pub enum Ending {
     Closed,
 }
 
-/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the two
-/// halves, and how it ended.
-pub type Served = (Arc<App>, WsSink, WsStream, Ending);
+/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the
+/// socket, and how it ended.
+pub type Served = (Arc<App>, Ws, Ending);
 
 /// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
 /// drain waits for it) that carries the connection's slot under the cap and counts as an open
 /// WebSocket subscriber; then closes the connection as `serve`'s [`Ending`] says.
 pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
 where
-    F: FnOnce(Arc<App>, WsSink, WsStream) -> Fut + Send + 'static,
+    F: FnOnce(Arc<App>, Ws) -> Fut + Send + 'static,
     Fut: Future<Output = Served> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
@@ -243,44 +521,30 @@ where
     let app = app.clone();
     app.clone().tracker.spawn(async move {
         let _held = (open, slot);
-        // Boxed: the upgrade and the making of the WebSocket are over before the socket
-        // idles, and inline they sized every idle socket's task for them.
-        let Some((tx, rx)) = Box::pin(accept(app.config.body_limit, on_upgrade)).await else {
-            return;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
         };
-        // The app comes back with the halves: kept here meanwhile, it would be one more word
+        // Idle from the start: tungstenite's state is made with the client's first bytes.
+        let ws = Ws {
+            idle: Some(Io {
+                inner: TokioIo::new(upgraded),
+                bounds: Bounds::default(),
+            }),
+            live: None,
+            read: 0,
+            body_limit: app.config.body_limit,
+        };
+        // The app comes back with the socket: kept here meanwhile, it would be one more word
         // in every idle socket's task.
-        if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
+        if let (app, ws, Ending::Closed) = serve(app, ws).await {
             // Boxed: only a closing socket needs room for the linger.
-            Box::pin(finish(&app, tx, rx)).await;
+            Box::pin(finish(&app, ws)).await;
         }
     });
-}
-
-/// The upgraded connection as a WebSocket, split into its halves; `None` when the upgrade
-/// failed.
-async fn accept(
-    body_limit: usize,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Option<(WsSink, WsStream)> {
-    match on_upgrade.await {
-        Ok(upgraded) => {
-            let config = websocket_config(body_limit);
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            // Split here, so that the socket is never an argument of the long-lived futures
-            // (an argument keeps its room in a future for its whole life).
-            Some(ws.split())
-        }
-        Err(error) => {
-            tracing::debug!(%error, "websocket upgrade failed");
-            None
-        }
-    }
 }
 
 /// Checks a WebSocket handshake request and builds its `101 Switching Protocols` answer. A
@@ -353,9 +617,9 @@ fn select_protocol(
 /// stall timeout ([`HttpConfig::write_stall_timeout`](crate::HttpConfig::write_stall_timeout)):
 /// `false` when the client is gone or took no bytes for that long, and the connection should
 /// just be dropped. Its timer is armed only when the write cannot finish at once.
-pub fn send<F>(app: &App, write: F) -> Sending<'_, F>
+pub fn send<F, E>(app: &App, write: F) -> Sending<'_, F>
 where
-    F: Future<Output = Result<(), WsError>> + Unpin,
+    F: Future<Output = Result<(), E>> + Unpin,
 {
     Sending {
         write,
@@ -376,9 +640,9 @@ pub struct Sending<'a, F> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<F> Future for Sending<'_, F>
+impl<F, E> Future for Sending<'_, F>
 where
-    F: Future<Output = Result<(), WsError>> + Unpin,
+    F: Future<Output = Result<(), E>> + Unpin,
 {
     type Output = bool;
 
@@ -422,16 +686,11 @@ pub fn refusal(error: &WsError) -> Option<Frame> {
 /// until it closes its side, within [`CLOSE_LINGER`] and [`MAX_LINGER_BYTES`] — so that the
 /// server ends TCP and the client sees a clean close, not a reset. While the server drains,
 /// it does not wait for the client (the drain must end promptly): it half-closes and drops.
-async fn finish(app: &App, mut tx: WsSink, rx: WsStream) {
-    // A flush that meets the closed state reports success (tokio-tungstenite), so an error
-    // here means the socket failed: nothing to linger for.
-    if !send(app, tx.flush()).await {
-        return;
-    }
+async fn finish(app: &App, ws: Ws) {
     let lingers = !app.shutdown.is_cancelled();
-    // The halves of one stream always reunite.
-    let Ok(ws) = tx.reunite(rx) else { return };
-    let mut io = ws.into_inner();
+    let Some(mut io) = ws.into_io(app).await else {
+        return;
+    };
     let lingering = async {
         io.shutdown().await?;
         if !lingers {
@@ -476,8 +735,8 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
 /// rarely (its opening notices, goodbyes, a client's publish) is boxed, so that an idle
 /// socket's task is sized for its wait and one write (`-Zprint-type-sizes`: 744 → see
 /// bench/README.md).
-async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket) -> Ending {
-    if !Box::pin(opening(app, tx, socket)).await {
+async fn run(app: &App, ws: &mut Ws, socket: &mut Socket) -> Ending {
+    if !Box::pin(opening(app, ws, socket)).await {
         return Ending::Gone;
     }
     // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
@@ -485,9 +744,9 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
     // thing waited on is the client's next frame.
     loop {
         if app.shutdown.is_cancelled() {
-            return said(Box::pin(say_away(app, tx)).await);
+            return said(Box::pin(say_away(app, ws)).await);
         }
-        let (mut fed, mut lagged) = (false, false);
+        let mut lagged = false;
         // A control notice ends the loop as its value, so that it is no local of the loop's
         // awaits (every idle socket's task would be sized for it).
         let control = loop {
@@ -500,10 +759,9 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
                         Some(binary) if socket.frames.binary => Frame::Binary(binary.bytes.clone()),
                         _ => text(m.json_object()),
                     };
-                    if !send(app, tx.feed(frame)).await {
+                    if !ws.send(app, frame).await {
                         return Ending::Gone;
                     }
-                    fed = true;
                 }
                 Event::Lagged => {
                     lagged = true;
@@ -514,17 +772,14 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
         };
         if let Some(event) = control {
             // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            match Box::pin(say_control(app, tx, &socket.sub, event)).await {
+            match Box::pin(say_control(app, ws, &socket.sub, event)).await {
                 Said::Over => return Ending::Closed,
                 Said::Gone => return Ending::Gone,
                 Said::GoingOn => continue,
             }
         }
         if lagged {
-            return said(Box::pin(say_lagged(app, tx)).await);
-        }
-        if fed && !send(app, tx.flush()).await {
-            return Ending::Gone;
+            return said(Box::pin(say_lagged(app, ws)).await);
         }
         match socket.heartbeat.has_changed() {
             Ok(false) => {}
@@ -533,9 +788,9 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
                 // A token that expired or was revoked ends the connection, said in-band first
                 // (boxed: this rare goodbye would otherwise size every idle socket's task).
                 if let Some(denied) = socket.sub.lapsed() {
-                    return said(Box::pin(say_lapsed(app, tx, denied)).await);
+                    return said(Box::pin(say_lapsed(app, ws, denied)).await);
                 }
-                if !send(app, tx.send(Frame::Ping(Bytes::new()))).await {
+                if !ws.send(app, Frame::Ping(Bytes::new())).await {
                     return Ending::Gone;
                 }
             }
@@ -545,23 +800,23 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
         let frame = tokio::select! {
             biased;
             _ = socket.sub.signalled() => continue,
-            frame = rx.next() => frame,
+            frame = ws.next() => frame,
         };
         match frame {
             Some(Ok(Frame::Text(body))) => {
                 // Boxed: the engine's publish inline would size every idle socket's task for
                 // it.
-                if !Box::pin(publish_frame(app, tx, socket, body)).await {
+                if !Box::pin(publish_frame(app, ws, socket, body)).await {
                     return Ending::Gone;
                 }
             }
             Some(Ok(Frame::Binary(_))) => {
                 let refused = close(CloseCode::Unsupported, "text frames only");
-                return said(Box::pin(send(app, tx.send(refused))).await);
+                return said(Box::pin(ws.send(app, refused)).await);
             }
             // tungstenite has queued the answering close; `finish` sends it.
             Some(Ok(Frame::Close(_))) => return Ending::Closed,
-            Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+            Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
             None => return Ending::Gone,
             Some(Ok(_)) => {}
         }
@@ -570,10 +825,10 @@ async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, socket: &mut Socket)
 
 /// What a socket says first, when there is something: the resume's gap, its position.
 /// Whether the client is still there.
-async fn opening(app: &App, tx: &mut WsSink, socket: &Socket) -> bool {
+async fn opening(app: &App, ws: &mut Ws, socket: &Socket) -> bool {
     if socket.sub.gap() {
         let gap = Bytes::from(super::gap_object(&socket.sub));
-        if !send(app, tx.send(text(&gap))).await {
+        if !ws.send(app, text(&gap)).await {
             return false;
         }
     }
@@ -581,7 +836,7 @@ async fn opening(app: &App, tx: &mut WsSink, socket: &Socket) -> bool {
         && let Some(id) = socket.sub.position()
     {
         let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
-        if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
+        if !ws.send(app, text(&Bytes::from(object.to_string()))).await {
             return false;
         }
     }
@@ -589,22 +844,22 @@ async fn opening(app: &App, tx: &mut WsSink, socket: &Socket) -> bool {
 }
 
 /// The server is shutting down: close 1001. Whether the close went out.
-async fn say_away(app: &App, tx: &mut WsSink) -> bool {
+async fn say_away(app: &App, ws: &mut Ws) -> bool {
     let away = close(CloseCode::Away, "server shutting down; reconnect");
-    send(app, tx.send(away)).await
+    ws.send(app, away).await
 }
 
 /// The client fell behind: the `lagged` notice, then close 1013. The goodbye is bounded like
 /// any write: a client that reads nothing (which is how it fell behind) is dropped after the
 /// stall timeout instead of kept forever. Whether the close went out.
-async fn say_lagged(app: &App, tx: &mut WsSink) -> bool {
+async fn say_lagged(app: &App, ws: &mut Ws) -> bool {
     let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
     let bye = close(CloseCode::Again, "fell behind; resume from your last id");
-    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
 }
 
 /// Publishes a client's text frame and answers a refusal. Whether the client is still there.
-async fn publish_frame(app: &App, tx: &mut WsSink, socket: &Socket, body: Utf8Bytes) -> bool {
+async fn publish_frame(app: &App, ws: &mut Ws, socket: &Socket, body: Utf8Bytes) -> bool {
     let reply = publish(
         app,
         socket.publish_to.as_ref(),
@@ -613,7 +868,7 @@ async fn publish_frame(app: &App, tx: &mut WsSink, socket: &Socket, body: Utf8By
     )
     .await;
     match reply {
-        Some(reply) => send(app, tx.send(text(&Bytes::from(reply)))).await,
+        Some(reply) => ws.send(app, text(&Bytes::from(reply))).await,
         None => true,
     }
 }
@@ -624,23 +879,23 @@ fn said(sent: bool) -> Ending {
 }
 
 /// Answers a read error with the close frame it calls for ([`refusal`]), if any.
-pub async fn refuse(app: &App, tx: &mut WsSink, error: &WsError) -> Ending {
+pub async fn refuse(app: &App, ws: &mut Ws, error: &WsError) -> Ending {
     tracing::debug!(%error, "websocket read failed");
     match refusal(error) {
-        Some(frame) => said(send(app, tx.send(frame)).await),
+        Some(frame) => said(ws.send(app, frame).await),
         None => Ending::Gone,
     }
 }
 
 /// The `expired` notice, then close 1008 (policy violation) with the reason. Whether the
 /// close went out.
-async fn say_lapsed(app: &App, tx: &mut WsSink, denied: halley_engine::access::Denied) -> bool {
+async fn say_lapsed(app: &App, ws: &mut Ws, denied: halley_engine::access::Denied) -> bool {
     let notice = Bytes::from(super::lapse_object(&denied));
     let bye = Frame::Close(Some(CloseFrame {
         code: CloseCode::Policy,
         reason: close_reason(&denied.to_string()),
     }));
-    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
 }
 
 /// What saying a control notice left of the connection.
@@ -655,12 +910,12 @@ enum Said {
 
 /// A notice of the control API: a channel taken off (and, when it was the last, the end), or
 /// the end the application asked for.
-async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
+async fn say_control(app: &App, ws: &mut Ws, sub: &Subscription, event: Event) -> Said {
     let closing = match event {
         Event::Closed(closing) => closing,
         Event::Unsubscribed(pattern) => {
             let notice = Bytes::from(super::unsubscribed_object(&pattern));
-            if !send(app, tx.send(text(&notice))).await {
+            if !ws.send(app, text(&notice)).await {
                 return Said::Gone;
             }
             if !sub.patterns().is_empty() {
@@ -670,7 +925,7 @@ async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Even
         }
         Event::Message(_) | Event::Lagged => return Said::GoingOn,
     };
-    if say_closed(app, tx, closing).await {
+    if say_closed(app, ws, closing).await {
         Said::Over
     } else {
         Said::Gone
@@ -679,9 +934,9 @@ async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Even
 
 /// The application ended the connection (the control API): `disconnected` and close 1008
 /// with the reason, or — revoked — the lapsed goodbye. Whether the close went out.
-async fn say_closed(app: &App, tx: &mut WsSink, closing: Closing) -> bool {
+async fn say_closed(app: &App, ws: &mut Ws, closing: Closing) -> bool {
     let reason = match closing {
-        Closing::Revoked(denied) => return say_lapsed(app, tx, denied).await,
+        Closing::Revoked(denied) => return say_lapsed(app, ws, denied).await,
         Closing::Disconnected(reason) => reason,
     };
     let notice = Bytes::from(super::disconnected_object(reason.as_deref()));
@@ -690,7 +945,7 @@ async fn say_closed(app: &App, tx: &mut WsSink, closing: Closing) -> bool {
         code: CloseCode::Policy,
         reason: close_reason(reason),
     }));
-    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
 }
 
 /// Most bytes of a close frame's reason (RFC 6455: the frame's payload is at most 125 bytes,
