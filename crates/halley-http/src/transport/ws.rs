@@ -1001,3 +1001,74 @@ async fn publish(
         Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Bounds;
+
+    /// A client frame: FIN and opcode, then a masked payload of `len` bytes.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            n if n < 126 => bytes.push(0x80 | n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                bytes.push(0x80 | 126);
+                bytes.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                bytes.push(0x80 | 127);
+                bytes.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        bytes.extend(std::iter::repeat_n(0x5a, len));
+        bytes
+    }
+
+    /// Feeds `bytes` in pieces of `step`, as reads might bring them.
+    fn feed(bounds: &mut Bounds, bytes: &[u8], step: usize) {
+        for piece in bytes.chunks(step) {
+            bounds.feed(piece);
+        }
+    }
+
+    #[test]
+    fn a_message_is_at_rest_only_once_whole_and_handed_out() {
+        for len in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            for step in [1, 3, 14, 1024] {
+                let bytes = frame(true, 0x1, len);
+                let mut bounds = Bounds::default();
+                feed(&mut bounds, &bytes[..bytes.len() - 1], step);
+                assert!(!bounds.at_rest(0), "len {len} step {step}: a byte short");
+                assert!(!bounds.at_rest(1), "len {len} step {step}: a byte short");
+                bounds.feed(&bytes[bytes.len() - 1..]);
+                assert!(bounds.at_rest(1), "len {len} step {step}: whole, handed out");
+                assert!(!bounds.at_rest(0), "len {len} step {step}: whole, not handed out");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_not_at_rest_between_its_frames() {
+        let mut bounds = Bounds::default();
+        feed(&mut bounds, &frame(false, 0x1, 10), 4);
+        assert!(!bounds.at_rest(0));
+        // A ping inside the message is a message of its own, but the text is still open.
+        feed(&mut bounds, &frame(true, 0x9, 4), 4);
+        assert!(!bounds.at_rest(1));
+        feed(&mut bounds, &frame(false, 0x0, 300), 7);
+        assert!(!bounds.at_rest(1));
+        feed(&mut bounds, &frame(true, 0x0, 0), 1);
+        assert!(bounds.at_rest(2));
+    }
+
+    #[test]
+    fn two_messages_in_one_read_are_at_rest_once_both_are_handed_out() {
+        let mut bytes = frame(true, 0x1, 20);
+        bytes.extend(frame(true, 0xa, 0));
+        let mut bounds = Bounds::default();
+        bounds.feed(&bytes);
+        assert!(!bounds.at_rest(1));
+        assert!(bounds.at_rest(2));
+    }
+}
