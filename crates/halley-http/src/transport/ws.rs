@@ -455,7 +455,7 @@ impl Ws {
 }
 
 /// A server frame's header (FIN, opcode, length; never masked) and payload.
-fn encode(frame: Frame) -> (Bytes, Bytes) {
+fn encode(frame: Frame) -> (Head, Bytes) {
     let (opcode, payload) = match frame {
         Frame::Text(text) => (0x1, Bytes::from(text)),
         Frame::Binary(bytes) => (0x2, bytes),
@@ -473,23 +473,54 @@ fn encode(frame: Frame) -> (Bytes, Bytes) {
             let mut bytes = Vec::with_capacity(frame.len());
             // Writing into a Vec cannot fail.
             let _ = frame.format(&mut bytes);
-            return (Bytes::from(bytes), Bytes::new());
+            return (Head::default(), Bytes::from(bytes));
         }
     };
-    let mut head = Vec::with_capacity(10);
+    let mut head = Head::default();
     head.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => head.push(n as u8),
         n if n <= usize::from(u16::MAX) => {
             head.push(126);
-            head.extend_from_slice(&(n as u16).to_be_bytes());
+            (n as u16).to_be_bytes().into_iter().for_each(|b| head.push(b));
         }
         n => {
             head.push(127);
-            head.extend_from_slice(&(n as u64).to_be_bytes());
+            (n as u64).to_be_bytes().into_iter().for_each(|b| head.push(b));
         }
     }
-    (Bytes::from(head), payload)
+    (head, payload)
+}
+
+/// A frame header, written from where it lies (no allocation per frame).
+#[derive(Default)]
+struct Head {
+    bytes: [u8; 10],
+    /// Written so far, of `len`.
+    at: u8,
+    len: u8,
+}
+
+impl Head {
+    fn push(&mut self, byte: u8) {
+        self.bytes[usize::from(self.len)] = byte;
+        self.len += 1;
+    }
+}
+
+impl Buf for Head {
+    fn remaining(&self) -> usize {
+        usize::from(self.len - self.at)
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.bytes[usize::from(self.at)..usize::from(self.len)]
+    }
+
+    fn advance(&mut self, n: usize) {
+        // `Buf`'s contract: never past what remains.
+        self.at += n.min(self.remaining()) as u8;
+    }
 }
 
 /// How a WebSocket's conversation ended, and so how its connection is closed.
@@ -1060,6 +1091,29 @@ mod tests {
         assert!(!bounds.at_rest(1));
         feed(&mut bounds, &frame(true, 0x0, 0), 1);
         assert!(bounds.at_rest(2));
+    }
+
+    #[test]
+    fn server_frames_have_the_length_encoding_rfc_6455_gives_their_payload() {
+        use super::{Bytes, Frame, encode};
+        use bytes::Buf;
+        for (len, head) in [
+            (0, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let text = "a".repeat(len);
+            let (h, payload) = encode(Frame::text(text));
+            let mut written = h.chain(payload);
+            let bytes = written.copy_to_bytes(written.remaining());
+            assert_eq!(&bytes[..head.len()], &head[..], "len {len}");
+            assert_eq!(bytes.len(), head.len() + len);
+        }
+        let (h, payload) = encode(Frame::Ping(Bytes::from_static(b"hi")));
+        assert_eq!(h.chunk(), &[0x89, 2]);
+        assert_eq!(&payload[..], b"hi");
     }
 
     #[test]
