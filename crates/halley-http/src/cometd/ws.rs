@@ -105,42 +105,49 @@ struct Socket {
 
 /// A Bayeux WebSocket's life. Everything it keeps is borrowed ([`Socket`]); handling a frame
 /// and the goodbyes are boxed, so that an idle socket's task is sized for its wait.
-async fn run(app: &App, ws: &mut Ws, socket: &mut Socket) -> Ending {
-    loop {
-        tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => return Box::pin(say_away(app, ws, &mut socket.link)).await,
-            frame = ws.next() => {
-                let body = match frame {
-                    Some(Ok(Frame::Text(body))) => body,
-                    // tungstenite has queued the answering close; it goes out as the
-                    // connection ends.
-                    Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                    Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
-                    None => return Ending::Gone,
-                    Some(Ok(_)) => continue,
-                };
-                // Boxed: handling a batch is not what an idle socket waits in.
-                if let Some(ending) = Box::pin(handle_frame(app, ws, socket, body)).await {
-                    return ending;
+fn run<'a>(
+    app: &'a App,
+    ws: &'a mut Ws,
+    socket: &'a mut Socket,
+) -> impl Future<Output = Ending> + 'a {
+    // Not an `async fn`: one keeps its arguments twice (as arguments and as locals).
+    async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => return Box::pin(say_away(app, ws, &mut socket.link)).await,
+                frame = ws.next() => {
+                    let body = match frame {
+                        Some(Ok(Frame::Text(body))) => body,
+                        // tungstenite has queued the answering close; it goes out as the
+                        // connection ends.
+                        Some(Ok(Frame::Close(_))) => return Ending::Closed,
+                        Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
+                        None => return Ending::Gone,
+                        Some(Ok(_)) => continue,
+                    };
+                    // Boxed: handling a batch is not what an idle socket waits in.
+                    if let Some(ending) = Box::pin(handle_frame(app, ws, socket, body)).await {
+                        return ending;
+                    }
                 }
-            }
-            wake = socket.link.wait() => {
-                let mut out = Output::default();
-                socket.link.wake(&app.bayeux, wake, &mut out);
-                if !out.is_empty() && !ws.send(app, text(out)).await {
-                    return Ending::Gone;
+                wake = socket.link.wait() => {
+                    let mut out = Output::default();
+                    socket.link.wake(&app.bayeux, wake, &mut out);
+                    if !out.is_empty() && !ws.send(app, text(out)).await {
+                        return Ending::Gone;
+                    }
                 }
-            }
-            // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
-            Some(reply) = std::future::poll_fn(|cx| match socket.calls.as_deref_mut() {
-                Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
-                _ => std::task::Poll::Pending,
-            }) => {
-                let mut out = Output::default();
-                out.reply(&reply);
-                if !ws.send(app, text(out)).await {
-                    return Ending::Gone;
+                // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
+                Some(reply) = std::future::poll_fn(|cx| match socket.calls.as_deref_mut() {
+                    Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
+                    _ => std::task::Poll::Pending,
+                }) => {
+                    let mut out = Output::default();
+                    out.reply(&reply);
+                    if !ws.send(app, text(out)).await {
+                        return Ending::Gone;
+                    }
                 }
             }
         }

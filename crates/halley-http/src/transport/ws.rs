@@ -224,8 +224,9 @@ pub struct Ws {
     idle: Option<Io>,
     /// tungstenite's state, while a message is being read (boxed: an idle socket keeps a word).
     live: Option<Box<WebSocketStream<Io>>>,
-    /// Messages tungstenite has handed out: [`Bounds`] counts those the client sent.
-    read: u64,
+    /// Messages tungstenite has handed out: [`Bounds`] counts those the client sent (both
+    /// wrap; only their equality matters).
+    read: u32,
     /// The body limit, for the sockets made again ([`websocket_config`]).
     body_limit: usize,
 }
@@ -251,8 +252,8 @@ struct Bounds {
     first: u8,
     /// A data message has begun and not ended (FIN not yet seen).
     open: bool,
-    /// Messages ended so far.
-    ended: u64,
+    /// Messages ended so far (wrapping).
+    ended: u32,
 }
 
 impl Bounds {
@@ -300,9 +301,9 @@ impl Bounds {
         let fin = self.first & 0x80 != 0;
         if self.first & 0x08 != 0 {
             // A control frame is a message of its own (tungstenite hands each out).
-            self.ended += 1;
+            self.ended = self.ended.wrapping_add(1);
         } else if fin {
-            self.ended += 1;
+            self.ended = self.ended.wrapping_add(1);
             self.open = false;
         } else {
             self.open = true;
@@ -311,7 +312,7 @@ impl Bounds {
 
     /// What was read ends on a message boundary, and tungstenite has handed out `read` of
     /// its messages: it holds nothing of the client's.
-    fn at_rest(&self, read: u64) -> bool {
+    fn at_rest(&self, read: u32) -> bool {
         self.have == 0 && self.left == 0 && !self.open && self.ended == read
     }
 }
@@ -410,7 +411,7 @@ impl Ws {
         }
         let message = self.live.as_deref_mut()?.next().await;
         if let Some(Ok(_)) = message {
-            self.read += 1;
+            self.read = self.read.wrapping_add(1);
         }
         message
     }
@@ -482,11 +483,17 @@ fn encode(frame: Frame) -> (Head, Bytes) {
         n if n < 126 => head.push(n as u8),
         n if n <= usize::from(u16::MAX) => {
             head.push(126);
-            (n as u16).to_be_bytes().into_iter().for_each(|b| head.push(b));
+            (n as u16)
+                .to_be_bytes()
+                .into_iter()
+                .for_each(|b| head.push(b));
         }
         n => {
             head.push(127);
-            (n as u64).to_be_bytes().into_iter().for_each(|b| head.push(b));
+            (n as u64)
+                .to_be_bytes()
+                .into_iter()
+                .for_each(|b| head.push(b));
         }
     }
     (head, payload)
@@ -764,92 +771,100 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
 
 /// A native WebSocket's life. Everything it keeps is borrowed ([`Socket`]); what it does
 /// rarely (its opening notices, goodbyes, a client's publish) is boxed, so that an idle
-/// socket's task is sized for its wait and one write (`-Zprint-type-sizes`: 744 → see
-/// bench/README.md).
-async fn run(app: &App, ws: &mut Ws, socket: &mut Socket) -> Ending {
-    if !Box::pin(opening(app, ws, socket)).await {
-        return Ending::Gone;
-    }
-    // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
-    // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
-    // thing waited on is the client's next frame.
-    loop {
-        if app.shutdown.is_cancelled() {
-            return said(Box::pin(say_away(app, ws)).await);
+/// socket's task is sized for its wait and one write (`-Zprint-type-sizes`, bench/README.md).
+fn run<'a>(
+    app: &'a App,
+    ws: &'a mut Ws,
+    socket: &'a mut Socket,
+) -> impl Future<Output = Ending> + 'a {
+    // Not an `async fn`: one keeps its arguments twice (as arguments and as locals).
+    async move {
+        if !Box::pin(opening(app, ws, socket)).await {
+            return Ending::Gone;
         }
-        let mut lagged = false;
-        // A control notice ends the loop as its value, so that it is no local of the loop's
-        // awaits (every idle socket's task would be sized for it).
-        let control = loop {
-            let Some(event) = socket.sub.try_next() else {
-                break None;
+        // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
+        // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
+        // thing waited on is the client's next frame.
+        loop {
+            if app.shutdown.is_cancelled() {
+                return said(Box::pin(say_away(app, ws)).await);
+            }
+            let mut lagged = false;
+            // A control notice ends the loop as its value, so that it is no local of the loop's
+            // awaits (every idle socket's task would be sized for it).
+            let control = loop {
+                let Some(event) = socket.sub.try_next() else {
+                    break None;
+                };
+                match event {
+                    Event::Message(m) => {
+                        let frame = match m.binary() {
+                            Some(binary) if socket.frames.binary => {
+                                Frame::Binary(binary.bytes.clone())
+                            }
+                            _ => text(m.json_object()),
+                        };
+                        if !ws.send(app, frame).await {
+                            return Ending::Gone;
+                        }
+                    }
+                    Event::Lagged => {
+                        lagged = true;
+                        break None;
+                    }
+                    other => break Some(other),
+                }
             };
-            match event {
-                Event::Message(m) => {
-                    let frame = match m.binary() {
-                        Some(binary) if socket.frames.binary => Frame::Binary(binary.bytes.clone()),
-                        _ => text(m.json_object()),
-                    };
-                    if !ws.send(app, frame).await {
+            if let Some(event) = control {
+                // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
+                match Box::pin(say_control(app, ws, &socket.sub, event)).await {
+                    Said::Over => return Ending::Closed,
+                    Said::Gone => return Ending::Gone,
+                    Said::GoingOn => continue,
+                }
+            }
+            if lagged {
+                return said(Box::pin(say_lagged(app, ws)).await);
+            }
+            match socket.heartbeat.has_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    socket.heartbeat.mark_unchanged();
+                    // A token that expired or was revoked ends the connection, said in-band first
+                    // (boxed: this rare goodbye would otherwise size every idle socket's task).
+                    if let Some(denied) = socket.sub.lapsed() {
+                        return said(Box::pin(say_lapsed(app, ws, denied)).await);
+                    }
+                    if !ws.send(app, Frame::Ping(Bytes::new())).await {
                         return Ending::Gone;
                     }
                 }
-                Event::Lagged => {
-                    lagged = true;
-                    break None;
+                // The ticker is gone: the server is stopping.
+                Err(_) => return Ending::Gone,
+            }
+            let frame = tokio::select! {
+                biased;
+                _ = socket.sub.signalled() => continue,
+                frame = ws.next() => frame,
+            };
+            match frame {
+                Some(Ok(Frame::Text(body))) => {
+                    // Boxed: the engine's publish inline would size every idle socket's task for
+                    // it.
+                    if !Box::pin(publish_frame(app, ws, socket, body)).await {
+                        return Ending::Gone;
+                    }
                 }
-                other => break Some(other),
-            }
-        };
-        if let Some(event) = control {
-            // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            match Box::pin(say_control(app, ws, &socket.sub, event)).await {
-                Said::Over => return Ending::Closed,
-                Said::Gone => return Ending::Gone,
-                Said::GoingOn => continue,
-            }
-        }
-        if lagged {
-            return said(Box::pin(say_lagged(app, ws)).await);
-        }
-        match socket.heartbeat.has_changed() {
-            Ok(false) => {}
-            Ok(true) => {
-                socket.heartbeat.mark_unchanged();
-                // A token that expired or was revoked ends the connection, said in-band first
-                // (boxed: this rare goodbye would otherwise size every idle socket's task).
-                if let Some(denied) = socket.sub.lapsed() {
-                    return said(Box::pin(say_lapsed(app, ws, denied)).await);
+                Some(Ok(Frame::Binary(_))) => {
+                    let refused = close(CloseCode::Unsupported, "text frames only");
+                    return said(Box::pin(ws.send(app, refused)).await);
                 }
-                if !ws.send(app, Frame::Ping(Bytes::new())).await {
-                    return Ending::Gone;
-                }
+                // tungstenite has queued the answering close; `finish` sends it.
+                Some(Ok(Frame::Close(_))) => return Ending::Closed,
+                Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
+                None => return Ending::Gone,
+                Some(Ok(_)) => {}
             }
-            // The ticker is gone: the server is stopping.
-            Err(_) => return Ending::Gone,
-        }
-        let frame = tokio::select! {
-            biased;
-            _ = socket.sub.signalled() => continue,
-            frame = ws.next() => frame,
-        };
-        match frame {
-            Some(Ok(Frame::Text(body))) => {
-                // Boxed: the engine's publish inline would size every idle socket's task for
-                // it.
-                if !Box::pin(publish_frame(app, ws, socket, body)).await {
-                    return Ending::Gone;
-                }
-            }
-            Some(Ok(Frame::Binary(_))) => {
-                let refused = close(CloseCode::Unsupported, "text frames only");
-                return said(Box::pin(ws.send(app, refused)).await);
-            }
-            // tungstenite has queued the answering close; `finish` sends it.
-            Some(Ok(Frame::Close(_))) => return Ending::Closed,
-            Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
-            None => return Ending::Gone,
-            Some(Ok(_)) => {}
         }
     }
 }
@@ -1073,8 +1088,14 @@ mod tests {
                 assert!(!bounds.at_rest(0), "len {len} step {step}: a byte short");
                 assert!(!bounds.at_rest(1), "len {len} step {step}: a byte short");
                 bounds.feed(&bytes[bytes.len() - 1..]);
-                assert!(bounds.at_rest(1), "len {len} step {step}: whole, handed out");
-                assert!(!bounds.at_rest(0), "len {len} step {step}: whole, not handed out");
+                assert!(
+                    bounds.at_rest(1),
+                    "len {len} step {step}: whole, handed out"
+                );
+                assert!(
+                    !bounds.at_rest(0),
+                    "len {len} step {step}: whole, not handed out"
+                );
             }
         }
     }
