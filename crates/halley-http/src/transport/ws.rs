@@ -772,12 +772,14 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
 /// A native WebSocket's life. Everything it keeps is borrowed ([`Socket`]); what it does
 /// rarely (its opening notices, goodbyes, a client's publish) is boxed, so that an idle
 /// socket's task is sized for its wait and one write (`-Zprint-type-sizes`, bench/README.md).
+// Not an `async fn` (which clippy prefers): one keeps its arguments twice, as arguments and
+// as locals, in every idle socket's task.
+#[allow(clippy::manual_async_fn)]
 fn run<'a>(
     app: &'a App,
     ws: &'a mut Ws,
     socket: &'a mut Socket,
 ) -> impl Future<Output = Ending> + 'a {
-    // Not an `async fn`: one keeps its arguments twice (as arguments and as locals).
     async move {
         if !Box::pin(opening(app, ws, socket)).await {
             return Ending::Gone;
