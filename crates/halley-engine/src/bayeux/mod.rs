@@ -306,8 +306,11 @@ impl<'a> Caller<'a> {
 /// A validated `/meta/connect`.
 pub struct Connect {
     pub session: Arc<Session>,
-    /// Boxed: a held connect is kept in the futures that hold it, and the message is ~0.3 KiB.
-    pub request: Box<BayeuxMessage>,
+    /// What its replies echo of the message, boxed: a held connect is kept in the futures
+    /// that hold it. Not the message itself: a `BayeuxMessage` is 0.3 KiB, and its
+    /// `connectionType`, `advice` and other `ext` strings besides (dhat: 320 B per held connect
+    /// for the box alone).
+    request: Box<Echo>,
     /// How long to hold: the server's timeout, or less if the client asked (CometD's first
     /// connect asks for 0).
     pub timeout: Duration,
@@ -317,6 +320,35 @@ pub struct Connect {
     /// Another session of the same browser holds connects: this one is answered at once with
     /// `advice.multiple-clients` ([`Bayeux::poll`]).
     multiple_clients: bool,
+}
+
+/// What the replies to a held connect take from its message: its id and clientId, and the
+/// client's clock for the timesync extension.
+struct Echo {
+    id: Option<Value>,
+    client_id: Option<String>,
+    /// `ext.timesync.tc`.
+    timesync: Option<u64>,
+}
+
+impl Echo {
+    fn of(message: BayeuxMessage) -> Echo {
+        Echo {
+            timesync: client_clock(&message),
+            id: message.id,
+            client_id: message.client_id,
+        }
+    }
+
+    /// The connect message as the replies see it: channel, id and clientId.
+    fn message(&self) -> BayeuxMessage {
+        BayeuxMessage {
+            channel: "/meta/connect".to_owned(),
+            id: self.id.clone(),
+            client_id: self.client_id.clone(),
+            ..BayeuxMessage::default()
+        }
+    }
 }
 
 /// What the Bayeux server counted since it started (for `/metrics`).
@@ -606,7 +638,7 @@ impl Bayeux {
         if ack {
             reply.set_ext("ack", Value::Bool(true));
         }
-        timesync(message, &mut reply, received_ms);
+        timesync(client_clock(message), &mut reply, received_ms);
         reply
     }
 
@@ -642,7 +674,7 @@ impl Bayeux {
         let ack = message.ext_field("ack").and_then(Value::as_u64);
         Handled::Connect(Connect {
             session,
-            request: Box::new(message),
+            request: Box::new(Echo::of(message)),
             timeout,
             ack,
             received_ms,
@@ -674,7 +706,7 @@ impl Bayeux {
         );
         advice.insert("timeout".into(), 0.into());
         reply.advice = Some(advice);
-        timesync(message, &mut reply, received_ms);
+        timesync(client_clock(message), &mut reply, received_ms);
         reply
     }
 
@@ -901,7 +933,7 @@ impl Bayeux {
     /// one is refused at that handshake with advice `none`.
     pub fn closed_reply(&self, connect: &Connect, closing: &Closing) -> BayeuxMessage {
         self.forget(connect.session.id());
-        let mut reply = BayeuxMessage::reply_to(&connect.request, false);
+        let mut reply = BayeuxMessage::reply_to(&connect.request.message(), false);
         reply.error = Some(match closing {
             Closing::Disconnected(None) => "402::disconnected".to_owned(),
             Closing::Disconnected(Some(reason)) => {
@@ -928,9 +960,9 @@ impl Bayeux {
         }
         if ended || connect.session.is_closed() {
             self.sessions().remove(connect.session.id());
-            return self.unknown_client(&connect.request);
+            return self.unknown_client(&connect.request.message());
         }
-        let mut reply = BayeuxMessage::reply_to(&connect.request, true);
+        let mut reply = BayeuxMessage::reply_to(&connect.request.message(), true);
         let mut advice = self.advice();
         if connect.multiple_clients {
             advice.insert("multiple-clients".into(), Value::Bool(true));
@@ -943,7 +975,7 @@ impl Bayeux {
         if let Some(batch) = connect.session.close_batch() {
             reply.set_ext("ack", batch.into());
         }
-        timesync(&connect.request, &mut reply, connect.received_ms);
+        timesync(connect.request.timesync, &mut reply, connect.received_ms);
         reply
     }
 
@@ -951,9 +983,9 @@ impl Bayeux {
     /// another connection) took over: successful, and acknowledging nothing (no `ext.ack`),
     /// since the messages of the open batch go out on the newer connection.
     pub fn preempted_reply(&self, connect: &Connect) -> BayeuxMessage {
-        let mut reply = BayeuxMessage::reply_to(&connect.request, true);
+        let mut reply = BayeuxMessage::reply_to(&connect.request.message(), true);
         reply.advice = Some(self.advice());
-        timesync(&connect.request, &mut reply, connect.received_ms);
+        timesync(connect.request.timesync, &mut reply, connect.received_ms);
         reply
     }
 
@@ -966,13 +998,18 @@ impl Bayeux {
     }
 }
 
-/// Adds the timesync extension's answer when the request carried `ext.timesync`.
-fn timesync(request: &BayeuxMessage, reply: &mut BayeuxMessage, received_ms: u64) {
-    if let Some(tc) = request
+/// The client's clock as the timesync extension sends it (`ext.timesync.tc`).
+fn client_clock(message: &BayeuxMessage) -> Option<u64> {
+    message
         .ext_field("timesync")
         .and_then(|t| t.get("tc"))
         .and_then(Value::as_u64)
-    {
+}
+
+/// Adds the timesync extension's answer when the request carried `ext.timesync` (`tc`: its
+/// clock, [`client_clock`]).
+fn timesync(tc: Option<u64>, reply: &mut BayeuxMessage, received_ms: u64) {
+    if let Some(tc) = tc {
         let now = now_ms();
         reply.set_ext(
             "timesync",

@@ -43,33 +43,49 @@ pub fn handle<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Han
             Box::pin(eventsource::open(app, request))
         }
         Method::GET => Box::pin(callback_polling(app, request)),
-        Method::POST => Box::pin(long_polling(app, request)),
+        Method::POST => long_polling(app, request),
         _ => Box::pin(std::future::ready(Err(ApiError::MethodNotAllowed))),
     }
 }
 
-async fn long_polling<B: RequestBody>(
-    app: &Arc<App>,
-    request: Request<B>,
-) -> Result<Response<Body>, ApiError> {
+/// A long-polling POST. Not an `async fn`: one keeps room for its arguments (the request,
+/// ~0.25 KiB) for its whole life, held connect included. The request's credentials and cookie
+/// are read here; its body is read by a future of its own, freed once read; what is held is
+/// the batch's processing alone.
+fn long_polling<'a, B: RequestBody>(app: &'a Arc<App>, request: Request<B>) -> Handling<'a> {
     let browser = browser_id(request.headers());
     let peer = Peer::client(&request, &app.config.trusted_proxies);
     // The transport's credentials, for a handshake in this batch (its `ext` wins over them).
-    let who = app.admit(request.headers(), &Query::parse(request.uri().query()))?;
-    let body = Box::pin(read_body(app, request)).await?;
-    let batch = posted_batch(&body)?;
-    // The body (and the connection's read buffer it may share) is not kept through the hold.
-    drop(body);
-    let (out, new_browser) = process(app, batch, browser, peer, who, Kind::LongPoll).await;
-    let mut response = Response::new(full(out.freeze()));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json;charset=UTF-8"),
-    );
-    held_headers(headers, false);
-    set_browser_cookie(headers, new_browser);
-    Ok(response)
+    let who = match app.admit(request.headers(), &Query::parse(request.uri().query())) {
+        Ok(who) => who,
+        Err(e) => return Box::pin(std::future::ready(Err(e))),
+    };
+    let reading = Box::pin(read_body(app, request));
+    Box::pin(async move {
+        // The body (and the connection's read buffer it may share) is not kept through the
+        // hold, nor the future that read it.
+        let batch = posted_batch(&reading.await?)?;
+        let (out, new_browser) = process(
+            app,
+            Box::new(Job {
+                batch,
+                browser,
+                peer,
+                who,
+                kind: Kind::LongPoll,
+            }),
+        )
+        .await;
+        let mut response = Response::new(full(out.freeze()));
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
+        held_headers(headers, false);
+        set_browser_cookie(headers, new_browser);
+        Ok(response)
+    })
 }
 
 /// A long-polling body: a JSON batch, or a form body `message=<batch>` — what Faye's
@@ -116,7 +132,17 @@ async fn callback_polling<B: RequestBody>(
     let browser = browser_id(request.headers());
     let who = app.admit(request.headers(), &query)?;
     let peer = Peer::client(&request, &app.config.trusted_proxies);
-    let (out, new_browser) = process(app, batch, browser, peer, who, Kind::Jsonp).await;
+    let (out, new_browser) = process(
+        app,
+        Box::new(Job {
+            batch,
+            browser,
+            peer,
+            who,
+            kind: Kind::Jsonp,
+        }),
+    )
+    .await;
     let mut body = BytesMut::with_capacity(out.len() + callback.len() + 8);
     body.put_slice(b"/**/");
     body.put_slice(callback.as_bytes());
@@ -165,6 +191,15 @@ async fn answer(
     (out, connect, handshaken)
 }
 
+/// A batch to run ([`process`]), with what its request said of its client.
+struct Job {
+    batch: Vec<BayeuxMessage>,
+    browser: Option<String>,
+    peer: Option<std::net::IpAddr>,
+    who: Principal,
+    kind: Kind,
+}
+
 /// Runs a batch: everything is answered in order, except a `/meta/connect`, which is held last
 /// and answered together with the messages it collected. Returns the JSON array and, when the
 /// request had no browser cookie, the id to set.
@@ -172,14 +207,17 @@ async fn answer(
 /// A session is bound to the browser cookie its handshake came with, or was answered with
 /// ([`Browser`]): once a request for it has come back with that cookie, requests for it
 /// without it are answered as for an unknown client.
-async fn process(
-    app: &Arc<App>,
-    batch: Vec<BayeuxMessage>,
-    browser: Option<String>,
-    peer: Option<std::net::IpAddr>,
-    who: Principal,
-    kind: Kind,
-) -> (BytesMut, Option<String>) {
+async fn process(app: &Arc<App>, job: Box<Job>) -> (BytesMut, Option<String>) {
+    // Taken apart through a temporary, so that the box is freed at the end of this statement:
+    // an `async fn` keeps room for its arguments for its whole life, and a held connect needs
+    // only the browser of them.
+    let Job {
+        batch,
+        browser,
+        peer,
+        who,
+        kind,
+    } = *{ job };
     // The id a handshake's answer will set, made only when one is asked for without a cookie.
     let offered = (browser.is_none() && batch.iter().any(|m| m.channel == "/meta/handshake"))
         .then(new_browser_id);

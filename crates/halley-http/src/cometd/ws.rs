@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
 use halley_engine::bayeux::{Browser, Caller, Handled, Link, ServiceError};
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
@@ -23,9 +23,7 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::rpc::MAX_CALLS_PER_CONNECTION;
 use crate::state::App;
-use crate::transport::{
-    BAYEUX_PROTOCOLS, Ending, WsSink, WsStream, accept_websocket, refuse, send, spawn_upgraded,
-};
+use crate::transport::{BAYEUX_PROTOCOLS, Ending, Ws, accept_websocket, refuse, spawn_upgraded};
 use halley_engine::access::Principal;
 
 pub async fn upgrade<B: RequestBody>(
@@ -40,15 +38,24 @@ pub async fn upgrade<B: RequestBody>(
     let presented = super::browser_id(request.headers());
     let offered = presented.is_none().then(super::new_browser_id);
     super::set_browser_cookie(response.headers_mut(), offered.clone());
-    let upgraded = Box::new(Upgraded {
+    let upgraded = Upgraded {
         who,
         peer: crate::server::Peer::client(&request, &app.config.trusted_proxies),
         presented: presented.is_some(),
         browser: presented.or(offered).map(String::into_boxed_str),
+    };
+    // Made here and captured boxed: the socket's loop borrows it, so that none of it is an
+    // argument of an `async fn` (each would keep a second copy in every idle socket's task),
+    // and the closure that carries it into the task and the future it becomes each keep a
+    // word for it, not the whole.
+    let mut socket = Box::new(Socket {
+        upgraded,
+        link: Link::persistent(),
+        calls: None,
     });
-    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, upgraded).await;
-        (app, tx, rx, ending)
+    spawn_upgraded(app, &mut request, |app, mut ws| async move {
+        let ending = run(&app, &mut ws, &mut socket).await;
+        (app, ws, ending)
     });
     Ok(response)
 }
@@ -64,8 +71,8 @@ fn text(out: Output) -> Frame {
 /// Bayeux WebSocket client (halley-bench hold, 10,000).
 type Calls = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Box<BayeuxMessage>> + Send>>>;
 
-/// What the upgrade request told about its client, for every batch on the socket. Boxed: an
-/// idle socket's task keeps one word for it. A session handshaken here is bound to the
+/// What the upgrade request told about its client, for every batch on the socket (kept in
+/// the socket's box, [`Socket`]). A session handshaken here is bound to the
 /// upgrade's browser cookie, as over HTTP: at once when the upgrade carried it, else to the one
 /// its 101 answer set, once a request for the session comes back with it.
 struct Upgraded {
@@ -86,109 +93,142 @@ impl Upgraded {
     }
 }
 
-async fn run(app: &App, tx: &mut WsSink, rx: &mut WsStream, upgraded: Box<Upgraded>) -> Ending {
-    // The socket's part in its session's delivery: the connect it holds, the messages it
-    // delivers (the engine's one connect loop, driven here as over long-polling).
-    let mut link = Link::persistent();
-    // Boxed and made on the first call: a socket that never calls pays one word.
-    let mut calls: Option<Box<Calls>> = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => {
-                let mut out = Output::default();
-                link.release(&app.bayeux, false, &mut out);
-                if !out.is_empty() && !send(app, tx.send(text(out))).await {
-                    return Ending::Gone;
-                }
-                let away = Frame::Close(Some(CloseFrame {
-                    code: CloseCode::Away,
-                    reason: Utf8Bytes::from_static("server shutting down; reconnect"),
-                }));
-                return closed(send(app, tx.send(away)).await);
-            }
-            frame = rx.next() => {
-                let body = match frame {
-                    Some(Ok(Frame::Text(body))) => body,
-                    // tungstenite has queued the answering close; it goes out as the
-                    // connection ends.
-                    Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                    Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
-                    None => return Ending::Gone,
-                    Some(Ok(_)) => continue,
-                };
-                let batch = match parse_batch(body.as_bytes()) {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        let refused = Frame::Close(Some(CloseFrame {
-                            code: CloseCode::Invalid,
-                            reason: Utf8Bytes::from(e.to_string()),
-                        }));
-                        return closed(send(app, tx.send(refused)).await);
-                    }
-                };
-                let mut out = Output::default();
-                let mut disconnected = false;
-                // Boxed, like the handling: one per frame, so handshakes are counted per batch.
-                let caller = Box::new(
-                    Caller::new(&upgraded.who)
-                        .peer(upgraded.peer)
-                        .browser(upgraded.browser()),
-                );
-                for message in batch {
-                    // Boxed: handling a message is not what an idle socket waits in.
-                    match Box::pin(app.bayeux.handle_in(message, &caller)).await {
-                        Handled::Reply(reply) => {
-                            disconnected |= reply.channel == "/meta/disconnect"
-                                && reply.successful == Some(true);
-                            out.reply(&reply);
-                        }
-                        Handled::Call(call) => {
-                            let calls = calls.get_or_insert_with(Default::default);
-                            if calls.len() >= MAX_CALLS_PER_CONNECTION {
-                                out.reply(&call.refuse(ServiceError {
-                                    code: 503,
-                                    message: format!(
-                                        "more than {MAX_CALLS_PER_CONNECTION} calls in flight on this connection"
-                                    ),
-                                }));
-                            } else {
-                                calls.push(Box::pin(async move { Box::new(call.reply().await) }));
-                            }
-                        }
-                        Handled::Connect(connect) => link.connect(&app.bayeux, connect, &mut out),
+/// What a Bayeux WebSocket keeps while it is open.
+struct Socket {
+    upgraded: Upgraded,
+    /// The socket's part in its session's delivery: the connect it holds, the messages it
+    /// delivers (the engine's one connect loop, driven here as over long-polling).
+    link: Link,
+    /// Boxed and made on the first call: a socket that never calls pays one word.
+    calls: Option<Box<Calls>>,
+}
+
+/// A Bayeux WebSocket's life. Everything it keeps is borrowed ([`Socket`]); handling a frame
+/// and the goodbyes are boxed, so that an idle socket's task is sized for its wait.
+// Not an `async fn` (which clippy prefers): one keeps its arguments twice, as arguments and
+// as locals, in every idle socket's task.
+#[allow(clippy::manual_async_fn)]
+fn run<'a>(
+    app: &'a App,
+    ws: &'a mut Ws,
+    socket: &'a mut Socket,
+) -> impl Future<Output = Ending> + 'a {
+    async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => return Box::pin(say_away(app, ws, &mut socket.link)).await,
+                frame = ws.next() => {
+                    let body = match frame {
+                        Some(Ok(Frame::Text(body))) => body,
+                        // tungstenite has queued the answering close; it goes out as the
+                        // connection ends.
+                        Some(Ok(Frame::Close(_))) => return Ending::Closed,
+                        Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
+                        None => return Ending::Gone,
+                        Some(Ok(_)) => continue,
+                    };
+                    // Boxed: handling a batch is not what an idle socket waits in.
+                    if let Some(ending) = Box::pin(handle_frame(app, ws, socket, body)).await {
+                        return ending;
                     }
                 }
-                if disconnected {
-                    link.release(&app.bayeux, true, &mut out);
-                    let sent = send(app, tx.send(text(out))).await
-                        && send(app, tx.send(Frame::Close(None))).await;
-                    return closed(sent);
+                wake = socket.link.wait() => {
+                    let mut out = Output::default();
+                    socket.link.wake(&app.bayeux, wake, &mut out);
+                    if !out.is_empty() && !ws.send(app, text(out)).await {
+                        return Ending::Gone;
+                    }
                 }
-                if !out.is_empty() && !send(app, tx.send(text(out))).await {
-                    return Ending::Gone;
-                }
-            }
-            wake = link.wait() => {
-                let mut out = Output::default();
-                link.wake(&app.bayeux, wake, &mut out);
-                if !out.is_empty() && !send(app, tx.send(text(out))).await {
-                    return Ending::Gone;
-                }
-            }
-            // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
-            Some(reply) = std::future::poll_fn(|cx| match calls.as_deref_mut() {
-                Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
-                _ => std::task::Poll::Pending,
-            }) => {
-                let mut out = Output::default();
-                out.reply(&reply);
-                if !send(app, tx.send(text(out))).await {
-                    return Ending::Gone;
+                // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
+                Some(reply) = std::future::poll_fn(|cx| match socket.calls.as_deref_mut() {
+                    Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
+                    _ => std::task::Poll::Pending,
+                }) => {
+                    let mut out = Output::default();
+                    out.reply(&reply);
+                    if !ws.send(app, text(out)).await {
+                        return Ending::Gone;
+                    }
                 }
             }
         }
     }
+}
+
+/// The server is shutting down: the held connect answered, then close 1001.
+async fn say_away(app: &App, ws: &mut Ws, link: &mut Link) -> Ending {
+    let mut out = Output::default();
+    link.release(&app.bayeux, false, &mut out);
+    if !out.is_empty() && !ws.send(app, text(out)).await {
+        return Ending::Gone;
+    }
+    let away = Frame::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: Utf8Bytes::from_static("server shutting down; reconnect"),
+    }));
+    closed(ws.send(app, away).await)
+}
+
+/// Handles a batch that came in a text frame; `Some` when the connection is over.
+async fn handle_frame(
+    app: &App,
+    ws: &mut Ws,
+    socket: &mut Socket,
+    body: Utf8Bytes,
+) -> Option<Ending> {
+    let batch = match parse_batch(body.as_bytes()) {
+        Ok(batch) => batch,
+        Err(e) => {
+            let refused = Frame::Close(Some(CloseFrame {
+                code: CloseCode::Invalid,
+                reason: Utf8Bytes::from(e.to_string()),
+            }));
+            return Some(closed(ws.send(app, refused).await));
+        }
+    };
+    let mut out = Output::default();
+    let mut disconnected = false;
+    // Boxed, like the handling: one per frame, so handshakes are counted per batch.
+    let upgraded = &socket.upgraded;
+    let caller = Box::new(
+        Caller::new(&upgraded.who)
+            .peer(upgraded.peer)
+            .browser(upgraded.browser()),
+    );
+    for message in batch {
+        // Boxed: handling a message is not what an idle socket waits in.
+        match Box::pin(app.bayeux.handle_in(message, &caller)).await {
+            Handled::Reply(reply) => {
+                disconnected |=
+                    reply.channel == "/meta/disconnect" && reply.successful == Some(true);
+                out.reply(&reply);
+            }
+            Handled::Call(call) => {
+                let calls = socket.calls.get_or_insert_with(Default::default);
+                if calls.len() >= MAX_CALLS_PER_CONNECTION {
+                    out.reply(&call.refuse(ServiceError {
+                        code: 503,
+                        message: format!(
+                            "more than {MAX_CALLS_PER_CONNECTION} calls in flight on this connection"
+                        ),
+                    }));
+                } else {
+                    calls.push(Box::pin(async move { Box::new(call.reply().await) }));
+                }
+            }
+            Handled::Connect(connect) => socket.link.connect(&app.bayeux, connect, &mut out),
+        }
+    }
+    if disconnected {
+        socket.link.release(&app.bayeux, true, &mut out);
+        let sent = ws.send(app, text(out)).await && ws.send(app, Frame::Close(None)).await;
+        return Some(closed(sent));
+    }
+    if !out.is_empty() && !ws.send(app, text(out)).await {
+        return Some(Ending::Gone);
+    }
+    None
 }
 
 /// How the connection ends after a goodbye: closed if the close frame went out.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::body::RequestBody;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
@@ -25,7 +25,7 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -122,11 +122,30 @@ pub async fn upgrade<B: RequestBody>(
         sub.attach(extra);
     }
     drop(who);
-    spawn_upgraded(app, &mut request, move |app, mut tx, mut rx| async move {
-        let ending = run(&app, &mut tx, &mut rx, sub, publish_to, frames).await;
-        (app, tx, rx, ending)
+    // Made here and captured boxed: the socket's loop borrows it, so that none of it is an
+    // argument of an `async fn` (each would keep a second copy of itself in every idle
+    // socket's task), and the closure that carries it into the task and the future it
+    // becomes each keep a word for it, not the whole (160 bytes twice, `-Zprint-type-sizes`).
+    let mut socket = Box::new(Socket {
+        heartbeat: super::stream::fresh(&app.heartbeat),
+        sub,
+        publish_to,
+        frames,
+    });
+    spawn_upgraded(app, &mut request, move |app, mut ws| async move {
+        let ending = run(&app, &mut ws, &mut socket).await;
+        (app, ws, ending)
     });
     Ok(response)
+}
+
+/// What a native WebSocket keeps while it is open: its subscription, where its frames are
+/// published, what it sends, and its view of the heartbeat ticker.
+struct Socket {
+    sub: Subscription,
+    publish_to: Option<Channel>,
+    heartbeat: tokio::sync::watch::Receiver<()>,
+    frames: Frames,
 }
 
 /// Test builds only (the `autobahn` feature): a WebSocket that echoes every message back, for
@@ -144,29 +163,29 @@ pub async fn echo<B: RequestBody>(
     mut request: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let response = accept_websocket(request.headers(), &[])?;
-    spawn_upgraded(app, &mut request, |app, mut tx, mut rx| async move {
+    spawn_upgraded(app, &mut request, |app, mut ws| async move {
         let ending = loop {
             let frame = tokio::select! {
                 biased;
                 _ = app.shutdown.cancelled() => {
                     let away = close(CloseCode::Away, "server shutting down");
-                    break said(send(&app, tx.send(away)).await);
+                    break said(ws.send(&app, away).await);
                 }
-                frame = rx.next() => frame,
+                frame = ws.next() => frame,
             };
             match frame {
                 Some(Ok(message @ (Frame::Text(_) | Frame::Binary(_)))) => {
-                    if !send(&app, tx.send(message)).await {
+                    if !ws.send(&app, message).await {
                         break Ending::Gone;
                     }
                 }
                 Some(Ok(Frame::Close(_))) => break Ending::Closed,
-                Some(Err(error)) => break refuse(&app, &mut tx, &error).await,
+                Some(Err(error)) => break refuse(&app, &mut ws, &error).await,
                 None => break Ending::Gone,
                 Some(Ok(_)) => {}
             }
         };
-        (app, tx, rx, ending)
+        (app, ws, ending)
     });
     Ok(response)
 }
@@ -188,12 +207,328 @@ struct Reported {
     info: Option<Box<str>>,
 }
 
-/// The WebSocket a request upgrades into.
-pub type Upgraded = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-/// Its sending half.
-pub type WsSink = futures_util::stream::SplitSink<Upgraded, Frame>;
-/// Its receiving half.
-pub type WsStream = futures_util::stream::SplitStream<Upgraded>;
+/// The connection a request upgrades into.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A server-side WebSocket that keeps tungstenite's state only while a message is being read.
+///
+/// tungstenite allocates its read buffer ([`READ_BUFFER`]) when a socket is made and keeps it
+/// for the socket's life, with its write buffer and tokio-tungstenite's two waker proxies:
+/// ~1.5 KiB per idle socket, most of what an idle WebSocket cost (dhat). Here they exist from
+/// the first byte a client sends until what was read ends on a message boundary ([`Bounds`]);
+/// then they are dropped, and the socket waits for its next byte with nothing but the
+/// connection. The server's frames are written here ([`Ws::send`]), not through tungstenite:
+/// they are whole, unmasked frames, and writing them needs no state.
+pub struct Ws {
+    /// The connection, while tungstenite's state is dropped.
+    idle: Option<Io>,
+    /// tungstenite's state, while a message is being read (boxed: an idle socket keeps a word).
+    live: Option<Box<WebSocketStream<Io>>>,
+    /// Messages tungstenite has handed out: [`Bounds`] counts those the client sent (both
+    /// wrap; only their equality matters).
+    read: u32,
+    /// The body limit, for the sockets made again ([`websocket_config`]).
+    body_limit: usize,
+}
+
+/// The upgraded connection, with what its reads have shown of the client's frames.
+pub struct Io {
+    inner: Upgraded,
+    bounds: Bounds,
+}
+
+/// Where the bytes read from a client stand among its frames: in a frame's header, in its
+/// payload, inside a fragmented message, and how many messages (control frames, and data
+/// frames that end a message) have ended. Only lengths and flags are read; tungstenite, which
+/// reads the same bytes, checks them.
+#[derive(Default)]
+struct Bounds {
+    /// The header being read (at most 14 bytes: 2, an extended length of 8, a mask of 4).
+    head: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// The current frame's first byte (FIN and opcode).
+    first: u8,
+    /// A data message has begun and not ended (FIN not yet seen).
+    open: bool,
+    /// Messages ended so far (wrapping).
+    ended: u32,
+}
+
+impl Bounds {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64);
+                self.left -= n;
+                bytes = &bytes[n as usize..];
+                if self.left == 0 {
+                    self.end_frame();
+                }
+                continue;
+            }
+            self.head[usize::from(self.have)] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let second = self.head[1];
+            let extended = match second & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if second & 0x80 != 0 { 4 } else { 0 };
+            if usize::from(self.have) < 2 + extended + mask {
+                continue;
+            }
+            self.left = match extended {
+                2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                8 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0; 8])),
+                _ => u64::from(second & 0x7f),
+            };
+            self.first = self.head[0];
+            self.have = 0;
+            if self.left == 0 {
+                self.end_frame();
+            }
+        }
+    }
+
+    fn end_frame(&mut self) {
+        let fin = self.first & 0x80 != 0;
+        if self.first & 0x08 != 0 {
+            // A control frame is a message of its own (tungstenite hands each out).
+            self.ended = self.ended.wrapping_add(1);
+        } else if fin {
+            self.ended = self.ended.wrapping_add(1);
+            self.open = false;
+        } else {
+            self.open = true;
+        }
+    }
+
+    /// What was read ends on a message boundary, and tungstenite has handed out `read` of
+    /// its messages: it holds nothing of the client's.
+    fn at_rest(&self, read: u32) -> bool {
+        self.have == 0 && self.left == 0 && !self.open && self.ended == read
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            this.bounds.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Ws {
+    /// The client's next message; `None` once it is gone. Cancel-safe: the loops wait for it
+    /// alongside their own events.
+    pub async fn next(&mut self) -> Option<Result<Frame, WsError>> {
+        if let Some(live) = self.live.as_deref_mut()
+            && live.get_ref().bounds.at_rest(self.read)
+        {
+            // Nothing of a message is read: tungstenite's state goes, once what it queued
+            // (the answer to a ping) is written.
+            live.flush().await.ok()?;
+            self.idle = self.live.take().map(|live| live.into_inner());
+        }
+        if self.live.is_none() {
+            // Idle: the first bytes the client sends are read here, into the stack, and
+            // tungstenite is made with them.
+            let io = self.idle.as_mut()?;
+            let part = std::future::poll_fn(|cx| {
+                let mut chunk = [0u8; READ_BUFFER];
+                let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+                std::pin::Pin::new(&mut *io)
+                    .poll_read(cx, &mut buf)
+                    .map(|read| read.map(|()| buf.filled().to_vec()))
+            })
+            .await;
+            // Its end (nothing read) or a failed read: the client is gone.
+            let part = part.ok().filter(|part| !part.is_empty())?;
+            let io = self.idle.take()?;
+            let config = websocket_config(self.body_limit);
+            // Ready at its first poll (tokio-tungstenite makes the socket without I/O), so
+            // that nothing taken above is lost to a cancel. Boxed: its future is 560 bytes,
+            // and inline it sized every socket's task for it.
+            let live = Box::pin(WebSocketStream::from_partially_read(
+                io,
+                part,
+                Role::Server,
+                Some(config),
+            ))
+            .await;
+            self.live = Some(Box::new(live));
+        }
+        let message = self.live.as_deref_mut()?.next().await;
+        if let Some(Ok(_)) = message {
+            self.read = self.read.wrapping_add(1);
+        }
+        message
+    }
+
+    /// Writes a frame, bounded by the write stall timeout ([`send`]): `false` when the client
+    /// is gone or took no bytes for that long, and the connection should just be dropped.
+    /// What tungstenite queued (a pong, a close's answer) goes out whole first.
+    ///
+    /// Not an `async fn`: the frame is encoded before the future exists, which keeps only its
+    /// bytes (an `async fn` kept the frame as its argument and again as a local: this future
+    /// is part of every socket's task, sized for its largest await).
+    pub fn send<'a>(&'a mut self, app: &'a App, frame: Frame) -> impl Future<Output = bool> + 'a {
+        let (head, payload) = encode(frame);
+        let mut bytes = head.chain(payload);
+        async move {
+            if let Some(live) = self.live.as_deref_mut()
+                && !send(app, live.flush()).await
+            {
+                return false;
+            }
+            let io = match (self.idle.as_mut(), self.live.as_deref_mut()) {
+                (Some(io), _) => io,
+                (None, Some(live)) => live.get_mut(),
+                (None, None) => return false,
+            };
+            let write = std::pin::pin!(io.write_all_buf(&mut bytes));
+            send(app, write).await
+        }
+    }
+
+    /// The connection, with tungstenite's state dropped once what it queued is written.
+    async fn into_io(mut self, app: &App) -> Option<Io> {
+        if let Some(live) = self.live.as_deref_mut() {
+            // A flush that meets the closed state reports success (tokio-tungstenite), so an
+            // error here means the socket failed: nothing to linger for.
+            if !send(app, live.flush()).await {
+                return None;
+            }
+        }
+        self.idle.or(self.live.map(|live| live.into_inner()))
+    }
+}
+
+/// A server frame's header (FIN, opcode, length; never masked) and payload.
+fn encode(frame: Frame) -> (Head, Bytes) {
+    let (opcode, payload) = match frame {
+        Frame::Text(text) => (0x1, Bytes::from(text)),
+        Frame::Binary(bytes) => (0x2, bytes),
+        Frame::Close(None) => (0x8, Bytes::new()),
+        Frame::Close(Some(close)) => {
+            let mut payload = Vec::with_capacity(2 + close.reason.len());
+            payload.extend_from_slice(&u16::from(close.code).to_be_bytes());
+            payload.extend_from_slice(close.reason.as_bytes());
+            (0x8, Bytes::from(payload))
+        }
+        Frame::Ping(bytes) => (0x9, bytes),
+        Frame::Pong(bytes) => (0xa, bytes),
+        // A raw frame: Halley never sends one; it is written as tungstenite formats it.
+        Frame::Frame(frame) => {
+            let mut bytes = Vec::with_capacity(frame.len());
+            // Writing into a Vec cannot fail.
+            let _ = frame.format(&mut bytes);
+            return (Head::default(), Bytes::from(bytes));
+        }
+    };
+    let mut head = Head::default();
+    head.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => head.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            head.push(126);
+            (n as u16)
+                .to_be_bytes()
+                .into_iter()
+                .for_each(|b| head.push(b));
+        }
+        n => {
+            head.push(127);
+            (n as u64)
+                .to_be_bytes()
+                .into_iter()
+                .for_each(|b| head.push(b));
+        }
+    }
+    (head, payload)
+}
+
+/// A frame header, written from where it lies (no allocation per frame).
+#[derive(Default)]
+struct Head {
+    bytes: [u8; 10],
+    /// Written so far, of `len`.
+    at: u8,
+    len: u8,
+}
+
+impl Head {
+    fn push(&mut self, byte: u8) {
+        self.bytes[usize::from(self.len)] = byte;
+        self.len += 1;
+    }
+}
+
+impl Buf for Head {
+    fn remaining(&self) -> usize {
+        usize::from(self.len - self.at)
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.bytes[usize::from(self.at)..usize::from(self.len)]
+    }
+
+    fn advance(&mut self, n: usize) {
+        // `Buf`'s contract: never past what remains.
+        self.at += n.min(self.remaining()) as u8;
+    }
+}
 
 /// How a WebSocket's conversation ended, and so how its connection is closed.
 pub enum Ending {
@@ -204,16 +539,16 @@ pub enum Ending {
     Closed,
 }
 
-/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the two
-/// halves, and how it ended.
-pub type Served = (Arc<App>, WsSink, WsStream, Ending);
+/// What serving a WebSocket hands back to [`spawn_upgraded`]: the app it was given, the
+/// socket, and how it ended.
+pub type Served = (Arc<App>, Ws, Ending);
 
 /// Runs `serve` on the WebSocket once the `101` answer has gone out, as a tracked task (so a
 /// drain waits for it) that carries the connection's slot under the cap and counts as an open
 /// WebSocket subscriber; then closes the connection as `serve`'s [`Ending`] says.
 pub fn spawn_upgraded<B, F, Fut>(app: &Arc<App>, request: &mut Request<B>, serve: F)
 where
-    F: FnOnce(Arc<App>, WsSink, WsStream) -> Fut + Send + 'static,
+    F: FnOnce(Arc<App>, Ws) -> Fut + Send + 'static,
     Fut: Future<Output = Served> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
@@ -224,26 +559,28 @@ where
     let app = app.clone();
     app.clone().tracker.spawn(async move {
         let _held = (open, slot);
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = websocket_config(app.config.body_limit);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                // Split here, so that the socket is never an argument of the long-lived
-                // futures below (an argument keeps its room in a future for its whole life).
-                let (tx, rx) = ws.split();
-                // The app comes back with the halves: kept here meanwhile, it would be one more
-                // word in every idle socket's task.
-                if let (app, tx, rx, Ending::Closed) = serve(app, tx, rx).await {
-                    // Boxed: only a closing socket needs room for the linger.
-                    Box::pin(finish(&app, tx, rx)).await;
-                }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
             }
-            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        };
+        // Idle from the start: tungstenite's state is made with the client's first bytes.
+        let ws = Ws {
+            idle: Some(Io {
+                inner: TokioIo::new(upgraded),
+                bounds: Bounds::default(),
+            }),
+            live: None,
+            read: 0,
+            body_limit: app.config.body_limit,
+        };
+        // The app comes back with the socket: kept here meanwhile, it would be one more word
+        // in every idle socket's task.
+        if let (app, ws, Ending::Closed) = serve(app, ws).await {
+            // Boxed: only a closing socket needs room for the linger.
+            Box::pin(finish(&app, ws)).await;
         }
     });
 }
@@ -318,9 +655,9 @@ fn select_protocol(
 /// stall timeout ([`HttpConfig::write_stall_timeout`](crate::HttpConfig::write_stall_timeout)):
 /// `false` when the client is gone or took no bytes for that long, and the connection should
 /// just be dropped. Its timer is armed only when the write cannot finish at once.
-pub fn send<F>(app: &App, write: F) -> Sending<'_, F>
+pub fn send<F, E>(app: &App, write: F) -> Sending<'_, F>
 where
-    F: Future<Output = Result<(), WsError>> + Unpin,
+    F: Future<Output = Result<(), E>> + Unpin,
 {
     Sending {
         write,
@@ -341,9 +678,9 @@ pub struct Sending<'a, F> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<F> Future for Sending<'_, F>
+impl<F, E> Future for Sending<'_, F>
 where
-    F: Future<Output = Result<(), WsError>> + Unpin,
+    F: Future<Output = Result<(), E>> + Unpin,
 {
     type Output = bool;
 
@@ -387,16 +724,11 @@ pub fn refusal(error: &WsError) -> Option<Frame> {
 /// until it closes its side, within [`CLOSE_LINGER`] and [`MAX_LINGER_BYTES`] — so that the
 /// server ends TCP and the client sees a clean close, not a reset. While the server drains,
 /// it does not wait for the client (the drain must end promptly): it half-closes and drops.
-async fn finish(app: &App, mut tx: WsSink, rx: WsStream) {
-    // A flush that meets the closed state reports success (tokio-tungstenite), so an error
-    // here means the socket failed: nothing to linger for.
-    if !send(app, tx.flush()).await {
-        return;
-    }
+async fn finish(app: &App, ws: Ws) {
     let lingers = !app.shutdown.is_cancelled();
-    // The halves of one stream always reunite.
-    let Ok(ws) = tx.reunite(rx) else { return };
-    let mut io = ws.into_inner();
+    let Some(mut io) = ws.into_io(app).await else {
+        return;
+    };
     let lingering = async {
         io.shutdown().await?;
         if !lingers {
@@ -437,126 +769,155 @@ fn close(code: CloseCode, reason: &'static str) -> Frame {
     }))
 }
 
-async fn run(
-    app: &App,
-    tx: &mut WsSink,
-    rx: &mut WsStream,
-    mut sub: Subscription,
-    publish_to: Option<Channel>,
-    frames: Frames,
-) -> Ending {
-    let mut heartbeat = super::stream::fresh(&app.heartbeat);
-    if sub.gap() {
-        let gap = Bytes::from(super::gap_object(&sub));
-        if !send(app, tx.send(text(&gap))).await {
+/// A native WebSocket's life. Everything it keeps is borrowed ([`Socket`]); what it does
+/// rarely (its opening notices, goodbyes, a client's publish) is boxed, so that an idle
+/// socket's task is sized for its wait and one write (`-Zprint-type-sizes`, bench/README.md).
+// Not an `async fn` (which clippy prefers): one keeps its arguments twice, as arguments and
+// as locals, in every idle socket's task.
+#[allow(clippy::manual_async_fn)]
+fn run<'a>(
+    app: &'a App,
+    ws: &'a mut Ws,
+    socket: &'a mut Socket,
+) -> impl Future<Output = Ending> + 'a {
+    async move {
+        if !Box::pin(opening(app, ws, socket)).await {
             return Ending::Gone;
         }
-    }
-    if frames.announce
-        && let Some(id) = sub.position()
-    {
-        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
-        if !send(app, tx.send(text(&Bytes::from(object.to_string())))).await {
-            return Ending::Gone;
-        }
-    }
-    // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
-    // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
-    // thing waited on is the client's next frame.
-    loop {
-        if app.shutdown.is_cancelled() {
-            let away = close(CloseCode::Away, "server shutting down; reconnect");
-            return said(send(app, tx.send(away)).await);
-        }
-        let (mut fed, mut lagged) = (false, false);
-        // A control notice ends the loop as its value, so that it is no local of the loop's
-        // awaits (every idle socket's task would be sized for it).
-        let control = loop {
-            let Some(event) = sub.try_next() else {
-                break None;
-            };
-            match event {
-                Event::Message(m) => {
-                    let frame = match m.binary() {
-                        Some(binary) if frames.binary => Frame::Binary(binary.bytes.clone()),
-                        _ => text(m.json_object()),
-                    };
-                    if !send(app, tx.feed(frame)).await {
-                        return Ending::Gone;
-                    }
-                    fed = true;
-                }
-                Event::Lagged => {
-                    lagged = true;
+        // Shutdown, messages and heartbeat ticks all arrive through the subscriber's signal (the
+        // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
+        // thing waited on is the client's next frame.
+        loop {
+            if app.shutdown.is_cancelled() {
+                return said(Box::pin(say_away(app, ws)).await);
+            }
+            let mut lagged = false;
+            // A control notice ends the loop as its value, so that it is no local of the loop's
+            // awaits (every idle socket's task would be sized for it).
+            let control = loop {
+                let Some(event) = socket.sub.try_next() else {
                     break None;
-                }
-                other => break Some(other),
-            }
-        };
-        if let Some(event) = control {
-            // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
-            match Box::pin(say_control(app, tx, &sub, event)).await {
-                Said::Over => return Ending::Closed,
-                Said::Gone => return Ending::Gone,
-                Said::GoingOn => continue,
-            }
-        }
-        if lagged {
-            // The goodbye is bounded like any write: a client that reads nothing (which is
-            // how it fell behind) is dropped after the stall timeout instead of kept forever.
-            let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
-            let bye = close(CloseCode::Again, "fell behind; resume from your last id");
-            return said(send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await);
-        }
-        if fed && !send(app, tx.flush()).await {
-            return Ending::Gone;
-        }
-        match heartbeat.has_changed() {
-            Ok(false) => {}
-            Ok(true) => {
-                heartbeat.mark_unchanged();
-                // A token that expired or was revoked ends the connection, said in-band first
-                // (boxed: this rare goodbye would otherwise size every idle socket's task).
-                if let Some(denied) = sub.lapsed() {
-                    return said(Box::pin(say_lapsed(app, tx, denied)).await);
-                }
-                if !send(app, tx.send(Frame::Ping(Bytes::new()))).await {
-                    return Ending::Gone;
-                }
-            }
-            // The ticker is gone: the server is stopping.
-            Err(_) => return Ending::Gone,
-        }
-        tokio::select! {
-            biased;
-            _ = sub.signalled() => {}
-            frame = rx.next() => match frame {
-                Some(Ok(Frame::Text(body))) => {
-                    // Boxed: the engine's publish inline would size every idle socket's task
-                    // for it.
-                    let reply = Box::pin(publish(
-                        app,
-                        publish_to.as_ref(),
-                        sub.attached::<Publishing>(),
-                        body.as_str(),
-                    ))
-                    .await;
-                    if let Some(reply) = reply
-                        && !send(app, tx.send(text(&Bytes::from(reply)))).await {
+                };
+                match event {
+                    Event::Message(m) => {
+                        let frame = match m.binary() {
+                            Some(binary) if socket.frames.binary => {
+                                Frame::Binary(binary.bytes.clone())
+                            }
+                            _ => text(m.json_object()),
+                        };
+                        if !ws.send(app, frame).await {
                             return Ending::Gone;
                         }
+                    }
+                    Event::Lagged => {
+                        lagged = true;
+                        break None;
+                    }
+                    other => break Some(other),
+                }
+            };
+            if let Some(event) = control {
+                // Boxed, as the lapsed goodbye: rare, and not what an idle socket waits in.
+                match Box::pin(say_control(app, ws, &socket.sub, event)).await {
+                    Said::Over => return Ending::Closed,
+                    Said::Gone => return Ending::Gone,
+                    Said::GoingOn => continue,
+                }
+            }
+            if lagged {
+                return said(Box::pin(say_lagged(app, ws)).await);
+            }
+            match socket.heartbeat.has_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    socket.heartbeat.mark_unchanged();
+                    // A token that expired or was revoked ends the connection, said in-band first
+                    // (boxed: this rare goodbye would otherwise size every idle socket's task).
+                    if let Some(denied) = socket.sub.lapsed() {
+                        return said(Box::pin(say_lapsed(app, ws, denied)).await);
+                    }
+                    if !ws.send(app, Frame::Ping(Bytes::new())).await {
+                        return Ending::Gone;
+                    }
+                }
+                // The ticker is gone: the server is stopping.
+                Err(_) => return Ending::Gone,
+            }
+            let frame = tokio::select! {
+                biased;
+                _ = socket.sub.signalled() => continue,
+                frame = ws.next() => frame,
+            };
+            match frame {
+                Some(Ok(Frame::Text(body))) => {
+                    // Boxed: the engine's publish inline would size every idle socket's task for
+                    // it.
+                    if !Box::pin(publish_frame(app, ws, socket, body)).await {
+                        return Ending::Gone;
+                    }
                 }
                 Some(Ok(Frame::Binary(_))) => {
                     let refused = close(CloseCode::Unsupported, "text frames only");
-                    return said(send(app, tx.send(refused)).await);
+                    return said(Box::pin(ws.send(app, refused)).await);
                 }
                 // tungstenite has queued the answering close; `finish` sends it.
                 Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                Some(Err(error)) => return Box::pin(refuse(app, tx, &error)).await,
+                Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
                 None => return Ending::Gone,
                 Some(Ok(_)) => {}
-            },
+            }
         }
+    }
+}
+
+/// What a socket says first, when there is something: the resume's gap, its position.
+/// Whether the client is still there.
+async fn opening(app: &App, ws: &mut Ws, socket: &Socket) -> bool {
+    if socket.sub.gap() {
+        let gap = Bytes::from(super::gap_object(&socket.sub));
+        if !ws.send(app, text(&gap)).await {
+            return false;
+        }
+    }
+    if socket.frames.announce
+        && let Some(id) = socket.sub.position()
+    {
+        let object = serde_json::json!({ "event": "position", "last_id": id.to_string() });
+        if !ws.send(app, text(&Bytes::from(object.to_string()))).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// The server is shutting down: close 1001. Whether the close went out.
+async fn say_away(app: &App, ws: &mut Ws) -> bool {
+    let away = close(CloseCode::Away, "server shutting down; reconnect");
+    ws.send(app, away).await
+}
+
+/// The client fell behind: the `lagged` notice, then close 1013. The goodbye is bounded like
+/// any write: a client that reads nothing (which is how it fell behind) is dropped after the
+/// stall timeout instead of kept forever. Whether the close went out.
+async fn say_lagged(app: &App, ws: &mut Ws) -> bool {
+    let notice = Bytes::from_static(br#"{"event":"lagged"}"#);
+    let bye = close(CloseCode::Again, "fell behind; resume from your last id");
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
+}
+
+/// Publishes a client's text frame and answers a refusal. Whether the client is still there.
+async fn publish_frame(app: &App, ws: &mut Ws, socket: &Socket, body: Utf8Bytes) -> bool {
+    let reply = publish(
+        app,
+        socket.publish_to.as_ref(),
+        socket.sub.attached::<Publishing>(),
+        body.as_str(),
+    )
+    .await;
+    match reply {
+        Some(reply) => ws.send(app, text(&Bytes::from(reply))).await,
+        None => true,
     }
 }
 
@@ -566,23 +927,23 @@ fn said(sent: bool) -> Ending {
 }
 
 /// Answers a read error with the close frame it calls for ([`refusal`]), if any.
-pub async fn refuse(app: &App, tx: &mut WsSink, error: &WsError) -> Ending {
+pub async fn refuse(app: &App, ws: &mut Ws, error: &WsError) -> Ending {
     tracing::debug!(%error, "websocket read failed");
     match refusal(error) {
-        Some(frame) => said(send(app, tx.send(frame)).await),
+        Some(frame) => said(ws.send(app, frame).await),
         None => Ending::Gone,
     }
 }
 
 /// The `expired` notice, then close 1008 (policy violation) with the reason. Whether the
 /// close went out.
-async fn say_lapsed(app: &App, tx: &mut WsSink, denied: halley_engine::access::Denied) -> bool {
+async fn say_lapsed(app: &App, ws: &mut Ws, denied: halley_engine::access::Denied) -> bool {
     let notice = Bytes::from(super::lapse_object(&denied));
     let bye = Frame::Close(Some(CloseFrame {
         code: CloseCode::Policy,
         reason: close_reason(&denied.to_string()),
     }));
-    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
 }
 
 /// What saying a control notice left of the connection.
@@ -597,12 +958,12 @@ enum Said {
 
 /// A notice of the control API: a channel taken off (and, when it was the last, the end), or
 /// the end the application asked for.
-async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Event) -> Said {
+async fn say_control(app: &App, ws: &mut Ws, sub: &Subscription, event: Event) -> Said {
     let closing = match event {
         Event::Closed(closing) => closing,
         Event::Unsubscribed(pattern) => {
             let notice = Bytes::from(super::unsubscribed_object(&pattern));
-            if !send(app, tx.send(text(&notice))).await {
+            if !ws.send(app, text(&notice)).await {
                 return Said::Gone;
             }
             if !sub.patterns().is_empty() {
@@ -612,7 +973,7 @@ async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Even
         }
         Event::Message(_) | Event::Lagged => return Said::GoingOn,
     };
-    if say_closed(app, tx, closing).await {
+    if say_closed(app, ws, closing).await {
         Said::Over
     } else {
         Said::Gone
@@ -621,9 +982,9 @@ async fn say_control(app: &App, tx: &mut WsSink, sub: &Subscription, event: Even
 
 /// The application ended the connection (the control API): `disconnected` and close 1008
 /// with the reason, or — revoked — the lapsed goodbye. Whether the close went out.
-async fn say_closed(app: &App, tx: &mut WsSink, closing: Closing) -> bool {
+async fn say_closed(app: &App, ws: &mut Ws, closing: Closing) -> bool {
     let reason = match closing {
-        Closing::Revoked(denied) => return say_lapsed(app, tx, denied).await,
+        Closing::Revoked(denied) => return say_lapsed(app, ws, denied).await,
         Closing::Disconnected(reason) => reason,
     };
     let notice = Bytes::from(super::disconnected_object(reason.as_deref()));
@@ -632,7 +993,7 @@ async fn say_closed(app: &App, tx: &mut WsSink, closing: Closing) -> bool {
         code: CloseCode::Policy,
         reason: close_reason(reason),
     }));
-    send(app, tx.feed(text(&notice))).await && send(app, tx.send(bye)).await
+    ws.send(app, text(&notice)).await && ws.send(app, bye).await
 }
 
 /// Most bytes of a close frame's reason (RFC 6455: the frame's payload is at most 125 bytes,
@@ -686,5 +1047,105 @@ async fn publish(
     match published {
         Ok(_) => None,
         Err(e) => Some(serde_json::json!({ "event": "error", "error": e.to_string() }).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bounds;
+
+    /// A client frame: FIN and opcode, then a masked payload of `len` bytes.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            n if n < 126 => bytes.push(0x80 | n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                bytes.push(0x80 | 126);
+                bytes.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                bytes.push(0x80 | 127);
+                bytes.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        bytes.extend(std::iter::repeat_n(0x5a, len));
+        bytes
+    }
+
+    /// Feeds `bytes` in pieces of `step`, as reads might bring them.
+    fn feed(bounds: &mut Bounds, bytes: &[u8], step: usize) {
+        for piece in bytes.chunks(step) {
+            bounds.feed(piece);
+        }
+    }
+
+    #[test]
+    fn a_message_is_at_rest_only_once_whole_and_handed_out() {
+        for len in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            for step in [1, 3, 14, 1024] {
+                let bytes = frame(true, 0x1, len);
+                let mut bounds = Bounds::default();
+                feed(&mut bounds, &bytes[..bytes.len() - 1], step);
+                assert!(!bounds.at_rest(0), "len {len} step {step}: a byte short");
+                assert!(!bounds.at_rest(1), "len {len} step {step}: a byte short");
+                bounds.feed(&bytes[bytes.len() - 1..]);
+                assert!(
+                    bounds.at_rest(1),
+                    "len {len} step {step}: whole, handed out"
+                );
+                assert!(
+                    !bounds.at_rest(0),
+                    "len {len} step {step}: whole, not handed out"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_not_at_rest_between_its_frames() {
+        let mut bounds = Bounds::default();
+        feed(&mut bounds, &frame(false, 0x1, 10), 4);
+        assert!(!bounds.at_rest(0));
+        // A ping inside the message is a message of its own, but the text is still open.
+        feed(&mut bounds, &frame(true, 0x9, 4), 4);
+        assert!(!bounds.at_rest(1));
+        feed(&mut bounds, &frame(false, 0x0, 300), 7);
+        assert!(!bounds.at_rest(1));
+        feed(&mut bounds, &frame(true, 0x0, 0), 1);
+        assert!(bounds.at_rest(2));
+    }
+
+    #[test]
+    fn server_frames_have_the_length_encoding_rfc_6455_gives_their_payload() {
+        use super::{Bytes, Frame, encode};
+        use bytes::Buf;
+        for (len, head) in [
+            (0, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let text = "a".repeat(len);
+            let (h, payload) = encode(Frame::text(text));
+            let mut written = h.chain(payload);
+            let bytes = written.copy_to_bytes(written.remaining());
+            assert_eq!(&bytes[..head.len()], &head[..], "len {len}");
+            assert_eq!(bytes.len(), head.len() + len);
+        }
+        let (h, payload) = encode(Frame::Ping(Bytes::from_static(b"hi")));
+        assert_eq!(h.chunk(), &[0x89, 2]);
+        assert_eq!(&payload[..], b"hi");
+    }
+
+    #[test]
+    fn two_messages_in_one_read_are_at_rest_once_both_are_handed_out() {
+        let mut bytes = frame(true, 0x1, 20);
+        bytes.extend(frame(true, 0xa, 0));
+        let mut bounds = Bounds::default();
+        bounds.feed(&bytes);
+        assert!(!bounds.at_rest(1));
+        assert!(bounds.at_rest(2));
     }
 }
