@@ -18,6 +18,13 @@ pub enum PublishTo {
     Nchan,
     /// A Bayeux publish (long-polling POST on `--cometd-path`) by a handshaken client.
     Bayeux,
+    /// Centrifugo's server API, `POST /api` with `{"method":"publish","params":{…}}`.
+    Centrifugo,
+    /// Pushpin's HTTP publish endpoint, `POST /publish/` on `--publish-target`, as an
+    /// `http-stream` item whose content is one SSE event.
+    Pushpin,
+    /// `POST /publish?room={ch}` on bench/peers/socketio-server.js (emits to the room).
+    Socketio,
 }
 
 pub struct Publisher {
@@ -58,7 +65,7 @@ impl Publisher {
 
     async fn try_publish(&mut self, channel: usize) -> io::Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(self.target.connect(self.index).await?);
+            self.conn = Some(self.target.connect_publisher(self.index).await?);
             self.client_id = None;
         }
         if self.to == PublishTo::Bayeux && self.client_id.is_none() {
@@ -106,7 +113,25 @@ impl Publisher {
                 self.target.nchan_pub,
                 self.target.nchan_id(channel)
             ),
-            _ => format!("/pub{}", self.target.channel(channel)),
+            PublishTo::Centrifugo => "/api".to_string(),
+            PublishTo::Pushpin => "/publish/".to_string(),
+            PublishTo::Socketio => format!("/publish?room={}", self.target.channel(channel)),
+            PublishTo::Halley | PublishTo::Bayeux => {
+                format!("/pub{}", self.target.channel(channel))
+            }
+        };
+        // The same payload bytes reach every server; only the envelope around them differs.
+        let payload = match self.to {
+            PublishTo::Centrifugo => format!(
+                r#"{{"method":"publish","params":{{"channel":"{}","data":{payload}}}}}"#,
+                self.target.channel(channel)
+            ),
+            PublishTo::Pushpin => format!(
+                r#"{{"items":[{{"channel":"{}","formats":{{"http-stream":{{"content":{}}}}}}}]}}"#,
+                self.target.channel(channel),
+                serde_json::Value::String(format!("data: {payload}\n\n"))
+            ),
+            _ => payload,
         };
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
