@@ -120,19 +120,7 @@ impl Publisher {
                 format!("/pub{}", self.target.channel(channel))
             }
         };
-        // The same payload bytes reach every server; only the envelope around them differs.
-        let payload = match self.to {
-            PublishTo::Centrifugo => format!(
-                r#"{{"method":"publish","params":{{"channel":"{}","data":{payload}}}}}"#,
-                self.target.channel(channel)
-            ),
-            PublishTo::Pushpin => format!(
-                r#"{{"items":[{{"channel":"{}","formats":{{"http-stream":{{"content":{}}}}}}}]}}"#,
-                self.target.channel(channel),
-                serde_json::Value::String(format!("data: {payload}\n\n"))
-            ),
-            _ => payload,
-        };
+        let payload = envelope(self.to, &self.target.channel(channel), payload);
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
             payload.len()
@@ -150,5 +138,61 @@ impl Publisher {
             )));
         }
         Ok(())
+    }
+}
+
+/// The request body that publishes `payload` to `channel`. The same payload bytes reach every
+/// server; only the envelope around them differs.
+fn envelope(to: PublishTo, channel: &str, payload: String) -> String {
+    match to {
+        PublishTo::Centrifugo => {
+            format!(r#"{{"method":"publish","params":{{"channel":"{channel}","data":{payload}}}}}"#)
+        }
+        // Pushpin sends `content` to each held stream as it is: one SSE event.
+        PublishTo::Pushpin => format!(
+            r#"{{"items":[{{"channel":"{channel}","formats":{{"http-stream":{{"content":{}}}}}}}]}}"#,
+            serde_json::Value::String(format!("data: {payload}\n\n"))
+        ),
+        PublishTo::Halley | PublishTo::Nchan | PublishTo::Bayeux | PublishTo::Socketio => payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Scan;
+
+    const PAYLOAD: &str = r#"{"ts":1234567890123,"pad":"xx"}"#;
+
+    /// What a subscriber would receive, found by the same scanner the subscribers use.
+    fn timestamps(bytes: &[u8]) -> Vec<u64> {
+        let mut seen = Vec::new();
+        Scan::default().feed(bytes, &mut |ts| seen.push(ts));
+        seen
+    }
+
+    #[test]
+    fn pushpin_items_carry_the_payload_as_one_sse_event() {
+        let body = envelope(PublishTo::Pushpin, "/bench/3", PAYLOAD.to_string());
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        let item = &parsed["items"][0];
+        assert_eq!(item["channel"], "/bench/3");
+        let content = item["formats"]["http-stream"]["content"]
+            .as_str()
+            .expect("content is a string");
+        assert_eq!(content, format!("data: {PAYLOAD}\n\n"));
+        // Escaped inside the envelope, the marker must not be found there: only Pushpin's
+        // unescaped delivery carries it.
+        assert!(timestamps(body.as_bytes()).is_empty());
+        assert_eq!(timestamps(content.as_bytes()), vec![1234567890123]);
+    }
+
+    #[test]
+    fn centrifugo_publish_carries_the_payload_as_data() {
+        let body = envelope(PublishTo::Centrifugo, "/bench/0", PAYLOAD.to_string());
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(parsed["method"], "publish");
+        assert_eq!(parsed["params"]["channel"], "/bench/0");
+        assert_eq!(parsed["params"]["data"]["ts"], 1234567890123u64);
     }
 }
