@@ -1,5 +1,6 @@
-//! `halley-bench`: a load generator for Comet servers — Halley, Nchan, and any Bayeux server
-//! (Faye, CometD) — so that one tool measures all of them by the same rules.
+//! `halley-bench`: a load generator for Comet servers — Halley, Nchan, any Bayeux server (Faye,
+//! CometD), Centrifuge/Centrifugo, Pushpin and socket.io — so that one tool measures all of
+//! them by the same rules.
 //!
 //! Scenarios ([`Scenario`]):
 //! - `hold`: N idle subscribers; connect rate and, with `--pid`, server RSS per subscriber.
@@ -54,7 +55,7 @@ use crate::worker::{WorkerResult, WorkerSpec, decode_histogram};
 #[command(
     name = "halley-bench",
     version,
-    about = "Load generator for Halley, Nchan and Bayeux servers"
+    about = "Load generator for Halley, Nchan, Bayeux, Centrifuge, Pushpin and socket.io servers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -147,6 +148,10 @@ struct Common {
     /// Nchan publisher location.
     #[arg(long, default_value = "/pub")]
     nchan_pub: String,
+    /// Publish to this address instead of --target (Pushpin takes publishes on its own port,
+    /// 5561 by default).
+    #[arg(long)]
+    publish_target: Option<SocketAddr>,
     /// Connect timeout per connection (milliseconds).
     #[arg(long, default_value_t = 10_000)]
     connect_timeout: u64,
@@ -199,6 +204,7 @@ impl Common {
             cometd_path: self.cometd_path.clone(),
             nchan_sub: self.nchan_sub.clone(),
             nchan_pub: self.nchan_pub.clone(),
+            publish_addr: self.publish_target,
             connect_timeout_ms: self.connect_timeout,
             headers: self.headers.clone(),
             header_file: self.header_file.clone(),
@@ -211,7 +217,10 @@ fn default_publish(kind: Kind) -> PublishTo {
     match kind {
         Kind::NchanSse => PublishTo::Nchan,
         Kind::BayeuxLp | Kind::BayeuxWs | Kind::Faye => PublishTo::Bayeux,
-        _ => PublishTo::Halley,
+        Kind::CentrifugeSse | Kind::CentrifugeWs => PublishTo::Centrifugo,
+        Kind::PushpinSse => PublishTo::Pushpin,
+        Kind::SocketioWs => PublishTo::Socketio,
+        Kind::Sse | Kind::Stream | Kind::Gif | Kind::Longpoll | Kind::Ws => PublishTo::Halley,
     }
 }
 

@@ -18,6 +18,13 @@ pub enum PublishTo {
     Nchan,
     /// A Bayeux publish (long-polling POST on `--cometd-path`) by a handshaken client.
     Bayeux,
+    /// Centrifugo's server API, `POST /api` with `{"method":"publish","params":{…}}`.
+    Centrifugo,
+    /// Pushpin's HTTP publish endpoint, `POST /publish/` on `--publish-target`, as an
+    /// `http-stream` item whose content is one SSE event.
+    Pushpin,
+    /// `POST /publish?room={ch}` on bench/peers/socketio-server.js (emits to the room).
+    Socketio,
 }
 
 pub struct Publisher {
@@ -58,7 +65,7 @@ impl Publisher {
 
     async fn try_publish(&mut self, channel: usize) -> io::Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(self.target.connect(self.index).await?);
+            self.conn = Some(self.target.connect_publisher(self.index).await?);
             self.client_id = None;
         }
         if self.to == PublishTo::Bayeux && self.client_id.is_none() {
@@ -106,8 +113,14 @@ impl Publisher {
                 self.target.nchan_pub,
                 self.target.nchan_id(channel)
             ),
-            _ => format!("/pub{}", self.target.channel(channel)),
+            PublishTo::Centrifugo => "/api".to_string(),
+            PublishTo::Pushpin => "/publish/".to_string(),
+            PublishTo::Socketio => format!("/publish?room={}", self.target.channel(channel)),
+            PublishTo::Halley | PublishTo::Bayeux => {
+                format!("/pub{}", self.target.channel(channel))
+            }
         };
+        let payload = envelope(self.to, &self.target.channel(channel), payload);
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
             payload.len()
@@ -125,5 +138,61 @@ impl Publisher {
             )));
         }
         Ok(())
+    }
+}
+
+/// The request body that publishes `payload` to `channel`. The same payload bytes reach every
+/// server; only the envelope around them differs.
+fn envelope(to: PublishTo, channel: &str, payload: String) -> String {
+    match to {
+        PublishTo::Centrifugo => {
+            format!(r#"{{"method":"publish","params":{{"channel":"{channel}","data":{payload}}}}}"#)
+        }
+        // Pushpin sends `content` to each held stream as it is: one SSE event.
+        PublishTo::Pushpin => format!(
+            r#"{{"items":[{{"channel":"{channel}","formats":{{"http-stream":{{"content":{}}}}}}}]}}"#,
+            serde_json::Value::String(format!("data: {payload}\n\n"))
+        ),
+        PublishTo::Halley | PublishTo::Nchan | PublishTo::Bayeux | PublishTo::Socketio => payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Scan;
+
+    const PAYLOAD: &str = r#"{"ts":1234567890123,"pad":"xx"}"#;
+
+    /// What a subscriber would receive, found by the same scanner the subscribers use.
+    fn timestamps(bytes: &[u8]) -> Vec<u64> {
+        let mut seen = Vec::new();
+        Scan::default().feed(bytes, &mut |ts| seen.push(ts));
+        seen
+    }
+
+    #[test]
+    fn pushpin_items_carry_the_payload_as_one_sse_event() {
+        let body = envelope(PublishTo::Pushpin, "/bench/3", PAYLOAD.to_string());
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        let item = &parsed["items"][0];
+        assert_eq!(item["channel"], "/bench/3");
+        let content = item["formats"]["http-stream"]["content"]
+            .as_str()
+            .expect("content is a string");
+        assert_eq!(content, format!("data: {PAYLOAD}\n\n"));
+        // Escaped inside the envelope, the marker must not be found there: only Pushpin's
+        // unescaped delivery carries it.
+        assert!(timestamps(body.as_bytes()).is_empty());
+        assert_eq!(timestamps(content.as_bytes()), vec![1234567890123]);
+    }
+
+    #[test]
+    fn centrifugo_publish_carries_the_payload_as_data() {
+        let body = envelope(PublishTo::Centrifugo, "/bench/0", PAYLOAD.to_string());
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(parsed["method"], "publish");
+        assert_eq!(parsed["params"]["channel"], "/bench/0");
+        assert_eq!(parsed["params"]["data"]["ts"], 1234567890123u64);
     }
 }

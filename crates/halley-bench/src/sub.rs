@@ -41,6 +41,18 @@ pub enum Kind {
     /// Bayeux long-polling on a Faye server (the same client as `bayeux-lp`; set
     /// `--cometd-path` to the Faye mount point).
     Faye,
+    /// Centrifuge's uni-directional EventSource, `GET /connection/sse?channel={ch}`: the server
+    /// connects the client and subscribes it to the channel (bench/peers/centrifuge).
+    CentrifugeSse,
+    /// Centrifuge/Centrifugo WebSocket on `/connection/websocket`, JSON protocol: a connect
+    /// command, a subscribe command, then publications pushed.
+    CentrifugeWs,
+    /// Pushpin HTTP streaming as EventSource, `GET /sub?id={ch}` through Pushpin to an origin
+    /// that answers `Grip-Hold: stream` (bench/peers/pushpin-origin.js).
+    PushpinSse,
+    /// socket.io over WebSocket only (`/socket.io/?EIO=4&transport=websocket`, engine.io v4):
+    /// connect to the main namespace, emit `subscribe` with the channel and wait for its ack.
+    SocketioWs,
 }
 
 /// Where and how to reach the server; shared by subscribers and publishers.
@@ -52,6 +64,9 @@ pub struct Target {
     pub cometd_path: String,
     pub nchan_sub: String,
     pub nchan_pub: String,
+    /// Where publishes go when not to `addr` (Pushpin's publish port).
+    #[serde(default)]
+    pub publish_addr: Option<SocketAddr>,
     pub connect_timeout_ms: u64,
     /// Extra request header lines (`--header`), e.g. `Authorization: Bearer …`, sent with every
     /// request head.
@@ -111,6 +126,16 @@ impl Target {
     pub async fn connect(&self, index: usize) -> io::Result<Conn> {
         Conn::connect(
             self.addr,
+            source_addr(index),
+            Duration::from_millis(self.connect_timeout_ms),
+        )
+        .await
+    }
+
+    /// A publisher's connection: to `publish_addr` if set, else to `addr`.
+    pub async fn connect_publisher(&self, index: usize) -> io::Result<Conn> {
+        Conn::connect(
+            self.publish_addr.unwrap_or(self.addr),
             source_addr(index),
             Duration::from_millis(self.connect_timeout_ms),
         )
@@ -209,13 +234,18 @@ pub async fn run(
         permit: Some(permit),
     };
     let result = match kind {
-        Kind::Sse | Kind::Stream | Kind::Gif | Kind::NchanSse => {
-            stream(kind, target, index, channel, stats, &mut ready).await
-        }
+        Kind::Sse
+        | Kind::Stream
+        | Kind::Gif
+        | Kind::NchanSse
+        | Kind::CentrifugeSse
+        | Kind::PushpinSse => stream(kind, target, index, channel, stats, &mut ready).await,
         Kind::Ws => websocket(target, index, channel, stats, &mut ready).await,
         Kind::Longpoll => longpoll(target, index, channel, stats, &mut ready).await,
         Kind::BayeuxLp | Kind::Faye => bayeux_lp(target, index, channel, stats, &mut ready).await,
         Kind::BayeuxWs => bayeux_ws(target, index, channel, stats, &mut ready).await,
+        Kind::CentrifugeWs => centrifuge_ws(target, index, channel, stats, &mut ready).await,
+        Kind::SocketioWs => socketio_ws(target, index, channel, stats, &mut ready).await,
     };
     ready.permit = None;
     if let Err(e) = result {
@@ -257,6 +287,14 @@ async fn stream(
         ),
         Kind::Gif => format!(
             "GET /sub{}?transport=gif HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            target.channel(channel)
+        ),
+        Kind::CentrifugeSse => format!(
+            "GET /connection/sse?channel={} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
+            target.channel(channel)
+        ),
+        Kind::PushpinSse => format!(
+            "GET /sub?id={} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
             target.channel(channel)
         ),
         _ => format!(
@@ -519,6 +557,137 @@ async fn bayeux_ws(
             }
             conn.send(&connect).await?;
         }
+    }
+}
+
+/// Reads text frames until one contains `needle`, answering control frames and counting any
+/// delivery that arrives in the meantime; returns that frame.
+async fn ws_until(
+    conn: &mut Conn,
+    stats: &Stats,
+    scan: &mut Scan,
+    needle: &[u8],
+) -> io::Result<Vec<u8>> {
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(conn, opcode, &payload).await?;
+        stats.record(scan, &payload);
+        if memfind(&payload, needle) {
+            return Ok(payload);
+        }
+    }
+}
+
+async fn centrifuge_ws(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let mut conn = target.connect(index).await?;
+    conn.send(ws_upgrade("/connection/websocket", &target.host_for(index)).as_bytes())
+        .await?;
+    let head = conn.read_head().await?;
+    status(&[101], head.status, "upgrade")?;
+    let mut scan = Scan::default();
+    // Connect is method 0, which the JSON protocol leaves out; without a token the server
+    // decides who the client is (bench/peers/centrifuge: anonymous).
+    conn.send(&ws_frame(0x1, br#"{"id":1}"#)).await?;
+    let reply = ws_until(&mut conn, stats, &mut scan, br#""id":1,"#).await?;
+    if memfind(&reply, br#""error""#) {
+        return Err(io::Error::other(format!(
+            "connect refused: {}",
+            String::from_utf8_lossy(&reply)
+        )));
+    }
+    // Subscribe is method 1.
+    let subscribe = format!(
+        r#"{{"id":2,"method":1,"params":{{"channel":"{}"}}}}"#,
+        target.channel(channel)
+    );
+    conn.send(&ws_frame(0x1, subscribe.as_bytes())).await?;
+    let reply = ws_until(&mut conn, stats, &mut scan, br#""id":2,"#).await?;
+    if memfind(&reply, br#""error""#) {
+        return Err(io::Error::other(format!(
+            "subscribe refused: {}",
+            String::from_utf8_lossy(&reply)
+        )));
+    }
+    ready.mark();
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        stats.record(&mut scan, &payload);
+    }
+}
+
+async fn socketio_ws(
+    target: &Target,
+    index: usize,
+    channel: usize,
+    stats: &Stats,
+    ready: &mut Ready<'_>,
+) -> io::Result<()> {
+    let mut conn = target.connect(index).await?;
+    conn.send(
+        ws_upgrade(
+            "/socket.io/?EIO=4&transport=websocket",
+            &target.host_for(index),
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let head = conn.read_head().await?;
+    status(&[101], head.status, "upgrade")?;
+    let mut scan = Scan::default();
+    // engine.io packet types lead each text frame: 0 open, 2 ping, 3 pong, 4 message; a
+    // socket.io packet inside a message leads with its own type: 0 connect, 2 event, 3 ack.
+    let (opcode, open) = conn.read_frame().await?;
+    if opcode != 0x1 || !open.starts_with(b"0{") {
+        return Err(io::Error::other(format!(
+            "no engine.io open packet: {}",
+            String::from_utf8_lossy(&open)
+        )));
+    }
+    conn.send(&ws_frame(0x1, b"40")).await?;
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        if payload.starts_with(b"40") {
+            break;
+        }
+        if payload.starts_with(b"44") {
+            return Err(io::Error::other(format!(
+                "namespace connect refused: {}",
+                String::from_utf8_lossy(&payload)
+            )));
+        }
+    }
+    // An event with ack id 0: the server's ack comes back as `430[…]`.
+    let subscribe = format!(r#"420["subscribe","{}"]"#, target.channel(channel));
+    conn.send(&ws_frame(0x1, subscribe.as_bytes())).await?;
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        stats.record(&mut scan, &payload);
+        if payload == b"2" {
+            conn.send(&ws_frame(0x1, b"3")).await?;
+        } else if payload.starts_with(b"430") {
+            break;
+        }
+    }
+    ready.mark();
+    loop {
+        let (opcode, payload) = conn.read_frame().await?;
+        ws_control(&mut conn, opcode, &payload).await?;
+        // The server pings every pingInterval (25 s by default) and drops a client that does
+        // not answer within pingTimeout.
+        if payload == b"2" {
+            conn.send(&ws_frame(0x1, b"3")).await?;
+            continue;
+        }
+        stats.record(&mut scan, &payload);
     }
 }
 
