@@ -27,6 +27,8 @@ pub(crate) enum Frames {
     Sse,
     /// The message's JSON object and a line end.
     Ndjson,
+    /// The message's JSON object as a WebSocket text frame (the native WebSocket's).
+    WsText,
 }
 
 /// What a streaming response offers the server that writes it (in its extensions).
@@ -61,6 +63,22 @@ impl Socket {
             (Frames::Sse, false) => (m.sse_frame(), b""),
             (Frames::Ndjson, true) => (m.json_object(), b"\n\r\n"),
             (Frames::Ndjson, false) => (m.json_object(), b"\n"),
+            (Frames::WsText, _) => (m.json_object(), b""),
+        }
+    }
+
+    /// What goes before a message's frame, at the end of `out`: a chunk's size line, a
+    /// WebSocket frame's header. Returns its length.
+    fn prefix(&self, frame: &[u8], out: &mut [u8; 18]) -> usize {
+        match self.frames {
+            Frames::WsText => {
+                let head = crate::transport::ws_text_head(frame.len());
+                let head = head.as_slice();
+                out[18 - head.len()..].copy_from_slice(head);
+                head.len()
+            }
+            _ if self.chunked => crate::server::chunk_size_line(frame.len() + self.line_end(), out),
+            _ => 0,
         }
     }
 
@@ -69,11 +87,9 @@ impl Socket {
     pub(crate) fn encode(&self, m: &Message) -> BytesMut {
         let (frame, tail) = self.frame(m);
         let mut out = BytesMut::with_capacity(frame.len() + 24);
-        if self.chunked {
-            let mut size = [0u8; 18];
-            let n = crate::server::chunk_size_line(frame.len() + self.line_end(), &mut size);
-            out.put_slice(&size[size.len() - n..]);
-        }
+        let mut prefix = [0u8; 18];
+        let n = self.prefix(frame, &mut prefix);
+        out.put_slice(&prefix[18 - n..]);
         out.put_slice(frame);
         out.put_slice(tail);
         out
@@ -82,7 +98,7 @@ impl Socket {
     /// The line end that is part of the chunk's data (NDJSON's), not of its framing.
     fn line_end(&self) -> usize {
         match self.frames {
-            Frames::Sse => 0,
+            Frames::Sse | Frames::WsText => 0,
             Frames::Ndjson => 1,
         }
     }
@@ -91,22 +107,19 @@ impl Socket {
 impl Sink for Socket {
     fn offer(&self, messages: &[Arc<Message>]) -> Offered {
         let messages = &messages[..messages.len().min(COALESCE)];
-        let mut sizes = [[0u8; 18]; COALESCE];
+        let mut prefixes = [[0u8; 18]; COALESCE];
         let mut lens = [0usize; COALESCE];
         for (i, m) in messages.iter().enumerate() {
-            if self.chunked {
-                let (frame, _) = self.frame(m);
-                lens[i] =
-                    crate::server::chunk_size_line(frame.len() + self.line_end(), &mut sizes[i]);
-            }
+            let (frame, _) = self.frame(m);
+            lens[i] = self.prefix(frame, &mut prefixes[i]);
         }
         let mut slices = [IoSlice::new(&[]); 3 * COALESCE];
         let mut total = 0;
         for (i, m) in messages.iter().enumerate() {
             let (frame, tail) = self.frame(m);
-            let size = &sizes[i][18 - lens[i]..];
-            total += size.len() + frame.len() + tail.len();
-            slices[3 * i] = IoSlice::new(size);
+            let prefix = &prefixes[i][18 - lens[i]..];
+            total += prefix.len() + frame.len() + tail.len();
+            slices[3 * i] = IoSlice::new(prefix);
             slices[3 * i + 1] = IoSlice::new(frame);
             slices[3 * i + 2] = IoSlice::new(tail);
         }
@@ -122,14 +135,8 @@ impl Sink for Socket {
 
     fn frame_len(&self, m: &Message) -> usize {
         let (frame, tail) = self.frame(m);
-        let data = frame.len() + self.line_end();
-        let size = if self.chunked {
-            // Hex digits of the chunk's length, and CRLF.
-            (usize::BITS - data.leading_zeros()).div_ceil(4).max(1) as usize + 2
-        } else {
-            0
-        };
-        size + frame.len() + tail.len()
+        let mut prefix = [0u8; 18];
+        self.prefix(frame, &mut prefix) + frame.len() + tail.len()
     }
 }
 
@@ -190,7 +197,7 @@ mod tests {
     async fn a_frame_is_as_long_as_its_encoding() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        for frames in [Frames::Sse, Frames::Ndjson] {
+        for frames in [Frames::Sse, Frames::Ndjson, Frames::WsText] {
             for chunked in [true, false] {
                 let socket = Socket::new(TcpStream::connect(addr).await.unwrap(), frames, chunked);
                 for len in [0, 1, 9, 10, 11, 250, 4093, 4094, 70_000] {

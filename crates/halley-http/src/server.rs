@@ -1485,9 +1485,31 @@ async fn rupy_pushes(
 }
 
 /// A stream that yields `prefix` before reading from `inner`.
-struct Rewind {
+pub(crate) struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+}
+
+impl Rewind {
+    /// The same socket with `before` to be read ahead of what is left of the prefix (what
+    /// hyper read and did not use).
+    pub(crate) fn after(mut self, before: Bytes) -> Rewind {
+        if !before.is_empty() {
+            let mut prefix = BytesMut::from(&before[..]);
+            prefix.put_slice(&self.prefix);
+            self.prefix = prefix.freeze();
+        }
+        self
+    }
+
+    /// The socket, once nothing read ahead is left to give back.
+    pub(crate) fn into_stream(self) -> Result<TcpStream, Rewind> {
+        if self.prefix.is_empty() {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
 }
 
 impl AsyncRead for Rewind {

@@ -163,3 +163,76 @@ async fn http_1_0_sse_gets_bare_frames_from_deliveries() {
     }
     assert!(s.metric(WRITTEN_DIRECT).await > before);
 }
+
+/// A native WebSocket lends its socket too: the frames deliveries write themselves are whole
+/// text frames to a client nobody here wrote (tungstenite), in order, also when the socket
+/// fills and the rest of a frame is the socket's own task's to write, with heartbeat pings in
+/// between.
+#[tokio::test]
+async fn websocket_frames_written_by_deliveries_are_whole_and_in_order() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let s = TestServer::with(|http, _| http.heartbeat_interval = Duration::from_millis(20)).await;
+    // Idle: each message written by the delivery.
+    let mut idle = s.ws("/sub/d/ws").await;
+    s.wait_subscribers("/d/ws", 1).await;
+    let before = s.metric(WRITTEN_DIRECT).await;
+    for i in 0..10 {
+        let data = format!(r#"{{"n":{i}}}"#);
+        let id = s.publish_json("/d/ws", &data).await;
+        loop {
+            match common::ws_next(&mut idle).await {
+                Frame::Text(text) => {
+                    let object: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(object["id"], id.as_str(), "{text}");
+                    assert_eq!(object["data"]["n"], i, "{text}");
+                    break;
+                }
+                Frame::Ping(_) | Frame::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(s.metric(WRITTEN_DIRECT).await > before);
+
+    // Full: a small receive window nobody reads while ~8 MiB is published.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within("connect", socket.connect(s.addr)).await.unwrap();
+    let request = format!("ws://{}/sub/d/wsfull", s.addr)
+        .into_client_request()
+        .unwrap();
+    let (mut full, _) = within(
+        "handshake",
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .unwrap();
+    s.wait_subscribers("/d/wsfull", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..400 {
+        let filler = format!("{i:03}").repeat(6_000);
+        let data = format!(r#"{{"n":{i},"filler":"{filler}"}}"#);
+        sent.push(s.publish_json("/d/wsfull", &data).await);
+    }
+    for (i, id) in sent.iter().enumerate() {
+        loop {
+            let frame = within("the next frame", full.next())
+                .await
+                .unwrap()
+                .unwrap();
+            match frame {
+                Frame::Text(text) => {
+                    let object: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(object["id"], id.as_str());
+                    assert_eq!(object["data"]["n"], i);
+                    break;
+                }
+                Frame::Ping(_) | Frame::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

@@ -40,7 +40,9 @@ use crate::state::App;
 pub use stream::{PullForm, Wire, chunks, fresh, head_only, held_headers, stream_response};
 #[cfg(feature = "autobahn")]
 pub use ws::{AUTOBAHN_ECHO, echo};
-pub use ws::{BAYEUX_PROTOCOLS, Ending, Ws, accept_websocket, refuse, spawn_upgraded};
+pub use ws::{
+    BAYEUX_PROTOCOLS, Ending, Ws, accept_websocket, refuse, spawn_upgraded, ws_text_head,
+};
 
 /// Most channels (or patterns) one `/sub` connection may ask for. A browser's connection carries
 /// its rooms, its inbox and a few more; 16 keeps a resume (one history read per pattern) cheap.

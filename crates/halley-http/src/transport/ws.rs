@@ -133,6 +133,10 @@ pub async fn upgrade<B: RequestBody>(
         frames,
     });
     spawn_upgraded(app, &mut request, move |app, mut ws| async move {
+        // Binary frames for binary bodies are this socket's own choice: deliveries write text.
+        if !socket.frames.binary {
+            ws.lend(&socket.sub);
+        }
         let ending = run(&app, &mut ws, &mut socket).await;
         (app, ws, ending)
     });
@@ -233,8 +237,82 @@ pub struct Ws {
 
 /// The upgraded connection, with what its reads have shown of the client's frames.
 pub struct Io {
-    inner: Upgraded,
+    inner: Conn,
     bounds: Bounds,
+}
+
+/// The connection under a WebSocket: hyper's upgraded one, or — when hyper gave back the
+/// socket itself with nothing read ahead — the socket, shareable with the hub's deliveries
+/// (`crate::direct`): a native WebSocket lends it ([`Ws::lend`]), and every write here takes
+/// it back first, writing the rest of a frame a delivery began.
+enum Conn {
+    Upgraded(Upgraded),
+    Shared(Box<Shared>),
+    /// The socket, with what hyper had read ahead still to be read (a client that sent frames
+    /// before it had the answer to its handshake); never lent.
+    Rewound(crate::server::Rewind),
+}
+
+struct Shared {
+    socket: Arc<crate::direct::Socket>,
+    /// Set once the socket is lent to the hub.
+    slot: Option<halley_engine::direct::SinkSlot>,
+    /// What is left to write of a frame a delivery began.
+    rest: bytes::BytesMut,
+}
+
+impl Shared {
+    /// Takes the socket back from the hub and writes what a delivery left of its frame:
+    /// ready once nothing of that is left.
+    fn poll_settle(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        if let Some(slot) = &self.slot
+            && let Some((message, written)) = ready!(slot.poll_take(cx))
+        {
+            let mut rest = self.socket.encode(&message);
+            let _ = rest.split_to((written as usize).min(rest.len()));
+            self.rest = rest;
+        }
+        let stream = &self.socket.stream;
+        while !self.rest.is_empty() {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(&self.rest) {
+                Ok(n) => {
+                    let _ = self.rest.split_to(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // Its memory goes with it.
+        self.rest = bytes::BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn {
+    /// The connection hyper handed over: the socket itself when it can be had whole.
+    fn of(upgraded: hyper::upgrade::Upgraded) -> Conn {
+        match upgraded.downcast::<TokioIo<crate::server::Rewind>>() {
+            Ok(parts) if parts.read_buf.is_empty() => match parts.io.into_inner().into_stream() {
+                Ok(stream) => Conn::Shared(Box::new(Shared {
+                    socket: Arc::new(crate::direct::Socket::new(
+                        stream,
+                        crate::direct::Frames::WsText,
+                        false,
+                    )),
+                    slot: None,
+                    rest: bytes::BytesMut::new(),
+                })),
+                Err(rewind) => Conn::Rewound(rewind),
+            },
+            Ok(parts) => Conn::Rewound(parts.io.into_inner().after(parts.read_buf)),
+            Err(upgraded) => Conn::Upgraded(TokioIo::new(upgraded)),
+        }
+    }
 }
 
 /// Where the bytes read from a client stand among its frames: in a frame's header, in its
@@ -325,11 +403,34 @@ impl AsyncRead for Io {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = match &mut this.inner {
+            Conn::Upgraded(inner) => std::pin::Pin::new(inner).poll_read(cx, buf),
+            Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_read(cx, buf),
+            Conn::Shared(shared) => poll_read_shared(&shared.socket.stream, cx, buf),
+        };
         if let std::task::Poll::Ready(Ok(())) = &polled {
             this.bounds.feed(&buf.filled()[before..]);
         }
         polled
+    }
+}
+
+/// A read through a shared reference, as tokio's own halves do.
+fn poll_read_shared(
+    stream: &tokio::net::TcpStream,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+) -> std::task::Poll<std::io::Result<()>> {
+    loop {
+        std::task::ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return std::task::Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -339,21 +440,45 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        match &mut self.inner {
+            Conn::Upgraded(inner) => std::pin::Pin::new(inner).poll_write(cx, buf),
+            Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_write(cx, buf),
+            Conn::Shared(shared) => {
+                std::task::ready!(shared.poll_settle(cx))?;
+                std::pin::Pin::new(&mut crate::direct::Shared(&shared.socket.stream))
+                    .poll_write(cx, buf)
+            }
+        }
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        match &mut self.inner {
+            Conn::Upgraded(inner) => std::pin::Pin::new(inner).poll_flush(cx),
+            Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_flush(cx),
+            Conn::Shared(shared) => shared.poll_settle(cx),
+        }
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        match &mut self.inner {
+            Conn::Upgraded(inner) => std::pin::Pin::new(inner).poll_shutdown(cx),
+            Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_shutdown(cx),
+            Conn::Shared(shared) => {
+                std::task::ready!(shared.poll_settle(cx))?;
+                // The socket is this connection's alone once its subscription has gone (it
+                // lets go of it); while a delivery still holds it, there is no half-close.
+                match Arc::get_mut(&mut shared.socket) {
+                    Some(socket) => std::pin::Pin::new(&mut socket.stream).poll_shutdown(cx),
+                    None => std::task::Poll::Ready(Ok(())),
+                }
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -361,11 +486,23 @@ impl tokio::io::AsyncWrite for Io {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match &mut self.inner {
+            Conn::Upgraded(inner) => std::pin::Pin::new(inner).poll_write_vectored(cx, bufs),
+            Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_write_vectored(cx, bufs),
+            Conn::Shared(shared) => {
+                std::task::ready!(shared.poll_settle(cx))?;
+                std::pin::Pin::new(&mut crate::direct::Shared(&shared.socket.stream))
+                    .poll_write_vectored(cx, bufs)
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            Conn::Upgraded(inner) => inner.is_write_vectored(),
+            Conn::Rewound(inner) => inner.is_write_vectored(),
+            Conn::Shared(_) => true,
+        }
     }
 }
 
@@ -442,6 +579,51 @@ impl Ws {
         }
     }
 
+    /// Lends the socket to the hub, so that deliveries to `sub` write their text frames
+    /// themselves while this socket waits (`crate::direct`); a no-op on a connection hyper
+    /// could not give back whole.
+    pub fn lend(&mut self, sub: &Subscription) {
+        if let Some(Io {
+            inner: Conn::Shared(shared),
+            ..
+        }) = self.idle.as_mut()
+        {
+            let slot = sub.sink_slot();
+            slot.attach(shared.socket.clone());
+            shared.slot = Some(slot);
+        }
+    }
+
+    /// Whether a delivery may write to the socket while this one waits: it is lent, and
+    /// nothing of ours is half written (tungstenite's state is dropped only once what it
+    /// queued went out).
+    fn lent_and_idle(&self) -> bool {
+        matches!(
+            self.idle.as_ref(),
+            Some(Io { inner: Conn::Shared(shared), .. }) if shared.slot.is_some() && shared.rest.is_empty()
+        )
+    }
+
+    /// Takes the socket back from the hub before the loop takes anything from the
+    /// subscription: the rest of a frame a delivery began is written first (its message
+    /// leaves the queue with it). Polled, not an `async fn`: it is part of every socket's task.
+    fn poll_settle(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let io = match (self.idle.as_mut(), self.live.as_deref_mut()) {
+            (Some(io), _) => io,
+            (None, Some(live)) => live.get_mut(),
+            (None, None) => {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+            }
+        };
+        let Conn::Shared(shared) = &mut io.inner else {
+            return std::task::Poll::Ready(Ok(()));
+        };
+        shared.poll_settle(cx)
+    }
+
     /// The connection, with tungstenite's state dropped once what it queued is written.
     async fn into_io(mut self, app: &App) -> Option<Io> {
         if let Some(live) = self.live.as_deref_mut() {
@@ -477,9 +659,14 @@ fn encode(frame: Frame) -> (Head, Bytes) {
             return (Head::default(), Bytes::from(bytes));
         }
     };
+    (head_of(opcode, payload.len()), payload)
+}
+
+/// A whole, unmasked server frame's header: FIN, `opcode`, the payload's length.
+fn head_of(opcode: u8, len: usize) -> Head {
     let mut head = Head::default();
     head.push(0x80 | opcode);
-    match payload.len() {
+    match len {
         n if n < 126 => head.push(n as u8),
         n if n <= usize::from(u16::MAX) => {
             head.push(126);
@@ -496,7 +683,22 @@ fn encode(frame: Frame) -> (Head, Bytes) {
                 .for_each(|b| head.push(b));
         }
     }
-    (head, payload)
+    head
+}
+
+/// The header of a text frame of `len` bytes (what a delivery that writes itself sends
+/// before a message's JSON object, `crate::direct`).
+pub fn ws_text_head(len: usize) -> WsHead {
+    WsHead(head_of(0x1, len))
+}
+
+/// A text frame's header, as [`ws_text_head`] gives it.
+pub struct WsHead(Head);
+
+impl WsHead {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0.bytes[..usize::from(self.0.len)]
+    }
 }
 
 /// A frame header, written from where it lies (no allocation per frame).
@@ -569,7 +771,7 @@ where
         // Idle from the start: tungstenite's state is made with the client's first bytes.
         let ws = Ws {
             idle: Some(Io {
-                inner: TokioIo::new(upgraded),
+                inner: Conn::of(upgraded),
                 bounds: Bounds::default(),
             }),
             live: None,
@@ -788,6 +990,12 @@ fn run<'a>(
         // server's ticker calls `Engine::wake_subscribers`), checked in that order; the only other
         // thing waited on is the client's next frame.
         loop {
+            // The socket back from the hub (`crate::direct`) before anything is taken from the
+            // subscription or written; what a delivery left of its frame is written first,
+            // bounded like every write.
+            if !send(app, std::future::poll_fn(|cx| ws.poll_settle(cx))).await {
+                return Ending::Gone;
+            }
             if app.shutdown.is_cancelled() {
                 return said(Box::pin(say_away(app, ws)).await);
             }
@@ -843,6 +1051,11 @@ fn run<'a>(
                 }
                 // The ticker is gone: the server is stopping.
                 Err(_) => return Ending::Gone,
+            }
+            // Everything is written and the socket waits: a delivery may write the next
+            // message itself, if the socket is lent.
+            if ws.lent_and_idle() {
+                socket.sub.arm();
             }
             let frame = tokio::select! {
                 biased;
