@@ -111,13 +111,16 @@ impl SinkSlot {
 
 /// The writes a delivery owes to idle subscribers' sockets ([`Hub::deliver_deferred`]).
 ///
-/// Done when this is dropped — not at once, but by a task of their own that first lets
-/// whatever else is ready on its worker run (`yield_now`). When the server is idle that costs
-/// a few microseconds; when it is busy (publishes queued behind this one), further messages for
-/// the same subscribers queue meanwhile and go out in the same write: one `writev` carries up
-/// to [`COALESCE`] messages to a socket, as a transport's own write would, so that a saturated
-/// server makes fewer writes than deliveries rather than one each. A large broadcast is split
-/// over the runtime's worker threads.
+/// Done when this is dropped: at once when they are few and the runtime has nothing waiting
+/// beyond its workers' own queues (its global queue is empty); otherwise by a task of their
+/// own that first lets whatever else is ready on its worker run (`yield_now`). When the server
+/// is busy (work queued behind this delivery), further messages for the same subscribers queue
+/// meanwhile and go out in the same write: one `writev` carries up to [`COALESCE`] messages to
+/// a socket, as a transport's own write would, so that a saturated server makes fewer writes
+/// than deliveries rather than one each. Measured (`halley-bench throughput`, 100 channels ×
+/// 10 SSE): always deferring doubled the median latency at 4 publishes in flight (0.40 against
+/// 0.17-0.19 ms); always writing at once cost 1.8× the CPU per delivery at 1,024 in flight. A
+/// large broadcast is always deferred, and split over the runtime's worker threads.
 pub struct Writes {
     stats: Arc<crate::Stats>,
     message: Arc<Message>,
@@ -207,6 +210,10 @@ impl Drop for Writes {
             // Outside a runtime (a test, an embedder's thread): written here and now.
             return self.write();
         };
+        if self.to.len() < 2 * SPREAD_MIN && runtime.metrics().global_queue_depth() == 0 {
+            // Nothing is waiting beyond the workers' own queues: written here and now.
+            return self.write();
+        }
         let mut writes = Writes::new(
             self.stats.clone(),
             self.message.clone(),
