@@ -137,10 +137,13 @@ class Worker:
         self.t_first = None
         self.t_last = None
         self.cpu_start = None
+        self.switches_start = None
+        self.reads = 0
         self.done_sent = False
         self.stop = asyncio.Event()
 
     def record(self, data, now, end=None):
+        self.reads += 1
         for m in TS.finditer(data, 0, len(data) if end is None else end):
             self.latencies.append(now - int(m.group(1)))
             self.delivered += 1
@@ -204,6 +207,26 @@ class Worker:
             self.error(e)
         self.ended += 1
 
+    async def raw(self, source, i, gate):
+        """`--client raw`, a diagnostic: SSE read by a bare asyncio.Protocol, no HTTP library."""
+        loop = asyncio.get_running_loop()
+        async with gate:
+            try:
+                head = loop.create_future()
+                target = url(self.args, "sse").split("/", 3)[3]
+                request = (f"GET /{target} HTTP/1.1\r\nHost: {self.args.host}:{self.args.port}\r\n"
+                           "Accept: text/event-stream\r\n\r\n").encode()
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: RawSse(self, request, head), self.args.host, self.args.port,
+                    local_addr=(source, 0)), self.args.connect_timeout)
+                status = await asyncio.wait_for(head, self.args.connect_timeout)
+                if not status.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(status[:40].decode(errors="replace"))
+            except Exception as e:
+                self.fail(e)
+                return
+            self.ready()
+
     def fail(self, e):
         self.failed += 1
         self.error(e)
@@ -223,6 +246,8 @@ class Worker:
         if msg[0] == "start":
             self.expected = msg[1]
             self.cpu_start = time.process_time()
+            self.switches_start = switches()
+            self.reads = 0
             self.latencies = array.array("q")
             self.delivered = 0
         elif msg[0] == "stop":
@@ -242,18 +267,67 @@ class Worker:
             session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
             sessions.append(session)
             client = self.ws if self.args.proto == "ws" else self.sse
+            if self.args.client == "raw":
+                client, session = self.raw, source
             for i in range(start, min(self.count, start + PER_SOURCE)):
                 tasks.append(asyncio.ensure_future(client(session, i, gate)))
         if self.count == 0:
             self.check_ready()
         await self.stop.wait()
         cpu = time.process_time() - self.cpu_start if self.cpu_start is not None else None
+        sw = [b - a for a, b in zip(self.switches_start, switches())] if self.switches_start else None
         self.pipe.send(("result", {
             "delivered": self.delivered, "latencies": self.latencies.tobytes(), "cpu_secs": cpu,
-            "ended": self.ended, "first_error": self.first_error,
+            "ended": self.ended, "first_error": self.first_error, "reads": self.reads, "switches": sw,
         }))
         # Ten thousand orderly closes would only add time; the process's exit closes them all.
         os._exit(0)
+
+
+class RawSse(asyncio.Protocol):
+    """The least a Python asyncio reader can do per delivery: the loop calls `data_received`
+    for each read, with no HTTP library and no task to wake. The response head is read to its
+    end; after it, the chunk-size lines of a chunked body hold no "ts" and are skipped by the
+    same scan as the events. Its figures beside aiohttp's show what the library adds."""
+
+    def __init__(self, worker, request, head):
+        self.worker, self.request, self.head, self.buf = worker, request, head, b""
+
+    def connection_made(self, transport):
+        transport.write(self.request)
+
+    def data_received(self, data):
+        now = time.time_ns()
+        buf = self.buf + data if self.buf else data
+        if not self.head.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self.head.set_result(buf[:end])
+            buf = buf[end + 4:]
+        cut = buf.rfind(b"\n") + 1
+        self.buf = buf[cut:]
+        if cut:
+            self.worker.record(buf, now, cut)
+
+    def connection_lost(self, exc):
+        if not self.head.done():
+            self.head.set_exception(exc or ConnectionError("closed before the response head"))
+        else:
+            self.worker.ended += 1
+
+
+def switches():
+    """This process's (voluntary, involuntary) context switches: how often its loop slept
+    waiting for sockets, and how often the scheduler took the CPU from it."""
+    got = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if "ctxt_switches" in line:
+                name, value = line.split(":")
+                got[name] = int(value)
+    return [got.get("voluntary_ctxt_switches", 0), got.get("nonvoluntary_ctxt_switches", 0)]
 
 
 def worker_main(w, count, args, pipe):
@@ -359,7 +433,7 @@ def fanout(args):
     workers = start_workers(args)
     result = {"scenario": "fanout", "server": args.server, "proto": args.proto, "subscribers": args.n,
               "messages": args.messages, "interval_secs": args.interval, "procs": args.procs,
-              "loop": args.loop, "generator": "gen2"}
+              "loop": args.loop, "client": args.client, "generator": "gen2"}
     try:
         result.update(connect(args, workers))
         time.sleep(args.settle)
@@ -401,6 +475,11 @@ def fanout(args):
         "server_cpu_secs": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
         "server_cpu_us_per_delivery": round((cpu1 - cpu0) / delivered * 1e6, 2) if cpu0 is not None and delivered else None,
         "client_cpu_us_per_delivery": round(client_cpu / delivered * 1e6, 2) if delivered else None,
+        # How the reader met the broadcast: deliveries per read (more than 1 when a socket's
+        # buffer held several events), and the workers' sleeps and preemptions per broadcast.
+        "deliveries_per_read": round(delivered / max(1, sum(r["reads"] for r in results)), 3),
+        "client_sleeps_per_broadcast": round(sum(r["switches"][0] for r in results if r["switches"]) / args.messages, 1),
+        "client_preemptions_per_broadcast": round(sum(r["switches"][1] for r in results if r["switches"]) / args.messages, 1),
     })
     return result
 
@@ -442,6 +521,8 @@ def main():
     ap.add_argument("-n", type=int, default=5000, help="subscribers")
     ap.add_argument("--procs", type=int, default=0, help="worker processes (default: 2, or one per 9,000)")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--client", choices=["aiohttp", "raw"], default="aiohttp",
+                    help="raw: a diagnostic SSE reader on a bare asyncio.Protocol (no HTTP library)")
     ap.add_argument("--messages", type=int, default=10)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between publishes")
     ap.add_argument("--size", type=int, default=64, help="payload bytes (at least 35)")
@@ -451,6 +532,8 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=30.0)
     ap.add_argument("--run-timeout", type=float, default=600.0)
     args = ap.parse_args()
+    if args.client == "raw" and args.proto != "sse":
+        raise SystemExit("--client raw reads SSE only")
     if args.proto not in SERVERS[args.server]["sub"]:
         raise SystemExit(f"{args.server} has no {args.proto} subscriber here")
     args.procs = args.procs or max(2, -(-args.n // 9000))
