@@ -8,8 +8,8 @@ Why a second generator: every headline figure in bench/ was measured with halley
 this project wrote, and a one-off Python reader once ranked Halley and Nchan the other way
 round (issue 14). A claim must hold whoever's client measures it, so this one shares no code
 with halley-bench: the HTTP, SSE-over-chunked and WebSocket clients are aiohttp's (pinned in
-requirements.txt), the event loop is the standard library's (or uvloop's, `--loop uvloop`),
-and only the rules are the same: the same 64-byte JSON payload `{"ts":<ns>,"pad":"xxx…"}`
+requirements.txt), the event loop uvloop's (`--loop asyncio`: the standard library's, which
+costs the reader about twice the CPU per delivery), and only the rules are the same: the same 64-byte JSON payload `{"ts":<ns>,"pad":"xxx…"}`
 with its send time (CLOCK_REALTIME nanoseconds, which every process on the machine shares),
 one delivery per `"ts":` read, the same URLs (SERVERS below).
 
@@ -20,6 +20,8 @@ thousand connections per address, so no address runs out of ephemeral ports. A d
 latency is taken when the worker's loop hands the bytes to the reading task (the receive
 time a real client sees), and every worker reports the CPU it spent while the broadcasts
 were read, so a reader that could not keep up shows in `client_cpu_us_per_delivery`.
+`--client raw` swaps aiohttp for a bare asyncio.Protocol (SSE only): not an independent
+client any more, but a diagnostic of what the HTTP library costs the reader.
 
 Scenarios:
 - `fanout`: N subscribers on one channel, `--messages` publishes `--interval` seconds apart
