@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::wire::Transport;
 use common::{Open, TestServer, within};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 const WRITTEN_DIRECT: &str = "halley_messages_written_direct_total";
 
@@ -52,28 +51,14 @@ async fn small_window_sse(s: &TestServer, channel: &str) -> Open {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = within("connect", socket.connect(s.addr)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let request = s
         .request("GET", &format!("/sub{channel}"))
         .header("accept", "text/event-stream")
         .body(Full::<Bytes>::default())
         .unwrap();
-    let response = within("the response head", sender.send_request(request))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let (head, body) = response.into_parts();
-    Open {
-        status: head.status,
-        headers: head.headers,
-        body,
-        buf: Vec::new(),
-        seen: 0,
-        wait: s.wait,
-    }
+    let open = s.open_on(stream, request).await;
+    assert_eq!(open.status, 200);
+    open
 }
 
 #[tokio::test]

@@ -128,6 +128,12 @@ impl Client {
         let stream = within_for(self.wait, &what, TcpStream::connect(self.addr))
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
+        self.open_on(stream, request).await
+    }
+
+    /// [`Client::open`] on a connection the test made (e.g. with a small receive buffer).
+    pub async fn open_on(&self, stream: TcpStream, request: Request<Full<Bytes>>) -> Open {
+        let what = format!("{} {} on {}", request.method(), request.uri(), self.addr);
         // Without this, a request written in two segments (head, then a large body) waits for
         // a delayed ACK (Nagle), ~40 ms per request.
         stream.set_nodelay(true).unwrap();
