@@ -82,6 +82,15 @@ impl SinkSlot {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner()).sink = Some(sink);
     }
 
+    /// Takes the socket back from the hub for good (a connection that is closing): no
+    /// delivery takes it from then on. Call it once [`SinkSlot::poll_take`] is ready.
+    pub fn detach(&self) {
+        let mut queue = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !queue.writer.delivering() {
+            queue.sink = None;
+        }
+    }
+
     /// Takes the socket back before the transport writes: ready once no delivery writes to
     /// it, with the message a delivery began and could not finish (and how many bytes of it
     /// are written) — the transport writes the rest of it first. Registers for the

@@ -471,8 +471,11 @@ impl tokio::io::AsyncWrite for Io {
             Conn::Rewound(inner) => std::pin::Pin::new(inner).poll_shutdown(cx),
             Conn::Shared(shared) => {
                 std::task::ready!(shared.poll_settle(cx))?;
-                // The socket is this connection's alone once its subscription has gone (it
-                // lets go of it); while a delivery still holds it, there is no half-close.
+                // Closing: the hub lets go of the socket, so that it is this connection's alone
+                // (a delivery that still holds it for a moment means no half-close).
+                if let Some(slot) = shared.slot.take() {
+                    slot.detach();
+                }
                 match Arc::get_mut(&mut shared.socket) {
                     Some(socket) => std::pin::Pin::new(&mut socket.stream).poll_shutdown(cx),
                     None => std::task::Poll::Ready(Ok(())),
