@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::presence::{self, Joined, Notice};
 use crate::replay::{self, Replaying};
-use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Stats, Subscription};
+use crate::{Broker, BrokerError, EngineConfig, Hub, MemoryBroker, Replay, Stats, Subscription};
 
 /// Why a publish or subscribe was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,6 +49,39 @@ pub struct Published {
     /// Subscribers on this node that the message was queued for.
     pub subscribers: usize,
 }
+
+/// Where a new subscription starts: from now, after a resume id, and with how many of each
+/// channel's newest messages first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Start {
+    /// The last id the client saw: it is owed everything after it still in history.
+    pub resume: Option<MessageId>,
+    /// Each exact channel's newest messages to deliver first (at most [`MAX_RECENT`]), as of
+    /// the moment the subscription opens, atomically with the live flow: nothing between the
+    /// two is missed or delivered twice. Wildcard patterns get none. Only the channels in
+    /// `added` get them when it is not empty; with `resume`, only those (and only messages at
+    /// or before the resume id): a client that adds a channel to a connection it resumes
+    /// never had that channel's, and had the others'.
+    pub recent: u16,
+    /// The channels `recent` is for (the client's new ones); empty: all, unless resuming.
+    pub added: Vec<Channel>,
+}
+
+impl Start {
+    /// From now, or after `resume`.
+    pub fn resume(resume: Option<MessageId>) -> Start {
+        Start {
+            resume,
+            ..Start::default()
+        }
+    }
+}
+
+/// Most of a channel's newest messages a subscription may ask for first ([`Start::recent`]):
+/// a chat room's screenful. The messages are read when the subscription opens and held with it
+/// until delivered (16 channels × 100 at most per connection), so this bounds what one client
+/// can make the server read and hold at once.
+pub const MAX_RECENT: u16 = 100;
 
 /// A row of the channel listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -653,6 +686,20 @@ impl Engine {
         patterns: Vec<Pattern>,
         resume: Option<MessageId>,
     ) -> Result<Subscription, EngineError> {
+        self.subscribe_from(patterns, Start::resume(resume)).await
+    }
+
+    /// [`Engine::subscribe_many`] from `start`: a resume id, each channel's newest messages
+    /// first, or both.
+    ///
+    /// # Panics
+    /// If `patterns` is empty.
+    pub async fn subscribe_from(
+        &self,
+        patterns: Vec<Pattern>,
+        start: Start,
+    ) -> Result<Subscription, EngineError> {
+        let recent = usize::from(start.recent.min(MAX_RECENT));
         assert!(!patterns.is_empty(), "subscribe to at least one pattern");
         for pattern in &patterns {
             if let Some(c) = pattern.exact().filter(|c| c.is_meta() || c.is_service()) {
@@ -672,12 +719,23 @@ impl Engine {
         for pattern in &patterns {
             sub.add(pattern.clone());
         }
-        match resume {
+        match start.resume {
             Some(after) => {
                 let broker = &self.shared.broker;
                 let limit = broker.replay_batch();
-                let first = replay::batch(&**broker, &patterns, after, limit).await?;
+                let mut first = replay::batch(&**broker, &patterns, after, limit).await?;
                 let gap = first.gap;
+                // A resume owes what came after its id; the newest messages asked for besides
+                // are those of the channels the client adds to its connection at or before it,
+                // oldest first, ahead of the replay. After a gap the id is no position to
+                // compare with, and the replay already starts at the oldest history holds.
+                if recent > 0 && !gap && !start.added.is_empty() {
+                    let mut older = self.newest(&patterns, &start.added, recent, after).await?;
+                    if !older.is_empty() {
+                        older.append(&mut first.messages);
+                        first.messages = older;
+                    }
+                }
                 // After a gap the id handed in is no position to come back to (another epoch,
                 // or older than history): the client resumes from just before what is
                 // replayed, or from now when nothing is.
@@ -694,12 +752,55 @@ impl Engine {
                 let replaying = Replaying::new(first, broker, limit);
                 sub.set_resume(replaying, floor, gap, position);
             }
+            None if recent > 0 => {
+                // The position is read after registering and the newest messages after that:
+                // what is at or before the position comes from history, what is after it
+                // reaches the queue live (ids grow in the order messages reach the hub), and
+                // the floor drops the live copies of the former.
+                let broker = &self.shared.broker;
+                let cursor = broker.cursor().await?;
+                let newest = self.newest(&patterns, &start.added, recent, cursor).await?;
+                let first = Replay {
+                    messages: newest,
+                    gap: false,
+                    more: None,
+                };
+                let replaying = Replaying::new(first, broker, broker.replay_batch());
+                sub.set_resume(replaying, Some(cursor), false, Some(cursor));
+            }
             None => {
                 let cursor = self.shared.broker.cursor().await?;
                 sub.set_resume(None, None, false, Some(cursor));
             }
         }
         Ok(sub)
+    }
+
+    /// The newest `limit` messages of each exact channel among `patterns` (those in `only`,
+    /// unless it is empty) at or before `upto` (same epoch), merged oldest first, each once.
+    async fn newest(
+        &self,
+        patterns: &[Pattern],
+        only: &[Channel],
+        limit: usize,
+        upto: MessageId,
+    ) -> Result<Vec<Arc<Message>>, EngineError> {
+        let mut out: Vec<Arc<Message>> = Vec::new();
+        let chosen = patterns
+            .iter()
+            .filter_map(Pattern::exact)
+            .filter(|c| only.is_empty() || only.contains(c));
+        for channel in chosen {
+            let recent = self.shared.broker.recent(channel, limit).await?;
+            out.extend(
+                recent
+                    .into_iter()
+                    .filter(|m| m.id.epoch == upto.epoch && m.id <= upto),
+            );
+        }
+        out.sort_unstable_by_key(|m| m.id);
+        out.dedup_by_key(|m| m.id);
+        Ok(out)
     }
 
     /// The newest `limit` messages of `channel` still in history, oldest first: context for

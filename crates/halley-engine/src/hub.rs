@@ -686,7 +686,12 @@ impl Subscription {
         gap: bool,
         position: Option<MessageId>,
     ) {
-        self.floor = replay.as_ref().and_then(|r| r.last()).or(floor);
+        // The higher of the two: a replay may end below a floor given with it (the newest
+        // messages of a channel, older than the position the live flow starts after).
+        self.floor = match (replay.as_ref().and_then(|r| r.last()), floor) {
+            (Some(last), Some(floor)) if last.epoch == floor.epoch => Some(last.max(floor)),
+            (last, floor) => last.or(floor),
+        };
         self.replay = replay;
         self.gap = gap;
         self.position = position;
@@ -784,7 +789,10 @@ impl Subscription {
         if self.replay.is_some() {
             match self.next_replayed() {
                 Ok(Some(m)) => {
-                    self.floor = Some(m.id);
+                    // Never lowered: a floor above the replay (see `set_resume`) stays.
+                    if self.floor.is_none_or(|f| f.epoch != m.id.epoch || f < m.id) {
+                        self.floor = Some(m.id);
+                    }
                     return Some(Event::Message(m));
                 }
                 Ok(None) => {}

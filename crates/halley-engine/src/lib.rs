@@ -46,7 +46,7 @@ mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelEntry, Gather, Member, Replay};
 pub use config::{DEFAULT_REPLAY_BATCH, EngineConfig, HistoryLimits, HistoryRules};
-pub use engine::{ChannelInfo, Engine, EngineError, PresenceGuard, Published};
+pub use engine::{ChannelInfo, Engine, EngineError, MAX_RECENT, PresenceGuard, Published, Start};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;
 pub use stats::Stats;

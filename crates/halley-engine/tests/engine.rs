@@ -418,3 +418,124 @@ async fn wildcard_replay_over_many_channels_in_small_batches() {
     }
     assert_eq!(got, expected);
 }
+
+fn recent_start(n: u16, resume: Option<MessageId>) -> halley_engine::Start {
+    halley_engine::Start {
+        resume,
+        recent: n,
+        added: Vec::new(),
+    }
+}
+
+async fn sub_from(e: &Engine, patterns: &[&str], start: halley_engine::Start) -> Subscription {
+    let patterns = patterns
+        .iter()
+        .map(|p| Pattern::parse(p).unwrap())
+        .collect();
+    e.subscribe_from(patterns, start).await.unwrap()
+}
+
+#[tokio::test]
+async fn recent_gives_each_channels_newest_then_live() {
+    let e = engine(EngineConfig::default());
+    for i in 1..=5 {
+        publish(&e, "/a", &format!("a{i}")).await;
+        if i <= 3 {
+            publish(&e, "/b", &format!("b{i}")).await;
+        }
+    }
+    publish(&e, "/c", "not subscribed").await;
+    let mut s = sub_from(&e, &["/a", "/b"], recent_start(2, None)).await;
+    assert!(!s.gap());
+    publish(&e, "/b", "b4").await;
+    publish(&e, "/a", "a6").await;
+    // Newest two of each, merged in id order (b2 was published before a3), then live.
+    assert_eq!(drain(&mut s), ["b2", "b3", "a4", "a5", "b4", "a6"]);
+    // More than history holds is all of it; a wildcard pattern gets none.
+    let mut all = sub_from(&e, &["/b"], recent_start(100, None)).await;
+    assert_eq!(drain(&mut all), ["b1", "b2", "b3", "b4"]);
+    let mut wild = sub_from(&e, &["/*"], recent_start(100, None)).await;
+    publish(&e, "/a", "a7").await;
+    assert_eq!(drain(&mut wild), ["a7"]);
+}
+
+#[tokio::test]
+async fn recent_with_a_resume_adds_only_what_is_at_or_before_it() {
+    let e = engine(EngineConfig::default());
+    publish(&e, "/b", "b1").await;
+    publish(&e, "/a", "a1").await;
+    let seen = publish(&e, "/a", "a2").await;
+    publish(&e, "/b", "b2").await;
+    publish(&e, "/a", "a3").await;
+    // A client that had /a up to a2 adds /b: /b's newest at or before a2, then everything
+    // after a2 on both, each once and in id order; nothing of /a it had.
+    let added = halley_engine::Start {
+        added: vec![ch("/b")],
+        ..recent_start(5, Some(seen))
+    };
+    let mut s = sub_from(&e, &["/a", "/b"], added.clone()).await;
+    assert_eq!(drain(&mut s), ["b1", "b2", "a3"]);
+    // Without channels named as added, a resume is a resume: nothing older comes again.
+    let mut s = sub_from(&e, &["/a", "/b"], recent_start(5, Some(seen))).await;
+    assert_eq!(drain(&mut s), ["b2", "a3"]);
+    // Nothing after the resume id: the newest come alone, and live follows.
+    let last = publish(&e, "/a", "a4").await;
+    let start = halley_engine::Start {
+        resume: Some(last),
+        ..added
+    };
+    let mut s = sub_from(&e, &["/b"], halley_engine::Start { recent: 1, ..start }).await;
+    publish(&e, "/b", "b3").await;
+    assert_eq!(drain(&mut s), ["b2", "b3"]);
+}
+
+/// Publishes race the subscription's opening: whatever moment the position is read at, what
+/// comes is one run of consecutive messages ending with the last published — nothing missed
+/// between the newest and the live flow, nothing twice — starting `recent` back on each
+/// channel. Two channels, published alternately, so that one channel's history is read while
+/// the other moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_racing_publishes_has_no_gap_and_no_duplicate() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    const N: u16 = 3;
+    const PER_ROUND: u32 = 400;
+    for round in 0..40u32 {
+        let e = engine(EngineConfig::default());
+        let count = std::sync::Arc::new(AtomicU32::new(0));
+        let publisher = {
+            let (e, count) = (e.clone(), count.clone());
+            tokio::spawn(async move {
+                for i in 1..=PER_ROUND {
+                    let channel = if i % 2 == 1 { "/race/a" } else { "/race/b" };
+                    publish(&e, channel, &i.to_string()).await;
+                    count.store(i, SeqCst);
+                    if i % (round % 7 + 1) == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        for _ in 0..round % 13 {
+            tokio::task::yield_now().await;
+        }
+        let before = count.load(SeqCst);
+        let mut s = sub_from(&e, &["/race/a", "/race/b"], recent_start(N, None)).await;
+        let after = count.load(SeqCst);
+        publisher.await.unwrap();
+        let got: Vec<u32> = drain(&mut s).iter().map(|t| t.parse().unwrap()).collect();
+        let first = *got.first().expect("something delivered");
+        for pair in got.windows(2) {
+            assert_eq!(pair[1], pair[0] + 1, "round {round}: {got:?}");
+        }
+        assert_eq!(*got.last().unwrap(), PER_ROUND, "round {round}");
+        // Published alternately, each channel's newest N are the newest 2N of all. The count
+        // is stored after each publish returns: one may be in flight.
+        let back = 2 * u32::from(N);
+        let lowest = (before + 1).saturating_sub(back).max(1);
+        let highest = (after + 2).saturating_sub(back).max(1);
+        assert!(
+            (lowest..=highest).contains(&first),
+            "round {round}: starts at {first}, published {before}..{after} around the subscribe"
+        );
+    }
+}

@@ -117,6 +117,8 @@ pub struct Subscriber {
     name: String,
     /// The id to resume from.
     pub last_id: Option<String>,
+    /// More query parameters for every request of a `/sub` transport (`recent=5`).
+    pub params: Vec<String>,
     conn: Option<Conn>,
     pending: VecDeque<Item>,
     session: Option<Session>,
@@ -143,6 +145,7 @@ impl Subscriber {
             pattern: pattern.to_owned(),
             name: format!("chaos-{:x}", rand::random::<u32>()),
             last_id,
+            params: Vec::new(),
             conn: None,
             pending: VecDeque::new(),
             session: None,
@@ -193,6 +196,7 @@ impl Subscriber {
             let params: Vec<String> = own
                 .iter()
                 .map(|s| s.to_string())
+                .chain(self.params.iter().cloned())
                 .chain(resume.clone())
                 .collect();
             format!("/sub{}?{}", self.pattern, params.join("&"))
@@ -204,7 +208,11 @@ impl Subscriber {
                 if let Some(id) = &last {
                     headers.push(("last-event-id", id));
                 }
-                let path = format!("/sub{}?transport=sse", self.pattern);
+                let mut path = format!("/sub{}?transport=sse", self.pattern);
+                for param in &self.params {
+                    path.push('&');
+                    path.push_str(param);
+                }
                 self.open(client, &path, &headers).await
             }
             Kind::Stream => {
@@ -428,6 +436,10 @@ impl Subscriber {
             Kind::Jsonp => format!("/sub{}?transport=jsonp&callback=f", self.pattern),
             _ => format!("/sub{}?transport=longpoll", self.pattern),
         };
+        for param in &self.params {
+            path.push('&');
+            path.push_str(param);
+        }
         if let Some(id) = &self.last_id {
             path.push_str(&format!("&last_id={}", encode(id)));
         }

@@ -25,8 +25,8 @@ pub(crate) use stream::put_script_safe;
 use std::sync::Arc;
 
 use crate::body::RequestBody;
-use halley_engine::Subscription;
 use halley_engine::access::{Action, Verdict};
+use halley_engine::{MAX_RECENT, Start, Subscription};
 use halley_proto::{Channel, MessageId, Pattern, inbox};
 use hyper::header::{ACCEPT, HeaderMap, UPGRADE};
 use hyper::{Method, Request};
@@ -81,7 +81,7 @@ fn prepare<'a, B: RequestBody>(
     let query = Query::parse(request.uri().query());
     let patterns = patterns(channel.as_deref(), &query)?;
     let kind = select(request.headers(), &query)?;
-    let resume = resume_id(request.headers(), &query, kind == Kind::Sse)?;
+    let start = start(request.headers(), &query, &patterns, kind)?;
     let presence = declarations(&query)?;
     // A GIF's parameters are checked before anything is asked or subscribed.
     let screen = match kind {
@@ -106,7 +106,7 @@ fn prepare<'a, B: RequestBody>(
         who,
         patterns,
         kind,
-        resume,
+        start,
         presence,
         screen,
     };
@@ -128,7 +128,7 @@ struct Admitted {
     who: halley_engine::access::Principal,
     patterns: Vec<Pattern>,
     kind: Kind,
-    resume: Option<MessageId>,
+    start: Start,
     presence: Vec<Declaration>,
     /// What a GIF shows and how (`transport=gif`).
     screen: Option<Box<gif::Screen>>,
@@ -145,7 +145,7 @@ fn dispatch<'a, B: RequestBody>(
         who,
         patterns,
         kind,
-        resume,
+        start,
         mut presence,
         screen,
     } = admitted;
@@ -195,7 +195,7 @@ fn dispatch<'a, B: RequestBody>(
             Kind::Multipart => Wire::Multipart { open: None }.content_type(),
             Kind::DomEvents => Wire::DomEvents.content_type(),
             Kind::Refresh => {
-                refresh::Refresh::from_query(&patterns, &query, resume)?;
+                refresh::Refresh::from_query(&patterns, &query, start.resume)?;
                 "text/html; charset=utf-8"
             }
             Kind::Gif => "image/gif",
@@ -215,7 +215,7 @@ fn dispatch<'a, B: RequestBody>(
                 binary: query.get("binary") == Some("frames"),
             };
             return Ok(Box::pin(ws::upgrade(
-                app, patterns, resume, presence, frames, request, who,
+                app, patterns, start, presence, frames, request, who,
             )));
         }
         Kind::LongPoll | Kind::Jsonp => {
@@ -240,7 +240,7 @@ fn dispatch<'a, B: RequestBody>(
                 app,
                 Box::new(poll::Poll {
                     patterns,
-                    resume,
+                    start,
                     presence,
                     callback,
                     who,
@@ -257,7 +257,7 @@ fn dispatch<'a, B: RequestBody>(
         Kind::Multipart => Wire::Multipart { open: None },
         Kind::DomEvents => Wire::DomEvents,
         Kind::Refresh => {
-            let refresh = refresh::Refresh::from_query(&patterns, &query, resume)?;
+            let refresh = refresh::Refresh::from_query(&patterns, &query, start.resume)?;
             let path = request.uri().path().to_owned();
             let raw = request.uri().query().unwrap_or("").to_owned();
             drop((who, presence, request, screen));
@@ -273,13 +273,13 @@ fn dispatch<'a, B: RequestBody>(
     };
     Ok(Box::pin(async move {
         let mut wire = wire;
-        let mut resume = resume;
+        let mut start = start;
         if let Wire::Gif(screen) = &mut wire
-            && resume.is_none()
+            && start.resume.is_none()
         {
-            resume = gif_backlog(app, &patterns, screen).await;
+            start.resume = gif_backlog(app, &patterns, screen).await;
         }
-        let mut sub = open(app, patterns, resume, presence).await?;
+        let mut sub = open(app, patterns, start, presence).await?;
         sub.admitted_as(&who, kind.name());
         drop(who);
         Ok(stream::stream_response_announcing(
@@ -396,10 +396,10 @@ fn declarations(query: &Query) -> Result<Vec<Declaration>, ApiError> {
 pub async fn open(
     app: &App,
     patterns: Vec<Pattern>,
-    resume: Option<MessageId>,
+    start: Start,
     presence: Vec<Declaration>,
 ) -> Result<Subscription, ApiError> {
-    let mut sub = app.engine.subscribe_many(patterns, resume).await?;
+    let mut sub = app.engine.subscribe_from(patterns, start).await?;
     for d in presence {
         let guard = app.engine.join(d.channel, &d.member, d.info).await?;
         sub.keep(guard);
@@ -443,6 +443,60 @@ fn select(headers: &HeaderMap, query: &Query) -> Result<Kind, ApiError> {
             )));
         }
     })
+}
+
+/// Where the subscription starts: the resume id, and `recent=N`, each channel's newest N
+/// messages first, atomically with the live flow ([`Start::recent`]; at most [`MAX_RECENT`]).
+/// `added=` names the channels it is for (repeated; the client's new ones); with a resume id
+/// it is for those only (a client adding a channel to the connection it resumes), without
+/// one and without `added=`, for every channel. Wildcard patterns have no
+/// newest messages of their own: asked of patterns only, it is refused rather than silently
+/// giving nothing.
+fn start(
+    headers: &HeaderMap,
+    query: &Query,
+    patterns: &[Pattern],
+    kind: Kind,
+) -> Result<Start, ApiError> {
+    let resume = resume_id(headers, query, kind == Kind::Sse)?;
+    let recent = recent(query, patterns)?;
+    let mut added = Vec::new();
+    for text in query.get_all("added") {
+        let channel = Channel::parse(text)?;
+        if !patterns.iter().any(|p| p.exact() == Some(&channel)) {
+            return Err(ApiError::BadRequest(format!(
+                "added={channel} is not one of this connection's channels"
+            )));
+        }
+        added.push(channel);
+    }
+    Ok(Start {
+        resume,
+        recent,
+        added,
+    })
+}
+
+fn recent(query: &Query, patterns: &[Pattern]) -> Result<u16, ApiError> {
+    let Some(text) = query.get("recent").filter(|v| !v.is_empty()) else {
+        return Ok(0);
+    };
+    let n = text
+        .parse::<u16>()
+        .ok()
+        .filter(|n| *n <= MAX_RECENT)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "recent is a number of messages per channel, 0 to {MAX_RECENT}"
+            ))
+        })?;
+    if n > 0 && patterns.iter().all(|p| p.exact().is_none()) {
+        return Err(ApiError::BadRequest(
+            "recent gives channels' newest messages; a wildcard pattern has none (name the channels)"
+                .into(),
+        ));
+    }
+    Ok(n)
 }
 
 /// `Last-Event-ID` (sent by a reconnecting EventSource, newer than the URL's) wins over

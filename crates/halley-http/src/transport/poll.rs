@@ -29,7 +29,7 @@ use super::stream::held_headers;
 /// A long-poll or JSONP request, as `/sub` decided it.
 pub struct Poll {
     pub patterns: Vec<Pattern>,
-    pub resume: Option<MessageId>,
+    pub start: halley_engine::Start,
     pub presence: Vec<super::Declaration>,
     /// JSONP's callback; `None` for a plain long-poll.
     pub callback: Option<String>,
@@ -50,7 +50,7 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
     // answered (dhat: 104 B per held poll).
     let Poll {
         patterns,
-        resume,
+        start,
         presence,
         callback,
         who,
@@ -65,7 +65,7 @@ pub async fn hold(app: &Arc<App>, request: Box<Poll>) -> Result<Response<Body>, 
     // Boxed: opening a subscription (the policy, history) is ~0.9 KiB of future that a held
     // poll never needs again, and inline it sized every held poll for it (dhat: the poll's
     // future 1,184 bytes; `-Zprint-type-sizes`).
-    let mut sub = Box::pin(super::open(app, patterns, resume, presence)).await?;
+    let mut sub = Box::pin(super::open(app, patterns, start, presence)).await?;
     // A held poll is one of its user's connections for the control API.
     sub.reachable_as(&who, kind.name());
     drop(who);

@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use halley_engine::control::Closing;
 use halley_engine::{Event, Subscription};
-use halley_proto::{Channel, MessageId, Pattern, Payload, PayloadError};
+use halley_proto::{Channel, Pattern, Payload, PayloadError};
 use hyper::header::{
     CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
@@ -82,7 +82,7 @@ pub struct Frames {
 pub async fn upgrade<B: RequestBody>(
     app: &Arc<App>,
     patterns: Vec<Pattern>,
-    resume: Option<MessageId>,
+    start: halley_engine::Start,
     presence: Vec<super::Declaration>,
     frames: Frames,
     mut request: Request<B>,
@@ -116,7 +116,7 @@ pub async fn upgrade<B: RequestBody>(
     };
     // Subscribe before answering 101: a refusal is still an HTTP error, and nothing published
     // between the handshake and the first read is missed.
-    let mut sub = super::open(app, patterns, resume, presence).await?;
+    let mut sub = super::open(app, patterns, start, presence).await?;
     sub.admitted_as(&who, Kind::WebSocket.name());
     if let Some(extra) = extra {
         sub.attach(extra);

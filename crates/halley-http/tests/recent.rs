@@ -1,0 +1,153 @@
+//! `?recent=N`: each channel's newest messages first, then the live flow, in one subscription —
+//! on every `/sub` transport, with publishes racing the subscription's opening: no gap and no
+//! duplicate between the two.
+
+mod common;
+
+use common::subscriber::{Item, Kind, NATIVE, Subscriber};
+use common::{Client, TestServer};
+use serde_json::Value;
+
+/// Data of messages published before the subscription opens.
+const BEFORE: u32 = 20;
+/// Published while (and after) it opens.
+const BURST: u32 = 300;
+const RECENT: u32 = 5;
+
+async fn read_until(sub: &mut Subscriber, client: &Client, last: u32) -> Vec<u32> {
+    let mut got = Vec::new();
+    loop {
+        match sub.next(client).await {
+            Item::Message { data, .. } => {
+                // A JSON string in message objects; SSE's data line is the text itself.
+                let n: u32 = serde_json::from_str::<Value>(&data)
+                    .ok()
+                    .and_then(|v| match v {
+                        Value::String(s) => s.parse().ok(),
+                        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("{:?}: unexpected data {data}", sub.kind));
+                got.push(n);
+                if n == last {
+                    return got;
+                }
+            }
+            Item::Gap => panic!("{:?}: a gap", sub.kind),
+            Item::End(why) => panic!("{:?}: ended: {why}", sub.kind),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_then_live_with_a_racing_burst_on_every_transport() {
+    let s = TestServer::start().await;
+    let client = Client::new(s.addr);
+    for kind in NATIVE.into_iter().filter(|k| *k != Kind::Pull) {
+        let channel = format!("/recent/{kind:?}").to_lowercase();
+        for i in 1..=BEFORE {
+            s.publish(&channel, &i.to_string()).await;
+        }
+        // The burst starts first and goes on while the subscription opens.
+        let publisher = {
+            let (client, channel) = (client, channel.clone());
+            tokio::spawn(async move {
+                for i in BEFORE + 1..=BEFORE + BURST {
+                    let path = format!("/pub{channel}");
+                    let reply = client.post(&path, "text/plain", i.to_string()).await;
+                    assert_eq!(reply.status, 200, "{}", reply.body);
+                }
+            })
+        };
+        let mut sub = Subscriber::new(kind, &channel, None);
+        sub.params.push(format!("recent={RECENT}"));
+        let got = read_until(&mut sub, &client, BEFORE + BURST).await;
+        publisher.await.unwrap();
+        for pair in got.windows(2) {
+            assert_eq!(pair[1], pair[0] + 1, "{kind:?}: {got:?}");
+        }
+        // The newest RECENT as of the moment it opened: at least the last RECENT of those
+        // published before, and never the whole burst.
+        let first = got[0];
+        assert!(
+            (BEFORE + 1 - RECENT..=BEFORE + BURST).contains(&first),
+            "{kind:?}: starts at {first}"
+        );
+        assert!(got.len() >= RECENT as usize, "{kind:?}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn recent_on_several_channels_and_added_on_a_resume() {
+    let s = TestServer::start().await;
+    let client = Client::new(s.addr);
+    s.publish("/r/a", "a1").await;
+    s.publish("/r/b", "b1").await;
+    let a2 = s.publish("/r/a", "a2").await;
+    s.publish("/r/b", "b2").await;
+    // Newest one of each, in id order, as one long-poll answer.
+    let reply = client
+        .get("/sub/r/a?channel=/r/b&recent=1&transport=longpoll")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(data, ["a2", "b2"]);
+    // Only the channels named added=, when some are.
+    let reply = client
+        .get("/sub/r/a?channel=/r/b&recent=5&added=/r/b&transport=longpoll")
+        .await;
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(data, ["b1", "b2"]);
+    // A client that had /r/a up to a2 adds /r/b: /r/b's newest at or before a2, then what
+    // came after a2 on both; nothing of /r/a again.
+    let reply = client
+        .get(&format!(
+            "/sub/r/a?channel=/r/b&recent=5&added=/r/b&last_id={a2}&transport=longpoll"
+        ))
+        .await;
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(data, ["b1", "b2"]);
+    // Without added=, a resume is a resume.
+    let reply = client
+        .get(&format!(
+            "/sub/r/a?channel=/r/b&recent=5&last_id={a2}&transport=longpoll"
+        ))
+        .await;
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(data, ["b2"]);
+    // Bad input is a 400 with a JSON error.
+    for bad in [
+        "/sub/r/a?recent=101",
+        "/sub/r/a?recent=-1",
+        "/sub/r/a?recent=x",
+        "/sub/r/*?recent=3",
+        "/sub/r/a?recent=3&added=/r/b",
+    ] {
+        let reply = client.get(bad).await;
+        reply.expect_error(400);
+    }
+}
