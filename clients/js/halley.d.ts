@@ -83,6 +83,11 @@ export type PresenceOption = PresenceInfo | { member?: string; info: PresenceInf
 export interface SubscribeOptions {
   /** Be a member of this (exact) channel while subscribed. */
   presence?: PresenceOption;
+  /**
+   * The (exact) channel's newest messages first, 1–100, then the live ones: nothing missed
+   * or repeated in between.
+   */
+  recent?: number;
 }
 
 export interface Published {

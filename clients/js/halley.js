@@ -35,6 +35,8 @@
 
   /** What the server accepts on one connection (PROTOCOL.md: MAX_SUB_CHANNELS, MAX_PRESENCE). */
   var MAX_SUB_CHANNELS = 16;
+  /** Most newest messages a subscription may ask for first (the server's MAX_RECENT). */
+  var MAX_RECENT = 100;
   var MAX_PRESENCE = 16;
   var MAX_PRESENCE_INFO = 512;
   /** An empty long-poll answer faster than this (ms) was not held. */
@@ -146,11 +148,20 @@
     this.order = [];
     this.retired = new Set();
   }
-  /** True if the message with this id is new (and remembers it); false for a duplicate. */
-  Resume.prototype.accept = function (id) {
+  /**
+   * True if the message with this id is new (and remembers it); false for a duplicate.
+   * `older`: one of a channel's newest messages the server sends first for a channel this
+   * connection adds (`recent`), at or before the last id: new if not seen, and the position
+   * stays where it is.
+   */
+  Resume.prototype.accept = function (id, older) {
     var parsed = parseId(id);
     if (!parsed) return true; // no usable id: nothing to dedupe against
     if (this.seen.has(id) || this.retired.has(parsed.epoch)) return false;
+    if (older) {
+      this.remember(id);
+      return true;
+    }
     if (this.lastId !== null) {
       var c = compareIds(id, this.lastId);
       if (c <= 0) return false;
@@ -295,7 +306,13 @@
     var presence = new Map();
     specs.forEach(function (spec) {
       (spec.channels || []).forEach(function (c) {
-        channels.set(c.channel + "\n" + (c.inbox || ""), c.inbox ? { channel: c.channel, inbox: c.inbox } : { channel: c.channel });
+        var key = c.channel + "\n" + (c.inbox || "");
+        var entry = c.inbox ? { channel: c.channel, inbox: c.inbox } : { channel: c.channel };
+        // The most recent messages any subscriber of the channel asked for.
+        var had = channels.get(key);
+        var recent = Math.max((had && had.recent) || 0, c.recent || 0);
+        if (recent > 0) entry.recent = recent;
+        channels.set(key, entry);
       });
       (spec.presence || []).forEach(function (p) {
         presence.set(p.channel + "\n" + p.member, p);
@@ -324,8 +341,9 @@
    * @param {{channels: Array<{channel: string, inbox?: string}>, presence: Array<object>}} spec
    * @param {string|null} lastId
    * @param {string|null} [token]
+   * @param {string[]} [fresh]  channels to get their newest messages first (`recent`, `added`)
    */
-  function subscribeUrl(base, transport, spec, lastId, token) {
+  function subscribeUrl(base, transport, spec, lastId, token, fresh) {
     var first = spec.channels[0].channel;
     var params = [];
     spec.channels.slice(1).forEach(function (c) {
@@ -347,6 +365,18 @@
     // breaks before the first message (polls carry it in every answer anyway).
     if (transport === "websocket" || transport === "sse" || transport === "stream") params.push("position=1");
     if (lastId) params.push("last_id=" + encodeURIComponent(lastId));
+    // Channels new to this connection that asked for their newest messages: they come first,
+    // atomically with the live flow (PROTOCOL.md).
+    if (fresh && fresh.length) {
+      var most = 0;
+      spec.channels.forEach(function (c) {
+        if (fresh.indexOf(c.channel) >= 0) most = Math.max(most, c.recent || 0);
+      });
+      params.push("recent=" + most);
+      fresh.forEach(function (c) {
+        params.push("added=" + encodeURIComponent(c));
+      });
+    }
     // EventSource, WebSocket and script tags cannot send headers: the token rides the URL, and
     // so it does on every transport, for one rule.
     if (token) params.push("token=" + encodeURIComponent(token));
@@ -1037,6 +1067,8 @@
     this.ladder = new Ladder(options.transports, options.stepDownAfter);
     this.spec = { channels: [], presence: [] };
     this.specKey = "";
+    /** Channels whose newest messages (`recent`) a connection already gave. */
+    this.recentDone = new Set();
     this.conn = null;
     this.gen = 0;
     this.attempt = 0;
@@ -1049,6 +1081,15 @@
   Upstream.prototype.update = function (spec) {
     var key = JSON.stringify(spec);
     if (key === this.specKey || this.closed) return;
+    // A channel left and subscribed again gets its newest messages again.
+    var kept = new Set(
+      spec.channels.map(function (c) {
+        return c.channel;
+      }),
+    );
+    this.recentDone.forEach(function (c, _, done) {
+      if (!kept.has(c)) done.delete(c);
+    });
     this.spec = spec;
     this.specKey = key;
     this.planned = true;
@@ -1128,15 +1169,32 @@
       if (self.resume.lastId !== before) self.events.position(self.resume.lastId);
     };
     this.connSpec = spec;
+    // Channels that asked for their newest messages and have not had them: asked for on this
+    // connection's requests until one opens. With a last id, what comes for them at or before
+    // it is those (the connection resumes everything else after it).
+    var fresh = spec.channels
+      .filter(function (c) {
+        return c.recent > 0 && !c.inbox && !self.recentDone.has(c.channel);
+      })
+      .map(function (c) {
+        return c.channel;
+      });
+    var olderUpTo = this.resume.lastId;
     var ctx = {
       options: this.options,
       url: function () {
-        return subscribeUrl(self.base, transport, spec, self.resume.lastId, self.auth.token);
+        var pending = fresh.filter(function (c) {
+          return !self.recentDone.has(c);
+        });
+        return subscribeUrl(self.base, transport, spec, self.resume.lastId, self.auth.token, pending);
       },
     };
     this.conn = OPENERS[transport](ctx, {
       open: function () {
         if (!live()) return;
+        fresh.forEach(function (c) {
+          self.recentDone.add(c);
+        });
         self.ladder.opened();
         self.authAttempts = 0;
         self.openedAt = Date.now();
@@ -1164,7 +1222,10 @@
           self.ladder.worked();
           self.attempt = 0;
         }
-        if (self.resume.accept(obj.id)) self.events.message(obj);
+        // One of a fresh channel's newest (the server marks them), at or before the last id
+        // this connection resumed from: new to this client, though older than its position.
+        var older = obj.recent === true && olderUpTo !== null && fresh.indexOf(obj.channel) >= 0 && compareIds(obj.id, olderUpTo) <= 0;
+        if (self.resume.accept(obj.id, older)) self.events.message(obj, older);
       },
       position: function (id) {
         if (live()) position(id);
@@ -1473,7 +1534,10 @@
   /**
    * Subscribes to a channel or pattern (`/a/*`, `/a/**`). `fn(data, message)` gets every
    * message once, in id order. With `{presence: info}` this client is a member of `channel`
-   * with `info` while subscribed.
+   * with `info` while subscribed. With `{recent: n}` (an exact channel, 1–100) `fn` first gets
+   * the channel's newest n messages, then the live ones, with nothing missed or repeated in
+   * between (the server reads both at once); again after the channel was left and taken up
+   * again, not when the connection merely resumes. Those messages have `recent: true`.
    */
   Halley.prototype.subscribe = function (channel, fn, options) {
     if (this._closed) throw new Error("halley: closed");
@@ -1485,6 +1549,15 @@
     if (typeof fn !== "function") throw new Error("halley: subscribe needs a callback");
     var presence = presenceOption(options && options.presence, this.member);
     if (presence && !isChannel(channel)) throw new Error("halley: presence needs an exact channel");
+    var recent = options && options.recent;
+    if (recent !== undefined && recent !== null && recent !== 0) {
+      if (!(Number.isInteger(recent) && recent > 0 && recent <= MAX_RECENT)) {
+        throw new Error("halley: recent is a number of messages, 1 to " + MAX_RECENT);
+      }
+      if (!isChannel(channel)) throw new Error("halley: recent needs an exact channel");
+    } else {
+      recent = 0;
+    }
     var known = this._localSpec().channels.some(function (c) {
       return c.channel === channel;
     });
@@ -1493,7 +1566,7 @@
     }
     var id = this._nextSub++;
     var self = this;
-    this._subs.set(id, { channel: channel, fn: fn, presence: presence });
+    this._subs.set(id, { channel: channel, fn: fn, presence: presence, recent: recent });
     this._changed();
     return {
       channel: channel,
@@ -1700,7 +1773,7 @@
     var channels = [];
     var presence = [];
     this._subs.forEach(function (s) {
-      channels.push({ channel: s.channel });
+      channels.push(s.recent ? { channel: s.channel, recent: s.recent } : { channel: s.channel });
       if (s.presence) presence.push({ channel: s.channel, member: s.presence.member, info: s.presence.info });
     });
     this._presence.forEach(function (p, channel) {
@@ -1790,8 +1863,8 @@
       if (self.role === "leader") self._post(msg);
     };
     this._upstream = new Upstream(this.url, this.options, this._resume, {
-      message: function (m) {
-        relay({ t: "msg", m: m });
+      message: function (m, older) {
+        relay(older ? { t: "msg", m: m, older: true } : { t: "msg", m: m });
         self._dispatch(m);
       },
       control: function (obj) {
@@ -1927,7 +2000,7 @@
         this._announce();
         break;
       case "msg":
-        if (this._resume.accept(msg.m.id)) this._dispatch(msg.m);
+        if (this._resume.accept(msg.m.id, msg.older === true)) this._dispatch(msg.m);
         break;
       case "pos":
         this._resume.advance(msg.id);

@@ -28,7 +28,7 @@
   var MESSAGE_MAX = 2000;
   /** Lines kept in the log; older ones are removed so a long session doesn't grow the page. */
   var LOG_MAX = 500;
-  /** Lines of a room's history shown on arrival (GET /api/history; the server allows up to 100). */
+  /** Lines of a room's history shown on arrival (the subscription's `recent`; at most 100). */
   var EARLIER = 30;
   var STORE = "halley.talk.";
   /** Default colours (by a hash of the name) for people who never chose one: distinct hues;
@@ -233,8 +233,8 @@
       online: false,
       everOnline: false,
       members: [],
-      /** Ids of this room's messages that came live, so history does not repeat them. */
-      seen: {},
+      /** The room's "You are in …" line: its earlier lines go above it. */
+      arrival: null,
       unread: 0,
       sent: [],
       recall: -1,
@@ -397,26 +397,18 @@
     }
 
     /**
-     * The room's last lines from the server's history, shown above "You are in …" once they
-     * arrive; what already came live is not shown twice (by message id). Presence notices from
+     * One of the room's last lines, which the subscription delivers first (`recent`, marked so
+     * by the server), shown above "You are in …". They and the live ones come on one
+     * connection, so nothing said meanwhile is missed or shown twice. Presence notices from
      * before are left out: who is here now is in the list.
      */
-    function loadEarlier(channel, anchor) {
-      var client = state.client;
-      if (!client || typeof client.history !== "function") return;
-      client.history(channel, EARLIER).then(function (answer) {
-        if (channel !== state.room || !anchor.parentNode) return;
-        var messages = (answer && answer.messages) || [];
-        for (var i = 0; i < messages.length; i++) {
-          var m = messages[i];
-          if (state.seen[m.id]) continue;
-          if (m.data && typeof m.data === "object" && typeof m.data.presence === "string") continue;
-          anchor.parentNode.insertBefore(messageLine(channel, m.data, true).line, anchor);
-        }
-        if (atBottom()) log.scrollTop = log.scrollHeight;
-      }, function () {
-        // No context is no loss: the live messages still come.
-      });
+    function earlierLine(channel, data) {
+      var anchor = state.arrival;
+      if (data && typeof data === "object" && typeof data.presence === "string") return;
+      if (!anchor || !anchor.parentNode) return;
+      var stay = atBottom();
+      anchor.parentNode.insertBefore(messageLine(channel, data, true).line, anchor);
+      if (stay) log.scrollTop = log.scrollHeight;
     }
 
     function roomButton(channel) {
@@ -601,14 +593,14 @@
       var handler = function (data, msg) {
         var ch = (msg && msg.channel) || channel;
         if (ch !== state.room) return;
-        if (msg && msg.id) state.seen[msg.id] = true;
-        if (data && typeof data === "object" && typeof data.presence === "string") onPresence(ch, data);
+        if (msg && msg.recent === true) earlierLine(ch, data);
+        else if (data && typeof data === "object" && typeof data.presence === "string") onPresence(ch, data);
         else chatLine(ch, data);
       };
       // Presence is declared apart from the subscription so that /color and /nick can change it
       // in place (the others get one `update` notice instead of a leave and a join).
       client.setPresence(channel, { member: state.member, info: myInfo() });
-      var sub = client.subscribe(channel, handler);
+      var sub = client.subscribe(channel, handler, { recent: EARLIER });
       return {
         unsubscribe: function () {
           sub.unsubscribe();
@@ -623,7 +615,6 @@
       var label = roomLabel(channel);
       state.room = channel;
       state.members = [];
-      state.seen = {};
       renderWho();
       state.sub = subscribe(channel);
       if (previous) previous.unsubscribe();
@@ -638,8 +629,7 @@
         doc.title = baseTitle;
       }
       root.setAttribute("data-room", channel);
-      var here = system("room", ["You are in " + label + " as ", nameTag(person(myInfo())), "."]);
-      loadEarlier(channel, here);
+      state.arrival = system("room", ["You are in " + label + " as ", nameTag(person(myInfo())), "."]);
       refreshPresence(0);
     }
 

@@ -242,3 +242,34 @@ test("SSE counts as open at its first event, not at its headers (a proxy may pas
   assert.deepEqual(log.transports, [{ transport: "websocket", from: "sse", reason: "buffered" }]);
   assert.ok(FakeEventSource.all[0].closed);
 });
+
+test("recent: the newest messages first on the first connection, and for a channel added to a resumed one", async () => {
+  const { h } = client();
+  const got = [];
+  h.subscribe("/a", (data, m) => got.push(m.id), { recent: 3 });
+  await until(() => sockets().length === 1, "a socket");
+  assert.deepEqual(param(last().url, "recent"), ["3"]);
+  assert.deepEqual(param(last().url, "added"), ["/a"]);
+  last().accept();
+  for (const id of ["e-2", "e-4", "e-5", "e-7"]) last().deliver({ channel: "/a", id, data: 0 });
+  // Resumed after a drop: a resume, not the newest again.
+  last().drop();
+  await until(() => sockets().length === 2, "a second socket");
+  assert.deepEqual(param(last().url, "recent"), []);
+  last().accept();
+  // A channel added with recent: the new connection asks for it alone; its messages at or
+  // before the last id are delivered (once), and the position does not go back.
+  h.subscribe("/b", (data, m) => got.push("b " + m.id), { recent: 2 });
+  await until(() => sockets().length === 3, "a third socket");
+  assert.deepEqual(param(last().url, "recent"), ["2"]);
+  assert.deepEqual(param(last().url, "added"), ["/b"]);
+  assert.deepEqual(param(last().url, "last_id"), ["e-7"]);
+  last().accept();
+  for (const [channel, id, recent] of [["/b", "e-3", true], ["/b", "e-6", true], ["/a", "e-6", true], ["/b", "e-6", true], ["/b", "e-1"], ["/b", "e-8"]]) {
+    last().deliver({ channel, id, data: 0, recent });
+  }
+  assert.deepEqual(got, ["e-2", "e-4", "e-5", "e-7", "b e-3", "b e-6", "b e-8"]);
+  assert.equal(h.lastId, "e-8");
+  assert.throws(() => h.subscribe("/c/*", () => {}, { recent: 2 }), /exact channel/);
+  assert.throws(() => h.subscribe("/c", () => {}, { recent: 101 }), /1 to 100/);
+});

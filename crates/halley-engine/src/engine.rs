@@ -795,7 +795,8 @@ impl Engine {
             out.extend(
                 recent
                     .into_iter()
-                    .filter(|m| m.id.epoch == upto.epoch && m.id <= upto),
+                    .filter(|m| m.id.epoch == upto.epoch && m.id <= upto)
+                    .map(|m| Arc::new(m.as_recent())),
             );
         }
         out.sort_unstable_by_key(|m| m.id);

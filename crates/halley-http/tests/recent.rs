@@ -98,6 +98,23 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
         .map(|m| m["data"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(data, ["a2", "b2"]);
+    // The newest are marked as such in their objects; live messages are not.
+    assert!(
+        reply
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["recent"] == true)
+    );
+    let live = client.get("/sub/r/a?recent=1&transport=longpoll").await;
+    let position = live.header("x-halley-last-id").unwrap().to_owned();
+    let a3 = s.publish("/r/a", "a3").await;
+    let reply = client
+        .get(&format!("/sub/r/a?last_id={position}&transport=longpoll"))
+        .await;
+    assert_eq!(reply.json()[0]["id"], a3.as_str());
+    assert!(reply.json()[0].get("recent").is_none(), "{}", reply.body);
     // Only the channels named added=, when some are.
     let reply = client
         .get("/sub/r/a?channel=/r/b&recent=5&added=/r/b&transport=longpoll")
@@ -124,7 +141,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
         .iter()
         .map(|m| m["data"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(data, ["b1", "b2"]);
+    assert_eq!(data, ["b1", "b2", "a3"]);
     // Without added=, a resume is a resume.
     let reply = client
         .get(&format!(
@@ -138,7 +155,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
         .iter()
         .map(|m| m["data"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(data, ["b2"]);
+    assert_eq!(data, ["b2", "a3"]);
     // Bad input is a 400 with a JSON error.
     for bad in [
         "/sub/r/a?recent=101",

@@ -344,6 +344,9 @@ pub struct Message {
     text: OnceLock<Box<str>>,
     sse: OnceLock<Bytes>,
     binary: OnceLock<Option<Box<Binary>>>,
+    /// A copy handed out as one of a channel's newest messages when a subscription opened
+    /// (`recent=N`), not as it happened: its object says so.
+    recent: bool,
 }
 
 impl Message {
@@ -356,7 +359,23 @@ impl Message {
             text: OnceLock::new(),
             sse: OnceLock::new(),
             binary: OnceLock::new(),
+            recent: false,
         }
+    }
+
+    /// This message as one of its channel's newest, delivered first to a subscription that
+    /// asked for them: its object carries `"recent":true` (so that a client can show it as
+    /// earlier); every other encoding is the same.
+    pub fn as_recent(&self) -> Message {
+        Message {
+            recent: true,
+            ..Message::new(self.channel.clone(), self.id, self.data.clone())
+        }
+    }
+
+    /// Whether this is a copy made by [`Message::as_recent`].
+    pub fn is_recent(&self) -> bool {
+        self.recent
     }
 
     /// The bytes and content type of a binary body ([`Payload::binary`]), decoded once; `None`
@@ -367,7 +386,8 @@ impl Message {
             .as_deref()
     }
 
-    /// `{"channel":…,"id":…,"data":…}` as compact JSON.
+    /// `{"channel":…,"id":…,"data":…}` as compact JSON (`"recent":true` before the data for
+    /// a copy of [`Message::as_recent`]).
     pub fn json_object(&self) -> &Bytes {
         self.object.get_or_init(|| {
             let data = self.data.json();
@@ -376,7 +396,11 @@ impl Message {
             push_json_string(&mut out, self.channel.as_str());
             out.push_str(r#","id":""#);
             self.id.push_to(&mut out);
-            out.push_str(r#"","data":"#);
+            if self.recent {
+                out.push_str(r#"","recent":true,"data":"#);
+            } else {
+                out.push_str(r#"","data":"#);
+            }
             out.push_str(data);
             out.push('}');
             Bytes::from(out)
@@ -568,6 +592,14 @@ mod tests {
         );
         assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: one\ndata: two\n\n");
         assert_eq!(m.line(), r#""one\ntwo""#);
+        // A channel's newest, handed out first: its object says so, the rest is the same.
+        let recent = m.as_recent();
+        assert!(recent.is_recent() && !m.is_recent());
+        assert_eq!(
+            &recent.json_object()[..],
+            br#"{"channel":"/a/b","id":"a-7","recent":true,"data":"one\ntwo"}"#
+        );
+        assert_eq!(recent.sse_frame(), m.sse_frame());
         let m = message(Payload::from_json(b"{\"k\": 1}").unwrap());
         assert_eq!(m.line(), r#"{"k":1}"#);
         assert_eq!(&m.sse_frame()[..], b"id: a-7\ndata: {\"k\":1}\n\n");
