@@ -83,6 +83,10 @@ impl Start {
 /// can make the server read and hold at once.
 pub const MAX_RECENT: u16 = 100;
 
+/// Reads of one channel's history for [`Start::recent`] before settling for what the last one
+/// had: each is longer by what history gained past the subscription's position meanwhile.
+const NEWEST_READS: usize = 4;
+
 /// A row of the channel listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
@@ -791,13 +795,28 @@ impl Engine {
             .filter_map(Pattern::exact)
             .filter(|c| only.is_empty() || only.contains(c));
         for channel in chosen {
-            let recent = self.shared.broker.recent(channel, limit).await?;
-            out.extend(
-                recent
+            // History may have moved past the position since it was read (on a cluster, what
+            // other nodes published and this one has not received yet): what is after it comes
+            // live, and the read is made again that much longer, so that the newest `limit` at
+            // or before the position are all there. Bounded: a channel published to faster than
+            // history can be read gets what the last read had.
+            let mut want = limit;
+            let mut kept = Vec::new();
+            for _ in 0..NEWEST_READS {
+                let read = self.shared.broker.recent(channel, want).await?;
+                let whole = read.len() < want;
+                let read_len = read.len();
+                kept = read
                     .into_iter()
                     .filter(|m| m.id.epoch == upto.epoch && m.id <= upto)
-                    .map(|m| Arc::new(m.as_recent())),
-            );
+                    .collect::<Vec<_>>();
+                if kept.len() >= limit || whole {
+                    break;
+                }
+                want = limit + (read_len - kept.len()) * 2;
+            }
+            let skip = kept.len().saturating_sub(limit);
+            out.extend(kept.into_iter().skip(skip).map(|m| Arc::new(m.as_recent())));
         }
         out.sort_unstable_by_key(|m| m.id);
         out.dedup_by_key(|m| m.id);

@@ -868,3 +868,48 @@ async fn a_channel_is_occupied_and_vacated_once_for_the_cluster() {
     );
     assert_eq!(on_b.all(), ["vacated /occ/x"]);
 }
+
+/// `recent=N` on a node that did not publish, while another node publishes a burst: the newest
+/// from Redis's history, then the live flow from its pub/sub, one run with nothing missed or
+/// doubled at the seam (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_on_b_while_a_publishes_a_burst() {
+    const BEFORE: u32 = 10;
+    const BURST: u32 = 200;
+    let redis = Redis::start().await;
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    for i in 1..=BEFORE {
+        a.publish_id("/recent/x", &i.to_string()).await;
+    }
+    let publisher = {
+        let client = common::Client::new(a.addr);
+        tokio::spawn(async move {
+            for i in BEFORE + 1..=BEFORE + BURST {
+                let reply = client
+                    .post("/pub/recent/x", "text/plain", i.to_string())
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+        })
+    };
+    let mut open = b
+        .stream("/sub/recent/x?transport=stream&format=json&recent=4", &[])
+        .await;
+    let mut got: Vec<(u32, bool)> = Vec::new();
+    while got.last().is_none_or(|(n, _)| *n < BEFORE + BURST) {
+        let m = open.json_line().await;
+        if m.get("event").is_some() {
+            continue;
+        }
+        let n: u32 = m["data"].as_str().unwrap().parse().unwrap();
+        got.push((n, m["recent"] == true));
+    }
+    publisher.await.unwrap();
+    for pair in got.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "{got:?}");
+        // The newest come first, all of them before the first live one.
+        assert!(pair[0].1 || !pair[1].1, "{got:?}");
+    }
+    assert!(got[0].0 >= BEFORE - 3, "{got:?}");
+    assert_eq!(got.iter().filter(|(_, r)| *r).count(), 4, "{got:?}");
+}
