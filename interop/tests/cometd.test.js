@@ -153,3 +153,31 @@ test("control: without the ack extension the swallowed message is lost", async (
   const { received } = await ackRun(false);
   assert.deepEqual(received, ["second"]);
 });
+
+for (const transport of ["websocket", "long-polling"]) {
+  test(`cometd ${transport}: subscribe with ext.recent gets the channel's newest first, then live, none twice`, async () => {
+    const channel = `/interop/recent/${transport}`;
+    for (let i = 1; i <= 8; i++) {
+      const r = await fetch(`${halley.base}/pub${channel}`, { method: "POST", body: String(i) });
+      assert.equal(r.status, 200);
+    }
+    const cometd = client(halley.cometd, transport);
+    await handshake(cometd);
+    const box = inbox();
+    // The subscribe message's fields come from the client's subscribeProps, unmodified client.
+    await new Promise((resolve, reject) => {
+      cometd.subscribe(channel, (m) => box.push(m), { ext: { recent: 3 } }, (reply) =>
+        reply.successful ? resolve() : reject(new Error(JSON.stringify(reply))),
+      );
+    });
+    const r = await fetch(`${halley.base}/pub${channel}`, { method: "POST", body: "9" });
+    assert.equal(r.status, 200);
+    const got = [];
+    for (let i = 0; i < 4; i++) {
+      const m = await box.next();
+      got.push([m.data, m.recent === true]);
+    }
+    assert.deepEqual(got, [["6", true], ["7", true], ["8", true], ["9", false]]);
+    await disconnect(cometd);
+  });
+}

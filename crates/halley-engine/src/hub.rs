@@ -533,6 +533,9 @@ struct Extras {
     /// What the transport serving this subscription keeps for its whole life but needs only
     /// now and then ([`Subscription::attach`]).
     attached: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Channels whose newest messages were put first ([`Subscription::put_first`]): their
+    /// live copies at or below the newest of them are dropped as they come out of the queue.
+    skip: Vec<(Channel, MessageId)>,
 }
 
 impl Subscription {
@@ -602,6 +605,55 @@ impl Subscription {
     /// replaces the first.
     pub fn attach<T: std::any::Any + Send + Sync>(&mut self, value: T) {
         self.extras.get_or_insert_default().attached = Some(Box::new(value));
+    }
+
+    /// Puts each channel's `messages` (its newest, oldest first, read after the channel was
+    /// added) ahead of everything queued, merged in id order and marked as recent, and drops
+    /// their live copies: what is queued on a channel at or below the newest of its own. For
+    /// a subscription that takes channels on while it runs (a Bayeux session): its floor is
+    /// the other channels' position, so these go past it, once each.
+    pub(crate) fn put_first(&mut self, channels: Vec<(Channel, Vec<Arc<Message>>)>) {
+        let mut marked = Vec::new();
+        for (channel, messages) in channels {
+            let Some(newest) = messages.last().map(|m| m.id) else {
+                continue;
+            };
+            self.extras
+                .get_or_insert_default()
+                .skip
+                .push((channel, newest));
+            marked.extend(messages.iter().map(|m| Arc::new(m.as_recent())));
+        }
+        if marked.is_empty() {
+            return;
+        }
+        marked.sort_unstable_by_key(|m| m.id);
+        match self.replay.as_deref_mut() {
+            Some(replaying) => replaying.put_first(marked),
+            None => self.replay = Some(Replaying::of(marked)),
+        }
+        // A connection waiting on this subscription has something to take.
+        self.sub.signal.notify();
+    }
+
+    /// Whether `message`, coming out of the live queue, is a copy of one put first.
+    fn put_first_already(&mut self, message: &Message) -> bool {
+        let Some(extras) = self.extras.as_deref_mut() else {
+            return false;
+        };
+        if extras.skip.is_empty() {
+            return false;
+        }
+        let id = message.id;
+        let seen = extras
+            .skip
+            .iter()
+            .any(|(c, upto)| *c == message.channel && upto.epoch == id.epoch && id <= *upto);
+        // The queue is in id order: once past an entry's newest, its copies are all gone.
+        extras
+            .skip
+            .retain(|(_, upto)| upto.epoch == id.epoch && id < *upto);
+        seen
     }
 
     /// What [`Subscription::attach`] kept, if it is a `T`.
@@ -789,8 +841,12 @@ impl Subscription {
         if self.replay.is_some() {
             match self.next_replayed() {
                 Ok(Some(m)) => {
-                    // Never lowered: a floor above the replay (see `set_resume`) stays.
-                    if self.floor.is_none_or(|f| f.epoch != m.id.epoch || f < m.id) {
+                    // Never lowered: a floor above the replay (see `set_resume`) stays. Nor
+                    // raised by a channel's newest put first (`put_first`): other channels'
+                    // messages below them may still be queued.
+                    if !m.is_recent()
+                        && self.floor.is_none_or(|f| f.epoch != m.id.epoch || f < m.id)
+                    {
                         self.floor = Some(m.id);
                     }
                     return Some(Event::Message(m));
@@ -810,6 +866,9 @@ impl Subscription {
             }
             let message = queue.messages.pop_front()?;
             drop(queue);
+            if self.extras.is_some() && self.put_first_already(&message) {
+                continue;
+            }
             match self.floor {
                 Some(floor) if message.id.epoch == floor.epoch && message.id <= floor => continue,
                 _ => {

@@ -94,9 +94,24 @@ impl Replaying {
         })
     }
 
+    /// A replay of `messages` alone (oldest first), nothing to read after them.
+    pub(crate) fn of(messages: Vec<Arc<Message>>) -> Box<Replaying> {
+        Box::new(Replaying {
+            batch: messages.into(),
+            rest: None,
+        })
+    }
+
     /// The last message of the batch in hand.
     pub(crate) fn last(&self) -> Option<MessageId> {
         self.batch.back().map(|m| m.id)
+    }
+
+    /// Puts `messages` (oldest first) ahead of the batch in hand.
+    pub(crate) fn put_first(&mut self, messages: Vec<Arc<Message>>) {
+        for m in messages.into_iter().rev() {
+            self.batch.push_front(m);
+        }
     }
 
     pub(crate) fn pop(&mut self) -> Option<Arc<Message>> {

@@ -168,3 +168,92 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
         reply.expect_error(400);
     }
 }
+
+/// Bayeux: `ext.recent` on `/meta/subscribe`. A session already receiving another channel
+/// adds one while a burst is published to it: its newest come first (marked), then the live
+/// ones, one run with nothing missed or doubled; the other channel's flow is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_subscribe_with_ext_recent_while_a_burst_is_published() {
+    use common::bayeux;
+    use serde_json::json;
+    let s = TestServer::start().await;
+    let client = Client::new(s.addr);
+    let id = common::bayeux_client(&client, json!({})).await;
+    let connect =
+        || json!([{"channel": "/meta/connect", "clientId": id, "connectionType": "long-polling"}]);
+    bayeux(&client, connect()).await;
+    let replies = bayeux(
+        &client,
+        json!([{"channel": "/meta/subscribe", "clientId": id, "subscription": "/bx/other"}]),
+    )
+    .await;
+    assert_eq!(replies[0]["successful"], true, "{replies:?}");
+    for i in 1..=BEFORE {
+        s.publish("/bx/room", &i.to_string()).await;
+        s.publish("/bx/other", "other").await;
+    }
+    let publisher = {
+        tokio::spawn(async move {
+            for i in BEFORE + 1..=BEFORE + BURST {
+                for channel in ["/pub/bx/room", "/pub/bx/other"] {
+                    let body = if channel.ends_with("room") {
+                        i.to_string()
+                    } else {
+                        "other".into()
+                    };
+                    let reply = client.post(channel, "text/plain", body).await;
+                    assert_eq!(reply.status, 200, "{}", reply.body);
+                }
+            }
+        })
+    };
+    let replies = bayeux(
+        &client,
+        json!([{"channel": "/meta/subscribe", "clientId": id, "subscription": "/bx/room", "ext": {"recent": RECENT}}]),
+    )
+    .await;
+    assert_eq!(replies[0]["successful"], true, "{replies:?}");
+    let mut room: Vec<(u32, bool)> = Vec::new();
+    let mut others = 0;
+    while room.last().is_none_or(|(n, _)| *n < BEFORE + BURST) {
+        for m in bayeux(&client, connect()).await {
+            match m["channel"].as_str() {
+                Some("/bx/room") => room.push((
+                    m["data"].as_str().unwrap().parse().unwrap(),
+                    m["recent"] == true,
+                )),
+                Some("/bx/other") => others += 1,
+                _ => {}
+            }
+        }
+    }
+    publisher.await.unwrap();
+    for pair in room.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "{room:?}");
+        assert!(pair[0].1 || !pair[1].1, "the newest first: {room:?}");
+    }
+    assert_eq!(
+        room.iter().filter(|(_, r)| *r).count(),
+        RECENT as usize,
+        "{room:?}"
+    );
+    assert!(room[0].0 >= BEFORE + 1 - RECENT, "{room:?}");
+    // Every message of the other channel published after the first connect, once.
+    let others_expected = BEFORE + BURST;
+    while others < others_expected {
+        let got = bayeux(&client, connect()).await;
+        others += got.iter().filter(|m| m["channel"] == "/bx/other").count() as u32;
+        assert!(
+            got.iter().any(|m| m["channel"] == "/bx/other"),
+            "other stalled at {others}"
+        );
+    }
+    assert_eq!(others, others_expected);
+    // A bad ext.recent is a refusal with a reason.
+    let replies = bayeux(
+        &client,
+        json!([{"channel": "/meta/subscribe", "clientId": id, "subscription": "/bx/c", "ext": {"recent": 101}}]),
+    )
+    .await;
+    assert_eq!(replies[0]["successful"], false, "{replies:?}");
+}

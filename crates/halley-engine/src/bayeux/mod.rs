@@ -743,6 +743,25 @@ impl Bayeux {
                 BayeuxError::BadRequest(String::new(), "subscription missing".into()),
             );
         }
+        // `ext.recent`: each new channel's newest messages first (`Start::recent`).
+        let recent = match message.ext.as_ref().and_then(|e| e.get("recent")) {
+            None => 0,
+            Some(n) => match n.as_u64().filter(|n| *n <= u64::from(crate::MAX_RECENT)) {
+                Some(n) if subscribe => n as usize,
+                _ => {
+                    return BayeuxMessage::error(
+                        message,
+                        BayeuxError::BadRequest(
+                            "recent".into(),
+                            format!(
+                                "ext.recent is a number of messages on a subscribe, 0 to {}",
+                                crate::MAX_RECENT
+                            ),
+                        ),
+                    );
+                }
+            },
+        };
         let mut patterns = Vec::with_capacity(names.len());
         for name in names {
             if name.starts_with("/meta/") || name == "/meta" {
@@ -795,8 +814,9 @@ impl Bayeux {
             if let Err(e) = self.shared.engine.check_capacity(&patterns).await {
                 return BayeuxMessage::error(message, BayeuxError::Unavailable(e.to_string()));
             }
+            let recent = (recent > 0).then_some((&self.shared.engine, recent));
             if session
-                .subscribe(patterns, MAX_SESSION_SUBSCRIPTIONS)
+                .subscribe(patterns, MAX_SESSION_SUBSCRIPTIONS, recent)
                 .await
                 .is_err()
             {

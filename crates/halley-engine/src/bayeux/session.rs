@@ -206,7 +206,15 @@ impl Session {
     }
 
     /// Adds `patterns`; refused (nothing added) when the session would hold more than `max`.
-    pub(crate) async fn subscribe(&self, patterns: Vec<Pattern>, max: usize) -> Result<(), usize> {
+    /// Adds `patterns`; with `recent`, each newly added exact channel's newest messages come
+    /// first ([`Subscription::put_first`]). They are read after the channel is added and under
+    /// the subscription's lock, so no delivery takes a live copy before they are in place.
+    pub(crate) async fn subscribe(
+        &self,
+        patterns: Vec<Pattern>,
+        max: usize,
+        recent: Option<(&crate::Engine, usize)>,
+    ) -> Result<(), usize> {
         let mut sub = self.sub.lock().await;
         let new = patterns
             .iter()
@@ -215,8 +223,23 @@ impl Session {
         if sub.patterns().len() + new > max {
             return Err(max);
         }
+        let mut added = Vec::new();
         for p in patterns {
-            sub.add(p);
+            if let (true, Some(channel)) = (sub.add(p.clone()), p.exact()) {
+                added.push(channel.clone());
+            }
+        }
+        if let Some((engine, limit)) = recent {
+            let mut first = Vec::new();
+            for channel in added {
+                match engine.recent(&channel, limit).await {
+                    Ok(messages) if !messages.is_empty() => first.push((channel, messages)),
+                    Ok(_) | Err(crate::EngineError::Reserved(_)) => {}
+                    // The subscription stands; only its context could not be read.
+                    Err(error) => tracing::warn!(%error, %channel, "bayeux: recent messages"),
+                }
+            }
+            sub.put_first(first);
         }
         Ok(())
     }
