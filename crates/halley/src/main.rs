@@ -2,6 +2,8 @@
 //! logging, signals, and the server's lifetime.
 
 mod config;
+#[cfg(test)]
+mod sample_config;
 
 use std::time::Duration;
 
