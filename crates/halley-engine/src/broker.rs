@@ -192,6 +192,31 @@ pub trait Broker: Send + Sync + 'static {
         Ok(Remote::default())
     }
 
+    /// Claims the idempotency key `name` for every node ([`crate::idempotency`]): stores
+    /// `value` if the key is free (for `window`, so that an abandoned claim ends), else says
+    /// what it holds. A broker no other node shares keeps no keys (the engine does).
+    async fn claim_key(
+        &self,
+        name: &str,
+        value: &str,
+        window: std::time::Duration,
+    ) -> Result<crate::idempotency::KeyClaim, BrokerError> {
+        let _ = (name, value, window);
+        Ok(crate::idempotency::KeyClaim::Unsupported)
+    }
+
+    /// Settles a key this node claimed: `value` for `window`, or (`None`) frees it. False
+    /// when the broker keeps no keys.
+    async fn settle_key(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        window: std::time::Duration,
+    ) -> Result<bool, BrokerError> {
+        let _ = (name, value, window);
+        Ok(false)
+    }
+
     /// This node's name among the others (listings say where a connection is); `None` on a
     /// single node.
     fn node(&self) -> Option<String> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use halley_engine::control::{Command, Remote};
+use halley_engine::idempotency::KeyClaim;
 use halley_engine::{
     Broker, BrokerError, ChannelEntry, EngineConfig, Gather, Hub, Member, Replay, Stats,
 };
@@ -684,6 +685,74 @@ impl Broker for RedisBroker {
 
     fn node(&self) -> Option<String> {
         Some(format!("{:x}", self.shared.node))
+    }
+
+    /// `SET NX PX` on `{prefix}idem:{name}`: one key for every node, gone after its window.
+    async fn claim_key(
+        &self,
+        name: &str,
+        value: &str,
+        window: std::time::Duration,
+    ) -> Result<KeyClaim, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let key = format!("{}idem:{name}", s.keys.prefix);
+        let ms = window.as_millis().max(1) as u64;
+        // Twice at most: a key that expired between the SET and the GET is free again.
+        for _ in 0..2 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            if set.is_some() {
+                return Ok(KeyClaim::Claimed);
+            }
+            let held: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            if let Some(held) = held {
+                return Ok(KeyClaim::Held(held));
+            }
+        }
+        Err(s.unavailable("an idempotency key came and went twice"))
+    }
+
+    async fn settle_key(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        window: std::time::Duration,
+    ) -> Result<bool, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let key = format!("{}idem:{name}", s.keys.prefix);
+        let cmd = match value {
+            Some(value) => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(window.as_millis().max(1) as u64);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(&key);
+                cmd
+            }
+        };
+        let _: redis::Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        Ok(true)
     }
 
     fn healthy(&self) -> bool {

@@ -919,12 +919,15 @@ impl Bayeux {
                     BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
                 ))
             }
-            Err(e @ (EngineError::Broker(_) | EngineError::Full(..) | EngineError::Control(_))) => {
-                Err(BayeuxMessage::error(
-                    message,
-                    BayeuxError::Unavailable(e.to_string()),
-                ))
-            }
+            Err(
+                e @ (EngineError::Broker(_)
+                | EngineError::Full(..)
+                | EngineError::KeysFull(_)
+                | EngineError::Control(_)),
+            ) => Err(BayeuxMessage::error(
+                message,
+                BayeuxError::Unavailable(e.to_string()),
+            )),
         }
     }
 
