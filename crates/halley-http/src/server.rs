@@ -275,14 +275,17 @@ impl Server {
         let ticker = {
             let shutdown = app.shutdown.clone();
             let engine = app.engine.clone();
+            let bayeux = app.bayeux.clone();
             let every = app.config.heartbeat_interval;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => {
-                            // Streams wait on their subscriber's signal only (stream.rs).
+                            // Streams wait on their subscriber's signal only (stream.rs), and
+                            // held Bayeux connects on their session's (`Bayeux::shutdown`).
                             engine.wake_subscribers();
+                            bayeux.shutdown();
                             return;
                         }
                         _ = tick.tick() => {
@@ -834,8 +837,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                         request
                     };
                     let handling = Box::pin(app::handle(&app, request));
-                    let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await
-                    else {
+                    let Some(response) = until_peer_closes(&stream, handling).await else {
                         return;
                     };
                     let keep_alive = keep_alive && !app.shutdown.is_cancelled();
@@ -955,16 +957,6 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, more: usize) -> i
     Ok(())
 }
 
-/// Resolves when the peer has closed its side (or the socket failed). Pending forever once
-/// the peer sends data instead (a pipelined request): that is read after the response.
-async fn peer_closed(stream: &TcpStream) {
-    let mut byte = [0u8; 1];
-    match stream.peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
-}
-
 /// What a lean-path writer does next.
 enum Next {
     /// Write this body data.
@@ -978,7 +970,7 @@ enum Next {
 }
 
 /// The body's next data, or its end, or `Closed` once the peer has closed (or the socket
-/// failed). Polled by hand rather than as a `select!` of `frame()` and [`peer_closed`]: the
+/// failed). Polled by hand rather than as a `select!` of `frame()` and a `peek`: the
 /// peek's readiness future would sit in every held response's future (dhat: ~0.1 KiB per idle
 /// subscriber), where `poll_peek` keeps its waker in the socket's own slot. A peer that sends
 /// data instead (a pipelined request) is not closed; that data is read after the response.
@@ -1001,12 +993,26 @@ fn next_data(cx: &mut Context<'_>, body: &mut Body, stream: &TcpStream) -> Poll<
     }
 }
 
-/// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes).
-async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        out = work => Some(out),
-        _ = peer_closed(stream) => None,
-    }
+/// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes). A
+/// `poll_fn` over two pointers, polled by hand as [`next_data`] is: a `select!` with a `peek`
+/// kept the peek's readiness future beside the work, a boxed 312 bytes in every held request
+/// (dhat), where `poll_peek` keeps its waker in the socket's own slot. Nothing
+/// else reads the socket meanwhile: the request was read whole before the handler began.
+fn until_peer_closes<'a, F: Future + ?Sized + 'a>(
+    stream: &'a TcpStream,
+    mut work: Pin<Box<F>>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let mut byte = [0u8; 1];
+        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+            // Data instead (a pipelined request): read after the response.
+            Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        }
+    })
 }
 
 /// `write_all`, bounded by the write stall timeout.
