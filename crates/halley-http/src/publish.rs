@@ -62,6 +62,9 @@ pub async fn publish<B: RequestBody>(
     // channel publishes on none.
     let mut allowed = Vec::with_capacity(channels.len());
     for channel in channels {
+        if channel.is_meta() || channel.is_service() {
+            return Err(halley_engine::EngineError::Reserved(channel).into());
+        }
         let who = app
             .allow(
                 request.headers(),

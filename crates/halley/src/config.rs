@@ -432,6 +432,14 @@ pub struct ServeArgs {
     /// long-poll gaps and reconnects don't announce leaving and joining [default: 10].
     #[arg(long, env = "HALLEY_PRESENCE_GRACE")]
     pub presence_grace: Option<u64>,
+    /// Seconds an `Idempotency-Key` is remembered after its publish: a retry within it gets
+    /// the first answer and is not published again [default: 300].
+    #[arg(long, env = "HALLEY_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<u64>,
+    /// Most idempotency keys this node keeps in their window with the memory broker (Redis
+    /// keeps them itself); beyond it keyed publishes get 503 [default: 100000].
+    #[arg(long, env = "HALLEY_IDEMPOTENCY_KEYS")]
+    pub idempotency_keys: Option<usize>,
     /// Serve halley.js and the talk chat from this directory (clients/js) instead of the
     /// built-in copies, to edit them without rebuilding [default: built-in].
     #[arg(long, env = "HALLEY_ASSETS")]
@@ -485,6 +493,7 @@ impl BrokerChoice {
 
 pub struct Settings {
     pub presence_grace: Duration,
+    pub idempotency: halley_engine::idempotency::Idempotency,
     pub http: HttpConfig,
     pub engine: EngineConfig,
     pub bayeux: BayeuxConfig,
@@ -530,6 +539,8 @@ impl ServeArgs {
                 max_sessions,
                 handshake_rate,
                 presence_grace,
+                idempotency_window,
+                idempotency_keys,
                 assets,
                 token_secret,
                 auth_url,
@@ -752,10 +763,22 @@ impl ServeArgs {
         };
         anyhow::ensure!(bayeux.max_sessions > 0, "max-sessions must be at least 1");
         let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
+        let idempotency = {
+            let default = halley_engine::idempotency::Idempotency::default();
+            halley_engine::idempotency::Idempotency {
+                window: self.idempotency_window.map_or(default.window, secs),
+                max_keys: self.idempotency_keys.unwrap_or(default.max_keys),
+            }
+        };
+        anyhow::ensure!(
+            idempotency.max_keys > 0 && !idempotency.window.is_zero(),
+            "idempotency-window and idempotency-keys must be at least 1"
+        );
         Ok(Settings {
             presence_grace: self
                 .presence_grace
                 .map_or(halley_engine::presence::DEFAULT_GRACE, secs),
+            idempotency,
             http,
             engine,
             bayeux,

@@ -87,6 +87,7 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
         }
     };
     engine.set_presence_grace(settings.presence_grace);
+    engine.set_idempotency(settings.idempotency);
     if engine.set_policy(settings.policy.clone()).is_err() {
         anyhow::bail!("the access policy was set twice");
     }
