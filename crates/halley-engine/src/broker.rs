@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 
 use crate::control::{Command, Remote};
 
@@ -126,10 +126,13 @@ pub struct Member {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes and returns the message with its id and how many local subscribers got it.
+    /// `meta` (its type, its expiry) travels and is stored with it; history reads leave out
+    /// what has expired ([`Message::expired`]).
     async fn publish(
         &self,
         channel: Channel,
         data: Payload,
+        meta: Option<Box<Meta>>,
     ) -> Result<(Arc<Message>, usize), BrokerError>;
 
     /// What history holds after `after` on channels matching `pattern`, oldest first: at most

@@ -7,7 +7,7 @@ use crate::observe::{Event, Kind, Kinds, Observer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 
 use std::time::Duration;
 
@@ -620,8 +620,27 @@ impl Engine {
         channel: Channel,
         data: Payload,
     ) -> Result<Published, EngineError> {
+        self.publish_as_with(who, channel, data, None).await
+    }
+
+    /// [`Engine::publish_as`] with what the publisher said besides the data (a type, an
+    /// expiry: [`Meta`]).
+    pub async fn publish_as_with(
+        &self,
+        who: &Identity,
+        channel: Channel,
+        data: Payload,
+        meta: Option<Box<Meta>>,
+    ) -> Result<Published, EngineError> {
         let stamp = self.policy().stamp(who, &channel);
-        let published = self.publish_stamped(channel, data, stamp.as_ref()).await?;
+        let data = match &stamp {
+            Some(stamp) => stamp.apply(&channel, &data)?,
+            None => data,
+        };
+        if presence::looks_like_notice(&data) {
+            return Err(EngineError::Forged);
+        }
+        let published = self.publish_with(channel, data, meta).await?;
         if !who.backend {
             self.observe_publish(&published, who.user.clone(), who.info.clone());
         }
@@ -718,10 +737,19 @@ impl Engine {
         channel: Channel,
         data: Payload,
     ) -> Result<Published, EngineError> {
+        self.publish_with(channel, data, None).await
+    }
+
+    async fn publish_with(
+        &self,
+        channel: Channel,
+        data: Payload,
+        meta: Option<Box<Meta>>,
+    ) -> Result<Published, EngineError> {
         if channel.is_meta() || channel.is_service() {
             return Err(EngineError::Reserved(channel));
         }
-        let (message, subscribers) = self.shared.broker.publish(channel, data).await?;
+        let (message, subscribers) = self.shared.broker.publish(channel, data, meta).await?;
         Stats::add(&self.shared.stats.published, 1);
         Ok(Published {
             message,

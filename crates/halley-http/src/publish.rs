@@ -7,7 +7,7 @@ use bytes::Bytes;
 use halley_engine::Published;
 use halley_engine::access::{Action, Via};
 use halley_engine::idempotency::{self, Claim, Keyed};
-use halley_proto::{Channel, Payload, is_binary_type, push_json_string};
+use halley_proto::{Channel, Meta, Payload, is_binary_type, push_json_string};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
@@ -16,6 +16,43 @@ use crate::body::{Body, full};
 use crate::error::ApiError;
 use crate::query::Query;
 use crate::state::App;
+
+/// The longest `ttl=` a message may be given, in seconds (a year; its channel's history keeps
+/// it no longer than the channel's own TTL anyway).
+pub const MAX_MESSAGE_TTL: u64 = 365 * 24 * 3600;
+
+/// `type=` and `ttl=`: what the publisher says besides the data ([`Meta`]).
+fn meta(query: &Query) -> Result<Option<Box<Meta>>, ApiError> {
+    let kind = match query.get("type") {
+        None => None,
+        Some(kind) if halley_proto::valid_type(kind) => Some(Box::<str>::from(kind)),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "type is 1 to {} characters of A-Z a-z 0-9 _ . : -",
+                halley_proto::MAX_TYPE_LEN
+            )));
+        }
+    };
+    let expires_ms = match query.get("ttl") {
+        None => None,
+        Some(text) => {
+            let ttl = text
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (1..=MAX_MESSAGE_TTL).contains(t))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "ttl is a number of seconds, 1 to {MAX_MESSAGE_TTL}"
+                    ))
+                })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Some(now + ttl * 1000)
+        }
+    };
+    Ok((kind.is_some() || expires_ms.is_some()).then(|| Box::new(Meta { kind, expires_ms })))
+}
 
 /// Most channels one `POST /pub` publishes to (the path's and `channel=` parameters): each is
 /// a policy decision and a broker round trip made while the publisher waits.
@@ -42,6 +79,7 @@ pub async fn publish<B: RequestBody>(
             "at most {MAX_PUBLISH_CHANNELS} channels per publish"
         )));
     }
+    let meta = meta(&query)?;
     let key = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => Some(
@@ -97,7 +135,9 @@ pub async fn publish<B: RequestBody>(
         Payload::from_text(&body)?
     };
     let Some(key) = key else {
-        return publish_all(app, allowed, payload).await.map(json_response);
+        return publish_all(app, allowed, payload, meta)
+            .await
+            .map(json_response);
     };
     let scope = match &allowed[0].1 {
         who if who.backend => "b".to_owned(),
@@ -107,7 +147,15 @@ pub async fn publish<B: RequestBody>(
         },
     };
     let names = allowed.iter().map(|(c, _)| c.as_str());
-    let keyed = Keyed::new(&scope, &key, names, payload.json());
+    // What was published: the data, and its type and time to live as asked (not the expiry,
+    // which a retry computes anew).
+    let published = format!(
+        "{}\0{}\0{}",
+        query.get("type").unwrap_or(""),
+        query.get("ttl").unwrap_or(""),
+        payload.json()
+    );
+    let keyed = Keyed::new(&scope, &key, names, &published);
     match app.engine.claim_key(&keyed).await? {
         Claim::Fresh => {}
         Claim::Done(answer) => {
@@ -134,7 +182,7 @@ pub async fn publish<B: RequestBody>(
         app: app.clone(),
         keyed: Some(keyed),
     };
-    let result = publish_all(app, allowed, payload).await;
+    let result = publish_all(app, allowed, payload, meta).await;
     let keyed = claim.keyed.take().expect("settled once");
     app.engine
         .settle_key(&keyed, result.as_ref().ok().map(String::as_str))
@@ -166,15 +214,23 @@ async fn publish_all(
     app: &App,
     allowed: Vec<(Channel, halley_engine::access::Principal)>,
     payload: Payload,
+    meta: Option<Box<Meta>>,
 ) -> Result<String, ApiError> {
     if allowed.len() == 1 {
         let (channel, who) = allowed.into_iter().next().expect("one");
-        let published = app.engine.publish_as(&who, channel, payload).await?;
+        let published = app
+            .engine
+            .publish_as_with(&who, channel, payload, meta)
+            .await?;
         return Ok(published_body(&published));
     }
     let mut done = Vec::with_capacity(allowed.len());
     for (channel, who) in allowed {
-        match app.engine.publish_as(&who, channel, payload.clone()).await {
+        let published = app
+            .engine
+            .publish_as_with(&who, channel, payload.clone(), meta.clone())
+            .await;
+        match published {
             Ok(published) => done.push(published_json(&published)),
             Err(e) if done.is_empty() => return Err(e.into()),
             Err(e) => {

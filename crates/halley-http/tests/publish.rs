@@ -389,3 +389,76 @@ async fn racing_retries_publish_once() {
     let history = s.get("/api/history?channel=/race&limit=100").await.json();
     assert_eq!(history["messages"].as_array().unwrap().len(), 20);
 }
+
+/// `type=`: SSE's `event:` name and `"type"` in message objects, kept in history; `ttl=`: the
+/// message leaves history (resume, recent, /api/history) when it expires, without a gap, while
+/// live subscribers got it.
+#[tokio::test]
+async fn message_type_and_time_to_live() {
+    let s = TestServer::start().await;
+    let mut sse = s.sse("/typed", None).await;
+    let before = s.publish("/typed", "first").await;
+    let reply = post_keyed(&s, "/pub/typed?type=price.update", None, "10").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = post_keyed(&s, "/pub/typed?ttl=1&type=flash", None, "11").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    s.publish("/typed", "last").await;
+    assert_eq!(sse.next().await.event, None);
+    let typed = sse.next().await;
+    assert_eq!(
+        (typed.event.as_deref(), typed.data.as_str()),
+        (Some("price.update"), "10")
+    );
+    let flash = sse.next().await;
+    assert_eq!(
+        (flash.event.as_deref(), flash.data.as_str()),
+        (Some("flash"), "11")
+    );
+    // In history with its type, until the short-lived one expires: then without it, and a
+    // resume from before it has no gap.
+    let history = s.get("/api/history?channel=/typed").await.json();
+    let kinds: Vec<&Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["type"])
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            &Value::Null,
+            &Value::from("price.update"),
+            &Value::from("flash"),
+            &Value::Null
+        ]
+    );
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the ttl=1 message to expire",
+        || async {
+            let history = s.get("/api/history?channel=/typed").await.json();
+            (history["messages"].as_array().unwrap().len() == 3).then_some(())
+        },
+    )
+    .await;
+    let reply = s
+        .get(&format!("/sub/typed?transport=longpoll&last_id={before}"))
+        .await;
+    assert_eq!(reply.header("x-halley-gap"), None);
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].to_string())
+        .collect();
+    assert_eq!(data, ["10", r#""last""#]);
+    let recent = s.get("/sub/typed?transport=longpoll&recent=2").await.json();
+    assert_eq!(recent[0]["type"], "price.update");
+    // Bad values are a 400 with a JSON error.
+    for bad in ["type=a%20b", "type=", "ttl=0", "ttl=x", "ttl=31536001"] {
+        let reply = post_keyed(&s, &format!("/pub/typed?{bad}"), None, "1").await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()["error"].is_string());
+    }
+}

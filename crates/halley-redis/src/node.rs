@@ -260,7 +260,8 @@ fn deliver(shared: &Shared, id: MessageId, entry: &Entry) {
     let decoded = (|| {
         let channel = Channel::parse(std::str::from_utf8(entry.field("c")?).ok()?).ok()?;
         let data = Payload::from_json(entry.field("d")?).ok()?;
-        Some(Arc::new(Message::new(channel, id, data)))
+        let meta = crate::broker::meta_of(entry);
+        Some(Arc::new(Message::with_meta(channel, id, data, meta)))
     })();
     let count = match &decoded {
         Some(message) => shared.hub.deliver(message),

@@ -963,3 +963,43 @@ async fn idempotency_key_holds_across_nodes() {
         assert_eq!(sse.next().await.data, expected);
     }
 }
+
+/// A message's type and time to live travel through Redis: SSE on another node gets the
+/// `event:` name, history there says `"type"`, and the short-lived message leaves Redis's
+/// history (for a resume, without a gap) when it expires (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_type_and_ttl_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let mut sse = b.sse("/typed/x", None).await;
+    let client = common::Client::new(a.addr);
+    let first = a.publish_id("/typed/x", "first").await;
+    for path in ["/pub/typed/x?type=tick", "/pub/typed/x?type=gone&ttl=1"] {
+        let reply = client.post(path, "application/json", "1").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(sse.next().await.event, None);
+    assert_eq!(sse.next().await.event.as_deref(), Some("tick"));
+    assert_eq!(sse.next().await.event.as_deref(), Some("gone"));
+    let history = common::Client::new(b.addr)
+        .get("/api/history?channel=/typed/x")
+        .await
+        .json();
+    assert_eq!(history["messages"][1]["type"], "tick");
+    eventually(
+        Duration::from_secs(10),
+        "the ttl=1 message to leave history",
+        || async {
+            let reply = common::Client::new(b.addr)
+                .get(&format!("/sub/typed/x?transport=longpoll&last_id={first}"))
+                .await;
+            let messages = reply.json();
+            (reply.header("x-halley-gap").is_none()
+                && messages
+                    .as_array()
+                    .is_some_and(|m| m.len() == 1 && m[0]["type"] == "tick"))
+            .then_some(())
+        },
+    )
+    .await;
+}
