@@ -90,6 +90,13 @@ export interface SubscribeOptions {
   recent?: number;
 }
 
+export interface PublishOptions {
+  /** The message's type: SSE's `event:` name, `"type"` in its object (1–64 of A-Za-z0-9_.:-). */
+  type?: string;
+  /** Seconds the message stays in history (a resume, `recent`); live delivery is unaffected. */
+  ttl?: number;
+}
+
 export interface Published {
   channel: string;
   id: string;
@@ -166,7 +173,7 @@ declare class HalleyClient {
     callback: (data: T, message: Message<T>) => void,
     options?: SubscribeOptions,
   ): Subscription;
-  publish(channel: string, data: Json): Promise<Published>;
+  publish(channel: string, data: Json, options?: PublishOptions): Promise<Published>;
   /**
    * Calls the application behind the server (`rpc-url`): `POST /rpc/{method}` with `data`;
    * resolves with the application's answer. Rejects with an `Error` whose `status` is 401/403

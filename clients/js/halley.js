@@ -35,6 +35,8 @@
 
   /** What the server accepts on one connection (PROTOCOL.md: MAX_SUB_CHANNELS, MAX_PRESENCE). */
   var MAX_SUB_CHANNELS = 16;
+  /** Retries of a publish whose answer was lost (with its Idempotency-Key: published once). */
+  var PUBLISH_RETRIES = 2;
   /** Most newest messages a subscription may ask for first (the server's MAX_RECENT). */
   var MAX_RECENT = 100;
   var MAX_PRESENCE = 16;
@@ -1588,23 +1590,47 @@
     this._changed();
   };
 
-  /** Publishes `data` (any JSON value) to `channel`. Resolves with {channel, id, subscribers}. */
-  Halley.prototype.publish = function (channel, data) {
+  /**
+   * Publishes `data` (any JSON value) to `channel`. Resolves with {channel, id, subscribers}.
+   * `options`: `{type, ttl}` (the message's type and seconds in history). A publish whose
+   * answer is lost is sent again with the same `Idempotency-Key`: the server publishes it once.
+   */
+  Halley.prototype.publish = function (channel, data, options) {
     if (!isChannel(channel)) return Promise.reject(new Error("halley: cannot publish to " + JSON.stringify(channel)));
     var json = JSON.stringify(data === undefined ? null : data);
     var key = this.options.key;
     var self = this;
-    return this._authed(function (token) {
-      if (self._jsonp()) {
-        var url = self.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
-        return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
-          return args[0];
+    // The message's type and time to live (README, "Publishing").
+    var extra = "";
+    if (options && options.type !== undefined) extra += "&type=" + encodeURIComponent(options.type);
+    if (options && options.ttl !== undefined) extra += "&ttl=" + encodeURIComponent(options.ttl);
+    // One key for this publish and its retries: the server publishes it once.
+    var idempotencyKey = randomId(24);
+    var attempt = function (n) {
+      return self._authed(function (token) {
+        if (self._jsonp()) {
+          var url = self.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "") + extra;
+          return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
+            return args[0];
+          });
+        }
+        var headers = authHeaders({ "content-type": "application/json", "idempotency-key": idempotencyKey }, token);
+        if (key) headers["x-halley-key"] = key;
+        var url = self.url + "/pub" + channel + (extra ? "?" + extra.slice(1) : "");
+        return httpRequest("POST", url, json, headers).then(parseAnswer);
+      }).catch(function (e) {
+        // Lost on the way (no answer), under way elsewhere (409), or the server busy (503):
+        // the same key again, at most PUBLISH_RETRIES times. JSONP has no key: not retried.
+        var again = !self._jsonp() && (e.status === undefined || e.status === 0 || e.status === 409 || e.status === 503);
+        if (!again || n >= PUBLISH_RETRIES || self._closed) throw e;
+        return new Promise(function (resolve) {
+          setTimeout(resolve, backoffDelay(n, self.options.backoff) + 50);
+        }).then(function () {
+          return attempt(n + 1);
         });
-      }
-      var headers = authHeaders({ "content-type": "application/json" }, token);
-      if (key) headers["x-halley-key"] = key;
-      return httpRequest("POST", self.url + "/pub" + channel, json, headers).then(parseAnswer);
-    });
+      });
+    };
+    return attempt(0);
   };
 
   /**
