@@ -91,9 +91,14 @@ fn evict_old(history: &mut History, now: Instant) {
 
 /// Now, in Unix milliseconds (messages' expiry is wall-clock: it travels between nodes).
 fn unix_ms() -> u64 {
+    unix_now_us() / 1000
+}
+
+/// Now, in Unix microseconds (when a message was published: a Redis node's is Redis's clock).
+fn unix_now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn sweep(broker: Weak<MemoryBroker>) {
@@ -126,7 +131,9 @@ impl Broker for MemoryBroker {
         }
         *offset += 1;
         let id = MessageId::new(self.epoch, *offset);
-        let message = Arc::new(Message::with_meta(channel.clone(), id, data, meta));
+        let message = Arc::new(
+            Message::with_meta(channel.clone(), id, data, meta).published_at(unix_now_us()),
+        );
         let limits = self.config.history(&channel);
         let history = channels.entry(channel).or_insert_with(|| History {
             messages: VecDeque::new(),

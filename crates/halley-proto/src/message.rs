@@ -371,6 +371,9 @@ pub struct Message {
     /// A copy handed out as one of a channel's newest messages when a subscription opened
     /// (`recent=N`), not as it happened: its object says so.
     recent: bool,
+    /// When it was published, Unix microseconds (0: unknown, as for what is read back from a
+    /// Redis history): where a publish→write latency starts.
+    published_us: u64,
 }
 
 impl Message {
@@ -385,7 +388,21 @@ impl Message {
             binary: OnceLock::new(),
             recent: false,
             meta: None,
+            published_us: 0,
         }
+    }
+
+    /// This message, published at `published_us` (Unix microseconds).
+    pub fn published_at(self, published_us: u64) -> Message {
+        Message {
+            published_us,
+            ..self
+        }
+    }
+
+    /// When it was published (Unix microseconds), if known.
+    pub fn published_us(&self) -> Option<u64> {
+        (self.published_us > 0).then_some(self.published_us)
     }
 
     /// A message with what its publisher said besides the data (`None`: nothing).

@@ -38,6 +38,8 @@ return {v[1], v[2]}
 /// ARGV: key prefix, channel, data, fresh epoch, history size, history ttl ms, max channels,
 /// log length, origin (`<node hex>:<seq>`), the message's type (`k`; empty: none), its expiry
 /// in Unix ms (`x`; 0: none). `k` and `x` are stored only when given.
+/// Log entries also carry `u`, the publish time in Unix µs (Redis's clock), where a node's
+/// publish→write latency starts.
 /// Returns `{epoch, offset}`, or 0 when the channel would exceed max channels.
 const PUBLISH: &str = r"
 local prefix, channel = ARGV[1], ARGV[2]
@@ -85,7 +87,7 @@ redis.call('PEXPIRE', hist, ttl)
 redis.call('ZADD', last, offset, channel)
 redis.call('ZADD', expiry, string.format('%d', now + ttl), channel)
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], id, 'c', channel, 'd', ARGV[3], 'o', ARGV[9],
-  unpack(extra))
+  'u', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])), unpack(extra))
 redis.call('PEXPIRE', log, ttl)
 return {epoch, offset}
 ";
