@@ -131,6 +131,12 @@ export interface HalleyEvents {
   transport: (change: { transport: Transport; from: Transport; reason: string }) => void;
   /** The server could not resume from the last id: messages may have been lost. */
   gap: (gap: { channel: string | null; lastId: string | null }) => void;
+  /**
+   * One of this client's own publishes came back on its subscriptions: milliseconds from
+   * `publish()` to its arrival, end to end (the server's own publish→write part is
+   * `halley_delivery_latency_seconds` in `/metrics`).
+   */
+  latency: (latency: { channel: string; id: string; ms: number }) => void;
   /** A message to this client's inbox. */
   inbox: (data: Json, message: Message) => void;
   /** Every message, before the subscription callbacks. */
