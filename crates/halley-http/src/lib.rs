@@ -44,10 +44,14 @@ mod query;
 pub mod routes;
 pub mod rpc;
 mod rupy;
+mod secure;
 mod server;
 mod state;
+pub mod tls;
 mod transport;
 
 pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_HEADERS, MAX_NAME};
 pub use control::MAX_CONTROL_BODY;
+pub use secure::{H2_SEND_BUFFER, MAX_H2_STREAMS};
 pub use server::Server;
+pub use tls::{Tls, TlsConfig};

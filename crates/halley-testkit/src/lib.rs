@@ -8,6 +8,7 @@
 //!   tokio-tungstenite), [`Sse`], [`wire::Transport`] (the streaming wire formats byte for
 //!   byte), and [`subscriber`]: one resuming subscriber for every transport and Bayeux's three,
 //!   as the chaos tests drive them.
+//! - TLS: [`tls::TestCa`], certificates made at test time for `TestServer::with_tls`.
 //! - Stand-ins: [`app::FakeApp`], the application behind Halley (webhooks, RPC, auth-url).
 //!
 //! Nothing here sleeps to synchronise: every wait is for an observable event (response headers,
@@ -23,6 +24,7 @@ mod process;
 mod redis;
 mod server;
 pub mod subscriber;
+pub mod tls;
 pub mod wire;
 
 use std::future::Future;
