@@ -101,10 +101,9 @@ fn service(
     Request<hyper::body::Incoming>,
     Response = hyper::Response<crate::body::Body>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<hyper::Response<crate::body::Body>, std::convert::Infallible>,
-    > + Send
-                 + 'static,
+    Future = impl Future<Output = Result<hyper::Response<crate::body::Body>, std::convert::Infallible>>
+             + Send
+             + 'static,
 > + Clone {
     let app = app.clone();
     service_fn(move |mut request: Request<hyper::body::Incoming>| {
@@ -214,7 +213,11 @@ impl<S> Stalling<S> {
 
     /// What a write (or flush) returned, with the stall rule applied: progress clears the
     /// timer, `Pending` arms it (once) and fails when it fires.
-    fn judge<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn judge<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(result) => {
                 self.blocked = None;

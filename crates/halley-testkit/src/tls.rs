@@ -49,8 +49,7 @@ impl TestCa {
     /// its chain (PEM) and its key (PEM).
     pub fn issue(&self, common_name: &str, serial: u64) -> (String, String) {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

@@ -95,7 +95,14 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     let server = Server::bind_configured(settings.http.clone(), engine, settings.bayeux)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
-    tracing::info!(listen = %server.local_addr(), "halley serving");
+    match server.tls_addr() {
+        // One line with both addresses: scripts and tests read them from it.
+        Some(tls) => tracing::info!(listen = %server.local_addr(), tls = %tls, "halley serving"),
+        None => tracing::info!(listen = %server.local_addr(), "halley serving"),
+    }
+    if let Some(tls) = server.tls() {
+        tokio::spawn(reload_on_hangup(tls));
+    }
     if let Some(webhooks) = &settings.http.webhooks {
         tracing::info!(url = %webhooks.url, events = ?webhooks.events.names(), "webhooks");
     }
@@ -120,6 +127,39 @@ fn without_password(url: &str) -> String {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
         _ => url.to_owned(),
     }
+}
+
+/// SIGHUP reloads the TLS certificate and key (only when TLS is configured: without it,
+/// SIGHUP keeps its default, ending the process). Connections already open keep their
+/// session; a file that does not load leaves the certificate in use and is logged as an error.
+async fn reload_on_hangup(tls: halley_http::Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler: the certificate cannot be reloaded");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(loaded) => tracing::info!(
+                    cert = %loaded.cert.display(),
+                    sha256 = %loaded.fingerprint,
+                    chain = loaded.chain,
+                    "tls: certificate reloaded"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "tls: reload failed; the certificate in use stays"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn wait_for_signal() {
