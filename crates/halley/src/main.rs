@@ -64,6 +64,17 @@ fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
     for line in config::describe_calls(&settings.http) {
         println!("{line}");
     }
+    // The certificate and key are read as `serve` reads them, so a bad file shows here.
+    if let Some(tls) = &settings.http.tls {
+        let (_, loaded) = halley_http::Tls::load(tls)?;
+        println!(
+            "tls {} cert={} chain={} sha256={}",
+            tls.listen,
+            loaded.cert.display(),
+            loaded.chain,
+            loaded.fingerprint
+        );
+    }
     Ok(())
 }
 
