@@ -1,7 +1,10 @@
 //! Halley's HTTP layer: every transport and endpoint of DESIGN.md §3 on one port.
 //!
 //! - [`Server`] binds, accepts (under a connection cap), reads each request head under a
-//!   timeout, and serves HTTP/1.1 with hyper; [`Server::run`] drains on shutdown.
+//!   timeout, and serves HTTP/1.1 (its own lean path for held requests, hyper for the rest);
+//!   [`Server::run`] drains on shutdown. With [`HttpConfig::tls`] a second listener speaks TLS
+//!   (`secure`: hyper's HTTP/2 or HTTP/1.1 by ALPN), its certificate a [`Tls`] that
+//!   [`Tls::reload`] swaps; cleartext HTTP/2 with prior knowledge is served too.
 //! - [`HttpConfig`] holds the budgets: hold timeout, heartbeat, header timeout, connection cap,
 //!   body limit, origin allowlist. Who may do what is the engine's access policy
 //!   (`halley_engine::access`), which every entry point asks through `state::App`.
