@@ -341,7 +341,10 @@ impl Server {
             app.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(reject(stream));
+                // A TLS client cannot read a plain 503: it is closed at once.
+                if secure.is_none() {
+                    tokio::spawn(reject(stream));
+                }
                 continue;
             };
             app.metrics.connections.fetch_add(1, Ordering::Relaxed);

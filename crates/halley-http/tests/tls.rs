@@ -352,3 +352,24 @@ async fn h2load_over_tls_succeeds() {
     }
     assert_eq!(s.metric("halley_messages_published_total").await, 2000);
 }
+
+/// Shutdown over HTTP/2: a held SSE stream gets its reconnect advice and ends cleanly (curl
+/// exits 0), and the server's drain returns at once.
+#[tokio::test]
+async fn shutdown_ends_http2_streams_with_reconnect_advice() {
+    if !curl_installed() {
+        eprintln!("curl is not installed; skipped");
+        return;
+    }
+    let (mut s, ca) = tls_server("drain").await;
+    let ca_pem = ca.ca_pem.to_str().unwrap();
+    let url = https(&s, "/sub/drain?transport=sse");
+    let mut sse = Curl::spawn(10, &["-sS", "-N", "--http2", "--cacert", ca_pem, &url]);
+    s.wait_subscribers("/drain", 1).await;
+    s.shutdown.cancel();
+    sse.until("reconnect").await;
+    let status = common::within("curl to end", sse.wait()).await;
+    assert!(status.success(), "{}", sse.stderr_text());
+    let done = s.done.take().unwrap();
+    common::within("the drain", done).await.unwrap();
+}

@@ -106,6 +106,11 @@ impl Curl {
         }
     }
 
+    /// Waits for curl to exit (bound it with `within`).
+    pub async fn wait(&mut self) -> ExitStatus {
+        self.child.wait().await.expect("wait for curl")
+    }
+
     /// What curl wrote to stderr so far (with `-v`: the handshake, the certificate).
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.borrow()).into_owned()
