@@ -63,6 +63,9 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Requests answered with a 4xx because of bad input.
     pub bad_requests: AtomicU64,
+    /// TLS handshakes that failed (a client that does not trust the certificate, speaks no
+    /// TLS, or offers nothing in common); handshakes that timed out are not counted.
+    pub tls_handshake_failures: AtomicU64,
     subscribers: [AtomicI64; Kind::ALL.len()],
     /// Webhooks and RPC: what the calls to the application did.
     pub outcalls: Outcalls,

@@ -65,6 +65,12 @@ pub fn metrics(app: &App) -> Response<Body> {
         counter(&m.rejected),
     );
     metric(
+        "halley_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed.",
+        counter(&m.tls_handshake_failures),
+    );
+    metric(
         "halley_bad_requests_total",
         "counter",
         "Requests refused with a 4xx.",
