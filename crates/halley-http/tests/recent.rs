@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::subscriber::{Item, Kind, NATIVE, Subscriber};
+use common::subscriber::{BAYEUX, Item, Kind, NATIVE, Subscriber};
 use common::{Client, TestServer};
 use serde_json::Value;
 
@@ -43,7 +43,12 @@ async fn read_until(sub: &mut Subscriber, client: &Client, last: u32) -> Vec<u32
 async fn recent_then_live_with_a_racing_burst_on_every_transport() {
     let s = TestServer::start().await;
     let client = Client::new(s.addr);
-    for kind in NATIVE.into_iter().filter(|k| *k != Kind::Pull) {
+    // rupy's pull has no recent; Bayeux asks it in its subscribe's ext.
+    for kind in NATIVE
+        .into_iter()
+        .filter(|k| *k != Kind::Pull)
+        .chain(BAYEUX)
+    {
         let channel = format!("/recent/{kind:?}").to_lowercase();
         for i in 1..=BEFORE {
             s.publish(&channel, &i.to_string()).await;
@@ -61,6 +66,7 @@ async fn recent_then_live_with_a_racing_burst_on_every_transport() {
         };
         let mut sub = Subscriber::new(kind, &channel, None);
         sub.params.push(format!("recent={RECENT}"));
+        sub.subscribe_ext = Some(serde_json::json!({ "recent": RECENT }));
         let got = read_until(&mut sub, &client, BEFORE + BURST).await;
         publisher.await.unwrap();
         for pair in got.windows(2) {

@@ -119,6 +119,8 @@ pub struct Subscriber {
     pub last_id: Option<String>,
     /// More query parameters for every request of a `/sub` transport (`recent=5`).
     pub params: Vec<String>,
+    /// Bayeux: the `ext` of its `/meta/subscribe` (`{"recent": 5}`).
+    pub subscribe_ext: Option<Value>,
     conn: Option<Conn>,
     pending: VecDeque<Item>,
     session: Option<Session>,
@@ -146,6 +148,7 @@ impl Subscriber {
             name: format!("chaos-{:x}", rand::random::<u32>()),
             last_id,
             params: Vec::new(),
+            subscribe_ext: None,
             conn: None,
             pending: VecDeque::new(),
             session: None,
@@ -555,9 +558,12 @@ impl Subscriber {
             "the ack extension is on: {reply}"
         );
         let client_id = reply["clientId"].as_str().unwrap().to_owned();
-        let subscribe = json!([{
+        let mut subscribe = json!([{
             "channel": "/meta/subscribe", "clientId": client_id, "subscription": self.pattern,
         }]);
+        if let Some(ext) = &self.subscribe_ext {
+            subscribe[0]["ext"] = ext.clone();
+        }
         let replies = self.bayeux_exchange(client, ws, &subscribe).await;
         let reply = replies
             .iter()
