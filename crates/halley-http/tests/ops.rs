@@ -29,21 +29,46 @@ async fn metrics_is_well_formed_prometheus_text() {
             .starts_with("text/plain")
     );
     let mut typed = Vec::new();
+    let mut histograms = Vec::new();
     for line in reply.body.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(kind == "gauge" || kind == "counter", "{line}");
+            assert!(
+                kind == "gauge" || kind == "counter" || kind == "histogram",
+                "{line}"
+            );
             typed.push(name.to_owned());
+            if kind == "histogram" {
+                histograms.push(name.to_owned());
+            }
         } else if !line.starts_with("# HELP ") {
             let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
             let name = sample.split('{').next().unwrap();
-            assert!(
-                typed.iter().any(|t| t == name),
-                "{name} has no # TYPE before it"
-            );
-            value.parse::<i64>().unwrap_or_else(|_| panic!("{line:?}"));
+            // A histogram's samples are its name with _bucket (an `le` label), _sum, _count.
+            let histogram = histograms.iter().find(|h| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(h.as_str()))
+            });
+            match histogram {
+                Some(_) if name.ends_with("_bucket") => {
+                    assert!(sample.contains("le=\""), "{line:?}");
+                    value.parse::<u64>().unwrap_or_else(|_| panic!("{line:?}"));
+                }
+                Some(_) if name.ends_with("_sum") => {
+                    value.parse::<f64>().unwrap_or_else(|_| panic!("{line:?}"));
+                }
+                _ => {
+                    assert!(
+                        histogram.is_some() || typed.iter().any(|t| t == name),
+                        "{name} has no # TYPE before it"
+                    );
+                    value.parse::<i64>().unwrap_or_else(|_| panic!("{line:?}"));
+                }
+            }
         }
     }
+    assert!(histograms.contains(&"halley_delivery_latency_seconds".to_owned()));
     for name in [
         "halley_connections",
         "halley_messages_published_total",
