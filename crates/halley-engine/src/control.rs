@@ -77,6 +77,9 @@ pub enum Command {
     Revoke { user: String, before: u64 },
     /// List `user`'s connections.
     List { user: String },
+    /// Say how this node is doing ([`Outcome::stats`]): the live dashboard's view of every
+    /// node. Concerns no user.
+    Stats,
 }
 
 impl Command {
@@ -86,6 +89,7 @@ impl Command {
             | Command::Unsubscribe { user, .. }
             | Command::Revoke { user, .. }
             | Command::List { user } => user,
+            Command::Stats => "",
         }
     }
 }
@@ -118,6 +122,9 @@ pub struct Outcome {
     /// A listing's connections, at most [`MAX_LISTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<ConnectionInfo>,
+    /// The node's stats, answering [`Command::Stats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::stats::NodeStats>,
     /// Why the node could not apply the command (its revocation table is full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -359,6 +366,13 @@ impl Hub {
                     };
                     policy.check_lapse(&lapse).err().map(Closing::Revoked)
                 })
+            }
+            Command::Stats => {
+                return Ok(Outcome {
+                    count: 1,
+                    stats: Some(self.node_stats()),
+                    ..Outcome::default()
+                });
             }
             Command::List { user } => {
                 let (count, connections) = self.connections(user);

@@ -390,6 +390,7 @@ fn encode_command(rid: u64, from: &str, command: &Command) -> String {
             value["before"] = (*before).into();
         }
         Command::List { .. } => value["op"] = "list".into(),
+        Command::Stats => value["op"] = "stats".into(),
     }
     value.to_string()
 }
@@ -415,6 +416,7 @@ fn decode_command(payload: &[u8]) -> Option<(u64, String, Command)> {
             before: value["before"].as_u64()?,
         },
         "list" => Command::List { user },
+        "stats" => Command::Stats,
         _ => return None,
     };
     Some((rid, from, command))
@@ -460,6 +462,7 @@ mod tests {
         check(Command::List {
             user: "alice".into(),
         });
+        check(Command::Stats);
     }
 
     #[test]
