@@ -31,6 +31,7 @@ mod cometd;
 mod config;
 mod control;
 mod cors;
+pub mod dashboard;
 mod direct;
 mod error;
 #[doc(hidden)]
