@@ -146,9 +146,9 @@
 
   /** A line chart of `series` ([{name, values}]) over the last HISTORY samples, right-aligned. */
   function chart(svg, legend, series) {
-    const W = 600, H = 150, PAD = 14;
+    // Drawn at the size it is shown, so that labels are not stretched.
+    const W = Math.max(100, svg.clientWidth || 600), H = Math.max(60, svg.clientHeight || 150), PAD = 14;
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("preserveAspectRatio", "none");
     let max = 1;
     for (const s of series) for (const v of s.values) max = Math.max(max, v);
     const top = niceCeil(max);
@@ -162,7 +162,6 @@
       line.setAttribute("y1", y(top * f));
       line.setAttribute("y2", y(top * f));
       line.setAttribute("stroke", "#e2e5ea");
-      line.setAttribute("vector-effect", "non-scaling-stroke");
       svg.appendChild(line);
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", 2);
@@ -178,7 +177,6 @@
       line.setAttribute("fill", "none");
       line.setAttribute("stroke", COLORS[s.name] || "#333");
       line.setAttribute("stroke-width", 2);
-      line.setAttribute("vector-effect", "non-scaling-stroke");
       svg.appendChild(line);
       const li = document.createElement("li");
       const swatch = document.createElement("i");
@@ -235,7 +233,7 @@
     rows($("channels"), s.channels.busiest, (tr, row) => {
       cell(tr, row.channel);
       cell(tr, number(row.subscribers), "n");
-      cell(tr, row.last_id || "");
+      cell(tr, row.last_id || "", "id").title = row.last_id || "";
     }, "no channels");
     rows($("presence"), s.presence.busiest, (tr, row) => {
       cell(tr, row.channel);

@@ -75,6 +75,19 @@ impl Default for Dashboard {
     }
 }
 
+impl Dashboard {
+    /// Dashboards open on this node now (`/metrics`: `halley_dashboard_watchers`).
+    pub fn watchers(&self) -> usize {
+        self.feed.receiver_count()
+    }
+
+    /// Whether the sampler runs (`/metrics`: `halley_dashboard_sampling`): it stops within a
+    /// [`SAMPLE_INTERVAL`] of the last watcher leaving.
+    pub fn sampling(&self) -> bool {
+        self.sampling.load(Ordering::Relaxed)
+    }
+}
+
 /// What the HTTP layer adds to this node's stats when any node asks for them (the engine's
 /// gauges): open connections, and subscribers by transport (Bayeux sessions as `bayeux`).
 /// Holds the server weakly: the engine outlives nothing through it.
