@@ -18,6 +18,9 @@
 //! [`Event::Unsubscribed`], before anything queued. A closed subscriber's queue is freed and
 //! deliveries cut it off, as for a lagging one.
 //!
+//! **Stats.** [`Command::Stats`] concerns no user: each node answers with its
+//! [`crate::NodeStats`] (the live dashboard's view of every node).
+//!
 //! Limits: [`MAX_REASON`] (bytes of a disconnect reason), [`MAX_LISTED`] (connections listed
 //! per user per node), [`MAX_LISTED_CHANNELS`] (channels listed per connection).
 //!

@@ -16,6 +16,9 @@
 //! revocation is different — it must hold for tokens presented later — so it is written to
 //! the hash before it is published, and every node reads the hash when it subscribes.
 //!
+//! A stats request (`"op":"stats"`, the dashboard's) travels the same way and concerns no user
+//! (`"user":""`); each node answers with its numbers in the outcome's `stats`.
+//!
 //! Why answers: the asking node reports what every node did (counts, listings). It knows how
 //! many nodes received the command (`PUBLISH`'s answer) and waits for that many answers, for
 //! at most [`CONTROL_TIMEOUT`]; a node that does not answer in time is reported as such.
