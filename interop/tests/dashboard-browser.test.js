@@ -1,12 +1,15 @@
 // The live dashboard (issue 15) in Chromium: `/dashboard` without the backend key shows the
 // server's refusal; with it (typed into the page's form, kept in sessionStorage, sent as a
 // header) it shows live numbers that move when subscribers connect and messages flow.
-// `DASHBOARD_SCREENSHOT=docs/dashboard.png` saves the page (the README's picture), after seeding
-// a few channels, transports and presence members so that there is something to see.
+// `DASHBOARD_SCREENSHOT=docs/dashboard.png` saves the page (the README's picture): two nodes on a
+// redis-server of the test's own, seeded with channels, transports, presence members and traffic
+// so that there is something to see.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import http from "node:http";
+import net from "node:net";
+import { spawn } from "node:child_process";
 import WebSocket from "ws";
 import { startHalley, until } from "./harness.js";
 import { launch } from "./browser.js";
@@ -27,10 +30,10 @@ after(async () => {
 
 /** A subscriber held open from Node (its own connection) until the test ends: SSE, or the
  * transport its query names when `accept` is not given. */
-function sse(path, accept = "text/event-stream") {
+function sse(path, accept = "text/event-stream", base = halley.base) {
   return new Promise((resolve, reject) => {
     const headers = accept ? { accept } : {};
-    const req = http.get(`${halley.base}${path}`, { headers }, (res) => {
+    const req = http.get(`${base}${path}`, { headers }, (res) => {
       assert.equal(res.statusCode, 200);
       res.resume();
       const handle = { close: () => req.destroy() };
@@ -41,9 +44,9 @@ function sse(path, accept = "text/event-stream") {
   });
 }
 
-function websocket(path) {
+function websocket(path, base = halley.base) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${halley.base.replace("http", "ws")}${path}`);
+    const ws = new WebSocket(`${base.replace("http", "ws")}${path}`);
     ws.once("open", () => {
       open.push({ close: () => ws.terminate() });
       resolve(ws);
@@ -52,8 +55,8 @@ function websocket(path) {
   });
 }
 
-async function publish(channel, text) {
-  const res = await fetch(`${halley.base}/pub${channel}`, {
+async function publish(channel, text, base = halley.base) {
+  const res = await fetch(`${base}/pub${channel}`, {
     method: "POST",
     headers: { "x-halley-key": KEY },
     body: text,
@@ -131,33 +134,70 @@ test("without the key the dashboard shows the refusal; with it, live numbers", a
   await page.close();
 });
 
-test("the screenshot: a seeded server", { timeout: 120000, skip: !process.env.DASHBOARD_SCREENSHOT }, async () => {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
-  await page.goto(`${halley.base}/dashboard`);
-  await page.fill("#key", KEY);
-  await page.click('#key-form button[type="submit"]');
-  await until(async () => (await page.getAttribute("#status", "data-state")) === "live", "live");
-  const member = (name, i) =>
-    encodeURIComponent(JSON.stringify({ channel: "/talk/lobby", member: `member-${name}-${i}`, info: { name } }));
-  const people = ["ann", "bob", "cho", "dee", "eve", "fay", "gus"];
-  for (const [i, name] of people.entries()) await sse(`/sub/talk/lobby?presence=${member(name, i)}`);
-  for (let i = 0; i < 6; i++) await websocket("/sub/game/42/**");
-  for (let i = 0; i < 4; i++) await sse("/sub/prices/eur");
-  for (let i = 0; i < 3; i++) await sse("/sub/prices/usd?transport=stream", null);
-  // Forty seconds of traffic at a varying rate so that the charts have a shape. The pause only
-  // paces the traffic (this picture is not an assertion).
-  const started = Date.now();
-  let n = 0;
-  while (Date.now() - started < 40000) {
-    const second = Math.floor((Date.now() - started) / 1000);
-    const burst = 1 + ((second * 7) % 11);
-    for (let i = 0; i < burst; i++) {
-      await publish(["/talk/lobby", "/game/42/moves", "/prices/eur", "/prices/usd"][n % 4], `m${n}`);
-      n++;
+/** A redis-server of the test's own on a free port (for the screenshot's two nodes). */
+async function startRedis() {
+  const port = await new Promise((resolve) => {
+    const probe = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  await until(
+    () => new Promise((resolve) => {
+      const socket = net.connect(port, "127.0.0.1", () => {
+        socket.end();
+        resolve(true);
+      });
+      socket.on("error", () => resolve(false));
+    }),
+    "redis-server listening",
+  );
+  return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill("SIGTERM") };
+}
+
+test("the screenshot: two nodes on Redis, seeded", { timeout: 120000, skip: !process.env.DASHBOARD_SCREENSHOT }, async () => {
+  const redis = await startRedis();
+  const one = await startHalley(["--publish-key", KEY, "--broker", redis.url]);
+  const two = await startHalley(["--publish-key", KEY, "--broker", redis.url]);
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+    await page.goto(`${one.base}/dashboard`);
+    await page.fill("#key", KEY);
+    await page.click('#key-form button[type="submit"]');
+    await until(async () => (await page.getAttribute("#status", "data-state")) === "live", "live");
+    const member = (name, i) =>
+      encodeURIComponent(JSON.stringify({ channel: "/talk/lobby", member: `member-${name}-${i}`, info: { name } }));
+    const people = ["ann", "bob", "cho", "dee", "eve", "fay", "gus"];
+    const on = (node, path, accept) => sse(path, accept, node.base);
+    for (const [i, name] of people.entries()) await on(i % 2 ? one : two, `/sub/talk/lobby?presence=${member(name, i)}`);
+    for (let i = 0; i < 6; i++) await websocket("/sub/game/42/**", i % 3 ? two.base : one.base);
+    for (let i = 0; i < 4; i++) await on(two, "/sub/prices/eur");
+    for (let i = 0; i < 3; i++) await on(one, "/sub/prices/usd?transport=stream", null);
+    // Forty seconds of traffic at a varying rate on both nodes so that the charts have a
+    // shape. The pause only paces the traffic (this picture is not an assertion).
+    const started = Date.now();
+    let n = 0;
+    while (Date.now() - started < 40000) {
+      const second = Math.floor((Date.now() - started) / 1000);
+      const burst = 1 + ((second * 7) % 11);
+      for (let i = 0; i < burst; i++) {
+        const channel = ["/talk/lobby", "/game/42/moves", "/prices/eur", "/prices/usd"][n % 4];
+        await publish(channel, `m${n}`, n % 3 ? one.base : two.base);
+        n++;
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await until(async () => (await metric(page, "members")) === "7", "presence shown");
+    await until(async () => (await metric(page, "nodes")) === "2", "both nodes shown");
+    fs.writeFileSync(process.env.DASHBOARD_SCREENSHOT, await page.screenshot({ fullPage: true }));
+    await page.close();
+  } finally {
+    for (const c of open.splice(0)) c.close();
+    await one.stop();
+    await two.stop();
+    redis.stop();
   }
-  await until(async () => (await metric(page, "members")) === "7", "presence shown");
-  fs.writeFileSync(process.env.DASHBOARD_SCREENSHOT, await page.screenshot({ fullPage: true }));
-  await page.close();
 });
