@@ -1,7 +1,7 @@
 //! The live dashboard on a cluster (issue 15): watching one node shows every node of the
 //! cluster — each answers the stats request through Redis — with their own subscribers by
 //! transport and messages, the cluster's totals, and the busiest channels counted over every
-//! node; a node that stops is gone from the next samples.
+//! node; a node that stops is gone from the next samples; with Redis gone the snapshot says so.
 
 mod common;
 
@@ -129,4 +129,16 @@ async fn one_node_shows_every_node_of_the_cluster() {
         v["cluster"]["nodes"] == 2 && entry(v, &gone).is_none()
     })
     .await;
+
+    // Redis gone: the broker is unhealthy, and the snapshot says what it could not read; the
+    // stream goes on with this node's own numbers.
+    let mut redis = redis;
+    redis.kill();
+    let down = until(&mut dash, "the broker down", |v| {
+        v["healthy"] == false && v["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert_eq!(down["cluster"]["nodes"], 1);
+    assert_eq!(down["nodes"][0]["here"], true);
+    assert_eq!(down["nodes"][0]["healthy"], false);
 }
