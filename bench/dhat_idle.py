@@ -70,6 +70,10 @@ def main():
     ap.add_argument("--top", type=int, default=20, help="sites to print")
     ap.add_argument("--frames", type=int, default=4, help="frames of each site to print")
     ap.add_argument("--timeout", type=int, default=300, help="seconds allowed to connect all")
+    ap.add_argument("--concurrency", type=int, default=20,
+                    help="connections being set up at once (halley-bench --concurrency): few, so that "
+                         "the peak is the idle state, not the ramp (a connection between two requests "
+                         "holds a 1 KiB head buffer, more than some held ones cost)")
     ap.add_argument("--out", help="keep dhat's JSON here")
     ap.add_argument("--json", help="append a summary line to this file")
     ap.add_argument("--read", help="only read a dhat JSON kept before (--out), with its --n")
@@ -93,6 +97,7 @@ def main():
         bench = subprocess.Popen(
             [args.bench, "hold", "--target", f"127.0.0.1:{args.port}", "--procs", "1",
              "-n", str(args.n), "--kind", args.kind, "--hold-secs", str(args.timeout),
+             "--concurrency", str(args.concurrency),
              "--ready-timeout", str(args.timeout), "--run-timeout", str(2 * args.timeout + 60)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Held: every connection open (the metrics request is one more) and, for subscribers,

@@ -90,6 +90,13 @@ export interface SubscribeOptions {
   recent?: number;
 }
 
+export interface PublishOptions {
+  /** The message's type: SSE's `event:` name, `"type"` in its object (1–64 of A-Za-z0-9_.:-). */
+  type?: string;
+  /** Seconds the message stays in history (a resume, `recent`); live delivery is unaffected. */
+  ttl?: number;
+}
+
 export interface Published {
   channel: string;
   id: string;
@@ -124,6 +131,12 @@ export interface HalleyEvents {
   transport: (change: { transport: Transport; from: Transport; reason: string }) => void;
   /** The server could not resume from the last id: messages may have been lost. */
   gap: (gap: { channel: string | null; lastId: string | null }) => void;
+  /**
+   * One of this client's own publishes came back on its subscriptions: milliseconds from
+   * `publish()` to its arrival, end to end (the server's own publish→write part is
+   * `halley_delivery_latency_seconds` in `/metrics`).
+   */
+  latency: (latency: { channel: string; id: string; ms: number }) => void;
   /** A message to this client's inbox. */
   inbox: (data: Json, message: Message) => void;
   /** Every message, before the subscription callbacks. */
@@ -166,7 +179,7 @@ declare class HalleyClient {
     callback: (data: T, message: Message<T>) => void,
     options?: SubscribeOptions,
   ): Subscription;
-  publish(channel: string, data: Json): Promise<Published>;
+  publish(channel: string, data: Json, options?: PublishOptions): Promise<Published>;
   /**
    * Calls the application behind the server (`rpc-url`): `POST /rpc/{method}` with `data`;
    * resolves with the application's answer. Rejects with an `Error` whose `status` is 401/403

@@ -35,6 +35,10 @@
 
   /** What the server accepts on one connection (PROTOCOL.md: MAX_SUB_CHANNELS, MAX_PRESENCE). */
   var MAX_SUB_CHANNELS = 16;
+  /** Publishes and arrivals remembered to time this client's own deliveries. */
+  var TIMING_KEPT = 64;
+  /** Retries of a publish whose answer was lost (with its Idempotency-Key: published once). */
+  var PUBLISH_RETRIES = 2;
   /** Most newest messages a subscription may ask for first (the server's MAX_RECENT). */
   var MAX_RECENT = 100;
   var MAX_PRESENCE = 16;
@@ -466,6 +470,45 @@
     );
     return this.inflight;
   };
+
+  function nowMs() {
+    return root.performance && root.performance.now ? root.performance.now() : Date.now();
+  }
+
+  /**
+   * End-to-end delivery latency of a client's own publishes: from calling publish to the
+   * message arriving on a subscription. The push may arrive before the publish's answer
+   * (which names the id), so both sides are kept, each bounded to TIMING_KEPT entries.
+   */
+  function Timing() {
+    this.sent = new Map();
+    this.seen = new Map();
+  }
+  /** A publish answered with `id`: its latency if it already arrived, else null (kept). */
+  Timing.prototype.published = function (id, started, now) {
+    var at = this.seen.get(id);
+    if (at !== undefined) {
+      this.seen.delete(id);
+      return Math.max(0, at - started);
+    }
+    keep(this.sent, id, started);
+    return null;
+  };
+  /** A message arrived: its latency if this client published it, else null (kept briefly). */
+  Timing.prototype.arrived = function (id, now) {
+    if (typeof id !== "string") return null;
+    var started = this.sent.get(id);
+    if (started !== undefined) {
+      this.sent.delete(id);
+      return Math.max(0, now - started);
+    }
+    keep(this.seen, id, now);
+    return null;
+  };
+  function keep(map, key, value) {
+    map.set(key, value);
+    if (map.size > TIMING_KEPT) map.delete(map.keys().next().value);
+  }
 
   function randomId(length) {
     var alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -1476,6 +1519,8 @@
     this._peers = new Map();
     this._pushTimer = null;
     this._gapAt = undefined;
+    /** Delivery latency of this client's own publishes: publish times and arrivals by id. */
+    this._timing = new Timing();
     var self = this;
     this._auth = new Auth(opts, function (reason) {
       // Say that a fresh token came in (never which one).
@@ -1588,22 +1633,53 @@
     this._changed();
   };
 
-  /** Publishes `data` (any JSON value) to `channel`. Resolves with {channel, id, subscribers}. */
-  Halley.prototype.publish = function (channel, data) {
+  /**
+   * Publishes `data` (any JSON value) to `channel`. Resolves with {channel, id, subscribers}.
+   * `options`: `{type, ttl}` (the message's type and seconds in history). A publish whose
+   * answer is lost is sent again with the same `Idempotency-Key`: the server publishes it once.
+   */
+  Halley.prototype.publish = function (channel, data, options) {
     if (!isChannel(channel)) return Promise.reject(new Error("halley: cannot publish to " + JSON.stringify(channel)));
     var json = JSON.stringify(data === undefined ? null : data);
     var key = this.options.key;
     var self = this;
-    return this._authed(function (token) {
-      if (self._jsonp()) {
-        var url = self.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "");
-        return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
-          return args[0];
+    // The message's type and time to live (README, "Publishing").
+    var extra = "";
+    if (options && options.type !== undefined) extra += "&type=" + encodeURIComponent(options.type);
+    if (options && options.ttl !== undefined) extra += "&ttl=" + encodeURIComponent(options.ttl);
+    // One key for this publish and its retries: the server publishes it once.
+    var idempotencyKey = randomId(24);
+    var started = nowMs();
+    var attempt = function (n) {
+      return self._authed(function (token) {
+        if (self._jsonp()) {
+          var url = self.url + "/pub" + channel + "?data=" + encodeURIComponent(json) + (key ? "&key=" + encodeURIComponent(key) : "") + extra;
+          return jsonpRequest(withToken(url, token), self.options.pollTimeout).then(function (args) {
+            return args[0];
+          });
+        }
+        var headers = authHeaders({ "content-type": "application/json", "idempotency-key": idempotencyKey }, token);
+        if (key) headers["x-halley-key"] = key;
+        var url = self.url + "/pub" + channel + (extra ? "?" + extra.slice(1) : "");
+        return httpRequest("POST", url, json, headers).then(parseAnswer);
+      }).catch(function (e) {
+        // Lost on the way (no answer), under way elsewhere (409), or the server busy (503):
+        // the same key again, at most PUBLISH_RETRIES times. JSONP has no key: not retried.
+        var again = !self._jsonp() && (e.status === undefined || e.status === 0 || e.status === 409 || e.status === 503);
+        if (!again || n >= PUBLISH_RETRIES || self._closed) throw e;
+        return new Promise(function (resolve) {
+          setTimeout(resolve, backoffDelay(n, self.options.backoff) + 50);
+        }).then(function () {
+          return attempt(n + 1);
         });
-      }
-      var headers = authHeaders({ "content-type": "application/json" }, token);
-      if (key) headers["x-halley-key"] = key;
-      return httpRequest("POST", self.url + "/pub" + channel, json, headers).then(parseAnswer);
+      });
+    };
+    return attempt(0).then(function (answer) {
+      // This client's own message, when it comes back on its subscriptions, says how long a
+      // delivery took end to end (the "latency" event).
+      var took = answer && answer.id ? self._timing.published(answer.id, started, nowMs()) : null;
+      if (took !== null) self._emit("latency", { channel: answer.channel, id: answer.id, ms: took });
+      return answer;
     });
   };
 
@@ -1816,6 +1892,8 @@
 
   Halley.prototype._dispatch = function (m) {
     this._emit("message", m);
+    var took = this._timing.arrived(m.id, nowMs());
+    if (took !== null) this._emit("latency", { channel: m.channel, id: m.id, ms: took });
     for (var i = 0; i < this._inboxes.length; i++) {
       if (this._inboxes[i].channel === m.channel) {
         this._emit("inbox", m.data, m);
@@ -2027,6 +2105,7 @@
     parseId: parseId,
     compareIds: compareIds,
     Resume: Resume,
+    Timing: Timing,
     backoffDelay: backoffDelay,
     Ladder: Ladder,
     isChannel: isChannel,

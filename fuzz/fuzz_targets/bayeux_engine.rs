@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             let request = message.clone();
             let reply = match bayeux.handle(message).await {
                 Handled::Reply(reply) => reply,
-                Handled::Connect(connect) => bayeux.hold(connect, false, async {}).await.1,
+                Handled::Connect(connect) => bayeux.hold(connect, false).await.1,
                 Handled::Call(call) => call.reply().await,
             };
             check(&request, &reply);

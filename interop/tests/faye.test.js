@@ -74,3 +74,27 @@ test("faye publishes, the official cometd client receives", async () => {
   await disconnect(client);
   await new Promise((resolve) => cometd.disconnect(resolve));
 });
+
+test("faye long-polling: an extension's ext.recent on /meta/subscribe gets the channel's newest first", async () => {
+  const channel = "/faye/recent";
+  for (let i = 1; i <= 6; i++) {
+    const r = await fetch(`${halley.base}/pub${channel}`, { method: "POST", body: JSON.stringify({ n: i }), headers: { "content-type": "application/json" } });
+    assert.equal(r.status, 200);
+  }
+  const client = fayeClient("long-polling");
+  // Faye's documented way to add fields to its messages: an outgoing extension.
+  client.addExtension({
+    outgoing(message, callback) {
+      if (message.channel === "/meta/subscribe") message.ext = { ...(message.ext || {}), recent: 2 };
+      callback(message);
+    },
+  });
+  const box = inbox();
+  await client.subscribe(channel, (m) => box.push(m));
+  const r = await fetch(`${halley.base}/pub${channel}`, { method: "POST", body: JSON.stringify({ n: 7 }), headers: { "content-type": "application/json" } });
+  assert.equal(r.status, 200);
+  const got = [];
+  for (let i = 0; i < 3; i++) got.push((await box.next()).n);
+  assert.deepEqual(got, [5, 6, 7]);
+  await disconnect(client);
+});

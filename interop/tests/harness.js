@@ -28,8 +28,11 @@ export function startHalley(args = [], { listen = "127.0.0.1:0" } = {}) {
       if (match) {
         clearTimeout(timer);
         const base = `http://${match[1]}`;
+        // The TLS listener, when started with one, is named on the same line.
+        const tls = buffered.match(/ tls=(127\.0\.0\.1:\d+)/);
         resolve({
           base,
+          tlsBase: tls ? `https://${tls[1]}` : undefined,
           port: Number(match[1].split(":")[1]),
           cometd: `${base}/cometd`,
           stop: () =>

@@ -239,3 +239,20 @@ test("no DOM, no transports; construction checks its options", () => {
   assert.equal(I.available("carrier-pigeon"), false);
   assert.throws(() => new globalThis.Halley("http://h", { transports: ["carrier-pigeon"] }), /no known transport/);
 });
+
+test("Timing: a client's own publish timed from publish to arrival, whichever side comes first", () => {
+  const { Timing } = globalThis.Halley._internal;
+  const t = new Timing();
+  // The answer first, then the push.
+  assert.equal(t.published("e-1", 100, 105), null);
+  assert.equal(t.arrived("e-1", 130), 30);
+  // The push first (common: the push beats the HTTP answer).
+  assert.equal(t.arrived("e-2", 140), null);
+  assert.equal(t.published("e-2", 120, 150), 20);
+  // Others' messages are not timed, and each id once.
+  assert.equal(t.arrived("e-3", 160), null);
+  assert.equal(t.arrived("e-1", 170), null);
+  // Bounded.
+  for (let i = 0; i < 1000; i++) t.arrived(`x-${i}`, i);
+  assert.ok(t.seen.size <= 64 && t.sent.size <= 64);
+});

@@ -84,3 +84,25 @@ test("a call answered 401 is made once more with a fresh token", async () => {
     ["Bearer t1", "Bearer t2"],
   );
 });
+
+test("publish: type and ttl ride the URL; a lost answer is retried with the same Idempotency-Key", async () => {
+  const h = client({ backoff: { base: 5, max: 10 } });
+  let calls = 0;
+  answer = () => {
+    calls += 1;
+    if (calls === 1) throw new TypeError("network down"); // the answer is lost
+    if (calls === 2) return json(409, { error: "under way" });
+    return json(200, { channel: "/p", id: "e-1", subscribers: 0 });
+  };
+  assert.deepEqual(await h.publish("/p", { n: 1 }, { type: "tick", ttl: 30 }), { channel: "/p", id: "e-1", subscribers: 0 });
+  assert.equal(requests.length, 3);
+  const keys = new Set(requests.map((r) => r.init.headers["idempotency-key"]));
+  assert.equal(keys.size, 1, "one key for the publish and its retries");
+  assert.match([...keys][0], /^[A-Za-z0-9]{24}$/);
+  assert.equal(requests[0].url, "http://halley.test/pub/p?type=tick&ttl=30");
+  // A new publish, a new key; a refusal is not retried.
+  answer = () => json(400, { error: "bad type" });
+  await assert.rejects(h.publish("/p", 1, { type: "a b" }), (e) => e.status === 400);
+  assert.equal(requests.length, 4);
+  assert.notEqual(requests[3].init.headers["idempotency-key"], requests[0].init.headers["idempotency-key"]);
+});

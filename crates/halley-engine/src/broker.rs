@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 
 use crate::control::{Command, Remote};
 
@@ -126,10 +126,13 @@ pub struct Member {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes and returns the message with its id and how many local subscribers got it.
+    /// `meta` (its type, its expiry) travels and is stored with it; history reads leave out
+    /// what has expired ([`Message::expired`]).
     async fn publish(
         &self,
         channel: Channel,
         data: Payload,
+        meta: Option<Box<Meta>>,
     ) -> Result<(Arc<Message>, usize), BrokerError>;
 
     /// What history holds after `after` on channels matching `pattern`, oldest first: at most
@@ -190,6 +193,31 @@ pub trait Broker: Send + Sync + 'static {
     async fn control(&self, command: &Command) -> Result<Remote, BrokerError> {
         let _ = command;
         Ok(Remote::default())
+    }
+
+    /// Claims the idempotency key `name` for every node ([`crate::idempotency`]): stores
+    /// `value` if the key is free (for `window`, so that an abandoned claim ends), else says
+    /// what it holds. A broker no other node shares keeps no keys (the engine does).
+    async fn claim_key(
+        &self,
+        name: &str,
+        value: &str,
+        window: std::time::Duration,
+    ) -> Result<crate::idempotency::KeyClaim, BrokerError> {
+        let _ = (name, value, window);
+        Ok(crate::idempotency::KeyClaim::Unsupported)
+    }
+
+    /// Settles a key this node claimed: `value` for `window`, or (`None`) frees it. False
+    /// when the broker keeps no keys.
+    async fn settle_key(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        window: std::time::Duration,
+    ) -> Result<bool, BrokerError> {
+        let _ = (name, value, window);
+        Ok(false)
     }
 
     /// This node's name among the others (listings say where a connection is); `None` on a

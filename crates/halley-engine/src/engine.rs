@@ -7,7 +7,7 @@ use crate::observe::{Event, Kind, Kinds, Observer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ pub enum EngineError {
     Forged,
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// This node keeps idempotency keys itself and has as many as allowed in their window.
+    #[error(transparent)]
+    KeysFull(#[from] crate::idempotency::Full),
     /// The channel's namespace allows this many subscribers, and it has them (on this node).
     #[error("channel {0} has its most subscribers ({1}); try again later")]
     Full(Channel, usize),
@@ -106,6 +109,10 @@ pub(crate) struct Shared {
     observer: std::sync::OnceLock<Observing>,
     /// Which channels this node counts as occupied, for the observer.
     pub(crate) occupancy: crate::occupancy::Occupancy,
+    /// Idempotency's window and bound ([`Engine::set_idempotency`]; the defaults until then).
+    idempotency: std::sync::OnceLock<crate::idempotency::Idempotency>,
+    /// Idempotency keys, when the broker keeps none.
+    keys: crate::idempotency::LocalKeys,
 }
 
 /// The observer and the kinds of events channels report unless their namespace says.
@@ -155,6 +162,8 @@ impl Engine {
                 application: std::sync::OnceLock::new(),
                 observer: std::sync::OnceLock::new(),
                 occupancy: crate::occupancy::Occupancy::default(),
+                idempotency: std::sync::OnceLock::new(),
+                keys: crate::idempotency::LocalKeys::default(),
             }),
         }
     }
@@ -624,8 +633,27 @@ impl Engine {
         channel: Channel,
         data: Payload,
     ) -> Result<Published, EngineError> {
+        self.publish_as_with(who, channel, data, None).await
+    }
+
+    /// [`Engine::publish_as`] with what the publisher said besides the data (a type, an
+    /// expiry: [`Meta`]).
+    pub async fn publish_as_with(
+        &self,
+        who: &Identity,
+        channel: Channel,
+        data: Payload,
+        meta: Option<Box<Meta>>,
+    ) -> Result<Published, EngineError> {
         let stamp = self.policy().stamp(who, &channel);
-        let published = self.publish_stamped(channel, data, stamp.as_ref()).await?;
+        let data = match &stamp {
+            Some(stamp) => stamp.apply(&channel, &data)?,
+            None => data,
+        };
+        if presence::looks_like_notice(&data) {
+            return Err(EngineError::Forged);
+        }
+        let published = self.publish_with(channel, data, meta).await?;
         if !who.backend {
             self.observe_publish(&published, who.user.clone(), who.info.clone());
         }
@@ -650,6 +678,58 @@ impl Engine {
         }
     }
 
+    /// Sets how long idempotency keys are kept and how many this node keeps (once, before
+    /// serving; later calls are ignored).
+    pub fn set_idempotency(&self, limits: crate::idempotency::Idempotency) {
+        let _ = self.shared.idempotency.set(limits);
+    }
+
+    fn idempotency(&self) -> crate::idempotency::Idempotency {
+        self.shared.idempotency.get().copied().unwrap_or_default()
+    }
+
+    /// Claims an idempotency key before a publish ([`crate::idempotency`]): on every node
+    /// where the broker keeps keys, else on this one.
+    pub async fn claim_key(
+        &self,
+        keyed: &crate::idempotency::Keyed,
+    ) -> Result<crate::idempotency::Claim, EngineError> {
+        use crate::idempotency::{Claim, KeyClaim};
+        let limits = self.idempotency();
+        let pending = keyed.pending();
+        let claim = match self
+            .shared
+            .broker
+            .claim_key(&keyed.name, &pending, limits.window)
+            .await?
+        {
+            KeyClaim::Unsupported => self.shared.keys.claim(keyed, limits)?,
+            claim => claim,
+        };
+        Ok(match claim {
+            KeyClaim::Claimed | KeyClaim::Unsupported => Claim::Fresh,
+            KeyClaim::Held(value) => keyed.judge(&value),
+        })
+    }
+
+    /// Settles a key claimed with [`Engine::claim_key`]: the answer to give a retry, or (`None`:
+    /// the publish failed) frees it so that a retry publishes.
+    pub async fn settle_key(&self, keyed: &crate::idempotency::Keyed, answer: Option<&str>) {
+        let limits = self.idempotency();
+        let value = answer.map(|a| keyed.done(a));
+        match self
+            .shared
+            .broker
+            .settle_key(&keyed.name, value.as_deref(), limits.window)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => self.shared.keys.settle(keyed, value, limits),
+            // The claim ends with its window; a retry meanwhile is told it is in progress.
+            Err(error) => tracing::warn!(%error, "idempotency: settling a key failed"),
+        }
+    }
+
     /// [`Engine::publish`] with `stamp` (from [`Policy::stamp`]) written into the data first.
     pub async fn publish_stamped(
         &self,
@@ -670,10 +750,19 @@ impl Engine {
         channel: Channel,
         data: Payload,
     ) -> Result<Published, EngineError> {
+        self.publish_with(channel, data, None).await
+    }
+
+    async fn publish_with(
+        &self,
+        channel: Channel,
+        data: Payload,
+        meta: Option<Box<Meta>>,
+    ) -> Result<Published, EngineError> {
         if channel.is_meta() || channel.is_service() {
             return Err(EngineError::Reserved(channel));
         }
-        let (message, subscribers) = self.shared.broker.publish(channel, data).await?;
+        let (message, subscribers) = self.shared.broker.publish(channel, data, meta).await?;
         Stats::add(&self.shared.stats.published, 1);
         Ok(Published {
             message,

@@ -417,6 +417,7 @@ impl Hub {
             floor: None,
             gap: false,
             indexed: false,
+            live: false,
             position: None,
             extras: None,
         }
@@ -530,6 +531,9 @@ pub struct Subscription {
     /// In the hub's user index (the control API): it leaves it when dropped. A `bool` beside
     /// `gap` fits in padding that was already there.
     indexed: bool,
+    /// The last message handed out came from the live queue, not history (a replay or a
+    /// channel's newest): what a publish→write latency counts. In the same padding.
+    live: bool,
     position: Option<MessageId>,
     /// What only some subscriptions carry (presence, a credential that can lapse), in one box:
     /// a subscription is moved into several futures of an idle subscriber, so each word here
@@ -718,6 +722,12 @@ impl Subscription {
         true
     }
 
+    /// Whether the message [`Subscription::try_next`] handed out last came live (not from
+    /// history): a transport counts its publish→write latency only then.
+    pub fn last_was_live(&self) -> bool {
+        self.live
+    }
+
     /// Why the application ended this subscription (the control API), if it did.
     pub fn closing(&self) -> Option<crate::control::Closing> {
         let closed = self
@@ -867,6 +877,7 @@ impl Subscription {
                     {
                         self.floor = Some(m.id);
                     }
+                    self.live = false;
                     return Some(Event::Message(m));
                 }
                 Ok(None) => {}
@@ -891,6 +902,7 @@ impl Subscription {
                 Some(floor) if message.id.epoch == floor.epoch && message.id <= floor => continue,
                 _ => {
                     self.floor = Some(message.id);
+                    self.live = true;
                     return Some(Event::Message(message));
                 }
             }

@@ -37,6 +37,7 @@ pub mod control;
 pub mod direct;
 mod engine;
 mod hub;
+pub mod idempotency;
 mod memory;
 pub mod observe;
 mod occupancy;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 use tokio::time::Instant;
 
 use crate::{Broker, BrokerError, ChannelEntry, EngineConfig, Gather, Hub, Replay};
@@ -89,6 +89,18 @@ fn evict_old(history: &mut History, now: Instant) {
     }
 }
 
+/// Now, in Unix milliseconds (messages' expiry is wall-clock: it travels between nodes).
+fn unix_ms() -> u64 {
+    unix_now_us() / 1000
+}
+
+/// Now, in Unix microseconds (when a message was published: a Redis node's is Redis's clock).
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 async fn sweep(broker: Weak<MemoryBroker>) {
     let mut tick = tokio::time::interval(HISTORY_SWEEP_INTERVAL);
     loop {
@@ -107,6 +119,7 @@ impl Broker for MemoryBroker {
         &self,
         channel: Channel,
         data: Payload,
+        meta: Option<Box<Meta>>,
     ) -> Result<(Arc<Message>, usize), BrokerError> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +131,9 @@ impl Broker for MemoryBroker {
         }
         *offset += 1;
         let id = MessageId::new(self.epoch, *offset);
-        let message = Arc::new(Message::new(channel.clone(), id, data));
+        let message = Arc::new(
+            Message::with_meta(channel.clone(), id, data, meta).published_at(unix_now_us()),
+        );
         let limits = self.config.history(&channel);
         let history = channels.entry(channel).or_insert_with(|| History {
             messages: VecDeque::new(),
@@ -158,6 +173,7 @@ impl Broker for MemoryBroker {
             0
         };
         let mut batch = Gather::new(limit);
+        let now_ms = unix_ms();
         let mut collect = |history: &History| {
             if history.evicted > from {
                 gap = true;
@@ -178,7 +194,8 @@ impl Broker for MemoryBroker {
             let read = history
                 .messages
                 .range(start..end)
-                .take_while(|(_, m)| bound.is_none_or(|b| m.id <= b));
+                .take_while(|(_, m)| bound.is_none_or(|b| m.id <= b))
+                .filter(|(_, m)| !m.expired(now_ms));
             batch.add(read.map(|(_, m)| m.clone()), cut);
         };
         match pattern.exact() {
@@ -212,12 +229,18 @@ impl Broker for MemoryBroker {
             .channels
             .get(channel)
             .map_or_else(Vec::new, |history| {
-                let older = history.messages.len().saturating_sub(limit);
-                history
+                // The newest `limit` that have not expired (a message's own TTL).
+                let now_ms = unix_ms();
+                let mut newest: Vec<Arc<Message>> = history
                     .messages
-                    .range(older..)
+                    .iter()
+                    .rev()
+                    .filter(|(_, m)| !m.expired(now_ms))
+                    .take(limit)
                     .map(|(_, m)| m.clone())
-                    .collect()
+                    .collect();
+                newest.reverse();
+                newest
             }))
     }
 

@@ -8,7 +8,7 @@
 //! `maxInterval` pass in virtual time, and the runtime only moves the clock when every task is
 //! idle, so "answered at once" is checked as "answered with no virtual time elapsed".
 
-use std::future::{Future, pending, poll_fn};
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -306,11 +306,7 @@ impl Server {
 
     /// Holds `connect` to its end.
     async fn hold(&self, connect: Connect) -> Delivery {
-        let (messages, reply) = within(
-            "held connect",
-            self.bayeux.hold(connect, true, pending::<()>()),
-        )
-        .await;
+        let (messages, reply) = within("held connect", self.bayeux.hold(connect, true)).await;
         Delivery::new(messages, reply)
     }
 
@@ -335,7 +331,7 @@ impl Server {
     async fn start_hold(&self, connect: Connect) -> JoinHandle<Delivery> {
         let bayeux = self.bayeux.clone();
         let mut hold = Box::pin(async move {
-            let (messages, reply) = bayeux.hold(connect, true, pending::<()>()).await;
+            let (messages, reply) = bayeux.hold(connect, true).await;
             Delivery::new(messages, reply)
         });
         let mut done = None;
@@ -735,6 +731,69 @@ async fn held_connect_times_out_empty_after_the_configured_timeout() {
     assert!(
         held >= Duration::from_secs(3) && held < Duration::from_millis(3010),
         "held for {held:?}"
+    );
+}
+
+/// Held connects share one timer (the sweeper), which keeps one entry per session: the entry
+/// of a connect answered early fires during the next connect's hold, and must wake it without
+/// answering it before its own deadline.
+#[tokio::test(start_paused = true)]
+async fn a_connect_is_held_to_its_own_deadline_after_an_earlier_one_answered_early() {
+    let s = Server::with(
+        BayeuxConfig {
+            timeout: Duration::from_secs(20),
+            ..BayeuxConfig::default()
+        },
+        EngineConfig::default(),
+    );
+    let client = s.handshake().await;
+    s.subscribe(&client, json!("/early")).await;
+    let first = s
+        .start_hold(s.connect_ok(connect_json(&client, "1", None, None)).await)
+        .await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    s.publish("/early", json!("now")).await;
+    assert_eq!(
+        finished("first connect", first).await.data(),
+        [json!("now")]
+    );
+    let start = Instant::now();
+    s.hold(s.connect_ok(connect_json(&client, "2", None, None)).await)
+        .await;
+    let held = start.elapsed();
+    assert!(
+        held >= Duration::from_secs(20) && held < Duration::from_millis(20_010),
+        "held for {held:?}"
+    );
+}
+
+/// `Bayeux::shutdown` answers every held connect at once (the client reconnects elsewhere),
+/// and a connect that comes after it is not held.
+#[tokio::test(start_paused = true)]
+async fn shutdown_answers_held_connects_and_holds_no_more() {
+    let s = Server::new();
+    let client = s.handshake().await;
+    s.subscribe(&client, json!("/down")).await;
+    let held = s
+        .start_hold(s.connect_ok(connect_json(&client, "1", None, None)).await)
+        .await;
+    assert!(!held.is_finished());
+    let start = Instant::now();
+    s.bayeux.shutdown();
+    let answered = finished("connect held across the shutdown", held).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered at once");
+    assert!(answered.messages.is_empty(), "{answered:?}");
+    assert_fields(
+        &answered.reply,
+        &json!({"successful": true, "id": "1", "advice": {"reconnect": "retry", "interval": 0, "timeout": 25000}}),
+        "connect answered at shutdown",
+    );
+    s.hold(s.connect_ok(connect_json(&client, "2", None, None)).await)
+        .await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "not held after the shutdown"
     );
 }
 
@@ -1530,7 +1589,6 @@ async fn a_held_connect_ends_when_its_queue_overflows() {
     let mut held = pin!(s.bayeux.hold(
         s.connect_ok(connect_json(&client, "c", None, None)).await,
         true,
-        pending::<()>(),
     ));
     let first_poll = poll_fn(|cx| Poll::Ready(held.as_mut().poll(cx).is_pending())).await;
     assert!(first_poll, "nothing queued yet: held");

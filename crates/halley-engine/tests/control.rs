@@ -271,7 +271,7 @@ async fn session(b: &Bayeux, who: &Principal, subscriptions: &[&str]) -> String 
     let Handled::Connect(first) = send(b, connect(&client), who).await else {
         panic!("the first connect was refused");
     };
-    let (_, r) = b.hold(first, true, std::future::pending()).await;
+    let (_, r) = b.hold(first, true).await;
     assert_eq!(r.successful, Some(true), "{}", r.to_json());
     client
 }
@@ -295,7 +295,7 @@ async fn a_disconnected_bayeux_session_is_told_to_handshake_at_once() {
         panic!("not held");
     };
     let b2 = b.clone();
-    let holding = tokio::spawn(async move { b2.hold(held, true, std::future::pending()).await });
+    let holding = tokio::spawn(async move { b2.hold(held, true).await });
     tokio::task::yield_now().await;
     let start = Instant::now();
     assert_eq!(e.disconnect_user("alice", Some("see you")), 1);
@@ -316,7 +316,7 @@ async fn reply_of_connect(b: &Bayeux, client: &str, who: &Principal) -> Value {
     match send(b, connect(client), who).await {
         Handled::Reply(r) => serde_json::from_str(&r.to_json()).unwrap(),
         Handled::Connect(c) => {
-            let (_, r) = b.hold(c, false, std::future::pending()).await;
+            let (_, r) = b.hold(c, false).await;
             serde_json::from_str(&r.to_json()).unwrap()
         }
         Handled::Call(_) => panic!("a service call"),
@@ -347,7 +347,7 @@ async fn an_unsubscribed_bayeux_session_stays_and_may_subscribe_again() {
     let Handled::Connect(c) = send(&b, connect(&client), &alice).await else {
         panic!("not held");
     };
-    let (messages, answer) = b.hold(c, false, std::future::pending()).await;
+    let (messages, answer) = b.hold(c, false).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].text(), "for alice");
     assert!(answer.successful == Some(true), "{}", answer.to_json());

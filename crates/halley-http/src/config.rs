@@ -55,6 +55,9 @@ pub struct HttpConfig {
     /// sets it on the engine ([`halley_engine::Engine::set_application`]) with the client it
     /// shares with webhooks and RPC. Unset, such namespaces refuse (503).
     pub auth: Option<crate::auth::AuthConfig>,
+    /// A second listener, speaking TLS (HTTP/2 or HTTP/1.1 by ALPN), with the certificate and
+    /// key from these files (`--tls-listen`, `--tls-cert`, `--tls-key`); `None`: plain only.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -76,6 +79,7 @@ impl Default for HttpConfig {
             webhooks: None,
             rpc: None,
             auth: None,
+            tls: None,
         }
     }
 }

@@ -22,7 +22,8 @@ use crate::state::App;
 /// the control API did to a held poll, and how long a draining server asks long-pollers to
 /// wait).
 const EXPOSE: &str = "X-Halley-Last-Id, X-Halley-Gap, X-Halley-Unsubscribed, \
-                      X-Halley-Disconnected, X-Halley-Expired, Retry-After";
+                      X-Halley-Disconnected, X-Halley-Expired, Retry-After, \
+                      Idempotent-Replayed";
 
 #[derive(Clone, Debug)]
 pub struct Origins {
@@ -143,7 +144,9 @@ pub fn preflight<B>(app: &App, request: &Request<B>, verdict: &Verdict) -> Respo
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID, X-Halley-Key")
+            HeaderValue::from_static(
+                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Halley-Key",
+            )
         });
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
     headers.insert(

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use halley_engine::direct::{COALESCE, Offered, Sink, SinkSlot};
 use halley_proto::Message;
+
+use crate::metrics::{Kind, LATENCY, now_us};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -123,14 +125,42 @@ impl Sink for Socket {
             slices[3 * i + 1] = IoSlice::new(frame);
             slices[3 * i + 2] = IoSlice::new(tail);
         }
-        match self
+        let offered = match self
             .stream
             .try_write_vectored(&slices[..3 * messages.len()])
         {
             Ok(written) if written >= total => Offered::All,
             Ok(0) | Err(_) => Offered::Nothing,
             Ok(written) => Offered::Part(written),
+        };
+        // The publish→write latency of what went whole (a delivery only writes live messages;
+        // the rest is the transport's, which counts it when it writes it).
+        let whole = match offered {
+            Offered::All => messages.len(),
+            Offered::Nothing => 0,
+            Offered::Part(written) => {
+                let mut end = 0;
+                messages
+                    .iter()
+                    .take_while(|m| {
+                        end += self.frame_len(m);
+                        end <= written
+                    })
+                    .count()
+            }
+        };
+        if whole > 0 {
+            let kind = match self.frames {
+                Frames::Sse => Kind::Sse,
+                Frames::Ndjson => Kind::Stream,
+                Frames::WsText => Kind::WebSocket,
+            };
+            let now = now_us();
+            for m in &messages[..whole] {
+                LATENCY.record(kind, m.published_us(), now);
+            }
         }
+        offered
     }
 
     fn frame_len(&self, m: &Message) -> usize {

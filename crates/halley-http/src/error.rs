@@ -37,6 +37,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Reserved(String),
+    /// A publish with the same `Idempotency-Key` is under way.
+    #[error("{0}")]
+    Conflict(String),
+    /// An `Idempotency-Key` reused for another publish.
+    #[error("{0}")]
+    Unprocessable(String),
     /// An endpoint whose configuration is missing (`/rpc` without `rpc-url`): 501.
     #[error("{0}")]
     NotConfigured(&'static str),
@@ -54,7 +60,9 @@ impl From<EngineError> for ApiError {
                 ApiError::Unavailable(e.to_string())
             }
             EngineError::Broker(b) => ApiError::Unavailable(b.to_string()),
-            EngineError::Full(..) => ApiError::Unavailable(e.to_string()),
+            EngineError::Full(..) | EngineError::KeysFull(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
             EngineError::NotAnObject(_) => ApiError::BadRequest(e.to_string()),
             // The revocation table is full: a limit of the server's, not the caller's fault.
             EngineError::Control(_) => ApiError::Unavailable(e.to_string()),
@@ -69,6 +77,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Reserved(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Denied(Denied::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(Denied::Forbidden(_)) => StatusCode::FORBIDDEN,
             ApiError::Denied(Denied::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,

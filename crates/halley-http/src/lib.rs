@@ -1,7 +1,10 @@
 //! Halley's HTTP layer: every transport and endpoint of DESIGN.md §3 on one port.
 //!
 //! - [`Server`] binds, accepts (under a connection cap), reads each request head under a
-//!   timeout, and serves HTTP/1.1 with hyper; [`Server::run`] drains on shutdown.
+//!   timeout, and serves HTTP/1.1 (its own lean path for held requests, hyper for the rest);
+//!   [`Server::run`] drains on shutdown. With [`HttpConfig::tls`] a second listener speaks TLS
+//!   (`secure`: hyper's HTTP/2 or HTTP/1.1 by ALPN), its certificate a [`Tls`] that
+//!   [`Tls::reload`] swaps; cleartext HTTP/2 with prior knowledge is served too.
 //! - [`HttpConfig`] holds the budgets: hold timeout, heartbeat, header timeout, connection cap,
 //!   body limit, origin allowlist. Who may do what is the engine's access policy
 //!   (`halley_engine::access`), which every entry point asks through `state::App`.
@@ -46,10 +49,14 @@ mod query;
 pub mod routes;
 pub mod rpc;
 mod rupy;
+mod secure;
 mod server;
 mod state;
+pub mod tls;
 mod transport;
 
 pub use config::{HttpConfig, IFRAME_PADDING, MAX_BATCH, MAX_HEAD, MAX_HEADERS, MAX_NAME};
 pub use control::MAX_CONTROL_BODY;
+pub use secure::{H2_SEND_BUFFER, MAX_H2_STREAMS};
 pub use server::Server;
+pub use tls::{Tls, TlsConfig};

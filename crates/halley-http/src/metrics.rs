@@ -63,6 +63,9 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Requests answered with a 4xx because of bad input.
     pub bad_requests: AtomicU64,
+    /// TLS handshakes that failed (a client that does not trust the certificate, speaks no
+    /// TLS, or offers nothing in common); handshakes that timed out are not counted.
+    pub tls_handshake_failures: AtomicU64,
     subscribers: [AtomicI64; Kind::ALL.len()],
     /// Webhooks and RPC: what the calls to the application did.
     pub outcalls: Outcalls,
@@ -104,6 +107,10 @@ pub struct Open {
 }
 
 impl Open {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     pub fn new(metrics: &Arc<Metrics>, kind: Kind) -> Open {
         metrics.subscribers[kind as usize].fetch_add(1, Ordering::Relaxed);
         Open {
@@ -116,5 +123,139 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.metrics.subscribers[self.kind as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Publish→write latency by transport: from the moment a message was published (its broker's
+/// clock: this process's, or Redis's `TIME` on a cluster) to the moment a transport hands its
+/// frame to the socket, for messages delivered live (a replay's or `recent`'s are not
+/// counted). `/metrics` shows it as a Prometheus histogram per transport
+/// (`halley_delivery_latency_seconds`). Process-wide, so that a socket lent to the hub for
+/// direct writes carries no reference to it (each word of an idle connection counts).
+pub static LATENCY: Latency = Latency::new();
+
+/// Upper bounds of the histogram's buckets, in microseconds (the last bucket is everything
+/// above: `+Inf`). From a tenth of a millisecond (a quiet server's single write) to ten
+/// seconds (a subscriber's socket that could not take a broadcast for that long).
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Shards of the counters: writes on different threads (a broadcast spread over the workers)
+/// increment different cache lines. Each thread keeps to one.
+const SHARDS: usize = 4;
+
+const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
+
+pub struct Latency {
+    shards: [Shard; SHARDS],
+}
+
+/// One shard: per transport, the buckets, the sum (µs) and the count.
+#[repr(align(128))]
+struct Shard {
+    counts: [[AtomicU64; BUCKETS]; Kind::ALL.len()],
+    sums_us: [AtomicU64; Kind::ALL.len()],
+}
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard {
+            counts: [const { [const { AtomicU64::new(0) }; BUCKETS] }; Kind::ALL.len()],
+            sums_us: [const { AtomicU64::new(0) }; Kind::ALL.len()],
+        }
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency::new()
+    }
+}
+
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Latency")
+    }
+}
+
+/// Now, Unix microseconds.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Latency {
+    pub const fn new() -> Latency {
+        Latency {
+            shards: [const { Shard::new() }; SHARDS],
+        }
+    }
+
+    /// Counts one message of `kind` written at `now_us` (Unix µs), published at
+    /// `published_us` (when known). A clock that went back counts as 0.
+    pub fn record(&self, kind: Kind, published_us: Option<u64>, now_us: u64) {
+        let Some(published) = published_us else {
+            return;
+        };
+        let took = now_us.saturating_sub(published);
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&le| le < took);
+        let shard = &self.shards[shard()];
+        shard.counts[kind as usize][bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sums_us[kind as usize].fetch_add(took, Ordering::Relaxed);
+    }
+
+    /// Per bucket (not cumulative), the sum in µs and the count, for `kind`, over all shards.
+    pub fn snapshot(&self, kind: Kind) -> ([u64; BUCKETS], u64, u64) {
+        let mut counts = [0u64; BUCKETS];
+        let mut sum = 0;
+        for shard in &self.shards {
+            for (i, c) in shard.counts[kind as usize].iter().enumerate() {
+                counts[i] += c.load(Ordering::Relaxed);
+            }
+            sum += shard.sums_us[kind as usize].load(Ordering::Relaxed);
+        }
+        let count = counts.iter().sum();
+        (counts, sum, count)
+    }
+}
+
+/// This thread's shard: threads take them in turn.
+fn shard() -> usize {
+    use std::cell::Cell;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS);
+        }
+        s.get()
+    })
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn buckets_sums_and_counts() {
+        let l = Latency::new();
+        l.record(Kind::Sse, Some(1_000), 1_050); // 50 µs: the first bucket
+        l.record(Kind::Sse, Some(1_000), 1_000 + 100); // on a bound: that bucket
+        l.record(Kind::Sse, Some(1_000), 1_000 + 3_000); // 3 ms: le 5 ms
+        l.record(Kind::Sse, Some(5_000), 1_000); // a clock that went back: 0
+        l.record(Kind::Sse, None, 1_000); // unknown: not counted
+        l.record(Kind::Sse, Some(0), 20_000_000); // above every bound: +Inf
+        let (counts, sum, count) = l.snapshot(Kind::Sse);
+        assert_eq!(count, 5);
+        assert_eq!(counts[0], 3);
+        assert_eq!(counts[5], 1);
+        assert_eq!(counts[BUCKETS - 1], 1);
+        assert_eq!(sum, 50 + 100 + 3_000 + 20_000_000);
+        assert_eq!(l.snapshot(Kind::WebSocket).2, 0);
     }
 }

@@ -65,6 +65,12 @@ pub fn metrics(app: &App) -> Response<Body> {
         counter(&m.rejected),
     );
     metric(
+        "halley_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed.",
+        counter(&m.tls_handshake_failures),
+    );
+    metric(
         "halley_bad_requests_total",
         "counter",
         "Requests refused with a 4xx.",
@@ -230,6 +236,38 @@ pub fn metrics(app: &App) -> Response<Body> {
             kind.name(),
             m.subscribers(kind)
         );
+    }
+    let name = "halley_delivery_latency_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} From publish to the write of a live message, by transport.\n\
+         # TYPE {name} histogram\n"
+    );
+    for kind in Kind::ALL {
+        let (counts, sum_us, count) = crate::metrics::LATENCY.snapshot(kind);
+        let transport = kind.name();
+        let mut cumulative = 0;
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            match crate::metrics::LATENCY_BUCKETS_US.get(i) {
+                Some(le) => {
+                    let le = *le as f64 / 1e6;
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{transport=\"{transport}\",le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{transport=\"{transport}\",le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let sum = sum_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{transport=\"{transport}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{transport=\"{transport}\"}} {count}");
     }
     let mut response = Response::new(full(out));
     response.headers_mut().insert(

@@ -3,7 +3,8 @@
 //! Every connection first has its request head read here (bounded in size and time: the
 //! slowloris guard), because rupy's `Head: less` pull must answer with no HTTP response at all,
 //! which an HTTP library cannot express. A malformed head is refused here with a JSON error
-//! (hyper's own refusals have empty bodies), and the HTTP/2 preface with a GOAWAY. Held
+//! (hyper's own refusals have empty bodies); the HTTP/2 preface (h2c with prior knowledge)
+//! is handed to hyper's HTTP/2 server (`crate::secure`, which also serves TLS). Held
 //! requests (subscriptions, rupy's pull, Bayeux long-polling) are served here too (the lean
 //! path: their idle cost), each later head of the connection read the same way; everything
 //! else is handed to hyper with the bytes already read put back in front ([`Rewind`]), and
@@ -48,7 +49,8 @@ use crate::query::Query;
 use crate::routes::{self, Handler};
 use crate::rpc::Rpc;
 use crate::state::App;
-use crate::{HttpConfig, rupy};
+use crate::tls::Tls;
+use crate::{HttpConfig, rupy, secure};
 
 /// After a failed `accept` (typically EMFILE at the file-descriptor limit), wait this long
 /// before trying again instead of spinning on the error.
@@ -89,6 +91,8 @@ impl Parts {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
+    /// The TLS listener and its certificate, when configured (`HttpConfig::tls`).
+    tls: Option<(TcpListener, Tls)>,
     app: Arc<App>,
     heartbeat: watch::Sender<()>,
     slots: Arc<Semaphore>,
@@ -197,6 +201,19 @@ impl Server {
         parts: Parts,
     ) -> io::Result<Server> {
         let listener = listen(config.listen)?;
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let (certificate, loaded) = Tls::load(tls).map_err(io::Error::other)?;
+                tracing::info!(
+                    cert = %loaded.cert.display(),
+                    sha256 = %loaded.fingerprint,
+                    chain = loaded.chain,
+                    "tls: certificate loaded"
+                );
+                Some((listen(tls.listen)?, certificate))
+            }
+        };
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let shutdown = CancellationToken::new();
@@ -250,6 +267,7 @@ impl Server {
         crate::dashboard::install(&app);
         Ok(Server {
             listener,
+            tls,
             app,
             heartbeat,
             slots,
@@ -261,6 +279,17 @@ impl Server {
         self.listener.local_addr().unwrap()
     }
 
+    /// The TLS listener's address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        // A bound listener always has a local address.
+        self.tls.as_ref().map(|(l, _)| l.local_addr().unwrap())
+    }
+
+    /// The TLS listener's certificate, to [`Tls::reload`] it (SIGHUP in the binary).
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls.as_ref().map(|(_, tls)| tls.clone())
+    }
+
     /// Cancel this token to stop the server; `run` then drains and returns.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.app.shutdown.clone()
@@ -270,6 +299,7 @@ impl Server {
     pub async fn run(self) {
         let Server {
             listener,
+            tls,
             app,
             heartbeat,
             slots,
@@ -277,14 +307,17 @@ impl Server {
         let ticker = {
             let shutdown = app.shutdown.clone();
             let engine = app.engine.clone();
+            let bayeux = app.bayeux.clone();
             let every = app.config.heartbeat_interval;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => {
-                            // Streams wait on their subscriber's signal only (stream.rs).
+                            // Streams wait on their subscriber's signal only (stream.rs), and
+                            // held Bayeux connects on their session's (`Bayeux::shutdown`).
                             engine.wake_subscribers();
+                            bayeux.shutdown();
                             return;
                         }
                         _ = tick.tick() => {
@@ -296,11 +329,13 @@ impl Server {
             })
         };
         loop {
+            // Both listeners share the connection cap and the drain.
             let accepted = tokio::select! {
                 _ = app.shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept() => accepted.map(|(stream, _)| (stream, None)),
+                accepted = accept_tls(&tls) => accepted,
             };
-            let (stream, _peer) = match accepted {
+            let (stream, secure) = match accepted {
                 Ok(a) => a,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed; backing off");
@@ -311,7 +346,10 @@ impl Server {
             app.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(reject(stream));
+                // A TLS client cannot read a plain 503: it is closed at once.
+                if secure.is_none() {
+                    tokio::spawn(reject(stream));
+                }
                 continue;
             };
             app.metrics.connections.fetch_add(1, Ordering::Relaxed);
@@ -319,9 +357,15 @@ impl Server {
                 _permit: permit,
                 metrics: app.metrics.clone(),
             });
-            app.tracker.spawn(connection(app.clone(), stream, slot));
+            match secure {
+                None => app.tracker.spawn(connection(app.clone(), stream, slot)),
+                Some(tls) => app
+                    .tracker
+                    .spawn(secure::serve_tls(app.clone(), tls, stream, slot)),
+            };
         }
         drop(listener);
+        drop(tls);
         app.tracker.close();
         if tokio::time::timeout(app.config.drain_timeout, app.tracker.wait())
             .await
@@ -333,6 +377,17 @@ impl Server {
             );
         }
         ticker.abort();
+    }
+}
+
+/// The next connection on the TLS listener, with its certificate; never, without one.
+async fn accept_tls(tls: &Option<(TcpListener, Tls)>) -> io::Result<(TcpStream, Option<Tls>)> {
+    match tls {
+        Some((listener, tls)) => {
+            let (stream, _) = listener.accept().await?;
+            Ok((stream, Some(tls.clone())))
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -409,8 +464,9 @@ impl Refusal {
 pub(crate) enum Route {
     /// A malformed head (or one Halley does not serve): answered with this, then closed.
     Refuse(Refusal),
-    /// An HTTP/2 client that did not ask first (prior knowledge): refused with HTTP/2's own
-    /// words, so that it can say why.
+    /// The HTTP/2 connection preface (prior knowledge, h2c): as a connection's first bytes it
+    /// is served by hyper's HTTP/2 server (`secure::serve_h2c`); after HTTP/1.1 requests on
+    /// the same connection it is refused with HTTP/2's own words ([`refuse_http2`]).
     Http2,
     /// rupy's `Head: less` pull, with its query string.
     HeadlessPull(String),
@@ -705,9 +761,9 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     }
 }
 
-/// The HTTP/2 refusal: a server preface (an empty SETTINGS frame) and a GOAWAY with the error
-/// code HTTP_1_1_REQUIRED (RFC 9113 §7), whose debug data says so; curl prints it. When Halley
-/// speaks HTTP/2 (issue 15), this is where the preface is handed to the HTTP/2 server instead.
+/// The HTTP/2 refusal, for a preface sent after HTTP/1.1 requests on one connection (RFC 9113
+/// §3.4 allows it only first): a server preface (an empty SETTINGS frame) and a GOAWAY with
+/// the error code HTTP_1_1_REQUIRED (RFC 9113 §7), whose debug data says so.
 async fn refuse_http2(mut stream: TcpStream) {
     const HTTP_1_1_REQUIRED: u32 = 0xd;
     let debug = b"HTTP/1.1 only";
@@ -778,7 +834,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                     app.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
                     return Box::pin(refuse(stream, refusal)).await;
                 }
-                Route::Http2 => return Box::pin(refuse_http2(stream)).await,
+                Route::Http2 => return Box::pin(secure::serve_h2c(app, stream, head, slot)).await,
                 Route::HeadlessPull(query) => {
                     // Nothing of the head may stay allocated while the pull lasts (1 KiB per idle
                     // `Head: less` pull, measured with bench/idle_rss.py).
@@ -836,8 +892,7 @@ async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
                         request
                     };
                     let handling = Box::pin(app::handle(&app, request));
-                    let Some(response) = Box::pin(until_peer_closes(&stream, handling)).await
-                    else {
+                    let Some(response) = until_peer_closes(&stream, handling).await else {
                         return;
                     };
                     let keep_alive = keep_alive && !app.shutdown.is_cancelled();
@@ -957,16 +1012,6 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, more: usize) -> i
     Ok(())
 }
 
-/// Resolves when the peer has closed its side (or the socket failed). Pending forever once
-/// the peer sends data instead (a pipelined request): that is read after the response.
-async fn peer_closed(stream: &TcpStream) {
-    let mut byte = [0u8; 1];
-    match stream.peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
-}
-
 /// What a lean-path writer does next.
 enum Next {
     /// Write this body data.
@@ -980,7 +1025,7 @@ enum Next {
 }
 
 /// The body's next data, or its end, or `Closed` once the peer has closed (or the socket
-/// failed). Polled by hand rather than as a `select!` of `frame()` and [`peer_closed`]: the
+/// failed). Polled by hand rather than as a `select!` of `frame()` and a `peek`: the
 /// peek's readiness future would sit in every held response's future (dhat: ~0.1 KiB per idle
 /// subscriber), where `poll_peek` keeps its waker in the socket's own slot. A peer that sends
 /// data instead (a pipelined request) is not closed; that data is read after the response.
@@ -1003,12 +1048,26 @@ fn next_data(cx: &mut Context<'_>, body: &mut Body, stream: &TcpStream) -> Poll<
     }
 }
 
-/// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes).
-async fn until_peer_closes<T>(stream: &TcpStream, work: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        out = work => Some(out),
-        _ = peer_closed(stream) => None,
-    }
+/// Runs `work` unless the peer goes away first, which cancels it (and so unsubscribes). A
+/// `poll_fn` over two pointers, polled by hand as [`next_data`] is: a `select!` with a `peek`
+/// kept the peek's readiness future beside the work, a boxed 312 bytes in every held request
+/// (dhat), where `poll_peek` keeps its waker in the socket's own slot. Nothing
+/// else reads the socket meanwhile: the request was read whole before the handler began.
+fn until_peer_closes<'a, F: Future + ?Sized + 'a>(
+    stream: &'a TcpStream,
+    mut work: Pin<Box<F>>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let mut byte = [0u8; 1];
+        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+            // Data instead (a pipelined request): read after the response.
+            Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        }
+    })
 }
 
 /// `write_all`, bounded by the write stall timeout.
@@ -1493,6 +1552,11 @@ pub(crate) struct Rewind {
 }
 
 impl Rewind {
+    /// `inner`, with `prefix` (bytes already read from it) to be read first.
+    pub(crate) fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
+        Rewind { prefix, inner }
+    }
+
     /// The same socket with `before` to be read ahead of what is left of the prefix (what
     /// hyper read and did not use).
     pub(crate) fn after(mut self, before: Bytes) -> Rewind {

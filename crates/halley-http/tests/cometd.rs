@@ -1065,6 +1065,9 @@ async fn shutdown_answers_held_connects() {
     let socket = ws_session(&mut ws, "/down/b").await;
     send(&mut ws, json!([ws_connect(&socket, "w")])).await;
     ws_sync(&mut ws, &socket, "held").await;
+    // A socket with no session yet: nothing of Bayeux wakes it, it waits for the shutdown
+    // itself (and must not hold the drain).
+    let mut bare = s.ws("/cometd").await;
 
     let held = post(
         &s,
@@ -1083,9 +1086,11 @@ async fn shutdown_answers_held_connects() {
 
     let replies = frame(&mut ws).await;
     assert_successful(reply(&replies, "/meta/connect", "w"));
-    match ws_next(&mut ws).await {
-        Frame::Close(Some(close)) => assert_eq!(close.code, CloseCode::Away),
-        other => panic!("expected Close 1001, got {other:?}"),
+    for socket in [&mut ws, &mut bare] {
+        match ws_next(socket).await {
+            Frame::Close(Some(close)) => assert_eq!(close.code, CloseCode::Away),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
     }
     let done = s.done.take().unwrap();
     within("run() returns after the drain", done).await.unwrap();

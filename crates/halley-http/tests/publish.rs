@@ -253,3 +253,212 @@ async fn subscribers_counts_the_local_subscribers_it_was_queued_for() {
     assert_eq!(publish("/c/a/deep").await, 1);
     assert_eq!(publish("/d").await, 0);
 }
+
+async fn post_keyed(s: &TestServer, path: &str, key: Option<&str>, body: &str) -> common::Reply {
+    let mut request = s
+        .request("POST", path)
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    s.send(
+        request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// One `POST /pub` to several channels: each gets the message with its own id, every channel
+/// decided before anything is published.
+#[tokio::test]
+async fn one_publish_to_several_channels() {
+    let s = TestServer::start().await;
+    let mut a = s.sse("/multi/a", None).await;
+    let mut b = s.sse("/multi/b", None).await;
+    let reply = post_keyed(
+        &s,
+        "/pub/multi/a?channel=/multi/b&channel=/multi/a",
+        None,
+        "7",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let published = reply.json()["published"].as_array().unwrap().clone();
+    assert_eq!(
+        published.len(),
+        2,
+        "a channel named twice is published once"
+    );
+    assert_eq!(published[0]["channel"], "/multi/a");
+    assert_eq!(published[1]["channel"], "/multi/b");
+    let (ea, eb) = (a.next().await, b.next().await);
+    assert_eq!((ea.data.as_str(), eb.data.as_str()), ("7", "7"));
+    assert_eq!(ea.id.as_deref(), published[0]["id"].as_str());
+    assert_eq!(eb.id.as_deref(), published[1]["id"].as_str());
+    // Refused on one channel (reserved, malformed, too many): published on none.
+    for bad in [
+        "/pub/multi/a?channel=/meta/x".to_owned(),
+        "/pub/multi/a?channel=/a/*".to_owned(),
+        format!(
+            "/pub/multi/a?{}",
+            (0..16)
+                .map(|i| format!("channel=/m/{i}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        ),
+    ] {
+        let reply = post_keyed(&s, &bad, None, "8").await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()["error"].is_string());
+    }
+    let history = s.get("/api/history?channel=/multi/a").await.json();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+}
+
+/// `Idempotency-Key`: a retry gets the first answer and is not delivered again; the key is
+/// the publisher's, bound to what was published, and checked.
+#[tokio::test]
+async fn idempotency_key_publishes_once() {
+    let s = TestServer::start().await;
+    let mut sub = s.sse("/idem", None).await;
+    let first = post_keyed(&s, "/pub/idem", Some("k-1"), r#"{"n":1}"#).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = post_keyed(&s, "/pub/idem", Some("k-1"), r#"{"n":1}"#).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, first.body, "the first answer, again");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // The same key for other data or another channel: refused, nothing published.
+    let other = post_keyed(&s, "/pub/idem", Some("k-1"), r#"{"n":2}"#).await;
+    assert_eq!(other.status, 422, "{}", other.body);
+    let other = post_keyed(&s, "/pub/idem2", Some("k-1"), r#"{"n":1}"#).await;
+    assert_eq!(other.status, 422, "{}", other.body);
+    // Another key publishes; the subscriber saw n=1 once, then n=3.
+    let third = post_keyed(&s, "/pub/idem", Some("k-2"), r#"{"n":3}"#).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(sub.next().await.data, r#"{"n":1}"#);
+    assert_eq!(sub.next().await.data, r#"{"n":3}"#);
+    // Malformed keys.
+    for bad in ["", "a b", &"k".repeat(256)] {
+        let reply = post_keyed(&s, "/pub/idem", Some(bad), "1").await;
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.body);
+    }
+    // A refused publish does not take the key: after the refusal the same key publishes.
+    let refused = post_keyed(&s, "/pub/idem", Some("k-3"), "not json").await;
+    assert_eq!(refused.status, 400);
+    let ok = post_keyed(&s, "/pub/idem", Some("k-3"), "4").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.header("idempotent-replayed"), None);
+}
+
+/// Retries racing the original: exactly one is published; the others get its answer or are
+/// told it is under way (409), never a second message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_retries_publish_once() {
+    let s = TestServer::start().await;
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let mut tries = Vec::new();
+        for _ in 0..8 {
+            let client = common::Client::new(s.addr);
+            let key = key.clone();
+            tries.push(tokio::spawn(async move {
+                let request = client
+                    .request("POST", "/pub/race")
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .body(Full::new(Bytes::from_static(b"1")))
+                    .unwrap();
+                client.send(request).await
+            }));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tries {
+            let reply = t.await.unwrap();
+            match reply.status.as_u16() {
+                200 => {
+                    ids.insert(reply.json()["id"].as_str().unwrap().to_owned());
+                }
+                409 => assert!(reply.json()["error"].is_string()),
+                other => panic!("{other}: {}", reply.body),
+            }
+        }
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+    }
+    let history = s.get("/api/history?channel=/race&limit=100").await.json();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 20);
+}
+
+/// `type=`: SSE's `event:` name and `"type"` in message objects, kept in history; `ttl=`: the
+/// message leaves history (resume, recent, /api/history) when it expires, without a gap, while
+/// live subscribers got it.
+#[tokio::test]
+async fn message_type_and_time_to_live() {
+    let s = TestServer::start().await;
+    let mut sse = s.sse("/typed", None).await;
+    let before = s.publish("/typed", "first").await;
+    let reply = post_keyed(&s, "/pub/typed?type=price.update", None, "10").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = post_keyed(&s, "/pub/typed?ttl=1&type=flash", None, "11").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    s.publish("/typed", "last").await;
+    assert_eq!(sse.next().await.event, None);
+    let typed = sse.next().await;
+    assert_eq!(
+        (typed.event.as_deref(), typed.data.as_str()),
+        (Some("price.update"), "10")
+    );
+    let flash = sse.next().await;
+    assert_eq!(
+        (flash.event.as_deref(), flash.data.as_str()),
+        (Some("flash"), "11")
+    );
+    // In history with its type, until the short-lived one expires: then without it, and a
+    // resume from before it has no gap.
+    let history = s.get("/api/history?channel=/typed").await.json();
+    let kinds: Vec<&Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["type"])
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            &Value::Null,
+            &Value::from("price.update"),
+            &Value::from("flash"),
+            &Value::Null
+        ]
+    );
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the ttl=1 message to expire",
+        || async {
+            let history = s.get("/api/history?channel=/typed").await.json();
+            (history["messages"].as_array().unwrap().len() == 3).then_some(())
+        },
+    )
+    .await;
+    let reply = s
+        .get(&format!("/sub/typed?transport=longpoll&last_id={before}"))
+        .await;
+    assert_eq!(reply.header("x-halley-gap"), None);
+    let data: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].to_string())
+        .collect();
+    assert_eq!(data, ["10", r#""last""#]);
+    let recent = s.get("/sub/typed?transport=longpoll&recent=2").await.json();
+    assert_eq!(recent[0]["type"], "price.update");
+    // Bad values are a 400 with a JSON error.
+    for bad in ["type=a%20b", "type=", "ttl=0", "ttl=x", "ttl=31536001"] {
+        let reply = post_keyed(&s, &format!("/pub/typed?{bad}"), None, "1").await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()["error"].is_string());
+    }
+}

@@ -77,6 +77,16 @@ async fn recent_then_live_with_a_racing_burst_on_every_transport() {
     }
 }
 
+/// The data of a long-poll answer's messages, as text.
+fn datas(reply: &common::Reply) -> Vec<String> {
+    let messages = reply.json();
+    let messages = messages.as_array().expect("an array of messages");
+    messages
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn recent_on_several_channels_and_added_on_a_resume() {
     let s = TestServer::start().await;
@@ -90,13 +100,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
         .get("/sub/r/a?channel=/r/b&recent=1&transport=longpoll")
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let data: Vec<String> = reply
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_str().unwrap().to_owned())
-        .collect();
+    let data = datas(&reply);
     assert_eq!(data, ["a2", "b2"]);
     // The newest are marked as such in their objects; live messages are not.
     assert!(
@@ -119,13 +123,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
     let reply = client
         .get("/sub/r/a?channel=/r/b&recent=5&added=/r/b&transport=longpoll")
         .await;
-    let data: Vec<String> = reply
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_str().unwrap().to_owned())
-        .collect();
+    let data = datas(&reply);
     assert_eq!(data, ["b1", "b2"]);
     // A client that had /r/a up to a2 adds /r/b: /r/b's newest at or before a2, then what
     // came after a2 on both; nothing of /r/a again.
@@ -134,13 +132,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
             "/sub/r/a?channel=/r/b&recent=5&added=/r/b&last_id={a2}&transport=longpoll"
         ))
         .await;
-    let data: Vec<String> = reply
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_str().unwrap().to_owned())
-        .collect();
+    let data = datas(&reply);
     assert_eq!(data, ["b1", "b2", "a3"]);
     // Without added=, a resume is a resume.
     let reply = client
@@ -148,13 +140,7 @@ async fn recent_on_several_channels_and_added_on_a_resume() {
             "/sub/r/a?channel=/r/b&recent=5&last_id={a2}&transport=longpoll"
         ))
         .await;
-    let data: Vec<String> = reply
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_str().unwrap().to_owned())
-        .collect();
+    let data = datas(&reply);
     assert_eq!(data, ["b2", "a3"]);
     // Bad input is a 400 with a JSON error.
     for bad in [

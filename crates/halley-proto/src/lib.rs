@@ -23,6 +23,6 @@ mod message;
 pub use channel::{CHANNEL_MAX_LEN, Channel, ChannelError, Pattern};
 pub use id::{IdError, MessageId};
 pub use message::{
-    BINARY_KEY, Binary, MAX_CONTENT_TYPE, MAX_DEPTH, Message, Payload, PayloadError,
-    is_binary_type, push_json_string,
+    BINARY_KEY, Binary, MAX_CONTENT_TYPE, MAX_DEPTH, MAX_TYPE_LEN, Message, Meta, Payload,
+    PayloadError, is_binary_type, push_json_string, valid_type,
 };

@@ -336,10 +336,34 @@ fn compact(json: &str) -> Result<String, PayloadError> {
 
 /// A published message. Shared (`Arc<Message>`) by every subscriber it is delivered to; the wire
 /// encodings each transport needs are computed once, on first use, and then shared too.
+/// What a publisher said about a message besides its data: its type (SSE's `event:` name, and
+/// `"type"` in its object) and when it leaves history. Boxed in a message, and absent from most.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// 1 to [`MAX_TYPE_LEN`] characters of `[A-Za-z0-9_.:-]` ([`valid_type`]).
+    pub kind: Option<Box<str>>,
+    /// Unix milliseconds after which history no longer gives it (a resume, `recent`,
+    /// `/api/history`); live delivery is not affected.
+    pub expires_ms: Option<u64>,
+}
+
+/// The longest message type.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// Whether `kind` may name a message's type: 1 to [`MAX_TYPE_LEN`] characters of
+/// `[A-Za-z0-9_.:-]` — nothing that could end an SSE line or need escaping in JSON.
+pub fn valid_type(kind: &str) -> bool {
+    (1..=MAX_TYPE_LEN).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
 pub struct Message {
     pub channel: Channel,
     pub id: MessageId,
     pub data: Payload,
+    meta: Option<Box<Meta>>,
     object: OnceLock<Bytes>,
     text: OnceLock<Box<str>>,
     sse: OnceLock<Bytes>,
@@ -347,6 +371,9 @@ pub struct Message {
     /// A copy handed out as one of a channel's newest messages when a subscription opened
     /// (`recent=N`), not as it happened: its object says so.
     recent: bool,
+    /// When it was published, Unix microseconds (0: unknown, as for what is read back from a
+    /// Redis history): where a publish→write latency starts.
+    published_us: u64,
 }
 
 impl Message {
@@ -360,7 +387,52 @@ impl Message {
             sse: OnceLock::new(),
             binary: OnceLock::new(),
             recent: false,
+            meta: None,
+            published_us: 0,
         }
+    }
+
+    /// This message, published at `published_us` (Unix microseconds).
+    pub fn published_at(self, published_us: u64) -> Message {
+        Message {
+            published_us,
+            ..self
+        }
+    }
+
+    /// When it was published (Unix microseconds), if known.
+    pub fn published_us(&self) -> Option<u64> {
+        (self.published_us > 0).then_some(self.published_us)
+    }
+
+    /// A message with what its publisher said besides the data (`None`: nothing).
+    pub fn with_meta(
+        channel: Channel,
+        id: MessageId,
+        data: Payload,
+        meta: Option<Box<Meta>>,
+    ) -> Message {
+        Message {
+            meta,
+            ..Message::new(channel, id, data)
+        }
+    }
+
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_deref()
+    }
+
+    /// The message's type, if its publisher gave one.
+    pub fn kind(&self) -> Option<&str> {
+        self.meta.as_deref()?.kind.as_deref()
+    }
+
+    /// Whether history should no longer give it at `now_ms` (Unix milliseconds).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.meta
+            .as_deref()
+            .and_then(|m| m.expires_ms)
+            .is_some_and(|at| at <= now_ms)
     }
 
     /// This message as one of its channel's newest, delivered first to a subscription that
@@ -369,7 +441,12 @@ impl Message {
     pub fn as_recent(&self) -> Message {
         Message {
             recent: true,
-            ..Message::new(self.channel.clone(), self.id, self.data.clone())
+            ..Message::with_meta(
+                self.channel.clone(),
+                self.id,
+                self.data.clone(),
+                self.meta.clone(),
+            )
         }
     }
 
@@ -396,6 +473,11 @@ impl Message {
             push_json_string(&mut out, self.channel.as_str());
             out.push_str(r#","id":""#);
             self.id.push_to(&mut out);
+            if let Some(kind) = self.kind() {
+                // Checked by `valid_type`: nothing to escape.
+                out.push_str(r#"","type":""#);
+                out.push_str(kind);
+            }
             if self.recent {
                 out.push_str(r#"","recent":true,"data":"#);
             } else {
@@ -435,6 +517,11 @@ impl Message {
             frame.push_str("id: ");
             self.id.push_to(&mut frame);
             frame.push('\n');
+            if let Some(kind) = self.kind() {
+                frame.push_str("event: ");
+                frame.push_str(kind);
+                frame.push('\n');
+            }
             if !text.as_bytes().iter().any(|&b| b == b'\n' || b == b'\r') {
                 // The common case (every JSON payload): one line.
                 frame.push_str("data: ");

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use halley_engine::control::{Command, Remote};
+use halley_engine::idempotency::KeyClaim;
 use halley_engine::{
     Broker, BrokerError, ChannelEntry, EngineConfig, Gather, Hub, Member, Replay, Stats,
 };
-use halley_proto::{Channel, Message, MessageId, Pattern, Payload};
+use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -311,7 +312,8 @@ impl Shared {
                         e.offset <= seq.offset && bound.is_none_or(|b| e.offset <= b.offset)
                     })
                     .collect();
-                let (messages, skipped) = decode(&channel, epoch, oldest_ms(&channel), read);
+                let (messages, skipped) =
+                    decode(&channel, epoch, oldest_ms(&channel), seq.now_ms, read);
                 gap |= skipped;
                 batch.add(messages, cut);
             }
@@ -345,7 +347,7 @@ impl Shared {
         let oldest_ms = seq
             .now_ms
             .saturating_sub(s.engine.history(channel).ttl.as_millis() as u64);
-        Ok(decode(channel, epoch, oldest_ms, read).0)
+        Ok(decode(channel, epoch, oldest_ms, seq.now_ms, read).0)
     }
 }
 
@@ -484,6 +486,7 @@ impl Broker for RedisBroker {
         &self,
         channel: Channel,
         data: Payload,
+        meta: Option<Box<Meta>>,
     ) -> Result<(Arc<Message>, usize), BrokerError> {
         let s = &self.shared;
         let mut conn = s.connection()?;
@@ -508,6 +511,12 @@ impl Broker for RedisBroker {
             .arg(s.engine.max_channels)
             .arg(s.config.log_len)
             .arg(format!("{:x}:{seq}", s.node))
+            .arg(
+                meta.as_deref()
+                    .and_then(|m| m.kind.as_deref())
+                    .unwrap_or(""),
+            )
+            .arg(meta.as_deref().and_then(|m| m.expires_ms).unwrap_or(0))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| s.unavailable(e))?;
@@ -686,6 +695,74 @@ impl Broker for RedisBroker {
         Some(format!("{:x}", self.shared.node))
     }
 
+    /// `SET NX PX` on `{prefix}idem:{name}`: one key for every node, gone after its window.
+    async fn claim_key(
+        &self,
+        name: &str,
+        value: &str,
+        window: std::time::Duration,
+    ) -> Result<KeyClaim, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let key = format!("{}idem:{name}", s.keys.prefix);
+        let ms = window.as_millis().max(1) as u64;
+        // Twice at most: a key that expired between the SET and the GET is free again.
+        for _ in 0..2 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            if set.is_some() {
+                return Ok(KeyClaim::Claimed);
+            }
+            let held: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| s.unavailable(e))?;
+            if let Some(held) = held {
+                return Ok(KeyClaim::Held(held));
+            }
+        }
+        Err(s.unavailable("an idempotency key came and went twice"))
+    }
+
+    async fn settle_key(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        window: std::time::Duration,
+    ) -> Result<bool, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.connection()?;
+        let key = format!("{}idem:{name}", s.keys.prefix);
+        let cmd = match value {
+            Some(value) => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(window.as_millis().max(1) as u64);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(&key);
+                cmd
+            }
+        };
+        let _: redis::Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| s.unavailable(e))?;
+        Ok(true)
+    }
+
     fn healthy(&self) -> bool {
         *self.shared.healthy.borrow()
     }
@@ -698,6 +775,7 @@ fn decode(
     channel: &Channel,
     epoch: u64,
     oldest_ms: u64,
+    now_ms: u64,
     entries: Vec<Entry>,
 ) -> (Vec<Arc<Message>>, bool) {
     let mut skipped = false;
@@ -707,18 +785,38 @@ fn decode(
             skipped = true;
             continue;
         }
+        // Past its own expiry: its publisher said so; not a loss (no gap).
+        if entry.number("x").is_some_and(|x| x <= now_ms) {
+            continue;
+        }
         let Some(data) = entry.field("d").and_then(|d| Payload::from_json(d).ok()) else {
             tracing::warn!(%channel, offset = entry.offset, "redis broker: undecodable history entry skipped");
             skipped = true;
             continue;
         };
-        out.push(Arc::new(Message::new(
+        out.push(Arc::new(Message::with_meta(
             channel.clone(),
             MessageId::new(epoch, entry.offset),
             data,
+            meta_of(&entry),
         )));
     }
     (out, skipped)
+}
+
+/// A stored entry's type (`k`) and expiry (`x`), when it has either.
+pub(crate) fn meta_of(entry: &Entry) -> Option<Box<Meta>> {
+    let kind = entry
+        .field("k")
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| halley_proto::valid_type(k));
+    let expires_ms = entry.number("x");
+    (kind.is_some() || expires_ms.is_some()).then(|| {
+        Box::new(Meta {
+            kind: kind.map(Into::into),
+            expires_ms,
+        })
+    })
 }
 
 /// Escapes Redis glob metacharacters so that a user-supplied prefix matches literally.

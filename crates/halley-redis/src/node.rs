@@ -260,7 +260,11 @@ fn deliver(shared: &Shared, id: MessageId, entry: &Entry) {
     let decoded = (|| {
         let channel = Channel::parse(std::str::from_utf8(entry.field("c")?).ok()?).ok()?;
         let data = Payload::from_json(entry.field("d")?).ok()?;
-        Some(Arc::new(Message::new(channel, id, data)))
+        let meta = crate::broker::meta_of(entry);
+        let published_us = entry.number("u").unwrap_or(0);
+        Some(Arc::new(
+            Message::with_meta(channel, id, data, meta).published_at(published_us),
+        ))
     })();
     let count = match &decoded {
         Some(message) => shared.hub.deliver(message),

@@ -36,7 +36,10 @@ return {v[1], v[2]}
 /// by length, or the whole stream expired): a resume from below it has a gap.
 ///
 /// ARGV: key prefix, channel, data, fresh epoch, history size, history ttl ms, max channels,
-/// log length, origin (`<node hex>:<seq>`).
+/// log length, origin (`<node hex>:<seq>`), the message's type (`k`; empty: none), its expiry
+/// in Unix ms (`x`; 0: none). `k` and `x` are stored only when given.
+/// Log entries also carry `u`, the publish time in Unix µs (Redis's clock), where a node's
+/// publish→write latency starts.
 /// Returns `{epoch, offset}`, or 0 when the channel would exceed max channels.
 const PUBLISH: &str = r"
 local prefix, channel = ARGV[1], ARGV[2]
@@ -69,12 +72,22 @@ elseif prev then
   evicted = tonumber(prev)
 end
 local id = string.format('0-%d', offset)
+local extra = {}
+if ARGV[10] and ARGV[10] ~= '' then
+  table.insert(extra, 'k')
+  table.insert(extra, ARGV[10])
+end
+if ARGV[11] and ARGV[11] ~= '0' then
+  table.insert(extra, 'x')
+  table.insert(extra, ARGV[11])
+end
 redis.call('XADD', hist, 'MAXLEN', maxlen, id, 'd', ARGV[3], 't', string.format('%d', now),
-  'e', string.format('%d', evicted))
+  'e', string.format('%d', evicted), unpack(extra))
 redis.call('PEXPIRE', hist, ttl)
 redis.call('ZADD', last, offset, channel)
 redis.call('ZADD', expiry, string.format('%d', now + ttl), channel)
-redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], id, 'c', channel, 'd', ARGV[3], 'o', ARGV[9])
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], id, 'c', channel, 'd', ARGV[3], 'o', ARGV[9],
+  'u', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])), unpack(extra))
 redis.call('PEXPIRE', log, ttl)
 return {epoch, offset}
 ";

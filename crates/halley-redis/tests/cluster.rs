@@ -913,3 +913,93 @@ async fn recent_on_b_while_a_publishes_a_burst() {
     assert!(got[0].0 >= BEFORE - 3, "{got:?}");
     assert_eq!(got.iter().filter(|(_, r)| *r).count(), 4, "{got:?}");
 }
+
+/// An idempotent publish retried on another node (its answer lost, the client's retry landed
+/// elsewhere): one message, the first answer again; the same key with other data refused
+/// there too (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_holds_across_nodes() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let redis = Redis::start().await;
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let post = |node: &Node, key: &'static str, body: &'static str| {
+        let client = common::Client::new(node.addr);
+        async move {
+            let request = client
+                .request("POST", "/pub/idem/x")
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            client.send(request).await
+        }
+    };
+    let mut sse = b.sse("/idem/x", None).await;
+    let first = post(&a, "k-cluster", "1").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let retry = post(&b, "k-cluster", "1").await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let other = post(&b, "k-cluster", "2").await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.body
+    );
+    // Racing retries on both nodes: one message.
+    let (x, y) = tokio::join!(post(&a, "k-race", "3"), post(&b, "k-race", "3"));
+    let ids: std::collections::BTreeSet<String> = [x, y]
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let post_last = post(&a, "k-last", "4").await;
+    assert_eq!(post_last.status, StatusCode::OK);
+    for expected in ["1", "3", "4"] {
+        assert_eq!(sse.next().await.data, expected);
+    }
+}
+
+/// A message's type and time to live travel through Redis: SSE on another node gets the
+/// `event:` name, history there says `"type"`, and the short-lived message leaves Redis's
+/// history (for a resume, without a gap) when it expires (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_type_and_ttl_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let mut sse = b.sse("/typed/x", None).await;
+    let client = common::Client::new(a.addr);
+    let first = a.publish_id("/typed/x", "first").await;
+    for path in ["/pub/typed/x?type=tick", "/pub/typed/x?type=gone&ttl=1"] {
+        let reply = client.post(path, "application/json", "1").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(sse.next().await.event, None);
+    assert_eq!(sse.next().await.event.as_deref(), Some("tick"));
+    assert_eq!(sse.next().await.event.as_deref(), Some("gone"));
+    let history = common::Client::new(b.addr)
+        .get("/api/history?channel=/typed/x")
+        .await
+        .json();
+    assert_eq!(history["messages"][1]["type"], "tick");
+    eventually(
+        Duration::from_secs(10),
+        "the ttl=1 message to leave history",
+        || async {
+            let reply = common::Client::new(b.addr)
+                .get(&format!("/sub/typed/x?transport=longpoll&last_id={first}"))
+                .await;
+            let messages = reply.json();
+            (reply.header("x-halley-gap").is_none()
+                && messages
+                    .as_array()
+                    .is_some_and(|m| m.len() == 1 && m[0]["type"] == "tick"))
+            .then_some(())
+        },
+    )
+    .await;
+}

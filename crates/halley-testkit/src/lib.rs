@@ -8,6 +8,8 @@
 //!   tokio-tungstenite), [`Sse`], [`wire::Transport`] (the streaming wire formats byte for
 //!   byte), and [`subscriber`]: one resuming subscriber for every transport and Bayeux's three,
 //!   as the chaos tests drive them.
+//! - curl as a running client: [`Curl`] (its output read as it arrives).
+//! - TLS: [`tls::TestCa`], certificates made at test time for `TestServer::with_tls`.
 //! - Stand-ins: [`app::FakeApp`], the application behind Halley (webhooks, RPC, auth-url).
 //!
 //! Nothing here sleeps to synchronise: every wait is for an observable event (response headers,
@@ -19,10 +21,12 @@
 //! only it needs), so tests write `common::TestServer` as before.
 
 pub mod app;
+mod curl;
 mod process;
 mod redis;
 mod server;
 pub mod subscriber;
+pub mod tls;
 pub mod wire;
 
 use std::future::Future;
@@ -42,6 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+pub use curl::{Curl, curl_installed};
 pub use process::{Process, halley_binary};
 pub use redis::{Node, Redis, redis_config};
 pub use server::{TestServer, bayeux, bayeux_client, bayeux_handshake};

@@ -47,6 +47,8 @@ struct Log {
 /// A running `halley serve` (killed on drop). It derefs to its [`Client`].
 pub struct Process {
     pub addr: SocketAddr,
+    /// The TLS listener's address, when it was started with one (`--tls-listen`).
+    pub tls: Option<SocketAddr>,
     child: Child,
     log: Arc<Mutex<Log>>,
     client: Client,
@@ -95,7 +97,13 @@ impl Process {
                     && let Some(addr) = rest.split_whitespace().next()
                     && let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>())
                 {
-                    let _ = tx.send(addr);
+                    // The same line names the TLS listener, when there is one.
+                    let tls = line
+                        .split(" tls=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = tx.send((addr, tls));
                 }
                 let mut log = kept.lock().unwrap();
                 if line.contains("ERROR") || line.contains("panicked") {
@@ -107,8 +115,8 @@ impl Process {
                 log.lines.push_back(line);
             }
         });
-        let addr = match tokio::time::timeout(NODE_WAIT, rx).await {
-            Ok(Ok(addr)) => addr,
+        let (addr, tls) = match tokio::time::timeout(NODE_WAIT, rx).await {
+            Ok(Ok(addrs)) => addrs,
             _ => panic!(
                 "halley did not report its address; its log:\n{}",
                 log.lock()
@@ -122,6 +130,7 @@ impl Process {
         };
         Process {
             addr,
+            tls,
             child,
             log,
             client: Client {
@@ -144,6 +153,27 @@ impl Process {
     /// Lines it logged at level ERROR, and panics.
     pub fn errors(&self) -> Vec<String> {
         self.log.lock().unwrap().errors.clone()
+    }
+
+    /// Waits (at most `WAIT`) until it logged a line containing `needle` (among the newest
+    /// lines kept); returns that line.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        crate::eventually(
+            crate::WAIT,
+            &format!("halley to log {needle:?}"),
+            || async { self.recent_log().into_iter().find(|l| l.contains(needle)) },
+        )
+        .await
+    }
+
+    /// Sends it a signal by name (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the process is running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// The newest lines of its log.

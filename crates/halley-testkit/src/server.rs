@@ -35,6 +35,10 @@ pub struct TestServer {
     pub done: Option<JoinHandle<()>>,
     /// The configured publish key, which [`TestServer::publish`] sends.
     pub key: Option<String>,
+    /// The TLS listener's address, when the server has one ([`TestServer::with_tls`]).
+    pub tls_addr: Option<SocketAddr>,
+    /// Its certificate, to reload.
+    pub tls: Option<halley_http::Tls>,
     client: Client,
 }
 
@@ -143,8 +147,24 @@ impl TestServer {
         TestServer::launch(server, None)
     }
 
+    /// A server with a TLS listener too (on `127.0.0.1:0`), presenting the certificate
+    /// installed at `ca`'s paths ([`crate::tls::TestCa::install`]).
+    pub async fn with_tls(ca: &crate::tls::TestCa) -> TestServer {
+        let (cert, key) = ca.paths();
+        TestServer::with(|http, _| {
+            http.tls = Some(halley_http::TlsConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                cert,
+                key,
+            });
+        })
+        .await
+    }
+
     fn launch(server: Server, key: Option<String>) -> TestServer {
         let addr = server.local_addr();
+        let tls_addr = server.tls_addr();
+        let tls = server.tls();
         let shutdown = server.shutdown_token();
         let done = Some(tokio::spawn(server.run()));
         TestServer {
@@ -152,6 +172,8 @@ impl TestServer {
             shutdown,
             done,
             key,
+            tls_addr,
+            tls,
             client: Client::new(addr),
         }
     }

@@ -29,11 +29,11 @@ use halley_engine::access::{
 use halley_engine::bayeux::BayeuxConfig;
 use halley_engine::observe::Kinds;
 use halley_engine::{EngineConfig, HistoryRules};
-use halley_http::HttpConfig;
 use halley_http::auth::AuthConfig;
 use halley_http::hooks::{self, WebhookConfig};
 use halley_http::outbound::Endpoint;
 use halley_http::rpc::RpcConfig;
+use halley_http::{HttpConfig, TlsConfig};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -337,6 +337,18 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8000].
     #[arg(long, env = "HALLEY_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// PEM file with the TLS certificate chain (the server's first); with --tls-key, a second
+    /// listener speaks TLS (HTTP/2 or HTTP/1.1 by ALPN); SIGHUP reloads both files
+    /// [default: none, no TLS].
+    #[arg(long, env = "HALLEY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1) [default: none].
+    #[arg(long, env = "HALLEY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Address of the TLS listener, once --tls-cert and --tls-key are set
+    /// [default: 127.0.0.1:8443].
+    #[arg(long, env = "HALLEY_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
     /// Seconds a long-poll or JSONP request is held with nothing to say [default: 25].
     #[arg(long, env = "HALLEY_HOLD_TIMEOUT")]
     pub hold_timeout: Option<u64>,
@@ -432,6 +444,14 @@ pub struct ServeArgs {
     /// long-poll gaps and reconnects don't announce leaving and joining [default: 10].
     #[arg(long, env = "HALLEY_PRESENCE_GRACE")]
     pub presence_grace: Option<u64>,
+    /// Seconds an `Idempotency-Key` is remembered after its publish: a retry within it gets
+    /// the first answer and is not published again [default: 300].
+    #[arg(long, env = "HALLEY_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<u64>,
+    /// Most idempotency keys this node keeps in their window with the memory broker (Redis
+    /// keeps them itself); beyond it keyed publishes get 503 [default: 100000].
+    #[arg(long, env = "HALLEY_IDEMPOTENCY_KEYS")]
+    pub idempotency_keys: Option<usize>,
     /// Serve halley.js and the talk chat from this directory (clients/js) instead of the
     /// built-in copies, to edit them without rebuilding [default: built-in].
     #[arg(long, env = "HALLEY_ASSETS")]
@@ -485,6 +505,7 @@ impl BrokerChoice {
 
 pub struct Settings {
     pub presence_grace: Duration,
+    pub idempotency: halley_engine::idempotency::Idempotency,
     pub http: HttpConfig,
     pub engine: EngineConfig,
     pub bayeux: BayeuxConfig,
@@ -506,10 +527,21 @@ impl ServeArgs {
                 .with_context(|| format!("reading config file {}", path.display()))?;
             let mut file: ServeArgs = toml::from_str(&text)
                 .with_context(|| format!("parsing config file {}", path.display()))?;
+            // Paths in the file are relative to it, as [tokens]'s key files are.
+            let base = path.parent().map(PathBuf::from).unwrap_or_default();
+            for tls_file in [&mut file.tls_cert, &mut file.tls_key]
+                .into_iter()
+                .flatten()
+            {
+                *tls_file = base.join(&*tls_file);
+            }
             merge!(
                 self,
                 file,
                 listen,
+                tls_cert,
+                tls_key,
+                tls_listen,
                 hold_timeout,
                 heartbeat,
                 header_timeout,
@@ -530,6 +562,8 @@ impl ServeArgs {
                 max_sessions,
                 handshake_rate,
                 presence_grace,
+                idempotency_window,
+                idempotency_keys,
                 assets,
                 token_secret,
                 auth_url,
@@ -646,6 +680,26 @@ impl ServeArgs {
         Ok(Some(config))
     }
 
+    /// The TLS listener: both files, or neither (and then no `tls-listen` either).
+    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+                listen: self.tls_listen.unwrap_or(TlsConfig::DEFAULT_LISTEN),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => {
+                anyhow::ensure!(
+                    self.tls_listen.is_none(),
+                    "tls-listen is set but tls-cert and tls-key are not"
+                );
+                Ok(None)
+            }
+            (Some(_), None) => anyhow::bail!("tls-cert is set but tls-key is not"),
+            (None, Some(_)) => anyhow::bail!("tls-key is set but tls-cert is not"),
+        }
+    }
+
     /// `rpc-url` and its options; `None` without a url.
     fn rpc(&mut self) -> anyhow::Result<Option<RpcConfig>> {
         let Some(url) = self.rpc_url.take().filter(|u| !u.is_empty()) else {
@@ -695,6 +749,7 @@ impl ServeArgs {
         }
         let webhooks = self.webhooks()?;
         let rpc = self.rpc()?;
+        let tls = self.tls()?;
         let secs = Duration::from_secs;
         let h = HttpConfig::default();
         let http = HttpConfig {
@@ -714,6 +769,7 @@ impl ServeArgs {
             webhooks,
             rpc,
             auth,
+            tls,
         };
         anyhow::ensure!(
             http.cometd_path.starts_with('/'),
@@ -752,10 +808,22 @@ impl ServeArgs {
         };
         anyhow::ensure!(bayeux.max_sessions > 0, "max-sessions must be at least 1");
         let broker = BrokerChoice::parse(self.broker.as_deref().unwrap_or("memory"))?;
+        let idempotency = {
+            let default = halley_engine::idempotency::Idempotency::default();
+            halley_engine::idempotency::Idempotency {
+                window: self.idempotency_window.map_or(default.window, secs),
+                max_keys: self.idempotency_keys.unwrap_or(default.max_keys),
+            }
+        };
+        anyhow::ensure!(
+            idempotency.max_keys > 0 && !idempotency.window.is_zero(),
+            "idempotency-window and idempotency-keys must be at least 1"
+        );
         Ok(Settings {
             presence_grace: self
                 .presence_grace
                 .map_or(halley_engine::presence::DEFAULT_GRACE, secs),
+            idempotency,
             http,
             engine,
             bayeux,

@@ -64,6 +64,17 @@ fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
     for line in config::describe_calls(&settings.http) {
         println!("{line}");
     }
+    // The certificate and key are read as `serve` reads them, so a bad file shows here.
+    if let Some(tls) = &settings.http.tls {
+        let (_, loaded) = halley_http::Tls::load(tls)?;
+        println!(
+            "tls {} cert={} chain={} sha256={}",
+            tls.listen,
+            loaded.cert.display(),
+            loaded.chain,
+            loaded.fingerprint
+        );
+    }
     Ok(())
 }
 
@@ -87,6 +98,7 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
         }
     };
     engine.set_presence_grace(settings.presence_grace);
+    engine.set_idempotency(settings.idempotency);
     if engine.set_policy(settings.policy.clone()).is_err() {
         anyhow::bail!("the access policy was set twice");
     }
@@ -95,7 +107,14 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     let server = Server::bind_configured(settings.http.clone(), engine, settings.bayeux)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
-    tracing::info!(listen = %server.local_addr(), "halley serving");
+    match server.tls_addr() {
+        // One line with both addresses: scripts and tests read them from it.
+        Some(tls) => tracing::info!(listen = %server.local_addr(), tls = %tls, "halley serving"),
+        None => tracing::info!(listen = %server.local_addr(), "halley serving"),
+    }
+    if let Some(tls) = server.tls() {
+        tokio::spawn(reload_on_hangup(tls));
+    }
     if let Some(webhooks) = &settings.http.webhooks {
         tracing::info!(url = %webhooks.url, events = ?webhooks.events.names(), "webhooks");
     }
@@ -120,6 +139,39 @@ fn without_password(url: &str) -> String {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
         _ => url.to_owned(),
     }
+}
+
+/// SIGHUP reloads the TLS certificate and key (only when TLS is configured: without it,
+/// SIGHUP keeps its default, ending the process). Connections already open keep their
+/// session; a file that does not load leaves the certificate in use and is logged as an error.
+async fn reload_on_hangup(tls: halley_http::Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler: the certificate cannot be reloaded");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(loaded) => tracing::info!(
+                    cert = %loaded.cert.display(),
+                    sha256 = %loaded.fingerprint,
+                    chain = loaded.chain,
+                    "tls: certificate reloaded"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "tls: reload failed; the certificate in use stays"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn wait_for_signal() {

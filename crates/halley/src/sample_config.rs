@@ -75,8 +75,8 @@ fn resolve(dir: &Path, text: &str) -> anyhow::Result<Settings> {
 /// What the settings configure, for comparing two of them (the policy aside).
 fn described(s: &Settings) -> String {
     format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
-        s.http, s.engine, s.bayeux, s.broker, s.presence_grace
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        s.http, s.engine, s.bayeux, s.broker, s.presence_grace, s.idempotency
     )
 }
 

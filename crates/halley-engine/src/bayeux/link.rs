@@ -36,6 +36,9 @@ pub enum Wake {
     Delivered(Batch),
     /// The held connect's timeout passed.
     Deadline,
+    /// The server is shutting down ([`Bayeux::shutdown`]): the held connect is answered (the
+    /// client reconnects, to this node or another).
+    Shutdown,
 }
 
 /// A connect held on a link; its guard keeps the session from expiring meanwhile.
@@ -145,21 +148,31 @@ impl Link {
     }
 
     /// Waits for what this link acts on next: messages to deliver (while its connect is the
-    /// session's latest), or the held connect's timeout. Pending while there is neither.
-    /// Cancel-safe: a transport waits for it alongside its own events.
-    pub async fn wait(&self) -> Wake {
+    /// session's latest), the held connect's timeout, or the server's shutdown (while it
+    /// delivers: a link without a session is pending until it has one, so a transport that
+    /// must end at shutdown waits for that itself meanwhile). Cancel-safe: a transport waits for it
+    /// alongside its own events.
+    ///
+    /// The timeout and the shutdown come from `bayeux` through the session's wake-up
+    /// ([`Session::deliver`]): the future keeps no timer of its own.
+    ///
+    /// Not an `async fn`: its future is the session's delivery itself, not one that keeps
+    /// this link's fields beside it.
+    pub fn wait<'a>(&'a self, bayeux: &'a Bayeux) -> impl Future<Output = Wake> + Send + 'a {
+        use futures_util::future::Either;
         let deadline = self.held.as_ref().map(|h| h.deadline);
-        match (self.session.as_deref(), deadline) {
-            (Some(session), Some(deadline)) => tokio::select! {
-                batch = session.deliver(self.connect) => Wake::Delivered(batch),
-                _ = tokio::time::sleep_until(deadline) => Wake::Deadline,
-            },
-            (Some(session), None) => Wake::Delivered(session.deliver(self.connect).await),
-            (None, Some(deadline)) => {
+        let holds = &*bayeux.shared.holds;
+        match (&self.session, deadline) {
+            (Some(session), deadline) => {
+                Either::Left(session.deliver(self.connect, holds, deadline))
+            }
+            // Not reached: a connect is held only with its session (`connect` sets both, and
+            // every way out takes both). Kept correct all the same, boxed.
+            (None, Some(deadline)) => Either::Right(Either::Left(Box::pin(async move {
                 tokio::time::sleep_until(deadline).await;
                 Wake::Deadline
-            }
-            (None, None) => std::future::pending().await,
+            }))),
+            (None, None) => Either::Right(Either::Right(std::future::pending())),
         }
     }
 
@@ -167,6 +180,13 @@ impl Link {
     /// connect's reply.
     pub fn wake(&mut self, bayeux: &Bayeux, wake: Wake, out: &mut impl Outbox) {
         match wake {
+            // Delivering ends with it: the connection goes (a WebSocket says goodbye, a stream
+            // ends), and its client reconnects, to this node or another.
+            Wake::Shutdown => {
+                self.release(bayeux, false, out);
+                self.session = None;
+                self.connect = 0;
+            }
             Wake::Deadline => {
                 if !self.persistent {
                     self.session = None;
@@ -274,8 +294,8 @@ impl Connect {
 
 impl Bayeux {
     /// Long-polling and callback-polling: holds the connect until there are messages, a newer
-    /// connect takes over, its timeout or `shutdown`, writing the messages and then the
-    /// connect's reply to `out`.
+    /// connect takes over, its timeout or the server's shutdown ([`Bayeux::shutdown`]), writing
+    /// the messages and then the connect's reply to `out`.
     ///
     /// `browser` is the request's browser secret (the `BAYEUX_BROWSER` cookie): one session per
     /// browser may hold a connect (browsers allow a handful of connections per host, shared by
@@ -285,7 +305,6 @@ impl Bayeux {
         &'a self,
         connect: Connect,
         browser: Option<&str>,
-        shutdown: impl Future<Output = ()> + 'a,
         out: &'a mut O,
     ) -> impl Future<Output = ()> + 'a {
         // The connect is taken before the future exists (its answer, when it is answered at
@@ -298,10 +317,8 @@ impl Bayeux {
         async move {
             // A polling link answers its connect at its first wake: one wait at most.
             if link.holding() {
-                tokio::select! {
-                    wake = link.wait() => link.wake(self, wake, out),
-                    _ = shutdown => link.release(self, false, out),
-                }
+                let wake = link.wait(self).await;
+                link.wake(self, wake, out);
             }
             drop(slot);
         }
@@ -313,7 +330,6 @@ impl Bayeux {
         &self,
         mut connect: Connect,
         hold: bool,
-        shutdown: impl Future<Output = ()>,
     ) -> (Vec<Arc<Message>>, BayeuxMessage) {
         if !hold {
             connect.timeout = Duration::ZERO;
@@ -321,7 +337,7 @@ impl Bayeux {
         let mut out = Collected::default();
         // Never sent: every way out of a poll answers its connect.
         let unanswered = self.preempted_reply(&connect);
-        self.poll(connect, None, shutdown, &mut out).await;
+        self.poll(connect, None, &mut out).await;
         (out.messages, out.reply.unwrap_or(unanswered))
     }
 }

@@ -7,6 +7,7 @@
 //! handed to the [`Services`] hook and never broadcast; a call it makes is answered to its
 //! caller alone ([`Handled::Call`]).
 
+mod holds;
 mod link;
 mod session;
 mod sources;
@@ -376,6 +377,8 @@ struct Shared {
     browsers: Mutex<HashMap<String, (String, usize)>>,
     /// Recent handshakes per source. Locked alone, briefly, before the session table.
     sources: Mutex<Sources>,
+    /// The held connects' deadlines and the shutdown ([`holds`]); the sweeper is their timer.
+    holds: Arc<holds::Holds>,
 }
 
 /// The Bayeux server. Cheap to clone.
@@ -396,7 +399,9 @@ fn new_client_id() -> String {
 }
 
 impl Bayeux {
-    /// A Bayeux server over `engine`; starts the session sweeper when inside a tokio runtime.
+    /// A Bayeux server over `engine`; starts the session sweeper, which is also the held
+    /// connects' timer, when inside a tokio runtime (a connect held without it is answered only
+    /// when messages come, a newer connect takes over, or at [`Bayeux::shutdown`]).
     pub fn spawn(
         engine: Engine,
         config: BayeuxConfig,
@@ -413,10 +418,14 @@ impl Bayeux {
                 services,
                 sessions: Mutex::default(),
                 browsers: Mutex::default(),
+                holds: Arc::new(holds::Holds::new()),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep(Arc::downgrade(&bayeux.shared)));
+            tokio::spawn(sweep(
+                Arc::downgrade(&bayeux.shared),
+                bayeux.shared.holds.clone(),
+            ));
         }
         bayeux
     }
@@ -919,12 +928,15 @@ impl Bayeux {
                     BayeuxError::BadRequest(message.channel.clone(), e.to_string()),
                 ))
             }
-            Err(e @ (EngineError::Broker(_) | EngineError::Full(..) | EngineError::Control(_))) => {
-                Err(BayeuxMessage::error(
-                    message,
-                    BayeuxError::Unavailable(e.to_string()),
-                ))
-            }
+            Err(
+                e @ (EngineError::Broker(_)
+                | EngineError::Full(..)
+                | EngineError::KeysFull(_)
+                | EngineError::Control(_)),
+            ) => Err(BayeuxMessage::error(
+                message,
+                BayeuxError::Unavailable(e.to_string()),
+            )),
         }
     }
 
@@ -1009,6 +1021,17 @@ impl Bayeux {
         reply
     }
 
+    /// The server is shutting down: every held connect is answered now (the client
+    /// reconnects, to this node or another), and one held from now on is answered at once.
+    /// Transports call it when their shutdown begins; a held connect has no shutdown wait of
+    /// its own (see [`holds`]).
+    pub fn shutdown(&self) {
+        self.shared.holds.drain();
+        for session in self.sessions().values() {
+            session.wake();
+        }
+    }
+
     /// Drops a session (used when its WebSocket closes with the client gone for good is not
     /// known; sessions otherwise expire after `max_interval`).
     pub fn forget(&self, id: &str) {
@@ -1038,10 +1061,24 @@ fn timesync(tc: Option<u64>, reply: &mut BayeuxMessage, received_ms: u64) {
     }
 }
 
-async fn sweep(shared: std::sync::Weak<Shared>) {
+/// Every [`SESSION_SWEEP_INTERVAL`], drops idle sessions and prunes the handshake sources; in
+/// between, wakes the sessions whose held connect's deadline came ([`holds`]: this task is
+/// their one timer). Ends with the Bayeux server.
+async fn sweep(shared: std::sync::Weak<Shared>, holds: Arc<holds::Holds>) {
     let mut tick = tokio::time::interval(SESSION_SWEEP_INTERVAL);
     loop {
-        tick.tick().await;
+        let next = holds.fire();
+        let deadline = async {
+            match next {
+                Some(next) => tokio::time::sleep_until(next).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = deadline => continue,
+            _ = holds.earlier.notified() => continue,
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };

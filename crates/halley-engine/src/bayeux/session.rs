@@ -6,14 +6,15 @@
 //! requester went away simply drops its future (guards restore the counters).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use halley_proto::{Message, Pattern};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::MAX_DELIVERY_BATCH;
+use super::holds::{Holds, UNTIMED};
+use super::{MAX_DELIVERY_BATCH, Wake};
 use crate::access::{Identity, Principal};
 use crate::control::Closing;
 use crate::{Event, Subscription};
@@ -100,6 +101,9 @@ pub struct Session {
     /// connect's future; woken, it checks both.
     changed: Notify,
     closed: AtomicBool,
+    /// The earliest time (`Holds`' milliseconds) the held connects' timer holds an entry for
+    /// this session at, `UNTIMED` if none ([`Holds::arm`]).
+    pub(super) timed: AtomicU64,
 }
 
 impl std::fmt::Debug for Session {
@@ -140,7 +144,23 @@ impl Session {
             held: AtomicUsize::new(0),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            timed: AtomicU64::new(UNTIMED),
         }
+    }
+
+    /// A session of no engine's (unit tests of what only needs its wake-ups).
+    #[cfg(test)]
+    pub(super) fn for_tests() -> Session {
+        let engine = crate::Engine::in_memory(crate::EngineConfig::default());
+        let anonymous = engine.policy().anonymous();
+        Session::new(
+            "test".into(),
+            engine.subscriber(),
+            false,
+            1,
+            anonymous,
+            Browser::Unknown,
+        )
     }
 
     pub fn id(&self) -> &str {
@@ -192,6 +212,22 @@ impl Session {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.changed.notify_waiters();
+    }
+
+    /// Wakes this session's deliveries: the server is shutting down, or the timer's entry at
+    /// `at` fired ([`Holds`]). Each checks for itself what concerns it.
+    pub(super) fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// The timer's entry at `at` fired: no longer the session's earliest (unless a newer one
+    /// is), and its deliveries are woken — after that, so that a delivery that found the entry
+    /// there and armed nothing is woken and arms its own deadline again.
+    pub(super) fn timer_fired(&self, at: u64) {
+        let _ = self
+            .timed
+            .compare_exchange(at, UNTIMED, Ordering::AcqRel, Ordering::Acquire);
+        self.wake();
     }
 
     pub(crate) fn touch(&self) {
@@ -314,48 +350,75 @@ impl Session {
     /// more is taken (`preempted`). `ended` also when the session holds more unacknowledged
     /// messages than allowed (the batch is still sent). At most [`MAX_DELIVERY_BATCH`]
     /// messages. Cancel-safe.
-    pub async fn deliver(&self, connect: u64) -> Batch {
-        // Made before anything is checked, and again before each check after it fired:
-        // `notify_waiters` reaches every `Notified` made before it, so neither a preemption
-        // nor the session's end is missed.
-        let mut changed = std::pin::pin!(self.changed.notified());
-        loop {
-            if self.is_closed() {
-                return Batch {
-                    ended: true,
-                    ..Batch::default()
-                };
-            }
-            let waiter = {
-                // The lock is rarely contended (a publish or subscribe of the session's own):
-                // its wait is boxed, so that it does not size every held connect's future
-                // (the lock's future is 64 bytes more than the wait below).
-                let mut sub = match self.sub.try_lock() {
-                    Ok(sub) => sub,
-                    Err(_) => tokio::select! {
-                        sub = Box::pin(self.sub.lock()) => sub,
-                        _ = &mut changed => {
-                            changed.set(self.changed.notified());
-                            continue;
+    ///
+    /// With nothing to deliver, it also ends once the server is shutting down
+    /// ([`Wake::Shutdown`]) or, with a `deadline` (the connection holds a connect), once that
+    /// passed ([`Wake::Deadline`]). Both come through the session's one `Notify`, as everything
+    /// else does ([`Holds`]): the future keeps no timer and no shutdown wait of its own.
+    ///
+    /// Not an `async fn` (which clippy prefers): one keeps its arguments twice (as arguments
+    /// and as locals) in every held connect's future.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn deliver<'a>(
+        self: &'a Arc<Self>,
+        connect: u64,
+        holds: &'a Holds,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Wake> + 'a {
+        async move {
+            // Made before anything is checked, and again before each check after it fired:
+            // `notify_waiters` reaches every `Notified` made before it, so neither a preemption,
+            // the session's end, the deadline's wake-up nor the shutdown is missed.
+            let mut changed = std::pin::pin!(self.changed.notified());
+            loop {
+                if self.is_closed() {
+                    return Wake::Delivered(Batch {
+                        ended: true,
+                        ..Batch::default()
+                    });
+                }
+                let waiter = {
+                    // The lock is rarely contended (a publish or subscribe of the session's own):
+                    // its wait is boxed, so that it does not size every held connect's future
+                    // (the lock's future is 64 bytes more than the wait below).
+                    let mut sub = match self.sub.try_lock() {
+                        Ok(sub) => sub,
+                        Err(_) => tokio::select! {
+                            sub = Box::pin(self.sub.lock()) => sub,
+                            _ = &mut changed => {
+                                changed.set(self.changed.notified());
+                                continue;
+                            }
+                        },
+                    };
+                    // Preempted (a newer connect) is answered here, under the lock.
+                    if let Some(batch) = self.take(&mut sub, connect) {
+                        return Wake::Delivered(batch);
+                    }
+                    // Nothing to deliver: the server may be shutting down, a held connect may
+                    // be over.
+                    if holds.draining() {
+                        return Wake::Shutdown;
+                    }
+                    if let Some(deadline) = deadline {
+                        if Instant::now() >= deadline {
+                            return Wake::Deadline;
                         }
-                    },
+                        holds.arm(self, deadline);
+                    }
+                    sub.waiter()
                 };
-                // Preempted (a newer connect) is answered here, under the lock.
-                if let Some(batch) = self.take(&mut sub, connect) {
-                    return batch;
+                // Preemption and the end first: a preempted connection must not wait on the
+                // subscriber again, as that would take the wake-up from the connect that replaced
+                // it (the subscriber wakes one waiter, the latest).
+                tokio::select! {
+                    biased;
+                    _ = &mut changed => {
+                        // Everything is checked again above.
+                        changed.set(self.changed.notified());
+                    }
+                    _ = waiter.wait() => {}
                 }
-                sub.waiter()
-            };
-            // Preemption and the end first: a preempted connection must not wait on the
-            // subscriber again, as that would take the wake-up from the connect that replaced
-            // it (the subscriber wakes one waiter, the latest).
-            tokio::select! {
-                biased;
-                _ = &mut changed => {
-                    // Both are checked again above.
-                    changed.set(self.changed.notified());
-                }
-                _ = waiter.wait() => {}
             }
         }
     }

@@ -121,7 +121,7 @@ impl Stream {
                 biased;
                 // The EventSource reconnects (`retry:`), to this node or another.
                 _ = self.app.shutdown.cancelled() => return None,
-                wake = self.link.wait() => {
+                wake = self.link.wait(&self.app.bayeux) => {
                     let mut batch = Output::default();
                     self.link.wake(&self.app.bayeux, wake, &mut batch);
                     self.done = !self.link.delivering();

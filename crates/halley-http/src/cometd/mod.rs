@@ -234,14 +234,7 @@ async fn process(app: &Arc<App>, job: Box<Job>) -> (BytesMut, Option<String>) {
     let new_browser = offered.filter(|_| handshaken);
     if let Some(connect) = connect {
         let _open = Open::new(&app.metrics, kind);
-        app.bayeux
-            .poll(
-                connect,
-                browser.as_deref(),
-                app.shutdown.cancelled(),
-                &mut out,
-            )
-            .await;
+        app.bayeux.poll(connect, browser.as_deref(), &mut out).await;
     }
     (out.finish(), new_browser)
 }

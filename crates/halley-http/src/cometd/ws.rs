@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
-use halley_engine::bayeux::{Browser, Caller, Handled, Link, ServiceError};
+use halley_engine::bayeux::{Browser, Caller, Handled, Link, ServiceError, Wake};
 use halley_proto::bayeux::BayeuxMessage;
 use halley_proto::bayeux::parse_batch;
 use hyper::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 
 use super::Output;
 use crate::body::{Body, RequestBody};
@@ -103,8 +104,16 @@ struct Socket {
     calls: Option<Box<Calls>>,
 }
 
-/// A Bayeux WebSocket's life. Everything it keeps is borrowed ([`Socket`]); handling a frame
-/// and the goodbyes are boxed, so that an idle socket's task is sized for its wait.
+/// What woke a Bayeux WebSocket's loop.
+enum Event {
+    Frame(Option<Result<Frame, tungstenite::Error>>),
+    Wake(Wake),
+    Reply(Box<BayeuxMessage>),
+}
+
+/// A Bayeux WebSocket's life. Everything it keeps is borrowed ([`Socket`]); what it does when
+/// woken is one boxed step ([`act`]), so that an idle socket's task is sized for its wait alone
+/// (with the steps inline, their locals kept 112 bytes of every idle socket's task).
 // Not an `async fn` (which clippy prefers): one keeps its arguments twice, as arguments and
 // as locals, in every idle socket's task.
 #[allow(clippy::manual_async_fn)]
@@ -115,43 +124,59 @@ fn run<'a>(
 ) -> impl Future<Output = Ending> + 'a {
     async move {
         loop {
-            tokio::select! {
-                biased;
-                _ = app.shutdown.cancelled() => return Box::pin(say_away(app, ws, &mut socket.link)).await,
-                frame = ws.next() => {
-                    let body = match frame {
-                        Some(Ok(Frame::Text(body))) => body,
-                        // tungstenite has queued the answering close; it goes out as the
-                        // connection ends.
-                        Some(Ok(Frame::Close(_))) => return Ending::Closed,
-                        Some(Err(error)) => return Box::pin(refuse(app, ws, &error)).await,
-                        None => return Ending::Gone,
-                        Some(Ok(_)) => continue,
-                    };
-                    // Boxed: handling a batch is not what an idle socket waits in.
-                    if let Some(ending) = Box::pin(handle_frame(app, ws, socket, body)).await {
-                        return ending;
-                    }
-                }
-                wake = socket.link.wait() => {
-                    let mut out = Output::default();
-                    socket.link.wake(&app.bayeux, wake, &mut out);
-                    if !out.is_empty() && !ws.send(app, text(out)).await {
-                        return Ending::Gone;
-                    }
-                }
-                // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this branch.
+            // The shutdown reaches a socket that delivers through its session (with its other
+            // wake-ups, `Bayeux::shutdown`); one that does not (no handshake yet) waits for it
+            // in the link's place: an idle socket's task keeps room for one wait, not both.
+            let waiting = if socket.link.delivering() {
+                Either::Left(socket.link.wait(&app.bayeux))
+            } else {
+                Either::Right(async {
+                    app.shutdown.cancelled().await;
+                    Wake::Shutdown
+                })
+            };
+            let event = tokio::select! {
+                frame = ws.next() => Event::Frame(frame),
+                wake = waiting => Event::Wake(wake),
+                // A poll_fn over one reference: an idle socket's task keeps 8 bytes for this
+                // branch.
                 Some(reply) = std::future::poll_fn(|cx| match socket.calls.as_deref_mut() {
                     Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
                     _ => std::task::Poll::Pending,
-                }) => {
-                    let mut out = Output::default();
-                    out.reply(&reply);
-                    if !ws.send(app, text(out)).await {
-                        return Ending::Gone;
-                    }
-                }
+                }) => Event::Reply(reply),
+            };
+            if let Some(ending) = Box::pin(act(app, ws, socket, event)).await {
+                return ending;
             }
+        }
+    }
+}
+
+/// Does what woke the loop; `Some` when the connection is over.
+async fn act(app: &App, ws: &mut Ws, socket: &mut Socket, event: Event) -> Option<Ending> {
+    match event {
+        Event::Frame(frame) => {
+            let body = match frame {
+                Some(Ok(Frame::Text(body))) => body,
+                // tungstenite has queued the answering close; it goes out as the connection
+                // ends.
+                Some(Ok(Frame::Close(_))) => return Some(Ending::Closed),
+                Some(Err(error)) => return Some(refuse(app, ws, &error).await),
+                None => return Some(Ending::Gone),
+                Some(Ok(_)) => return None,
+            };
+            handle_frame(app, ws, socket, body).await
+        }
+        Event::Wake(Wake::Shutdown) => Some(say_away(app, ws, &mut socket.link).await),
+        Event::Wake(wake) => {
+            let mut out = Output::default();
+            socket.link.wake(&app.bayeux, wake, &mut out);
+            (!out.is_empty() && !ws.send(app, text(out)).await).then_some(Ending::Gone)
+        }
+        Event::Reply(reply) => {
+            let mut out = Output::default();
+            out.reply(&reply);
+            (!ws.send(app, text(out)).await).then_some(Ending::Gone)
         }
     }
 }

@@ -104,9 +104,18 @@ async fn collect(
     let mut count = 0;
     let mut notes = Notes::default();
     let mut event = first;
+    let kind = if callback.is_some() {
+        Kind::Jsonp
+    } else {
+        Kind::LongPoll
+    };
+    let now = crate::metrics::now_us();
     while let Some(e) = event.take() {
         match e {
             Event::Message(m) => {
+                if sub.last_was_live() {
+                    crate::metrics::LATENCY.record(kind, m.published_us(), now);
+                }
                 if count > 0 {
                     batch.put_u8(b',');
                 }

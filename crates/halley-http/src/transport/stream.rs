@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, streaming};
 use crate::config::IFRAME_PADDING;
-use crate::metrics::{Kind, Open};
+use crate::metrics::{Kind, LATENCY, Open, now_us};
 use crate::state::App;
 
 /// Most queued messages coalesced into one write. Batching what is already queued saves a
@@ -464,7 +464,7 @@ struct Stream {
     /// The wire's frames can be written by a delivery (`crate::direct`). Beside `done`, in
     /// padding.
     direct: bool,
-    _open: Open,
+    open: Open,
 }
 
 impl Stream {
@@ -492,6 +492,7 @@ impl Stream {
                 if let Event::Message(m) = &event
                     && let Some(frame) = self.wire.shared_frame(m)
                 {
+                    self.written(m);
                     let Some(next) = self.sub.try_next() else {
                         return Poll::Ready(Some(frame));
                     };
@@ -535,6 +536,14 @@ impl Stream {
         }
     }
 
+    /// Counts `m`'s publish→write latency, when it came live (just handed out by the
+    /// subscription).
+    fn written(&self, m: &Message) {
+        if self.sub.last_was_live() {
+            LATENCY.record(self.open.kind(), m.published_us(), now_us());
+        }
+    }
+
     /// Writes `event` and whatever else is already queued (up to [`COALESCE`]), then what the
     /// wire draws of them all (a GIF's frame).
     fn take(&mut self, event: Event, out: &mut BytesMut) {
@@ -545,7 +554,10 @@ impl Stream {
     fn take_queued(&mut self, mut event: Event, out: &mut BytesMut) {
         for written in 1..=COALESCE {
             match event {
-                Event::Message(m) => self.wire.write_message(&m, out),
+                Event::Message(m) => {
+                    self.written(&m);
+                    self.wire.write_message(&m, out);
+                }
                 Event::Lagged => {
                     self.done = true;
                     self.wire.close_open(out);
@@ -605,7 +617,7 @@ pub fn chunks(
         shutdown: app.shutdown.clone(),
         retry_ms,
         done: false,
-        _open: Open::new(&app.metrics, kind),
+        open: Open::new(&app.metrics, kind),
     };
     // A hand-written poll, not an async block: nothing is moved or boxed per chunk.
     let mut stream = stream;

@@ -1011,6 +1011,13 @@ fn run<'a>(
                 };
                 match event {
                     Event::Message(m) => {
+                        if socket.sub.last_was_live() {
+                            crate::metrics::LATENCY.record(
+                                Kind::WebSocket,
+                                m.published_us(),
+                                crate::metrics::now_us(),
+                            );
+                        }
                         let frame = match m.binary() {
                             Some(binary) if socket.frames.binary => {
                                 Frame::Binary(binary.bytes.clone())
