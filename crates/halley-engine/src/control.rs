@@ -18,6 +18,9 @@
 //! [`Event::Unsubscribed`], before anything queued. A closed subscriber's queue is freed and
 //! deliveries cut it off, as for a lagging one.
 //!
+//! **Stats.** [`Command::Stats`] concerns no user: each node answers with its
+//! [`crate::NodeStats`] (the live dashboard's view of every node).
+//!
 //! Limits: [`MAX_REASON`] (bytes of a disconnect reason), [`MAX_LISTED`] (connections listed
 //! per user per node), [`MAX_LISTED_CHANNELS`] (channels listed per connection).
 //!
@@ -77,6 +80,9 @@ pub enum Command {
     Revoke { user: String, before: u64 },
     /// List `user`'s connections.
     List { user: String },
+    /// Say how this node is doing ([`Outcome::stats`]): the live dashboard's view of every
+    /// node. Concerns no user.
+    Stats,
 }
 
 impl Command {
@@ -86,6 +92,7 @@ impl Command {
             | Command::Unsubscribe { user, .. }
             | Command::Revoke { user, .. }
             | Command::List { user } => user,
+            Command::Stats => "",
         }
     }
 }
@@ -118,6 +125,9 @@ pub struct Outcome {
     /// A listing's connections, at most [`MAX_LISTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<ConnectionInfo>,
+    /// The node's stats, answering [`Command::Stats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::stats::NodeStats>,
     /// Why the node could not apply the command (its revocation table is full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -359,6 +369,13 @@ impl Hub {
                     };
                     policy.check_lapse(&lapse).err().map(Closing::Revoked)
                 })
+            }
+            Command::Stats => {
+                return Ok(Outcome {
+                    count: 1,
+                    stats: Some(self.node_stats()),
+                    ..Outcome::default()
+                });
             }
             Command::List { user } => {
                 let (count, connections) = self.connections(user);

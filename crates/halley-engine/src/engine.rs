@@ -589,6 +589,19 @@ impl Engine {
         &self.shared.stats
     }
 
+    /// Sets what the embedder adds to this node's stats when they are asked for
+    /// ([`crate::control::Command::Stats`], here or from another node): the HTTP layer's open
+    /// connections and subscribers by transport. Set once, before serving; a second call is
+    /// refused and returns what was given.
+    pub fn set_gauges(&self, gauges: crate::stats::Gauges) -> Result<(), crate::stats::Gauges> {
+        self.shared.hub.set_gauges(gauges)
+    }
+
+    /// This node's stats ([`crate::Hub::node_stats`]).
+    pub fn node_stats(&self) -> crate::stats::NodeStats {
+        self.shared.hub.node_stats()
+    }
+
     pub fn healthy(&self) -> bool {
         self.shared.broker.healthy()
     }

@@ -45,6 +45,8 @@ pub(crate) struct HubShared {
     /// lapsed credentials and applies revocations that other nodes send.
     policy: OnceLock<Policy>,
     policy_set: tokio::sync::Notify,
+    /// What the embedder adds to this node's stats (see [`crate::Engine::set_gauges`]).
+    gauges: OnceLock<crate::stats::Gauges>,
 }
 
 /// Called with a channel and `true` when it got its first local subscriber, `false` when it
@@ -177,6 +179,7 @@ impl Hub {
                 users: Mutex::default(),
                 policy: OnceLock::new(),
                 policy_set: tokio::sync::Notify::new(),
+                gauges: OnceLock::new(),
             }),
         }
     }
@@ -190,6 +193,21 @@ impl Hub {
         if let Some(hook) = self.shared.occupancy.get() {
             hook(channel, occupied);
         }
+    }
+
+    /// Sets what the embedder adds to this node's stats, once; a second is refused and given
+    /// back (see [`crate::Engine::set_gauges`]).
+    pub fn set_gauges(&self, gauges: crate::stats::Gauges) -> Result<(), crate::stats::Gauges> {
+        self.shared.gauges.set(gauges)
+    }
+
+    /// This node's stats: the engine's counters and the embedder's gauges.
+    pub fn node_stats(&self) -> crate::stats::NodeStats {
+        let mut stats = self.shared.stats.node();
+        if let Some(gauges) = self.shared.gauges.get() {
+            gauges(&mut stats);
+        }
+        stats
     }
 
     /// Sets the access policy (see [`crate::Engine::set_policy`]); refused (and given back)

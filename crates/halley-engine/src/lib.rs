@@ -50,4 +50,4 @@ pub use config::{DEFAULT_REPLAY_BATCH, EngineConfig, HistoryLimits, HistoryRules
 pub use engine::{ChannelInfo, Engine, EngineError, MAX_RECENT, PresenceGuard, Published, Start};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;
-pub use stats::Stats;
+pub use stats::{Gauges, NodeStats, Stats};

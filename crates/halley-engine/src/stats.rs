@@ -35,3 +35,44 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// What a node says of itself when asked ([`crate::control::Command::Stats`], for the live
+/// dashboard): the engine's counters, and the gauges its embedder adds
+/// ([`crate::Engine::set_gauges`]: the HTTP layer's open connections and subscribers by
+/// transport). Counters are totals since the node started; whoever samples them makes rates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct NodeStats {
+    /// Open client connections (the embedder's gauge).
+    pub connections: u64,
+    /// Open subscribers by transport name (the embedder's gauge), sorted by name.
+    pub transports: Vec<(String, u64)>,
+    pub subscriptions: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub lagged: u64,
+    pub gaps: u64,
+    pub broker_errors: u64,
+}
+
+/// Fills in what the embedder knows of this node ([`crate::Engine::set_gauges`]). Called for
+/// each stats request (a dashboard's sample, or another node's), with no lock held; it must
+/// only read counters.
+pub type Gauges = Box<dyn Fn(&mut NodeStats) + Send + Sync>;
+
+impl Stats {
+    /// The engine's counters as a [`NodeStats`] (gauges left empty).
+    pub fn node(&self) -> NodeStats {
+        NodeStats {
+            subscriptions: Stats::get(&self.subscriptions),
+            published: Stats::get(&self.published),
+            delivered: Stats::get(&self.delivered),
+            dropped: Stats::get(&self.dropped),
+            lagged: Stats::get(&self.lagged),
+            gaps: Stats::get(&self.gaps),
+            broker_errors: Stats::get(&self.broker_errors),
+            ..NodeStats::default()
+        }
+    }
+}

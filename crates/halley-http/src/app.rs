@@ -13,7 +13,7 @@ use crate::cors;
 use crate::error::ApiError;
 use crate::routes::{self, Handler};
 use crate::state::App;
-use crate::{api, assets, cometd, control, ops, publish, rpc, rupy, transport};
+use crate::{api, assets, cometd, control, dashboard, ops, publish, rpc, rupy, transport};
 
 /// A handler's future, boxed: a held request (long-poll, Bayeux connect) lives in it, sized
 /// for its own handler rather than the largest of all.
@@ -150,6 +150,7 @@ fn route<'a, B: RequestBody>(
         Handler::ControlUnsubscribe => Box::pin(control::unsubscribe(app, request)),
         Handler::ControlRevoke => Box::pin(control::revoke(app, request)),
         Handler::ControlUser => Box::pin(async move { control::user_info(app, &request).await }),
+        Handler::Dashboard => Box::pin(async move { dashboard::stream(app, &request).await }),
         Handler::Healthz => now(Ok(ops::healthz(app))),
         Handler::Metrics => now(Ok(ops::metrics(app))),
         Handler::Asset => {

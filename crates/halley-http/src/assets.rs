@@ -46,6 +46,16 @@ static ASSETS: &[Asset] = &[
     asset!("/talk/talk.css", "talk/talk.css", "text/css; charset=utf-8"),
     asset!("/event.html", "rupy/event.html", "text/html; charset=utf-8"),
     asset!(
+        "/dashboard",
+        "dashboard/index.html",
+        "text/html; charset=utf-8"
+    ),
+    asset!(
+        "/dashboard/dashboard.js",
+        "dashboard/dashboard.js",
+        "text/javascript; charset=utf-8"
+    ),
+    asset!(
         "/talk-widget.js",
         "talk-widget.js",
         "text/javascript; charset=utf-8"

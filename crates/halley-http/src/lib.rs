@@ -15,7 +15,8 @@
 //!   `rupy` is `/push` and `/pull`; `ops` is `/healthz`, `/metrics`, `/api/channels`;
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
 //!   `control` is the application's control API (`/api/control/*`: disconnect, unsubscribe,
-//!   revoke, list a user); `assets` serves halley.js and the talk chat; `outbound` is the client
+//!   revoke, list a user); `dashboard` is the live dashboard's data (`/api/dashboard`, backend
+//!   key); `assets` serves halley.js, the talk chat and the dashboard page; `outbound` is the client
 //!   for calls to the application (auth, webhooks, RPC); `auth` asks the application
 //!   (`auth-url`); `hooks` tells the application what happens (webhooks: the engine's observer,
 //!   a bounded queue, signed batches, retries); `rpc` forwards clients' calls to it
@@ -34,6 +35,7 @@ mod cometd;
 mod config;
 mod control;
 mod cors;
+pub mod dashboard;
 mod direct;
 mod error;
 #[doc(hidden)]

@@ -191,6 +191,18 @@ pub fn metrics(app: &App) -> Response<Body> {
         "RPC calls refused at the concurrency bound.",
         counter(&o.rpc_busy),
     );
+    metric(
+        "halley_dashboard_watchers",
+        "gauge",
+        "Live dashboards open on this node (/api/dashboard).",
+        app.dashboard.watchers() as i64,
+    );
+    metric(
+        "halley_dashboard_sampling",
+        "gauge",
+        "1 while the dashboard's sampler runs (somebody watches), else 0.",
+        i64::from(app.dashboard.sampling()),
+    );
     let b = app.bayeux.stats();
     metric(
         "halley_bayeux_sessions",

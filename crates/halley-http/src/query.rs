@@ -20,6 +20,11 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The names, in order (a repeated name as often as it comes).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Every value of a repeated name, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

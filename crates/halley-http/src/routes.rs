@@ -99,6 +99,8 @@ pub enum Handler {
     ControlRevoke,
     /// `GET /api/control/user`.
     ControlUser,
+    /// `GET /api/dashboard`: the live dashboard's snapshots (backend key).
+    Dashboard,
     Healthz,
     Metrics,
     Asset,
@@ -258,6 +260,12 @@ pub const ROUTES: &[Route] = &[
         example: "/api/control/user?user=alice",
     },
     Route {
+        path: Path::Exact("/api/dashboard"),
+        methods: &[(V::Get, H::Dashboard)],
+        gate: Gate::Policy,
+        example: "/api/dashboard",
+    },
+    Route {
         path: Path::Exact("/push"),
         methods: &[(V::Get, H::Push), (V::Post, H::Push)],
         gate: Gate::Policy,
@@ -401,6 +409,9 @@ mod tests {
         check(Method::GET, "/api/control/disconnect", Err(405));
         check(Method::GET, "/api/control/user", Ok((H::ControlUser, None)));
         check(Method::POST, "/api/control/nothing", Err(404));
+        check(Method::GET, "/api/dashboard", Ok((H::Dashboard, None)));
+        check(Method::POST, "/api/dashboard", Err(405));
+        check(Method::GET, "/dashboard", Ok((H::Asset, None)));
         check(Method::GET, "/healthz", Ok((H::Healthz, None)));
         check(Method::GET, "/halley.js", Ok((H::Asset, None)));
         check(Method::HEAD, "/halley.js", Ok((H::Asset, None)));

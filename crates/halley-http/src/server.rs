@@ -262,7 +262,9 @@ impl Server {
             shutdown,
             tracker,
             rpc: parts.rpc,
+            dashboard: Default::default(),
         });
+        crate::dashboard::install(&app);
         Ok(Server {
             listener,
             tls,

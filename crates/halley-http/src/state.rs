@@ -34,6 +34,8 @@ pub struct App {
     /// Calls to the application's `rpc_url`, when configured (`POST /rpc/…`; Bayeux's
     /// `/service/**` through the same bound when the server built its Bayeux).
     pub rpc: Option<crate::rpc::Rpc>,
+    /// The live dashboard's sampler and its watchers (`/api/dashboard`).
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a

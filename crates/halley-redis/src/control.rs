@@ -16,6 +16,9 @@
 //! revocation is different — it must hold for tokens presented later — so it is written to
 //! the hash before it is published, and every node reads the hash when it subscribes.
 //!
+//! A stats request (`"op":"stats"`, the dashboard's) travels the same way and concerns no user
+//! (`"user":""`); each node answers with its numbers in the outcome's `stats`.
+//!
 //! Why answers: the asking node reports what every node did (counts, listings). It knows how
 //! many nodes received the command (`PUBLISH`'s answer) and waits for that many answers, for
 //! at most [`CONTROL_TIMEOUT`]; a node that does not answer in time is reported as such.
@@ -390,6 +393,7 @@ fn encode_command(rid: u64, from: &str, command: &Command) -> String {
             value["before"] = (*before).into();
         }
         Command::List { .. } => value["op"] = "list".into(),
+        Command::Stats => value["op"] = "stats".into(),
     }
     value.to_string()
 }
@@ -415,6 +419,7 @@ fn decode_command(payload: &[u8]) -> Option<(u64, String, Command)> {
             before: value["before"].as_u64()?,
         },
         "list" => Command::List { user },
+        "stats" => Command::Stats,
         _ => return None,
     };
     Some((rid, from, command))
@@ -460,6 +465,7 @@ mod tests {
         check(Command::List {
             user: "alice".into(),
         });
+        check(Command::Stats);
     }
 
     #[test]
