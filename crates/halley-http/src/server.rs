@@ -27,10 +27,8 @@ use halley_engine::Engine;
 use halley_engine::bayeux::{Bayeux, BayeuxConfig, NoServices, PolicyOnly, Services};
 use http_body_util::Full;
 use hyper::body::Body as _;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -958,44 +956,15 @@ fn mark_peer(app: &App, stream: &TcpStream, request: &mut Request<Full<Bytes>>) 
     }
 }
 
-/// Hands the connection to hyper, with the head already read put back in front.
+/// Hands the connection to hyper, with the head already read put back in front (the same
+/// serving as a TLS connection's HTTP/1.1: `secure::serve_http1`).
 async fn serve_hyper(app: Arc<App>, stream: TcpStream, head: BytesMut, slot: Arc<Slot>) {
     let peer = stream.peer_addr().ok().map(|a| Peer(a.ip()));
     let io = TokioIo::new(Rewind {
         prefix: head.freeze(),
         inner: stream,
     });
-    let service_app = app.clone();
-    let service = service_fn(move |mut request| {
-        request.extensions_mut().insert(slot.clone());
-        if let Some(peer) = peer {
-            request.extensions_mut().insert(peer);
-        }
-        let app = service_app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app::handle(&app, request).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Later heads on the connection get the same 16 KiB bound as the first (hyper answers
-        // 431 above it).
-        .max_buf_size(MAX_HEAD)
-        // No `max_headers`: hyper then parses into a zeroed array on every request (~700
-        // instructions of a keep-alive publish, callgrind); its own bound of 100 stands.
-        .header_read_timeout(app.config.header_timeout)
-        .serve_connection(io, service)
-        .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        }
-        _ = app.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    crate::secure::serve_http1(app, io, peer, slot).await;
 }
 
 /// Reads exactly `more` bytes onto `buf`.
