@@ -55,8 +55,9 @@ pub struct HttpConfig {
     /// sets it on the engine ([`halley_engine::Engine::set_application`]) with the client it
     /// shares with webhooks and RPC. Unset, such namespaces refuse (503).
     pub auth: Option<crate::auth::AuthConfig>,
-    /// A second listener, speaking TLS (HTTP/2 or HTTP/1.1 by ALPN), with the certificate and
-    /// key from these files (`--tls-listen`, `--tls-cert`, `--tls-key`); `None`: plain only.
+    /// TLS (HTTP/2 or HTTP/1.1 by ALPN) with the certificate and key from these files
+    /// (`--tls-cert`, `--tls-key`): on the one port beside plain HTTP, and on a TLS-only
+    /// listener too with `--tls-listen`; `None`: plain only.
     pub tls: Option<crate::tls::TlsConfig>,
 }
 

@@ -89,8 +89,9 @@ impl Parts {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
-    /// The TLS listener and its certificate, when configured (`HttpConfig::tls`).
-    tls: Option<(TcpListener, Tls)>,
+    /// The TLS-only listener, when configured (`TlsConfig::listen`); its certificate is the
+    /// app's (`App::tls`).
+    tls: Option<TcpListener>,
     app: Arc<App>,
     heartbeat: watch::Sender<()>,
     slots: Arc<Semaphore>,
@@ -209,8 +210,16 @@ impl Server {
                     chain = loaded.chain,
                     "tls: certificate loaded"
                 );
-                Some((listen(tls.listen)?, certificate))
+                let listener = match tls.listen {
+                    Some(addr) => Some(listen(addr)?),
+                    None => None,
+                };
+                Some((listener, certificate))
             }
+        };
+        let (tls, certificate) = match tls {
+            Some((listener, certificate)) => (listener, Some(certificate)),
+            None => (None, None),
         };
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -261,6 +270,7 @@ impl Server {
             tracker,
             rpc: parts.rpc,
             dashboard: Default::default(),
+            tls: certificate,
         });
         crate::dashboard::install(&app);
         Ok(Server {
@@ -277,15 +287,16 @@ impl Server {
         self.listener.local_addr().unwrap()
     }
 
-    /// The TLS listener's address, when there is one.
+    /// The TLS-only listener's address, when there is one (the one port speaks TLS too,
+    /// whenever a certificate is configured).
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         // A bound listener always has a local address.
-        self.tls.as_ref().map(|(l, _)| l.local_addr().unwrap())
+        self.tls.as_ref().map(|l| l.local_addr().unwrap())
     }
 
-    /// The TLS listener's certificate, to [`Tls::reload`] it (SIGHUP in the binary).
+    /// The certificate TLS presents, to [`Tls::reload`] it (SIGHUP in the binary).
     pub fn tls(&self) -> Option<Tls> {
-        self.tls.as_ref().map(|(_, tls)| tls.clone())
+        self.app.tls.clone()
     }
 
     /// Cancel this token to stop the server; `run` then drains and returns.
@@ -331,7 +342,7 @@ impl Server {
             let accepted = tokio::select! {
                 _ = app.shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted.map(|(stream, _)| (stream, None)),
-                accepted = accept_tls(&tls) => accepted,
+                accepted = accept_tls(&tls, &app.tls) => accepted,
             };
             let (stream, secure) = match accepted {
                 Ok(a) => a,
@@ -378,14 +389,17 @@ impl Server {
     }
 }
 
-/// The next connection on the TLS listener, with its certificate; never, without one.
-async fn accept_tls(tls: &Option<(TcpListener, Tls)>) -> io::Result<(TcpStream, Option<Tls>)> {
-    match tls {
-        Some((listener, tls)) => {
+/// The next connection on the TLS-only listener, with its certificate; never, without one.
+async fn accept_tls(
+    listener: &Option<TcpListener>,
+    tls: &Option<Tls>,
+) -> io::Result<(TcpStream, Option<Tls>)> {
+    match (listener, tls) {
+        (Some(listener), Some(tls)) => {
             let (stream, _) = listener.accept().await?;
             Ok((stream, Some(tls.clone())))
         }
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -800,8 +814,47 @@ async fn linger(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, drain).await;
 }
 
+/// The first byte of a TLS record that carries a handshake (RFC 8446 §5.1, `handshake(22)`):
+/// every TLS connection opens with one (its ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+enum Opening {
+    Tls,
+    Plain,
+    /// Closed, or silent for the header timeout, or the server is draining.
+    Gone,
+}
+
+/// How a connection on the one port opens, seen without reading it (`peek`): a TLS handshake,
+/// or anything else (plain HTTP, the HTTP/2 preface).
+async fn opens_tls(stream: &TcpStream, app: &App) -> Opening {
+    let mut first = [0u8; 1];
+    let peek = tokio::time::timeout(app.config.header_timeout, stream.peek(&mut first));
+    tokio::select! {
+        peeked = peek => match peeked {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => Opening::Tls,
+            Ok(Ok(1)) => Opening::Plain,
+            _ => Opening::Gone,
+        },
+        _ = app.shutdown.cancelled() => Opening::Gone,
+    }
+}
+
 async fn connection(app: Arc<App>, mut stream: TcpStream, slot: Arc<Slot>) {
     let _ = stream.set_nodelay(true);
+    // With a certificate, the one port speaks TLS too: a connection whose first byte opens a
+    // TLS handshake is hyper's, under rustls (no HTTP/1.1 request starts with that byte).
+    if app.tls.is_some() {
+        match Box::pin(opens_tls(&stream, &app)).await {
+            Opening::Tls => {
+                if let Some(tls) = app.tls.clone() {
+                    return Box::pin(secure::serve_tls(app, tls, stream, slot)).await;
+                }
+            }
+            Opening::Plain => {}
+            Opening::Gone => return,
+        }
+    }
     let head = loop {
         // Each step is boxed: tokio stores a task's whole future, sized for its largest state,
         // for as long as the connection lives; unboxed, hyper's connection and every handler

@@ -36,6 +36,9 @@ pub struct App {
     pub rpc: Option<crate::rpc::Rpc>,
     /// The live dashboard's sampler and its watchers (`/api/dashboard`).
     pub dashboard: crate::dashboard::Dashboard,
+    /// The certificate TLS presents, when configured: on the one port (a connection that opens
+    /// with a TLS handshake) and on the TLS-only listener.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a

@@ -28,23 +28,19 @@ use sha2::{Digest, Sha256};
 /// clients that need it (WebSocket, which Halley does not carry over HTTP/2).
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Where a TLS listener listens and what it presents (`--tls-listen`, `--tls-cert`,
-/// `--tls-key`).
+/// What TLS presents (`--tls-cert`, `--tls-key`) and where it is spoken: always on the one
+/// port (`HttpConfig::listen`, beside plain HTTP: a connection whose first byte opens a TLS
+/// handshake is served as TLS), and on a TLS-only listener too when `listen` is set
+/// (`--tls-listen`).
 #[derive(Clone, Debug)]
 pub struct TlsConfig {
-    /// The TLS listener's address; the plain listener (`HttpConfig::listen`) stays as it is.
-    pub listen: SocketAddr,
+    /// A TLS-only listener's address, besides the one port; `None`: the one port only.
+    pub listen: Option<SocketAddr>,
     /// PEM file with the certificate chain: the server's certificate first, then the
     /// intermediates.
     pub cert: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
     pub key: PathBuf,
-}
-
-impl TlsConfig {
-    /// The default TLS address: the plain default's host, HTTPS's customary alternate port.
-    pub const DEFAULT_LISTEN: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
 }
 
 /// Why a certificate could not be loaded.

@@ -373,3 +373,37 @@ async fn shutdown_ends_http2_streams_with_reconnect_advice() {
     let done = s.done.take().unwrap();
     common::within("the drain", done).await.unwrap();
 }
+
+/// With a certificate, the one port speaks TLS beside plain HTTP: on the plain listener's own
+/// port, an SSE stream over HTTPS (HTTP/2 by ALPN) receives what a plain HTTP/1.1 publish on
+/// the same port sent, and cleartext HTTP/2 (prior knowledge) is still served there.
+#[tokio::test]
+async fn the_one_port_speaks_tls_and_plain_http() {
+    if !curl_installed() {
+        eprintln!("curl is not installed; skipped");
+        return;
+    }
+    let (s, ca) = tls_server("oneport").await;
+    let ca_pem = ca.ca_pem.to_str().unwrap();
+    let port = s.addr.port();
+    assert_ne!(Some(port), s.tls_addr.map(|a| a.port()));
+    let url = format!("https://127.0.0.1:{port}/sub/one/port?transport=sse");
+    let mut sse = Curl::spawn(
+        10,
+        &["-sS", "-N", "-i", "--http2", "--cacert", ca_pem, &url],
+    );
+    let head = sse.until("\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    s.wait_subscribers("/one/port", 1).await;
+    let plain = format!("http://127.0.0.1:{port}/pub/one/port");
+    let (status, out, err) = Curl::run(&["-sS", "-i", "-d", "plain to tls", &plain]).await;
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#""subscribers":1"#), "{out}");
+    sse.until("data: plain to tls\n").await;
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let (status, out, err) = Curl::run(&["-sS", "-i", "--http2-prior-knowledge", &health]).await;
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    s.assert_still_serving().await;
+}

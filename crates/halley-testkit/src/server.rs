@@ -153,7 +153,7 @@ impl TestServer {
         let (cert, key) = ca.paths();
         TestServer::with(|http, _| {
             http.tls = Some(halley_http::TlsConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
+                listen: Some("127.0.0.1:0".parse().unwrap()),
                 cert,
                 key,
             });

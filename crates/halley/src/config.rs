@@ -337,16 +337,16 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8000].
     #[arg(long, env = "HALLEY_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// PEM file with the TLS certificate chain (the server's first); with --tls-key, a second
-    /// listener speaks TLS (HTTP/2 or HTTP/1.1 by ALPN); SIGHUP reloads both files
-    /// [default: none, no TLS].
+    /// PEM file with the TLS certificate chain (the server's first); with --tls-key, the one
+    /// port speaks TLS too (HTTP/2 or HTTP/1.1 by ALPN), beside plain HTTP; SIGHUP reloads
+    /// both files [default: none, no TLS].
     #[arg(long, env = "HALLEY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1) [default: none].
     #[arg(long, env = "HALLEY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Address of the TLS listener, once --tls-cert and --tls-key are set
-    /// [default: 127.0.0.1:8443].
+    /// Address of a TLS-only listener besides the one port, once --tls-cert and --tls-key
+    /// are set [default: none].
     #[arg(long, env = "HALLEY_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
     /// Seconds a long-poll or JSONP request is held with nothing to say [default: 25].
@@ -680,11 +680,11 @@ impl ServeArgs {
         Ok(Some(config))
     }
 
-    /// The TLS listener: both files, or neither (and then no `tls-listen` either).
+    /// TLS: both files, or neither (and then no `tls-listen` either).
     fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(TlsConfig {
-                listen: self.tls_listen.unwrap_or(TlsConfig::DEFAULT_LISTEN),
+                listen: self.tls_listen,
                 cert: cert.clone(),
                 key: key.clone(),
             })),

@@ -69,7 +69,10 @@ fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
         let (_, loaded) = halley_http::Tls::load(tls)?;
         println!(
             "tls {} cert={} chain={} sha256={}",
-            tls.listen,
+            match tls.listen {
+                Some(addr) => format!("{} and {addr}", settings.http.listen),
+                None => settings.http.listen.to_string(),
+            },
             loaded.cert.display(),
             loaded.chain,
             loaded.fingerprint
@@ -107,8 +110,12 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     let server = Server::bind_configured(settings.http.clone(), engine, settings.bayeux)
         .await
         .with_context(|| format!("binding {}", settings.http.listen))?;
-    match server.tls_addr() {
-        // One line with both addresses: scripts and tests read them from it.
+    // One line with both addresses: scripts and tests read them from it. With a certificate
+    // and no TLS-only listener, TLS is spoken on the one port.
+    let tls_at = server
+        .tls_addr()
+        .or_else(|| server.tls().map(|_| server.local_addr()));
+    match tls_at {
         Some(tls) => tracing::info!(listen = %server.local_addr(), tls = %tls, "halley serving"),
         None => tracing::info!(listen = %server.local_addr(), "halley serving"),
     }

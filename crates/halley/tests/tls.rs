@@ -155,11 +155,42 @@ fn check_config_reads_the_certificate_relative_to_the_file() {
         .lines()
         .find(|l| l.starts_with("tls "))
         .expect("a tls line");
-    assert!(line.starts_with("tls 127.0.0.1:9443 cert="), "{line}");
+    assert!(
+        line.starts_with("tls 127.0.0.1:8000 and 127.0.0.1:9443 cert="),
+        "{line}"
+    );
     assert!(line.contains("chain=1 sha256="), "{line}");
     std::fs::remove_file(ca.dir().join("key.pem")).unwrap();
     let out = check();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("key.pem"), "{err}");
+}
+
+/// `--tls-cert` and `--tls-key` alone: the one port speaks HTTPS (HTTP/2 by ALPN) and plain
+/// HTTP, and the serving line names it as the TLS address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_alone_makes_the_one_port_speak_https() {
+    if !curl_installed() {
+        eprintln!("curl is not installed; skipped");
+        return;
+    }
+    let ca = TestCa::new("oneport-bin");
+    let (cert, key) = ca.install("oneport", 3);
+    let node = Process::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(node.tls, Some(node.addr));
+    let ca_pem = ca.ca_pem.to_str().unwrap();
+    let health = format!("https://127.0.0.1:{}/healthz", node.addr.port());
+    let (status, out, err) =
+        Curl::run(&["-sS", "-i", "--http2", "--cacert", ca_pem, &health]).await;
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    let reply = node.get("/healthz").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
