@@ -1202,9 +1202,21 @@ fn response_head(
     keep_alive: bool,
     http10: bool,
 ) -> (BytesMut, Body, bool, bool) {
+    framed_head(response, keep_alive, http10, false)
+}
+
+/// [`response_head`], with a body of unknown length delimited by the connection's close
+/// rather than chunked when `until_close` (RFC 9112 §6.3, the last rule; then the connection is
+/// not kept).
+fn framed_head(
+    response: Response<Body>,
+    keep_alive: bool,
+    http10: bool,
+    until_close: bool,
+) -> (BytesMut, Body, bool, bool) {
     let (parts, body) = response.into_parts();
     let length = body.size_hint().exact();
-    let chunked = length.is_none() && !http10;
+    let chunked = length.is_none() && !http10 && !until_close;
     let keep_alive = keep_alive && (length.is_some() || chunked);
     (
         encode_head(parts, length, chunked, keep_alive, http10),
@@ -1225,8 +1237,14 @@ enum Lean {
 fn lean_head(mut response: Response<Body>, keep_alive: bool, http10: bool) -> Lean {
     match response.extensions_mut().remove::<direct::Offer>() {
         Some(offer) => {
-            // The connection ends with the stream: the socket is shared from now on.
-            let (head, body, _, chunked) = response_head(response, false, http10);
+            // The connection ends with the stream: the socket is shared from now on. So an
+            // event stream needs no chunks: its body is delimited by the close, as an
+            // EventSource expects anyway (it never reuses the connection), and every event
+            // costs each client and proxy one framing less to undo (and the delivering loop
+            // one iovec instead of three). `transport=stream` stays chunked: it is the
+            // chunked-streaming technique by name, and what its clients parse.
+            let until_close = offer.frames == direct::Frames::Sse;
+            let (head, body, _, chunked) = framed_head(response, false, http10, until_close);
             Lean::Direct(head, body, chunked, offer)
         }
         None => {

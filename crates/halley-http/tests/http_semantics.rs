@@ -476,3 +476,60 @@ async fn curl_head_on_a_stream_returns() {
     assert!(said.starts_with("HTTP/1.1 200"), "{said}");
     assert!(said.contains("text/event-stream"), "{said}");
 }
+
+/// An HTTP/1.1 event stream on the lean path is delimited by its connection's close (RFC 9112
+/// §6.3, the last rule): no `Transfer-Encoding`, `connection: close`, events on the wire as
+/// they are with no chunk framing; a drain ends it with its goodbye and then the close. The
+/// chunked stream (`transport=stream`) stays chunked.
+#[tokio::test]
+async fn an_event_stream_is_delimited_by_the_close_and_a_chunked_stream_is_chunked() {
+    let s = TestServer::start().await;
+    let mut sse = s
+        .raw_request("GET /sub/frame/sse HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let head = Raw::parse(&read_until(&mut sse, b"\r\n\r\n").await);
+    assert_eq!(head.status(), 200, "{}", head.status_line);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(head.header("transfer-encoding"), None);
+    assert_eq!(head.header("content-length"), None);
+    assert_eq!(head.header("connection"), Some("close"));
+    let mut ndjson = s
+        .raw_request("GET /sub/frame/sse?transport=stream&format=json HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await;
+    let chunked = Raw::parse(&read_until(&mut ndjson, b"\r\n\r\n").await);
+    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+    s.wait_subscribers("/frame/sse", 2).await;
+
+    let id = s.publish("/frame/sse", "unframed").await;
+    let event = format!("id: {id}\ndata: unframed\n\n");
+    let body = read_until(&mut sse, event.as_bytes()).await;
+    let body = String::from_utf8_lossy(&body);
+    // Everything before the event is SSE too (the retry advice, comments): no chunk-size line.
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            line.starts_with("retry:")
+                || line.starts_with(':')
+                || line.starts_with("id:")
+                || line.starts_with("data:")
+                || line.starts_with("event:"),
+            "not an SSE line: {line:?} in {body:?}"
+        );
+    }
+    let line = read_until(&mut ndjson, b"unframed").await;
+    let line = String::from_utf8_lossy(&line);
+    assert!(
+        line.split("\r\n")
+            .any(|l| !l.is_empty() && u64::from_str_radix(l, 16).is_ok()),
+        "no chunk-size line before the NDJSON object: {line:?}"
+    );
+
+    s.shutdown.cancel();
+    let rest = read_to_close(&mut sse).await;
+    let rest = String::from_utf8_lossy(&rest);
+    // The goodbye (reconnect advice), then the close: no last chunk.
+    assert!(
+        rest.contains("retry: 2000\n") && rest.contains("reconnect"),
+        "{rest:?}"
+    );
+    assert!(!rest.contains("0\r\n\r\n"), "{rest:?}");
+}

@@ -552,84 +552,13 @@ async fn browser_pull_is_a_sandboxed_html_page() {
     assert!(reply.header("content-security-policy").is_some());
 }
 
-/// nginx (from the system, as `scripts/test` installs it) in front of `upstream`, on a free
-/// port: `/` proxied as nginx does by default (HTTP/1.0 to the upstream), `/http11/` with
-/// `proxy_http_version 1.1`; neither buffers. Killed when dropped.
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    addr: std::net::SocketAddr,
-}
-
-impl Nginx {
-    async fn start(upstream: std::net::SocketAddr) -> Nginx {
-        let dir = std::env::temp_dir().join(format!(
-            "halley-nginx-test-{}-{}",
-            std::process::id(),
-            upstream.port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.display();
-        let config = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{\n  listen 127.0.0.1:{port};\n\
-             location /http11/ {{ proxy_pass http://{upstream}/; proxy_http_version 1.1; proxy_buffering off; }}\n\
-             location / {{ proxy_pass http://{upstream}; proxy_buffering off; }}\n }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), config).unwrap();
-        // Debian puts it in /usr/sbin, which is not on every user's PATH.
-        let binary = if std::path::Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = std::process::Command::new(binary)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx is needed for this test (apt-get install nginx)");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        common::eventually(Duration::from_secs(10), "nginx listening", || async move {
-            TcpStream::connect(addr).await.ok().map(|_| ())
-        })
-        .await;
-        Nginx { child, dir, addr }
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// nginx in front of rupy's `Head: less` pull reads Halley's minimal head as the valid
 /// HTTP/1.1 head it is (it logged "upstream sent no valid HTTP/1.0 header" for the headless
 /// stream before) and passes the messages on, whichever HTTP version it speaks upstream.
 #[tokio::test]
 async fn head_less_pull_through_nginx() {
     let s = TestServer::with(|http, _| http.heartbeat_interval = Duration::from_secs(600)).await;
-    let nginx = Nginx::start(s.addr).await;
+    let nginx = common::proxy::Proxy::nginx(s.addr).await;
     for (i, path) in ["/pull", "/http11/pull"].into_iter().enumerate() {
         let channel = format!("/nginx/{i}");
         let mut raw = TcpStream::connect(nginx.addr).await.unwrap();

@@ -23,6 +23,7 @@
 pub mod app;
 mod curl;
 mod process;
+pub mod proxy;
 mod redis;
 mod server;
 pub mod subscriber;
