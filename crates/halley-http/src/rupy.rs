@@ -151,7 +151,14 @@ pub async fn open_pull(
                 .map_err(|_| ApiError::BadRequest(format!("malformed last_id {text:?}")))?,
         ),
     };
-    let mut sub = app.engine.subscribe(pattern, resume).await?;
+    // `recent=N` (Halley's, not rupy's): the channel's newest messages first, as on /sub.
+    let recent = crate::transport::recent(query, std::slice::from_ref(&pattern))?;
+    let start = halley_engine::Start {
+        resume,
+        recent,
+        added: Vec::new(),
+    };
+    let mut sub = app.engine.subscribe_from(vec![pattern], start).await?;
     sub.admitted_as(&who, Kind::Pull.name());
     let wire = Wire::Pull {
         form,

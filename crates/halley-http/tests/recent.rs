@@ -1,6 +1,7 @@
 //! `?recent=N`: each channel's newest messages first, then the live flow, in one subscription —
-//! on every `/sub` transport, with publishes racing the subscription's opening: no gap and no
-//! duplicate between the two.
+//! on every `/sub` transport, rupy's `/pull` and Bayeux's three (`ext.recent`): exactly the
+//! newest N when nothing races, and no gap and no duplicate between the two with publishes
+//! racing the subscription's opening.
 
 mod common;
 
@@ -43,12 +44,8 @@ async fn read_until(sub: &mut Subscriber, client: &Client, last: u32) -> Vec<u32
 async fn recent_then_live_with_a_racing_burst_on_every_transport() {
     let s = TestServer::start().await;
     let client = Client::new(s.addr);
-    // rupy's pull has no recent; Bayeux asks it in its subscribe's ext.
-    for kind in NATIVE
-        .into_iter()
-        .filter(|k| *k != Kind::Pull)
-        .chain(BAYEUX)
-    {
+    // Bayeux asks it in its subscribe's ext; rupy's pull, as every native transport, by query.
+    for kind in NATIVE.into_iter().chain(BAYEUX) {
         let channel = format!("/recent/{kind:?}").to_lowercase();
         for i in 1..=BEFORE {
             s.publish(&channel, &i.to_string()).await;
@@ -248,4 +245,27 @@ async fn bayeux_subscribe_with_ext_recent_while_a_burst_is_published() {
     )
     .await;
     assert_eq!(replies[0]["successful"], false, "{replies:?}");
+}
+
+/// With nothing racing: the first messages of a subscription with `recent=N` are exactly the
+/// channel's newest N, on every transport (rupy's pull included), and the live flow follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_is_exactly_the_newest_n_on_every_transport() {
+    let s = TestServer::start().await;
+    let client = Client::new(s.addr);
+    for kind in NATIVE.into_iter().chain(BAYEUX) {
+        let channel = format!("/newest/{kind:?}").to_lowercase();
+        for i in 1..=BEFORE {
+            s.publish(&channel, &i.to_string()).await;
+        }
+        let mut sub = Subscriber::new(kind, &channel, None);
+        sub.params.push(format!("recent={RECENT}"));
+        sub.subscribe_ext = Some(serde_json::json!({ "recent": RECENT }));
+        let recent = read_until(&mut sub, &client, BEFORE).await;
+        let newest: Vec<u32> = (BEFORE + 1 - RECENT..=BEFORE).collect();
+        assert_eq!(recent, newest, "{kind:?}");
+        s.publish(&channel, &(BEFORE + 1).to_string()).await;
+        let live = read_until(&mut sub, &client, BEFORE + 1).await;
+        assert_eq!(live, vec![BEFORE + 1], "{kind:?}");
+    }
 }

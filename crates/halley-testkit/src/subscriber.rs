@@ -233,6 +233,10 @@ impl Subscriber {
             Kind::Pull => {
                 let mut path =
                     format!("/pull?name={}&channel={}", self.name, encode(&self.pattern));
+                for param in &self.params {
+                    path.push('&');
+                    path.push_str(param);
+                }
                 if let Some(r) = &resume {
                     path.push('&');
                     path.push_str(r);

@@ -477,7 +477,9 @@ fn start(
     })
 }
 
-fn recent(query: &Query, patterns: &[Pattern]) -> Result<u16, ApiError> {
+/// `recent=N` of a request for `patterns`: 0 when absent; refused when too many, malformed,
+/// or asked of wildcard patterns only.
+pub(crate) fn recent(query: &Query, patterns: &[Pattern]) -> Result<u16, ApiError> {
     let Some(text) = query.get("recent").filter(|v| !v.is_empty()) else {
         return Ok(0);
     };
