@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::subscriber::{BAYEUX, Item, Kind, NATIVE, Subscriber};
+use common::subscriber::{BAYEUX, Item, NATIVE, Subscriber};
 use common::{Client, TestServer};
 use serde_json::Value;
 
