@@ -3,6 +3,7 @@
 
     bench/instructions.py                                  # target/release/halley
     bench/instructions.py --bin /tmp/old/halley --bin target/release/halley   # A/B
+    bench/instructions.py --kind bayeux-ws                 # another subscriber transport
 
 Wall-clock A/Bs on this 2-core machine cannot resolve less than ~10% (the load generator
 shares the cores, the VM's neighbours come and go). callgrind counts the instructions the
@@ -11,7 +12,8 @@ server executes, which is the same from run to run for the same binary and load 
 the kernel: the syscalls themselves, and on loopback the receiver's TCP input, are outside.
 
 For each binary: two fresh servers under `valgrind --tool=callgrind`, each with
-`--channels` × `--subs` SSE subscribers from `halley-bench throughput` and one publisher
+`--channels` × `--subs` subscribers of `--kind` (SSE unless told; a Bayeux kind publishes over
+Bayeux, as `halley-bench` does by default) from `halley-bench throughput` and one publisher
 (one publish in flight); one run publishes once, the other `--publishes` + 1 times. The
 difference divided by `--publishes` is what one publish costs, with its deliveries to `--subs`
 subscribers, without the connects. The callgrind files stay in the printed directory for
@@ -51,7 +53,7 @@ def count(binary, publishes, args, out_dir, tag):
     try:
         wait_port(args.port)
         done = subprocess.run(
-            [TOOL, "throughput", "--target", f"127.0.0.1:{args.port}", "--kind", "sse",
+            [TOOL, "throughput", "--target", f"127.0.0.1:{args.port}", "--kind", args.kind,
              "--procs", "2", "--pid", str(server.pid), "--channels", str(args.channels),
              "--subs", str(args.subs), "--publishers", "1", "--duration", "300",
              "--max-publishes", str(publishes), "--run-timeout", "600"],
@@ -75,6 +77,7 @@ def main():
     ap.add_argument("--channels", type=int, default=100)
     ap.add_argument("--subs", type=int, default=10)
     ap.add_argument("--port", type=int, default=8093)
+    ap.add_argument("--kind", default="sse", help="halley-bench subscriber kind (sse, bayeux-ws, bayeux-lp, ...)")
     args = ap.parse_args()
     binaries = args.bin or [os.path.join(ROOT, "target", "release", "halley")]
     out_dir = tempfile.mkdtemp(prefix="halley-callgrind-")
@@ -84,7 +87,7 @@ def main():
         base = count(binary, 1, args, out_dir, tag)
         total = count(binary, args.publishes + 1, args, out_dir, tag)
         per = (total - base) / args.publishes
-        print(f"{binary}: {per:,.0f} instructions per publish to {args.subs} SSE subscribers "
+        print(f"{binary}: {per:,.0f} instructions per publish to {args.subs} {args.kind} subscribers "
               f"({per / args.subs:,.0f} per delivery, publish included)")
 
 

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use halley_engine::access::{Denied, Identity, Policy, Verdict};
 use halley_engine::bayeux::{
-    Authorizer, Bayeux, BayeuxConfig, Browser, Caller, Connect, Handled, NoServices, PolicyOnly,
-    SESSION_SWEEP_INTERVAL, ServiceCall, ServiceError, Services, Session,
+    Authorizer, Bayeux, BayeuxConfig, Browser, Caller, Connect, Handled, NoServices, Outbox,
+    PolicyOnly, SESSION_SWEEP_INTERVAL, ServiceCall, ServiceError, Services, Session,
 };
 use halley_engine::{Engine, EngineConfig};
 use halley_proto::bayeux::{BayeuxMessage, parse_batch};
@@ -310,6 +310,18 @@ impl Server {
         Delivery::new(messages, reply)
     }
 
+    /// [`Server::poll`] through a transport's own [`Outbox`]: each message's data with whether
+    /// it was said live (what a transport counts the publish→write latency of).
+    async fn poll_said(&self, client: &str, ack: Option<i64>) -> Vec<(Value, bool)> {
+        let connect = self
+            .connect_ok(connect_json(client, "p", Some(0), ack))
+            .await;
+        let mut said = Said::default();
+        within("held connect", self.bayeux.poll(connect, None, &mut said)).await;
+        assert!(said.replied, "the connect was answered");
+        said.messages
+    }
+
     /// A connect with `advice.timeout: 0` (CometD's first connect): whatever is queued now.
     async fn poll(&self, client: &str, ack: Option<i64>) -> Delivery {
         let connect = self
@@ -346,6 +358,24 @@ impl Server {
             Some(delivery) => tokio::spawn(async move { delivery }),
             None => tokio::spawn(hold),
         }
+    }
+}
+
+/// What a link wrote to a transport: each message's data and whether it was said live.
+#[derive(Default)]
+struct Said {
+    messages: Vec<(Value, bool)>,
+    replied: bool,
+}
+
+impl Outbox for Said {
+    fn data(&mut self, message: &Arc<Message>, live: bool) {
+        let object: Value = serde_json::from_slice(message.json_object()).unwrap();
+        self.messages.push((object["data"].clone(), live));
+    }
+
+    fn reply(&mut self, reply: &BayeuxMessage) {
+        self.replied |= reply.channel == "/meta/connect";
     }
 }
 
@@ -1407,6 +1437,38 @@ async fn connect_replies_carry_increasing_ack_batches() {
     // Without the extension there is no ext.ack.
     let plain = s.handshake().await;
     assert_eq!(s.poll(&plain, None).await.reply.get("ext"), None);
+}
+
+/// A transport counts a message's publish→write latency when the link says it is live: once,
+/// when it is first taken from the queue; never for `ext.recent`'s history nor for the ack
+/// extension's resend.
+#[tokio::test(start_paused = true)]
+async fn only_first_deliveries_of_published_messages_are_said_live() {
+    let s = Server::new();
+    s.publish("/said", json!("old")).await;
+    let client = s.handshake_ack().await;
+    let reply = s
+        .send(json!({
+            "channel": "/meta/subscribe", "clientId": client, "subscription": "/said",
+            "ext": {"recent": 1},
+        }))
+        .await;
+    assert_eq!(reply["successful"], true, "{reply}");
+    s.publish("/said", json!("new")).await;
+    assert_eq!(
+        s.poll_said(&client, Some(-1)).await,
+        [(json!("old"), false), (json!("new"), true)]
+    );
+    // The reply was lost: both come again, not live; what was published since is.
+    s.publish("/said", json!("newer")).await;
+    assert_eq!(
+        s.poll_said(&client, Some(-1)).await,
+        [
+            (json!("old"), false),
+            (json!("new"), false),
+            (json!("newer"), true)
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

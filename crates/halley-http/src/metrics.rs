@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-/// Every way a subscriber can be connected; `/metrics` reports each.
+/// Every way a subscriber can be connected; `/metrics` reports each. Bayeux's connection types
+/// count as the transport they ride on: `long-polling` as [`Kind::LongPoll`],
+/// `callback-polling` as [`Kind::Jsonp`], `websocket` as [`Kind::WebSocket`], Faye's
+/// `eventsource` as [`Kind::Sse`]; rupy's `/pull` is [`Kind::Pull`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     LongPoll,
@@ -128,8 +131,8 @@ impl Drop for Open {
 
 /// Publish→write latency by transport: from the moment a message was published (its broker's
 /// clock: this process's, or Redis's `TIME` on a cluster) to the moment a transport hands its
-/// frame to the socket, for messages delivered live (a replay's or `recent`'s are not
-/// counted). `/metrics` shows it as a Prometheus histogram per transport
+/// frame to the socket, for messages delivered live, once per subscriber (a replay's,
+/// `recent`'s and a Bayeux ack resend's are not counted). `/metrics` shows it as a Prometheus histogram per transport
 /// (`halley_delivery_latency_seconds`). Process-wide, so that a socket lent to the hub for
 /// direct writes carries no reference to it (each word of an idle connection counts).
 pub static LATENCY: Latency = Latency::new();

@@ -25,8 +25,11 @@ use super::{Batch, Bayeux, Connect, ConnectGuard, Session};
 
 /// Where a link writes: the transport's batch being built (a JSON array).
 pub trait Outbox {
-    /// A delivered message.
-    fn data(&mut self, message: &Arc<Message>);
+    /// A delivered message; `live` when it is written for the first time since it was
+    /// published (not a `recent` subscribe's history, nor the ack extension's resend of a batch
+    /// the client did not acknowledge): a transport counts its publish→write latency then, so
+    /// a message counts at most once per session.
+    fn data(&mut self, message: &Arc<Message>, live: bool);
     /// A reply (to a connect, here).
     fn reply(&mut self, reply: &BayeuxMessage);
 }
@@ -98,7 +101,7 @@ impl Link {
         let (guard, resend) =
             session.begin_connect(connect.ack, !self.persistent || self.connect == 0);
         for m in &resend {
-            out.data(m);
+            out.data(m, false);
         }
         self.connect = guard.connect;
         if self.persistent {
@@ -135,7 +138,7 @@ impl Link {
     pub fn stream(&mut self, session: Arc<Session>, out: &mut impl Outbox) -> ConnectGuard {
         let (guard, resend) = session.begin_connect(None, true);
         for m in &resend {
-            out.data(m);
+            out.data(m, false);
         }
         self.connect = guard.connect;
         self.session = Some(session);
@@ -215,9 +218,7 @@ impl Link {
                 let Some(session) = self.session.clone() else {
                     return;
                 };
-                for m in &batch.messages {
-                    out.data(m);
-                }
+                batch.write(out);
                 if batch.ended || session.is_closed() {
                     if let Some(held) = self.held.take() {
                         out.reply(&bayeux.connect_reply(&held.connect, true));
@@ -256,9 +257,7 @@ impl Link {
             out.reply(&bayeux.preempted_reply(connect));
             return;
         }
-        for m in &batch.messages {
-            out.data(m);
-        }
+        batch.write(out);
         out.reply(&bayeux.connect_reply(connect, batch.ended));
     }
 }
@@ -271,7 +270,7 @@ struct Collected {
 }
 
 impl Outbox for Collected {
-    fn data(&mut self, message: &Arc<Message>) {
+    fn data(&mut self, message: &Arc<Message>, _live: bool) {
         self.messages.push(message.clone());
     }
 

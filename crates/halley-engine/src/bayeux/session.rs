@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::holds::{Holds, UNTIMED};
-use super::{MAX_DELIVERY_BATCH, Wake};
+use super::{MAX_DELIVERY_BATCH, Outbox, Wake};
 use crate::access::{Identity, Principal};
 use crate::control::Closing;
 use crate::{Event, Subscription};
@@ -56,6 +56,12 @@ pub const ACK_DUE_FRACTION: usize = 2;
 #[derive(Debug, Default)]
 pub struct Batch {
     pub messages: Vec<Arc<Message>>,
+    /// How many of `messages`, from the first, came from history (a `recent` subscribe's
+    /// newest messages) rather than live: the subscription hands out what it replays before
+    /// anything queued ([`Subscription::try_next`]), and a batch is taken under its lock, so
+    /// they are a prefix. A count rather than a flag per message: a batch is built for every
+    /// delivery.
+    pub replayed: usize,
     /// The session was cut off (queue or unacknowledged messages over budget) or closed (by
     /// the application too: [`Session::closing`] says why).
     pub ended: bool,
@@ -472,13 +478,28 @@ impl Session {
     }
 }
 
+impl Batch {
+    /// Writes the messages, each said live or not ([`Outbox::data`]).
+    pub fn write(&self, out: &mut impl Outbox) {
+        for (i, m) in self.messages.iter().enumerate() {
+            out.data(m, i >= self.replayed);
+        }
+    }
+}
+
 /// What is queued, up to [`MAX_DELIVERY_BATCH`] messages, or up to the subscription's end.
 fn drain(sub: &mut Subscription) -> Batch {
     let mut batch = Batch::default();
     let mut event = sub.try_next();
     while let Some(e) = event {
         match e {
-            Event::Message(m) => batch.messages.push(m),
+            Event::Message(m) => {
+                if !sub.last_was_live() {
+                    debug_assert_eq!(batch.replayed, batch.messages.len(), "replayed after live");
+                    batch.replayed += 1;
+                }
+                batch.messages.push(m);
+            }
             Event::Lagged => {
                 batch.ended = true;
                 break;

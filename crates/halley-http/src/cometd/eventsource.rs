@@ -64,7 +64,7 @@ pub async fn open<B: RequestBody>(
     drop(request);
     let mut link = Link::persistent();
     let mut first = Output::default();
-    let guard = link.stream(session, &mut first);
+    let guard = link.stream(session, &mut first.on(Kind::Sse));
     let retry_ms = u32::try_from(app.config.retry.as_millis()).unwrap_or(u32::MAX);
     let mut preamble = BytesMut::new();
     preamble.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
@@ -123,7 +123,7 @@ impl Stream {
                 _ = self.app.shutdown.cancelled() => return None,
                 wake = self.link.wait(&self.app.bayeux) => {
                     let mut batch = Output::default();
-                    self.link.wake(&self.app.bayeux, wake, &mut batch);
+                    self.link.wake(&self.app.bayeux, wake, &mut batch.on(Kind::Sse));
                     self.done = !self.link.delivering();
                     if !batch.is_empty() {
                         let mut out = BytesMut::new();

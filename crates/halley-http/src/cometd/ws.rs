@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use super::Output;
 use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
+use crate::metrics::Kind;
 use crate::query::Query;
 use crate::rpc::MAX_CALLS_PER_CONNECTION;
 use crate::state::App;
@@ -170,7 +171,9 @@ async fn act(app: &App, ws: &mut Ws, socket: &mut Socket, event: Event) -> Optio
         Event::Wake(Wake::Shutdown) => Some(say_away(app, ws, &mut socket.link).await),
         Event::Wake(wake) => {
             let mut out = Output::default();
-            socket.link.wake(&app.bayeux, wake, &mut out);
+            socket
+                .link
+                .wake(&app.bayeux, wake, &mut out.on(Kind::WebSocket));
             (!out.is_empty() && !ws.send(app, text(out)).await).then_some(Ending::Gone)
         }
         Event::Reply(reply) => {
@@ -184,7 +187,7 @@ async fn act(app: &App, ws: &mut Ws, socket: &mut Socket, event: Event) -> Optio
 /// The server is shutting down: the held connect answered, then close 1001.
 async fn say_away(app: &App, ws: &mut Ws, link: &mut Link) -> Ending {
     let mut out = Output::default();
-    link.release(&app.bayeux, false, &mut out);
+    link.release(&app.bayeux, false, &mut out.on(Kind::WebSocket));
     if !out.is_empty() && !ws.send(app, text(out)).await {
         return Ending::Gone;
     }
@@ -242,11 +245,17 @@ async fn handle_frame(
                     calls.push(Box::pin(async move { Box::new(call.reply().await) }));
                 }
             }
-            Handled::Connect(connect) => socket.link.connect(&app.bayeux, connect, &mut out),
+            Handled::Connect(connect) => {
+                socket
+                    .link
+                    .connect(&app.bayeux, connect, &mut out.on(Kind::WebSocket))
+            }
         }
     }
     if disconnected {
-        socket.link.release(&app.bayeux, true, &mut out);
+        socket
+            .link
+            .release(&app.bayeux, true, &mut out.on(Kind::WebSocket));
         let sent = ws.send(app, text(out)).await && ws.send(app, Frame::Close(None)).await;
         return Some(closed(sent));
     }

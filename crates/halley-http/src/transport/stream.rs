@@ -201,10 +201,8 @@ impl Wire {
                 }
                 out.put_u8(b'\n');
             }
-            Wire::Pull { form, skip } => {
-                if m.data.json().starts_with(&**skip) {
-                    return;
-                }
+            Wire::Pull { .. } if self.skips(m) => {}
+            Wire::Pull { form, .. } => {
                 match form {
                     PullForm::Json => out.put_slice(m.line().as_bytes()),
                     PullForm::Text | PullForm::Html => put_pushed_text(m, out),
@@ -406,6 +404,16 @@ fn part_head(content_type: &str, out: &mut BytesMut) {
 }
 
 impl Wire {
+    /// Whether this wire writes nothing of `m`: rupy's pull leaves out its client's own pushes,
+    /// a raw byte stream what is not binary.
+    fn skips(&self, m: &Message) -> bool {
+        match self {
+            Wire::Pull { skip, .. } => m.data.json().starts_with(&**skip),
+            Wire::Raw => m.binary().is_none(),
+            _ => false,
+        }
+    }
+
     /// Writes a message; on multipart, a binary body as described at [`Wire::Multipart`].
     fn write_message(&mut self, m: &Message, out: &mut BytesMut) {
         let Wire::Multipart { open } = self else {
@@ -537,9 +545,9 @@ impl Stream {
     }
 
     /// Counts `m`'s publish→write latency, when it came live (just handed out by the
-    /// subscription).
+    /// subscription) and the wire writes it.
     fn written(&self, m: &Message) {
-        if self.sub.last_was_live() {
+        if self.sub.last_was_live() && !self.wire.skips(m) {
             LATENCY.record(self.open.kind(), m.published_us(), now_us());
         }
     }
