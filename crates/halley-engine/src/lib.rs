@@ -43,6 +43,7 @@ pub mod observe;
 mod occupancy;
 pub mod presence;
 mod replay;
+pub mod sources;
 mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelEntry, Gather, Member, Replay};

@@ -41,6 +41,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod latency;
 mod metrics;
 mod ops;
 pub mod outbound;

@@ -261,6 +261,7 @@ impl Server {
             tracker,
             rpc: parts.rpc,
             dashboard: Default::default(),
+            latency: Default::default(),
         });
         crate::dashboard::install(&app);
         Ok(Server {

@@ -36,6 +36,8 @@ pub struct App {
     pub rpc: Option<crate::rpc::Rpc>,
     /// The live dashboard's sampler and its watchers (`/api/dashboard`).
     pub dashboard: crate::dashboard::Dashboard,
+    /// Latency reports' per-source buckets (`POST /api/latency`).
+    pub latency: crate::latency::Reports,
 }
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a
