@@ -51,4 +51,4 @@ pub use config::{DEFAULT_REPLAY_BATCH, EngineConfig, HistoryLimits, HistoryRules
 pub use engine::{ChannelInfo, Engine, EngineError, MAX_RECENT, PresenceGuard, Published, Start};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;
-pub use stats::{Gauges, NodeStats, Stats};
+pub use stats::{Gauges, MAX_TRAFFIC_ROWS, NodeStats, Stats};
