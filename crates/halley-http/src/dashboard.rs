@@ -17,7 +17,14 @@
 //! as `/api/channels` and `/api/presence` do), and keeps the previous sample of each node to
 //! turn counters into rates.
 //!
-//! Limits: [`SAMPLE_INTERVAL`], [`MAX_WATCHERS`], [`MAX_ROWS`], [`MAX_NODES_SHOWN`].
+//! **The busiest channels** are ranked by traffic, then subscribers: each node's stats answer
+//! names its busiest channels since it was last asked and the window (`NodeStats::traffic`,
+//! counted per channel in the engine's registry, at most [`halley_engine::MAX_TRAFFIC_ROWS`]);
+//! a channel's rate is the largest node's, since every node that has subscribers on a channel
+//! receives all of its messages.
+//!
+//! Limits: [`SAMPLE_INTERVAL`], [`MAX_WATCHERS`], [`MAX_ROWS`], [`MAX_NODES_SHOWN`],
+//! [`halley_engine::MAX_TRAFFIC_ROWS`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
