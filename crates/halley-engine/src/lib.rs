@@ -20,6 +20,8 @@
 //!   It only enqueues; nothing on the delivery path calls it.
 //! - [`control`] is the application's control over its users' connections (disconnect,
 //!   unsubscribe, revoke, list), here and — through the broker — on every node.
+//! - [`sources`] is a token bucket per client address in a bounded table (Bayeux handshakes;
+//!   the HTTP layer's latency reports).
 //!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!

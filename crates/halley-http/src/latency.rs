@@ -1,11 +1,11 @@
 //! `POST /api/latency?channel=…`: what browsers saw. halley.js times its own publishes from the
 //! call to the message's arrival on its subscription (its `latency` event) and, when asked to
 //! (`latencyReport`), sends batches of those figures here; they go into
-//! `halley_client_latency_seconds{transport}` in `/metrics` ([`crate::metrics::CLIENT_LATENCY`]),
+//! `halley_client_latency_seconds{transport}` in `/metrics` (`metrics::CLIENT_LATENCY`),
 //! beside the server's own publish→write histogram.
 //!
 //! The body is `{"transport": "sse", "ms": [12.5, 30]}`: one of halley.js's transports
-//! ([`crate::metrics::CLIENT_TRANSPORTS`]) and 1 to [`MAX_SAMPLES`] figures in milliseconds,
+//! (`metrics::CLIENT_TRANSPORTS`) and 1 to [`MAX_SAMPLES`] figures in milliseconds,
 //! each finite and from 0 to [`MAX_SAMPLE_MS`]. Anything else is refused whole (400, 413 for a
 //! body over [`MAX_BODY`]); nothing of a refused report is counted.
 //!
@@ -61,7 +61,7 @@ pub const BURST_SECONDS: u32 = 30;
 /// has refilled. With the table full of sources still refilling, a new source is refused (429).
 pub const MAX_SOURCES: usize = 10_000;
 
-/// The per-source report buckets ([`App::latency`]).
+/// The per-source report buckets (`App::latency`).
 pub struct Reports {
     sources: Mutex<Sources>,
 }
