@@ -59,6 +59,15 @@ export interface HalleyOptions {
    * connection, the leader tab's is the one the connection uses.
    */
   getToken?: (() => string | Promise<string>) | null;
+  /**
+   * Report this client's measured delivery latencies (the `latency` event) to the server,
+   * `POST /api/latency`, counted in its `/metrics` as `halley_client_latency_seconds`:
+   * `true` for a report every 10 s at most, a number of seconds between reports (at least 1).
+   * A report holds one channel's figures, at most 64 (more wait for the next report; beyond 64
+   * waiting, new ones are dropped), each at most 60 000 ms. The caller must be allowed to
+   * subscribe to the channel; none is sent over JSONP. Default `false`.
+   */
+  latencyReport?: boolean | number;
 }
 
 /** A message as the server sends it. */
@@ -137,6 +146,8 @@ export interface HalleyEvents {
    * `halley_delivery_latency_seconds` in `/metrics`).
    */
   latency: (latency: { channel: string; id: string; ms: number }) => void;
+  /** A latency report (`latencyReport`) was sent (`error` null) or failed. */
+  report: (report: { channel: string; transport: Transport; count: number; error: string | null }) => void;
   /** A message to this client's inbox. */
   inbox: (data: Json, message: Message) => void;
   /** Every message, before the subscription callbacks. */

@@ -37,6 +37,15 @@
   var MAX_SUB_CHANNELS = 16;
   /** Publishes and arrivals remembered to time this client's own deliveries. */
   var TIMING_KEPT = 64;
+  /**
+   * Latency reports (`latencyReport`): most figures waiting to be sent (the server's
+   * MAX_SAMPLES per report; more are dropped until a report goes), the shortest time between
+   * two reports (s), the default, and the largest figure sent (the server's MAX_SAMPLE_MS).
+   */
+  var LATENCY_REPORT_SAMPLES = 64;
+  var LATENCY_REPORT_MIN_S = 1;
+  var LATENCY_REPORT_DEFAULT_S = 10;
+  var LATENCY_REPORT_MAX_MS = 60000;
   /** Retries of a publish whose answer was lost (with its Idempotency-Key: published once). */
   var PUBLISH_RETRIES = 2;
   /** Most newest messages a subscription may ask for first (the server's MAX_RECENT). */
@@ -101,6 +110,13 @@
      * `token` is not given) and whenever a fresh one is needed (expired, refused with 401).
      */
     getToken: null,
+    /**
+     * Send this client's measured delivery latencies (the "latency" event) to the server
+     * (`POST /api/latency`, `halley_client_latency_seconds` in its /metrics): `true` for a
+     * report every 10 s at most, a number for every that many seconds (at least 1); each report
+     * holds one channel's figures, at most 64. Off by default.
+     */
+    latencyReport: false,
   };
 
   /** Auth failures in a row (refused again right after a fresh token) before giving up. */
@@ -509,6 +525,46 @@
     map.set(key, value);
     if (map.size > TIMING_KEPT) map.delete(map.keys().next().value);
   }
+
+  /** The `latencyReport` option as seconds between reports, or 0 for off. */
+  function reportInterval(option) {
+    if (option === true) return LATENCY_REPORT_DEFAULT_S;
+    if (typeof option === "number" && option > 0) return Math.max(LATENCY_REPORT_MIN_S, option);
+    return 0;
+  }
+
+  /**
+   * Latency figures waiting to be reported, by channel and transport, at most
+   * LATENCY_REPORT_SAMPLES in all (later ones are dropped, counted in `dropped`). `take` gives
+   * the oldest group as one report's `{channel, transport, ms}`.
+   */
+  function Pending() {
+    this.groups = new Map();
+    this.size = 0;
+    this.dropped = 0;
+  }
+  Pending.prototype.add = function (channel, transport, ms) {
+    if (!(ms >= 0 && ms <= LATENCY_REPORT_MAX_MS)) return false;
+    if (this.size >= LATENCY_REPORT_SAMPLES) {
+      this.dropped++;
+      return false;
+    }
+    var key = transport + " " + channel;
+    var group = this.groups.get(key);
+    if (!group) this.groups.set(key, (group = { channel: channel, transport: transport, ms: [] }));
+    // Milliseconds to the microsecond: what the server's buckets can tell apart.
+    group.ms.push(Math.round(ms * 1000) / 1000);
+    this.size++;
+    return true;
+  };
+  Pending.prototype.take = function () {
+    var first = this.groups.keys().next();
+    if (first.done) return null;
+    var group = this.groups.get(first.value);
+    this.groups.delete(first.value);
+    this.size -= group.ms.length;
+    return group;
+  };
 
   function randomId(length) {
     var alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -1521,6 +1577,10 @@
     this._gapAt = undefined;
     /** Delivery latency of this client's own publishes: publish times and arrivals by id. */
     this._timing = new Timing();
+    /** Figures waiting for the next latency report (`latencyReport`), and its timer. */
+    this._reportEvery = reportInterval(opts.latencyReport);
+    this._pending = new Pending();
+    this._reportTimer = null;
     var self = this;
     this._auth = new Auth(opts, function (reason) {
       // Say that a fresh token came in (never which one).
@@ -1554,7 +1614,9 @@
    * 'token' ({reason}: a fresh token came from getToken; reason initial | expired | unauthorized),
    * 'disconnected' ({reason}: the application ended the connection; the client reconnects
    * after a backoff), 'unsubscribed' ({channel}: the application took this channel off; its
-   * subscriptions have ended).
+   * subscriptions have ended), 'latency' ({channel, id, ms}: one of this client's publishes
+   * came back on its subscription after ms), 'report' ({channel, transport, count, error}: a
+   * latency report was sent, error null, or failed; with `latencyReport`).
    * @returns {function(): void} removes the listener
    */
   Halley.prototype.on = function (event, fn) {
@@ -1678,7 +1740,7 @@
       // This client's own message, when it comes back on its subscriptions, says how long a
       // delivery took end to end (the "latency" event).
       var took = answer && answer.id ? self._timing.published(answer.id, started, nowMs()) : null;
-      if (took !== null) self._emit("latency", { channel: answer.channel, id: answer.id, ms: took });
+      if (took !== null) self._latency(answer.channel, answer.id, took);
       return answer;
     });
   };
@@ -1706,6 +1768,54 @@
       if (key) headers["x-halley-key"] = key;
       return httpRequest("POST", self.url + "/rpc" + path, json, headers).then(parseAnswer);
     });
+  };
+
+  /**
+   * One delivery of this client's own publish took `ms`: the "latency" event, and a figure for
+   * the next report when `latencyReport` is on. A report goes once `latencyReport` seconds
+   * have passed since its first figure came, so two reports are at least that far apart.
+   */
+  Halley.prototype._latency = function (channel, id, ms) {
+    this._emit("latency", { channel: channel, id: id, ms: ms });
+    if (!this._reportEvery || this._closed || !this._transport) return;
+    if (this._pending.add(channel, this._transport, ms)) this._scheduleReport();
+  };
+
+  Halley.prototype._scheduleReport = function () {
+    if (this._reportTimer !== null || this._pending.size === 0) return;
+    var self = this;
+    this._reportTimer = setTimeout(function () {
+      self._reportTimer = null;
+      self._report();
+    }, this._reportEvery * 1000);
+  };
+
+  /** Sends the oldest channel's figures (`POST /api/latency`); what fails is not sent again. */
+  Halley.prototype._report = function () {
+    if (this._closed) return;
+    var group = this._pending.take();
+    if (!group) return;
+    // A report is a POST with a body: over JSONP (no CORS assumed) none is sent.
+    if (!this._jsonp()) {
+      var self = this;
+      var key = this.options.key;
+      var url = this.url + "/api/latency?channel=" + encodeURIComponent(group.channel);
+      var body = JSON.stringify({ transport: group.transport, ms: group.ms });
+      this._authed(function (token) {
+        var headers = authHeaders({ "content-type": "application/json" }, token);
+        if (key) headers["x-halley-key"] = key;
+        return httpRequest("POST", url, body, headers).then(parseAnswer);
+      }).then(
+        function (answer) {
+          self._emit("report", { channel: group.channel, transport: group.transport, count: group.ms.length, error: null });
+          return answer;
+        },
+        function (e) {
+          self._emit("report", { channel: group.channel, transport: group.transport, count: group.ms.length, error: (e && e.message) || String(e) });
+        },
+      );
+    }
+    this._scheduleReport();
   };
 
   /** Replaces the token (for apps that refresh it themselves); reconnects if a refusal stopped. */
@@ -1828,6 +1938,8 @@
     this._subs.clear();
     this._presence.clear();
     clearTimeout(this._pushTimer);
+    clearTimeout(this._reportTimer);
+    this._reportTimer = null;
     clearInterval(this._pruneTimer);
     if (this._upstream) this._upstream.close();
     this._upstream = null;
@@ -1893,7 +2005,7 @@
   Halley.prototype._dispatch = function (m) {
     this._emit("message", m);
     var took = this._timing.arrived(m.id, nowMs());
-    if (took !== null) this._emit("latency", { channel: m.channel, id: m.id, ms: took });
+    if (took !== null) this._latency(m.channel, m.id, took);
     for (var i = 0; i < this._inboxes.length; i++) {
       if (this._inboxes[i].channel === m.channel) {
         this._emit("inbox", m.data, m);
@@ -2106,6 +2218,8 @@
     compareIds: compareIds,
     Resume: Resume,
     Timing: Timing,
+    Pending: Pending,
+    reportInterval: reportInterval,
     backoffDelay: backoffDelay,
     Ladder: Ladder,
     isChannel: isChannel,

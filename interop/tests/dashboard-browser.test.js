@@ -107,21 +107,29 @@ test("without the key the dashboard shows the refusal; with it, live numbers", a
   const busiest = await until(
     () => page.evaluate(() => {
       const row = document.querySelector("#channels tr");
-      return row && row.cells.length === 3 && [row.cells[0].textContent, row.cells[1].textContent];
+      return row && row.cells.length === 4 && [row.cells[0].textContent, row.cells[1].textContent, row.cells[2].textContent];
     }),
     "the busiest channel",
   );
-  assert.deepEqual(busiest, ["/dash/busy", "4"]);
+  // No traffic yet: ranked by subscribers.
+  assert.deepEqual(busiest, ["/dash/busy", "0", "4"]);
 
-  // Messages flow: deliveries per second above zero (published 1 × 4 subscribers each time),
-  // and the totals move. Publishing goes on until a sample has seen some (samples are 1 s).
+  // Messages flow on the quieter channel: deliveries per second above zero, and that channel,
+  // published to at a nonzero rate, tops the busiest channels (ranked by traffic before
+  // subscribers). Publishing goes on until a sample has seen some (samples are 1 s).
+  const number = (text) => Number((text ?? "0").replace(/,/g, ""));
   let published = 0;
   await until(async () => {
-    await publish("/dash/busy", `tick ${published++}`);
-    const rate = Number(((await metric(page, "rate.delivered")) ?? "0").replace(/,/g, ""));
-    return rate > 0;
-  }, "deliveries per second above zero");
-  assert.ok(Number(await metric(page, "rate.published")) > 0 || published > 0);
+    await publish("/dash/quiet", `tick ${published++}`);
+    // One sample's numbers, read at once.
+    const [publishedRate, delivered, top, rate] = await page.evaluate(() => [
+      document.querySelector('[data-metric="rate.published"]')?.textContent,
+      document.querySelector('[data-metric="rate.delivered"]')?.textContent,
+      document.querySelector("#channels tr")?.cells[0].textContent,
+      document.querySelector('[data-metric="channel.rate./dash/quiet"]')?.textContent,
+    ]);
+    return number(publishedRate) > 0 && number(delivered) > 0 && top === "/dash/quiet" && number(rate) > 0;
+  }, "/dash/quiet on top of the busiest channels with a rate above zero");
 
   // Subscribers leave: the count goes down again.
   for (const c of open.splice(0)) c.close();

@@ -636,3 +636,34 @@ test("served by Halley itself: /halley.js loads, and new Halley() talks to the p
   await page.close();
   await own.stop();
 });
+
+for (const transport of ["websocket", "sse"]) {
+  test(`latencyReport over ${transport}: the page's own publishes reach /metrics as halley_client_latency_seconds`, async () => {
+    const sample = `halley_client_latency_seconds_count{transport="${transport}"}`;
+    const before = await metric(halley.base, sample);
+    assert.equal(typeof before, "number", `${sample} in /metrics`);
+    const page = await openPage();
+    const channel = `/js/latency/${transport}`;
+    await page.evaluate(
+      ([base, opts, channel]) => {
+        window.start(base, opts, [channel]);
+        window.latencies = [];
+        window.reports = [];
+        window.h.on("latency", (l) => window.latencies.push(l.ms));
+        window.h.on("report", (r) => window.reports.push(r));
+      },
+      [halley.base, { ...FAST, transports: [transport], latencyReport: 1 }, channel],
+    );
+    await subscribed(halley.base, channel);
+    for (let n = 1; n <= 3; n++) {
+      await page.evaluate(([channel, n]) => window.h.publish(channel, { n }), [channel, n]);
+      await waitFor(page, (n) => window.latencies.length >= n, n);
+    }
+    // One report (the three figures of one channel), sent within the interval, taken.
+    await waitFor(page, () => window.reports.length >= 1);
+    const [report] = await page.evaluate(() => window.reports);
+    assert.deepEqual(report, { channel, transport, count: 3, error: null });
+    assert.equal(await metric(halley.base, sample), before + 3);
+    await closePage(page);
+  });
+}

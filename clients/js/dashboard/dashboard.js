@@ -232,6 +232,8 @@
 
     rows($("channels"), s.channels.busiest, (tr, row) => {
       cell(tr, row.channel);
+      // Messages a second over the last sample (by traffic first, then subscribers).
+      cell(tr, number(row.rate), "n").dataset.metric = `channel.rate.${row.channel}`;
       cell(tr, number(row.subscribers), "n");
       cell(tr, row.last_id || "", "id").title = row.last_id || "";
     }, "no channels");

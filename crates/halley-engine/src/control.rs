@@ -499,11 +499,11 @@ impl Hub {
                 }
             }
         };
-        for (channel, subscribers) in &registry.exact {
-            note(subscribers, &|| channel.to_string());
+        for (channel, entry) in &registry.exact {
+            note(&entry.subscribers, &|| channel.to_string());
         }
-        for (pattern, subscribers) in &registry.wildcard {
-            note(subscribers, &|| pattern.to_string());
+        for (pattern, entry) in &registry.wildcard {
+            note(&entry.subscribers, &|| pattern.to_string());
         }
         drop(registry);
         for info in &mut listed {

@@ -24,8 +24,22 @@ pub(crate) type Subscribers = HashMap<u64, Arc<Subscriber>>;
 
 #[derive(Default)]
 pub(crate) struct Registry {
-    pub(crate) exact: HashMap<Channel, Subscribers>,
-    pub(crate) wildcard: HashMap<Pattern, Subscribers>,
+    pub(crate) exact: HashMap<Channel, Entry>,
+    pub(crate) wildcard: HashMap<Pattern, Entry>,
+}
+
+/// One exact channel's or pattern's local subscribers, and how many messages were delivered to
+/// it: the live dashboard's traffic ([`Hub::traffic`]). Two counters per channel, none per
+/// subscriber; an entry lives while it has subscribers here, so a channel nobody here
+/// subscribes to costs nothing (and is counted by the nodes where somebody does).
+#[derive(Default)]
+pub(crate) struct Entry {
+    pub(crate) subscribers: Subscribers,
+    /// Messages offered to this entry's subscribers since it was created (once per message,
+    /// however many subscribers).
+    messages: AtomicU64,
+    /// `messages` as of the node's last traffic report.
+    reported: AtomicU64,
 }
 
 pub(crate) struct HubShared {
@@ -47,6 +61,8 @@ pub(crate) struct HubShared {
     policy_set: tokio::sync::Notify,
     /// What the embedder adds to this node's stats (see [`crate::Engine::set_gauges`]).
     gauges: OnceLock<crate::stats::Gauges>,
+    /// When the node last reported its traffic ([`Hub::traffic`]); `None` before the first.
+    traffic_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Called with a channel and `true` when it got its first local subscriber, `false` when it
@@ -180,6 +196,7 @@ impl Hub {
                 policy: OnceLock::new(),
                 policy_set: tokio::sync::Notify::new(),
                 gauges: OnceLock::new(),
+                traffic_at: Mutex::new(None),
             }),
         }
     }
@@ -201,13 +218,72 @@ impl Hub {
         self.shared.gauges.set(gauges)
     }
 
-    /// This node's stats: the engine's counters and the embedder's gauges.
+    /// This node's stats: the engine's counters, its busiest channels since it was last asked
+    /// ([`Hub::traffic`]) and the embedder's gauges.
     pub fn node_stats(&self) -> crate::stats::NodeStats {
         let mut stats = self.shared.stats.node();
+        (stats.traffic, stats.traffic_ms) = self.traffic(std::time::Instant::now());
         if let Some(gauges) = self.shared.gauges.get() {
             gauges(&mut stats);
         }
         stats
+    }
+
+    /// The exact channels and patterns that were delivered the most messages here since the
+    /// previous call (at most [`crate::stats::MAX_TRAFFIC_ROWS`], busiest first, none with
+    /// nothing), and how long ago that call was in ms (0 for the first: nothing to compare
+    /// with). Each call starts a new window, whoever asks: two dashboards sampling one node
+    /// each get rates over shorter windows, still right. Inboxes are private and never listed.
+    pub fn traffic(&self, now: std::time::Instant) -> (Vec<(String, u64)>, u64) {
+        // Held for the whole pass so that two askers' windows do not overlap; taken before the
+        // registry's lock, and nothing else takes it.
+        let mut at = self
+            .shared
+            .traffic_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let window = at.map_or(0, |then| {
+            now.saturating_duration_since(then).as_millis() as u64
+        });
+        *at = Some(now);
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let delta = |entry: &Entry| {
+            let messages = entry.messages.load(Ordering::Relaxed);
+            messages.saturating_sub(entry.reported.swap(messages, Ordering::Relaxed))
+        };
+        let private = |name: &str| name.starts_with(halley_proto::inbox::PREFIX);
+        let mut busy: Vec<(u64, &dyn std::fmt::Display)> = Vec::new();
+        for (channel, entry) in &registry.exact {
+            let n = delta(entry);
+            if n > 0 && !private(channel.as_str()) {
+                busy.push((n, channel));
+            }
+        }
+        for (pattern, entry) in &registry.wildcard {
+            let n = delta(entry);
+            if n > 0 {
+                busy.push((n, pattern));
+            }
+        }
+        let keep = crate::stats::MAX_TRAFFIC_ROWS;
+        if busy.len() > keep {
+            busy.select_nth_unstable_by(keep, |a, b| b.0.cmp(&a.0));
+            busy.truncate(keep);
+        }
+        let mut rows: Vec<(String, u64)> = busy
+            .into_iter()
+            .map(|(n, name)| (name.to_string(), n))
+            .collect();
+        drop(registry);
+        rows.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if window == 0 {
+            rows.clear();
+        }
+        (rows, window)
     }
 
     /// Sets the access policy (see [`crate::Engine::set_policy`]); refused (and given back)
@@ -299,8 +375,9 @@ impl Hub {
             .wildcard
             .iter()
             .filter(|(p, _)| p.matches(&message.channel));
-        for (pattern, subscribers) in exact.into_iter().chain(wild) {
-            for (id, sub) in subscribers {
+        for (pattern, entry) in exact.into_iter().chain(wild) {
+            entry.messages.fetch_add(1, Ordering::Relaxed);
+            for (id, sub) in &entry.subscribers {
                 match self.push(sub, message) {
                     Pushed::Queued => count += 1,
                     Pushed::Direct(sink) => {
@@ -334,8 +411,8 @@ impl Hub {
             .registry
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        for subscribers in registry.exact.values().chain(registry.wildcard.values()) {
-            for sub in subscribers.values() {
+        for entry in registry.exact.values().chain(registry.wildcard.values()) {
+            for sub in entry.subscribers.values() {
                 sub.signal.notify();
             }
         }
@@ -431,14 +508,14 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner());
         let first = match pattern {
             Pattern::Exact(c) => {
-                let map = registry.exact.entry(c.clone()).or_default();
-                map.insert(id, sub.clone());
+                let entry = registry.exact.entry(c.clone()).or_default();
+                entry.subscribers.insert(id, sub.clone());
                 // Emptied maps are removed (`remove_from`), so one entry is a first subscriber.
-                map.len() == 1
+                entry.subscribers.len() == 1
             }
             _ => {
-                let map = registry.wildcard.entry(pattern.clone()).or_default();
-                map.insert(id, sub.clone());
+                let entry = registry.wildcard.entry(pattern.clone()).or_default();
+                entry.subscribers.insert(id, sub.clone());
                 false
             }
         };
@@ -475,11 +552,14 @@ impl Hub {
             .registry
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let exact = registry.exact.iter().map(|(c, s)| (c.to_string(), s.len()));
+        let exact = registry
+            .exact
+            .iter()
+            .map(|(c, e)| (c.to_string(), e.subscribers.len()));
         let wild = registry
             .wildcard
             .iter()
-            .map(|(p, s)| (p.to_string(), s.len()));
+            .map(|(p, e)| (p.to_string(), e.subscribers.len()));
         exact
             .chain(wild)
             .filter(|(name, n)| *n > 0 && name.starts_with(prefix))
@@ -493,18 +573,21 @@ impl Hub {
             .registry
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        registry.exact.get(channel).map_or(0, HashMap::len)
+        registry
+            .exact
+            .get(channel)
+            .map_or(0, |e| e.subscribers.len())
     }
 }
 
 /// Removes subscriber `id` from `key`'s subscribers: `None` if it was not there, else whether
 /// that emptied `key` (its last subscriber left; the entry is removed).
 pub(crate) fn remove_from<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Subscribers>,
+    map: &mut HashMap<K, Entry>,
     key: &K,
     id: u64,
 ) -> Option<bool> {
-    let subscribers = map.get_mut(key)?;
+    let subscribers = &mut map.get_mut(key)?.subscribers;
     subscribers.remove(&id)?;
     let emptied = subscribers.is_empty();
     if emptied {
@@ -986,5 +1069,67 @@ mod tests {
         assert_eq!(std::mem::size_of::<Subscriber>(), 120);
         // 144 until a resume's replay became one optional box instead of a `VecDeque`.
         assert_eq!(std::mem::size_of::<Subscription>(), 120);
+    }
+
+    fn deliver(hub: &Hub, channel: &str, n: u64) {
+        for _ in 0..n {
+            let message = Message::new(
+                Channel::parse(channel).unwrap(),
+                MessageId::new(1, 1),
+                halley_proto::Payload::from_json(b"1").unwrap(),
+            );
+            hub.deliver(&Arc::new(message));
+        }
+    }
+
+    #[test]
+    fn traffic_is_messages_per_entry_since_the_last_ask_busiest_first_bounded_inboxes_left_out() {
+        let hub = Hub::new(1_000_000, Arc::new(Stats::default()));
+        let inbox = format!(
+            "{}0123456789abcdef0123456789abcdef",
+            halley_proto::inbox::PREFIX
+        );
+        let mut subs = Vec::new();
+        for name in ["/a", "/b", "/c/**", "/quiet", inbox.as_str()] {
+            let mut sub = hub.subscriber();
+            sub.add(Pattern::parse(name).unwrap());
+            // Two subscribers of /a: still counted once per message.
+            if name == "/a" {
+                let mut again = hub.subscriber();
+                again.add(Pattern::parse(name).unwrap());
+                subs.push(again);
+            }
+            subs.push(sub);
+        }
+        let t0 = std::time::Instant::now();
+        deliver(&hub, "/a", 2);
+        // The first ask has nothing to compare with; it opens the window.
+        assert_eq!(hub.traffic(t0), (vec![], 0));
+        deliver(&hub, "/a", 3);
+        deliver(&hub, "/b", 1);
+        deliver(&hub, "/c/d", 4);
+        deliver(&hub, &inbox, 9);
+        deliver(&hub, "/nobody", 9);
+        let t1 = t0 + std::time::Duration::from_millis(500);
+        let (rows, window) = hub.traffic(t1);
+        assert_eq!(window, 500);
+        let want = [("/c/**", 4), ("/a", 3), ("/b", 1)];
+        assert_eq!(rows, want.map(|(c, n)| (c.to_owned(), n)).to_vec());
+        // A new window: nothing since.
+        assert_eq!(
+            hub.traffic(t1 + std::time::Duration::from_secs(1)),
+            (vec![], 1000)
+        );
+        // Bounded, the busiest kept.
+        for i in 0..(crate::stats::MAX_TRAFFIC_ROWS as u64 + 8) {
+            let mut sub = hub.subscriber();
+            sub.add(Pattern::parse(&format!("/many/{i}")).unwrap());
+            subs.push(sub);
+            deliver(&hub, &format!("/many/{i}"), i + 1);
+        }
+        let (rows, _) = hub.traffic(t1 + std::time::Duration::from_secs(2));
+        assert_eq!(rows.len(), crate::stats::MAX_TRAFFIC_ROWS);
+        assert_eq!(rows[0], ("/many/23".to_owned(), 24));
+        assert_eq!(rows.last().unwrap().1, 9);
     }
 }

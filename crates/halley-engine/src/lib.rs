@@ -20,6 +20,8 @@
 //!   It only enqueues; nothing on the delivery path calls it.
 //! - [`control`] is the application's control over its users' connections (disconnect,
 //!   unsubscribe, revoke, list), here and — through the broker — on every node.
+//! - [`sources`] is a token bucket per client address in a bounded table (Bayeux handshakes;
+//!   the HTTP layer's latency reports).
 //!
 //! Invariant: the engine knows nothing about HTTP or Redis.
 //!
@@ -43,6 +45,7 @@ pub mod observe;
 mod occupancy;
 pub mod presence;
 mod replay;
+pub mod sources;
 mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelEntry, Gather, Member, Replay};
@@ -50,4 +53,4 @@ pub use config::{DEFAULT_REPLAY_BATCH, EngineConfig, HistoryLimits, HistoryRules
 pub use engine::{ChannelInfo, Engine, EngineError, MAX_RECENT, PresenceGuard, Published, Start};
 pub use hub::{Event, Hub, Subscription};
 pub use memory::MemoryBroker;
-pub use stats::{Gauges, NodeStats, Stats};
+pub use stats::{Gauges, MAX_TRAFFIC_ROWS, NodeStats, Stats};

@@ -54,7 +54,20 @@ pub struct NodeStats {
     pub lagged: u64,
     pub gaps: u64,
     pub broker_errors: u64,
+    /// The exact channels and patterns delivered the most messages on this node since it was
+    /// last asked (busiest first, at most [`MAX_TRAFFIC_ROWS`]): name and messages
+    /// ([`crate::Hub::traffic`]). Every node receives every message of a channel it has
+    /// subscribers for, so nodes are not summed: each one's count is the channel's.
+    pub traffic: Vec<(String, u64)>,
+    /// The window `traffic` was counted over, in ms (0 when this node had not been asked
+    /// before: no rate yet).
+    pub traffic_ms: u64,
 }
+
+/// Most channels a node lists in its [`NodeStats::traffic`]: the dashboard shows ten, and a
+/// few more let the busiest of several nodes still make the list. Bounds what every stats
+/// answer carries, whatever the number of channels.
+pub const MAX_TRAFFIC_ROWS: usize = 16;
 
 /// Fills in what the embedder knows of this node ([`crate::Engine::set_gauges`]). Called for
 /// each stats request (a dashboard's sample, or another node's), with no lock held; it must

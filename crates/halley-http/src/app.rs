@@ -13,7 +13,7 @@ use crate::cors;
 use crate::error::ApiError;
 use crate::routes::{self, Handler};
 use crate::state::App;
-use crate::{api, assets, cometd, control, dashboard, ops, publish, rpc, rupy, transport};
+use crate::{api, assets, cometd, control, dashboard, latency, ops, publish, rpc, rupy, transport};
 
 /// A handler's future, boxed: a held request (long-poll, Bayeux connect) lives in it, sized
 /// for its own handler rather than the largest of all.
@@ -140,6 +140,7 @@ fn route<'a, B: RequestBody>(
         Handler::Presence => Box::pin(async move { api::presence(app, &request).await }),
         Handler::History => Box::pin(async move { api::history(app, &request).await }),
         Handler::Channels => Box::pin(async move { ops::channels(app, &request).await }),
+        Handler::Latency => Box::pin(latency::report(app, request)),
         Handler::Rpc => {
             let method = rest();
             Box::pin(async move { rpc::call(app, &method, request).await })

@@ -17,7 +17,14 @@
 //! as `/api/channels` and `/api/presence` do), and keeps the previous sample of each node to
 //! turn counters into rates.
 //!
-//! Limits: [`SAMPLE_INTERVAL`], [`MAX_WATCHERS`], [`MAX_ROWS`], [`MAX_NODES_SHOWN`].
+//! **The busiest channels** are ranked by traffic, then subscribers: each node's stats answer
+//! names its busiest channels since it was last asked and the window (`NodeStats::traffic`,
+//! counted per channel in the engine's registry, at most [`halley_engine::MAX_TRAFFIC_ROWS`]);
+//! a channel's rate is the largest node's, since every node that has subscribers on a channel
+//! receives all of its messages.
+//!
+//! Limits: [`SAMPLE_INTERVAL`], [`MAX_WATCHERS`], [`MAX_ROWS`], [`MAX_NODES_SHOWN`],
+//! [`halley_engine::MAX_TRAFFIC_ROWS`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -26,9 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use halley_engine::NodeStats;
 use halley_engine::access::Action;
 use halley_engine::control::Command;
+use halley_engine::{ChannelInfo, NodeStats};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
 use serde_json::{Map, Value, json};
@@ -274,6 +281,10 @@ async fn snapshot(app: &App, rates: &mut Rates) -> String {
     let mut transports: Vec<(String, u64)> = Vec::new();
     let mut listed = Vec::new();
     let mut seen = Vec::new();
+    // Messages a second per channel over each node's last window. Not summed: every node
+    // receives every message of a channel it has subscribers for (`NodeStats::traffic`), so
+    // each that counts one counts all of it; the largest is the latest whole window.
+    let mut traffic: HashMap<&str, f64> = HashMap::new();
     let (mut published, mut delivered, mut lagged, mut gaps) = (0.0, 0.0, 0.0, 0.0);
     for (name, here, stats) in &nodes {
         let key = name.clone().unwrap_or_default();
@@ -285,6 +296,13 @@ async fn snapshot(app: &App, rates: &mut Rates) -> String {
         lagged += r("lagged");
         gaps += r("gaps");
         add(&mut totals, stats);
+        if stats.traffic_ms > 0 {
+            let seconds = stats.traffic_ms as f64 / 1000.0;
+            for (channel, messages) in &stats.traffic {
+                let rate = traffic.entry(channel.as_str()).or_insert(0.0);
+                *rate = rate.max(*messages as f64 / seconds);
+            }
+        }
         for (transport, n) in &stats.transports {
             match transports.iter_mut().find(|(t, _)| t == transport) {
                 Some((_, total)) => *total += n,
@@ -314,15 +332,37 @@ async fn snapshot(app: &App, rates: &mut Rates) -> String {
     transports.sort();
     let round = |x: f64| (x * 10.0).round() / 10.0;
     let (channels, channel_count) = match app.engine.channels("").await {
-        Ok(mut rows) => {
+        Ok(rows) => {
             let count = rows.len();
-            rows.sort_by(|a, b| b.subscribers.cmp(&a.subscribers).then(a.name.cmp(&b.name)));
-            rows.truncate(MAX_ROWS);
-            let rows: Vec<Value> = rows
+            // Busiest by traffic (messages a second), then by subscribers. Only channels the
+            // listing has: a node's traffic names nothing `/api/channels` would not.
+            let mut rows: Vec<_> = rows
                 .into_iter()
                 .map(|r| {
+                    (
+                        round(traffic.get(r.name.as_str()).copied().unwrap_or(0.0)),
+                        r,
+                    )
+                })
+                .collect();
+            let order = |(ra, a): &(f64, ChannelInfo), (rb, b): &(f64, ChannelInfo)| {
+                rb.total_cmp(ra)
+                    .then(b.subscribers.cmp(&a.subscribers))
+                    .then(a.name.cmp(&b.name))
+            };
+            // The top rows only: a selection (linear in the channels), then a sort of those;
+            // sorting every channel for ten rows is not needed.
+            if rows.len() > MAX_ROWS {
+                rows.select_nth_unstable_by(MAX_ROWS, order);
+                rows.truncate(MAX_ROWS);
+            }
+            rows.sort_by(order);
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .map(|(rate, r)| {
                     json!({
                         "channel": r.name,
+                        "rate": rate,
                         "subscribers": r.subscribers,
                         "last_id": r.last_id.map(|id| id.to_string()),
                     })

@@ -35,6 +35,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// A source over its rate (latency reports): 429.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     Reserved(String),
     /// A publish with the same `Idempotency-Key` is under way.
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Rpc(e) => e.status(),
         }

@@ -16,7 +16,8 @@
 //!   `api` is what the browser client needs (inboxes, `/api/presence`, JSONP answers);
 //!   `control` is the application's control API (`/api/control/*`: disconnect, unsubscribe,
 //!   revoke, list a user); `dashboard` is the live dashboard's data (`/api/dashboard`, backend
-//!   key); `assets` serves halley.js, the talk chat and the dashboard page; `outbound` is the client
+//!   key); `latency` takes halley.js's delivery-latency reports (`POST /api/latency`, into
+//!   `halley_client_latency_seconds`); `assets` serves halley.js, the talk chat and the dashboard page; `outbound` is the client
 //!   for calls to the application (auth, webhooks, RPC); `auth` asks the application
 //!   (`auth-url`); `hooks` tells the application what happens (webhooks: the engine's observer,
 //!   a bounded queue, signed batches, retries); `rpc` forwards clients' calls to it
@@ -41,6 +42,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod latency;
 mod metrics;
 mod ops;
 pub mod outbound;

@@ -135,7 +135,17 @@ impl Drop for Open {
 /// `recent`'s and a Bayeux ack resend's are not counted). `/metrics` shows it as a Prometheus histogram per transport
 /// (`halley_delivery_latency_seconds`). Process-wide, so that a socket lent to the hub for
 /// direct writes carries no reference to it (each word of an idle connection counts).
-pub static LATENCY: Latency = Latency::new();
+pub static LATENCY: Latency = Histogram::new();
+
+/// What browsers saw: the end-to-end latency of their own publishes that halley.js measured and
+/// reported (`POST /api/latency`, `crate::latency`), by the client's transport
+/// ([`CLIENT_TRANSPORTS`]). `/metrics`: `halley_client_latency_seconds`.
+pub static CLIENT_LATENCY: ClientLatency = Histogram::new();
+
+/// halley.js's transports (its `TRANSPORTS`), the labels of [`CLIENT_LATENCY`]. `poll` is its
+/// interval polling.
+pub const CLIENT_TRANSPORTS: [&str; 6] =
+    ["websocket", "sse", "stream", "longpoll", "jsonp", "poll"];
 
 /// Upper bounds of the histogram's buckets, in microseconds (the last bucket is everything
 /// above: `+Inf`). From a tenth of a millisecond (a quiet server's single write) to ten
@@ -151,35 +161,42 @@ const SHARDS: usize = 4;
 
 const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
 
-pub struct Latency {
-    shards: [Shard; SHARDS],
+/// The server's latency histogram, one series per [`Kind`].
+pub type Latency = Histogram<{ Kind::ALL.len() }>;
+
+/// The browsers' latency histogram, one series per [`CLIENT_TRANSPORTS`] entry.
+pub type ClientLatency = Histogram<{ CLIENT_TRANSPORTS.len() }>;
+
+/// `N` latency histograms (one per label value) on [`LATENCY_BUCKETS_US`], sharded.
+pub struct Histogram<const N: usize> {
+    shards: [Shard<N>; SHARDS],
 }
 
-/// One shard: per transport, the buckets, the sum (µs) and the count.
+/// One shard: per label, the buckets, the sum (µs) and the count.
 #[repr(align(128))]
-struct Shard {
-    counts: [[AtomicU64; BUCKETS]; Kind::ALL.len()],
-    sums_us: [AtomicU64; Kind::ALL.len()],
+struct Shard<const N: usize> {
+    counts: [[AtomicU64; BUCKETS]; N],
+    sums_us: [AtomicU64; N],
 }
 
-impl Shard {
-    const fn new() -> Shard {
+impl<const N: usize> Shard<N> {
+    const fn new() -> Shard<N> {
         Shard {
-            counts: [const { [const { AtomicU64::new(0) }; BUCKETS] }; Kind::ALL.len()],
-            sums_us: [const { AtomicU64::new(0) }; Kind::ALL.len()],
+            counts: [const { [const { AtomicU64::new(0) }; BUCKETS] }; N],
+            sums_us: [const { AtomicU64::new(0) }; N],
         }
     }
 }
 
-impl Default for Latency {
-    fn default() -> Latency {
-        Latency::new()
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Histogram<N> {
+        Histogram::new()
     }
 }
 
-impl std::fmt::Debug for Latency {
+impl<const N: usize> std::fmt::Debug for Histogram<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Latency")
+        f.write_str("Histogram")
     }
 }
 
@@ -190,38 +207,44 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-impl Latency {
-    pub const fn new() -> Latency {
-        Latency {
+impl<const N: usize> Histogram<N> {
+    pub const fn new() -> Histogram<N> {
+        Histogram {
             shards: [const { Shard::new() }; SHARDS],
         }
     }
 
+    /// Counts one observation of `took_us` µs for label `label` (< `N`).
+    pub fn observe(&self, label: usize, took_us: u64) {
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&le| le < took_us);
+        let shard = &self.shards[shard()];
+        shard.counts[label][bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sums_us[label].fetch_add(took_us, Ordering::Relaxed);
+    }
+
+    /// Per bucket (not cumulative), the sum in µs and the count, for `label`, over all shards.
+    pub fn snapshot(&self, label: usize) -> ([u64; BUCKETS], u64, u64) {
+        let mut counts = [0u64; BUCKETS];
+        let mut sum = 0;
+        for shard in &self.shards {
+            for (i, c) in shard.counts[label].iter().enumerate() {
+                counts[i] += c.load(Ordering::Relaxed);
+            }
+            sum += shard.sums_us[label].load(Ordering::Relaxed);
+        }
+        let count = counts.iter().sum();
+        (counts, sum, count)
+    }
+}
+
+impl Latency {
     /// Counts one message of `kind` written at `now_us` (Unix µs), published at
     /// `published_us` (when known). A clock that went back counts as 0.
     pub fn record(&self, kind: Kind, published_us: Option<u64>, now_us: u64) {
         let Some(published) = published_us else {
             return;
         };
-        let took = now_us.saturating_sub(published);
-        let bucket = LATENCY_BUCKETS_US.partition_point(|&le| le < took);
-        let shard = &self.shards[shard()];
-        shard.counts[kind as usize][bucket].fetch_add(1, Ordering::Relaxed);
-        shard.sums_us[kind as usize].fetch_add(took, Ordering::Relaxed);
-    }
-
-    /// Per bucket (not cumulative), the sum in µs and the count, for `kind`, over all shards.
-    pub fn snapshot(&self, kind: Kind) -> ([u64; BUCKETS], u64, u64) {
-        let mut counts = [0u64; BUCKETS];
-        let mut sum = 0;
-        for shard in &self.shards {
-            for (i, c) in shard.counts[kind as usize].iter().enumerate() {
-                counts[i] += c.load(Ordering::Relaxed);
-            }
-            sum += shard.sums_us[kind as usize].load(Ordering::Relaxed);
-        }
-        let count = counts.iter().sum();
-        (counts, sum, count)
+        self.observe(kind as usize, now_us.saturating_sub(published));
     }
 }
 
@@ -253,12 +276,12 @@ mod latency_tests {
         l.record(Kind::Sse, Some(5_000), 1_000); // a clock that went back: 0
         l.record(Kind::Sse, None, 1_000); // unknown: not counted
         l.record(Kind::Sse, Some(0), 20_000_000); // above every bound: +Inf
-        let (counts, sum, count) = l.snapshot(Kind::Sse);
+        let (counts, sum, count) = l.snapshot(Kind::Sse as usize);
         assert_eq!(count, 5);
         assert_eq!(counts[0], 3);
         assert_eq!(counts[5], 1);
         assert_eq!(counts[BUCKETS - 1], 1);
         assert_eq!(sum, 50 + 100 + 3_000 + 20_000_000);
-        assert_eq!(l.snapshot(Kind::WebSocket).2, 0);
+        assert_eq!(l.snapshot(Kind::WebSocket as usize).2, 0);
     }
 }

@@ -237,38 +237,26 @@ pub fn metrics(app: &App) -> Response<Body> {
             m.subscribers(kind)
         );
     }
-    let name = "halley_delivery_latency_seconds";
-    let _ = write!(
-        out,
-        "# HELP {name} From publish to the write of a live message, by transport.\n\
-         # TYPE {name} histogram\n"
+    histogram(
+        &mut out,
+        "halley_delivery_latency_seconds",
+        "From publish to the write of a live message, by transport.",
+        Kind::ALL.iter().map(|kind| {
+            (
+                kind.name(),
+                crate::metrics::LATENCY.snapshot(*kind as usize),
+            )
+        }),
     );
-    for kind in Kind::ALL {
-        let (counts, sum_us, count) = crate::metrics::LATENCY.snapshot(kind);
-        let transport = kind.name();
-        let mut cumulative = 0;
-        for (i, n) in counts.iter().enumerate() {
-            cumulative += n;
-            match crate::metrics::LATENCY_BUCKETS_US.get(i) {
-                Some(le) => {
-                    let le = *le as f64 / 1e6;
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{transport=\"{transport}\",le=\"{le}\"}} {cumulative}"
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{transport=\"{transport}\",le=\"+Inf\"}} {cumulative}"
-                    );
-                }
-            }
-        }
-        let sum = sum_us as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{transport=\"{transport}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{transport=\"{transport}\"}} {count}");
-    }
+    histogram(
+        &mut out,
+        "halley_client_latency_seconds",
+        "From publish to arrival as browsers measured it (halley.js's reports), by the client's transport.",
+        crate::metrics::CLIENT_TRANSPORTS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, crate::metrics::CLIENT_LATENCY.snapshot(i))),
+    );
     let mut response = Response::new(full(out));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -299,4 +287,39 @@ pub async fn channels<B: RequestBody>(
         })
         .collect();
     Ok(json(serde_json::Value::Array(rows).to_string()))
+}
+
+/// One Prometheus histogram on [`crate::metrics::LATENCY_BUCKETS_US`], a series per
+/// `transport`: cumulative `_bucket`s with `le` in seconds, `_sum` in seconds, `_count`.
+fn histogram<const B: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'static str, ([u64; B], u64, u64))>,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+    for (transport, (counts, sum_us, count)) in series {
+        let mut cumulative = 0;
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            match crate::metrics::LATENCY_BUCKETS_US.get(i) {
+                Some(le) => {
+                    let le = *le as f64 / 1e6;
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{transport=\"{transport}\",le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{transport=\"{transport}\",le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let sum = sum_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{transport=\"{transport}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{transport=\"{transport}\"}} {count}");
+    }
 }

@@ -86,6 +86,8 @@ pub enum Handler {
     Channels,
     /// `POST /rpc/{method}`: a call to the application (`rpc_url`).
     Rpc,
+    /// `POST /api/latency`: halley.js's delivery-latency report.
+    Latency,
     /// rupy `/push`.
     Push,
     /// rupy `/pull` (its `Head: less` form is spotted before HTTP parsing, and asks the same
@@ -228,6 +230,12 @@ pub const ROUTES: &[Route] = &[
         methods: &[(V::Get, H::Channels)],
         gate: Gate::Policy,
         example: "/api/channels",
+    },
+    Route {
+        path: Path::Exact("/api/latency"),
+        methods: &[(V::Post, H::Latency)],
+        gate: Gate::Policy,
+        example: "/api/latency?channel=/locked/a",
     },
     Route {
         path: Path::Under("/rpc"),

@@ -271,6 +271,7 @@ impl Server {
             rpc: parts.rpc,
             dashboard: Default::default(),
             tls: certificate,
+            latency: Default::default(),
         });
         crate::dashboard::install(&app);
         Ok(Server {

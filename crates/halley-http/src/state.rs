@@ -39,6 +39,8 @@ pub struct App {
     /// The certificate TLS presents, when configured: on the one port (a connection that opens
     /// with a TLS handshake) and on the TLS-only listener.
     pub tls: Option<crate::tls::Tls>,
+    /// Latency reports' per-source buckets (`POST /api/latency`).
+    pub latency: crate::latency::Reports,
 }
 
 /// The credentials an HTTP request carries: the backend key in `X-Halley-Key` or `?key=`, a

@@ -142,3 +142,54 @@ async fn one_node_shows_every_node_of_the_cluster() {
     assert_eq!(down["nodes"][0]["here"], true);
     assert_eq!(down["nodes"][0]["healthy"], false);
 }
+
+/// The busiest channels are ranked by traffic, counted where the subscribers are: the watched
+/// node has none, the publishes go through it, and the node holding the channel's subscriber
+/// reports the channel's rate in its stats answer.
+#[tokio::test]
+async fn the_busiest_channels_are_ranked_by_traffic_counted_on_every_node() {
+    let redis = Redis::start().await;
+    let a = Node::with_policy(&redis, policy()).await;
+    let b = Node::with_policy(&redis, policy()).await;
+    let c = Node::with_policy(&redis, policy()).await;
+    let mut dash = a
+        .stream_with("/api/dashboard", &[("x-halley-key", KEY)])
+        .await;
+    assert_eq!(dash.status, 200);
+    let mut crowd = Vec::new();
+    for _ in 0..3 {
+        crowd.push(b.sse("/dash/crowd", None).await);
+    }
+    let _hot = c.sse("/dash/hot", None).await;
+    until(&mut dash, "both channels' subscribers", |v| {
+        v["cluster"]["subscriptions"] == 4
+    })
+    .await;
+    let row = |v: &Value, channel: &str| {
+        v["channels"]["busiest"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["channel"] == channel).cloned())
+    };
+    let mut last = Value::Null;
+    for round in 0..30 {
+        for i in 0..5 {
+            let reply = a
+                .post(
+                    &format!("/pub/dash/hot?key={KEY}"),
+                    &format!("m{round}.{i}"),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        last = snapshot(&mut dash).await;
+        let busiest = &last["channels"]["busiest"];
+        if busiest[0]["channel"] == "/dash/hot" && busiest[0]["rate"].as_f64().unwrap() > 0.0 {
+            let crowd = row(&last, "/dash/crowd").expect("/dash/crowd listed");
+            assert_eq!(crowd["rate"], 0.0, "{last:#}");
+            assert_eq!(crowd["subscribers"], 3);
+            assert_eq!(busiest[0]["subscribers"], 1);
+            return;
+        }
+    }
+    panic!("/dash/hot never topped the busiest channels with a rate: {last:#}");
+}

@@ -10,7 +10,6 @@
 mod holds;
 mod link;
 mod session;
-mod sources;
 
 use crate::access::{Action, Credentials, Denied, Identity, Policy, Principal, Verdict, Via};
 use std::collections::HashMap;
@@ -24,11 +23,11 @@ use halley_proto::{Channel, ChannelError, Pattern, Payload};
 use serde_json::{Map, Value, json};
 
 use crate::control::Closing;
+use crate::sources::Sources;
+pub use crate::sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 use crate::{Engine, EngineError};
 pub use link::{Link, Outbox, Wake};
 pub use session::{ACK_DUE_FRACTION, Batch, Browser, ConnectGuard, Session};
-use sources::Sources;
-pub use sources::{BURST_SECONDS, MAX_HANDSHAKE_SOURCES};
 
 /// Connection types this server offers, in its order of preference. `eventsource` is Faye's:
 /// messages arrive on an EventSource at `{path}/{clientId}` ([`Link::stream`]) while the client

@@ -1,14 +1,15 @@
-//! How fast each source may handshake: a token bucket per peer address, in a bounded table.
+//! How fast each source may do something: a token bucket per peer address, in a bounded table.
+//! Bayeux handshakes ([`crate::bayeux`]) and the HTTP layer's latency reports use it.
 //!
 //! One client handshaking in a loop would otherwise fill the session table (`max_sessions`)
 //! within a second and lock every new client out until those sessions expire. A source gets
 //! `rate` handshakes a second, with bursts of up to [`BURST_SECONDS`] of them, so that a whole
 //! office behind one NAT reconnecting after an outage is slowed, not refused for long.
 //!
-//! Invariant: the table never holds more than [`MAX_HANDSHAKE_SOURCES`] entries. A bucket that
-//! has refilled says nothing a missing entry would not, so the sweeper drops those
-//! ([`Sources::prune`]); a new source that finds the table full of sources still refilling is
-//! refused like one over its rate.
+//! Invariant: the table never holds more than its bound ([`MAX_HANDSHAKE_SOURCES`] for
+//! handshakes). A bucket that has refilled says nothing a missing entry would not, so the
+//! sweeper drops those ([`Sources::prune`]), and so does a new source that finds the table
+//! full; one that finds it full of sources still refilling is refused like one over its rate.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -44,23 +45,37 @@ struct Bucket {
     at: Instant,
 }
 
-/// The handshake buckets of recent sources.
-pub(crate) struct Sources {
-    /// Handshakes a second per source; 0 means unlimited (and the table stays empty).
+/// The buckets of recent sources.
+pub struct Sources {
+    /// Takes a second per source; 0 means unlimited (and the table stays empty).
     rate: u32,
+    /// Seconds of takes a bucket holds.
+    burst_seconds: u32,
+    /// Most sources kept.
+    max: usize,
     buckets: HashMap<IpAddr, Bucket>,
 }
 
 impl Sources {
+    /// Handshakes: `rate` a second, [`BURST_SECONDS`] of them at once, at most
+    /// [`MAX_HANDSHAKE_SOURCES`] sources.
     pub(crate) fn new(rate: u32) -> Sources {
+        Sources::bounded(rate, BURST_SECONDS, MAX_HANDSHAKE_SOURCES)
+    }
+
+    /// `rate` takes a second per source, `rate × burst_seconds` at once, at most `max`
+    /// sources kept.
+    pub fn bounded(rate: u32, burst_seconds: u32, max: usize) -> Sources {
         Sources {
             rate,
+            burst_seconds,
+            max,
             buckets: HashMap::new(),
         }
     }
 
     fn capacity(&self) -> f64 {
-        f64::from(self.rate) * f64::from(BURST_SECONDS)
+        f64::from(self.rate) * f64::from(self.burst_seconds)
     }
 
     fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
@@ -68,16 +83,20 @@ impl Sources {
         (bucket.tokens + elapsed * f64::from(self.rate)).min(self.capacity())
     }
 
-    /// Takes one handshake for `peer`, or says how long until it may try again.
-    pub(crate) fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Takes one for `peer`, or says how long until it may try again.
+    pub fn take(&mut self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.rate == 0 {
             return Ok(());
         }
         let per_token = Duration::from_secs_f64(1.0 / f64::from(self.rate));
         let key = key(peer);
+        if self.buckets.len() >= self.max && !self.buckets.contains_key(&key) {
+            // Full: what has refilled makes room (linear, and only when full).
+            self.prune(now);
+        }
         let tokens = match self.buckets.get(&key) {
             Some(&bucket) => self.refilled(bucket, now),
-            None if self.buckets.len() >= MAX_HANDSHAKE_SOURCES => return Err(per_token),
+            None if self.buckets.len() >= self.max => return Err(per_token),
             None => self.capacity(),
         };
         if tokens < 1.0 {
@@ -95,7 +114,7 @@ impl Sources {
     }
 
     /// Forgets the sources whose buckets are full again.
-    pub(crate) fn prune(&mut self, now: Instant) {
+    pub fn prune(&mut self, now: Instant) {
         let capacity = self.capacity();
         let rate = f64::from(self.rate);
         self.buckets.retain(|_, b| {
@@ -148,6 +167,20 @@ mod tests {
             sources.take(ip("192.0.2.7"), now).unwrap();
         }
         assert!(sources.take(ip("::ffff:192.0.2.7"), now).is_err());
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_refilled_buckets_and_refuses_otherwise() {
+        let now = Instant::now();
+        let mut sources = Sources::bounded(1, 2, 2);
+        sources.take(ip("10.0.0.1"), now).unwrap();
+        sources.take(ip("10.0.0.2"), now).unwrap();
+        assert!(sources.take(ip("10.0.0.3"), now).is_err(), "full");
+        assert_eq!(sources.len(), 2);
+        // Two seconds on, both have refilled: room for a newcomer.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(sources.take(ip("10.0.0.3"), later), Ok(()));
+        assert_eq!(sources.len(), 1);
     }
 
     #[test]
