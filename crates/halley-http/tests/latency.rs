@@ -266,3 +266,29 @@ async fn head_less_pull_counts_as_pull() {
     read_until(&mut raw, b"3\r\nhi\n\r\n").await;
     assert_eq!(count_of(&client, "pull").await, before + 1);
 }
+
+/// `transport=stream&binary=raw` writes binary bodies only: a text message it passes over is
+/// not counted, the bytes it writes are (once).
+#[tokio::test]
+async fn a_raw_binary_stream_counts_only_what_it_writes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = TestServer::start().await;
+    let client = Client::new(s.addr);
+    let mut raw = client
+        .raw_request("GET /sub/lat/raw?transport=stream&binary=raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    read_until(&mut raw, b"\r\n\r\n").await;
+    s.wait_subscribers("/lat/raw", 1).await;
+    let before = count_of(&client, "stream").await;
+    s.publish("/lat/raw", "text, passed over").await;
+    let reply = client
+        .post("/pub/lat/raw", "application/octet-stream", "BYTES-1")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let got = read_until(&mut raw, b"BYTES-1").await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("passed over"),
+        "{got:?}"
+    );
+    assert_eq!(count_of(&client, "stream").await, before + 1);
+}
