@@ -115,20 +115,28 @@ impl Sink for Socket {
             let (frame, _) = self.frame(m);
             lens[i] = self.prefix(frame, &mut prefixes[i]);
         }
+        // Only the slices with bytes in them: a close-delimited SSE frame is one, and one is
+        // written with `send` rather than `writev` (the kernel's `vfs_writev` and its iovec
+        // import were 7% of a 5,000-subscriber broadcast's server CPU in `perf`, `sendto` 4%).
         let mut slices = [IoSlice::new(&[]); 3 * COALESCE];
+        let mut used = 0;
         let mut total = 0;
         for (i, m) in messages.iter().enumerate() {
             let (frame, tail) = self.frame(m);
             let prefix = &prefixes[i][18 - lens[i]..];
-            total += prefix.len() + frame.len() + tail.len();
-            slices[3 * i] = IoSlice::new(prefix);
-            slices[3 * i + 1] = IoSlice::new(frame);
-            slices[3 * i + 2] = IoSlice::new(tail);
+            for part in [prefix, frame, tail] {
+                if !part.is_empty() {
+                    total += part.len();
+                    slices[used] = IoSlice::new(part);
+                    used += 1;
+                }
+            }
         }
-        let offered = match self
-            .stream
-            .try_write_vectored(&slices[..3 * messages.len()])
-        {
+        let written = match &slices[..used] {
+            [one] => self.stream.try_write(one),
+            many => self.stream.try_write_vectored(many),
+        };
+        let offered = match written {
             Ok(written) if written >= total => Offered::All,
             Ok(0) | Err(_) => Offered::Nothing,
             Ok(written) => Offered::Part(written),
