@@ -24,7 +24,7 @@ use bytes::Bytes;
 use halley_engine::access::Action;
 use halley_engine::sources::Sources;
 use halley_proto::{Channel, Pattern};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response};
 use serde_json::Value;
 
@@ -107,10 +107,17 @@ pub async fn report<B: RequestBody>(
         .unwrap_or_else(|e| e.into_inner())
         .take(source, tokio::time::Instant::now());
     if let Err(wait) = taken {
-        return Err(ApiError::TooManyRequests(format!(
+        let mut refused = ApiError::TooManyRequests(format!(
             "too many latency reports from this address; again in {} ms",
             wait.as_millis().max(1)
-        )));
+        ))
+        .into_response();
+        // RFC 9110 §10.2.3: whole seconds, rounded up.
+        let seconds = wait.as_millis().div_ceil(1000).max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            refused.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return Ok(refused);
     }
     app.allow(
         request.headers(),

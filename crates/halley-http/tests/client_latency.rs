@@ -222,6 +222,12 @@ async fn one_source_cannot_flood_the_histogram() {
         assert!(accepted <= 4 * burst, "never refused");
     };
     refused.expect_error(429);
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("a Retry-After on the 429")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
     // The burst, and what refilled while the requests were made.
     let refilled = started.elapsed().as_secs() as usize * REPORTS_PER_SECOND as usize + 1;
     assert!(
