@@ -52,17 +52,22 @@ fn entry<'a>(snapshot: &'a Value, node: &str) -> Option<&'a Value> {
         .find(|n| n["node"] == node)
 }
 
-#[tokio::test]
-async fn one_node_shows_every_node_of_the_cluster() {
-    let redis = Redis::start().await;
-    let a = Node::with_policy(&redis, policy()).await;
-    let b = Node::with_policy(&redis, policy()).await;
-    let c = Node::with_policy(&redis, policy()).await;
-
-    let mut dash = a
+/// Three nodes on `redis` with the test policy, and the first one's dashboard stream, open.
+async fn three_nodes_watched_from_the_first(redis: &Redis) -> (Node, Node, Node, Open) {
+    let a = Node::with_policy(redis, policy()).await;
+    let b = Node::with_policy(redis, policy()).await;
+    let c = Node::with_policy(redis, policy()).await;
+    let dash = a
         .stream_with("/api/dashboard", &[("x-halley-key", KEY)])
         .await;
     assert_eq!(dash.status, 200);
+    (a, b, c, dash)
+}
+
+#[tokio::test]
+async fn one_node_shows_every_node_of_the_cluster() {
+    let redis = Redis::start().await;
+    let (a, b, c, mut dash) = three_nodes_watched_from_the_first(&redis).await;
 
     let _sse = b.sse("/dash/room", None).await;
     let _ws = c.ws("/sub/dash/room").await;
@@ -149,13 +154,7 @@ async fn one_node_shows_every_node_of_the_cluster() {
 #[tokio::test]
 async fn the_busiest_channels_are_ranked_by_traffic_counted_on_every_node() {
     let redis = Redis::start().await;
-    let a = Node::with_policy(&redis, policy()).await;
-    let b = Node::with_policy(&redis, policy()).await;
-    let c = Node::with_policy(&redis, policy()).await;
-    let mut dash = a
-        .stream_with("/api/dashboard", &[("x-halley-key", KEY)])
-        .await;
-    assert_eq!(dash.status, 200);
+    let (a, b, c, mut dash) = three_nodes_watched_from_the_first(&redis).await;
     let mut crowd = Vec::new();
     for _ in 0..3 {
         crowd.push(b.sse("/dash/crowd", None).await);
