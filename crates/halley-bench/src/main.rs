@@ -100,6 +100,12 @@ enum Scenario {
         /// Stop publishing after this many publishes in all, even before --duration.
         #[arg(long, default_value_t = 10_000_000)]
         max_publishes: u64,
+        /// Publishes per second in all, spread evenly over the publishers (each keeps its own
+        /// schedule, so a slow answer delays only its own next publishes); 0: each publishes
+        /// again as soon as it is answered. A fixed rate compares servers' latency at the same
+        /// load, where flat out the faster server is also the more loaded one.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// A minimal broadcast server to measure the others against (see `floor.rs`): GET is an
     /// SSE subscriber, POST is written to every subscriber, one write each, one thread.
@@ -256,7 +262,8 @@ fn main() {
                 duration,
                 publishers,
                 max_publishes,
-            } => throughput(common, publish, duration, publishers, max_publishes).await,
+                rate,
+            } => throughput(common, publish, duration, publishers, max_publishes, rate).await,
             Scenario::Floor { .. } => unreachable!("handled before the runtime starts"),
         }
     });
@@ -283,7 +290,9 @@ fn rss_kib(pids: &[u32]) -> Option<u64> {
 
 /// The server's user + system CPU time (seconds), summed over `pids`. Linux reports it in
 /// USER_HZ ticks, which are 1/100 s on every architecture this runs on.
-fn cpu_secs(pids: &[u32]) -> Option<f64> {
+/// The server's CPU time so far, in seconds: (user, kernel), summed over `pids`. On loopback
+/// the kernel half includes receive work done for the clients in the sender's context.
+fn cpu_secs(pids: &[u32]) -> Option<(f64, f64)> {
     pids.iter()
         .map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -292,9 +301,18 @@ fn cpu_secs(pids: &[u32]) -> Option<f64> {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let utime: u64 = fields.get(11)?.parse().ok()?;
             let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) as f64 / 100.0)
+            Some((utime as f64 / 100.0, stime as f64 / 100.0))
         })
-        .sum()
+        .try_fold((0.0, 0.0), |(u, k), one: Option<(f64, f64)>| {
+            one.map(|(du, dk)| (u + du, k + dk))
+        })
+}
+
+/// CPU seconds between two [`cpu_secs`] readings: (total, kernel).
+fn cpu_used(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    before
+        .zip(after)
+        .map(|((u0, k0), (u1, k1))| (u1 - u0 + k1 - k0, k1 - k0))
 }
 
 /// The worker processes and what they last reported.
@@ -646,7 +664,8 @@ async fn fanout(common: Common, publish: PublishArgs, messages: usize, interval_
     } else {
         0.0
     };
-    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    let used = cpu_used(cpu_before, cpu_after);
+    let cpu = used.map(|(total, _)| total);
     let mut result = base_json("fanout", &common, &merged);
     result["n"] = json!(n);
     result["publish_to"] = json!(to);
@@ -664,6 +683,7 @@ async fn fanout(common: Common, publish: PublishArgs, messages: usize, interval_
     result["deliveries"] = json!(merged.deliveries);
     result["deliveries_per_sec"] = json!(rate);
     result["server_cpu_secs"] = json!(cpu);
+    result["server_kernel_secs"] = json!(used.map(|(_, kernel)| kernel));
     result["latency"] = latency_json(&merged.latency);
     let h = &merged.latency;
     let summary = format!(
@@ -690,6 +710,7 @@ async fn throughput(
     duration: u64,
     publishers: usize,
     max_publishes: u64,
+    rate: f64,
 ) {
     let channels = common.channels.max(1);
     let n = channels * common.subs;
@@ -704,10 +725,17 @@ async fn throughput(
     for p in 0..publishers.max(1) {
         let mut publisher = Publisher::new(to, common.target(), n + 1 + p, publish.size);
         let publishers = publishers.max(1);
+        // This publisher's share of --rate; its first publish is offset by its place among
+        // the others, so that together they publish evenly rather than in bursts.
+        let interval = (rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / rate));
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
             let mut k = 0usize;
             while Instant::now() < stop_at && ok + errors < per_publisher {
+                if let Some(interval) = interval {
+                    let due = start + interval.mul_f64(k as f64 + p as f64 / publishers as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let channel = (k * publishers + p) % channels;
                 k += 1;
                 match tokio::time::timeout(Duration::from_secs(10), publisher.publish(channel))
@@ -756,7 +784,8 @@ async fn throughput(
             .map_or(0.0, |d| d.as_secs_f64())
             - elapsed);
     let span = if span > 0.0 { span } else { elapsed };
-    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    let used = cpu_used(cpu_before, cpu_after);
+    let cpu = used.map(|(total, _)| total);
     let cpu_per_million = cpu
         .filter(|_| delivered > 0)
         .map(|c| c / delivered as f64 * 1e6);
@@ -765,6 +794,7 @@ async fn throughput(
     result["subs"] = json!(common.subs);
     result["publish_to"] = json!(to);
     result["publishers"] = json!(publishers);
+    result["rate"] = json!(rate);
     result["size"] = json!(publish.size);
     result["published"] = json!(published);
     result["publish_errors"] = json!(publish_errors);
@@ -777,6 +807,7 @@ async fn throughput(
     result["rss_before_kib"] = json!(rss_before);
     result["rss_after_kib"] = json!(rss_after);
     result["server_cpu_secs"] = json!(cpu);
+    result["server_kernel_secs"] = json!(used.map(|(_, kernel)| kernel));
     result["server_cpu_secs_per_million_deliveries"] = json!(cpu_per_million);
     result["latency"] = latency_json(&merged.latency);
     let h = &merged.latency;
