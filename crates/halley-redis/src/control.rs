@@ -248,7 +248,13 @@ async fn subscribed(shared: &Shared, backoff: &mut Duration) -> redis::RedisErro
 enum Never {}
 
 async fn run(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Never> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_pubsub())
+    // The master of the broker's current session: with Sentinel, the one it found last.
+    let generation = shared.generation.load(Ordering::Relaxed);
+    let client = shared
+        .client()
+        .ok_or_else(|| failed("connect", "no master found yet"))?;
+    let mut health = shared.healthy.subscribe();
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| failed("connect", "timed out"))??;
     let own = answers_key(shared, &node_name(shared.node));
@@ -278,6 +284,13 @@ async fn run(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Neve
                     answered(shared, payload);
                 } else {
                     command(shared, payload).await;
+                }
+            }
+            // The broker reconnected, maybe to another master (a failover): follow it, since
+            // commands are published there.
+            changed = health.changed() => {
+                if changed.is_err() || shared.generation.load(Ordering::Relaxed) != generation {
+                    return Err(failed("control channel", "the broker reconnected"));
                 }
             }
             _ = ping.tick() => {

@@ -94,6 +94,7 @@ pub mod fuzzing;
 mod node;
 mod reply;
 mod scripts;
+mod target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,14 +104,31 @@ use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 pub use broker::RedisBroker;
 pub use control::{CONTROL_TIMEOUT, MAX_IN_FLIGHT, MAX_NODES, PING_INTERVAL};
 pub use node::{
-    COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK, RECONNECT_MAX,
-    RECONNECT_MIN,
+    ACK_BATCH, ACK_QUEUE, COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK,
+    RECONNECT_MAX, RECONNECT_MIN,
 };
+pub use target::SENTINEL_TIMEOUT;
+
+/// When a new epoch begins, besides Redis having lost its data (see the crate doc, "Failover").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochRule {
+    /// When Redis went back behind an id a node already delivered (its offset is lower).
+    /// Catches a failover to a replica that lacks writes only if some node saw them before
+    /// any node published again: ids can be issued twice.
+    Offset,
+    /// Also whenever the server executing the publish is another one than the epoch's (its
+    /// `run_id`: another process — a promoted replica, a restart). Ids are never issued twice;
+    /// every resume from before the change is answered with a gap.
+    Master,
+}
 
 /// Where Redis is, and the budgets of the Redis broker.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` (also `redis://:password@host:port/db`).
+    /// `redis://host:port[/db]` (also `redis://:password@host:port/db`), or
+    /// `redis+sentinel://host:port[,host:port…]/<master name>[/db]`: the master is asked of
+    /// the sentinels at every (re)connect. The query may set `epoch`, `wait` and
+    /// `wait-timeout` (the fields below of the same meaning).
     pub url: String,
     /// Prefix of every key Halley writes, so that several Halley clusters (or other
     /// applications) can share one Redis.
@@ -132,17 +150,37 @@ pub struct RedisConfig {
     /// size of memory. A node that falls further behind fills the hole from the channels'
     /// histories; what those no longer hold is missed, logged and counted as broker errors.
     pub log_len: usize,
+    /// When a new epoch begins. Default: [`EpochRule::Master`] with Sentinel, else
+    /// [`EpochRule::Offset`] (a restarted Redis with persistence keeps its epoch).
+    pub epoch: EpochRule,
+    /// Replicas that must have a publish (`WAIT`) before it is answered as published; 0:
+    /// answered once the master has it. Default 1 with Sentinel, else 0. A publish not
+    /// acknowledged within [`RedisConfig::wait_timeout`] is answered 503.
+    pub wait_replicas: usize,
+    /// How long a publish waits for its replicas' acknowledgement (`WAIT`'s timeout). A
+    /// replica normally answers within a millisecond; this is what a publish takes when none
+    /// is there.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>) -> RedisConfig {
+        let url: String = url.into();
+        let sentinel = url.starts_with("redis+sentinel://");
         RedisConfig {
-            url: url.into(),
+            url,
             prefix: "halley:".into(),
             presence_interval: Duration::from_secs(1),
             presence_ttl: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(10),
             log_len: 10_000,
+            epoch: if sentinel {
+                EpochRule::Master
+            } else {
+                EpochRule::Offset
+            },
+            wait_replicas: usize::from(sentinel),
+            wait_timeout: Duration::from_millis(500),
         }
     }
 }
