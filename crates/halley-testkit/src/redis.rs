@@ -152,6 +152,26 @@ impl Redis {
         command_at(self.port, args).await
     }
 
+    /// Stops the process (SIGSTOP): it keeps its connections but answers nothing — a replica
+    /// so paused falls behind its master.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Whether the process is running (not killed).
     pub fn is_up(&self) -> bool {
         self.child.is_some()

@@ -98,6 +98,46 @@ impl Sentinels {
             .unwrap_or_else(|| panic!("no running server on port {port}"))
     }
 
+    /// The ports of the running servers the sentinels do not call master.
+    pub async fn replicas(&self) -> Vec<u16> {
+        let master = self.master_port().await;
+        self.servers
+            .iter()
+            .filter(|s| s.is_up() && Some(s.port) != master)
+            .map(|s| s.port)
+            .collect()
+    }
+
+    /// Makes the replicas miss what the master writes from now on: pauses them (SIGSTOP),
+    /// then has the master close its links to them, so nothing more reaches even their
+    /// sockets (a paused replica still reads what its kernel buffered once resumed). What the
+    /// master writes next is in its backlog only — gone with it if it dies. Returns the
+    /// replicas' ports, for [`Sentinels::resume_replicas`].
+    pub async fn partition_replicas(&self) -> Vec<u16> {
+        let replicas = self.replicas().await;
+        for port in &replicas {
+            self.server(*port).pause();
+        }
+        let master = self
+            .master_port()
+            .await
+            .expect("the sentinels name a master");
+        let reply = command_at(master, &["CLIENT", "KILL", "TYPE", "replica"]).await;
+        assert_eq!(
+            reply,
+            format!(":{}\r\n", replicas.len()),
+            "the master's replica links closed"
+        );
+        replicas
+    }
+
+    /// Lets paused replicas run again.
+    pub fn resume_replicas(&self, replicas: &[u16]) {
+        for port in replicas {
+            self.server(*port).resume();
+        }
+    }
+
     /// Kills the current master (SIGKILL, like a crash) and returns its port.
     pub async fn kill_master(&mut self) -> u16 {
         let port = self
