@@ -222,6 +222,10 @@ pub(crate) async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
             e = subscribed(&shared, &mut backoff) => e,
         };
         shared.control.up.send_replace(false);
+        if error.detail() == Some(FOLLOW) {
+            // Not a failure: the broker is on a new connection, maybe to a new master.
+            continue;
+        }
         shared.error();
         tracing::warn!(%error, retry_in = ?backoff, "redis broker: control channel lost");
         tokio::select! {
@@ -232,6 +236,9 @@ pub(crate) async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
     }
     shared.control.up.send_replace(false);
 }
+
+/// Why a subscription ends when the broker's session changed (see `run`).
+const FOLLOW: &str = "the broker reconnected";
 
 fn failed(what: &'static str, detail: impl std::fmt::Display) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, what, detail.to_string()))
@@ -290,7 +297,7 @@ async fn run(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Neve
             // commands are published there.
             changed = health.changed() => {
                 if changed.is_err() || shared.generation.load(Ordering::Relaxed) != generation {
-                    return Err(failed("control channel", "the broker reconnected"));
+                    return Err(failed("control channel", FOLLOW));
                 }
             }
             _ = ping.tick() => {

@@ -3,8 +3,9 @@
 //! - [`RedisBroker`] implements [`halley_engine::Broker`] on a Redis server: it assigns ids,
 //!   keeps history, fans every message out to every node's [`Hub`], and shares presence
 //!   (subscriber counts) between nodes. [`RedisBroker::spawn`] starts its background task.
-//! - [`RedisConfig`] holds its address and budgets; [`engine`] builds an
-//!   [`halley_engine::Engine`] over it.
+//! - [`RedisConfig`] holds its address (one server, or Redis Sentinel's master name) and
+//!   budgets, and how a failover is made safe ([`EpochRule`], `wait_replicas`); [`engine`]
+//!   builds an [`halley_engine::Engine`] over it.
 //!
 //! Invariant: this is the only crate that knows Redis.
 //!
@@ -12,7 +13,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below) |
+//! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below); `master` (the `run_id` that began the epoch, under [`EpochRule::Master`]), `prev`/`base` (the epoch before and its last offset here) |
+//! | `ack` | string | a counter the acknowledger increments before each `WAIT` (see "Failover") |
 //! | `log:<epoch>` | stream | the fan-out log: every message, id `0-<offset>`, ~[`RedisConfig::log_len`] long |
 //! | `h:<epoch>:<channel>` | stream | a channel's history, id `0-<offset>`, ≤ its history size, TTL its history TTL (`EngineConfig::history`) |
 //! | `last` | zset | channel → offset of its last message (registry, `max_channels`, wildcard resume) |
@@ -78,9 +80,30 @@
 //! by every node whenever it (re)subscribes, so a node that starts or reconnects later honours
 //! them. Details and why in `control.rs`.
 //!
+//! **Failover (Redis Sentinel).** With `redis+sentinel://host:port[,…]/<master>[/db]` the
+//! supervisor asks the sentinels for the master at every (re)connect (the first sentinel that
+//! names a master that says it is one, within [`SENTINEL_TIMEOUT`]). A failover is followed by
+//! itself: the dead master's connections fail, or a command answered `READONLY` (a demoted
+//! master) wakes the supervisor; it backs off and asks again. Replication is asynchronous, so
+//! the promoted replica may lack the old master's last writes. Two mechanisms, each a setting:
+//!
+//! - [`EpochRule::Master`]: `seq` records the `run_id` of the server that began the epoch, and
+//!   every publish (and reconnect) passes its own server's; the script that finds another one
+//!   begins a new epoch in the same step. Ids the old master issued and lost are never issued
+//!   again; a resume from before the change is answered with a gap (the new master cannot know
+//!   what it lacks). Costs one more hash field read per publish.
+//! - `wait_replicas` (`WAIT`): a publish is answered only once that many replicas have it, else
+//!   503. Then nothing answered as published is lost with the master. The acknowledger (one
+//!   per session, its own connection) answers waiting publishes in batches: `INCR ack` then
+//!   `WAIT`, which counts replicas that have that connection's last write — so every publish
+//!   written before it. At most [`ACK_QUEUE`] publishes wait at once, [`ACK_BATCH`] per `WAIT`.
+//!
+//! A node's reader that finds a new epoch first reads the old epoch's log to its end (nobody
+//! appends to it any more), so its live subscribers get everything the new master has of it.
+//!
 //! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
-//! fan-out log is one key by design) and Sentinel discovery. A single Redis (optionally with
-//! replicas and a failover that keeps its address) is the supported setup.
+//! fan-out log is one key by design). Sentinels are asked without credentials or TLS (the
+//! URL's credentials and database are the master's).
 //!
 //! [`Hub`]: halley_engine::Hub
 //! [`Broker::publish`]: halley_engine::Broker::publish
@@ -107,7 +130,7 @@ pub use node::{
     ACK_BATCH, ACK_QUEUE, COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK,
     RECONNECT_MAX, RECONNECT_MIN,
 };
-pub use target::SENTINEL_TIMEOUT;
+pub use target::{MAX_SENTINELS, SENTINEL_TIMEOUT};
 
 /// When a new epoch begins, besides Redis having lost its data (see the crate doc, "Failover").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use crate::{EpochRule, RedisConfig};
 pub const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Most sentinel addresses in one URL: a deployment has three or five; more is a typo.
-const MAX_SENTINELS: usize = 16;
+pub const MAX_SENTINELS: usize = 16;
 
 /// How connections to Redis are made.
 pub(crate) enum Target {
