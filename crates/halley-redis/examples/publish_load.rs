@@ -83,10 +83,7 @@ async fn publisher(port: u16, index: usize, start: Instant, end: Instant) -> (Ve
             "POST /pub/bench/p{index} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write");
+        stream.write_all(request.as_bytes()).await.expect("write");
         let ok = read_answer(&mut stream, &mut buf).await;
         let took = now.elapsed();
         if now >= start {
