@@ -162,10 +162,11 @@ impl Shared {
             .clone()
     }
 
-    /// A failed command: counted, and if the server said it is a replica now, the
-    /// supervisor is told to find the master again.
-    pub fn failed(&self, e: redis::RedisError) -> BrokerError {
-        if e.code() == Some("READONLY") {
+    /// A failed command of session `generation`: counted, and if the server said it is a
+    /// replica now, the supervisor is told to find the master again — unless that session
+    /// already ended (a stale notice would end the next one, on the right master).
+    pub fn failed(&self, e: redis::RedisError, generation: u64) -> BrokerError {
+        if e.code() == Some("READONLY") && self.generation.load(Ordering::Relaxed) == generation {
             self.demoted.notify_one();
         }
         self.unavailable(e)
@@ -475,6 +476,7 @@ impl RedisBroker {
         tokio::spawn(crate::node::supervise(shared.clone(), cancel.clone()));
         tokio::spawn(crate::node::housekeeping(shared.clone(), cancel.clone()));
         tokio::spawn(crate::control::listen(shared.clone(), cancel.clone()));
+        tokio::spawn(crate::target::watch(shared.clone(), cancel.clone()));
         Ok(Arc::new(RedisBroker { shared, cancel }))
     }
 
@@ -586,7 +588,7 @@ impl Broker for RedisBroker {
             .arg(&*master)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| s.failed(e))?;
+            .map_err(|e| s.failed(e, generation))?;
         if let redis::Value::Int(0) = reply {
             return Err(BrokerError::TooManyChannels(s.engine.max_channels));
         }

@@ -32,6 +32,8 @@ pub(crate) enum Target {
         sentinel: tokio::sync::Mutex<Sentinel>,
         master: String,
         node: SentinelNodeConnectionInfo,
+        /// The sentinels' own addresses (`redis://host:port/`), for `watch`.
+        sentinels: Vec<String>,
     },
 }
 
@@ -52,6 +54,7 @@ impl Target {
                 sentinel,
                 master,
                 node,
+                ..
             } => {
                 let lookup = async {
                     sentinel
@@ -74,6 +77,105 @@ impl Target {
     #[cfg(test)]
     pub fn is_sentinel(&self) -> bool {
         matches!(self, Target::Sentinel { .. })
+    }
+}
+
+/// How often the switch watcher pings its sentinel: a sentinel gone without a FIN is noticed
+/// within this (plus `COMMAND_TIMEOUT`), and the next one is watched.
+const WATCH_PING: Duration = Duration::from_secs(5);
+
+/// Listens to the sentinels' `+switch-master` announcements (on one sentinel at a time, the
+/// next when it fails) and tells the supervisor when the master it is on was replaced: a
+/// master demoted while alive keeps answering until Sentinel reconfigures it, which can take
+/// seconds; with this the nodes move as soon as the failover ends. A master that died is
+/// followed without it (its connections fail).
+pub(crate) async fn watch(
+    shared: std::sync::Arc<crate::broker::Shared>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let Target::Sentinel {
+        master, sentinels, ..
+    } = &shared.target
+    else {
+        return;
+    };
+    let mut backoff = crate::RECONNECT_MIN;
+    for url in sentinels.iter().cycle() {
+        let error = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = watch_one(&shared, url, master, &mut backoff) => e,
+        };
+        tracing::debug!(%error, sentinel = %url, "redis broker: sentinel watch lost");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(crate::RECONNECT_MAX);
+    }
+}
+
+async fn watch_one(
+    shared: &crate::broker::Shared,
+    url: &str,
+    master: &str,
+    backoff: &mut Duration,
+) -> redis::RedisError {
+    use futures_util::StreamExt;
+    let failed = |what: &'static str| redis::RedisError::from((redis::ErrorKind::Io, what));
+    let client = match redis::Client::open(url) {
+        Ok(client) => client,
+        Err(e) => return e,
+    };
+    let mut pubsub =
+        match tokio::time::timeout(crate::CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return e,
+            Err(_) => return failed("sentinel connect timed out"),
+        };
+    match tokio::time::timeout(crate::COMMAND_TIMEOUT, pubsub.subscribe("+switch-master")).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return e,
+        Err(_) => return failed("sentinel subscribe timed out"),
+    }
+    *backoff = crate::RECONNECT_MIN;
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ping = tokio::time::interval(WATCH_PING);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else {
+                    return failed("sentinel closed the connection");
+                };
+                // `<master name> <old ip> <old port> <new ip> <new port>`
+                let text = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
+                let parts: Vec<&str> = text.split(' ').collect();
+                if let [name, _, _, ip, port] = parts[..]
+                    && name == master
+                {
+                    switched(shared, ip, port);
+                }
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(crate::COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e,
+                    Err(_) => return failed("sentinel ping timed out"),
+                }
+            }
+        }
+    }
+}
+
+/// The sentinels made `ip:port` the master: if this node's session is elsewhere, it ends.
+fn switched(shared: &crate::broker::Shared, ip: &str, port: &str) {
+    let here = shared
+        .client()
+        .map(|c| c.get_connection_info().addr().to_string());
+    let there = format!("{ip}:{port}");
+    if here.is_some_and(|here| here != there) && shared.current().is_some() {
+        tracing::warn!(master = %there, "redis broker: Sentinel switched the master; reconnecting");
+        shared.demoted.notify_one();
     }
 }
 
@@ -163,15 +265,14 @@ fn sentinel(after: &str) -> Result<Target, String> {
         return Err("redis+sentinel://…/<master>[/<db>]: too many path segments".into());
     }
     let mut sentinels = Vec::new();
+    let mut urls = Vec::new();
     for host in hosts.split(',') {
         if host.is_empty() || !host.contains(':') {
             return Err(format!("sentinel {host:?}: use host:port"));
         }
-        sentinels.push(
-            format!("redis://{host}/")
-                .into_connection_info()
-                .map_err(text)?,
-        );
+        let url = format!("redis://{host}/");
+        sentinels.push(url.as_str().into_connection_info().map_err(text)?);
+        urls.push(url);
     }
     if sentinels.len() > MAX_SENTINELS {
         return Err(format!("more than {MAX_SENTINELS} sentinels"));
@@ -191,6 +292,7 @@ fn sentinel(after: &str) -> Result<Target, String> {
         sentinel: tokio::sync::Mutex::new(sentinel),
         master: master.to_owned(),
         node: SentinelNodeConnectionInfo::default().set_redis_connection_info(redis),
+        sentinels: urls,
     })
 }
 

@@ -398,3 +398,76 @@ async fn ids_a_failover_lost_are_issued_again_under_the_offset_rule_only() {
         }
     }
 }
+
+/// A switchover (`SENTINEL FAILOVER`: the master, alive, becomes a replica of a promoted one).
+/// The old master keeps answering until Sentinel reconfigures it, seconds later; the nodes move
+/// as soon as the sentinels announce the new master (`+switch-master`), write there in a new
+/// epoch, and a subscriber gets every message once. (Writes the old master took in between are
+/// the README's "Limits".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_moves_the_nodes_on_the_sentinels_word() {
+    let set = Sentinels::start(2).await;
+    let a = Node::on_sentinels(&set, |_| {}).await;
+    let b = Node::on_sentinels(&set, |_| {}).await;
+    let ids = Ids::default();
+    let mut live = subscribe(&b, "/w/**?transport=stream&format=json").await;
+    let before = a.publish_id("/w/x", "before").await;
+    ids.saw(&before, "before", "publisher");
+    let old = set.switchover().await;
+    let new = set.failed_over(old).await;
+    // Publish until a message lands on the new master: in a new epoch (another server), the
+    // one the new master holds.
+    let old_epoch = parse_id(&before).0;
+    let mut acknowledged = vec![(before, "before".to_owned())];
+    within_for(FAILOVER_WAIT, "a publish on the new master", async {
+        for n in 0.. {
+            let data = format!("after {n}");
+            let reply = a.post("/pub/w/x", &data).await;
+            if reply.status == 503 {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let id = reply.json()["id"].as_str().unwrap().to_owned();
+            ids.saw(&id, &data, "publisher");
+            acknowledged.push((id.clone(), data));
+            let seq = set
+                .server(new)
+                .command(&["HGET", "halley:seq", "epoch"])
+                .await;
+            let epoch = parse_id(&id).0;
+            if epoch != old_epoch && seq.contains(&format!("{epoch:x}")) {
+                return;
+            }
+        }
+    })
+    .await;
+    // The nodes moved on the sentinels' word: the old master has not been told yet.
+    let role = set.server(old).command(&["ROLE"]).await;
+    assert!(
+        role.contains("master"),
+        "the old master was reconfigured before the nodes moved: {role}"
+    );
+    let moved = acknowledged.len();
+    for n in 0..5 {
+        let data = format!("settled {n}");
+        let id = a.publish_id("/w/x", &data).await;
+        ids.saw(&id, &data, "publisher");
+        acknowledged.push((id, data));
+    }
+    // The live subscriber: everything it was sent was answered 200 or is one of the writes the
+    // old master took before the nodes moved; every message after the move arrives, once, in
+    // order.
+    let mut got = Vec::new();
+    while got.last().map(|(_, d): &(String, String)| d.as_str()) != Some("settled 4") {
+        let (id, data) = next(&mut live).await;
+        ids.saw(&id, &data, "the live subscriber");
+        got.push((id, data));
+    }
+    let tail = &got[got.len() - (acknowledged.len() - moved + 1)..];
+    assert_eq!(tail, &acknowledged[moved - 1..]);
+    println!(
+        "sentinel: switchover: {} publishes answered 200 before the nodes moved",
+        moved - 2
+    );
+}

@@ -153,6 +153,20 @@ impl Sentinels {
         port
     }
 
+    /// Asks a sentinel for a graceful failover (`SENTINEL FAILOVER`: a replica is promoted and
+    /// the master, alive, becomes its replica); returns the old master's port.
+    pub async fn switchover(&self) -> u16 {
+        let port = self
+            .master_port()
+            .await
+            .expect("the sentinels name a master");
+        let reply = self.sentinels[0]
+            .command(&["SENTINEL", "FAILOVER", MASTER_NAME])
+            .await;
+        assert_eq!(reply, "+OK\r\n", "SENTINEL FAILOVER");
+        port
+    }
+
     /// Waits until the sentinels name another master than the one on `old`, and it says it is
     /// one; returns its port.
     pub async fn failed_over(&self, old: u16) -> u16 {
