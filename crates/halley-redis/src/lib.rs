@@ -83,8 +83,9 @@
 //! **Failover (Redis Sentinel).** With `redis+sentinel://host:port[,…]/<master>[/db]` the
 //! supervisor asks the sentinels for the master at every (re)connect (the first sentinel that
 //! names a master that says it is one, within [`SENTINEL_TIMEOUT`]). A failover is followed by
-//! itself: the dead master's connections fail, or a command answered `READONLY` (a demoted
-//! master) wakes the supervisor; it backs off and asks again. Replication is asynchronous, so
+//! itself: the dead master's connections fail, or the sentinels announce another master
+//! (`+switch-master`, heard on one sentinel's pub/sub at a time), or a command is answered
+//! `READONLY` (a demoted master); the supervisor then backs off and asks again. Replication is asynchronous, so
 //! the promoted replica may lack the old master's last writes. Two mechanisms, each a setting:
 //!
 //! - [`EpochRule::Master`]: `seq` records the `run_id` of the server that began the epoch, and
@@ -100,6 +101,11 @@
 //!
 //! A node's reader that finds a new epoch first reads the old epoch's log to its end (nobody
 //! appends to it any more), so its live subscribers get everything the new master has of it.
+//!
+//! What neither mechanism covers: an old master that stays up (a switchover, a partition)
+//! takes writes until the nodes hear of the new one, and a replica still following it may
+//! acknowledge them; they are then missing from the new master's history (ids not reused; a
+//! resume from among them is told of a gap). Sentinel is not a consensus protocol.
 //!
 //! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
 //! fan-out log is one key by design). Sentinels are asked without credentials or TLS (the
