@@ -76,19 +76,47 @@ pub(crate) struct Delivery {
     pub waiters: HashMap<u64, oneshot::Sender<usize>>,
 }
 
+/// The command connection of the current session, and what a publish needs to know of it.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub conn: MultiplexedConnection,
+    /// The server's `run_id`, passed to the publish script under `EpochRule::Master` (else
+    /// empty).
+    pub master: Arc<str>,
+    /// The session's generation: a replica acknowledgement is asked only of the master the
+    /// publish was written to.
+    pub generation: u64,
+}
+
+/// A publish waiting for replicas' acknowledgement (`node::acknowledge`).
+pub(crate) struct AckRequest {
+    pub generation: u64,
+    pub answer: oneshot::Sender<bool>,
+}
+
 pub(crate) struct Shared {
     pub hub: Hub,
     pub stats: Arc<Stats>,
     pub engine: EngineConfig,
     pub config: RedisConfig,
-    pub client: redis::Client,
+    /// Where the master is (asked again at every reconnect).
+    pub target: crate::target::Target,
+    /// A client for the master of the current (or last) session; the control channel's
+    /// subscriber connects through it. None before the first session.
+    pub client: Mutex<Option<redis::Client>>,
     /// This node's random id: names its presence key and marks the messages it published.
     pub node: u64,
     pub keys: Keys,
     pub scripts: Scripts,
     /// The command connection, present while Redis is reachable. Cloned for each request
     /// (a multiplexed connection pipelines concurrent requests); never held across an await.
-    pub conn: Mutex<Option<MultiplexedConnection>>,
+    pub conn: Mutex<Option<Live>>,
+    /// Told when a command found the server no longer a master (`READONLY`: a failover
+    /// demoted it without closing our connections): the supervisor then reconnects.
+    pub demoted: tokio::sync::Notify,
+    /// Publishes waiting for replicas' acknowledgement; taken by the session's acknowledger.
+    pub acks: tokio::sync::mpsc::Sender<AckRequest>,
+    pub ack_queue: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<AckRequest>>,
     /// True while connected; also what `connected()` waits on.
     pub healthy: watch::Sender<bool>,
     pub delivery: Mutex<Delivery>,
@@ -112,8 +140,36 @@ impl Shared {
     }
 
     pub fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        conn.ok_or_else(|| self.unavailable("not connected to Redis"))
+        self.live().map(|live| live.conn)
+    }
+
+    /// The command connection if connected, without counting its absence as an error.
+    pub fn current(&self) -> Option<MultiplexedConnection> {
+        let live = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().map(|live| live.conn.clone())
+    }
+
+    pub fn live(&self) -> Result<Live, BrokerError> {
+        let live = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        live.ok_or_else(|| self.unavailable("not connected to Redis"))
+    }
+
+    /// The client of the current master, once a session found one.
+    pub fn client(&self) -> Option<redis::Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A failed command of session `generation`: counted, and if the server said it is a
+    /// replica now, the supervisor is told to find the master again — unless that session
+    /// already ended (a stale notice would end the next one, on the right master).
+    pub fn failed(&self, e: redis::RedisError, generation: u64) -> BrokerError {
+        if e.code() == Some("READONLY") && self.generation.load(Ordering::Relaxed) == generation {
+            self.demoted.notify_one();
+        }
+        self.unavailable(e)
     }
 
     fn position(&self) -> Option<MessageId> {
@@ -391,15 +447,22 @@ impl RedisBroker {
         hub: Hub,
         stats: Arc<Stats>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let client = redis::Client::open(config.url.as_str())
+        let mut config = config;
+        let parsed = crate::target::parse(&config.url)
             .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+        crate::target::apply(&parsed, &mut config);
+        let (acks, ack_queue) = tokio::sync::mpsc::channel(crate::ACK_QUEUE);
         let shared = Arc::new(Shared {
             hub,
             stats,
             engine,
             keys: Keys::new(&config.prefix),
             config,
-            client,
+            target: parsed.target,
+            client: Mutex::new(None),
+            demoted: tokio::sync::Notify::new(),
+            acks,
+            ack_queue: tokio::sync::Mutex::new(ack_queue),
             node: rand::random::<u64>() | 1,
             scripts: Scripts::new(),
             conn: Mutex::new(None),
@@ -413,6 +476,7 @@ impl RedisBroker {
         tokio::spawn(crate::node::supervise(shared.clone(), cancel.clone()));
         tokio::spawn(crate::node::housekeeping(shared.clone(), cancel.clone()));
         tokio::spawn(crate::control::listen(shared.clone(), cancel.clone()));
+        tokio::spawn(crate::target::watch(shared.clone(), cancel.clone()));
         Ok(Arc::new(RedisBroker { shared, cancel }))
     }
 
@@ -489,7 +553,11 @@ impl Broker for RedisBroker {
         meta: Option<Box<Meta>>,
     ) -> Result<(Arc<Message>, usize), BrokerError> {
         let s = &self.shared;
-        let mut conn = s.connection()?;
+        let Live {
+            mut conn,
+            master,
+            generation,
+        } = s.live()?;
         let limits = s.engine.history(&channel);
         let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -517,9 +585,10 @@ impl Broker for RedisBroker {
                     .unwrap_or(""),
             )
             .arg(meta.as_deref().and_then(|m| m.expires_ms).unwrap_or(0))
+            .arg(&*master)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| s.unavailable(e))?;
+            .map_err(|e| s.failed(e, generation))?;
         if let redis::Value::Int(0) = reply {
             return Err(BrokerError::TooManyChannels(s.engine.max_channels));
         }
@@ -533,6 +602,25 @@ impl Broker for RedisBroker {
             Ok(MessageId::new(epoch, reply::number(offset)?))
         })()
         .map_err(|e| s.unavailable(e))?;
+        if s.config.wait_replicas > 0 {
+            // Answered as published only once enough replicas have it: a failover can then
+            // not lose it. Not acknowledged in time, it may still be delivered (it is in the
+            // master), but the publisher is told it may be lost.
+            let (answer, acked) = oneshot::channel();
+            s.acks
+                .try_send(AckRequest { generation, answer })
+                .map_err(|_| s.unavailable("too many publishes waiting for replicas"))?;
+            let within = s.config.wait_timeout + crate::COMMAND_TIMEOUT;
+            match tokio::time::timeout(within, acked).await {
+                Ok(Ok(true)) => {}
+                _ => {
+                    return Err(s.unavailable(format!(
+                        "message {id} was not acknowledged by {} replica(s) in time",
+                        s.config.wait_replicas
+                    )));
+                }
+            }
+        }
         // The message is in Redis now; whatever happens next, the publish happened. Waiting
         // for our own copy gives a real local count and keeps one publisher's messages in
         // order for local subscribers; if it does not come (the reader is reconnecting), the

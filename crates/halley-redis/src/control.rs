@@ -222,6 +222,10 @@ pub(crate) async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
             e = subscribed(&shared, &mut backoff) => e,
         };
         shared.control.up.send_replace(false);
+        if error.detail() == Some(FOLLOW) {
+            // Not a failure: the broker is on a new connection, maybe to a new master.
+            continue;
+        }
         shared.error();
         tracing::warn!(%error, retry_in = ?backoff, "redis broker: control channel lost");
         tokio::select! {
@@ -232,6 +236,9 @@ pub(crate) async fn listen(shared: Arc<Shared>, cancel: CancellationToken) {
     }
     shared.control.up.send_replace(false);
 }
+
+/// Why a subscription ends when the broker's session changed (see `run`).
+const FOLLOW: &str = "the broker reconnected";
 
 fn failed(what: &'static str, detail: impl std::fmt::Display) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, what, detail.to_string()))
@@ -248,7 +255,13 @@ async fn subscribed(shared: &Shared, backoff: &mut Duration) -> redis::RedisErro
 enum Never {}
 
 async fn run(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Never> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_pubsub())
+    // The master of the broker's current session: with Sentinel, the one it found last.
+    let generation = shared.generation.load(Ordering::Relaxed);
+    let client = shared
+        .client()
+        .ok_or_else(|| failed("connect", "no master found yet"))?;
+    let mut health = shared.healthy.subscribe();
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| failed("connect", "timed out"))??;
     let own = answers_key(shared, &node_name(shared.node));
@@ -278,6 +291,13 @@ async fn run(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Neve
                     answered(shared, payload);
                 } else {
                     command(shared, payload).await;
+                }
+            }
+            // The broker reconnected, maybe to another master (a failover): follow it, since
+            // commands are published there.
+            changed = health.changed() => {
+                if changed.is_err() || shared.generation.load(Ordering::Relaxed) != generation {
+                    return Err(failed("control channel", FOLLOW));
                 }
             }
             _ = ping.tick() => {

@@ -3,8 +3,9 @@
 //! - [`RedisBroker`] implements [`halley_engine::Broker`] on a Redis server: it assigns ids,
 //!   keeps history, fans every message out to every node's [`Hub`], and shares presence
 //!   (subscriber counts) between nodes. [`RedisBroker::spawn`] starts its background task.
-//! - [`RedisConfig`] holds its address and budgets; [`engine`] builds an
-//!   [`halley_engine::Engine`] over it.
+//! - [`RedisConfig`] holds its address (one server, or Redis Sentinel's master name) and
+//!   budgets, and how a failover is made safe ([`EpochRule`], `wait_replicas`); [`engine`]
+//!   builds an [`halley_engine::Engine`] over it.
 //!
 //! Invariant: this is the only crate that knows Redis.
 //!
@@ -12,7 +13,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below) |
+//! | `seq` | hash | `epoch` (hex), `offset` (last id issued), `forgotten` (see below); `master` (the `run_id` that began the epoch, under [`EpochRule::Master`]), `prev`/`base` (the epoch before and its last offset here) |
+//! | `ack` | string | a counter the acknowledger increments before each `WAIT` (see "Failover") |
 //! | `log:<epoch>` | stream | the fan-out log: every message, id `0-<offset>`, ~[`RedisConfig::log_len`] long |
 //! | `h:<epoch>:<channel>` | stream | a channel's history, id `0-<offset>`, ≤ its history size, TTL its history TTL (`EngineConfig::history`) |
 //! | `last` | zset | channel → offset of its last message (registry, `max_channels`, wildcard resume) |
@@ -78,9 +80,36 @@
 //! by every node whenever it (re)subscribes, so a node that starts or reconnects later honours
 //! them. Details and why in `control.rs`.
 //!
+//! **Failover (Redis Sentinel).** With `redis+sentinel://host:port[,…]/<master>[/db]` the
+//! supervisor asks the sentinels for the master at every (re)connect (the first sentinel that
+//! names a master that says it is one, within [`SENTINEL_TIMEOUT`]). A failover is followed by
+//! itself: the dead master's connections fail, or the sentinels announce another master
+//! (`+switch-master`, heard on one sentinel's pub/sub at a time), or a command is answered
+//! `READONLY` (a demoted master); the supervisor then backs off and asks again. Replication is asynchronous, so
+//! the promoted replica may lack the old master's last writes. Two mechanisms, each a setting:
+//!
+//! - [`EpochRule::Master`]: `seq` records the `run_id` of the server that began the epoch, and
+//!   every publish (and reconnect) passes its own server's; the script that finds another one
+//!   begins a new epoch in the same step. Ids the old master issued and lost are never issued
+//!   again; a resume from before the change is answered with a gap (the new master cannot know
+//!   what it lacks). Costs one more hash field read per publish.
+//! - `wait_replicas` (`WAIT`): a publish is answered only once that many replicas have it, else
+//!   503. Then nothing answered as published is lost with the master. The acknowledger (one
+//!   per session, its own connection) answers waiting publishes in batches: `INCR ack` then
+//!   `WAIT`, which counts replicas that have that connection's last write — so every publish
+//!   written before it. At most [`ACK_QUEUE`] publishes wait at once, [`ACK_BATCH`] per `WAIT`.
+//!
+//! A node's reader that finds a new epoch first reads the old epoch's log to its end (nobody
+//! appends to it any more), so its live subscribers get everything the new master has of it.
+//!
+//! What neither mechanism covers: an old master that stays up (a switchover, a partition)
+//! takes writes until the nodes hear of the new one, and a replica still following it may
+//! acknowledge them; they are then missing from the new master's history (ids not reused; a
+//! resume from among them is told of a gap). Sentinel is not a consensus protocol.
+//!
 //! **Not supported:** Redis Cluster (the scripts touch keys computed at run time, and the
-//! fan-out log is one key by design) and Sentinel discovery. A single Redis (optionally with
-//! replicas and a failover that keeps its address) is the supported setup.
+//! fan-out log is one key by design). Sentinels are asked without credentials or TLS (the
+//! URL's credentials and database are the master's).
 //!
 //! [`Hub`]: halley_engine::Hub
 //! [`Broker::publish`]: halley_engine::Broker::publish
@@ -94,6 +123,7 @@ pub mod fuzzing;
 mod node;
 mod reply;
 mod scripts;
+mod target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,14 +133,31 @@ use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 pub use broker::RedisBroker;
 pub use control::{CONTROL_TIMEOUT, MAX_IN_FLIGHT, MAX_NODES, PING_INTERVAL};
 pub use node::{
-    COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK, RECONNECT_MAX,
-    RECONNECT_MIN,
+    ACK_BATCH, ACK_QUEUE, COMMAND_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT, READ_BATCH, READ_BLOCK,
+    RECONNECT_MAX, RECONNECT_MIN,
 };
+pub use target::{MAX_SENTINELS, SENTINEL_TIMEOUT};
+
+/// When a new epoch begins, besides Redis having lost its data (see the crate doc, "Failover").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochRule {
+    /// When Redis went back behind an id a node already delivered (its offset is lower).
+    /// Catches a failover to a replica that lacks writes only if some node saw them before
+    /// any node published again: ids can be issued twice.
+    Offset,
+    /// Also whenever the server executing the publish is another one than the epoch's (its
+    /// `run_id`: another process — a promoted replica, a restart). Ids are never issued twice;
+    /// every resume from before the change is answered with a gap.
+    Master,
+}
 
 /// Where Redis is, and the budgets of the Redis broker.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` (also `redis://:password@host:port/db`).
+    /// `redis://host:port[/db]` (also `redis://:password@host:port/db`), or
+    /// `redis+sentinel://host:port[,host:port…]/<master name>[/db]`: the master is asked of
+    /// the sentinels at every (re)connect. The query may set `epoch`, `wait` and
+    /// `wait-timeout` (the fields below of the same meaning).
     pub url: String,
     /// Prefix of every key Halley writes, so that several Halley clusters (or other
     /// applications) can share one Redis.
@@ -132,17 +179,37 @@ pub struct RedisConfig {
     /// size of memory. A node that falls further behind fills the hole from the channels'
     /// histories; what those no longer hold is missed, logged and counted as broker errors.
     pub log_len: usize,
+    /// When a new epoch begins. Default: [`EpochRule::Master`] with Sentinel, else
+    /// [`EpochRule::Offset`] (a restarted Redis with persistence keeps its epoch).
+    pub epoch: EpochRule,
+    /// Replicas that must have a publish (`WAIT`) before it is answered as published; 0:
+    /// answered once the master has it. Default 1 with Sentinel, else 0. A publish not
+    /// acknowledged within [`RedisConfig::wait_timeout`] is answered 503.
+    pub wait_replicas: usize,
+    /// How long a publish waits for its replicas' acknowledgement (`WAIT`'s timeout). A
+    /// replica normally answers within a millisecond; this is what a publish takes when none
+    /// is there.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>) -> RedisConfig {
+        let url: String = url.into();
+        let sentinel = url.starts_with("redis+sentinel://");
         RedisConfig {
-            url: url.into(),
+            url,
             prefix: "halley:".into(),
             presence_interval: Duration::from_secs(1),
             presence_ttl: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(10),
             log_len: 10_000,
+            epoch: if sentinel {
+                EpochRule::Master
+            } else {
+                EpochRule::Offset
+            },
+            wait_replicas: usize::from(sentinel),
+            wait_timeout: Duration::from_millis(500),
         }
     }
 }

@@ -15,7 +15,8 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Shared;
+use crate::EpochRule;
+use crate::broker::{Live, Shared};
 use crate::reply::{self, Entry};
 
 /// First delay before reconnecting after Redis became unreachable. Short, because most
@@ -46,6 +47,15 @@ pub const READ_BATCH: usize = 512;
 /// answers with a local count of 0 (the message is in Redis by then and reaches other nodes).
 pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most publishes waiting at once for their replicas' acknowledgement (`WAIT`); one more is
+/// answered 503 at once. The acknowledger takes them in batches (one `WAIT` each), so the
+/// queue only holds what arrives during one replica round trip.
+pub const ACK_QUEUE: usize = 4096;
+
+/// Most publishes one `WAIT` acknowledges: a batch is answered together once the replicas
+/// have everything written before it.
+pub const ACK_BATCH: usize = 1024;
+
 /// Expired channels forgotten per sweep call; the sweep repeats while there are more, up to
 /// [`SWEEP_ROUNDS`] calls per run, so that one run never blocks Redis for long.
 const SWEEP_BATCH: usize = 500;
@@ -73,6 +83,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 fn disconnected(shared: &Shared) {
+    // Publishes waiting for an acknowledgement of the lost master will not get one.
+    if let Ok(mut queue) = shared.ack_queue.try_lock() {
+        while let Ok(request) = queue.try_recv() {
+            let _ = request.answer.send(false);
+        }
+    }
     *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
     shared.healthy.send_replace(false);
 }
@@ -80,14 +96,14 @@ fn disconnected(shared: &Shared) {
 /// Opens a connection named `halley-<node>-<role>`, so that `CLIENT LIST` shows whose it is.
 async fn connect(
     shared: &Shared,
+    client: &redis::Client,
     response: Duration,
     role: &str,
 ) -> redis::RedisResult<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(response));
-    let mut conn = shared
-        .client
+    let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     redis::cmd("CLIENT")
@@ -103,12 +119,14 @@ async fn connect(
 async fn ensure_epoch(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
+    master: &str,
     known: Option<MessageId>,
 ) -> redis::RedisResult<(u64, u64)> {
     let mut invocation = shared.scripts.ensure_epoch.prepare_invoke();
     invocation
         .arg(&shared.keys.prefix)
-        .arg(format!("{:x}", rand::random::<u64>() | 1));
+        .arg(format!("{:x}", rand::random::<u64>() | 1))
+        .arg(master);
     if let Some(known) = known {
         invocation
             .arg(format!("{:x}", known.epoch))
@@ -132,63 +150,190 @@ async fn session(shared: &Shared, backoff: &mut Duration) -> redis::RedisError {
 enum Never {}
 
 async fn run_session(shared: &Shared, backoff: &mut Duration) -> redis::RedisResult<Never> {
-    let mut commands = connect(shared, COMMAND_TIMEOUT, "commands").await?;
+    // With Sentinel, whoever is master now; with one address, that address.
+    let client = shared.target.master().await?;
+    *shared.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+    let mut commands = connect(shared, &client, COMMAND_TIMEOUT, "commands").await?;
     // The reader's own connection: a blocked XREAD would stall every request multiplexed
     // behind it.
-    let mut reader = connect(shared, READ_BLOCK + COMMAND_TIMEOUT, "fanout").await?;
+    let mut reader = connect(shared, &client, READ_BLOCK + COMMAND_TIMEOUT, "fanout").await?;
+    let master: Arc<str> = match shared.config.epoch {
+        EpochRule::Master => run_id(&mut commands).await?.into(),
+        EpochRule::Offset => "".into(),
+    };
     let known = shared
         .delivery
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .position;
-    let (epoch, offset) = ensure_epoch(shared, &mut commands, known).await?;
+    let (epoch, offset) = ensure_epoch(shared, &mut commands, &master, known).await?;
     let mut position = match known {
         // Same epoch: continue after the last message delivered; the log still holds what
         // was published while we were away.
         Some(p) if p.epoch == epoch => p,
-        // A new epoch (Redis lost its data, or went back in time): deliver it from its start,
-        // so that local subscribers get what other nodes published since.
-        Some(_) => MessageId::new(epoch, 0),
+        // A new epoch (Redis lost its data, went back in time, or another server is
+        // master): first what this server has of the old epoch after our position (a
+        // promoted replica has what reached it, which is everything acknowledged by it), then
+        // the new epoch from its start, so that local subscribers get what other nodes
+        // published since.
+        Some(p) => {
+            finish_epoch(shared, &mut reader, p).await?;
+            MessageId::new(epoch, 0)
+        }
         // First connection: only what is published from now on.
         None => MessageId::new(epoch, offset),
     };
     set_position(shared, position);
-    *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands.clone());
-    shared.generation.fetch_add(1, Ordering::Relaxed);
+    let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+        conn: commands.clone(),
+        master: master.clone(),
+        generation,
+    });
     shared.healthy.send_replace(true);
     *backoff = RECONNECT_MIN;
-    tracing::info!(epoch = %format!("{epoch:x}"), %position, "redis broker: connected");
+    tracing::info!(epoch = %format!("{epoch:x}"), %position, master = %master, "redis broker: connected");
+    let read = async {
+        loop {
+            let reply: redis::Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_BATCH)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(shared.keys.log(position.epoch))
+                .arg(format!("0-{}", position.offset))
+                .query_async(&mut reader)
+                .await?;
+            let entries = reply::read_reply(reply).map_err(malformed)?;
+            if entries.is_empty() {
+                // Nothing new: check that the epoch is still ours (Redis flushed without a
+                // disconnect would otherwise leave us waiting on a dead log).
+                let (epoch, _) =
+                    ensure_epoch(shared, &mut commands, &master, Some(position)).await?;
+                if epoch != position.epoch {
+                    tracing::warn!(epoch = %format!("{epoch:x}"), "redis broker: new epoch");
+                    finish_epoch(shared, &mut reader, position).await?;
+                    position = MessageId::new(epoch, 0);
+                    set_position(shared, position);
+                }
+                continue;
+            }
+            for entry in entries {
+                if entry.offset != position.offset + 1 {
+                    // The log was trimmed past us (we were away or slow for longer than it
+                    // covers): fill the hole from the channels' histories, in order.
+                    position = repair(shared, &mut commands, position, entry.offset).await;
+                }
+                position = MessageId::new(position.epoch, entry.offset);
+                deliver(shared, position, &entry);
+            }
+        }
+    };
+    tokio::select! {
+        e = read => e,
+        e = acknowledge(shared, &client, generation) => e,
+        _ = shared.demoted.notified() => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the server is no longer the master (READONLY)",
+        ))),
+    }
+}
+
+/// The server's `run_id` (`INFO server`): one per process, so a promoted replica or a
+/// restarted server has another one.
+async fn run_id(conn: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "INFO server has no run_id"))
+        })
+}
+
+/// Delivers what the log of `from`'s epoch still holds after it, before the reader moves to a
+/// new epoch: nobody appends to that log any more (every publish script begins the new epoch
+/// first), so reading it to its end is complete. A hole in it (trimmed) is logged and
+/// counted; its messages are in the old epoch's histories, where a resume finds none (another
+/// epoch: a gap).
+async fn finish_epoch(
+    shared: &Shared,
+    reader: &mut MultiplexedConnection,
+    from: MessageId,
+) -> redis::RedisResult<()> {
+    let mut position = from;
     loop {
         let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_BATCH)
-            .arg("BLOCK")
-            .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(shared.keys.log(position.epoch))
             .arg(format!("0-{}", position.offset))
-            .query_async(&mut reader)
+            .query_async(reader)
             .await?;
         let entries = reply::read_reply(reply).map_err(malformed)?;
         if entries.is_empty() {
-            // Nothing new: check that the epoch is still ours (Redis flushed without a
-            // disconnect would otherwise leave us waiting on a dead log).
-            let (epoch, _) = ensure_epoch(shared, &mut commands, Some(position)).await?;
-            if epoch != position.epoch {
-                tracing::warn!(epoch = %format!("{epoch:x}"), "redis broker: new epoch");
-                position = MessageId::new(epoch, 0);
-                set_position(shared, position);
-            }
-            continue;
+            return Ok(());
         }
         for entry in entries {
             if entry.offset != position.offset + 1 {
-                // The log was trimmed past us (we were away or slow for longer than it
-                // covers): fill the hole from the channels' histories, in order.
-                position = repair(shared, &mut commands, position, entry.offset).await;
+                tracing::error!(
+                    from = position.offset + 1,
+                    to = entry.offset - 1,
+                    "redis broker: the old epoch's log was trimmed; messages were missed"
+                );
+                shared.error();
             }
             position = MessageId::new(position.epoch, entry.offset);
             deliver(shared, position, &entry);
+        }
+    }
+}
+
+/// Answers publishes waiting for replicas (`RedisConfig::wait_replicas`), a batch at a time:
+/// on a connection of its own, a write (`INCR ack`) then `WAIT`. `WAIT` counts the replicas
+/// that have this connection's last write, hence everything any connection wrote before it:
+/// every publish of the batch. Publishes written in another session (to another master) are
+/// answered no. Never returns while nothing fails.
+async fn acknowledge(
+    shared: &Shared,
+    client: &redis::Client,
+    generation: u64,
+) -> redis::RedisResult<Never> {
+    let replicas = shared.config.wait_replicas;
+    if replicas == 0 {
+        return std::future::pending().await;
+    }
+    let timeout = shared.config.wait_timeout;
+    let mut conn = connect(shared, client, timeout + COMMAND_TIMEOUT, "ack").await?;
+    let mut queue = shared.ack_queue.lock().await;
+    let key = format!("{}ack", shared.keys.prefix);
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    loop {
+        let Some(first) = queue.recv().await else {
+            return std::future::pending().await;
+        };
+        batch.push(first);
+        while batch.len() < ACK_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let (_, acked): (u64, usize) = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        for request in batch.drain(..) {
+            let _ = request
+                .answer
+                .send(request.generation == generation && acked >= replicas);
         }
     }
 }
@@ -300,7 +445,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken)
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = presence_tick.tick() => {
-                let Ok(mut conn) = shared.conn.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(()) else {
+                let Some(mut conn) = shared.current() else {
                     continue;
                 };
                 if let Err(e) = presence(&shared, &mut conn, &mut written).await {
@@ -309,7 +454,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken)
                 }
             }
             _ = sweep_tick.tick() => {
-                let Ok(mut conn) = shared.conn.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(()) else {
+                let Some(mut conn) = shared.current() else {
                     continue;
                 };
                 if let Err(e) = sweep(&shared, &mut conn).await {

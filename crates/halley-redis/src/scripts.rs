@@ -15,13 +15,24 @@ use redis::Script;
 /// is below one the caller already delivered (a failover to a replica that lacks the last
 /// writes, a restore from an old snapshot) — since the same ids would otherwise be issued twice.
 ///
-/// ARGV: key prefix, a fresh random epoch (hex), optionally the caller's epoch (hex) and the
-/// last offset it delivered.
+/// With a master given (`EpochRule::Master`), also when the epoch was begun on another server
+/// (`master`, the `run_id` the caller read on this connection): whatever that server issued
+/// after its last write that reached this one would be issued again. The check and the new
+/// epoch are one step, so of several nodes reconnecting at once the first begins the epoch and
+/// the others find it. The old epoch and its last offset here are kept (`prev`, `base`).
+///
+/// ARGV: key prefix, a fresh random epoch (hex), the master's run_id (empty: not checked),
+/// optionally the caller's epoch (hex) and the last offset it delivered.
 const ENSURE_EPOCH: &str = r"
 local seq = ARGV[1] .. 'seq'
-local v = redis.call('HMGET', seq, 'epoch', 'offset')
-if (not v[1]) or (ARGV[3] and v[1] == ARGV[3] and tonumber(v[2] or '0') < tonumber(ARGV[4])) then
-  redis.call('HSET', seq, 'epoch', ARGV[2], 'offset', 0, 'forgotten', 0)
+local v = redis.call('HMGET', seq, 'epoch', 'offset', 'master')
+if (not v[1])
+  or (ARGV[4] and v[1] == ARGV[4] and tonumber(v[2] or '0') < tonumber(ARGV[5]))
+  or (ARGV[3] ~= '' and v[3] ~= ARGV[3]) then
+  if v[1] then
+    redis.call('HSET', seq, 'prev', v[1], 'base', v[2] or '0')
+  end
+  redis.call('HSET', seq, 'epoch', ARGV[2], 'offset', 0, 'forgotten', 0, 'master', ARGV[3])
   redis.call('DEL', ARGV[1] .. 'last', ARGV[1] .. 'expiry')
   v = redis.call('HMGET', seq, 'epoch', 'offset')
 end
@@ -37,7 +48,9 @@ return {v[1], v[2]}
 ///
 /// ARGV: key prefix, channel, data, fresh epoch, history size, history ttl ms, max channels,
 /// log length, origin (`<node hex>:<seq>`), the message's type (`k`; empty: none), its expiry
-/// in Unix ms (`x`; 0: none). `k` and `x` are stored only when given.
+/// in Unix ms (`x`; 0: none), the master's run_id (empty: not checked; see `ENSURE_EPOCH`,
+/// whose new epoch this begins too when the server changed). `k` and `x` are stored only when
+/// given.
 /// Log entries also carry `u`, the publish time in Unix µs (Redis's clock), where a node's
 /// publish→write latency starts.
 /// Returns `{epoch, offset}`, or 0 when the channel would exceed max channels.
@@ -45,8 +58,12 @@ const PUBLISH: &str = r"
 local prefix, channel = ARGV[1], ARGV[2]
 local maxlen, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local seq, last, expiry = prefix .. 'seq', prefix .. 'last', prefix .. 'expiry'
-if redis.call('HSETNX', seq, 'epoch', ARGV[4]) == 1 then
-  redis.call('HSET', seq, 'offset', 0, 'forgotten', 0)
+local cur = redis.call('HMGET', seq, 'epoch', 'offset', 'master')
+if (not cur[1]) or (ARGV[12] ~= '' and cur[3] ~= ARGV[12]) then
+  if cur[1] then
+    redis.call('HSET', seq, 'prev', cur[1], 'base', cur[2] or '0')
+  end
+  redis.call('HSET', seq, 'epoch', ARGV[4], 'offset', 0, 'forgotten', 0, 'master', ARGV[12])
   redis.call('DEL', last, expiry)
 end
 local prev = redis.call('ZSCORE', last, channel)

@@ -3,7 +3,8 @@
 //!
 //! - Servers: [`TestServer`] (one in-process server on `127.0.0.1:0`, memory broker), [`Node`]
 //!   (an in-process server on a shared Redis), [`Process`] (the `halley` binary as a node).
-//! - Brokers: [`Redis`], a `redis-server` of the test's own on a free port.
+//! - Brokers: [`Redis`], a `redis-server` of the test's own on a free port; [`Sentinels`], a
+//!   master, its replicas and three Redis Sentinels (a failover on demand).
 //! - Clients: [`Client`] (plain HTTP/1.1 with hyper, raw TCP for exact bytes, WebSocket with
 //!   tokio-tungstenite), [`Sse`], [`wire::Transport`] (the streaming wire formats byte for
 //!   byte), and [`subscriber`]: one resuming subscriber for every transport and Bayeux's three,
@@ -25,6 +26,7 @@ mod curl;
 mod process;
 pub mod proxy;
 mod redis;
+mod sentinel;
 mod server;
 pub mod subscriber;
 pub mod tls;
@@ -49,7 +51,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub use curl::{Curl, curl_installed};
 pub use process::{Process, halley_binary};
-pub use redis::{Node, Redis, redis_config};
+pub use redis::{DOWN_AFTER, FAILOVER_TIMEOUT, MASTER_NAME, Node, Redis, redis_config};
+pub use sentinel::{FAILOVER_WAIT, Sentinels};
 pub use server::{TestServer, bayeux, bayeux_client, bayeux_handshake};
 
 /// The longest any single step of a test may take before it counts as a failure.

@@ -30,6 +30,16 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    role: Role,
+}
+
+/// What a [`Redis`] process is: a master, a replica of the server on a port, or a sentinel
+/// watching the master on a port (see [`crate::Sentinels`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Role {
+    Master,
+    ReplicaOf(u16),
+    Sentinel { master: u16 },
 }
 
 impl Drop for Redis {
@@ -42,6 +52,10 @@ impl Drop for Redis {
 impl Redis {
     /// Starts redis-server on a free port without persistence and waits until it answers.
     pub async fn start() -> Redis {
+        Redis::start_as(Role::Master).await
+    }
+
+    pub(crate) async fn start_as(role: Role) -> Redis {
         let dir = std::env::temp_dir().join(format!(
             "halley-redis-test-{}-{:x}",
             std::process::id(),
@@ -54,6 +68,7 @@ impl Redis {
             child: None,
             port: 0,
             dir,
+            role,
         };
         for _ in 0..10 {
             redis.port = free_port();
@@ -65,11 +80,40 @@ impl Redis {
     }
 
     async fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
+        let mut command = Command::new("redis-server");
+        if let Role::Sentinel { master } = self.role {
+            // A sentinel rewrites its file (what it learns of replicas and other sentinels).
+            let conf = self.dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} {}\n\
+                     sentinel failover-timeout {MASTER_NAME} {}\n\
+                     sentinel parallel-syncs {MASTER_NAME} 2\n",
+                    self.port,
+                    self.dir.display(),
+                    DOWN_AFTER.as_millis(),
+                    FAILOVER_TIMEOUT.as_millis(),
+                ),
+            )
+            .unwrap();
+            command.arg(&conf).arg("--sentinel");
+        } else {
+            command
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                // A replica's first sync starts at once, not after the default 5 s wait for
+                // more replicas.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .arg("--dir")
+                .arg(&self.dir);
+            if let Role::ReplicaOf(master) = self.role {
+                command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -105,26 +149,58 @@ impl Redis {
 
     /// Sends one command (RESP array of bulk strings) and returns the raw reply.
     pub async fn command(&self, args: &[&str]) -> String {
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        let mut s = within_for(
-            NODE_WAIT,
-            "redis connect",
-            TcpStream::connect(("127.0.0.1", self.port)),
-        )
-        .await
-        .unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut reply = String::new();
-        within_for(NODE_WAIT, "redis reply", s.read_to_string(&mut reply))
-            .await
-            .unwrap();
-        reply
+        command_at(self.port, args).await
     }
 
+    /// Stops the process (SIGSTOP): it keeps its connections but answers nothing — a replica
+    /// so paused falls behind its master.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Whether the process is running (not killed).
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Sends one command to the server on `port` and returns the raw reply.
+pub(crate) async fn command_at(port: u16, args: &[&str]) -> String {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut s = within_for(
+        NODE_WAIT,
+        "redis connect",
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    within_for(NODE_WAIT, "redis reply", s.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    reply
+}
+
+impl Redis {
     /// Closes the Redis connections of one node (as a network blip would), leaving the rest.
     pub async fn disconnect(&self, node: u64) {
         let list = self.command(&["CLIENT", "LIST"]).await;
@@ -157,6 +233,17 @@ impl Redis {
         assert!(self.spawn().await, "redis-server did not restart");
     }
 }
+
+/// The master's name the sentinels of [`crate::Sentinels`] watch.
+pub const MASTER_NAME: &str = "halley";
+
+/// How long a sentinel waits for an unanswering master before it calls it down: short, so
+/// that a failover test takes seconds.
+pub const DOWN_AFTER: Duration = Duration::from_millis(1000);
+
+/// Sentinel's `failover-timeout`: how soon a failed failover is tried again (and how long
+/// replicas are given to follow the new master).
+pub const FAILOVER_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// A port nobody listens on now (another process may take it before the caller binds it).
 pub(crate) fn free_port() -> u16 {
@@ -211,7 +298,7 @@ impl Node {
         tweak: impl FnOnce(&mut EngineConfig),
         tweak_redis: impl FnOnce(&mut RedisConfig),
     ) -> Node {
-        Node::configured(redis, tweak, tweak_redis, |_| {}, None).await
+        Node::configured(redis.url(), tweak, tweak_redis, |_| {}, None).await
     }
 
     /// A node whose HTTP settings `tweak_http` adjusts too (after the node's defaults: hold
@@ -221,17 +308,26 @@ impl Node {
         tweak: impl FnOnce(&mut EngineConfig),
         tweak_http: impl FnOnce(&mut HttpConfig),
     ) -> Node {
-        Node::configured(redis, tweak, |_| {}, tweak_http, None).await
+        Node::configured(redis.url(), tweak, |_| {}, tweak_http, None).await
     }
 
     /// A node whose engine asks `policy`; it returns once the node also listens to the
     /// control API's channel (which it joins once its policy is set).
     pub async fn with_policy(redis: &Redis, policy: halley_engine::access::Policy) -> Node {
-        Node::configured(redis, |_| {}, |_| {}, |_| {}, Some(policy)).await
+        Node::configured(redis.url(), |_| {}, |_| {}, |_| {}, Some(policy)).await
+    }
+
+    /// A node on the master the sentinels name (`redis+sentinel://`, see [`crate::Sentinels`]),
+    /// its broker settings adjusted by `tweak_redis` (`wait_replicas`, `epoch`).
+    pub async fn on_sentinels(
+        sentinels: &crate::Sentinels,
+        tweak_redis: impl FnOnce(&mut RedisConfig),
+    ) -> Node {
+        Node::configured(sentinels.url(), |_| {}, tweak_redis, |_| {}, None).await
     }
 
     async fn configured(
-        redis: &Redis,
+        url: String,
         tweak: impl FnOnce(&mut EngineConfig),
         tweak_redis: impl FnOnce(&mut RedisConfig),
         tweak_http: impl FnOnce(&mut HttpConfig),
@@ -247,7 +343,7 @@ impl Node {
         tweak_http(&mut http);
         let mut engine = EngineConfig::default();
         tweak(&mut engine);
-        let mut config = redis_config(&redis.url());
+        let mut config = redis_config(&url);
         tweak_redis(&mut config);
         let (engine, broker) = halley_redis::engine(config, engine).unwrap();
         assert!(

@@ -436,8 +436,10 @@ pub struct ServeArgs {
     /// Most channels with history; publishing to a new one beyond gets 503 [default: 100000].
     #[arg(long, env = "HALLEY_MAX_CHANNELS")]
     pub max_channels: Option<usize>,
-    /// Where messages, history and presence live: `memory` (this process only) or
-    /// `redis://host:port[/db]` to share them with every node on that Redis [default: memory].
+    /// Where messages, history and presence live: `memory` (this process only),
+    /// `redis://host:port[/db]` to share them with every node on that Redis, or
+    /// `redis+sentinel://host:port[,host:port…]/<master>[/db]` for the master Sentinel names
+    /// (query: `wait=<replicas>`, `wait-timeout=<ms>`, `epoch=master|offset`) [default: memory].
     #[arg(long, env = "HALLEY_BROKER")]
     pub broker: Option<String>,
     /// Seconds a chat member stays present after its last connection closed, so that
@@ -485,7 +487,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerChoice {
     Memory,
-    /// A `redis://` or `rediss://` URL.
+    /// A `redis://`, `rediss://` or `redis+sentinel://` URL.
     Redis(String),
 }
 
@@ -493,12 +495,16 @@ impl BrokerChoice {
     fn parse(text: &str) -> anyhow::Result<BrokerChoice> {
         match text.trim() {
             "" | "memory" => Ok(BrokerChoice::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            url if ["redis://", "rediss://", "redis+sentinel://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)) =>
+            {
                 Ok(BrokerChoice::Redis(url.to_owned()))
             }
-            other => {
-                anyhow::bail!("unknown broker {other:?}: use memory or redis://host:port[/db]")
-            }
+            other => anyhow::bail!(
+                "unknown broker {other:?}: use memory, redis://host:port[/db] or \
+                 redis+sentinel://host:port[,host:port…]/<master>[/db]"
+            ),
         }
     }
 }
@@ -987,6 +993,12 @@ mod tests {
         check(
             "redis://127.0.0.1:6379/2",
             Some(BrokerChoice::Redis("redis://127.0.0.1:6379/2".into())),
+        );
+        check(
+            "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/halley?wait=1",
+            Some(BrokerChoice::Redis(
+                "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/halley?wait=1".into(),
+            )),
         );
         check("postgres://x", None);
         check("127.0.0.1:6379", None);
