@@ -437,7 +437,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HALLEY_MAX_CHANNELS")]
     pub max_channels: Option<usize>,
     /// Where messages, history and presence live: `memory` (this process only) or
-    /// `redis://host:port[/db]` to share them with every node on that Redis [default: memory].
+    /// `redis://host:port[/db]` to share them with every node on that Redis, or
+    /// `nats://host:port[,host:port…]` for a NATS JetStream cluster [default: memory].
     #[arg(long, env = "HALLEY_BROKER")]
     pub broker: Option<String>,
     /// Seconds a chat member stays present after its last connection closed, so that
@@ -487,6 +488,8 @@ pub enum BrokerChoice {
     Memory,
     /// A `redis://` or `rediss://` URL.
     Redis(String),
+    /// `nats://host:port[,host:port…]`: NATS servers with JetStream.
+    Nats(String),
 }
 
 impl BrokerChoice {
@@ -496,8 +499,11 @@ impl BrokerChoice {
             url if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 Ok(BrokerChoice::Redis(url.to_owned()))
             }
+            url if url.starts_with("nats://") => Ok(BrokerChoice::Nats(url.to_owned())),
             other => {
-                anyhow::bail!("unknown broker {other:?}: use memory or redis://host:port[/db]")
+                anyhow::bail!(
+                    "unknown broker {other:?}: use memory, redis://host:port[/db] or nats://host:port[,host:port…]"
+                )
             }
         }
     }
@@ -987,6 +993,12 @@ mod tests {
         check(
             "redis://127.0.0.1:6379/2",
             Some(BrokerChoice::Redis("redis://127.0.0.1:6379/2".into())),
+        );
+        check(
+            "nats://127.0.0.1:4222,127.0.0.1:4223",
+            Some(BrokerChoice::Nats(
+                "nats://127.0.0.1:4222,127.0.0.1:4223".into(),
+            )),
         );
         check("postgres://x", None);
         check("127.0.0.1:6379", None);
