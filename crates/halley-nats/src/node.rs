@@ -90,8 +90,31 @@ fn disconnected(shared: &Shared) {
     shared.healthy.send_replace(false);
 }
 
+/// Creates the stream: with the configured replicas, or else 3 and, if the cluster cannot
+/// place three (fewer servers, or no cluster), 1.
+async fn create_stream(
+    shared: &Shared,
+    js: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    let tries: &[usize] = match shared.config.replicas {
+        Some(n) => &[n],
+        None => &[3, 1],
+    };
+    let mut error = String::new();
+    for &replicas in tries {
+        match js.create_stream(stream_config(shared, replicas)).await {
+            Ok(stream) => {
+                tracing::info!(stream = %shared.config.stream, replicas, "nats broker: created the stream");
+                return Ok(stream);
+            }
+            Err(e) => error = e.to_string(),
+        }
+    }
+    Err(error)
+}
+
 /// The stream's configuration when this node creates it.
-fn stream_config(shared: &Shared, servers: usize) -> Config {
+fn stream_config(shared: &Shared, replicas: usize) -> Config {
     let c = &shared.config;
     Config {
         name: c.stream.clone(),
@@ -101,10 +124,7 @@ fn stream_config(shared: &Shared, servers: usize) -> Config {
         max_bytes: c.max_bytes,
         discard: DiscardPolicy::Old,
         storage: StorageType::File,
-        num_replicas: c
-            .replicas
-            .unwrap_or(if servers >= 3 { 3 } else { 1 })
-            .max(1),
+        num_replicas: replicas.max(1),
         ..Default::default()
     }
 }
@@ -116,14 +136,13 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
     }
     let mut js = async_nats::jetstream::new(client.clone());
     js.set_timeout(REQUEST_TIMEOUT);
-    let servers = client.server_info().connect_urls.len();
     let mut stream = match js.get_stream(&shared.config.stream).await {
         Ok(stream) => stream,
         Err(e)
             if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
                 if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
-            match js.create_stream(stream_config(shared, servers)).await {
+            match create_stream(shared, &js).await {
                 Ok(stream) => stream,
                 // Another node created it meanwhile.
                 Err(_) => match js.get_stream(&shared.config.stream).await {

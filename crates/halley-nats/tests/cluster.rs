@@ -215,6 +215,7 @@ async fn nats_outage_is_503_then_delivery_resumes_by_itself() {
     let mut nats = Nats::single().await;
     let a = NatsNode::start(&nats).await;
     let b = NatsNode::start(&nats).await;
+    assert_eq!(nats.stream_replicas("HALLEY").await, 1, "R1 on one server");
     let mut sse = b.sse("/o/x", None).await;
     let old = a.publish_id("/o/x", "before").await;
     assert_eq!(sse.next().await.id.as_deref(), Some(&*old));

@@ -189,6 +189,19 @@ impl Nats {
             .unwrap();
     }
 
+    /// The replicas of stream `name` (its configuration, as the server reports it).
+    pub async fn stream_replicas(&self, name: &str) -> u64 {
+        let client = async_nats::connect(self.url_of(self.running()))
+            .await
+            .unwrap();
+        let reply = client
+            .request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new())
+            .await
+            .unwrap();
+        let info: Value = serde_json::from_slice(&reply.payload).unwrap();
+        info["config"]["num_replicas"].as_u64().unwrap_or(0)
+    }
+
     fn running(&self) -> usize {
         self.servers.iter().position(|s| s.child.is_some()).unwrap()
     }

@@ -1,0 +1,90 @@
+//! One NATS server of three killed (and started again) in the middle of a publish loop, with
+//! subscribers on three Halley nodes: no acknowledged message is lost or delivered twice, and
+//! ids keep growing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Nats, NatsNode, eventually, parse_id, ws_json};
+use hyper::StatusCode;
+
+/// Messages published in all; server 0 dies after a third and comes back after two thirds.
+const MESSAGES: usize = 240;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_publish_loop_loses_no_acknowledged_message() {
+    let mut nats = Nats::cluster().await;
+    let nodes = [
+        NatsNode::start(&nats).await,
+        NatsNode::start(&nats).await,
+        NatsNode::start(&nats).await,
+    ];
+    assert_eq!(
+        nats.stream_replicas("HALLEY").await,
+        3,
+        "R3 on three servers"
+    );
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        subscribers.push(node.ws("/sub/chaos/**").await);
+    }
+    let mut acked: Vec<String> = Vec::new();
+    let mut refused = 0;
+    for i in 0..MESSAGES {
+        if i == MESSAGES / 3 {
+            nats.kill(0);
+        }
+        if i == 2 * MESSAGES / 3 {
+            nats.restart(0).await;
+        }
+        let node = &nodes[i % nodes.len()];
+        let reply = node
+            .post(&format!("/pub/chaos/{}", i % 5), &i.to_string())
+            .await;
+        match reply.status.as_u16() {
+            200 => acked.push(reply.json()["id"].as_str().unwrap().to_owned()),
+            503 => {
+                // A client retries later: here, once the node says it is healthy again.
+                refused += 1;
+                if refused < 4 {
+                    eprintln!("publish {i} refused: {}", reply.body);
+                }
+                eventually(
+                    Duration::from_secs(30),
+                    "the node healthy again",
+                    || async { (node.health().await == StatusCode::OK).then_some(()) },
+                )
+                .await;
+            }
+            other => panic!("publish {i}: {other} {}", reply.body),
+        }
+    }
+    eprintln!("{} acknowledged, {refused} refused (503)", acked.len());
+    let last = parse_id(acked.last().unwrap());
+    for (n, ws) in subscribers.iter_mut().enumerate() {
+        let mut seen = HashSet::new();
+        let mut previous = (0, 0);
+        loop {
+            let frame = ws_json(ws).await;
+            assert_ne!(
+                frame["event"], "gap",
+                "node {n}: a live subscriber got a gap"
+            );
+            let id = frame["id"].as_str().unwrap().to_owned();
+            let parsed = parse_id(&id);
+            assert!(parsed > previous, "node {n}: {id} after {previous:?}");
+            previous = parsed;
+            assert!(seen.insert(id), "node {n}: twice");
+            if parsed >= last {
+                break;
+            }
+        }
+        let missing: Vec<&String> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "node {n} missed acknowledged messages: {missing:?}"
+        );
+    }
+}
