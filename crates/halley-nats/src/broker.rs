@@ -521,12 +521,13 @@ impl Broker for NatsBroker {
         let s = &self.shared;
         let link = s.link()?;
         let prefix = &s.config.subject_prefix;
-        // A subject holds at most `max_history` messages: read them all, keep the newest.
+        // All of the subject, to keep the newest: the stream holds at most its
+        // `max_msgs_per_subject` of it (`max_history` when Halley created the stream).
         let (raws, _) = read(
             &link,
             subject::channel(prefix, channel),
             1,
-            self.max_history(),
+            usize::MAX,
             u64::MAX,
         )
         .await

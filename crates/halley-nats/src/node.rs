@@ -172,7 +172,14 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
         // First connection: only what is published from now on.
         None => MessageId::new(epoch, info.state.last_sequence),
     };
-    set_position(shared, position);
+    {
+        let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        if known.is_some_and(|k| k.epoch != epoch) {
+            // Sequences of another stream: a publish would expect them in vain.
+            delivery.last.clear();
+        }
+        delivery.position = Some(position);
+    }
     shared
         .subjects
         .store(info.state.subjects_count, Ordering::Relaxed);
@@ -246,14 +253,6 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
             }
         }
     }
-}
-
-fn set_position(shared: &Shared, position: MessageId) {
-    shared
-        .delivery
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .position = Some(position);
 }
 
 /// Hands one stream message to the hub, then records the position and answers the publish

@@ -262,3 +262,45 @@ async fn nats_outage_is_503_then_delivery_resumes_by_itself() {
         .await;
     assert_eq!(s.header("x-halley-gap"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_keeping_fewer_is_trimmed_and_recent_reads_the_newest() {
+    let nats = Nats::cluster().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| {
+        e.history_size = 3;
+        e.history_rules = halley_engine::HistoryRules::new(|c| {
+            if c.as_str().starts_with("/small/") {
+                (Some(1), None)
+            } else {
+                (None, None)
+            }
+        });
+    };
+    let a = NatsNode::with(&nats.url(), tweak, |_| {}).await;
+    let b = NatsNode::with(&nats.url(), tweak, |_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(a.publish_id("/small/x", &format!("s{i}")).await);
+        b.publish_id("/big/x", &format!("b{i}")).await;
+    }
+    // /small keeps 1: a resume from the first is a gap, then the last.
+    let mut s = b
+        .stream(
+            &format!(
+                "/sub/small/x?transport=stream&format=json&last_id={}",
+                ids[0]
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(s.header("x-halley-gap"), Some("true"));
+    assert_eq!(s.json_line().await["event"], "gap");
+    assert_eq!(s.json_line().await["id"].as_str(), Some(&*ids[3]));
+
+    // /big keeps 3: the newest 2 asked for are the newest 2, oldest first.
+    let mut s = a
+        .stream("/sub/big/x?transport=stream&format=json&recent=2", &[])
+        .await;
+    assert_eq!(s.json_line().await["data"].as_str(), Some("b2"));
+    assert_eq!(s.json_line().await["data"].as_str(), Some("b3"));
+}
