@@ -14,7 +14,7 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Replay, Stats};
+use halley_engine::{Broker, BrokerError, ChannelEntry, EngineConfig, Hub, Member, Replay, Stats};
 use halley_proto::{Channel, Message, MessageId, Meta, Pattern, Payload};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,11 @@ pub(crate) struct Shared {
     pub next_seq: AtomicU64,
     /// Subjects in the stream, as of the last check (for `max_channels`).
     pub subjects: AtomicU64,
+    /// Bumped on every session start, so that presence is written again into a cluster that
+    /// may have lost it.
+    pub generation: AtomicU64,
+    /// The other nodes' presence (`presence.rs`).
+    pub others: Mutex<crate::presence::Others>,
 }
 
 impl Shared {
@@ -96,7 +101,7 @@ impl Shared {
     }
 
     /// The session's link while the client is connected.
-    fn connected(&self) -> Option<Link> {
+    pub fn connected(&self) -> Option<Link> {
         let link = self
             .link
             .lock()
@@ -280,6 +285,8 @@ impl NatsBroker {
             delivery: Mutex::new(Delivery::default()),
             next_seq: AtomicU64::new(1),
             subjects: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            others: Mutex::new(Default::default()),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(crate::node::supervise(
@@ -287,6 +294,7 @@ impl NatsBroker {
             servers,
             cancel.clone(),
         ));
+        tokio::spawn(crate::presence::run(shared.clone(), cancel.clone()));
         Ok(Arc::new(NatsBroker { shared, cancel }))
     }
 
@@ -610,9 +618,22 @@ impl Broker for NatsBroker {
             .collect())
     }
 
+    async fn remote_subscribers(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
+        let s = &self.shared;
+        s.link()?;
+        let others = s.others.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(others.subscribers(prefix, s.config.presence_ttl))
+    }
+
+    async fn remote_members(&self, prefix: &str) -> Result<Vec<Member>, BrokerError> {
+        let s = &self.shared;
+        s.link()?;
+        let others = s.others.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(others.members(prefix, s.config.presence_ttl))
+    }
+
     fn clustered(&self) -> bool {
-        // Presence is not shared yet (see the crate doc): every node counts its own.
-        false
+        true
     }
 
     fn node(&self) -> Option<String> {

@@ -22,6 +22,9 @@
 //! | `Halley-Us` | when it was published (Unix µs, the publishing node's clock; latency metrics) |
 //! | `Halley-Type`, `Halley-Expires` | the message's type and expiry ([`halley_proto::Meta`]), when set |
 //!
+//! Presence lives beside it in a key-value bucket, `<stream>_PRESENCE` (one key per node,
+//! `max_age` = [`NatsConfig::presence_ttl`]).
+//!
 //! A message id is `<epoch>-<stream sequence>`; the epoch is the stream's creation time (Unix
 //! nanoseconds), the same on every node.
 //!
@@ -79,13 +82,18 @@
 //! connected; the supervisor starts the fan-out again from the last delivered sequence when
 //! NATS is back ([`RECONNECT_MIN`] doubling to [`RECONNECT_MAX`]).
 //!
-//! **Not yet supported** (the engine does what a single node can): presence across nodes
-//! (`/api/channels` and presence show this node's subscribers and members only, and
-//! occupied/vacated events are per node), the control API across nodes (a disconnect or
-//! revocation reaches this node's connections only), idempotency keys shared by nodes, and
-//! `max_channels` is enforced from the stream's subject count read every [`CHECK_INTERVAL`]
-//! (approximate under a burst of new channels). Planned: a KV bucket with TTL for presence and
-//! keys, core request/reply for control.
+//! **Presence.** Each node writes its subscriber counts and chat members, as one JSON value
+//! under its id, to the key-value bucket `<stream>_PRESENCE` when they change (checked every
+//! [`NatsConfig::presence_interval`]) and at least every third of [`NatsConfig::presence_ttl`];
+//! every node watches the bucket and keeps the others' latest values, dropping those not
+//! refreshed within the TTL (so a node that dies vanishes from listings by then). Details in
+//! `presence.rs`.
+//!
+//! **Not yet supported:** the control API across nodes (a disconnect, unsubscribe or
+//! revocation reaches the connections of the node asked only) and idempotency keys shared by
+//! nodes (each node remembers its own); planned: core NATS request/reply for control, a
+//! key-value `create` (set if absent) for keys. `max_channels` is enforced from the stream's
+//! subject count read every [`CHECK_INTERVAL`] (approximate under a burst of new channels).
 //!
 //! [`Hub`]: halley_engine::Hub
 //! [`Broker::publish`]: halley_engine::Broker::publish
@@ -94,6 +102,7 @@
 
 mod broker;
 mod node;
+mod presence;
 mod subject;
 
 use std::sync::Arc;
@@ -103,6 +112,7 @@ use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 
 pub use broker::NatsBroker;
 pub use node::{CHECK_INTERVAL, RECONNECT_MAX, RECONNECT_MIN};
+pub use presence::MAX_NODES;
 pub use subject::{channel as channel_subject, parse as parse_subject};
 
 /// Time allowed to open a connection to a NATS server.
@@ -146,6 +156,13 @@ pub struct NatsConfig {
     /// Bytes the stream may hold in all (oldest dropped first, which shows as a gap). Bounds
     /// the storage of a cluster with many channels.
     pub max_bytes: i64,
+    /// How often a node checks whether its subscriber counts or members changed and writes
+    /// them to the presence bucket. `/api/channels` on another node is at most this stale.
+    pub presence_interval: Duration,
+    /// How long a node's presence outlives its last write: after a node dies, its subscribers
+    /// disappear from listings within this time. Several intervals, so that a slow write does
+    /// not make a live node flicker.
+    pub presence_ttl: Duration,
 }
 
 impl NatsConfig {
@@ -158,6 +175,8 @@ impl NatsConfig {
             max_history: None,
             max_age: None,
             max_bytes: 1 << 30,
+            presence_interval: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(10),
         }
     }
 

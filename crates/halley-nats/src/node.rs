@@ -207,6 +207,7 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
         Err(e) => return format!("starting the fan-out: {e}"),
     };
     *shared.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+    shared.generation.fetch_add(1, Ordering::Relaxed);
     shared.healthy.send_replace(true);
     *backoff = RECONNECT_MIN;
     tracing::info!(epoch = %format!("{epoch:x}"), %position, "nats broker: connected");

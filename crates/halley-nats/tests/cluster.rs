@@ -304,3 +304,24 @@ async fn a_namespace_keeping_fewer_is_trimmed_and_recent_reads_the_newest() {
     assert_eq!(s.json_line().await["data"].as_str(), Some("b2"));
     assert_eq!(s.json_line().await["data"].as_str(), Some("b3"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_channels_sees_other_nodes_until_they_die() {
+    let nats = Nats::cluster().await;
+    let a = NatsNode::start(&nats).await;
+    let mut b = NatsNode::start(&nats).await;
+    let _own = a.sse("/p/x", None).await;
+    let _s1 = b.sse("/p/x", None).await;
+    let _s2 = b.sse("/p/x", None).await;
+    let _w = b.ws("/sub/p/**").await;
+
+    a.wait_subscribers("/p/x", 3).await;
+    a.wait_subscribers("/p/**", 1).await;
+    b.wait_subscribers("/p/x", 3).await;
+
+    // B dies without a word: its presence stays until its TTL runs out, then goes.
+    b.broker.shutdown();
+    a.wait_subscribers("/p/x", 1).await;
+    a.wait_subscribers("/p/**", 0).await;
+    b.kill().await;
+}

@@ -288,7 +288,10 @@ impl NatsNode {
         };
         let mut engine = EngineConfig::default();
         tweak(&mut engine);
+        // Presence refreshed every 100 ms, expiring after 1 s (as the Redis tests' nodes).
         let mut config = NatsConfig::new(url);
+        config.presence_interval = std::time::Duration::from_millis(100);
+        config.presence_ttl = std::time::Duration::from_secs(1);
         tweak_nats(&mut config);
         let (engine, broker) = halley_nats::engine(config, engine).unwrap();
         let server = Server::bind(http, engine.clone()).await.unwrap();
@@ -340,6 +343,16 @@ impl NatsNode {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Waits until this node's `/api/channels` shows exactly `n` subscribers of `name`.
+    pub async fn wait_subscribers(&self, name: &str, n: u64) {
+        crate::eventually(
+            NODE_WAIT,
+            &format!("{name} to have {n} subscribers"),
+            || async { (self.subscribers(name).await == n).then_some(()) },
+        )
+        .await;
     }
 
     /// Opens a held `GET` (a streaming subscriber); once the head arrived, it is subscribed.
