@@ -31,6 +31,9 @@ use crate::node::{RECONNECT_MAX, RECONNECT_MIN};
 /// counted until others expire (logged).
 pub const MAX_NODES: usize = 1024;
 
+/// A node's subscriber counts (by subscribed name) and chat members.
+type Entry = (Vec<(String, usize)>, Vec<Member>);
+
 /// What a node last published, as received.
 pub(crate) struct Seen {
     at: Instant,
@@ -82,7 +85,7 @@ fn encode(counts: &[(String, usize)], members: &[Member]) -> bytes::Bytes {
 }
 
 /// A node's entry, or `None` when it is not one Halley wrote.
-fn decode(value: &[u8]) -> Option<(Vec<(String, usize)>, Vec<Member>)> {
+fn decode(value: &[u8]) -> Option<Entry> {
     let value: Value = serde_json::from_slice(value).ok()?;
     let counts = value
         .get("counts")?
@@ -181,7 +184,8 @@ async fn session(shared: &Shared, backoff: &mut Duration) -> String {
     let ttl = shared.config.presence_ttl;
     let mut tick = tokio::time::interval(shared.config.presence_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut written: Option<(u64, Vec<(String, usize)>, Vec<Member>, Instant)> = None;
+    // What was last written: in which session generation, and when.
+    let mut written: Option<(u64, Entry, Instant)> = None;
     *backoff = RECONNECT_MIN;
     loop {
         tokio::select! {
@@ -218,7 +222,7 @@ async fn session(shared: &Shared, backoff: &mut Duration) -> String {
                 let mut counts = shared.hub.counts("");
                 counts.sort_unstable();
                 let members = shared.hub.local_members();
-                let unchanged = written.as_ref().is_some_and(|(g, c, m, at)| {
+                let unchanged = written.as_ref().is_some_and(|(g, (c, m), at)| {
                     *g == generation && *c == counts && *m == members && at.elapsed() < ttl / 3
                 });
                 if unchanged {
@@ -227,7 +231,7 @@ async fn session(shared: &Shared, backoff: &mut Duration) -> String {
                 if let Err(e) = store.put(&me, encode(&counts, &members)).await {
                     return format!("presence put: {e}");
                 }
-                written = Some((generation, counts, members, Instant::now()));
+                written = Some((generation, (counts, members), Instant::now()));
             }
         }
     }
