@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub generation: AtomicU64,
     /// The other nodes' presence (`presence.rs`).
     pub others: Mutex<crate::presence::Others>,
+    /// The idempotency keys' bucket, once found (`keys.rs`).
+    pub keys: Mutex<Option<async_nats::jetstream::kv::Store>>,
 }
 
 impl Shared {
@@ -287,6 +289,7 @@ impl NatsBroker {
             subjects: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             others: Mutex::new(Default::default()),
+            keys: Mutex::new(None),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(crate::node::supervise(
@@ -634,6 +637,25 @@ impl Broker for NatsBroker {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    /// A key-value `create` in `<stream>_KEYS` (see `keys.rs`).
+    async fn claim_key(
+        &self,
+        name: &str,
+        value: &str,
+        window: Duration,
+    ) -> Result<halley_engine::idempotency::KeyClaim, BrokerError> {
+        crate::keys::claim(&self.shared, name, value, window).await
+    }
+
+    async fn settle_key(
+        &self,
+        name: &str,
+        value: Option<&str>,
+        window: Duration,
+    ) -> Result<bool, BrokerError> {
+        crate::keys::settle(&self.shared, name, value, window).await
     }
 
     fn node(&self) -> Option<String> {

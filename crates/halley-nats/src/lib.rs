@@ -89,10 +89,12 @@
 //! refreshed within the TTL (so a node that dies vanishes from listings by then). Details in
 //! `presence.rs`.
 //!
+//! **Idempotency keys** are shared the same way, in `<stream>_KEYS`: a claim is a key-value
+//! `create` (set if absent), so a retry that lands on another node is recognised (`keys.rs`).
+//!
 //! **Not yet supported:** the control API across nodes (a disconnect, unsubscribe or
-//! revocation reaches the connections of the node asked only) and idempotency keys shared by
-//! nodes (each node remembers its own); planned: core NATS request/reply for control, a
-//! key-value `create` (set if absent) for keys. `max_channels` is enforced from the stream's
+//! revocation reaches the connections of the node asked only); planned: core NATS
+//! request/reply, revocations kept in a bucket. `max_channels` is enforced from the stream's
 //! subject count read every [`CHECK_INTERVAL`] (approximate under a burst of new channels).
 //!
 //! [`Hub`]: halley_engine::Hub
@@ -101,6 +103,7 @@
 //! [`BrokerError::Unavailable`]: halley_engine::BrokerError::Unavailable
 
 mod broker;
+mod keys;
 mod node;
 mod presence;
 mod subject;
@@ -163,6 +166,9 @@ pub struct NatsConfig {
     /// disappear from listings within this time. Several intervals, so that a slow write does
     /// not make a live node flicker.
     pub presence_ttl: Duration,
+    /// Longest life of an idempotency key in its bucket (`<stream>_KEYS`): a key's window
+    /// (`--idempotency-window`) longer than this is cut to it.
+    pub key_max_age: Duration,
 }
 
 impl NatsConfig {
@@ -177,6 +183,7 @@ impl NatsConfig {
             max_bytes: 1 << 30,
             presence_interval: Duration::from_secs(1),
             presence_ttl: Duration::from_secs(10),
+            key_max_age: Duration::from_secs(24 * 3600),
         }
     }
 

@@ -132,9 +132,15 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn bucket(shared: &Shared) -> Result<kv::Store, String> {
+/// The key-value bucket `<stream>_<suffix>` whose entries expire after `max_age`, created
+/// when missing (replicas as the stream's).
+pub(crate) async fn bucket(
+    shared: &Shared,
+    suffix: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
     let link = shared.connected().ok_or("not connected to NATS")?;
-    let name = format!("{}_PRESENCE", shared.config.stream);
+    let name = format!("{}_{suffix}", shared.config.stream);
     if let Ok(store) = link.js.get_key_value(&name).await {
         return Ok(store);
     }
@@ -151,7 +157,7 @@ async fn bucket(shared: &Shared) -> Result<kv::Store, String> {
             name: format!("KV_{name}"),
             subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: 1,
-            max_age: shared.config.presence_ttl,
+            max_age,
             allow_rollup: true,
             deny_delete: true,
             allow_direct: true,
@@ -172,7 +178,7 @@ async fn bucket(shared: &Shared) -> Result<kv::Store, String> {
 }
 
 async fn session(shared: &Shared, backoff: &mut Duration) -> String {
-    let store = match bucket(shared).await {
+    let store = match bucket(shared, "PRESENCE", shared.config.presence_ttl).await {
         Ok(store) => store,
         Err(e) => return e,
     };

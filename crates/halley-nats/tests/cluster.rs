@@ -325,3 +325,52 @@ async fn api_channels_sees_other_nodes_until_they_die() {
     a.wait_subscribers("/p/**", 0).await;
     b.kill().await;
 }
+
+/// An idempotent publish retried on another node (its answer lost, the client's retry landed
+/// elsewhere): one message, the first answer again; the same key with other data refused
+/// there too; racing retries on both nodes publish once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_holds_across_nodes() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let nats = Nats::cluster().await;
+    let (a, b) = (NatsNode::start(&nats).await, NatsNode::start(&nats).await);
+    let post = |node: &NatsNode, key: &'static str, body: &'static str| {
+        let client = common::Client::new(node.addr);
+        async move {
+            let request = client
+                .request("POST", "/pub/idem/x")
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            client.send(request).await
+        }
+    };
+    let mut sse = b.sse("/idem/x", None).await;
+    let first = post(&a, "k-cluster", "1").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let retry = post(&b, "k-cluster", "1").await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let other = post(&b, "k-cluster", "2").await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.body
+    );
+    let (x, y) = tokio::join!(post(&a, "k-race", "3"), post(&b, "k-race", "3"));
+    let ids: std::collections::BTreeSet<String> = [x, y]
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let last = post(&a, "k-last", "4").await;
+    assert_eq!(last.status, StatusCode::OK);
+    for expected in ["1", "3", "4"] {
+        assert_eq!(sse.next().await.data, expected);
+    }
+}

@@ -61,21 +61,38 @@ impl Nats {
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let servers = (0..n)
-            .map(|i| Server1 {
-                child: None,
-                port: free_port(),
-                cluster_port: free_port(),
-                name: format!("n{i}"),
-                dir: dir.join(format!("n{i}")),
-            })
-            .collect();
-        let mut nats = Nats { servers, dir };
-        for i in 0..n {
-            nats.spawn(i);
+        // Another process may take a port between our probe and the server binding it; then
+        // that server exits, and the whole set starts again on other ports.
+        for _ in 0..5 {
+            let mut ports = std::collections::HashSet::new();
+            while ports.len() < 2 * n {
+                ports.insert(free_port());
+            }
+            let mut ports = ports.into_iter();
+            let servers = (0..n)
+                .map(|i| Server1 {
+                    child: None,
+                    port: ports.next().unwrap(),
+                    cluster_port: ports.next().unwrap(),
+                    name: format!("n{i}"),
+                    dir: dir.join(format!("n{i}")),
+                })
+                .collect();
+            let mut nats = Nats {
+                servers,
+                dir: dir.clone(),
+            };
+            for i in 0..n {
+                nats.spawn(i);
+            }
+            if nats.wait_ready().await {
+                return nats;
+            }
+            // Dropping the set kills its servers and removes the dir: made again for the next.
+            drop(nats);
+            std::fs::create_dir_all(&dir).unwrap();
         }
-        nats.wait_ready().await;
-        nats
+        panic!("could not start nats-server");
     }
 
     fn spawn(&mut self, i: usize) {
@@ -107,8 +124,8 @@ impl Nats {
     }
 
     /// Waits until JetStream answers through every running server (with a cluster: a meta
-    /// leader is elected).
-    async fn wait_ready(&mut self) {
+    /// leader is elected); false if a server exited (its port was taken).
+    async fn wait_ready(&mut self) -> bool {
         let until = tokio::time::Instant::now() + 3 * NODE_WAIT;
         for i in 0..self.servers.len() {
             if self.servers[i].child.is_none() {
@@ -130,6 +147,7 @@ impl Nats {
                 tokio::time::sleep(POLL).await;
             }
         }
+        true
     }
 
     /// `nats://127.0.0.1:p1,127.0.0.1:p2,…`: every server.
@@ -158,7 +176,7 @@ impl Nats {
     /// Starts server `i` again on its ports and store, and waits until JetStream is ready.
     pub async fn restart(&mut self, i: usize) {
         self.spawn(i);
-        self.wait_ready().await;
+        assert!(self.wait_ready().await, "nats-server {i} did not restart");
     }
 
     /// Kills every server, keeping their stores.
@@ -175,7 +193,7 @@ impl Nats {
                 self.spawn(i);
             }
         }
-        self.wait_ready().await;
+        assert!(self.wait_ready().await, "nats-servers did not restart");
     }
 
     /// Deletes Halley's stream (as a cluster that lost its storage would have it).
