@@ -32,6 +32,12 @@ pub(crate) const EXPIRES: &str = "Halley-Expires";
 /// cleared and refills; a channel it does not know costs one read of its last message.
 pub const LAST_SEQUENCES: usize = 100_000;
 
+/// Publishes of one node to channels in the same stripe (by hash) go one at a time, from
+/// reading the channel's last sequence to the acknowledgement: concurrent publishes to one
+/// channel from one node would otherwise all expect the same last sequence, and all but one
+/// retry. 64 stripes let publishes to different channels overlap.
+const PUBLISH_STRIPES: usize = 64;
+
 /// Last messages read at once when a listing needs channels' last ids this node does not
 /// remember.
 const LOOKUPS_IN_FLIGHT: usize = 16;
@@ -89,6 +95,8 @@ pub(crate) struct Shared {
     pub others: Mutex<crate::presence::Others>,
     /// The idempotency keys' bucket, once found (`keys.rs`).
     pub keys: Mutex<Option<async_nats::jetstream::kv::Store>>,
+    /// See [`PUBLISH_STRIPES`].
+    pub stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -290,6 +298,9 @@ impl NatsBroker {
             generation: AtomicU64::new(0),
             others: Mutex::new(Default::default()),
             keys: Mutex::new(None),
+            stripes: (0..PUBLISH_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(crate::node::supervise(
@@ -355,11 +366,19 @@ impl Broker for NatsBroker {
             shared: s,
             seq: local,
         };
+        let stripe = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(&channel) as usize
+                % PUBLISH_STRIPES
+        };
+        let turn = s.stripes[stripe].lock().await;
         let payload = Bytes::copy_from_slice(data.json().as_bytes());
         let published_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let mut prev = match known {
+        // Read under the stripe: the previous publish of this node to the channel is in.
+        let cached = s.delivery().last.get(&channel).copied();
+        let mut prev = match cached {
             Some(seq) => seq,
             None => s.last_of(&link, &subject).await?,
         };
@@ -404,6 +423,7 @@ impl Broker for NatsBroker {
             )));
         };
         s.delivery().remember(&channel, seq);
+        drop(turn);
         let id = MessageId::new(link.epoch, seq);
         let limits = s.engine.history(&channel);
         if limits.size < self.max_history() {
