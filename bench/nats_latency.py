@@ -157,21 +157,31 @@ def wait_healthy(port):
     sys.exit(f"node on {port} not healthy")
 
 
-def broadcast(a, b, subs, duration):
-    """halley-bench throughput: `subs` SSE subscribers on B's one channel, publishers on A."""
+def broadcast(a, b, subs, duration, publishers, interval_ms):
+    """halley-bench: `subs` SSE subscribers on B's one channel, publishes on A — at full speed
+    for `duration` s (throughput), or with interval_ms, 10 s of publishes that far apart
+    (fanout)."""
     bench = os.path.join(ROOT, "target", "release", "halley-bench")
     if not os.path.exists(bench):
         sys.exit("build first: cargo build --release -p halley-bench")
+    if interval_ms:
+        scenario = ["fanout", "-n", str(subs), "--messages", str(duration * 1000 // interval_ms),
+                    "--interval-ms", str(interval_ms)]
+    else:
+        scenario = ["throughput", "--channels", "1", "--subs", str(subs), "--duration",
+                    str(duration), "--publishers", str(publishers)]
     out = subprocess.run(
-        [bench, "throughput", "--target", f"127.0.0.1:{b}", "--publish-target",
-         f"127.0.0.1:{a}", "--kind", "sse", "--channels", "1", "--subs", str(subs),
-         "--duration", str(duration), "--publishers", "4", "--procs", "1"],
+        [bench, *scenario, "--target", f"127.0.0.1:{b}", "--publish-target", f"127.0.0.1:{a}",
+         "--kind", "sse", "--procs", "1"],
         capture_output=True, text=True, timeout=duration + 120,
     )
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not line:
         sys.exit(f"halley-bench failed: {out.stdout} {out.stderr}")
-    return json.loads(line[-1])
+    result = json.loads(line[-1])
+    result["p50_ms"] = result.get("latency", {}).get("p50_ms")
+    result["p99_ms"] = result.get("latency", {}).get("p99_ms")
+    return result
 
 
 def main():
@@ -180,6 +190,9 @@ def main():
     ap.add_argument("--broadcast", action="store_true")
     ap.add_argument("--subs", type=int, default=1000)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--publishers", type=int, default=4)
+    ap.add_argument("--interval-ms", type=int, default=0,
+                    help="spaced publishes (fanout) instead of full speed")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     if not os.path.exists(HALLEY):
@@ -213,9 +226,12 @@ def main():
             wait_healthy(b)
             rows += halley_latency(label + ", A → B", a, b, args.n)
             if args.broadcast:
-                result = broadcast(a, b, args.subs, args.duration)
+                result = broadcast(a, b, args.subs, args.duration, args.publishers, args.interval_ms)
                 result["setup"] = label + f", {args.subs} SSE subscribers on B, publishers on A"
-                print(json.dumps(result))
+                result.pop("latency", None)
+                print(f"| {result['setup']} | {result.get('publishes_per_sec', 0):.0f} publishes/s | "
+                      f"{result['deliveries_per_sec']:.0f} deliveries/s | "
+                      f"dropped {result['dropped']} | p50 {result.get('p50_ms')} ms |")
                 rows.append(result)
         if args.out:
             with open(args.out, "w") as f:
