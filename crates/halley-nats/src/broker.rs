@@ -372,6 +372,9 @@ impl Broker for NatsBroker {
                 % PUBLISH_STRIPES
         };
         let turn = s.stripes[stripe].lock().await;
+        // Every sequence the stream gives this publish is past what was delivered before it
+        // began — unless the stream was created again and this node has not noticed yet.
+        let before = s.delivery().position;
         let payload = Bytes::copy_from_slice(data.json().as_bytes());
         let published_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -422,6 +425,10 @@ impl Broker for NatsBroker {
                 "{PUBLISH_ATTEMPTS} concurrent publishes to {channel} raced this one"
             )));
         };
+        if before.is_some_and(|b| b.epoch == link.epoch && seq <= b.offset) {
+            // Stored in a new stream whose epoch this node does not know yet: no id to give.
+            return Err(s.unavailable("the stream was created again; retry"));
+        }
         s.delivery().remember(&channel, seq);
         drop(turn);
         let id = MessageId::new(link.epoch, seq);

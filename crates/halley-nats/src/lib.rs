@@ -70,7 +70,9 @@
 //! **Epochs.** The stream's creation time. If the stream is deleted and created again (a
 //! cluster that lost its storage), ids of the old one are answered with a gap, never mixed with
 //! the new sequences; nodes notice within [`CHECK_INTERVAL`] and deliver the new stream from
-//! its start.
+//! its start. A publish in between, acknowledged by the new stream with a sequence not past
+//! what the node delivered, gets a 503 rather than an id of the wrong epoch (it is stored, and
+//! delivered with its right id).
 //!
 //! **Publish waits for its own copy.** As with Redis: [`Broker::publish`] returns once this
 //! node's fan-out delivered the message to the local hub, so the count is real and one

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Nats, NatsNode, eventually, parse_id, ws_json};
-use hyper::StatusCode;
 
 /// Messages published in all; server 0 dies after a third and comes back after two thirds.
 const MESSAGES: usize = 240;
@@ -31,7 +30,7 @@ async fn a_server_killed_during_a_publish_loop_loses_no_acknowledged_message() {
         subscribers.push(node.ws("/sub/chaos/**").await);
     }
     let mut acked: Vec<String> = Vec::new();
-    let mut refused = 0;
+    let refused = std::cell::Cell::new(0);
     for i in 0..MESSAGES {
         if i == MESSAGES / 3 {
             nats.kill(0);
@@ -40,27 +39,25 @@ async fn a_server_killed_during_a_publish_loop_loses_no_acknowledged_message() {
             nats.restart(0).await;
         }
         let node = &nodes[i % nodes.len()];
-        let reply = node
-            .post(&format!("/pub/chaos/{}", i % 5), &i.to_string())
-            .await;
-        match reply.status.as_u16() {
-            200 => acked.push(reply.json()["id"].as_str().unwrap().to_owned()),
-            503 => {
-                // A client retries later: here, once the node says it is healthy again.
-                refused += 1;
-                if refused < 4 {
-                    eprintln!("publish {i} refused: {}", reply.body);
-                }
-                eventually(
-                    Duration::from_secs(30),
-                    "the node healthy again",
-                    || async { (node.health().await == StatusCode::OK).then_some(()) },
-                )
+        // A client retries a refused publish (503: not acknowledged) until it is accepted:
+        // while the stream elects a new leader, and while the node reconnects.
+        let id = eventually(Duration::from_secs(30), "a publish accepted", || async {
+            let reply = node
+                .post(&format!("/pub/chaos/{}", i % 5), &i.to_string())
                 .await;
+            match reply.status.as_u16() {
+                200 => Some(reply.json()["id"].as_str().unwrap().to_owned()),
+                503 => {
+                    refused.set(refused.get() + 1);
+                    None
+                }
+                other => panic!("publish {i}: {other} {}", reply.body),
             }
-            other => panic!("publish {i}: {other} {}", reply.body),
-        }
+        })
+        .await;
+        acked.push(id);
     }
+    let refused = refused.get();
     eprintln!("{} acknowledged, {refused} refused (503)", acked.len());
     let last = parse_id(acked.last().unwrap());
     for (n, ws) in subscribers.iter_mut().enumerate() {
