@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub keys: Mutex<Option<async_nats::jetstream::kv::Store>>,
     /// See [`PUBLISH_STRIPES`].
     pub stripes: Vec<tokio::sync::Mutex<()>>,
+    /// True once this node listens to the control subject and read the kept revocations.
+    pub control_up: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -120,7 +122,7 @@ impl Shared {
         (link.client.connection_state() == async_nats::connection::State::Connected).then_some(link)
     }
 
-    fn link(&self) -> Result<Link, BrokerError> {
+    pub fn link(&self) -> Result<Link, BrokerError> {
         self.connected()
             .ok_or_else(|| self.unavailable("not connected to NATS"))
     }
@@ -301,6 +303,7 @@ impl NatsBroker {
             stripes: (0..PUBLISH_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            control_up: watch::Sender::new(false),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(crate::node::supervise(
@@ -309,12 +312,22 @@ impl NatsBroker {
             cancel.clone(),
         ));
         tokio::spawn(crate::presence::run(shared.clone(), cancel.clone()));
+        tokio::spawn(crate::control::listen(shared.clone(), cancel.clone()));
         Ok(Arc::new(NatsBroker { shared, cancel }))
     }
 
     /// Waits up to `within` for the connection and the stream; true once both are there.
     pub async fn connected(&self, within: Duration) -> bool {
         let mut rx = self.shared.healthy.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits up to `within` until this node listens to the control API's subject and has read
+    /// the kept revocations (it starts once the engine's policy is set).
+    pub async fn control_ready(&self, within: Duration) -> bool {
+        let mut rx = self.shared.control_up.subscribe();
         tokio::time::timeout(within, rx.wait_for(|up| *up))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -664,6 +677,13 @@ impl Broker for NatsBroker {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    async fn control(
+        &self,
+        command: &halley_engine::control::Command,
+    ) -> Result<halley_engine::control::Remote, BrokerError> {
+        crate::control::request(&self.shared, command).await
     }
 
     /// A key-value `create` in `<stream>_KEYS` (see `keys.rs`).

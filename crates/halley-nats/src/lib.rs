@@ -94,10 +94,15 @@
 //! **Idempotency keys** are shared the same way, in `<stream>_KEYS`: a claim is a key-value
 //! `create` (set if absent), so a retry that lands on another node is recognised (`keys.rs`).
 //!
-//! **Not yet supported:** the control API across nodes (a disconnect, unsubscribe or
-//! revocation reaches the connections of the node asked only); planned: core NATS
-//! request/reply, revocations kept in a bucket. `max_channels` is enforced from the stream's
-//! subject count read every [`CHECK_INTERVAL`] (approximate under a burst of new channels).
+//! **Control.** The control API (disconnect, unsubscribe, revoke, list a user, stats) reaches
+//! every node over core NATS request/reply on `<subject_prefix>-control`; the asking node
+//! waits for as many answers as presence knows nodes (at most [`CONTROL_TIMEOUT`]).
+//! Revocations are also kept in the bucket `<stream>_REVOKED`, read by every node when it
+//! starts listening and after each reconnect. Details in `control.rs`.
+//!
+//! **Limits.** `max_channels` is enforced from the stream's subject count read every
+//! [`CHECK_INTERVAL`] (approximate under a burst of new channels); the revocation bucket is not
+//! bounded by `MAX_REVOCATIONS` as each node's table is (a node past it refuses the new user).
 //!
 //! [`Hub`]: halley_engine::Hub
 //! [`Broker::publish`]: halley_engine::Broker::publish
@@ -105,6 +110,7 @@
 //! [`BrokerError::Unavailable`]: halley_engine::BrokerError::Unavailable
 
 mod broker;
+mod control;
 mod keys;
 mod node;
 mod presence;
@@ -116,6 +122,7 @@ use std::time::Duration;
 use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 
 pub use broker::NatsBroker;
+pub use control::{CONTROL_TIMEOUT, MAX_ANSWERS};
 pub use node::{CHECK_INTERVAL, RECONNECT_MAX, RECONNECT_MIN};
 pub use presence::MAX_NODES;
 pub use subject::{channel as channel_subject, parse as parse_subject};

@@ -55,6 +55,11 @@ impl Others {
             .filter(move |s| now.duration_since(s.at) < ttl)
     }
 
+    /// Other nodes alive (refreshed within `ttl`).
+    pub fn count(&self, ttl: Duration) -> usize {
+        self.fresh(ttl).count()
+    }
+
     pub fn subscribers(&self, prefix: &str, ttl: Duration) -> Vec<(String, usize)> {
         let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
         for seen in self.fresh(ttl) {

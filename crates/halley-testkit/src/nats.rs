@@ -291,6 +291,18 @@ impl NatsNode {
         node
     }
 
+    /// A node whose engine asks `policy`; it returns once the node also listens to the
+    /// control API's subject (which it joins once its policy is set).
+    pub async fn with_policy(nats: &Nats, policy: halley_engine::access::Policy) -> NatsNode {
+        let node = NatsNode::with(&nats.url(), |_| {}, |_| {}).await;
+        assert!(node.engine.set_policy(policy).is_ok());
+        assert!(
+            node.broker.control_ready(3 * NODE_WAIT).await,
+            "node did not listen to the control subject"
+        );
+        node
+    }
+
     /// A node that may not reach NATS (yet).
     pub async fn unconnected(
         url: &str,
