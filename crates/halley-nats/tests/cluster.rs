@@ -400,3 +400,28 @@ async fn racing_publishes_to_one_channel_all_land_without_a_gap() {
         assert_eq!(s.json_line().await["id"].as_str(), Some(&**id));
     }
 }
+
+/// `max_channels` counts the stream's channels, whichever node created them: past it, a
+/// publish to a new channel is refused (once the node has read the count), an existing
+/// channel still takes messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_channels_counts_every_nodes_channels() {
+    let nats = Nats::cluster().await;
+    let tweak = |e: &mut halley_engine::EngineConfig| e.max_channels = 2;
+    let a = NatsNode::with(&nats.url(), tweak, |_| {}).await;
+    let b = NatsNode::with(&nats.url(), tweak, |_| {}).await;
+    a.publish_id("/m/a", "x").await;
+    b.publish_id("/m/b", "x").await;
+    // Each try is another new channel: one accepted before the node read the count (within
+    // CHECK_INTERVAL) is a channel more, as the limit is approximate that long.
+    let tries = std::cell::Cell::new(0);
+    let refused = eventually(WAIT, "a refused new channel", || async {
+        tries.set(tries.get() + 1);
+        let reply = a.post(&format!("/pub/m/new{}", tries.get()), "x").await;
+        (reply.status != 200).then_some(reply)
+    })
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"].is_string());
+    a.publish_id("/m/b", "an existing channel is fine").await;
+}
