@@ -128,6 +128,32 @@ def halley_latency(name, pub_port, sub_port, n):
 
 
 
+def race(name, a, b, n, same_channel):
+    """Two publishers at once, one on A and one on B, n publishes each: to one channel (each
+    one's expected previous message taken by the other now and then: a retry) or to two."""
+    import threading
+    results = {}
+
+    def run(port, channel, key):
+        conn = Conn(port)
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            http_publish(conn, channel, b"r%d" % i)
+            samples.append(time.perf_counter() - t0)
+        results[key] = samples
+
+    threads = [
+        threading.Thread(target=run, args=(a, b"/bench/race", "a")),
+        threading.Thread(target=run, args=(b, b"/bench/race" if same_channel else b"/bench/other", "b")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return summary(name, results.get("a", []) + results.get("b", []))
+
+
 def start_nats(procs, tmp, n):
     """n nats-server processes with JetStream (a cluster when n > 1); their client ports."""
     ports = [(free_port(), free_port()) for _ in range(n)]
@@ -225,6 +251,8 @@ def main():
             b = node("--broker", url)
             wait_healthy(b)
             rows += halley_latency(label + ", A → B", a, b, args.n)
+            rows.append(race(label + ": A and B publishing at once, two channels", a, b, args.n, False))
+            rows.append(race(label + ": A and B publishing at once, one channel", a, b, args.n, True))
             if args.broadcast:
                 result = broadcast(a, b, args.subs, args.duration, args.publishers, args.interval_ms)
                 result["setup"] = label + f", {args.subs} SSE subscribers on B, publishers on A"
