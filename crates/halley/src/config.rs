@@ -437,9 +437,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HALLEY_MAX_CHANNELS")]
     pub max_channels: Option<usize>,
     /// Where messages, history and presence live: `memory` (this process only),
-    /// `redis://host:port[/db]` to share them with every node on that Redis, or
+    /// `redis://host:port[/db]` to share them with every node on that Redis,
     /// `redis+sentinel://host:port[,host:port…]/<master>[/db]` for the master Sentinel names
-    /// (query: `wait=<replicas>`, `wait-timeout=<ms>`, `epoch=master|offset`) [default: memory].
+    /// (query: `wait=<replicas>`, `wait-timeout=<ms>`, `epoch=master|offset`), or
+    /// `nats://host:port[,host:port…]` for a NATS JetStream cluster [default: memory].
     #[arg(long, env = "HALLEY_BROKER")]
     pub broker: Option<String>,
     /// Seconds a chat member stays present after its last connection closed, so that
@@ -489,6 +490,8 @@ pub enum BrokerChoice {
     Memory,
     /// A `redis://`, `rediss://` or `redis+sentinel://` URL.
     Redis(String),
+    /// `nats://host:port[,host:port…]`: NATS servers with JetStream.
+    Nats(String),
 }
 
 impl BrokerChoice {
@@ -501,9 +504,11 @@ impl BrokerChoice {
             {
                 Ok(BrokerChoice::Redis(url.to_owned()))
             }
+            url if url.starts_with("nats://") => Ok(BrokerChoice::Nats(url.to_owned())),
             other => anyhow::bail!(
-                "unknown broker {other:?}: use memory, redis://host:port[/db] or \
-                 redis+sentinel://host:port[,host:port…]/<master>[/db]"
+                "unknown broker {other:?}: use memory, redis://host:port[/db], \
+                 redis+sentinel://host:port[,host:port…]/<master>[/db] or \
+                 nats://host:port[,host:port…]"
             ),
         }
     }
@@ -998,6 +1003,12 @@ mod tests {
             "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/halley?wait=1",
             Some(BrokerChoice::Redis(
                 "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/halley?wait=1".into(),
+            )),
+        );
+        check(
+            "nats://127.0.0.1:4222,127.0.0.1:4223",
+            Some(BrokerChoice::Nats(
+                "nats://127.0.0.1:4222,127.0.0.1:4223".into(),
             )),
         );
         check("postgres://x", None);

@@ -84,6 +84,7 @@ fn check_config(file: std::path::PathBuf) -> anyhow::Result<()> {
 async fn run(settings: config::Settings) -> anyhow::Result<()> {
     // Kept until the server has drained, so the broker outlives every connection.
     let mut redis = None;
+    let mut nats = None;
     let engine = match &settings.broker {
         BrokerChoice::Memory => Engine::in_memory(settings.engine),
         BrokerChoice::Redis(url) => {
@@ -97,6 +98,18 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
                 tracing::warn!(redis = %redis_at, "broker: redis unreachable; serving degraded until it is");
             }
             redis = Some(broker);
+            engine
+        }
+        BrokerChoice::Nats(url) => {
+            let config = nats_config(url, &settings);
+            let (engine, broker) = halley_nats::engine(config, settings.engine)
+                .context("configuring the NATS broker")?;
+            if broker.connected(REDIS_STARTUP_WAIT).await {
+                tracing::info!(nats = %url, "broker: nats");
+            } else {
+                tracing::warn!(nats = %url, "broker: nats unreachable; serving degraded until it is");
+            }
+            nats = Some(broker);
             engine
         }
     };
@@ -136,8 +149,29 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
     });
     server.run().await;
     drop(redis);
+    drop(nats);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The NATS broker's settings: the stream keeps as many messages per channel, and for as
+/// long, as the most generous namespace (a namespace that keeps fewer is trimmed per publish,
+/// one that keeps them shorter is filtered on reading).
+fn nats_config(url: &str, settings: &config::Settings) -> halley_nats::NatsConfig {
+    let mut config = halley_nats::NatsConfig::new(url);
+    let namespaces = settings.policy.namespaces();
+    let (size, ttl) = namespaces.fold(
+        (settings.engine.history_size, settings.engine.history_ttl),
+        |(size, ttl), ns| {
+            (
+                size.max(ns.history_size.unwrap_or(0)),
+                ttl.max(ns.history_ttl.unwrap_or_default()),
+            )
+        },
+    );
+    config.max_history = Some(size);
+    config.max_age = Some(ttl);
+    config
 }
 
 /// The URL for logs: a password in it (`redis://:secret@host`) must not end up there.

@@ -1,0 +1,394 @@
+//! Scale-out on NATS: [`Nats`], one or three `nats-server -js` processes of the test's own
+//! (free ports, a cluster block, their own temp store dirs, killed on drop), and [`NatsNode`],
+//! an in-process Halley server on them.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use halley_engine::{Engine, EngineConfig};
+use halley_http::{HttpConfig, Server};
+use halley_nats::{NatsBroker, NatsConfig};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis::{NODE_WAIT, free_port};
+use crate::{Client, Open, POLL, Reply, within_for};
+
+/// One nats-server of a [`Nats`] cluster.
+struct Server1 {
+    child: Option<Child>,
+    port: u16,
+    cluster_port: u16,
+    name: String,
+    dir: PathBuf,
+}
+
+/// `nats-server -js` processes of this test's own: one alone, or a cluster of three.
+pub struct Nats {
+    servers: Vec<Server1>,
+    dir: PathBuf,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nats {
+    /// One server with JetStream, ready.
+    pub async fn single() -> Nats {
+        Nats::start(1).await
+    }
+
+    /// Three clustered servers with JetStream, ready (a meta leader is elected).
+    pub async fn cluster() -> Nats {
+        Nats::start(3).await
+    }
+
+    async fn start(n: usize) -> Nats {
+        let dir = std::env::temp_dir().join(format!(
+            "halley-nats-test-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Another process may take a port between our probe and the server binding it; then
+        // that server exits, and the whole set starts again on other ports.
+        for _ in 0..5 {
+            let mut ports = std::collections::HashSet::new();
+            while ports.len() < 2 * n {
+                ports.insert(free_port());
+            }
+            let mut ports = ports.into_iter();
+            let servers = (0..n)
+                .map(|i| Server1 {
+                    child: None,
+                    port: ports.next().unwrap(),
+                    cluster_port: ports.next().unwrap(),
+                    name: format!("n{i}"),
+                    dir: dir.join(format!("n{i}")),
+                })
+                .collect();
+            let mut nats = Nats {
+                servers,
+                dir: dir.clone(),
+            };
+            for i in 0..n {
+                nats.spawn(i);
+            }
+            if nats.wait_ready().await {
+                return nats;
+            }
+            // Dropping the set kills its servers and removes the dir: made again for the next.
+            drop(nats);
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        panic!("could not start nats-server");
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .collect();
+        let clustered = self.servers.len() > 1;
+        let s = &mut self.servers[i];
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &s.port.to_string()])
+            .args(["--server_name", &s.name])
+            .arg("-sd")
+            .arg(&s.dir);
+        if clustered {
+            command
+                .args(["--cluster_name", "halley-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", s.cluster_port)])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server not found: install Debian's nats-server (scripts/test does)");
+        s.child = Some(child);
+    }
+
+    /// Waits until JetStream answers through every running server (with a cluster: a meta
+    /// leader is elected); false if a server exited (its port was taken).
+    async fn wait_ready(&mut self) -> bool {
+        let until = tokio::time::Instant::now() + 3 * NODE_WAIT;
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_none() {
+                continue;
+            }
+            let port = self.servers[i].port;
+            loop {
+                assert!(
+                    tokio::time::Instant::now() < until,
+                    "nats-server on port {port} did not get JetStream ready"
+                );
+                if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(|c| c.try_wait())
+                {
+                    panic!("nats-server on port {port} exited: {status}");
+                }
+                if js_ready(port).await {
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        true
+    }
+
+    /// `nats://127.0.0.1:p1,127.0.0.1:p2,…`: every server.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("nats://{}", hosts.join(","))
+    }
+
+    /// The address of server `i` alone.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    /// Kills server `i` (SIGKILL, like a crash; its store dir stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store, and waits until JetStream is ready.
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        assert!(self.wait_ready().await, "nats-server {i} did not restart");
+    }
+
+    /// Kills every server, keeping their stores.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every killed server again and waits until JetStream is ready.
+    pub async fn restart_all(&mut self) {
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        assert!(self.wait_ready().await, "nats-servers did not restart");
+    }
+
+    /// Deletes Halley's stream (as a cluster that lost its storage would have it).
+    pub async fn delete_stream(&self, name: &str) {
+        let client = async_nats::connect(self.url_of(self.running()))
+            .await
+            .unwrap();
+        async_nats::jetstream::new(client)
+            .delete_stream(name)
+            .await
+            .unwrap();
+    }
+
+    /// The replicas of stream `name` (its configuration, as the server reports it).
+    pub async fn stream_replicas(&self, name: &str) -> u64 {
+        let client = async_nats::connect(self.url_of(self.running()))
+            .await
+            .unwrap();
+        let reply = client
+            .request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new())
+            .await
+            .unwrap();
+        let info: Value = serde_json::from_slice(&reply.payload).unwrap();
+        info["config"]["num_replicas"].as_u64().unwrap_or(0)
+    }
+
+    fn running(&self) -> usize {
+        self.servers.iter().position(|s| s.child.is_some()).unwrap()
+    }
+}
+
+/// Whether JetStream answers an account request through the server on `port`.
+async fn js_ready(port: u16) -> bool {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_millis(500))
+        .connect(format!("nats://127.0.0.1:{port}"));
+    let Ok(Ok(client)) = tokio::time::timeout(std::time::Duration::from_secs(1), connect).await
+    else {
+        return false;
+    };
+    // The raw request: async-nats's account type does not read a 2.9 server's answer.
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        client.request("$JS.API.INFO", Bytes::new()),
+    )
+    .await;
+    let Ok(Ok(reply)) = reply else {
+        return false;
+    };
+    serde_json::from_slice::<Value>(&reply.payload)
+        .is_ok_and(|v| v.get("error").is_none() && v.get("memory").is_some())
+}
+
+/// One Halley node (in-process) on a [`Nats`] cluster. It derefs to its [`Client`].
+pub struct NatsNode {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    pub broker: Arc<NatsBroker>,
+    shutdown: CancellationToken,
+    done: Option<JoinHandle<()>>,
+    client: Client,
+}
+
+impl Drop for NatsNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.broker.shutdown();
+    }
+}
+
+impl Deref for NatsNode {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl NatsNode {
+    pub async fn start(nats: &Nats) -> NatsNode {
+        NatsNode::with(&nats.url(), |_| {}, |_| {}).await
+    }
+
+    /// A node on the servers of `url`, with its engine and broker settings adjusted; it
+    /// returns once connected.
+    pub async fn with(
+        url: &str,
+        tweak: impl FnOnce(&mut EngineConfig),
+        tweak_nats: impl FnOnce(&mut NatsConfig),
+    ) -> NatsNode {
+        let node = NatsNode::unconnected(url, tweak, tweak_nats).await;
+        assert!(
+            node.broker.connected(3 * NODE_WAIT).await,
+            "node did not connect to NATS"
+        );
+        node
+    }
+
+    /// A node whose engine asks `policy`; it returns once the node also listens to the
+    /// control API's subject (which it joins once its policy is set).
+    pub async fn with_policy(nats: &Nats, policy: halley_engine::access::Policy) -> NatsNode {
+        let node = NatsNode::with(&nats.url(), |_| {}, |_| {}).await;
+        assert!(node.engine.set_policy(policy).is_ok());
+        assert!(
+            node.broker.control_ready(3 * NODE_WAIT).await,
+            "node did not listen to the control subject"
+        );
+        node
+    }
+
+    /// A node that may not reach NATS (yet).
+    pub async fn unconnected(
+        url: &str,
+        tweak: impl FnOnce(&mut EngineConfig),
+        tweak_nats: impl FnOnce(&mut NatsConfig),
+    ) -> NatsNode {
+        crate::init_test_log();
+        let http = HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hold_timeout: std::time::Duration::from_millis(500),
+            drain_timeout: std::time::Duration::from_secs(2),
+            ..HttpConfig::default()
+        };
+        let mut engine = EngineConfig::default();
+        tweak(&mut engine);
+        // Presence refreshed every 100 ms, expiring after 1 s (as the Redis tests' nodes).
+        let mut config = NatsConfig::new(url);
+        config.presence_interval = std::time::Duration::from_millis(100);
+        config.presence_ttl = std::time::Duration::from_secs(1);
+        tweak_nats(&mut config);
+        let (engine, broker) = halley_nats::engine(config, engine).unwrap();
+        let server = Server::bind(http, engine.clone()).await.unwrap();
+        let addr = server.local_addr();
+        let shutdown = server.shutdown_token();
+        let done = Some(tokio::spawn(server.run()));
+        NatsNode {
+            addr,
+            engine,
+            broker,
+            shutdown,
+            done,
+            client: Client {
+                addr,
+                wait: NODE_WAIT,
+            },
+        }
+    }
+
+    /// Stops the node as a crash would: the broker first, then the HTTP server.
+    pub async fn kill(&mut self) {
+        self.broker.shutdown();
+        self.shutdown.cancel();
+        if let Some(done) = self.done.take() {
+            within_for(NODE_WAIT, "node drain", done).await.unwrap();
+        }
+    }
+
+    pub fn broker_errors(&self) -> u64 {
+        halley_engine::Stats::get(&self.engine.stats().broker_errors)
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.client
+            .post(path, "text/plain", Bytes::from(body.to_owned()))
+            .await
+    }
+
+    /// Publishes text to `channel`; returns the reply (`id`, `subscribers`).
+    pub async fn publish(&self, channel: &str, text: &str) -> Value {
+        let reply = self.post(&format!("/pub{channel}"), text).await;
+        assert_eq!(reply.status, 200, "publish to {channel}: {}", reply.body);
+        reply.json()
+    }
+
+    /// Publishes and returns the new message's id.
+    pub async fn publish_id(&self, channel: &str, text: &str) -> String {
+        self.publish(channel, text).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Waits until this node's `/api/channels` shows exactly `n` subscribers of `name`.
+    pub async fn wait_subscribers(&self, name: &str, n: u64) {
+        crate::eventually(
+            NODE_WAIT,
+            &format!("{name} to have {n} subscribers"),
+            || async { (self.subscribers(name).await == n).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Opens a held `GET` (a streaming subscriber); once the head arrived, it is subscribed.
+    pub async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> Open {
+        let open = self.client.stream_with(path, headers).await;
+        assert_eq!(open.status, 200, "GET {path}");
+        open
+    }
+}
