@@ -139,7 +139,9 @@ impl Nats {
                 );
                 if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(|c| c.try_wait())
                 {
-                    panic!("nats-server on port {port} exited: {status}");
+                    // Most likely another process took one of its ports first.
+                    eprintln!("nats-server on port {port} exited: {status}");
+                    return false;
                 }
                 if js_ready(port).await {
                     break;
