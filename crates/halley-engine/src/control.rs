@@ -38,6 +38,8 @@ use crate::access::{AccessError, Denied, Lapse};
 use crate::hub::{Hub, Subscriber, remove_from};
 use crate::{Event, Subscription};
 
+pub mod wire;
+
 /// Longest reason a disconnect may carry, in bytes. It is shown to the user ("banned for
 /// spam") in every transport's notice; 256 bytes is a sentence, and keeps a notice small.
 pub const MAX_REASON: usize = 256;

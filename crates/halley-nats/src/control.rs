@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use halley_engine::control::{Command, Outcome, Remote};
-use halley_engine::{BrokerError, Hub};
-use halley_proto::Pattern;
-use serde_json::{Value, json};
+use halley_engine::BrokerError;
+use halley_engine::control::{Command, Remote, wire};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Shared;
@@ -77,7 +75,7 @@ pub(crate) async fn request(shared: &Shared, command: &Command) -> Result<Remote
         .subscribe(inbox.clone())
         .await
         .map_err(|e| shared.unavailable(e))?;
-    let message = encode_command(0, &node_name(shared.node), command);
+    let message = wire::encode_command(0, &node_name(shared.node), command);
     link.client
         .publish_with_reply(subject(shared), inbox, message.into())
         .await
@@ -86,7 +84,7 @@ pub(crate) async fn request(shared: &Shared, command: &Command) -> Result<Remote
     let deadline = tokio::time::Instant::now() + CONTROL_TIMEOUT;
     while answers.len() < nodes.min(MAX_ANSWERS) {
         match tokio::time::timeout_at(deadline, answers_rx.next()).await {
-            Ok(Some(answer)) => match decode_answer(&answer.payload) {
+            Ok(Some(answer)) => match wire::decode_answer(&answer.payload) {
                 Some((_, outcome)) => answers.push(outcome),
                 None => {
                     tracing::warn!("control: undecodable answer skipped");
@@ -190,28 +188,15 @@ async fn load_revocations(shared: &Shared) -> Result<(), String> {
             .ok()
             .and_then(|v| v.parse().ok())
         {
-            apply(&shared.hub, &Command::Revoke { user, before });
+            wire::apply(&shared.hub, &Command::Revoke { user, before });
         }
     }
     Ok(())
 }
 
-fn apply(hub: &Hub, command: &Command) -> Outcome {
-    match hub.apply(command) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            tracing::warn!(error = %e, user = command.user(), "control: not applied");
-            Outcome {
-                error: Some(e.to_string()),
-                ..Outcome::default()
-            }
-        }
-    }
-}
-
 /// Another node's command, applied here; the answer to send, `None` for our own.
 fn command(shared: &Shared, payload: &[u8]) -> Option<String> {
-    let Some((rid, from, command)) = decode_command(payload) else {
+    let Some((rid, from, command)) = wire::decode_command(payload) else {
         tracing::warn!("control: undecodable command skipped");
         shared.error();
         return None;
@@ -220,114 +205,12 @@ fn command(shared: &Shared, payload: &[u8]) -> Option<String> {
     if from == me {
         return None;
     }
-    let mut outcome = apply(&shared.hub, &command);
-    outcome.node = Some(me.clone());
-    for c in &mut outcome.connections {
-        c.node = Some(me.clone());
-    }
-    Some(json!({ "rid": rid, "outcome": outcome }).to_string())
-}
-
-fn encode_command(rid: u64, from: &str, command: &Command) -> String {
-    let mut value = json!({ "rid": rid, "from": from, "user": command.user() });
-    match command {
-        Command::Disconnect { reason, .. } => {
-            value["op"] = "disconnect".into();
-            if let Some(reason) = reason {
-                value["reason"] = reason.as_str().into();
-            }
-        }
-        Command::Unsubscribe { pattern, .. } => {
-            value["op"] = "unsubscribe".into();
-            value["channel"] = pattern.to_string().into();
-        }
-        Command::Revoke { before, .. } => {
-            value["op"] = "revoke".into();
-            value["before"] = (*before).into();
-        }
-        Command::List { .. } => value["op"] = "list".into(),
-        Command::Stats => value["op"] = "stats".into(),
-    }
-    value.to_string()
-}
-
-/// A command as another node sent it; `None` for anything malformed.
-fn decode_command(payload: &[u8]) -> Option<(u64, String, Command)> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    let rid = value["rid"].as_u64()?;
-    let from = value["from"].as_str()?.to_owned();
-    let user = value["user"].as_str()?.to_owned();
-    let command = match value["op"].as_str()? {
-        "disconnect" => Command::Disconnect {
-            user,
-            reason: value["reason"].as_str().map(str::to_owned),
-        },
-        "unsubscribe" => Command::Unsubscribe {
-            user,
-            pattern: Pattern::parse(value["channel"].as_str()?).ok()?,
-        },
-        "revoke" => Command::Revoke {
-            user,
-            before: value["before"].as_u64()?,
-        },
-        "list" => Command::List { user },
-        "stats" => Command::Stats,
-        _ => return None,
-    };
-    Some((rid, from, command))
-}
-
-fn decode_answer(payload: &[u8]) -> Option<(u64, Outcome)> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    let rid = value["rid"].as_u64()?;
-    let outcome = serde_json::from_value(value["outcome"].clone()).ok()?;
-    Some((rid, outcome))
+    Some(wire::answer(&shared.hub, rid, &me, &command))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_travel_intact() {
-        let check = |command: Command| {
-            let text = encode_command(7, "ab12", &command);
-            assert_eq!(
-                decode_command(text.as_bytes()),
-                Some((7, "ab12".to_owned(), command)),
-                "{text}"
-            );
-        };
-        check(Command::Disconnect {
-            user: "alice".into(),
-            reason: Some("spam — \"again\"".into()),
-        });
-        check(Command::Unsubscribe {
-            user: "a\nb".into(),
-            pattern: Pattern::parse("/chat/**").unwrap(),
-        });
-        check(Command::Revoke {
-            user: "alice".into(),
-            before: u64::MAX,
-        });
-        check(Command::List {
-            user: "alice".into(),
-        });
-        check(Command::Stats);
-    }
-
-    #[test]
-    fn malformed_messages_are_skipped() {
-        for bad in [
-            "",
-            "[]",
-            r#"{"rid":1,"from":"a","user":"u","op":"shutdown"}"#,
-            r#"{"rid":1,"from":"a","user":"u","op":"unsubscribe","channel":"nope"}"#,
-        ] {
-            assert_eq!(decode_command(bad.as_bytes()), None, "{bad}");
-        }
-        assert_eq!(decode_answer(br#"{"rid":1,"outcome":{"count":"x"}}"#), None);
-    }
 
     #[test]
     fn users_are_keys_and_back() {

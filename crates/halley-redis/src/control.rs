@@ -35,11 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use halley_engine::BrokerError;
 use halley_engine::access::MAX_REVOCATIONS;
-use halley_engine::control::{Command, Outcome, Remote};
-use halley_engine::{BrokerError, Hub};
-use halley_proto::Pattern;
-use serde_json::{Value, json};
+use halley_engine::control::{Command, Outcome, Remote, wire};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -169,7 +167,7 @@ pub(crate) async fn request(shared: &Shared, command: &Command) -> Result<Remote
     }
     // Whether this node hears the channel (and so its answers) as it sends.
     let listening = *state.up.borrow();
-    let message = encode_command(rid, &node_name(shared.node), command);
+    let message = wire::encode_command(rid, &node_name(shared.node), command);
     let receivers: usize = redis::cmd("PUBLISH")
         .arg(commands_key(shared))
         .arg(message)
@@ -323,7 +321,7 @@ async fn load_revocations(shared: &Shared) -> redis::RedisResult<()> {
             .query_async(&mut conn)
             .await?;
         for (user, before) in page {
-            apply(&shared.hub, &Command::Revoke { user, before });
+            wire::apply(&shared.hub, &Command::Revoke { user, before });
         }
         cursor = next;
         if cursor == 0 {
@@ -333,22 +331,9 @@ async fn load_revocations(shared: &Shared) -> redis::RedisResult<()> {
     Ok(())
 }
 
-fn apply(hub: &Hub, command: &Command) -> Outcome {
-    match hub.apply(command) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            tracing::warn!(error = %e, user = command.user(), "control: not applied");
-            Outcome {
-                error: Some(e.to_string()),
-                ..Outcome::default()
-            }
-        }
-    }
-}
-
 /// Another node's command: applied here, answered to that node.
 async fn command(shared: &Shared, payload: &[u8]) {
-    let Some((rid, from, command)) = decode_command(payload) else {
+    let Some((rid, from, command)) = wire::decode_command(payload) else {
         tracing::warn!("control: undecodable command skipped");
         shared.error();
         return;
@@ -357,12 +342,7 @@ async fn command(shared: &Shared, payload: &[u8]) {
     if from == me {
         return;
     }
-    let mut outcome = apply(&shared.hub, &command);
-    outcome.node = Some(me.clone());
-    for c in &mut outcome.connections {
-        c.node = Some(me.clone());
-    }
-    let answer = json!({ "rid": rid, "outcome": outcome }).to_string();
+    let answer = wire::answer(&shared.hub, rid, &me, &command);
     let Ok(mut conn) = shared.connection() else {
         return;
     };
@@ -379,7 +359,7 @@ async fn command(shared: &Shared, payload: &[u8]) {
 
 /// An answer to one of this node's requests: to its waiter, if it still waits.
 fn answered(shared: &Shared, payload: &[u8]) {
-    let Some((rid, outcome)) = decode_answer(payload) else {
+    let Some((rid, outcome)) = wire::decode_answer(payload) else {
         tracing::warn!("control: undecodable answer skipped");
         shared.error();
         return;
@@ -392,126 +372,5 @@ fn answered(shared: &Shared, payload: &[u8]) {
     if let Some(tx) = waiting.get(&rid) {
         // Full only beyond MAX_NODES answers.
         let _ = tx.try_send(outcome);
-    }
-}
-
-fn encode_command(rid: u64, from: &str, command: &Command) -> String {
-    let mut value = json!({ "rid": rid, "from": from, "user": command.user() });
-    match command {
-        Command::Disconnect { reason, .. } => {
-            value["op"] = "disconnect".into();
-            if let Some(reason) = reason {
-                value["reason"] = reason.as_str().into();
-            }
-        }
-        Command::Unsubscribe { pattern, .. } => {
-            value["op"] = "unsubscribe".into();
-            value["channel"] = pattern.to_string().into();
-        }
-        Command::Revoke { before, .. } => {
-            value["op"] = "revoke".into();
-            value["before"] = (*before).into();
-        }
-        Command::List { .. } => value["op"] = "list".into(),
-        Command::Stats => value["op"] = "stats".into(),
-    }
-    value.to_string()
-}
-
-/// A command as another node sent it; `None` for anything malformed (never a panic: what
-/// arrives on the channel is not trusted to be well-formed).
-fn decode_command(payload: &[u8]) -> Option<(u64, String, Command)> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    let rid = value["rid"].as_u64()?;
-    let from = value["from"].as_str()?.to_owned();
-    let user = value["user"].as_str()?.to_owned();
-    let command = match value["op"].as_str()? {
-        "disconnect" => Command::Disconnect {
-            user,
-            reason: value["reason"].as_str().map(str::to_owned),
-        },
-        "unsubscribe" => Command::Unsubscribe {
-            user,
-            pattern: Pattern::parse(value["channel"].as_str()?).ok()?,
-        },
-        "revoke" => Command::Revoke {
-            user,
-            before: value["before"].as_u64()?,
-        },
-        "list" => Command::List { user },
-        "stats" => Command::Stats,
-        _ => return None,
-    };
-    Some((rid, from, command))
-}
-
-fn decode_answer(payload: &[u8]) -> Option<(u64, Outcome)> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    let rid = value["rid"].as_u64()?;
-    let outcome = serde_json::from_value(value["outcome"].clone()).ok()?;
-    Some((rid, outcome))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_travel_intact() {
-        let check = |command: Command| {
-            let text = encode_command(7, "ab12", &command);
-            assert_eq!(
-                decode_command(text.as_bytes()),
-                Some((7, "ab12".to_owned(), command)),
-                "{text}"
-            );
-        };
-        check(Command::Disconnect {
-            user: "alice".into(),
-            reason: Some("spam — \"again\"".into()),
-        });
-        check(Command::Disconnect {
-            user: "alice".into(),
-            reason: None,
-        });
-        check(Command::Unsubscribe {
-            user: "a\nb".into(),
-            pattern: Pattern::parse("/chat/**").unwrap(),
-        });
-        check(Command::Revoke {
-            user: "alice".into(),
-            before: u64::MAX,
-        });
-        check(Command::List {
-            user: "alice".into(),
-        });
-        check(Command::Stats);
-    }
-
-    #[test]
-    fn malformed_messages_are_skipped() {
-        for bad in [
-            "",
-            "null",
-            "[]",
-            r#"{"rid":1,"from":"a","user":"u"}"#,
-            r#"{"rid":1,"from":"a","user":"u","op":"shutdown"}"#,
-            r#"{"rid":1,"from":"a","user":"u","op":"unsubscribe","channel":"nope"}"#,
-            r#"{"rid":-1,"from":"a","user":"u","op":"list"}"#,
-            r#"{"rid":1,"from":"a","user":"u","op":"revoke","before":"soon"}"#,
-        ] {
-            assert_eq!(decode_command(bad.as_bytes()), None, "{bad}");
-        }
-        assert_eq!(decode_answer(br#"{"rid":1,"outcome":{"count":"x"}}"#), None);
-        assert_eq!(
-            decode_answer(br#"{"rid":1,"outcome":{"count":2}}"#),
-            Some((
-                1,
-                Outcome {
-                    count: 2,
-                    ..Outcome::default()
-                }
-            ))
-        );
     }
 }
