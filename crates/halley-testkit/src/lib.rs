@@ -2,10 +2,12 @@
 //! clients, in one place (a dev-dependency, never published).
 //!
 //! - Servers: [`TestServer`] (one in-process server on `127.0.0.1:0`, memory broker), [`Node`]
-//!   (an in-process server on a shared Redis), [`Process`] (the `halley` binary as a node).
+//!   (an in-process server on a shared broker of any kind), [`Process`] (the `halley` binary as
+//!   a node).
 //! - Brokers: [`Redis`], a `redis-server` of the test's own on a free port; [`Sentinels`], a
 //!   master, its replicas and three Redis Sentinels (a failover on demand); [`Nats`], one or
-//!   three `nats-server -js` of the test's own, and [`NatsNode`], a server on them.
+//!   three `nats-server -js` of the test's own; [`TestBroker`], one of the three chosen by a
+//!   [`BrokerKind`], so that one cluster suite runs on each (`tests/cluster.rs` here).
 //! - Clients: [`Client`] (plain HTTP/1.1 with hyper, raw TCP for exact bytes, WebSocket with
 //!   tokio-tungstenite), [`Sse`], [`wire::Transport`] (the streaming wire formats byte for
 //!   byte), and [`subscriber`]: one resuming subscriber for every transport and Bayeux's three,
@@ -25,6 +27,7 @@
 pub mod app;
 mod curl;
 mod nats;
+mod node;
 mod process;
 pub mod proxy;
 mod redis;
@@ -52,9 +55,10 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub use curl::{Curl, curl_installed};
-pub use nats::{Nats, NatsNode};
+pub use nats::Nats;
+pub use node::{BrokerAddr, BrokerKind, Node, NodeBroker, TestBroker};
 pub use process::{Process, halley_binary};
-pub use redis::{DOWN_AFTER, FAILOVER_TIMEOUT, MASTER_NAME, NODE_WAIT, Node, Redis, redis_config};
+pub use redis::{DOWN_AFTER, FAILOVER_TIMEOUT, MASTER_NAME, NODE_WAIT, Redis, redis_config};
 pub use sentinel::{FAILOVER_WAIT, Sentinels};
 pub use server::{TestServer, bayeux, bayeux_client, bayeux_handshake};
 

@@ -1,23 +1,15 @@
 //! Scale-out on NATS: [`Nats`], one or three `nats-server -js` processes of the test's own
-//! (free ports, a cluster block, their own temp store dirs, killed on drop), and [`NatsNode`],
-//! an in-process Halley server on them.
+//! (free ports, a cluster block, their own temp store dirs, killed on drop). [`crate::Node`]
+//! runs a Halley server on them.
 
-use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
 use bytes::Bytes;
-use halley_engine::{Engine, EngineConfig};
-use halley_http::{HttpConfig, Server};
-use halley_nats::{NatsBroker, NatsConfig};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use crate::POLL;
 use crate::redis::{NODE_WAIT, free_port};
-use crate::{Client, Open, POLL, Reply, within_for};
 
 /// One nats-server of a [`Nats`] cluster.
 struct Server1 {
@@ -222,6 +214,26 @@ impl Nats {
         info["config"]["num_replicas"].as_u64().unwrap_or(0)
     }
 
+    /// Which server (its index) leads stream `name` now.
+    pub async fn stream_leader(&self, name: &str) -> usize {
+        let client = async_nats::connect(self.url_of(self.running()))
+            .await
+            .unwrap();
+        let leader = crate::eventually(NODE_WAIT, "the stream to have a leader", || async {
+            let reply = client
+                .request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new())
+                .await
+                .ok()?;
+            let info: Value = serde_json::from_slice(&reply.payload).ok()?;
+            info["cluster"]["leader"].as_str().map(str::to_owned)
+        })
+        .await;
+        self.servers
+            .iter()
+            .position(|s| s.name == leader)
+            .unwrap_or_else(|| panic!("the leader {leader} is not one of ours"))
+    }
+
     fn running(&self) -> usize {
         self.servers.iter().position(|s| s.child.is_some()).unwrap()
     }
@@ -247,150 +259,4 @@ async fn js_ready(port: u16) -> bool {
     };
     serde_json::from_slice::<Value>(&reply.payload)
         .is_ok_and(|v| v.get("error").is_none() && v.get("memory").is_some())
-}
-
-/// One Halley node (in-process) on a [`Nats`] cluster. It derefs to its [`Client`].
-pub struct NatsNode {
-    pub addr: SocketAddr,
-    pub engine: Engine,
-    pub broker: Arc<NatsBroker>,
-    shutdown: CancellationToken,
-    done: Option<JoinHandle<()>>,
-    client: Client,
-}
-
-impl Drop for NatsNode {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.broker.shutdown();
-    }
-}
-
-impl Deref for NatsNode {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
-    }
-}
-
-impl NatsNode {
-    pub async fn start(nats: &Nats) -> NatsNode {
-        NatsNode::with(&nats.url(), |_| {}, |_| {}).await
-    }
-
-    /// A node on the servers of `url`, with its engine and broker settings adjusted; it
-    /// returns once connected.
-    pub async fn with(
-        url: &str,
-        tweak: impl FnOnce(&mut EngineConfig),
-        tweak_nats: impl FnOnce(&mut NatsConfig),
-    ) -> NatsNode {
-        let node = NatsNode::unconnected(url, tweak, tweak_nats).await;
-        assert!(
-            node.broker.connected(3 * NODE_WAIT).await,
-            "node did not connect to NATS"
-        );
-        node
-    }
-
-    /// A node whose engine asks `policy`; it returns once the node also listens to the
-    /// control API's subject (which it joins once its policy is set).
-    pub async fn with_policy(nats: &Nats, policy: halley_engine::access::Policy) -> NatsNode {
-        let node = NatsNode::with(&nats.url(), |_| {}, |_| {}).await;
-        assert!(node.engine.set_policy(policy).is_ok());
-        assert!(
-            node.broker.control_ready(3 * NODE_WAIT).await,
-            "node did not listen to the control subject"
-        );
-        node
-    }
-
-    /// A node that may not reach NATS (yet).
-    pub async fn unconnected(
-        url: &str,
-        tweak: impl FnOnce(&mut EngineConfig),
-        tweak_nats: impl FnOnce(&mut NatsConfig),
-    ) -> NatsNode {
-        crate::init_test_log();
-        let http = HttpConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            hold_timeout: std::time::Duration::from_millis(500),
-            drain_timeout: std::time::Duration::from_secs(2),
-            ..HttpConfig::default()
-        };
-        let mut engine = EngineConfig::default();
-        tweak(&mut engine);
-        // Presence refreshed every 100 ms, expiring after 1 s (as the Redis tests' nodes).
-        let mut config = NatsConfig::new(url);
-        config.presence_interval = std::time::Duration::from_millis(100);
-        config.presence_ttl = std::time::Duration::from_secs(1);
-        tweak_nats(&mut config);
-        let (engine, broker) = halley_nats::engine(config, engine).unwrap();
-        let server = Server::bind(http, engine.clone()).await.unwrap();
-        let addr = server.local_addr();
-        let shutdown = server.shutdown_token();
-        let done = Some(tokio::spawn(server.run()));
-        NatsNode {
-            addr,
-            engine,
-            broker,
-            shutdown,
-            done,
-            client: Client {
-                addr,
-                wait: NODE_WAIT,
-            },
-        }
-    }
-
-    /// Stops the node as a crash would: the broker first, then the HTTP server.
-    pub async fn kill(&mut self) {
-        self.broker.shutdown();
-        self.shutdown.cancel();
-        if let Some(done) = self.done.take() {
-            within_for(NODE_WAIT, "node drain", done).await.unwrap();
-        }
-    }
-
-    pub fn broker_errors(&self) -> u64 {
-        halley_engine::Stats::get(&self.engine.stats().broker_errors)
-    }
-
-    pub async fn post(&self, path: &str, body: &str) -> Reply {
-        self.client
-            .post(path, "text/plain", Bytes::from(body.to_owned()))
-            .await
-    }
-
-    /// Publishes text to `channel`; returns the reply (`id`, `subscribers`).
-    pub async fn publish(&self, channel: &str, text: &str) -> Value {
-        let reply = self.post(&format!("/pub{channel}"), text).await;
-        assert_eq!(reply.status, 200, "publish to {channel}: {}", reply.body);
-        reply.json()
-    }
-
-    /// Publishes and returns the new message's id.
-    pub async fn publish_id(&self, channel: &str, text: &str) -> String {
-        self.publish(channel, text).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Waits until this node's `/api/channels` shows exactly `n` subscribers of `name`.
-    pub async fn wait_subscribers(&self, name: &str, n: u64) {
-        crate::eventually(
-            NODE_WAIT,
-            &format!("{name} to have {n} subscribers"),
-            || async { (self.subscribers(name).await == n).then_some(()) },
-        )
-        .await;
-    }
-
-    /// Opens a held `GET` (a streaming subscriber); once the head arrived, it is subscribed.
-    pub async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> Open {
-        let open = self.client.stream_with(path, headers).await;
-        assert_eq!(open.status, 200, "GET {path}");
-        open
-    }
 }

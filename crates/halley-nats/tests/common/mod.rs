@@ -1,5 +1,5 @@
 //! The NATS tests' harness: Halley's shared test kit (`crates/halley-testkit`: `nats-server`s of
-//! the test's own, [`NatsNode`]s on them, clients), re-exported so that tests name it
+//! the test's own, [`Node`]s on them, clients), re-exported so that tests name it
 //! `common::…`. A step here may take [`WAIT`]: a message crosses a replicated stream, and the
 //! nodes share two cores with three servers.
 
