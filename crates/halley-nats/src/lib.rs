@@ -156,8 +156,10 @@ pub struct NatsConfig {
     /// First token of every subject Halley uses, so that other applications (or another
     /// Halley cluster with its own stream) can share the NATS cluster.
     pub subject_prefix: String,
-    /// Replicas of the stream when Halley creates it: `None` is 3 when the cluster can place
-    /// three (at least 3 servers with JetStream), else 1. An existing stream keeps its own.
+    /// Replicas of the stream (and buckets) when Halley creates them: `None` is 3 when the
+    /// server Halley reaches is part of a cluster, 1 when it is alone. A cluster that cannot
+    /// place them yet (forming, a server down) is tried again: never fewer for good. An
+    /// existing stream keeps its own.
     pub replicas: Option<usize>,
     /// Messages kept per channel (the stream's `max_msgs_per_subject`): the largest history
     /// size of any namespace; `None` is the engine's `history_size`.

@@ -90,27 +90,35 @@ fn disconnected(shared: &Shared) {
     shared.healthy.send_replace(false);
 }
 
-/// Creates the stream: with the configured replicas, or else 3 and, if the cluster cannot
-/// place three (fewer servers, or no cluster), 1.
+/// Creates the stream with [`replicas`] copies.
 async fn create_stream(
     shared: &Shared,
+    client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
 ) -> Result<async_nats::jetstream::stream::Stream, String> {
-    let tries: &[usize] = match shared.config.replicas {
-        Some(n) => &[n],
-        None => &[3, 1],
-    };
-    let mut error = String::new();
-    for &replicas in tries {
-        match js.create_stream(stream_config(shared, replicas)).await {
-            Ok(stream) => {
-                tracing::info!(stream = %shared.config.stream, replicas, "nats broker: created the stream");
-                return Ok(stream);
-            }
-            Err(e) => error = e.to_string(),
+    let replicas = replicas(shared, client);
+    match js.create_stream(stream_config(shared, replicas)).await {
+        Ok(stream) => {
+            tracing::info!(stream = %shared.config.stream, replicas, "nats broker: created the stream");
+            Ok(stream)
         }
+        Err(e) => Err(format!("creating the stream with {replicas} replicas: {e}")),
     }
-    Err(error)
+}
+
+/// Copies of the streams Halley creates (its own and the buckets'): the configured number, or
+/// 3 on a server that is part of a cluster and 1 on one alone. Never fewer because a cluster
+/// cannot place three right now (it is still forming, or a server is down): that stream would
+/// keep one copy for good, and the loss of its server would stop the cluster; creating it
+/// fails instead, and is tried again.
+pub(crate) fn replicas(shared: &Shared, client: &async_nats::Client) -> usize {
+    shared.config.replicas.unwrap_or_else(|| {
+        if client.server_info().cluster.is_some_and(|c| !c.is_empty()) {
+            3
+        } else {
+            1
+        }
+    })
 }
 
 /// The stream's configuration when this node creates it.
@@ -142,12 +150,12 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
             if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
                 if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
-            match create_stream(shared, &js).await {
+            match create_stream(shared, client, &js).await {
                 Ok(stream) => stream,
                 // Another node created it meanwhile.
-                Err(_) => match js.get_stream(&shared.config.stream).await {
+                Err(error) => match js.get_stream(&shared.config.stream).await {
                     Ok(stream) => stream,
-                    Err(e) => return format!("creating the stream: {e}"),
+                    Err(e) => return format!("{error}; {e}"),
                 },
             }
         }

@@ -149,32 +149,26 @@ pub(crate) async fn bucket(
     if let Ok(store) = link.js.get_key_value(&name).await {
         return Ok(store);
     }
-    let tries: &[usize] = match shared.config.replicas {
-        Some(n) => &[n],
-        None => &[3, 1],
-    };
     // The bucket's stream made here, as a key-value bucket's is (`KV_<bucket>`, subjects
     // `$KV.<bucket>.>`): async-nats's `create_key_value` first reads the account's info, whose
     // 2.9 answer it cannot read.
-    let mut error = String::new();
-    for &replicas in tries {
-        let config = async_nats::jetstream::stream::Config {
-            name: format!("KV_{name}"),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        match link.js.create_stream(config).await {
-            Ok(_) => break,
-            Err(e) => error = e.to_string(),
-        }
-    }
+    let replicas = crate::node::replicas(shared, &link.client);
+    let config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let error = match link.js.create_stream(config).await {
+        Ok(_) => String::new(),
+        Err(e) => format!("creating it with {replicas} replicas: {e}"),
+    };
     // Another node may have created it meanwhile.
     link.js
         .get_key_value(&name)

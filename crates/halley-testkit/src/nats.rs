@@ -159,6 +159,16 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.servers[i].port)
     }
 
+    /// How many servers there are.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether server `i` runs.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.servers[i].child.is_some()
+    }
+
     /// Kills server `i` (SIGKILL, like a crash; its store dir stays).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].child.take() {
@@ -171,6 +181,14 @@ impl Nats {
     pub async fn restart(&mut self, i: usize) {
         self.spawn(i);
         assert!(self.wait_ready().await, "nats-server {i} did not restart");
+    }
+
+    /// Starts server `i` again on its ports with an empty store (its old one removed), as a
+    /// replacement machine would join: it catches up from the stream's leader.
+    pub async fn restart_empty(&mut self, i: usize) {
+        assert!(self.servers[i].child.is_none(), "server {i} is running");
+        let _ = std::fs::remove_dir_all(&self.servers[i].dir);
+        self.restart(i).await;
     }
 
     /// Kills every server, keeping their stores.
@@ -232,6 +250,30 @@ impl Nats {
             .iter()
             .position(|s| s.name == leader)
             .unwrap_or_else(|| panic!("the leader {leader} is not one of ours"))
+    }
+
+    /// Waits until stream `name` has a leader and every replica says it is current (caught
+    /// up with the leader), as `nats stream info` shows it.
+    pub async fn wait_current(&self, name: &str) {
+        let client = async_nats::connect(self.url_of(self.running()))
+            .await
+            .unwrap();
+        crate::eventually(3 * NODE_WAIT, "every replica current", || async {
+            let reply = client
+                .request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new())
+                .await
+                .ok()?;
+            let info: Value = serde_json::from_slice(&reply.payload).ok()?;
+            let cluster = &info["cluster"];
+            cluster["leader"].as_str()?;
+            let replicas = cluster["replicas"].as_array()?;
+            (replicas.len() + 1 == self.servers.len()
+                && replicas
+                    .iter()
+                    .all(|r| r["current"] == true && r["offline"] != true))
+            .then_some(())
+        })
+        .await;
     }
 
     fn running(&self) -> usize {

@@ -403,9 +403,9 @@ async fn history_limits_per_channel_hold_across_nodes(kind: BrokerKind) {
 async fn history(node: &Node, channel: &str) -> Vec<String> {
     let reply = node
         .get(&format!("/api/history?channel={channel}&limit=10"))
-        .await
-        .json();
-    reply["messages"]
+        .await;
+    assert_eq!(reply.status, 200, "history of {channel}: {}", reply.body);
+    reply.json()["messages"]
         .as_array()
         .unwrap()
         .iter()
@@ -1082,11 +1082,20 @@ async fn sse(node: &Node, path: &str, token: &str) -> Sse {
     Sse { open }
 }
 
+/// Two nodes asking `policy()`, once each counts the other among the nodes a control call
+/// reaches (it learns of it from the other's presence writes).
 async fn policed(broker: &TestBroker) -> (Node, Node) {
-    (
+    let (a, b) = (
         Node::with_policy(broker, policy()).await,
         Node::with_policy(broker, policy()).await,
-    )
+    );
+    for node in [&a, &b] {
+        eventually(WAIT, "the other node known", || async {
+            (listing(node, "nobody").await["nodes"]["others"] == 1).then_some(())
+        })
+        .await;
+    }
+    (a, b)
 }
 
 async fn the_control_api_on_one_node_disconnects_a_user_on_another(kind: BrokerKind) {

@@ -1,7 +1,8 @@
 //! The kill test, on every broker that replicates (issue 16): with subscribers on three Halley
 //! nodes and two publishers going round the nodes, the server a replicated broker must survive
 //! losing — the Redis master under Sentinel (`WAIT 1`), the NATS server leading Halley's
-//! stream (R3) — is killed with SIGKILL in the middle of the loop. Then:
+//! stream (R3) — is killed with SIGKILL in the middle of the loop, and started again once the
+//! publishers are done (a NATS server with an empty store: see the ignored test). Then:
 //!
 //! - no acknowledged message is lost: every subscriber on every node gets every message
 //!   answered 200;
@@ -24,6 +25,22 @@ use common::{BrokerKind, Client, Node, Open, POLL, TestBroker, parse_id, within_
 use tokio::sync::Mutex;
 
 replicated_brokers!(the_server_killed_in_a_publish_loop_loses_no_acknowledged_message);
+
+async fn the_server_killed_in_a_publish_loop_loses_no_acknowledged_message(kind: BrokerKind) {
+    kill_test(kind, false).await
+}
+
+/// The same with the killed NATS server started again on the store it had. Ignored: with
+/// nats-server 2.9.10 it fails — in 10 of 11 runs here, a resume or a live subscriber was served
+/// a message the cluster refused (503) at the sequence of one it acknowledged, i.e. an id with
+/// two messages. Halley cannot tell them apart; the README says to bring a crashed server
+/// back with an empty store. `cargo test -p halley-testkit --test kill -- --ignored` runs it
+/// (for a newer nats-server on the PATH).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "nats-server 2.9.10 serves uncommitted messages after such a restart"]
+async fn a_nats_server_restarted_on_its_old_store_keeps_ids_unique() {
+    kill_test(BrokerKind::Nats, true).await
+}
 
 /// Messages each publisher gets acknowledged before the kill, and after it.
 const BEFORE: usize = 100;
@@ -78,7 +95,9 @@ async fn next(open: &mut Open) -> (String, String) {
     )
 }
 
-async fn the_server_killed_in_a_publish_loop_loses_no_acknowledged_message(kind: BrokerKind) {
+/// The kill test; the killed server is started again with the store it had when
+/// `keep_store` (NATS), else empty.
+async fn kill_test(kind: BrokerKind, keep_store: bool) {
     let mut broker = TestBroker::start(kind).await;
     let nodes = Arc::new(vec![
         Node::start(&broker).await,
@@ -149,6 +168,13 @@ async fn the_server_killed_in_a_publish_loop_loses_no_acknowledged_message(kind:
         within_for(Duration::from_secs(90), "publishers done", p)
             .await
             .unwrap();
+    }
+    // The killed server comes back (NATS: it catches up from the others; Sentinel: the old
+    // master, empty, is made a replica) before the end marker and the resumes.
+    if keep_store {
+        broker.revive_with_store().await;
+    } else {
+        broker.revive().await;
     }
     // An end marker, so that each subscriber knows when it has everything.
     let end = within_for(READ_WAIT, "the end marker accepted", async {
