@@ -160,7 +160,7 @@ impl Nats {
     }
 
     /// How many servers there are.
-    pub fn len(&self) -> usize {
+    pub fn servers(&self) -> usize {
         self.servers.len()
     }
 

@@ -152,7 +152,7 @@ impl TestBroker {
                 }
             }
             TestBroker::Nats(nats) => {
-                for i in 0..nats.len() {
+                for i in 0..nats.servers() {
                     if !nats.is_up(i) {
                         nats.restart_empty(i).await;
                     }
