@@ -205,11 +205,15 @@ pub(crate) async fn read(
     max: usize,
     bound: u64,
 ) -> Result<(Vec<Raw>, bool), String> {
+    let mut out = Vec::new();
+    if max == 0 {
+        return Ok((out, false));
+    }
     let consumer = link
         .stream
         .create_consumer(OrderedConfig {
             deliver_subject: link.client.new_inbox(),
-            filter_subject: filter,
+            filter_subject: filter.clone(),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start.max(1),
             },
@@ -218,37 +222,67 @@ pub(crate) async fn read(
         .await
         .map_err(|e| e.to_string())?;
     let pending = consumer.cached_info().num_pending as usize;
-    let mut out = Vec::new();
-    if pending == 0 || max == 0 {
+    if pending > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while out.len() < pending {
+            if out.len() == max {
+                return Ok((out, true));
+            }
+            let message = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) => return Err("history read ended early".into()),
+                Err(_) => return Err("history read timed out".into()),
+            };
+            let info = message.info().map_err(|e| e.to_string())?;
+            if info.stream_sequence > bound {
+                return Ok((out, false));
+            }
+            let raw = Raw {
+                seq: info.stream_sequence,
+                stored_ms: (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
+                subject: message.subject.to_string(),
+                headers: message.headers.clone(),
+                payload: message.payload.clone(),
+            };
+            out.push(raw);
+        }
+    }
+    if bound == u64::MAX {
         return Ok((out, false));
     }
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    let mut cut = false;
-    while out.len() < pending {
+    // The consumer is served by one of the stream's servers, which may lag its leader (a
+    // replica catching up): what the leader holds up to `bound` beyond what it read would
+    // reach this subscriber neither from history nor live (the node delivered it before the
+    // subscriber registered). The leader is asked for the rest, a message at a time: one
+    // request when the consumer's server was current, as it nearly always is.
+    let mut next = out.last().map_or(start.max(1), |r: &Raw| r.seq + 1);
+    while next <= bound {
         if out.len() == max {
-            cut = true;
-            break;
+            return Ok((out, true));
         }
-        let message = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) => return Err("history read ended early".into()),
-            Err(_) => return Err("history read timed out".into()),
+        let message = match link
+            .stream
+            .get_first_raw_message_by_subject(&filter, next)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(e.to_string()),
         };
-        let info = message.info().map_err(|e| e.to_string())?;
-        if info.stream_sequence > bound {
+        if message.sequence > bound {
             break;
         }
-        let raw = Raw {
-            seq: info.stream_sequence,
-            stored_ms: (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
+        next = message.sequence + 1;
+        out.push(Raw {
+            seq: message.sequence,
+            stored_ms: (message.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
             subject: message.subject.to_string(),
-            headers: message.headers.clone(),
-            payload: message.payload.clone(),
-        };
-        out.push(raw);
+            headers: Some(message.headers),
+            payload: message.payload,
+        });
     }
-    Ok((out, cut))
+    Ok((out, false))
 }
 
 /// The NATS broker. Dropping it (or [`NatsBroker::shutdown`]) stops its background task.
@@ -572,14 +606,16 @@ impl Broker for NatsBroker {
         let s = &self.shared;
         let link = s.link()?;
         let prefix = &s.config.subject_prefix;
-        // All of the subject, to keep the newest: the stream holds at most its
-        // `max_msgs_per_subject` of it (`max_history` when Halley created the stream).
+        // All of the subject up to the leader's last message, to keep the newest: the stream
+        // holds at most its `max_msgs_per_subject` of it (`max_history` when Halley created
+        // the stream).
+        let info = link.stream.get_info().await.map_err(|e| s.unavailable(e))?;
         let (raws, _) = read(
             &link,
             subject::channel(prefix, channel),
             1,
             usize::MAX,
-            u64::MAX,
+            info.state.last_sequence,
         )
         .await
         .map_err(|e| s.unavailable(e))?;

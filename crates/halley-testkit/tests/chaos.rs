@@ -8,8 +8,8 @@
 //! Every subscriber must end with every message: none lost, none duplicated, none out of
 //! order; a message may be missing only after the server announced a gap (a `gap` event or
 //! header; for Bayeux, which has no gap, a session it had to handshake again). Run on one
-//! node (memory broker) and on three nodes on one Redis, one of which is killed mid-run (its
-//! subscribers move to another node with their last id).
+//! node (memory broker) and on three nodes, one of which is killed mid-run (its subscribers
+//! move to another node with their last id), on every broker: one Redis, Sentinel, NATS.
 //!
 //! `HALLEY_CHAOS_MESSAGES` sets how many messages (default [`DEFAULT_MESSAGES`], what debug
 //! builds on two shared cores get through in well under a minute); `scripts/chaos` runs
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::subscriber::{Item, Kind, NATIVE, Subscriber};
-use common::{Client, Node, Redis, TestServer, parse_id, within_for};
+use common::{BrokerKind, Client, Node, TestBroker, TestServer, parse_id, within_for};
 use futures_util::FutureExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -574,16 +574,18 @@ async fn bayeux_websocket_reconnect_loses_nothing() {
     run(&[Kind::BayeuxWebSocket], targets, vec![0], no_kill).await;
 }
 
+every_broker!(every_transport_resumes_without_loss_on_three_nodes_one_killed);
+
 /// Bayeux sessions live on their node: the killed node's Bayeux client handshakes again on
 /// another (an announced loss); every other subscriber moves with its last id and loses
-/// nothing. This test found a wildcard resume on a Redis node missing one message without a
-/// gap (see `RedisBroker::replay`, now bounded by the offset it started from).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_transport_resumes_without_loss_on_three_redis_nodes_one_killed() {
-    let redis = Redis::start().await;
+/// nothing. On every broker (`redis::…`, `sentinel::…`, `nats::…`). This test found a wildcard
+/// resume on a Redis node missing one message without a gap (see `RedisBroker::replay`, now
+/// bounded by the offset it started from).
+async fn every_transport_resumes_without_loss_on_three_nodes_one_killed(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(Node::start(&redis).await);
+        nodes.push(Node::start(&broker).await);
     }
     let targets = Arc::new(Targets::new(nodes.iter().map(|n| n.addr).collect()));
     let mut doomed = nodes.remove(0);
