@@ -14,34 +14,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::access::{KEY, chat_access, chat_token};
 use common::{Reply, TestServer, Ws, bayeux, now, within, ws_json};
 use futures_util::{SinkExt, StreamExt};
-use halley_engine::access::{
-    AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
-};
+use halley_engine::access::{AccessConfig, Policy};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const KEY: &str = "backend-key";
-const SECRET: &str = "test-secret-of-32-bytes-or-more!";
-
-/// `/chat/**` needs a token; the backend key is `KEY`.
 fn access() -> AccessConfig {
-    let mut chat = NamespaceConfig::new("/chat/**");
-    chat.subscribe = SubscribeRule::Token;
-    chat.publish = PublishRule::Backend;
-    AccessConfig {
-        publish_key: Some(KEY.into()),
-        tokens: TokenConfig {
-            hs256_secret: Some(SECRET.into()),
-            ..TokenConfig::default()
-        },
-        namespaces: vec![chat],
-        app: None,
-    }
+    chat_access()
 }
 
 /// A policy on a clock the test moves, and a server asking it whose hold timeout and
@@ -59,14 +43,7 @@ async fn server() -> (Arc<TestServer>, Policy, Arc<AtomicU64>) {
 }
 
 fn token(policy: &Policy, user: &str) -> String {
-    policy
-        .mint(&MintClaims {
-            sub: Some(user.into()),
-            channels: vec!["/chat/**".into()],
-            ttl: Some(Duration::from_secs(3600)),
-            ..MintClaims::default()
-        })
-        .unwrap()
+    chat_token(policy, user)
 }
 
 /// A control request with the backend key.

@@ -7,34 +7,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Client, FAILOVER_WAIT, Node, Open, POLL, Sentinels, parse_id, within_for};
+use common::{Client, FAILOVER_WAIT, Ids, Node, Open, POLL, Sentinels, parse_id, within_for};
 use halley_redis::EpochRule;
 
 /// How long a subscriber's read may wait: a failover (and the nodes' reconnect) has nothing
 /// to deliver for several seconds.
 const READ_WAIT: Duration = Duration::from_secs(40);
-
-/// Every id seen anywhere (publish answers, subscribers, resumes) with the data it carried:
-/// one id with two different data is an id issued twice.
-#[derive(Default)]
-struct Ids {
-    seen: std::sync::Mutex<HashMap<String, String>>,
-}
-
-impl Ids {
-    fn saw(&self, id: &str, data: &str, where_: &str) {
-        let mut seen = self.seen.lock().unwrap();
-        if let Some(before) = seen.insert(id.to_owned(), data.to_owned()) {
-            assert_eq!(
-                before, data,
-                "id {id} issued twice: {before:?} and {data:?} (seen by {where_})"
-            );
-        }
-    }
-}
 
 /// A `format=json` stream subscriber of `/<path>` on a node, read with [`READ_WAIT`].
 async fn subscribe(node: &Node, path: &str) -> Open {

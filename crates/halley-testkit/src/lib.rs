@@ -24,6 +24,7 @@
 //! Each test crate keeps a thin `tests/common/mod.rs` (`pub use halley_testkit::*;` plus what
 //! only it needs), so tests write `common::TestServer` as before.
 
+pub mod access;
 pub mod app;
 mod curl;
 mod nats;
@@ -691,5 +692,25 @@ pub fn init_test_log() {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
             .try_init();
+    }
+}
+
+/// Every message id seen anywhere in a test (publish answers, subscribers, resumes) with the
+/// data it carried: one id seen with two data is an id issued twice, and fails the test.
+#[derive(Default)]
+pub struct Ids {
+    seen: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Ids {
+    /// Records that `where_` saw `id` carrying `data`; panics if it carried other data before.
+    pub fn saw(&self, id: &str, data: &str, where_: &str) {
+        let mut seen = self.seen.lock().unwrap();
+        if let Some(before) = seen.insert(id.to_owned(), data.to_owned()) {
+            assert_eq!(
+                before, data,
+                "id {id} issued twice: {before:?} and {data:?} (seen by {where_})"
+            );
+        }
     }
 }

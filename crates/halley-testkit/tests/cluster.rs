@@ -14,15 +14,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::access::{KEY, chat_policy, chat_token};
 use common::subscriber::{BAYEUX, Item, NATIVE, Subscriber};
 use common::{
     BrokerKind, Client, Node, Sse, TestBroker, WAIT, eventually, parse_id, within, ws_json,
 };
 use futures_util::StreamExt;
 use halley_engine::EngineConfig;
-use halley_engine::access::{
-    AccessConfig, MintClaims, NamespaceConfig, Policy, PublishRule, SubscribeRule, TokenConfig,
-};
+use halley_engine::access::{AccessConfig, NamespaceConfig, Policy};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -1023,35 +1022,12 @@ async fn a_channel_is_occupied_and_vacated_once_for_the_cluster(kind: BrokerKind
     assert_eq!(on_b.all(), ["vacated /occ/x"]);
 }
 
-const KEY: &str = "backend-key";
-const SECRET: &str = "test-secret-of-32-bytes-or-more!";
-
-/// Every node's policy: `/chat/**` needs a token; the backend key is `KEY`.
 fn policy() -> Policy {
-    let mut chat = NamespaceConfig::new("/chat/**");
-    chat.subscribe = SubscribeRule::Token;
-    chat.publish = PublishRule::Backend;
-    Policy::new(AccessConfig {
-        publish_key: Some(KEY.into()),
-        tokens: TokenConfig {
-            hs256_secret: Some(SECRET.into()),
-            ..TokenConfig::default()
-        },
-        namespaces: vec![chat],
-        app: None,
-    })
-    .unwrap()
+    chat_policy()
 }
 
 fn token(user: &str) -> String {
-    policy()
-        .mint(&MintClaims {
-            sub: Some(user.into()),
-            channels: vec!["/chat/**".into()],
-            ttl: Some(Duration::from_secs(3600)),
-            ..MintClaims::default()
-        })
-        .unwrap()
+    chat_token(&policy(), user)
 }
 
 async fn control(node: &Node, path: &str, body: Value) -> (u16, Value) {

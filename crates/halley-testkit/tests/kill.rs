@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{BrokerKind, Client, Node, Open, POLL, TestBroker, parse_id, within_for};
+use common::{BrokerKind, Client, Ids, Node, Open, POLL, TestBroker, parse_id, within_for};
 use tokio::sync::Mutex;
 
 replicated_brokers!(the_server_killed_in_a_publish_loop_loses_no_acknowledged_message);
@@ -48,25 +48,6 @@ const AFTER: usize = 100;
 const PUBLISHERS: usize = 2;
 /// How long a read or a publish may wait: a failover has nothing to deliver for seconds.
 const READ_WAIT: Duration = Duration::from_secs(40);
-
-/// Every id seen anywhere with the data it carried: one id with two data is an id issued
-/// twice.
-#[derive(Default)]
-struct Ids {
-    seen: std::sync::Mutex<HashMap<String, String>>,
-}
-
-impl Ids {
-    fn saw(&self, id: &str, data: &str, where_: &str) {
-        let mut seen = self.seen.lock().unwrap();
-        if let Some(before) = seen.insert(id.to_owned(), data.to_owned()) {
-            assert_eq!(
-                before, data,
-                "id {id} issued twice: {before:?} and {data:?} (seen by {where_})"
-            );
-        }
-    }
-}
 
 /// A `format=json` stream subscriber of `path` on a node, read with [`READ_WAIT`].
 async fn subscribe(node: &Node, path: &str) -> Open {
