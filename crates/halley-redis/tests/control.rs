@@ -7,15 +7,10 @@ mod common;
 
 use common::access::{KEY, chat_policy, chat_token};
 use common::{Node, Redis, Sse};
-use halley_engine::access::Policy;
 use serde_json::{Value, json};
 
-fn policy() -> Policy {
-    chat_policy()
-}
-
 fn token(user: &str) -> String {
-    chat_token(&policy(), user)
+    chat_token(&chat_policy(), user)
 }
 
 async fn control(node: &Node, path: &str, body: Value) -> (u16, Value) {
@@ -43,8 +38,8 @@ async fn sse(node: &Node, path: &str, token: &str) -> Sse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_made_while_a_node_was_away_reaches_it_when_it_comes_back() {
     let redis = Redis::start().await;
-    let a = Node::with_policy(&redis, policy()).await;
-    let b = Node::with_policy(&redis, policy()).await;
+    let a = Node::with_policy(&redis, chat_policy()).await;
+    let b = Node::with_policy(&redis, chat_policy()).await;
     let alice = token("alice");
     let mut on_b = sse(&b, "/sub/chat/a?transport=sse", &alice).await;
     redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;

@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod app;
+pub mod cluster;
 mod curl;
 mod nats;
 mod node;

@@ -27,29 +27,20 @@ pub trait BrokerAddr {
     fn broker_url(&self) -> String;
 }
 
-impl BrokerAddr for Redis {
-    fn broker_url(&self) -> String {
-        self.url()
-    }
+/// The brokers' servers name themselves.
+macro_rules! broker_addr_by_url {
+    ($($t:ty),*) => {
+        $(
+            impl BrokerAddr for $t {
+                fn broker_url(&self) -> String {
+                    self.url()
+                }
+            }
+        )*
+    };
 }
 
-impl BrokerAddr for Sentinels {
-    fn broker_url(&self) -> String {
-        self.url()
-    }
-}
-
-impl BrokerAddr for Nats {
-    fn broker_url(&self) -> String {
-        self.url()
-    }
-}
-
-impl BrokerAddr for TestBroker {
-    fn broker_url(&self) -> String {
-        self.url()
-    }
-}
+broker_addr_by_url!(Redis, Sentinels, Nats, TestBroker);
 
 impl BrokerAddr for str {
     fn broker_url(&self) -> String {

@@ -1022,12 +1022,8 @@ async fn a_channel_is_occupied_and_vacated_once_for_the_cluster(kind: BrokerKind
     assert_eq!(on_b.all(), ["vacated /occ/x"]);
 }
 
-fn policy() -> Policy {
-    chat_policy()
-}
-
 fn token(user: &str) -> String {
-    chat_token(&policy(), user)
+    chat_token(&chat_policy(), user)
 }
 
 async fn control(node: &Node, path: &str, body: Value) -> (u16, Value) {
@@ -1058,12 +1054,12 @@ async fn sse(node: &Node, path: &str, token: &str) -> Sse {
     Sse { open }
 }
 
-/// Two nodes asking `policy()`, once each counts the other among the nodes a control call
+/// Two nodes asking `chat_policy()`, once each counts the other among the nodes a control call
 /// reaches (it learns of it from the other's presence writes).
 async fn policed(broker: &TestBroker) -> (Node, Node) {
     let (a, b) = (
-        Node::with_policy(broker, policy()).await,
-        Node::with_policy(broker, policy()).await,
+        Node::with_policy(broker, chat_policy()).await,
+        Node::with_policy(broker, chat_policy()).await,
     );
     for node in [&a, &b] {
         eventually(WAIT, "the other node known", || async {
@@ -1182,7 +1178,7 @@ async fn a_revocation_reaches_every_node_also_one_that_starts_later(kind: Broker
     assert_eq!(event.event.as_deref(), Some("expired"));
     assert!(event.data.contains("token revoked"), "{event:?}");
     // Refused on both nodes from now on, and on a node that joins afterwards.
-    let c = Node::with_policy(&broker, policy()).await;
+    let c = Node::with_policy(&broker, chat_policy()).await;
     for node in [&a, &b, &c] {
         let refused = node.get(&format!("/sub/chat/a?token={alice}")).await;
         assert_eq!(refused.status, 401, "{}", refused.body);
@@ -1196,7 +1192,7 @@ async fn a_revocation_reaches_every_node_also_one_that_starts_later(kind: Broker
 /// node did its part all the same.
 async fn without_the_broker_the_call_says_the_other_nodes_were_not_reached(kind: BrokerKind) {
     let mut broker = TestBroker::start(kind).await;
-    let a = Node::with_policy(&broker, policy()).await;
+    let a = Node::with_policy(&broker, chat_policy()).await;
     let alice = token("alice");
     let mut here = sse(&a, "/sub/chat/a?transport=sse", &alice).await;
     broker.kill_all();

@@ -6,22 +6,6 @@
 // Each test binary uses only part of it.
 #![allow(dead_code, unused_imports)]
 
-use std::future::Future;
-use std::time::Duration;
-
-use serde_json::Value;
-
 pub use halley_testkit::*;
-
-/// The longest any single step may take before it counts as a failure.
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// Awaits `future`, failing the test (instead of hanging it) after [`WAIT`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    within_for(WAIT, what, future).await
-}
-
-/// The next WebSocket text frame, parsed as JSON (pings and pongs skipped), within [`WAIT`].
-pub async fn ws_json(ws: &mut Ws) -> Value {
-    ws_json_within(WAIT, ws).await
-}
+// A step may take longer than on one server (see `halley_testkit::cluster`).
+pub use halley_testkit::cluster::{WAIT, within, ws_json};
