@@ -429,10 +429,10 @@ def load_run(kind, args, tmp):
     procs = []
     try:
         print(f"== {kind}: {args.slots} × {args.per_node} SSE subscribers, "
-              f"{args.slots} publishers × {args.rate}/s for {args.seconds} s", flush=True)
+              f"{args.slots} publishers × {args.rate_now}/s for {args.seconds} s", flush=True)
         load_before = loadavg()
         cluster = Cluster(kind, args.nodes, tmp, procs, args.per_node * (4 if kind == "memory" else 1) + 500)
-        per_publisher = int(args.rate * args.seconds)
+        per_publisher = int(args.rate_now * args.seconds)
         count = per_publisher * args.slots
         gens = start_generators(cluster, args.slots, args.per_node, count, tmp, args.seconds + 60)
         total = args.slots * args.per_node
@@ -444,7 +444,7 @@ def load_run(kind, args, tmp):
         start_at = time.time() + 1.0
         pubs = [multiprocessing.Process(
             target=paced_publisher,
-            args=(cluster.ports[i % len(cluster.ports)], args.rate, per_publisher, start_at, results))
+            args=(cluster.ports[i % len(cluster.ports)], args.rate_now, per_publisher, start_at, results))
             for i in range(args.slots)]
         for p in pubs:
             p.start()
@@ -472,7 +472,7 @@ def load_run(kind, args, tmp):
             "subscribers": total,
             "seen_by_node_1": seen,
             "publishers": args.slots,
-            "rate_per_publisher": args.rate,
+            "rate_per_publisher": args.rate_now,
             "seconds": args.seconds,
             "publishes": sum(statuses.values()),
             "answers": statuses,
@@ -809,7 +809,8 @@ def main():
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--interval", type=int, default=1000, help="ms between messages")
     ap.add_argument("--memory", action="store_true", help="the same as --broker memory")
-    ap.add_argument("--rate", type=float, help="publishes/s per publisher: the deliveries/s run")
+    ap.add_argument("--rate", help="publishes/s per publisher: the deliveries/s run (a comma-separated "
+                    "list: each round runs every rate for every broker)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--slots", type=int, default=4,
                     help="generators and publishers (slot i on node i mod nodes)")
@@ -826,36 +827,39 @@ def main():
             sys.exit(f"--broker {kind}: one of {', '.join(BROKERS)}")
         if args.failover and kind not in ("nats3", "sentinel"):
             sys.exit("--failover: nats3 or sentinel")
+    rates = [float(x) for x in args.rate.split(",")] if args.rate else [None]
     runs = []
-    for r in range(args.rounds):
-        for kind in kinds:
-            tmp = tempfile.mkdtemp(prefix="halley-broadcast-")
-            try:
-                if args.failover:
-                    row = failover_run(kind, args, tmp)
-                elif args.rate:
-                    row = load_run(kind, args, tmp)
-                else:
-                    row = broadcast_run(kind, args, tmp)
-                    print(json.dumps(row))
-            finally:
-                if args.keep_logs:
-                    # The nodes' logs of this run, for a look at what they said.
-                    dest = os.path.join(args.keep_logs, f"{kind}-{r + 1}")
-                    os.makedirs(dest, exist_ok=True)
-                    for name in os.listdir(tmp):
-                        if name.endswith(".log"):
-                            shutil.copy(os.path.join(tmp, name), dest)
-                shutil.rmtree(tmp, ignore_errors=True)
-            row["round"] = r + 1
-            runs.append(row)
-            if args.out:
-                with open(args.out, "w") as f:
-                    json.dump(runs[0] if len(runs) == 1 and args.rounds == 1 and len(kinds) == 1
-                              and not (args.rate or args.failover) else
-                              {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "runs": runs},
-                              f, indent=1)
-
+    plan = [(r, rate, kind) for r in range(args.rounds) for rate in rates for kind in kinds]
+    for r, rate, kind in plan:
+        args.rate_now = rate
+        tmp = tempfile.mkdtemp(prefix="halley-broadcast-")
+        try:
+            if args.failover:
+                row = failover_run(kind, args, tmp)
+            elif rate:
+                row = load_run(kind, args, tmp)
+            else:
+                row = broadcast_run(kind, args, tmp)
+                print(json.dumps(row))
+        finally:
+            if args.keep_logs:
+                # The nodes' logs of this run, for a look at what they said.
+                dest = os.path.join(args.keep_logs, f"{kind}-{r + 1}" + (f"-{rate:g}" if rate else ""))
+                os.makedirs(dest, exist_ok=True)
+                for name in os.listdir(tmp):
+                    if name.endswith(".log"):
+                        shutil.copy(os.path.join(tmp, name), dest)
+            shutil.rmtree(tmp, ignore_errors=True)
+        row["round"] = r + 1
+        runs.append(row)
+        if args.out:
+            # One run of issue 5's broadcast is written as it always was; anything else as a
+            # list of runs.
+            single = len(plan) == 1 and not (rate or args.failover)
+            with open(args.out, "w") as f:
+                json.dump(runs[0] if single else
+                          {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "runs": runs},
+                          f, indent=1)
 
 if __name__ == "__main__":
     main()
