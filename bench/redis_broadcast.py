@@ -32,11 +32,14 @@ nodes on it, each on free 127.0.0.1 ports with temp dirs. Three measurements:
 that a machine shared with other work spreads its noise over every broker alike. Every run
 records the load average before and after.
 
-    cargo build --release -p halley -p halley-redis --example broadcast
+    cargo build --release -p halley && cargo build --release -p halley-redis --example broadcast
     python3 bench/redis_broadcast.py --nodes 4 --per-node 17500 --count 20
     python3 bench/redis_broadcast.py --broker memory,redis,sentinel,nats,nats3 --rounds 3 \\
-        --per-node 1000 --rate 25 --seconds 10
-    python3 bench/redis_broadcast.py --broker nats3,sentinel --rounds 3 --failover
+        --per-node 1000 --rate 25,100 --seconds 10
+    python3 bench/redis_broadcast.py --broker nats3,sentinel --rounds 3 --failover --keep-logs DIR
+
+(--rate takes a list: each round runs every rate for every broker. --keep-logs copies each
+run's node logs, which say when a NATS node's fan-out stopped and came back.)
 
 Only loopback traffic; every wait is bounded; every process it starts is stopped at the end.
 """
@@ -496,8 +499,9 @@ def load_run(kind, args, tmp):
         }
         row["nodes_cpu_per_s"] = round(row["nodes_cpu_s"] / window, 2)
         row["nodes_cpu_us_per_delivery"] = round(row["nodes_cpu_s"] / max(1, len(latencies)) * 1e6, 2)
-        # Everything the machine did meanwhile (generators, publishers, other people's work):
-        # 2.0 per second is both cores busy.
+        # Everything the machine did meanwhile (generators, publishers, other people's work,
+        # and this script reading the generators' files at the end): 2.0 per second is both
+        # cores busy.
         row["machine_busy_s"] = round(busy1 - busy0, 2)
         row["machine_busy_per_s"] = round((busy1 - busy0) / (busy1_at - busy0_at), 2)
         print(f"| {kind} | {row['deliveries_per_s']:,} | {row['deliveries']:,} of {row['expected_deliveries']:,} | "
@@ -820,7 +824,8 @@ def main():
     args = ap.parse_args()
     for binary in (HALLEY, GEN):
         if not os.path.exists(binary):
-            sys.exit("build first: cargo build --release -p halley -p halley-redis --example broadcast")
+            sys.exit("build first: cargo build --release -p halley && "
+                     "cargo build --release -p halley-redis --example broadcast")
     kinds = ["memory"] if args.memory else args.broker.split(",")
     for kind in kinds:
         if kind not in BROKERS:
