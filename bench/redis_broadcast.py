@@ -415,17 +415,20 @@ def paced_publisher(port, rate, count, start_at, results):
     clock in µs (the generators' latency). Runs in its own process: the GIL would otherwise
     time four publishers together."""
     conn = Http(port)
-    samples, statuses = [], {}
+    samples, statuses, refusals = [], {}, []
     for k in range(count):
         due = start_at + k / rate
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
-        status, _, took = conn.publish(b"/bench/all", str(time.time_ns() // 1000).encode())
+        status, answer, took = conn.publish(b"/bench/all", str(time.time_ns() // 1000).encode())
         statuses[status] = statuses.get(status, 0) + 1
         if status == 200:
             samples.append(took)
-    results.put({"samples": samples, "statuses": statuses, "end": time.time()})
+        elif len(refusals) < 5:
+            # What the node said (its JSON error names the reason).
+            refusals.append([status, answer.decode(errors="replace")[:300], round(took, 3)])
+    results.put({"samples": samples, "statuses": statuses, "refusals": refusals, "end": time.time()})
 
 
 def load_run(kind, args, tmp):
@@ -479,6 +482,7 @@ def load_run(kind, args, tmp):
             "seconds": args.seconds,
             "publishes": sum(statuses.values()),
             "answers": statuses,
+            "refusals": [r for o in outs for r in o["refusals"]],
             "publishes_per_s": round(statuses.get("200", 0) / window),
             "publish_p50_ms": round(pct(samples, 0.5) * 1e3, 2) if samples else None,
             "publish_p99_ms": round(pct(samples, 0.99) * 1e3, 2) if samples else None,
