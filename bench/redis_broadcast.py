@@ -193,7 +193,7 @@ def jetstream_ready(port):
 class Cluster:
     """A broker and the nodes on it; `procs` is everything started, for the caller to stop."""
 
-    def __init__(self, kind, nodes, tmp, procs, max_connections):
+    def __init__(self, kind, nodes, tmp, procs, max_connections, node_args=()):
         self.kind = kind
         self.tmp = tmp
         self.procs = procs
@@ -208,7 +208,7 @@ class Cluster:
             self.sentinel()
         elif kind in ("nats", "nats3"):
             self.start_nats(1 if kind == "nats" else 3)
-        extra = ["--broker", self.url] if self.url else []
+        extra = (["--broker", self.url] if self.url else []) + list(node_args)
         self.ports, self.halleys = [], []
         for i in range(1 if kind == "memory" else nodes):
             port = free_port()
@@ -630,7 +630,8 @@ def failover_run(kind, args, tmp):
     try:
         print(f"== {kind}: failover under {args.nodes} publish loops", flush=True)
         load_before = loadavg()
-        cluster = Cluster(kind, args.nodes, tmp, procs, 1000)
+        cluster = Cluster(kind, args.nodes, tmp, procs, 1000,
+                          ["--history-size", str(args.history_size)] if args.history_size else [])
         stop_subs, stop_pubs = threading.Event(), threading.Event()
         readers = [SseReader(port, stop_subs) for port in cluster.ports]
         for r in readers:
@@ -824,6 +825,8 @@ def main():
                     help="generators and publishers (slot i on node i mod nodes)")
     ap.add_argument("--failover", action="store_true", help="kill the NATS leader / Redis master")
     ap.add_argument("--out", help="write the runs as JSON here")
+    ap.add_argument("--history-size", type=int,
+                    help="--failover: the nodes' --history-size (the stream's messages per channel)")
     ap.add_argument("--keep-logs", help="copy the nodes' logs of each run into this directory")
     args = ap.parse_args()
     for binary in (HALLEY, GEN):
