@@ -26,7 +26,7 @@ nodes on it, each on free 127.0.0.1 ports with temp dirs. Three measurements:
   `$JS.API.STREAM.INFO.HALLEY`) or the Redis master with SIGKILL, and reports for each publisher
   how long from the kill until publishes were answered 200 again, what else they were answered,
   and for each subscriber whether it got every acknowledged message once, anything twice, a gap
-  or a disconnect.
+  or a disconnect. --history-size sets the nodes' (the stream's messages per channel).
 
 --broker takes a comma-separated list and --rounds repeats it, interleaved (A B C A B C…), so
 that a machine shared with other work spreads its noise over every broker alike. Every run
