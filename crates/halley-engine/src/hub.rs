@@ -402,6 +402,40 @@ impl Hub {
         (count, writes)
     }
 
+    /// Tells the local subscribers of `channel` (every local subscriber with `None`) that
+    /// messages were lost before what comes next: a broker that finds a hole in what it is
+    /// about to deliver (history evicted a message before this node read it) calls this
+    /// first. Each is cut off as a full queue cuts it ([`Event::Lagged`]): its client resumes
+    /// from the last id it got, which is before the hole, and the resume reports the gap.
+    /// Returns how many were cut off.
+    pub fn lost(&self, channel: Option<&Channel>) -> usize {
+        let registry = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut chosen = Vec::new();
+        for (pattern, entry) in registry
+            .exact
+            .iter()
+            .map(|(c, e)| (Pattern::Exact(c.clone()), e))
+            .chain(registry.wildcard.iter().map(|(p, e)| (p.clone(), e)))
+        {
+            if channel.is_some_and(|c| !pattern.matches(c)) {
+                continue;
+            }
+            for (id, sub) in &entry.subscribers {
+                chosen.push((pattern.clone(), *id, sub.clone()));
+            }
+        }
+        drop(registry);
+        for (pattern, id, sub) in &chosen {
+            self.cut_off(sub);
+            self.unregister(pattern, *id);
+        }
+        chosen.len()
+    }
+
     /// Wakes every subscriber's waiting task without giving it a message: the server's
     /// heartbeat and shutdown reach streams this way, so that a stream waits on one thing
     /// (its subscriber's signal) rather than registering with three per message.
@@ -1080,6 +1114,32 @@ mod tests {
             );
             hub.deliver(&Arc::new(message));
         }
+    }
+
+    /// A broker that found a hole on `/a/x` cuts off the subscribers that would have had the
+    /// lost message — the exact one and the wildcard — before anything after the hole reaches
+    /// them; `/b` is untouched, and `None` cuts off everyone left.
+    #[test]
+    fn lost_cuts_off_the_subscribers_of_the_channel_before_the_next_message() {
+        let hub = Hub::new(16, Arc::new(Stats::default()));
+        let mut subs: Vec<Subscription> = ["/a/x", "/a/**", "/b"]
+            .iter()
+            .map(|p| {
+                let mut sub = hub.subscriber();
+                sub.add(Pattern::parse(p).unwrap());
+                sub
+            })
+            .collect();
+        let x = Channel::parse("/a/x").unwrap();
+        assert_eq!(hub.lost(Some(&x)), 2);
+        deliver(&hub, "/a/x", 1);
+        deliver(&hub, "/b", 1);
+        assert!(matches!(subs[0].try_next(), Some(Event::Lagged)));
+        assert!(matches!(subs[1].try_next(), Some(Event::Lagged)));
+        assert!(matches!(subs[2].try_next(), Some(Event::Message(_))));
+        assert_eq!(hub.subscribers(&x), 0, "cut off: no longer registered");
+        assert_eq!(hub.lost(None), 1);
+        assert!(matches!(subs[2].try_next(), Some(Event::Lagged)));
     }
 
     #[test]

@@ -268,6 +268,25 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
 /// that waits for it, if it is ours.
 fn deliver(shared: &Shared, id: MessageId, raw: &Raw) {
     let decoded = broker::decode(&shared.config.subject_prefix, id.epoch, raw).map(Arc::new);
+    let headers = raw.headers.as_ref();
+    let prev = broker::header_number(headers, PREV);
+    let before = shared
+        .delivery
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .position;
+    if let (Some(prev), Some(before)) = (prev, before)
+        && before.epoch == id.epoch
+        && prev > before.offset
+    {
+        // The channel's previous message came after what this node delivered last, yet was
+        // not delivered: history evicted it before the fan-out read it. The channel's
+        // subscribers here are cut off before this message reaches them, so that they resume
+        // from before the hole and are told of the gap.
+        let cut = shared.hub.lost(decoded.as_ref().map(|m| &m.channel));
+        tracing::error!(%id, missed = prev, subscribers_cut_off = cut, "nats broker: a message was evicted before this node delivered it");
+        shared.error();
+    }
     let count = match &decoded {
         Some(message) => shared.hub.deliver(message),
         None => {
@@ -276,23 +295,12 @@ fn deliver(shared: &Shared, id: MessageId, raw: &Raw) {
             0
         }
     };
-    let headers = raw.headers.as_ref();
     let mine = headers
         .and_then(|h| h.get(ORIGIN))
         .and_then(|o| o.as_str().split_once(':'))
         .filter(|(node, _)| u64::from_str_radix(node, 16).ok() == Some(shared.node))
         .and_then(|(_, seq)| seq.parse::<u64>().ok());
-    let prev = broker::header_number(headers, PREV);
     let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
-    if let (Some(prev), Some(before)) = (prev, delivery.position)
-        && before.epoch == id.epoch
-        && prev > before.offset
-    {
-        // The channel's previous message came after what this node delivered last, yet
-        // was not delivered: history evicted it before the fan-out read it.
-        tracing::error!(%id, missed = prev, "nats broker: a message was evicted before this node delivered it");
-        shared.error();
-    }
     delivery.position = Some(id);
     if let Some(message) = &decoded {
         delivery.remember(&message.channel, id.offset);
