@@ -82,7 +82,8 @@
 //! it is not connected, or the stream cannot be read, publish and resume fail with
 //! [`BrokerError::Unavailable`] (HTTP 503), [`Broker::healthy`] is false, and subscribers stay
 //! connected; the supervisor starts the fan-out again from the last delivered sequence when
-//! NATS is back ([`RECONNECT_MIN`] doubling to [`RECONNECT_MAX`]).
+//! NATS is back ([`RECONNECT_MIN`] doubling to [`RECONNECT_MAX`] while the client is not
+//! connected, to [`SESSION_RETRY_MAX`] while it is and the stream is unavailable).
 //!
 //! **Presence.** Each node writes its subscriber counts and chat members, as one JSON value
 //! under its id, to the key-value bucket `<stream>_PRESENCE` when they change (checked every
@@ -123,7 +124,7 @@ use halley_engine::{BrokerError, Engine, EngineConfig, Hub, Stats};
 
 pub use broker::NatsBroker;
 pub use control::{CONTROL_TIMEOUT, MAX_ANSWERS};
-pub use node::{CHECK_INTERVAL, RECONNECT_MAX, RECONNECT_MIN};
+pub use node::{CHECK_INTERVAL, RECONNECT_MAX, RECONNECT_MIN, SESSION_RETRY_MAX};
 pub use presence::MAX_NODES;
 pub use subject::{channel as channel_subject, parse as parse_subject};
 

@@ -28,6 +28,12 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest delay between attempts (the delay doubles from [`RECONNECT_MIN`]).
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// Longest delay before the fan-out is started again while the client is connected (the
+/// stream is electing a leader, or a request timed out): each try is a request or two, and
+/// every second a node waits beyond the election is a second more of `503`s on it (the
+/// failover bench saw 5.3–14.2 s with [`RECONNECT_MAX`] here).
+pub const SESSION_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// How often the fan-out checks that the stream is the one it reads (not deleted and created
 /// again: a new epoch), that the client is connected, and how many channels there are.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -79,7 +85,7 @@ pub(crate) async fn supervise(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
+        backoff = (backoff * 2).min(SESSION_RETRY_MAX);
     }
     disconnected(&shared);
     drop(client);
