@@ -177,7 +177,9 @@ pub struct RedisConfig {
     /// publishes): at 1,000 messages a second that is 10 s, twice the longest reconnect
     /// backoff. Messages are stored in full, so this costs Redis about `log_len` × message
     /// size of memory. A node that falls further behind fills the hole from the channels'
-    /// histories; what those no longer hold is missed, logged and counted as broker errors.
+    /// histories; when those no longer hold all of it, the node's subscribers are cut off
+    /// before anything past the hole reaches them and resume with an explicit gap (logged and
+    /// counted as a broker error).
     pub log_len: usize,
     /// When a new epoch begins. Default: [`EpochRule::Master`] with Sentinel, else
     /// [`EpochRule::Offset`] (a restarted Redis with persistence keeps its epoch).

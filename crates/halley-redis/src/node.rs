@@ -339,8 +339,15 @@ async fn acknowledge(
 }
 
 /// Delivers what the fan-out log no longer holds between `position` and `next` from the
-/// channels' histories, read in batches (`replay_batch`). What history cannot supply either is
-/// lost for this node's subscribers: logged and counted. Returns the new position.
+/// channels' histories, read in batches (`replay_batch`). Returns the new position.
+///
+/// What history cannot supply either (evicted by the channels' limits, expired, or unreadable
+/// because Redis failed mid-repair) would be a silent hole for this node's subscribers: before
+/// anything past such a hole reaches them, every one of them is cut off ([`Hub::lost`]), so
+/// that each resumes from the last id it got and its resume reports the gap if its channels
+/// lost anything.
+///
+/// [`Hub::lost`]: halley_engine::Hub::lost
 async fn repair(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
@@ -353,11 +360,20 @@ async fn repair(
     let mut delivered = 0;
     let mut last = position;
     let mut from = position;
+    let mut cut_off = None;
+    let mut complete = false;
     // Each batch moves `from` on by at least one entry of the hole, so this many suffice.
     for _ in 0..=missing / batch as u64 + 1 {
-        let Ok(replay) = shared.replay(conn, &everything, from, batch).await else {
-            break;
+        let replay = match shared.replay(conn, &everything, from, batch).await {
+            Ok(replay) => replay,
+            Err(error) => {
+                tracing::warn!(%error, "redis broker: reading history to fill the log's hole failed");
+                break;
+            }
         };
+        if replay.gap && cut_off.is_none() {
+            cut_off = Some(shared.hub.lost(None));
+        }
         for message in replay.messages.iter().filter(|m| m.id.offset < next) {
             shared.hub.deliver(message);
             set_position(shared, message.id);
@@ -366,21 +382,30 @@ async fn repair(
         }
         match replay.more {
             Some(more) if more.offset + 1 < next => from = more,
-            _ => break,
+            _ => {
+                complete = true;
+                break;
+            }
         }
     }
-    if delivered < missing {
+    if !complete && cut_off.is_none() {
+        cut_off = Some(shared.hub.lost(None));
+    }
+    if let Some(cut) = cut_off {
         tracing::error!(
             from = position.offset + 1,
             to = next - 1,
             recovered = delivered,
-            "redis broker: fell behind the fan-out log; messages were missed"
+            subscribers_cut_off = cut,
+            "redis broker: fell behind the fan-out log and history lacks some of it; \
+             subscribers resume and are told of the gap"
         );
         shared.error();
     } else {
         tracing::warn!(
             from = position.offset + 1,
             to = next - 1,
+            recovered = delivered,
             "redis broker: fell behind the fan-out log; recovered from history"
         );
     }

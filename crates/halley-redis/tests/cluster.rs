@@ -146,3 +146,60 @@ async fn a_node_that_fell_behind_the_trimmed_log_recovers_from_history() {
         );
     }
 }
+
+/// As above, but the channels' histories keep only 2 messages each, so history cannot fill the
+/// hole either: B's subscriber is cut off (`lagged`) before anything past the hole reaches it,
+/// and resuming from the last id it got tells it of the gap, then gives what history kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fell_behind_the_log_and_history_cuts_its_subscribers_off_with_a_gap() {
+    let redis = Redis::start().await;
+    redis
+        .command(&["CONFIG", "SET", "stream-node-max-entries", "2"])
+        .await;
+    let short = |c: &mut halley_redis::RedisConfig| c.log_len = 4;
+    let keep_two = |e: &mut halley_engine::EngineConfig| e.history_size = 2;
+    let a = Node::with_configs(&redis, keep_two, short).await;
+    let b = Node::with_configs(&redis, keep_two, short).await;
+    let mut ws = b.ws("/sub/gone/**").await;
+    let first = a.publish_id("/gone/x", "0").await;
+    assert_eq!(ws_json(&mut ws).await["id"].as_str(), Some(&*first));
+
+    redis.disconnect(b.broker.node()).await;
+    eventually(WAIT, "B notices", || async {
+        (!b.engine.healthy()).then_some(())
+    })
+    .await;
+    let mut published = 1;
+    while !b.engine.healthy() && published < 500 {
+        a.publish_id(&format!("/gone/{}", published % 7), &published.to_string())
+            .await;
+        published += 1;
+    }
+    assert!(
+        published > 20,
+        "too little published while B was away ({published}) for the log and history to lose any"
+    );
+    eventually(WAIT, "B reconnects", || async {
+        b.engine.healthy().then_some(())
+    })
+    .await;
+    let last = a.publish_id("/gone/x", "last").await;
+
+    // Nothing past the hole: the next frame is the notice.
+    let notice = ws_json(&mut ws).await;
+    assert_eq!(notice["event"], "lagged", "{notice}");
+    assert!(b.broker_errors() > 0);
+
+    let mut ws = b.ws(&format!("/sub/gone/**?last_id={first}")).await;
+    assert_eq!(ws_json(&mut ws).await["event"], "gap");
+    let mut previous = parse_id(&first);
+    loop {
+        let frame = ws_json(&mut ws).await;
+        let id = frame["id"].as_str().expect("a message after the gap");
+        assert!(parse_id(id) > previous, "{id} after {previous:?}");
+        previous = parse_id(id);
+        if id == last {
+            break;
+        }
+    }
+}
