@@ -38,6 +38,10 @@ pub const LAST_SEQUENCES: usize = 100_000;
 /// retry. 64 stripes let publishes to different channels overlap.
 const PUBLISH_STRIPES: usize = 64;
 
+/// How long a replay waits before asking again when the stream's leader has not stored yet
+/// what this node already delivered (see `Shared::leader_info`).
+const LEADER_BEHIND_STEP: Duration = Duration::from_millis(5);
+
 /// Last messages read at once when a listing needs channels' last ids this node does not
 /// remember.
 const LOOKUPS_IN_FLIGHT: usize = 16;
@@ -129,6 +133,47 @@ impl Shared {
 
     fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
         self.delivery.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stream's state from its leader, once the leader holds everything this node's
+    /// fan-out delivered (the fan-out may read from a replica that stored a message before the
+    /// leader did). A replay or a `recent` read bounded by the leader's last sequence would
+    /// otherwise leave out a message this node delivered before the subscriber registered: it
+    /// would reach that subscriber neither from history nor live. Waits at most
+    /// [`REQUEST_TIMEOUT`], asking again [`LEADER_BEHIND_STEP`] apart.
+    async fn leader_info(
+        &self,
+        link: &Link,
+    ) -> Result<async_nats::jetstream::stream::Info, BrokerError> {
+        // Read once: what was delivered before the caller's subscriber registered is at or
+        // before it; what the fan-out delivers meanwhile reaches that subscriber live.
+        let position = self.delivery().position;
+        let asked = tokio::time::Instant::now();
+        loop {
+            let info = link
+                .stream
+                .get_info()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let delivered = position
+                .filter(|p| p.epoch == epoch_of(&info))
+                .map_or(0, |p| p.offset);
+            if delivered <= info.state.last_sequence {
+                return Ok(info);
+            }
+            if asked.elapsed() >= REQUEST_TIMEOUT {
+                return Err(self.unavailable(format!(
+                    "the stream's leader holds up to {}, behind this node's {delivered}",
+                    info.state.last_sequence
+                )));
+            }
+            tracing::debug!(
+                last = info.state.last_sequence,
+                delivered,
+                "nats broker: the stream's leader is behind this node's fan-out"
+            );
+            tokio::time::sleep(LEADER_BEHIND_STEP).await;
+        }
     }
 
     /// The sequence of `subject`'s last message, 0 when it has none.
@@ -257,6 +302,7 @@ pub(crate) async fn read(
     // subscriber registered). The leader is asked for the rest, a message at a time: one
     // request when the consumer's server was current, as it nearly always is.
     let mut next = out.last().map_or(start.max(1), |r: &Raw| r.seq + 1);
+    let from_consumer = out.len();
     while next <= bound {
         if out.len() == max {
             return Ok((out, true));
@@ -282,6 +328,7 @@ pub(crate) async fn read(
             payload: message.payload,
         });
     }
+    tracing::debug!(%filter, start, bound, pending, from_consumer, from_leader = out.len() - from_consumer, "nats broker: history read");
     Ok((out, false))
 }
 
@@ -518,7 +565,7 @@ impl Broker for NatsBroker {
     ) -> Result<Replay, BrokerError> {
         let s = &self.shared;
         let link = s.link()?;
-        let info = link.stream.get_info().await.map_err(|e| s.unavailable(e))?;
+        let info = s.leader_info(&link).await?;
         let epoch = epoch_of(&info);
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         let same_epoch = after.epoch == epoch;
@@ -529,6 +576,7 @@ impl Broker for NatsBroker {
             0
         };
         if from >= last {
+            tracing::debug!(%pattern, %after, first, last, gap, position = ?s.delivery().position, "nats broker: replay, nothing to read");
             return Ok(Replay {
                 messages: Vec::new(),
                 gap,
@@ -587,6 +635,7 @@ impl Broker for NatsBroker {
         } else {
             None
         };
+        tracing::debug!(%pattern, %after, first, last, read = raws.len(), kept = messages.len(), gap, ?more, position = ?s.delivery().position, "nats broker: replay");
         Ok(Replay {
             messages,
             gap,
@@ -609,7 +658,7 @@ impl Broker for NatsBroker {
         // All of the subject up to the leader's last message, to keep the newest: the stream
         // holds at most its `max_msgs_per_subject` of it (`max_history` when Halley created
         // the stream).
-        let info = link.stream.get_info().await.map_err(|e| s.unavailable(e))?;
+        let info = s.leader_info(&link).await?;
         let (raws, _) = read(
             &link,
             subject::channel(prefix, channel),
