@@ -34,6 +34,13 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// failover bench saw 5.3–14.2 s with [`RECONNECT_MAX`] here).
 pub const SESSION_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How far apart an empty stream's creation time is read until two reads agree (see
+/// `session`), at most [`EPOCH_READS`] times more.
+pub const EPOCH_SETTLE: Duration = Duration::from_millis(200);
+
+/// See [`EPOCH_SETTLE`].
+pub const EPOCH_READS: usize = 5;
+
 /// How often the fan-out checks that the stream is the one it reads (not deleted and created
 /// again: a new epoch), that the client is connected, and how many channels there are.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -167,10 +174,29 @@ async fn session(shared: &Shared, client: &async_nats::Client, backoff: &mut Dur
         }
         Err(e) => return format!("reading the stream: {e}"),
     };
-    let info = match stream.info().await {
+    let mut info = match stream.info().await {
         Ok(info) => info.clone(),
         Err(e) => return format!("reading the stream: {e}"),
     };
+    // A stream that has just been created may answer, for a moment, with the time its
+    // answering server made its copy rather than the cluster's creation time, which it takes
+    // a moment later (nodes started together with their cluster: 2 of 10 rounds saw one node
+    // on another epoch, which it then took for a new stream and delivered again). So an empty
+    // stream's epoch is read until two reads [`EPOCH_SETTLE`] apart agree.
+    if info.state.last_sequence == 0 {
+        for _ in 0..EPOCH_READS {
+            tokio::time::sleep(EPOCH_SETTLE).await;
+            let again = match stream.info().await {
+                Ok(info) => info.clone(),
+                Err(e) => return format!("reading the stream: {e}"),
+            };
+            let settled = broker::epoch_of(&again) == broker::epoch_of(&info);
+            info = again;
+            if settled {
+                break;
+            }
+        }
+    }
     let epoch = broker::epoch_of(&info);
     let known = shared
         .delivery

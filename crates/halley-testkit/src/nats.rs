@@ -38,15 +38,21 @@ impl Drop for Nats {
 impl Nats {
     /// One server with JetStream, ready.
     pub async fn single() -> Nats {
-        Nats::start(1).await
+        Nats::start(1, true).await
     }
 
     /// Three clustered servers with JetStream, ready (a meta leader is elected).
     pub async fn cluster() -> Nats {
-        Nats::start(3).await
+        Nats::start(3, true).await
     }
 
-    async fn start(n: usize) -> Nats {
+    /// Three clustered servers just spawned: not waited for, so that nodes meet the cluster
+    /// while it forms (and a port taken meanwhile is not noticed).
+    pub async fn cluster_starting() -> Nats {
+        Nats::start(3, false).await
+    }
+
+    async fn start(n: usize, ready: bool) -> Nats {
         let dir = std::env::temp_dir().join(format!(
             "halley-nats-test-{}-{:x}",
             std::process::id(),
@@ -77,7 +83,7 @@ impl Nats {
             for i in 0..n {
                 nats.spawn(i);
             }
-            if nats.wait_ready().await {
+            if !ready || nats.wait_ready().await {
                 return nats;
             }
             // Dropping the set kills its servers and removes the dir: made again for the next.
