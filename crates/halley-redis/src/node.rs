@@ -397,8 +397,8 @@ async fn repair(
             to = next - 1,
             recovered = delivered,
             subscribers_cut_off = cut,
-            "redis broker: fell behind the fan-out log and history lacks some of it; \
-             subscribers resume and are told of the gap"
+            "redis broker: fell behind the fan-out log, and history lacks some of it or could \
+             not be read; subscribers resume and are told of any gap"
         );
         shared.error();
     } else {
